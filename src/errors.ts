@@ -1,0 +1,49 @@
+/** Every error this package raises itself; driver errors ride along as `cause`. */
+export class SessionStoreError extends Error {
+  override name = "SessionStoreError";
+  /** A stable, machine-readable reason. */
+  readonly code: SessionStoreErrorCode;
+
+  constructor(code: SessionStoreErrorCode, message: string, options?: { cause?: unknown }) {
+    super(`connect-drizzle: ${message}`, options);
+    this.code = code;
+  }
+}
+
+export type SessionStoreErrorCode =
+  | "TABLE_MISSING"
+  | "SCHEMA_OUTDATED"
+  | "UNSERIALIZABLE"
+  | "TOO_LARGE"
+  | "CORRUPT_ROW"
+  | "DATABASE";
+
+/** Wraps a driver error with a message that says what to do, keeping the original as `cause`. */
+export function databaseError(error: unknown, table: string, action: string): SessionStoreError {
+  const code = pgCode(error);
+  if (code === "42P01") {
+    return new SessionStoreError(
+      "TABLE_MISSING",
+      `table ${table} not found; run the migrations in node_modules/connect-drizzle/drizzle ` +
+        `(see the README, "Create the table") or add the table from connect-drizzle's schema to your drizzle-kit config`,
+      { cause: error },
+    );
+  }
+  if (code === "42703") {
+    return new SessionStoreError(
+      "SCHEMA_OUTDATED",
+      `table ${table} lacks a column this version needs; run the latest migrations in node_modules/connect-drizzle/drizzle`,
+      { cause: error },
+    );
+  }
+  const reason = error instanceof Error ? error.message : String(error);
+  return new SessionStoreError("DATABASE", `${action} failed: ${reason}`, { cause: error });
+}
+
+/** The SQLSTATE of a driver error (node-postgres, postgres.js and PGlite all expose `code`), drizzle's wrapper included. */
+function pgCode(error: unknown): string | undefined {
+  for (let e: any = error, depth = 0; e && depth < 4; e = e.cause, depth++) {
+    if (typeof e.code === "string" && /^[0-9A-Z]{5}$/.test(e.code)) return e.code;
+  }
+  return undefined;
+}

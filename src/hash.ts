@@ -1,0 +1,20 @@
+import { createHash, createHmac, randomBytes } from "node:crypto";
+
+/**
+ * Derives the database keys of a session id: one per secret, the first being the key new rows get.
+ * Without secrets the key is SHA-256(id); with secrets it is HMAC-SHA-256(secret, id), so a leaked
+ * table cannot even be matched against guessed ids without the secret.
+ */
+export type KeyDeriver = (sessionId: string) => string[];
+
+export function keyDeriver(secrets: readonly string[]): KeyDeriver {
+  if (secrets.length === 0) {
+    return (id) => [createHash("sha256").update(id, "utf8").digest("base64url")];
+  }
+  return (id) => secrets.map((secret) => createHmac("sha256", secret).update(id, "utf8").digest("base64url"));
+}
+
+/** A fresh public handle: 128 random bits, unrelated to the session id, so it can never be used as one. */
+export function newHandle(): string {
+  return randomBytes(16).toString("base64url");
+}

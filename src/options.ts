@@ -1,0 +1,155 @@
+import { is } from "drizzle-orm";
+import { PgDatabase, type PgQueryResultHKT } from "drizzle-orm/pg-core";
+import type { SessionData } from "express-session";
+import { sessions, type SessionTable } from "./schema.js";
+
+/** Any drizzle Postgres database: node-postgres, postgres.js, PGlite, Neon, ... */
+export type AnyPgDatabase = PgDatabase<PgQueryResultHKT, any>;
+
+/** Finds the owner of a session in its data; return `undefined` or `null` for an anonymous session. */
+export type UserIdOf = (session: SessionData) => string | number | null | undefined;
+
+/** Options of `new SessionStore(options)`. Durations are in milliseconds, like express-session's `maxAge`. */
+export interface SessionStoreOptions {
+  /** A drizzle Postgres database. The store never closes or reconfigures it. Required. */
+  db: AnyPgDatabase;
+  /**
+   * The sessions table, from {@link createSessionTable} for a custom name or Postgres schema.
+   * @default sessions (the table the shipped migrations create)
+   */
+  table?: SessionTable;
+  /**
+   * Keys for HMAC-SHA-256 of session ids. Without them ids are hashed with plain SHA-256 (a leaked table
+   * still opens no session). The first secret keys new rows; the others are still accepted on read, and
+   * rows created under them keep their key until they end, so keep an old secret listed until the
+   * sessions created under it have expired (your cookie maxAge), as you do for express-session's secret.
+   * @default [] (SHA-256)
+   */
+  secrets?: string | readonly string[];
+  /**
+   * Lifetime of a session whose cookie has no expiry (a browser-session cookie, or an invalid `expires`).
+   * @default 86_400_000 (one day)
+   */
+  ttl?: number;
+  /**
+   * Idle timeout: a session unused for this long is dead, whatever its cookie says. Activity renews it.
+   * @default undefined (the cookie's maxAge, or `ttl`, is the idle timeout)
+   */
+  idleTimeout?: number;
+  /**
+   * Absolute timeout: a session is dead this long after it was created, whatever the activity. Never renewed.
+   * @default undefined (no absolute limit)
+   */
+  absoluteTimeout?: number;
+  /**
+   * A touch (or an unchanged save) writes only when it moves the stored expiry by more than this, or by
+   * more than a tenth of the session's lifetime, whichever is less. So a read-only request costs one query
+   * and no write; the stored expiry (and last-seen time) lags the cookie's by at most this much.
+   * @default 60_000 (one minute)
+   */
+  touchAfter?: number;
+  /**
+   * Finds the user id in the session data; it is stored in its own indexed column on every save, for
+   * listing and revoking a user's sessions. Numbers are stored as strings.
+   * @default session.passport.user, then session.userId
+   */
+  userId?: UserIdOf;
+  /**
+   * Keep ended sessions (logout, revoked, expired, rotated), without their data, for this long, to list
+   * them as history with `status: "ended"`. With 0 an ended session keeps only a tombstone until its
+   * original expiry, so a request still in flight can never bring it back.
+   * @default 0
+   */
+  retainEnded?: number;
+  /**
+   * Largest serialized session accepted, in bytes; a bigger `set` fails with a `TOO_LARGE` error and the
+   * stored session is left as it was.
+   * @default 1_048_576 (1 MiB)
+   */
+  maxSize?: number;
+  /**
+   * Use named prepared statements for the hot path. Turn off behind pgbouncer < 1.21 in transaction mode.
+   * @default true
+   */
+  prepare?: boolean;
+}
+
+/** The options with every default applied; computed once in the constructor. */
+export interface ResolvedOptions {
+  db: AnyPgDatabase;
+  table: SessionTable;
+  secrets: string[];
+  ttl: number;
+  idleTimeout: number | undefined;
+  absoluteTimeout: number | undefined;
+  touchAfter: number;
+  userId: UserIdOf;
+  retainEnded: number;
+  maxSize: number;
+  prepare: boolean;
+}
+
+const defaultUserId: UserIdOf = (session: any) => session?.passport?.user ?? session?.userId;
+
+export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
+  if (options === null || typeof options !== "object") {
+    throw new TypeError("connect-drizzle: new SessionStore(options) needs an options object, e.g. new SessionStore({ db })");
+  }
+  const { db } = options;
+  if (db === undefined || db === null) {
+    throw new TypeError(
+      "connect-drizzle: the `db` option is required: pass a drizzle Postgres database, e.g. new SessionStore({ db: drizzle(pool) })",
+    );
+  }
+  if (!is(db, PgDatabase)) {
+    throw new TypeError(
+      "connect-drizzle: `db` is not a drizzle Postgres database; build it with drizzle-orm/node-postgres, drizzle-orm/postgres-js " +
+        "or drizzle-orm/pglite (MySQL and SQLite databases are not supported)",
+    );
+  }
+  const secrets = options.secrets === undefined ? [] : typeof options.secrets === "string" ? [options.secrets] : [...options.secrets];
+  if (!secrets.every((s) => typeof s === "string" && s.length > 0)) {
+    throw new TypeError("connect-drizzle: `secrets` must be a non-empty string or an array of non-empty strings");
+  }
+  if (options.userId !== undefined && typeof options.userId !== "function") {
+    throw new TypeError("connect-drizzle: `userId` must be a function (session) => string | undefined");
+  }
+  if (options.table !== undefined && (typeof options.table !== "object" || !("key" in options.table))) {
+    throw new TypeError("connect-drizzle: `table` must be a table from connect-drizzle's createSessionTable()");
+  }
+  return {
+    db,
+    table: options.table ?? sessions,
+    secrets,
+    ttl: numberOption(options, "ttl", 86_400_000),
+    idleTimeout: optionalNumber(options, "idleTimeout"),
+    absoluteTimeout: optionalNumber(options, "absoluteTimeout"),
+    touchAfter: numberOption(options, "touchAfter", 60_000, true),
+    userId: options.userId ?? defaultUserId,
+    retainEnded: numberOption(options, "retainEnded", 0, true),
+    maxSize: numberOption(options, "maxSize", 1_048_576, false, "bytes"),
+    prepare: options.prepare ?? true,
+  };
+}
+
+/** Reads a numeric option: positive (or, with allowZero, non-negative) and finite. */
+export function numberOption<K extends string>(
+  options: Partial<Record<K, unknown>>,
+  name: K,
+  fallback: number,
+  allowZero = false,
+  unit = "milliseconds",
+): number {
+  const value = options[name];
+  if (value === undefined) return fallback;
+  if (typeof value !== "number" || !Number.isFinite(value) || value < 0 || (value === 0 && !allowZero)) {
+    throw new TypeError(
+      `connect-drizzle: \`${name}\` must be a ${allowZero ? "non-negative" : "positive"} number of ${unit} (got ${String(value)})`,
+    );
+  }
+  return value;
+}
+
+function optionalNumber<K extends string>(options: Partial<Record<K, unknown>>, name: K): number | undefined {
+  return options[name] === undefined ? undefined : numberOption(options, name, 0);
+}

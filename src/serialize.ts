@@ -1,0 +1,64 @@
+import type { SessionData } from "express-session";
+import { SessionStoreError } from "./errors.js";
+
+/** The session as JSON text for the `data` column, or a clear error; nothing is written on failure. */
+export function serialize(session: SessionData, maxSize: number): string {
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(session);
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    throw new SessionStoreError(
+      "UNSERIALIZABLE",
+      `session data cannot be saved as JSON (${reason}); keep only plain data (no cycles, BigInt or class instances) in req.session`,
+      { cause: error },
+    );
+  }
+  if (text === undefined || !text.startsWith("{")) {
+    throw new SessionStoreError("UNSERIALIZABLE", "a session must be an object to be saved");
+  }
+  const size = Buffer.byteLength(text, "utf8");
+  if (size > maxSize) {
+    throw new SessionStoreError(
+      "TOO_LARGE",
+      `session data is ${size} bytes, over the store's maxSize of ${maxSize}; keep large data in your own tables or raise maxSize`,
+    );
+  }
+  return text;
+}
+
+/** A session read from the `data` column, or `null` when the row does not hold one express-session can load. */
+export function parseSession(text: string): SessionData | null {
+  let value: any;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  const valid =
+    value !== null && typeof value === "object" && !Array.isArray(value) &&
+    value.cookie !== null && typeof value.cookie === "object" && !Array.isArray(value.cookie);
+  return valid ? (value as SessionData) : null;
+}
+
+/**
+ * Whether two serialized sessions hold the same data, ignoring the cookie's expiry (it moves on every
+ * request) and key order (jsonb reorders keys).
+ */
+export function sameContent(stored: string, next: string): boolean {
+  const a = JSON.parse(stored);
+  const b = JSON.parse(next);
+  if (a?.cookie) delete a.cookie.expires;
+  if (b?.cookie) delete b.cookie.expires;
+  return deepEqual(a, b);
+}
+
+function deepEqual(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (typeof a !== "object" || typeof b !== "object" || a === null || b === null) return false;
+  if (Array.isArray(a) !== Array.isArray(b)) return false;
+  const ka = Object.keys(a);
+  const kb = Object.keys(b);
+  if (ka.length !== kb.length) return false;
+  return ka.every((k) => Object.prototype.hasOwnProperty.call(b, k) && deepEqual((a as any)[k], (b as any)[k]));
+}

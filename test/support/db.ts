@@ -1,0 +1,95 @@
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { PGlite } from "@electric-sql/pglite";
+import { sql } from "drizzle-orm";
+import { drizzle as drizzlePglite } from "drizzle-orm/pglite";
+import { drizzle as drizzlePg } from "drizzle-orm/node-postgres";
+import { drizzle as drizzlePostgresJs } from "drizzle-orm/postgres-js";
+import pg from "pg";
+import postgres from "postgres";
+import { createSessionTable, type AnyPgDatabase, type SessionTable } from "../../src/index.js";
+
+export const DATABASE_URL = process.env.DATABASE_URL;
+
+/** A database with the migrations applied in a schema of its own, so test files never share rows. */
+export interface TestDb {
+  driver: DriverName;
+  db: AnyPgDatabase;
+  table: SessionTable;
+  schema: string;
+  /** Every statement the store sent, in order (drizzle's logger sees prepared and raw queries alike). */
+  statements: string[];
+  /** Runs SQL outside the store, with `$table` replaced by the schema-qualified table name. */
+  raw<T = any>(text: string): Promise<T[]>;
+  close(): Promise<void>;
+}
+
+export type DriverName = "pglite" | "node-postgres" | "postgres.js";
+
+/** PGlite always; node-postgres and postgres.js when DATABASE_URL points at a server. */
+export const drivers: DriverName[] = DATABASE_URL ? ["pglite", "node-postgres", "postgres.js"] : ["pglite"];
+
+const migrationsDir = join(import.meta.dirname, "..", "..", "drizzle");
+
+/** The shipped migrations, in order, as one multi-statement script. */
+export function migrationScript(): string {
+  return readdirSync(migrationsDir)
+    .filter((f) => f.endsWith(".sql"))
+    .sort()
+    .map((f) => readFileSync(join(migrationsDir, f), "utf8").replaceAll("--> statement-breakpoint", ""))
+    .join(";\n");
+}
+
+let counter = 0;
+
+export async function openDb(driver: DriverName, options: { pool?: number } = {}): Promise<TestDb> {
+  const schema = `t_${process.pid}_${Date.now().toString(36)}_${counter++}`;
+  const statements: string[] = [];
+  const logger = { logQuery: (query: string) => void statements.push(query) };
+  let db: AnyPgDatabase;
+  let exec: (text: string) => Promise<any[]>;
+  let end: () => Promise<void>;
+  if (driver === "pglite") {
+    const client = new PGlite();
+    db = drizzlePglite(client, { logger });
+    exec = async (text) => (await client.exec(text)).at(-1)?.rows ?? [];
+    end = () => client.close();
+  } else if (driver === "node-postgres") {
+    const pool = new pg.Pool({ connectionString: DATABASE_URL, max: options.pool ?? 4 });
+    db = drizzlePg(pool, { logger });
+    exec = async (text) => {
+      const result: any = await pool.query(text);
+      return (Array.isArray(result) ? result.at(-1) : result).rows ?? [];
+    };
+    end = () => pool.end();
+  } else {
+    const client = postgres(DATABASE_URL!, { max: options.pool ?? 4, onnotice: () => {} });
+    db = drizzlePostgresJs(client, { logger });
+    exec = async (text) => [...(await client.unsafe(text))];
+    end = () => client.end({ timeout: 5 });
+  }
+  await exec(`create schema "${schema}"; set search_path to "${schema}"; ${migrationScript()}; reset search_path;`);
+  const qualified = `"${schema}"."sessions"`;
+  return {
+    driver,
+    db,
+    schema,
+    table: createSessionTable("sessions", { schema }),
+    statements,
+    raw: async (text) => {
+      const result: any = await db.execute(sql.raw(text.replaceAll("$table", qualified)));
+      return Array.isArray(result) ? result : result.rows;
+    },
+    close: async () => {
+      if (driver !== "pglite") await exec(`drop schema "${schema}" cascade`).catch(() => {});
+      await end();
+    },
+  };
+}
+
+export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A minimal express-session-shaped session with a cookie expiring `ms` from now. */
+export function sessionData(ms: number, extra: Record<string, unknown> = {}): any {
+  return { cookie: { originalMaxAge: ms, expires: new Date(Date.now() + ms).toISOString(), httpOnly: true, path: "/" }, ...extra };
+}
