@@ -1,4 +1,4 @@
 export { SessionStore, type EndReason } from "./store.js";
-export type { SessionStoreOptions, UserIdOf, AnyPgDatabase } from "./options.js";
+export type { AnyPgDatabase, SessionStoreOptions, UserIdOf } from "./options.js";
 export { sessions, createSessionTable, type SessionTable, type SessionTableOptions } from "./schema.js";
 export { SessionStoreError, type SessionStoreErrorCode } from "./errors.js";

@@ -1,0 +1,99 @@
+import request from "supertest";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { SessionStore } from "../src/index.js";
+import { cookieOf, testApp } from "./support/app.js";
+import { drivers, openDb, type TestDb } from "./support/db.js";
+
+describe.each(drivers)("express-session + passport on %s", (driver) => {
+  let t: TestDb;
+  let store: SessionStore;
+
+  beforeAll(async () => {
+    t = await openDb(driver);
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+  beforeEach(async () => {
+    store = new SessionStore({ db: t.db, table: t.table });
+    await store.clear();
+  });
+
+  async function login(app: any, user = "ann", cookie?: string): Promise<string> {
+    const req = request(app).post("/login").send({ username: user, password: "pw" });
+    const res = await (cookie ? req.set("Cookie", cookie) : req);
+    expect(res.status).toBe(200);
+    const sid = cookieOf(res);
+    expect(sid).toBeDefined();
+    return sid!;
+  }
+
+  it("logs in, reads the user back on the next request, and records the owner", async () => {
+    const app = testApp(store);
+    const cookie = await login(app);
+    const me = await request(app).get("/me").set("Cookie", cookie);
+    expect(me.body).toEqual({ user: "ann" });
+    const rows = await t.raw(`select user_id from $table`);
+    expect(rows).toEqual([{ user_id: "ann" }]);
+  });
+
+  it("rejects a wrong password and stores nothing", async () => {
+    const app = testApp(store);
+    const res = await request(app).post("/login").send({ username: "ann", password: "nope" });
+    expect(res.status).toBe(401);
+    expect(await store.length()).toBe(0);
+  });
+
+  it("keeps data across requests", async () => {
+    const app = testApp(store);
+    const first = await request(app).post("/count");
+    const cookie = cookieOf(first)!;
+    await request(app).post("/count").set("Cookie", cookie);
+    const third = await request(app).post("/count").set("Cookie", cookie);
+    expect(third.body).toEqual({ views: 3 });
+    expect((await request(app).get("/count").set("Cookie", cookie)).body).toEqual({ views: 3 });
+  });
+
+  it("login regenerates the session: the pre-login id stops working (no fixation)", async () => {
+    const app = testApp(store);
+    const anonymous = cookieOf(await request(app).post("/count"))!;
+    const authed = await login(app, "ann", anonymous);
+    expect(authed).not.toBe(anonymous);
+    expect((await request(app).get("/count").set("Cookie", anonymous)).body).toEqual({ views: 0 });
+    expect((await request(app).get("/me").set("Cookie", authed)).body).toEqual({ user: "ann" });
+  });
+
+  it("logout ends the session: the old cookie is no longer logged in", async () => {
+    const app = testApp(store);
+    const cookie = await login(app);
+    expect((await request(app).post("/logout").set("Cookie", cookie)).status).toBe(200);
+    expect((await request(app).get("/me").set("Cookie", cookie)).status).toBe(401);
+  });
+
+  it("a rolling cookie is re-sent with a later expiry on every response", async () => {
+    const app = testApp(store, { rolling: true });
+    const cookie = await login(app);
+    const res = await request(app).get("/me").set("Cookie", cookie);
+    const setCookie = (res.headers["set-cookie"] as unknown as string[])[0]!;
+    const expires = Date.parse(/Expires=([^;]+)/.exec(setCookie)![1]!);
+    expect(expires).toBeGreaterThan(Date.now() + 3_500_000);
+  });
+
+  it("a read-only request costs exactly one SQL statement and no write, even with rolling and resave", async () => {
+    for (const options of [{ rolling: true }, { resave: true }, {}]) {
+      const app = testApp(new SessionStore({ db: t.db, table: t.table }), options);
+      const cookie = await login(app);
+      await request(app).get("/me").set("Cookie", cookie);
+      t.statements.length = 0;
+      for (let i = 0; i < 5; i++) expect((await request(app).get("/me").set("Cookie", cookie)).status).toBe(200);
+      expect(t.statements).toHaveLength(5);
+      expect(t.statements.every((s) => /^select/i.test(s))).toBe(true);
+    }
+  });
+
+  it("an unknown or forged cookie gets a fresh anonymous session", async () => {
+    const app = testApp(store);
+    const res = await request(app).get("/me").set("Cookie", "connect.sid=s%3Aforged.signature");
+    expect(res.status).toBe(401);
+  });
+});

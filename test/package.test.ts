@@ -1,0 +1,35 @@
+import { execFileSync } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+import { beforeAll, describe, expect, it } from "vitest";
+
+const root = join(import.meta.dirname, "..");
+const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
+
+describe("published package", () => {
+  beforeAll(() => {
+    execFileSync("npm", ["run", "build", "--silent"], { cwd: root, stdio: "pipe" });
+  }, 120_000);
+
+  it("loads from ESM and CommonJS, each with its own types", async () => {
+    const esm = await import(pathToFileURL(join(root, pkg.exports["."].import.default)).href);
+    const cjs = createRequire(import.meta.url)(join(root, pkg.exports["."].require.default));
+    for (const mod of [esm, cjs]) {
+      expect(typeof mod.SessionStore).toBe("function");
+      expect(typeof mod.createSessionTable).toBe("function");
+      expect(mod.sessions).toBeDefined();
+    }
+    expect(existsSync(join(root, pkg.exports["."].import.types))).toBe(true);
+    expect(existsSync(join(root, pkg.exports["."].require.types))).toBe(true);
+  });
+
+  it("ships only the build and the migrations, with drizzle-orm and express-session as peers", () => {
+    expect(pkg.files).toEqual(["dist", "drizzle"]);
+    expect(Object.keys(pkg.peerDependencies).sort()).toEqual(["drizzle-orm", "express-session"]);
+    expect(pkg.dependencies ?? {}).toEqual({});
+    const bundle = readFileSync(join(root, pkg.exports["."].import.default), "utf8");
+    expect(bundle).not.toMatch(/from ["'](pg|postgres|@electric-sql\/pglite)["']/);
+  });
+});
