@@ -1,4 +1,5 @@
-export { SessionStore, type EndReason } from "./store.js";
+export { SessionStore, type EndReason, type SessionQuery, type SessionRecord, type SessionStatus } from "./store.js";
 export type { AnyPgDatabase, SessionStoreOptions, UserIdOf } from "./options.js";
 export { sessions, createSessionTable, type SessionTable, type SessionTableOptions } from "./schema.js";
 export { SessionStoreError, type SessionStoreErrorCode } from "./errors.js";
+export { sessionMiddleware, type SessionMiddleware, type SessionMiddlewareOptions } from "./middleware.js";

@@ -11,6 +11,43 @@ import { parseSession, sameContent, serialize } from "./serialize.js";
 /** Why a session ended, as recorded in `end_reason`. */
 export type EndReason = "logout" | "revoked" | "expired" | "rotated";
 
+/**
+ * Where a session stands: `active` (usable), `expired` (past its idle or absolute expiry, not yet reaped:
+ * `extend` can revalidate it), `ended` (logged out, revoked, rotated, or expired and reaped into history).
+ */
+export type SessionStatus = "active" | "expired" | "ended";
+
+/** A session as a record, for a "your devices" page or an audit view. Never holds the session id. */
+export interface SessionRecord {
+  /** Public, stable identifier, safe in a page or URL; pass it to `revoke` or `extend`. Not a session id. */
+  handle: string;
+  userId: string | null;
+  status: SessionStatus;
+  createdAt: Date;
+  lastSeenAt: Date;
+  /** Idle expiry (renewed by activity, every `touchAfter` at most). */
+  expiresAt: Date;
+  absoluteExpiresAt: Date | null;
+  userAgent: string | null;
+  ip: string | null;
+  endedAt: Date | null;
+  endReason: EndReason | null;
+  /** Whether this is the session of `current` passed to `list` (mark "this device"). */
+  current: boolean;
+}
+
+/** Which sessions `list` and `count` return. */
+export interface SessionQuery {
+  /** The owner, as found by the store's `userId` option. Required. */
+  userId: string;
+  /** @default "active" */
+  status?: SessionStatus | "all";
+  /** A session id (e.g. `req.sessionID`) whose record gets `current: true`. */
+  current?: string;
+  /** Most records returned, newest activity first. @default 100 */
+  limit?: number;
+}
+
 /** How many recently read sessions a store remembers to skip redundant touches and saves. */
 const RECENT_LIMIT = 10_000;
 
@@ -104,6 +141,115 @@ export class SessionStore extends Store {
     );
   }
 
+  /**
+   * Ends the old session of `req` and gives it a new id (express-session's `req.session.regenerate`,
+   * which passport calls on login and logout). The old record ends as `rotated` while it still holds a
+   * user, as `logout` once the user was removed from it.
+   */
+  override regenerate(req: any, callback: (err?: any) => any): void {
+    const reason: EndReason = req.session && this.userIdOf(req.session) !== null ? "rotated" : "logout";
+    void settle(
+      this.run("regenerate", async () => void (await this.end(req.sessionID, reason))),
+      (err) => {
+        // express-session assigns generate() to the store when the middleware is created.
+        (this as unknown as { generate(req: unknown): void }).generate(req);
+        callback(err);
+      },
+    );
+  }
+
+  /** A user's sessions as records, newest activity first. */
+  async list(query: SessionQuery): Promise<SessionRecord[]> {
+    const { userId, limit, current } = this.checkQuery(query);
+    const t = this.table;
+    const now = Date.now();
+    const isCurrent = current === undefined ? sql`false` : this.byKeys(this.keysOf(current));
+    const rows = await this.run("list", () =>
+      this.query<RecordRow>(sql`select ${t.handle} as handle, ${t.userId} as user_id, ${msOf(t.createdAt)} as created_at,
+          ${msOf(t.lastSeenAt)} as last_seen_at, ${msOf(t.expiresAt)} as expires_at, ${msOf(t.absoluteExpiresAt)} as absolute_expires_at,
+          ${t.userAgent} as user_agent, ${t.ip} as ip, ${msOf(t.endedAt)} as ended_at, ${t.endReason} as end_reason,
+          ${isCurrent} as current
+        from ${t} where ${t.userId} = ${userId} and ${this.statusFilter(query.status, now)}
+        order by ${t.lastSeenAt} desc, ${t.handle} limit ${limit}`),
+    );
+    return rows.map((row) => toRecord(row, now));
+  }
+
+  /** How many sessions of a user match (same filter as `list`, without the limit). */
+  async count(query: SessionQuery): Promise<number> {
+    const { userId } = this.checkQuery(query);
+    const t = this.table;
+    const [row] = await this.run("count", () =>
+      this.query<{ n: number }>(
+        sql`select count(*)::int as n from ${t} where ${t.userId} = ${userId} and ${this.statusFilter(query.status, Date.now())}`,
+      ),
+    );
+    return Number(row?.n ?? 0);
+  }
+
+  /** The public handle of a live session id (to mark "this device"), or `null`. */
+  async handleOf(sessionId: string): Promise<string | null> {
+    if (typeof sessionId !== "string") return null;
+    const t = this.table;
+    const [row] = await this.run("handleOf", () =>
+      this.query<{ handle: string }>(sql`select ${t.handle} as handle from ${t} where ${this.byKeys(this.keysOf(sessionId))} and ${this.live(Date.now())}`),
+    );
+    return row?.handle ?? null;
+  }
+
+  /**
+   * Ends a session by its handle, at once, on every app instance. With `userId`, only a session owned by
+   * that user is ended (so a user can never end someone else's session by guessing a handle).
+   * @returns whether a session was ended
+   */
+  async revoke(handle: string, options: { userId?: string; reason?: EndReason } = {}): Promise<boolean> {
+    if (typeof handle !== "string" || handle.length === 0) return false;
+    const t = this.table;
+    const owner = options.userId === undefined ? sql`` : sql` and ${t.userId} = ${String(options.userId)}`;
+    const rows = await this.run("revoke", () =>
+      this.query(sql`${this.endSet(options.reason ?? "revoked")} where ${t.handle} = ${handle} and ${t.endedAt} is null${owner} returning 1`),
+    );
+    return rows.length > 0;
+  }
+
+  /**
+   * Ends every session of a user ("log out everywhere", e.g. after a password change), or every one but
+   * `except` ("log out other devices"), given as a session id or a handle.
+   * @returns how many sessions were ended
+   */
+  async revokeUser(userId: string, options: { except?: string; reason?: EndReason } = {}): Promise<number> {
+    if (typeof userId !== "string" && typeof userId !== "number") throw new TypeError("connect-drizzle: revokeUser needs a user id");
+    const t = this.table;
+    const except = options.except === undefined ? sql`` : sql` and not (${this.byKeys(this.keysOf(options.except))} or ${t.handle} = ${options.except})`;
+    const rows = await this.run("revokeUser", () =>
+      this.query(sql`${this.endSet(options.reason ?? "revoked")} where ${t.userId} = ${String(userId)} and ${t.endedAt} is null${except} returning 1`),
+    );
+    return rows.length;
+  }
+
+  /**
+   * Sets a new idle expiry for a session (longer or shorter). It also revalidates a session that expired
+   * but is not yet reaped; an ended session stays ended. The expiry never passes the absolute expiry
+   * unless `beyondAbsolute` is set, which moves the absolute expiry too.
+   * @returns whether a session was changed
+   */
+  async extend(handle: string, until: Date, options: { beyondAbsolute?: boolean } = {}): Promise<boolean> {
+    const at = until instanceof Date ? until.getTime() : NaN;
+    if (!Number.isFinite(at)) throw new TypeError("connect-drizzle: extend(handle, until) needs a valid Date");
+    if (typeof handle !== "string" || handle.length === 0) return false;
+    const t = this.table;
+    const until_ = sql`${iso(at)}::timestamptz`;
+    const expiry = options.beyondAbsolute
+      ? sql`expires_at = ${until_}, absolute_expires_at = greatest(${t.absoluteExpiresAt}, ${until_})`
+      : sql`expires_at = least(${until_}, ${t.absoluteExpiresAt})`;
+    const rows = await this.run("extend", () =>
+      this.query(sql`update ${t} set ${expiry}, version = ${t.version} + 1,
+          data = case when jsonb_typeof(${t.data}->'cookie') = 'object' then jsonb_set(${t.data}, '{cookie,expires}', to_jsonb(${iso(at)}::text)) else ${t.data} end
+        where ${t.handle} = ${handle} and ${t.endedAt} is null returning 1`),
+    );
+    return rows.length > 0;
+  }
+
   /** Stops the store's timers. Never closes the database you passed in. */
   async close(): Promise<void> {
     this.recent.clear();
@@ -142,11 +288,13 @@ export class SessionStore extends Store {
     const absolute = this.options.absoluteTimeout;
     // Sessions created before absoluteTimeout was enabled get it counted from their creation.
     const absoluteExpr = absolute === undefined ? sql`${t.absoluteExpiresAt}` : sql`coalesce(${t.absoluteExpiresAt}, ${t.createdAt} + ${absolute} * interval '1 millisecond')`;
-    const changes = sql`data = ${text}::jsonb, user_id = ${userId}, expires_at = least(${iso(expires)}::timestamptz, ${absoluteExpr}),
+    // The owner survives the user being removed from the data, so the record of a logout stays in the
+    // user's history (passport's logout saves the session without the user, then regenerates it).
+    const changes = sql`data = ${text}::jsonb, user_id = coalesce(${userId}::text, ${t.userId}), expires_at = least(${iso(expires)}::timestamptz, ${absoluteExpr}),
       absolute_expires_at = ${absoluteExpr}, last_seen_at = ${iso(now)}::timestamptz,
       user_agent = coalesce(${ua}::text, ${t.userAgent}), ip = coalesce(${ip}::text, ${t.ip}), version = ${t.version} + 1`;
     const absoluteAt = absolute === undefined ? null : now + absolute;
-    const row = sql`${keys[0]}, ${newHandle()}, ${userId}, ${text}::jsonb, ${iso(Math.min(expires, absoluteAt ?? Infinity))}::timestamptz,
+    const row = sql`${keys[0]}, ${newHandle()}, ${userId}::text, ${text}::jsonb, ${iso(Math.min(expires, absoluteAt ?? Infinity))}::timestamptz,
       ${absoluteAt === null ? null : iso(absoluteAt)}::timestamptz, ${iso(now)}::timestamptz, ${iso(now)}::timestamptz, ${ua}::text, ${ip}::text`;
     const columns = sql`(key, handle, user_id, data, expires_at, absolute_expires_at, created_at, last_seen_at, user_agent, ip)`;
     // An ended row (a tombstone) is never revived: a request still in flight when its session was
@@ -214,6 +362,31 @@ export class SessionStore extends Store {
     return sql`${t.endedAt} is null and ${t.expiresAt} > ${iso(now)}::timestamptz`;
   }
 
+  private statusFilter(status: SessionQuery["status"], now: number): SQL {
+    const t = this.table;
+    switch (status ?? "active") {
+      case "active":
+        return this.live(now);
+      case "expired":
+        return sql`${t.endedAt} is null and ${t.expiresAt} <= ${iso(now)}::timestamptz`;
+      case "ended":
+        return sql`${t.endedAt} is not null`;
+      case "all":
+        return sql`true`;
+      default:
+        throw new TypeError(`connect-drizzle: status must be "active", "expired", "ended" or "all" (got ${String(status)})`);
+    }
+  }
+
+  private checkQuery(query: SessionQuery): { userId: string; limit: number; current?: string } {
+    if (!query || (typeof query.userId !== "string" && typeof query.userId !== "number")) {
+      throw new TypeError("connect-drizzle: list/count need { userId }");
+    }
+    const limit = query.limit ?? 100;
+    if (!Number.isInteger(limit) || limit < 1) throw new TypeError("connect-drizzle: `limit` must be a positive integer");
+    return { userId: String(query.userId), limit, current: typeof query.current === "string" ? query.current : undefined };
+  }
+
   /** @internal */
   protected byKeys(keys: string[]): SQL {
     return sql`${this.table.key} in (${sql.join(keys.map((k) => sql`${k}`), sql`, `)})`;
@@ -278,7 +451,7 @@ export class SessionStore extends Store {
     const t = this.table;
     const keys = Array.from({ length: Math.max(1, this.options.secrets.length) }, (_, i) => sql.placeholder(`k${i}`));
     const query = this.options.db
-      .select({ data: sql<string>`${t.data}::text`, expires: sql<number>`(extract(epoch from ${t.expiresAt}) * 1000)::float8` })
+      .select({ data: sql<string>`${t.data}::text`, expires: msOf(t.expiresAt).mapWith(Number) })
       .from(t)
       .where(sql`${t.key} in (${sql.join(keys, sql`, `)}) and ${t.endedAt} is null and ${t.expiresAt} > ${sql.placeholder("now")}::timestamptz`)
       .limit(1);
@@ -293,6 +466,45 @@ function requestMetadata(session: SessionData): { ua: string | null; ip: string 
   const ua = req.headers?.["user-agent"];
   const ip = req.ip ?? req.socket?.remoteAddress;
   return { ua: typeof ua === "string" ? ua.slice(0, 512) : null, ip: typeof ip === "string" ? ip.slice(0, 64) : null };
+}
+
+interface RecordRow {
+  handle: string;
+  user_id: string | null;
+  created_at: number;
+  last_seen_at: number;
+  expires_at: number;
+  absolute_expires_at: number | null;
+  user_agent: string | null;
+  ip: string | null;
+  ended_at: number | null;
+  end_reason: EndReason | null;
+  current: boolean;
+}
+
+function toRecord(row: RecordRow, now: number): SessionRecord {
+  const date = (ms: number | null) => (ms === null || ms === undefined ? null : new Date(Number(ms)));
+  const expiresAt = date(row.expires_at)!;
+  const endedAt = date(row.ended_at);
+  return {
+    handle: row.handle,
+    userId: row.user_id,
+    status: endedAt ? "ended" : expiresAt.getTime() > now ? "active" : "expired",
+    createdAt: date(row.created_at)!,
+    lastSeenAt: date(row.last_seen_at)!,
+    expiresAt,
+    absoluteExpiresAt: date(row.absolute_expires_at),
+    userAgent: row.user_agent,
+    ip: row.ip,
+    endedAt,
+    endReason: row.end_reason,
+    current: row.current === true || (row.current as unknown) === "t",
+  };
+}
+
+/** A timestamp column as epoch milliseconds (a float8, which every driver returns as a number). */
+function msOf(column: SQL.Aliased | SQL | object): SQL {
+  return sql`(extract(epoch from ${column}) * 1000)::float8`;
 }
 
 function iso(epochMs: number): string {

@@ -1,0 +1,176 @@
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
+import { SessionStore } from "../src/index.js";
+import { drivers, openDb, sessionData, type TestDb } from "./support/db.js";
+
+const HOUR = 3_600_000;
+
+describe.each(drivers)("sessions as records on %s", (driver) => {
+  let t: TestDb;
+  let store: SessionStore;
+
+  beforeAll(async () => {
+    t = await openDb(driver);
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+  beforeEach(async () => {
+    store = new SessionStore({ db: t.db, table: t.table });
+    await store.clear();
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  /** A request-like object as express-session links it to a session (`session.req`). */
+  const withRequest = (session: any, ua: string, ip: string) => {
+    Object.defineProperty(session, "req", { value: { headers: { "user-agent": ua }, ip }, enumerable: false });
+    return session;
+  };
+
+  const login = (sid: string, user: string, extra: Record<string, unknown> = {}) =>
+    store.set(sid, withRequest(sessionData(HOUR, { passport: { user }, ...extra }), `UA of ${sid}`, "203.0.113.7"));
+
+  it("records the owner (passport.user, then userId), device and timestamps of each session", async () => {
+    await login("s1", "ann");
+    await store.set("s2", sessionData(HOUR, { userId: 42 }));
+    await store.set("anon", sessionData(HOUR));
+    const [ann] = await store.list({ userId: "ann" });
+    expect(ann).toMatchObject({ userId: "ann", status: "active", userAgent: "UA of s1", ip: "203.0.113.7", endedAt: null, endReason: null });
+    expect(ann!.createdAt).toBeInstanceOf(Date);
+    expect(ann!.lastSeenAt.getTime()).toBeGreaterThanOrEqual(ann!.createdAt.getTime());
+    expect(ann!.handle).toMatch(/^[A-Za-z0-9_-]{22}$/);
+    expect(await store.count({ userId: "42" })).toBe(1);
+    expect(await t.raw(`select user_id from $table order by user_id nulls last`)).toEqual([{ user_id: "42" }, { user_id: "ann" }, { user_id: null }]);
+  });
+
+  it("uses a custom userId function", async () => {
+    const custom = new SessionStore({ db: t.db, table: t.table, userId: (s: any) => s.account?.id });
+    await custom.set("c1", sessionData(HOUR, { account: { id: "acct-9" } }));
+    expect(await custom.count({ userId: "acct-9" })).toBe(1);
+  });
+
+  it("lists a user's sessions newest activity first, marks the current one, and never shows ids", async () => {
+    vi.useFakeTimers({ toFake: ["Date"] });
+    const t0 = Date.now();
+    for (const [i, sid] of ["laptop", "phone", "tablet"].entries()) {
+      vi.setSystemTime(t0 + i * 1000);
+      await login(sid, "ann");
+    }
+    await login("bob-1", "bob");
+    const list = await store.list({ userId: "ann", current: "phone" });
+    expect(list.map((r) => r.userAgent)).toEqual(["UA of tablet", "UA of phone", "UA of laptop"]);
+    expect(list.map((r) => r.current)).toEqual([false, true, false]);
+    expect(await store.handleOf("phone")).toBe(list[1]!.handle);
+    expect(await store.handleOf("nope")).toBeNull();
+    expect(JSON.stringify(list)).not.toMatch(/"(laptop|phone|tablet)"/);
+    expect(await store.list({ userId: "ann", limit: 2 })).toHaveLength(2);
+  });
+
+  it("revoke ends a session by handle at once; with userId it cannot end another user's session", async () => {
+    await login("ann-1", "ann");
+    await login("bob-1", "bob");
+    const annHandle = (await store.handleOf("ann-1"))!;
+    expect(await store.revoke(annHandle, { userId: "bob" })).toBe(false);
+    expect(await store.get("ann-1")).not.toBeNull();
+    expect(await store.revoke(annHandle, { userId: "ann" })).toBe(true);
+    expect(await store.get("ann-1")).toBeNull();
+    expect(await store.revoke(annHandle)).toBe(false);
+    expect(await store.revoke("no-such-handle")).toBe(false);
+    // A handle is not a session id: using it as one opens nothing.
+    expect(await store.get((await store.handleOf("bob-1"))!)).toBeNull();
+  });
+
+  it("revokeUser logs out everywhere, or everywhere but the current device (by id or handle)", async () => {
+    for (const sid of ["a1", "a2", "a3", "a4"]) await login(sid, "ann");
+    await login("b1", "bob");
+    expect(await store.revokeUser("ann", { except: "a1" })).toBe(3);
+    expect(await store.get("a1")).not.toBeNull();
+    expect(await store.get("a2")).toBeNull();
+    await login("a5", "ann");
+    expect(await store.revokeUser("ann", { except: (await store.handleOf("a5"))! })).toBe(1);
+    expect(await store.get("a5")).not.toBeNull();
+    expect(await store.revokeUser("ann")).toBe(1);
+    expect(await store.count({ userId: "ann" })).toBe(0);
+    expect(await store.get("b1")).not.toBeNull();
+  });
+
+  it("keeps ended sessions as history with reason, without their data", async () => {
+    await login("out", "ann", { secret: "s3cr3t" });
+    await login("rev", "ann");
+    await store.destroy("out");
+    await store.revoke((await store.handleOf("rev"))!);
+    const ended = await store.list({ userId: "ann", status: "ended" });
+    expect(ended.map((r) => [r.userAgent, r.endReason]).sort()).toEqual([["UA of out", "logout"], ["UA of rev", "revoked"]]);
+    expect(ended.every((r) => r.status === "ended" && r.endedAt instanceof Date)).toBe(true);
+    expect(await t.raw(`select 1 from $table where data::text like '%s3cr3t%'`)).toHaveLength(0);
+    expect(await store.count({ userId: "ann", status: "all" })).toBe(2);
+    expect(await store.count({ userId: "ann" })).toBe(0);
+  });
+
+  it("idle timeout: activity renews it, inactivity kills it (enforced by the query, no reaper)", async () => {
+    vi.useFakeTimers({ toFake: ["Date"] });
+    const idle = new SessionStore({ db: t.db, table: t.table, idleTimeout: 10 * 60_000 });
+    const t0 = Date.now();
+    await idle.set("idle", sessionData(24 * HOUR, { passport: { user: "ann" } }));
+    for (let minute = 5; minute <= 30; minute += 5) {
+      vi.setSystemTime(t0 + minute * 60_000);
+      const session: any = await idle.get("idle");
+      expect(session, `alive at minute ${minute}`).not.toBeNull();
+      await idle.touch("idle", session);
+    }
+    vi.setSystemTime(t0 + 30 * 60_000 + 10 * 60_000 + 1);
+    expect(await idle.get("idle")).toBeNull();
+    expect(await idle.list({ userId: "ann", status: "expired" })).toHaveLength(1);
+  });
+
+  it("absolute timeout: dead after it whatever the activity, and a save cannot push past it", async () => {
+    vi.useFakeTimers({ toFake: ["Date"] });
+    const abs = new SessionStore({ db: t.db, table: t.table, absoluteTimeout: HOUR });
+    const t0 = Date.now();
+    await abs.set("abs", sessionData(24 * HOUR, { passport: { user: "ann" } }));
+    for (let minute = 10; minute < 60; minute += 10) {
+      vi.setSystemTime(t0 + minute * 60_000);
+      const session: any = await abs.get("abs");
+      expect(session, `alive at minute ${minute}`).not.toBeNull();
+      session.cookie.expires = new Date(Date.now() + 24 * HOUR).toISOString();
+      session.n = minute;
+      await abs.set("abs", session);
+    }
+    vi.setSystemTime(t0 + HOUR + 1);
+    expect(await abs.get("abs")).toBeNull();
+    const [record] = await abs.list({ userId: "ann", status: "expired" });
+    expect(record!.absoluteExpiresAt!.getTime()).toBe(t0 + HOUR);
+    expect(record!.expiresAt.getTime()).toBeLessThanOrEqual(t0 + HOUR);
+  });
+
+  it("extend revalidates an expired session, shortens one, and stops at the absolute expiry unless told", async () => {
+    vi.useFakeTimers({ toFake: ["Date"] });
+    const abs = new SessionStore({ db: t.db, table: t.table, absoluteTimeout: 2 * HOUR });
+    const t0 = Date.now();
+    await abs.set("ext", sessionData(60_000, { passport: { user: "ann" } }));
+    const handle = (await abs.handleOf("ext"))!;
+    vi.setSystemTime(t0 + 120_000);
+    expect(await abs.get("ext")).toBeNull();
+    expect(await abs.extend(handle, new Date(t0 + HOUR))).toBe(true);
+    expect(await abs.get("ext")).not.toBeNull();
+    await abs.extend(handle, new Date(t0 + 10 * HOUR));
+    const [capped] = await abs.list({ userId: "ann" });
+    expect(capped!.expiresAt.getTime()).toBe(t0 + 2 * HOUR);
+    await abs.extend(handle, new Date(t0 + 10 * HOUR), { beyondAbsolute: true });
+    const [beyond] = await abs.list({ userId: "ann" });
+    expect(beyond!.expiresAt.getTime()).toBe(t0 + 10 * HOUR);
+    expect(beyond!.absoluteExpiresAt!.getTime()).toBe(t0 + 10 * HOUR);
+    expect(await abs.extend(handle, new Date(t0 + 120_001))).toBe(true);
+    vi.setSystemTime(t0 + 120_002);
+    expect(await abs.get("ext")).toBeNull();
+    await abs.destroy("ext");
+    expect(await abs.extend(handle, new Date(t0 + HOUR))).toBe(false);
+    await expect(abs.extend(handle, new Date(NaN))).rejects.toThrow(TypeError);
+  });
+
+  it("list and count reject a query without userId or with an unknown status", async () => {
+    await expect(store.list({} as any)).rejects.toThrow(/userId/);
+    await expect(store.count({ userId: "a", status: "gone" as any })).rejects.toThrow(/status/);
+  });
+});
