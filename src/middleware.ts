@@ -1,0 +1,211 @@
+import { createHmac, randomBytes } from "node:crypto";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import session, { type CookieOptions, type SessionData, type SessionOptions } from "express-session";
+import { SessionStore } from "./store.js";
+
+/** Options of {@link sessionMiddleware}: express-session's options with secure defaults, plus header transport. */
+export interface SessionMiddlewareOptions extends Omit<SessionOptions, "store" | "secret" | "cookie"> {
+  /** The store; required. */
+  store: SessionStore;
+  /**
+   * Secret(s) that sign the session id in the cookie and in header tokens; the first signs, all verify.
+   * Required when NODE_ENV is "production" (a missing one throws at startup); elsewhere a random
+   * per-process secret is used with a warning (sessions then end when the process restarts).
+   */
+  secret?: string | string[];
+  /**
+   * Cookie attributes, merged over the defaults; `false` turns cookie transport off (header only).
+   * @default { httpOnly: true, secure: true in production else "auto", sameSite: "lax", path: "/", maxAge: 86_400_000 }
+   */
+  cookie?: CookieOptions | false;
+  /**
+   * Cookie name. `__Host-` names are refused by browsers unless the cookie is Secure, on path "/", with no Domain.
+   * @default "__Host-sid" in production, "sid" elsewhere
+   */
+  name?: string;
+  /**
+   * Carry sessions in a request header for API clients: `"authorization"` reads `Authorization: Bearer <token>`,
+   * any other name reads the raw token from that header. A request that sends the header uses it instead of
+   * the cookie, and gets no session cookie back.
+   * @default false (cookie only)
+   */
+  header?: string | false;
+  /**
+   * Response header that carries the token when a header-transport session is created or rotated (and
+   * for every new session when cookie transport is off). Added to `Access-Control-Expose-Headers` when
+   * the response is a CORS one.
+   * @default "X-Session-Token" for `header: "authorization"`, else the `header` name
+   */
+  responseHeader?: string;
+  /**
+   * Re-send the cookie (sliding its expiry) on every response: the idle timeout.
+   * @default true
+   */
+  rolling?: boolean;
+  /** @default false */
+  resave?: boolean;
+  /** @default false */
+  saveUninitialized?: boolean;
+}
+
+/** The middleware, with a way to mint API tokens for the same store. */
+export interface SessionMiddleware {
+  (req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void): void;
+  readonly store: SessionStore;
+  /**
+   * Creates a session outside a request and returns its token for header transport (shown once: only a
+   * hash of it is stored). Use it for "create API token" on a devices page.
+   * @param data what the session holds, e.g. `{ passport: { user: id }, label: "CLI" }`
+   * @param options.maxAge lifetime in ms; defaults to the cookie maxAge
+   */
+  issueToken(data: Partial<SessionData> & Record<string, unknown>, options?: { maxAge?: number }): Promise<string>;
+}
+
+const DEV_SECRET = randomBytes(32).toString("base64url");
+
+/**
+ * express-session with connect-drizzle and secure defaults in one line: httpOnly, Secure in production,
+ * SameSite=Lax, a non-default name, rolling idle expiry; plus optional header transport for API clients.
+ * The store records each session's user agent and IP (honouring Express's `trust proxy`) by itself.
+ *
+ * @example
+ * app.use(sessionMiddleware({ store, secret: process.env.SESSION_SECRET, header: "authorization" }));
+ */
+export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMiddleware {
+  if (!options || !(options.store instanceof SessionStore)) {
+    throw new TypeError("connect-drizzle: sessionMiddleware needs { store: new SessionStore({ db }) }");
+  }
+  const production = process.env.NODE_ENV === "production";
+  const { store, header = false, cookie, secret: givenSecret, responseHeader: givenResponseHeader, ...rest } = options;
+  const secrets = givenSecret === undefined ? [] : Array.isArray(givenSecret) ? givenSecret : [givenSecret];
+  if (secrets.length === 0 || secrets.some((s) => typeof s !== "string" || s.length === 0)) {
+    if (production || givenSecret !== undefined) {
+      throw new TypeError(
+        "connect-drizzle: sessionMiddleware needs a `secret` (a long random string, e.g. from process.env.SESSION_SECRET); " +
+          "it is required when NODE_ENV is production",
+      );
+    }
+    console.warn("connect-drizzle: no session secret given; using a random one, so sessions end when this process restarts");
+    secrets.push(DEV_SECRET);
+  }
+  if (header !== false && (typeof header !== "string" || !/^[A-Za-z0-9-]+$/.test(header))) {
+    throw new TypeError('connect-drizzle: `header` must be a header name such as "authorization" or "x-session-token"');
+  }
+  if (cookie === false && header === false) {
+    throw new TypeError("connect-drizzle: with `cookie: false` set a `header`, or sessions have no transport");
+  }
+  const headerName = header === false ? undefined : header.toLowerCase();
+  const bearer = headerName === "authorization";
+  const responseHeader = givenResponseHeader ?? (bearer ? "X-Session-Token" : header || undefined);
+  const name = rest.name ?? (production ? "__Host-sid" : "sid");
+  const cookieOptions: CookieOptions = {
+    httpOnly: true,
+    secure: production ? true : "auto",
+    sameSite: "lax",
+    path: "/",
+    maxAge: 86_400_000,
+    ...(cookie || {}),
+  };
+
+  const inner = session({
+    resave: false,
+    saveUninitialized: false,
+    rolling: true,
+    ...rest,
+    name,
+    store,
+    secret: secrets,
+    cookie: cookieOptions,
+  });
+
+  const cookieTransport = cookie !== false;
+  const middleware = ((req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void) => {
+    const token = headerName ? tokenOf(req.headers[headerName], bearer) : undefined;
+    const viaHeader = token !== undefined || !cookieTransport;
+    if (token !== undefined) {
+      // express-session reads the signed id from the cookie; hand it the header's token the same way.
+      // Placed first: the cookie parser keeps the first value of a name, so the header wins over a cookie.
+      const injected = `${name}=${encodeURIComponent(`s:${token}`)}`;
+      req.headers.cookie = cookieTransport && req.headers.cookie ? `${injected}; ${req.headers.cookie}` : injected;
+    } else if (!cookieTransport) {
+      delete req.headers.cookie;
+    }
+    if (viaHeader) {
+      onHeaders(res, () => {
+        const issued = takeSessionCookie(res, name);
+        if (issued !== undefined && issued !== token && responseHeader) {
+          res.setHeader(responseHeader, issued);
+          exposeHeader(res, responseHeader);
+        }
+      });
+    }
+    inner(req as any, res as any, next);
+  }) as SessionMiddleware;
+
+  Object.defineProperty(middleware, "store", { value: store });
+  middleware.issueToken = async (data, tokenOptions = {}) => {
+    const maxAge = tokenOptions.maxAge ?? cookieOptions.maxAge ?? 86_400_000;
+    const sid = randomBytes(24).toString("base64url");
+    const expires = new Date(Date.now() + maxAge);
+    await store.set(sid, { ...data, cookie: { ...cookieOptions, originalMaxAge: maxAge, expires } } as unknown as SessionData);
+    return sign(sid, secrets[0]!);
+  };
+  return middleware;
+}
+
+/** The token in a request header, or undefined when there is none (or it cannot be one). */
+function tokenOf(value: string | string[] | undefined, bearer: boolean): string | undefined {
+  if (typeof value !== "string") return undefined;
+  let token = value.trim();
+  if (bearer) {
+    const match = /^Bearer\s+(\S+)$/i.exec(token);
+    if (!match) return undefined;
+    token = match[1]!;
+  }
+  return token.length > 0 && token.length <= 512 ? token : undefined;
+}
+
+/** Signs an id the way express-session signs its cookie (cookie-signature), so express-session verifies it. */
+function sign(value: string, secret: string): string {
+  return `${value}.${createHmac("sha256", secret).update(value).digest("base64").replace(/=+$/, "")}`;
+}
+
+/** Removes our session cookie from the response's Set-Cookie and returns its token, if express-session set one. */
+function takeSessionCookie(res: ServerResponse, name: string): string | undefined {
+  const current = res.getHeader("set-cookie");
+  if (current === undefined) return undefined;
+  const cookies = Array.isArray(current) ? current : [String(current)];
+  const prefix = `${name}=`;
+  const ours = cookies.find((c) => c.startsWith(prefix));
+  if (ours === undefined) return undefined;
+  const rest = cookies.filter((c) => c !== ours);
+  if (rest.length > 0) res.setHeader("set-cookie", rest);
+  else res.removeHeader("set-cookie");
+  const value = decodeURIComponent(ours.slice(prefix.length).split(";")[0]!);
+  return value.startsWith("s:") ? value.slice(2) : undefined;
+}
+
+/** Lets browser clients on other origins read the token header, without touching the app's own list. */
+function exposeHeader(res: ServerResponse, header: string): void {
+  if (res.getHeader("access-control-allow-origin") === undefined) return;
+  const current = res.getHeader("access-control-expose-headers");
+  const list = current === undefined ? [] : String(current).split(",").map((h) => h.trim()).filter(Boolean);
+  if (!list.some((h) => h.toLowerCase() === header.toLowerCase() || h === "*")) list.push(header);
+  res.setHeader("access-control-expose-headers", list.join(", "));
+}
+
+/**
+ * Runs `listener` just before the response headers are written. Installed before express-session's own
+ * hook, so it runs after it (each wrapper calls the one installed before it last).
+ */
+function onHeaders(res: ServerResponse, listener: () => void): void {
+  const writeHead = res.writeHead;
+  let fired = false;
+  res.writeHead = function (this: ServerResponse, ...args: any[]) {
+    if (!fired) {
+      fired = true;
+      listener();
+    }
+    return (writeHead as any).apply(this, args);
+  } as typeof res.writeHead;
+}

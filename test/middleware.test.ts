@@ -1,0 +1,212 @@
+import express, { type Express } from "express";
+import request from "supertest";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
+import { SessionStore, sessionMiddleware, type SessionMiddlewareOptions } from "../src/index.js";
+import { cookieOf } from "./support/app.js";
+import { drivers, openDb, type TestDb } from "./support/db.js";
+
+declare module "express-session" {
+  interface SessionData {
+    userId?: string;
+  }
+}
+
+describe.each(drivers)("sessionMiddleware on %s", (driver) => {
+  let t: TestDb;
+  let store: SessionStore;
+
+  beforeAll(async () => {
+    t = await openDb(driver);
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+  beforeEach(async () => {
+    store = new SessionStore({ db: t.db, table: t.table });
+    await store.clear();
+  });
+  afterEach(() => {
+    vi.unstubAllEnvs();
+    vi.restoreAllMocks();
+  });
+
+  function app(options: Partial<SessionMiddlewareOptions> = {}, setup?: (app: Express) => void) {
+    const a = express();
+    a.set("trust proxy", "loopback");
+    setup?.(a);
+    const sessions = sessionMiddleware({ store, secret: "middleware test secret", ...options });
+    a.use(sessions);
+    a.post("/login/:user", (req, res, next) =>
+      req.session.regenerate((err) => {
+        if (err) return next(err);
+        req.session.userId = req.params.user;
+        res.json({ ok: true });
+      }),
+    );
+    a.get("/me", (req, res) => {
+      if (!req.session.userId) return void res.status(401).json({ error: "not logged in" });
+      res.json({ user: req.session.userId });
+    });
+    a.post("/logout", (req, res, next) => req.session.destroy((err) => (err ? next(err) : res.json({ ok: true }))));
+    a.get("/devices", async (req, res) => {
+      res.json(await store.list({ userId: req.session.userId!, current: req.sessionID }));
+    });
+    return { app: a, sessions };
+  }
+
+  it("sets a cookie with secure defaults: httpOnly, SameSite=Lax, a non-default name, rolling expiry", async () => {
+    const { app: a } = app();
+    const login = await request(a).post("/login/ann");
+    const setCookie = (login.headers["set-cookie"] as unknown as string[])[0]!;
+    expect(setCookie).toMatch(/^sid=/);
+    expect(setCookie).toMatch(/HttpOnly/);
+    expect(setCookie).toMatch(/SameSite=Lax/);
+    expect(setCookie).toMatch(/Path=\//);
+    // Over plain http outside production, "auto" leaves Secure off so local development works.
+    expect(setCookie).not.toMatch(/Secure/);
+    const read = await request(a).get("/me").set("Cookie", cookieOf(login, "sid")!);
+    expect(read.body).toEqual({ user: "ann" });
+    expect(read.headers["set-cookie"]).toBeDefined();
+  });
+
+  it("marks the cookie Secure behind an https proxy (trust proxy honoured)", async () => {
+    const { app: a } = app();
+    const login = await request(a).post("/login/ann").set("X-Forwarded-Proto", "https");
+    expect((login.headers["set-cookie"] as unknown as string[])[0]).toMatch(/Secure/);
+  });
+
+  it("in production: a missing secret is a startup error, and the cookie is __Host- and Secure", async () => {
+    vi.stubEnv("NODE_ENV", "production");
+    expect(() => sessionMiddleware({ store })).toThrow(/needs a `secret`/);
+    const { app: a } = app();
+    const login = await request(a).post("/login/ann").set("X-Forwarded-Proto", "https");
+    const setCookie = (login.headers["set-cookie"] as unknown as string[])[0]!;
+    expect(setCookie).toMatch(/^__Host-sid=/);
+    expect(setCookie).toMatch(/Secure/);
+  });
+
+  it("outside production a missing secret warns and still works", async () => {
+    const warn = vi.spyOn(console, "warn").mockImplementation(() => {});
+    const a = express();
+    a.use(sessionMiddleware({ store }));
+    a.get("/", (req, res) => {
+      req.session.userId = "x";
+      res.end();
+    });
+    expect((await request(a).get("/")).headers["set-cookie"]).toBeDefined();
+    expect(warn).toHaveBeenCalledWith(expect.stringMatching(/no session secret/));
+  });
+
+  it("rejects options that cannot work, at construction", () => {
+    expect(() => sessionMiddleware({} as any)).toThrow(/store/);
+    expect(() => sessionMiddleware({ store, secret: "" })).toThrow(/secret/);
+    expect(() => sessionMiddleware({ store, secret: "s", cookie: false })).toThrow(/transport/);
+    expect(() => sessionMiddleware({ store, secret: "s", header: "bad header" })).toThrow(/header name/);
+  });
+
+  it("records user agent and client IP (from X-Forwarded-For behind a trusted proxy) outside the session data", async () => {
+    const { app: a } = app();
+    await request(a).post("/login/ann").set("User-Agent", "Firefox/140").set("X-Forwarded-For", "198.51.100.23");
+    const [record] = await store.list({ userId: "ann" });
+    expect(record).toMatchObject({ userAgent: "Firefox/140", ip: "198.51.100.23" });
+    const [row] = await t.raw<{ data: string }>(`select data::text as data from $table`);
+    expect(row!.data).not.toMatch(/Firefox|198\.51/);
+  });
+
+  describe("header transport", () => {
+    it("Authorization: Bearer carries the session; the token comes back in X-Session-Token, not a cookie", async () => {
+      const { app: a } = app({ header: "authorization" });
+      const login = await request(a).post("/login/ann").set("Authorization", "Bearer none-yet");
+      expect(login.headers["set-cookie"]).toBeUndefined();
+      const token = login.headers["x-session-token"] as string;
+      expect(token).toMatch(/^[\w-]+\.[\w+/]+$/);
+      const me = await request(a).get("/me").set("Authorization", `Bearer ${token}`);
+      expect(me.body).toEqual({ user: "ann" });
+      // An unchanged session sends no token back, and never a cookie.
+      expect(me.headers["x-session-token"]).toBeUndefined();
+      expect(me.headers["set-cookie"]).toBeUndefined();
+    });
+
+    it("a token that is forged, tampered or unknown opens nothing", async () => {
+      const { app: a, sessions } = app({ header: "authorization" });
+      const token = await sessions.issueToken({ userId: "ann" });
+      expect((await request(a).get("/me").set("Authorization", `Bearer ${token}`)).status).toBe(200);
+      const [sid, sig] = token.split(".");
+      for (const bad of [`${sid}.${sig!.slice(0, -2)}xx`, `${sid}x.${sig}`, sid!, "Bearer", `${token}; sid=other`]) {
+        expect((await request(a).get("/me").set("Authorization", `Bearer ${bad}`)).status, bad).toBe(401);
+      }
+      expect((await request(a).get("/me").set("Authorization", `Basic ${token}`)).status).toBe(401);
+    });
+
+    it("a named header works the same way, and is echoed under the same name", async () => {
+      const { app: a } = app({ header: "x-api-token" });
+      const login = await request(a).post("/login/bob").set("X-Api-Token", "new");
+      const token = login.headers["x-api-token"] as string;
+      expect(token).toBeDefined();
+      expect((await request(a).get("/me").set("X-Api-Token", token)).body).toEqual({ user: "bob" });
+    });
+
+    it("cookie and header transport together: the same rows, listed and revoked alike", async () => {
+      const { app: a, sessions } = app({ header: "authorization" });
+      const cookie = cookieOf(await request(a).post("/login/ann"), "sid")!;
+      const token = await sessions.issueToken({ userId: "ann", label: "CLI" }, { maxAge: 60_000 });
+      const devices = await request(a).get("/devices").set("Cookie", cookie);
+      expect(devices.body).toHaveLength(2);
+      const apiHandle = devices.body.find((d: any) => !d.current).handle;
+      expect(await store.revoke(apiHandle, { userId: "ann" })).toBe(true);
+      expect((await request(a).get("/me").set("Authorization", `Bearer ${token}`)).status).toBe(401);
+      expect((await request(a).get("/me").set("Cookie", cookie)).status).toBe(200);
+    });
+
+    it("the header wins over a cookie on the same request", async () => {
+      const { app: a, sessions } = app({ header: "authorization" });
+      const cookie = cookieOf(await request(a).post("/login/ann"), "sid")!;
+      const token = await sessions.issueToken({ userId: "bob" });
+      const me = await request(a).get("/me").set("Cookie", `${cookie}; theme=dark`).set("Authorization", `Bearer ${token}`);
+      expect(me.body).toEqual({ user: "bob" });
+    });
+
+    it("a rotated session's new token is sent back; the old one stops working", async () => {
+      const { app: a, sessions } = app({ header: "authorization" });
+      const old = await sessions.issueToken({ userId: "ann" });
+      const rotated = await request(a).post("/login/ann").set("Authorization", `Bearer ${old}`);
+      const fresh = rotated.headers["x-session-token"] as string;
+      expect(fresh).toBeDefined();
+      expect(fresh).not.toBe(old);
+      expect((await request(a).get("/me").set("Authorization", `Bearer ${old}`)).status).toBe(401);
+      expect((await request(a).get("/me").set("Authorization", `Bearer ${fresh}`)).status).toBe(200);
+      const [ended] = await store.list({ userId: "ann", status: "ended" });
+      expect(ended!.endReason).toBe("rotated");
+    });
+
+    it("keeps the app's CORS headers and adds the token header to the exposed list", async () => {
+      const { app: a } = app({ header: "authorization" }, (x) =>
+        x.use((_req, res, next) => {
+          res.setHeader("Access-Control-Allow-Origin", "https://app.example");
+          res.setHeader("Access-Control-Expose-Headers", "X-Request-Id");
+          next();
+        }),
+      );
+      const login = await request(a).post("/login/ann").set("Authorization", "Bearer new");
+      expect(login.headers["access-control-allow-origin"]).toBe("https://app.example");
+      expect(login.headers["access-control-expose-headers"]).toBe("X-Request-Id, X-Session-Token");
+    });
+
+    it("with cookie: false, sessions only travel in the header and cookies are ignored", async () => {
+      const { app: a } = app({ header: "authorization", cookie: false });
+      const login = await request(a).post("/login/ann");
+      expect(login.headers["set-cookie"]).toBeUndefined();
+      const token = login.headers["x-session-token"] as string;
+      expect(token).toBeDefined();
+      expect((await request(a).get("/me").set("Authorization", `Bearer ${token}`)).status).toBe(200);
+      expect((await request(a).get("/me").set("Cookie", `sid=${encodeURIComponent(`s:${token}`)}`)).status).toBe(401);
+    });
+
+    it("logout through the header ends the session", async () => {
+      const { app: a, sessions } = app({ header: "authorization" });
+      const token = await sessions.issueToken({ userId: "ann" });
+      await request(a).post("/logout").set("Authorization", `Bearer ${token}`);
+      expect((await request(a).get("/me").set("Authorization", `Bearer ${token}`)).status).toBe(401);
+    });
+  });
+});
