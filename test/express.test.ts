@@ -68,6 +68,18 @@ describe.each(drivers)("express-session + passport on %s", (driver) => {
     const cookie = await login(app);
     expect((await request(app).post("/logout").set("Cookie", cookie)).status).toBe(200);
     expect((await request(app).get("/me").set("Cookie", cookie)).status).toBe(401);
+    const [ended] = await store.list({ userId: "ann", status: "ended" });
+    expect(ended).toMatchObject({ userId: "ann", endReason: "logout" });
+    expect(await store.count({ userId: "ann" })).toBe(0);
+  });
+
+  it("a second login as another user rotates the session and records it as rotated", async () => {
+    const app = testApp(store);
+    const first = await login(app, "ann");
+    await login(app, "bob", first);
+    const [rotated] = await store.list({ userId: "ann", status: "ended" });
+    expect(rotated!.endReason).toBe("rotated");
+    expect(await store.count({ userId: "bob" })).toBe(1);
   });
 
   it("a rolling cookie is re-sent with a later expiry on every response", async () => {
