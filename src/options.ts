@@ -68,10 +68,40 @@ export interface SessionStoreOptions {
    */
   maxSize?: number;
   /**
+   * Opt-in read cache: an in-process LRU of recently read sessions, so a read-only request costs no query.
+   * Every write, revoke and destroy on any instance sends a Postgres NOTIFY that evicts the session
+   * everywhere, and the whole cache is dropped (and bypassed) while the LISTEN connection is down, so a
+   * revoked session is never served after the notification could have been missed. Needs node-postgres
+   * or PGlite (the store opens one extra connection of its own for LISTEN, and closes it on `close()`).
+   * @default undefined (no cache: every read is one query)
+   */
+  cache?: CacheOptions;
+  /**
+   * Send the NOTIFY that evicts a session from other instances' caches on every write. Leave it on
+   * unless no instance sharing the table uses `cache`.
+   * @default true
+   */
+  notify?: boolean;
+  /**
    * Use named prepared statements for the hot path. Turn off behind pgbouncer < 1.21 in transaction mode.
    * @default true
    */
   prepare?: boolean;
+}
+
+/** Options of the read cache. */
+export interface CacheOptions {
+  /**
+   * Most sessions held.
+   * @default 10_000
+   */
+  max?: number;
+  /**
+   * Longest time a cached session is served without reading it again, in ms (a bound on staleness even
+   * if a notification were lost without the connection dropping).
+   * @default 60_000
+   */
+  ttl?: number;
 }
 
 /** The options with every default applied; computed once in the constructor. */
@@ -87,6 +117,8 @@ export interface ResolvedOptions {
   retainEnded: number;
   maxSize: number;
   prepare: boolean;
+  cache: Required<CacheOptions> | undefined;
+  notify: boolean;
 }
 
 const defaultUserId: UserIdOf = (session: any) => session?.passport?.user ?? session?.userId;
@@ -129,6 +161,8 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
     retainEnded: numberOption(options, "retainEnded", 0, true),
     maxSize: numberOption(options, "maxSize", 1_048_576, false, "bytes"),
     prepare: options.prepare ?? true,
+    cache: resolveCache(options.cache),
+    notify: options.notify ?? true,
   };
 }
 
@@ -148,6 +182,14 @@ export function numberOption<K extends string>(
     );
   }
   return value;
+}
+
+function resolveCache(cache: CacheOptions | undefined): Required<CacheOptions> | undefined {
+  if (cache === undefined || (cache as unknown) === false) return undefined;
+  if (cache === null || typeof cache !== "object") {
+    throw new TypeError("connect-drizzle: `cache` must be an object such as { max: 10_000, ttl: 60_000 }");
+  }
+  return { max: numberOption(cache, "max", 10_000, false, "sessions"), ttl: numberOption(cache, "ttl", 60_000) };
 }
 
 function optionalNumber<K extends string>(options: Partial<Record<K, unknown>>, name: K): number | undefined {

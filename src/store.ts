@@ -4,6 +4,7 @@ import { Store, type SessionData } from "express-session";
 import { settle, type Callback } from "./callback.js";
 import { databaseError, SessionStoreError } from "./errors.js";
 import { keyDeriver, newHandle, type KeyDeriver } from "./hash.js";
+import { listen, type Listening } from "./notify.js";
 import { resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
 import type { SessionTable } from "./schema.js";
 import { parseSession, sameContent, serialize } from "./serialize.js";
@@ -48,18 +49,21 @@ export interface SessionQuery {
   limit?: number;
 }
 
-/** How many recently read sessions a store remembers to skip redundant touches and saves. */
+/** How many recently read sessions a store remembers (without `cache`) to skip redundant touches and saves. */
 const RECENT_LIMIT = 10_000;
 
+/** What the store last read or wrote for a session: the skip decisions of touch and set, and the read cache. */
 interface Seen {
   /** The expiry stored in the row, epoch ms. */
   expires: number;
-  /** The session data as stored, for change detection on save. */
+  /** The session data as stored. */
   text: string;
+  /** When this was read or written, epoch ms (the cache's ttl counts from it). */
+  at: number;
 }
 
 interface PreparedGet {
-  execute(params: Record<string, unknown>): Promise<Array<{ data: string; expires: number }>>;
+  execute(params: Record<string, unknown>): Promise<Array<{ key: string; data: string; expires: number }>>;
 }
 
 /**
@@ -80,6 +84,13 @@ export class SessionStore extends Store {
   protected readonly keysOf: KeyDeriver;
   private readonly recent = new Map<string, Seen>();
   private readonly getQuery: PreparedGet;
+  /** The NOTIFY channel that evicts sessions from every instance's cache. */
+  private readonly channel: string;
+  private listening: Listening | undefined;
+  /** Whether cached sessions may be served: only while the LISTEN connection is up. */
+  private cacheLive = false;
+  /** Bumped on every eviction, so a read that raced one is not cached. */
+  private evictions = 0;
 
   constructor(options: SessionStoreOptions) {
     super();
@@ -88,7 +99,10 @@ export class SessionStore extends Store {
     const config = getTableConfig(this.table);
     this.tableName = `"${config.schema ? `${config.schema}.` : ""}${config.name}"`;
     this.keysOf = keyDeriver(this.options.secrets);
-    this.getQuery = this.prepareGet(config.schema ? `${config.schema}_${config.name}` : config.name);
+    const qualified = config.schema ? `${config.schema}_${config.name}` : config.name;
+    this.getQuery = this.prepareGet(qualified);
+    this.channel = `connect_drizzle_${qualified}`.slice(0, 63);
+    if (this.options.cache) this.startListening();
   }
 
   /** Loads a live session; `null` when it is missing, expired or ended. */
@@ -134,8 +148,8 @@ export class SessionStore extends Store {
   override clear(callback?: Callback): Promise<void> {
     return settle(
       this.run("clear", async () => {
-        await this.query(sql`delete from ${this.table}`);
-        this.recent.clear();
+        this.evict(["*"]);
+        await this.write(sql`delete from ${this.table} returning '*' as key`, undefined, true);
       }),
       callback,
     );
@@ -207,7 +221,7 @@ export class SessionStore extends Store {
     const t = this.table;
     const owner = options.userId === undefined ? sql`` : sql` and ${t.userId} = ${String(options.userId)}`;
     const rows = await this.run("revoke", () =>
-      this.query(sql`${this.endSet(options.reason ?? "revoked")} where ${t.handle} = ${handle} and ${t.endedAt} is null${owner} returning 1`),
+      this.write(sql`${this.endSet(options.reason ?? "revoked")} where ${t.handle} = ${handle} and ${t.endedAt} is null${owner} returning key`),
     );
     return rows.length > 0;
   }
@@ -222,7 +236,7 @@ export class SessionStore extends Store {
     const t = this.table;
     const except = options.except === undefined ? sql`` : sql` and not (${this.byKeys(this.keysOf(options.except))} or ${t.handle} = ${options.except})`;
     const rows = await this.run("revokeUser", () =>
-      this.query(sql`${this.endSet(options.reason ?? "revoked")} where ${t.userId} = ${String(userId)} and ${t.endedAt} is null${except} returning 1`),
+      this.write(sql`${this.endSet(options.reason ?? "revoked")} where ${t.userId} = ${String(userId)} and ${t.endedAt} is null${except} returning key`),
     );
     return rows.length;
   }
@@ -243,26 +257,34 @@ export class SessionStore extends Store {
       ? sql`expires_at = ${until_}, absolute_expires_at = greatest(${t.absoluteExpiresAt}, ${until_})`
       : sql`expires_at = least(${until_}, ${t.absoluteExpiresAt})`;
     const rows = await this.run("extend", () =>
-      this.query(sql`update ${t} set ${expiry}, version = ${t.version} + 1,
+      this.write(sql`update ${t} set ${expiry}, version = ${t.version} + 1,
           data = case when jsonb_typeof(${t.data}->'cookie') = 'object' then jsonb_set(${t.data}, '{cookie,expires}', to_jsonb(${iso(at)}::text)) else ${t.data} end
-        where ${t.handle} = ${handle} and ${t.endedAt} is null returning 1`),
+        where ${t.handle} = ${handle} and ${t.endedAt} is null returning key`),
     );
     return rows.length > 0;
   }
 
-  /** Stops the store's timers. Never closes the database you passed in. */
+  /** Stops the store's timers and its LISTEN connection, if any. Never closes the database you passed in. */
   async close(): Promise<void> {
+    this.cacheLive = false;
     this.recent.clear();
+    const listening = this.listening;
+    this.listening = undefined;
+    await listening?.close();
   }
 
   private async read(sid: string): Promise<SessionData | null> {
     if (typeof sid !== "string") return null;
     const keys = this.keysOf(sid);
-    const params: Record<string, unknown> = { now: new Date().toISOString() };
+    const now = Date.now();
+    const cached = this.cached(keys, now);
+    if (cached) return parseSession(cached.text);
+    const evictions = this.evictions;
+    const params: Record<string, unknown> = { now: iso(now) };
     keys.forEach((key, i) => (params[`k${i}`] = key));
     const [row] = await this.getQuery.execute(params);
     if (!row) {
-      this.recent.delete(keys[0]!);
+      for (const key of keys) this.recent.delete(key);
       return null;
     }
     const session = parseSession(row.data);
@@ -270,8 +292,34 @@ export class SessionStore extends Store {
       this.report(new SessionStoreError("CORRUPT_ROW", `session row ${keys[0]!.slice(0, 8)}… in ${this.tableName} holds no valid session (no cookie object); treated as missing`));
       return null;
     }
-    this.remember(keys[0]!, { expires: Number(row.expires), text: row.data });
+    // A read that overlapped an eviction may hold the data from before the write: don't keep it.
+    if (evictions === this.evictions) this.remember(row.key, { expires: Number(row.expires), text: row.data, at: now });
     return session;
+  }
+
+  /** The cached session, when the cache is on, connected, and the entry is live and within its ttl. */
+  private cached(keys: string[], now: number): Seen | undefined {
+    const cache = this.options.cache;
+    if (!cache || !this.cacheLive) return undefined;
+    const [key, seen] = this.seenOf(keys);
+    if (!seen) return undefined;
+    if (seen.expires <= now || now - seen.at >= cache.ttl) {
+      this.recent.delete(key!);
+      return undefined;
+    }
+    return seen;
+  }
+
+  /**
+   * What this process last saw of a session, under the key its row has (the first secret's, or an older
+   * one for rows made before a secret rotation: NOTIFY payloads are row keys too).
+   */
+  private seenOf(keys: string[]): [string | undefined, Seen | undefined] {
+    for (const key of keys) {
+      const seen = this.recent.get(key);
+      if (seen) return [key, seen];
+    }
+    return [undefined, undefined];
   }
 
   private async save(sid: string, session: SessionData): Promise<void> {
@@ -279,7 +327,7 @@ export class SessionStore extends Store {
     const now = Date.now();
     const expires = this.expiry(session, now);
     const text = serialize(session, this.options.maxSize);
-    const seen = this.recent.get(keys[0]!);
+    const [, seen] = this.seenOf(keys);
     if (seen && this.fresh(seen, expires, now) && sameContent(seen.text, text)) return;
 
     const t = this.table;
@@ -300,40 +348,45 @@ export class SessionStore extends Store {
     // An ended row (a tombstone) is never revived: a request still in flight when its session was
     // revoked must not bring it back. Rows keyed under an older secret are updated in place.
     const upsert = sql`insert into ${t} ${columns}`;
-    const onConflict = sql`on conflict (key) do update set ${changes} where ${t.endedAt} is null`;
+    const onConflict = sql`on conflict (key) do update set ${changes} where ${t.endedAt} is null returning key`;
     const older = keys.slice(1);
+    this.evict(keys);
+    let rows: Array<{ key: string }>;
     if (older.length === 0) {
-      await this.query(sql`${upsert} values (${row}) ${onConflict}`);
+      rows = await this.write(sql`${upsert} values (${row}) ${onConflict}`);
     } else {
       const inOlder = sql`${t.key} in (${sql.join(older.map((k) => sql`${k}`), sql`, `)})`;
-      await this.query(sql`with moved as (update ${t} set ${changes} where ${inOlder} and ${t.endedAt} is null returning 1)
-        ${upsert} select ${row} where not exists (select 1 from moved) and not exists (select 1 from ${t} where ${inOlder})
-        ${onConflict}`);
+      rows = await this.write(
+        sql`select key from moved union all select key from inserted`,
+        sql`moved as (update ${t} set ${changes} where ${inOlder} and ${t.endedAt} is null returning key),
+          inserted as (${upsert} select ${row} where not exists (select 1 from moved) and not exists (select 1 from ${t} where ${inOlder}) ${onConflict})`,
+      );
     }
-    this.remember(keys[0]!, { expires, text });
+    if (rows[0]) this.remember(rows[0].key, { expires, text, at: now });
   }
 
   private async renew(sid: string, session: SessionData): Promise<void> {
     const keys = this.keysOf(sid);
     const now = Date.now();
     const expires = this.expiry(session, now);
-    const seen = this.recent.get(keys[0]!);
+    const [, seen] = this.seenOf(keys);
     if (seen && this.fresh(seen, expires, now)) return;
     const t = this.table;
     const { ua, ip } = requestMetadata(session);
     const cookie = JSON.stringify(session.cookie ?? {});
-    const rows = await this.query(sql`update ${t} set expires_at = least(${iso(expires)}::timestamptz, ${t.absoluteExpiresAt}),
+    this.evict(keys);
+    const rows = await this.write(sql`update ${t} set expires_at = least(${iso(expires)}::timestamptz, ${t.absoluteExpiresAt}),
         last_seen_at = ${iso(now)}::timestamptz, data = jsonb_set(${t.data}, '{cookie}', ${cookie}::jsonb),
         user_agent = coalesce(${ua}::text, ${t.userAgent}), ip = coalesce(${ip}::text, ${t.ip})
-      where ${this.byKeys(keys)} and ${this.live(now)} returning 1`);
-    if (rows.length > 0 && seen) this.remember(keys[0]!, { ...seen, expires });
+      where ${this.byKeys(keys)} and ${this.live(now)} returning key`);
+    if (rows[0] && seen) this.remember(rows[0].key, { ...seen, expires, at: now });
   }
 
   /** Ends the session of `sid`: a tombstone with `endedAt` and `endReason`, its data dropped. */
   protected async end(sid: string, reason: EndReason): Promise<boolean> {
     const keys = this.keysOf(sid);
-    this.recent.delete(keys[0]!);
-    const rows = await this.query(sql`${this.endSet(reason)} where ${this.byKeys(keys)} and ${this.table.endedAt} is null returning 1`);
+    this.evict(keys);
+    const rows = await this.write(sql`${this.endSet(reason)} where ${this.byKeys(keys)} and ${this.table.endedAt} is null returning key`);
     return rows.length > 0;
   }
 
@@ -392,6 +445,53 @@ export class SessionStore extends Store {
     return sql`${this.table.key} in (${sql.join(keys.map((k) => sql`${k}`), sql`, `)})`;
   }
 
+  /**
+   * Runs a statement that changes sessions and ends in `returning key`, and (with `notify`) evicts the
+   * changed keys from every instance's cache in the same statement. Returns one row per changed row
+   * (or one in all, with `once`). @internal
+   */
+  protected async write(statement: SQL, ctes?: SQL, once = false): Promise<Array<{ key: string }>> {
+    if (!this.options.notify) {
+      const rows = await this.query<{ key: string }>(ctes ? sql`with ${ctes} ${statement}` : statement);
+      return once ? rows.slice(0, 1) : rows;
+    }
+    const keys = once ? sql`select distinct key from changed` : sql`select key from changed`;
+    return this.query<{ key: string }>(
+      sql`with ${ctes ? sql`${ctes}, ` : sql``}changed as (${statement}) select key, pg_notify(${this.channel}, key) from (${keys}) k`,
+    );
+  }
+
+  /** Forgets sessions locally (`*`: every session); other instances learn it from the NOTIFY. */
+  private evict(keys: string[]): void {
+    this.evictions++;
+    for (const key of keys) {
+      if (key === "*") this.recent.clear();
+      else this.recent.delete(key);
+    }
+  }
+
+  private startListening(): void {
+    const listening = listen(this.options.db, this.channel, {
+      onMessage: (key) => this.evict([key]),
+      onReady: () => {
+        // Anything cached before this point may have missed notifications.
+        this.evict(["*"]);
+        this.cacheLive = true;
+      },
+      onLost: (error) => {
+        this.cacheLive = false;
+        this.evict(["*"]);
+        this.report(new SessionStoreError("DATABASE", `the cache's LISTEN connection was lost (${error.message}); cache off until it is back`, { cause: error }));
+      },
+    });
+    if (!listening) {
+      throw new TypeError(
+        "connect-drizzle: `cache` needs a node-postgres (pg) or PGlite database for LISTEN/NOTIFY; remove `cache` for other drivers",
+      );
+    }
+    this.listening = listening;
+  }
+
   /** Runs a statement and returns its rows, whatever the driver's result shape. @internal */
   protected async query<Row = Record<string, unknown>>(statement: SQL): Promise<Row[]> {
     const result: any = await this.options.db.execute(statement);
@@ -433,7 +533,7 @@ export class SessionStore extends Store {
   private remember(key: string, seen: Seen): void {
     this.recent.delete(key);
     this.recent.set(key, seen);
-    if (this.recent.size > RECENT_LIMIT) this.recent.delete(this.recent.keys().next().value!);
+    if (this.recent.size > (this.options.cache?.max ?? RECENT_LIMIT)) this.recent.delete(this.recent.keys().next().value!);
   }
 
   /** @internal */
@@ -451,7 +551,7 @@ export class SessionStore extends Store {
     const t = this.table;
     const keys = Array.from({ length: Math.max(1, this.options.secrets.length) }, (_, i) => sql.placeholder(`k${i}`));
     const query = this.options.db
-      .select({ data: sql<string>`${t.data}::text`, expires: msOf(t.expiresAt).mapWith(Number) })
+      .select({ key: t.key, data: sql<string>`${t.data}::text`, expires: msOf(t.expiresAt).mapWith(Number) })
       .from(t)
       .where(sql`${t.key} in (${sql.join(keys, sql`, `)}) and ${t.endedAt} is null and ${t.expiresAt} > ${sql.placeholder("now")}::timestamptz`)
       .limit(1);

@@ -1,0 +1,104 @@
+import type { AnyPgDatabase } from "./options.js";
+
+/** A live LISTEN on one channel; `close()` ends it (and only the connection it opened itself). */
+export interface Listening {
+  close(): Promise<void>;
+}
+
+export interface ListenEvents {
+  /** A notification arrived. */
+  onMessage(payload: string): void;
+  /** The listen connection is up and LISTENing: notifications from now on will arrive. */
+  onReady(): void;
+  /** The listen connection is gone: notifications may be missed until the next onReady. */
+  onLost(error: Error): void;
+}
+
+/**
+ * Listens to a Postgres channel on the driver behind a drizzle database, without importing the driver:
+ * node-postgres (a Pool or Client: a separate client with the same settings is opened, so the pool is
+ * left as it was) and PGlite (in-process). Reconnects with backoff after a lost connection, on an
+ * unref'd timer. Returns undefined when the driver is not one of these.
+ */
+export function listen(db: AnyPgDatabase, channel: string, events: ListenEvents): Listening | undefined {
+  const client: any = (db as any).$client;
+  if (client && typeof client.listen === "function" && typeof client.exec === "function") return listenPglite(client, channel, events);
+  if (client && typeof client.connect === "function" && typeof client.query === "function" && (client.options || client.connectionParameters)) {
+    return listenNodePg(client, channel, events);
+  }
+  return undefined;
+}
+
+function listenPglite(client: any, channel: string, events: ListenEvents): Listening {
+  let unlisten: (() => Promise<void>) | undefined;
+  let closed = false;
+  const ready = client.listen(channel, (payload: string) => events.onMessage(payload)).then(
+    (stop: () => Promise<void>) => {
+      unlisten = stop;
+      if (closed) return stop();
+      events.onReady();
+    },
+    (error: Error) => events.onLost(error),
+  );
+  return {
+    async close() {
+      closed = true;
+      await ready;
+      await unlisten?.().catch(() => {});
+    },
+  };
+}
+
+function listenNodePg(poolOrClient: any, channel: string, events: ListenEvents): Listening {
+  const Client = poolOrClient.Client ?? poolOrClient.constructor;
+  const settings = poolOrClient.options ?? poolOrClient.connectionParameters;
+  let client: any;
+  let closed = false;
+  let timer: NodeJS.Timeout | undefined;
+  let delay = 100;
+
+  const lost = (error: Error) => {
+    if (closed || !client) return;
+    const dead = client;
+    client = undefined;
+    dead.removeAllListeners?.("notification");
+    dead.on?.("error", () => {});
+    dead.end?.().catch?.(() => {});
+    events.onLost(error);
+    timer = setTimeout(connect, delay);
+    timer.unref?.();
+    delay = Math.min(delay * 2, 5_000);
+  };
+
+  const connect = async () => {
+    if (closed) return;
+    const next = new Client(settings);
+    client = next;
+    next.on("error", (error: Error) => lost(error));
+    next.on("end", () => lost(new Error("connect-drizzle: the LISTEN connection ended")));
+    next.on("notification", (message: { channel: string; payload?: string }) => {
+      if (message.channel === channel) events.onMessage(message.payload ?? "");
+    });
+    try {
+      await next.connect();
+      await next.query(`listen "${channel.replaceAll('"', '""')}"`);
+      if (closed) return void next.end().catch(() => {});
+      delay = 100;
+      events.onReady();
+    } catch (error) {
+      if (client === next) lost(error as Error);
+    }
+  };
+  void connect();
+
+  return {
+    async close() {
+      closed = true;
+      if (timer) clearTimeout(timer);
+      const current = client;
+      client = undefined;
+      current?.removeAllListeners?.("end");
+      await current?.end?.().catch?.(() => {});
+    },
+  };
+}

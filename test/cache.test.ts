@@ -1,0 +1,138 @@
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { SessionStore } from "../src/index.js";
+import { DATABASE_URL, openDb, sessionData, sleep, type TestDb } from "./support/db.js";
+
+/** Polls `check` until it holds, for at most `ms`; returns whether it did. Bounded, never a timing assertion. */
+async function eventually(check: () => Promise<boolean>, ms = 3_000): Promise<boolean> {
+  const until = Date.now() + ms;
+  while (Date.now() < until) {
+    if (await check()) return true;
+    await sleep(10);
+  }
+  return check();
+}
+
+const ready = (store: SessionStore) => eventually(async () => (store as any).cacheLive === true);
+
+/** Whether a read of `sid` is served with no query (once the NOTIFY of the write that made it has arrived). */
+const servedFromCache = (store: SessionStore, t: TestDb, sid: string) =>
+  eventually(async () => {
+    await store.get(sid);
+    t.statements.length = 0;
+    const session = await store.get(sid);
+    return session !== null && t.statements.length === 0;
+  });
+
+describe("read cache on PGlite", () => {
+  let t: TestDb;
+  let store: SessionStore;
+  beforeAll(async () => {
+    t = await openDb("pglite");
+  });
+  afterAll(async () => {
+    await store?.close();
+    await t?.close();
+  });
+  beforeEach(async () => {
+    await store?.close();
+    store = new SessionStore({ db: t.db, table: t.table, cache: { max: 100, ttl: 60_000 } });
+    await store.clear();
+    expect(await ready(store)).toBe(true);
+  });
+
+  it("serves a repeated read with no query, as a fresh copy each time", async () => {
+    await store.set("c1", sessionData(60_000, { cart: [1] }));
+    const first: any = await store.get("c1");
+    t.statements.length = 0;
+    const second: any = await store.get("c1");
+    expect(t.statements).toHaveLength(0);
+    second.cart.push(2);
+    expect(((await store.get("c1")) as any).cart).toEqual([1]);
+    expect(first.cart).toEqual([1]);
+  });
+
+  it("never serves a cached session past its expiry", async () => {
+    await store.set("c2", { cookie: { expires: new Date(Date.now() + 150) } } as any);
+    expect(await store.get("c2")).not.toBeNull();
+    await sleep(200);
+    expect(await store.get("c2")).toBeNull();
+  });
+
+  it("a destroy or revoke through this store is seen at once", async () => {
+    await store.set("c3", sessionData(60_000, { passport: { user: "ann" } }));
+    await store.get("c3");
+    await store.revoke((await store.handleOf("c3"))!);
+    expect(await store.get("c3")).toBeNull();
+  });
+
+  it("rejects a cache on a driver without LISTEN support, at construction", () => {
+    const fake = Object.create(t.db);
+    Object.defineProperty(fake, "$client", { value: {} });
+    expect(() => new SessionStore({ db: fake, table: t.table, cache: {} })).toThrow(/cache.*node-postgres/);
+    expect(() => new SessionStore({ db: t.db, table: t.table, cache: { max: 0 } })).toThrow(/`max` must be a positive/);
+  });
+});
+
+describe.runIf(DATABASE_URL)("read cache across instances (node-postgres, two pools)", () => {
+  let a: TestDb;
+  let b: TestDb;
+  let cached: SessionStore;
+  let other: SessionStore;
+
+  beforeAll(async () => {
+    a = await openDb("node-postgres");
+    // Instance B: its own pool on the same table.
+    b = await openDb("node-postgres");
+    b.table = a.table;
+  });
+  afterAll(async () => {
+    await cached?.close();
+    await b?.close();
+    await a?.close();
+  });
+  beforeEach(async () => {
+    await cached?.close();
+    cached = new SessionStore({ db: a.db, table: a.table, cache: {} });
+    other = new SessionStore({ db: b.db, table: a.table });
+    await other.clear();
+    expect(await ready(cached)).toBe(true);
+  });
+
+  it("a revoke on another instance stops the session here too", async () => {
+    await other.set("x1", sessionData(60_000, { passport: { user: "ann" } }));
+    expect(await servedFromCache(cached, a, "x1")).toBe(true);
+    const started = Date.now();
+    await other.revoke((await other.handleOf("x1"))!);
+    expect(await eventually(async () => (await cached.get("x1")) === null)).toBe(true);
+    console.log(`revoke seen by the other instance after ${Date.now() - started} ms`);
+  });
+
+  it("a data change and a logout on another instance are seen here", async () => {
+    await other.set("x2", sessionData(60_000, { n: 1 }));
+    expect(((await cached.get("x2")) as any).n).toBe(1);
+    await other.set("x2", sessionData(60_000, { n: 2 }));
+    expect(await eventually(async () => ((await cached.get("x2")) as any)?.n === 2)).toBe(true);
+    await other.destroy("x2");
+    expect(await eventually(async () => (await cached.get("x2")) === null)).toBe(true);
+  });
+
+  it("drops the cache when the LISTEN connection is lost, so a revoke missed meanwhile is never served", async () => {
+    await other.set("x3", sessionData(60_000, { passport: { user: "ann" } }));
+    expect(await servedFromCache(cached, a, "x3")).toBe(true);
+    const handle = (await other.handleOf("x3"))!;
+    const lost = new Promise<void>((resolve) =>
+      cached.once("error", (error) => {
+        expect(error.message).toMatch(/LISTEN connection was lost/);
+        // Revoke while this instance cannot hear about it (it reconnects after a delay).
+        void other.revoke(handle).then(() => resolve());
+      }),
+    );
+    await b.raw(`select pg_terminate_backend(pid) from pg_stat_activity where query ilike 'listen "connect_drizzle_${a.schema}%'`);
+    await lost;
+    expect(await cached.get("x3")).toBeNull();
+    // After reconnecting, caching resumes.
+    expect(await ready(cached)).toBe(true);
+    await other.set("x4", sessionData(60_000));
+    expect(await servedFromCache(cached, a, "x4")).toBe(true);
+  });
+});
