@@ -1,0 +1,462 @@
+import { createHash } from "node:crypto";
+import { sql, type SQL } from "drizzle-orm";
+import { getTableConfig, type PgColumn } from "drizzle-orm/pg-core";
+import { databaseError, SessionStoreError } from "./errors.js";
+import { numberOption, type AnyPgDatabase } from "./options.js";
+import { sessions, type SessionTable } from "./schema.js";
+
+/**
+ * Options of the periodic reaper (`new SessionStore({ reaper })`). Pass `reaper: false` to turn it off,
+ * for instance when `npx connect-drizzle reap` runs from cron instead.
+ */
+export interface ReaperOptions {
+  /**
+   * Time between the end of one round and the start of the next, in milliseconds (plus or minus `jitter`).
+   * @default 900_000 (15 minutes)
+   */
+  interval?: number;
+  /**
+   * Rows deleted (or ended) per statement. Each batch is its own short transaction, so a backlog of
+   * millions never holds row locks for long nor bloats one transaction.
+   * @default 5_000
+   */
+  batchSize?: number;
+  /**
+   * Random spread of each delay, as a fraction of `interval`: a delay is `interval × (1 ± jitter)`, so
+   * instances deployed together drift apart instead of all trying at the same moment.
+   * @default 0.1
+   */
+  jitter?: number;
+}
+
+/** {@link ReaperOptions} with every default applied. */
+export interface ResolvedReaperOptions {
+  interval: number;
+  batchSize: number;
+  jitter: number;
+}
+
+/** What one reaper round did; the store emits it as its `reap` event. */
+export interface ReapResult {
+  /** Rows deleted: expired sessions (when `retainEnded` is 0), and ended sessions past their retention. */
+  deleted: number;
+  /** Expired sessions turned into ended history (`end_reason = 'expired'`); only with `retainEnded` > 0. */
+  ended: number;
+  /** Batches that changed rows; each was committed on its own. */
+  batches: number;
+  /** Wall time of the round, in milliseconds. */
+  durationMs: number;
+  /** True when another instance was reaping this table: this round did nothing. */
+  skipped: boolean;
+}
+
+/** The table a round works on. */
+export interface ReapTarget {
+  db: AnyPgDatabase;
+  table: SessionTable;
+  /** The store's `retainEnded`, in milliseconds: how long ended sessions are kept as history. */
+  retainEnded: number;
+}
+
+/** Arguments of {@link reap}. */
+export interface ReapArgs {
+  /** A drizzle Postgres database (node-postgres, postgres.js, PGlite, ...). Never closed by `reap`. */
+  db: AnyPgDatabase;
+  /** @default sessions (the table the shipped migrations create) */
+  table?: SessionTable;
+  /** Keep ended sessions this long (ms), as the store's `retainEnded` option. @default 0 */
+  retainEnded?: number;
+  /** Rows per batch. @default 5_000 */
+  batchSize?: number;
+  /** Ends the round early, between two batches, with the counts so far (used by `Reaper.stop()`). */
+  signal?: AbortSignal;
+  /**
+   * Called after each batch that changed rows (it is committed by then), with the counts so far. The next
+   * batch waits for a returned promise: log progress, or pause between batches to spare a busy database.
+   * The round's lock stays held meanwhile.
+   */
+  onBatch?: (progress: ReapProgress) => void | Promise<void>;
+}
+
+/** The counts of a round in progress, given to {@link ReapArgs.onBatch}. */
+export interface ReapProgress {
+  deleted: number;
+  ended: number;
+  batches: number;
+}
+
+export const REAPER_DEFAULTS: Readonly<ResolvedReaperOptions> = Object.freeze({ interval: 900_000, batchSize: 5_000, jitter: 0.1 });
+
+/** Node's timers overflow (and then fire after 1 ms) past this delay. */
+const MAX_DELAY = 2_147_483_647;
+
+/**
+ * Upper bound on the batches of one phase of one round (50 million rows at the default batch size): a round
+ * always ends, even if rows keep expiring as fast as it deletes them; the next round goes on.
+ */
+const MAX_BATCHES_PER_PHASE = 10_000;
+
+/**
+ * Validates the `reaper` option. `false` turns the periodic reaper off; `undefined` is every default.
+ * @throws TypeError that says what to pass instead
+ */
+export function resolveReaperOptions(options: ReaperOptions | false | undefined): ResolvedReaperOptions | false {
+  if (options === false) return false;
+  if (options === undefined) return { ...REAPER_DEFAULTS };
+  if (options === null || typeof options !== "object" || Array.isArray(options)) {
+    throw new TypeError(
+      `connect-drizzle: \`reaper\` must be an options object such as { interval: 900_000 }, or false to turn the reaper off (got ${String(options)})`,
+    );
+  }
+  const unknown = Object.keys(options).filter((k) => !(k in REAPER_DEFAULTS));
+  if (unknown.length > 0) {
+    throw new TypeError(`connect-drizzle: unknown \`reaper\` option ${unknown.map((k) => `\`${k}\``).join(", ")}; expected interval, batchSize or jitter`);
+  }
+  const interval = numberOption(options, "interval", REAPER_DEFAULTS.interval);
+  if (interval > MAX_DELAY / 2) {
+    throw new TypeError(`connect-drizzle: \`interval\` must be at most ${MAX_DELAY / 2} milliseconds (about 12 days) (got ${interval})`);
+  }
+  return {
+    interval,
+    batchSize: batchSizeOption(options.batchSize),
+    jitter: jitterOption(options.jitter),
+  };
+}
+
+function batchSizeOption(value: unknown): number {
+  const size = numberOption({ batchSize: value }, "batchSize", REAPER_DEFAULTS.batchSize, false, "rows");
+  if (!Number.isInteger(size)) throw new TypeError(`connect-drizzle: \`batchSize\` must be a whole number of rows (got ${size})`);
+  return size;
+}
+
+function jitterOption(value: unknown): number {
+  if (value === undefined) return REAPER_DEFAULTS.jitter;
+  if (typeof value !== "number" || !Number.isFinite(value) || value < 0 || value > 1) {
+    throw new TypeError(`connect-drizzle: \`jitter\` must be a fraction of the interval between 0 and 1, e.g. 0.1 (got ${String(value)})`);
+  }
+  return value;
+}
+
+/**
+ * Runs the reaper on a timer: one round, then `interval ± jitter` of rest, then the next round. Rounds never
+ * overlap (the next one is scheduled only when the previous one has settled), the timer never keeps the
+ * process alive (`unref`), and a failed round is reported to `onError` and does not stop later rounds.
+ *
+ * It knows nothing about the store: `run` does a round (normally {@link reap}), `events` hears about it.
+ */
+export class Reaper {
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private stopped = true;
+  private inflight: Promise<void> | undefined;
+  private abort: AbortController | undefined;
+
+  constructor(
+    private readonly run: (signal: AbortSignal) => Promise<ReapResult>,
+    private readonly options: ResolvedReaperOptions,
+    private readonly events: { onReap(result: ReapResult): void; onError(error: Error): void },
+  ) {}
+
+  /** True between `start()` and `stop()`: a round is scheduled or in progress. */
+  get running(): boolean {
+    return !this.stopped;
+  }
+
+  /** Schedules the first round one interval (± jitter) from now. Calling it again is a no-op. */
+  start(): void {
+    if (!this.stopped) return;
+    this.stopped = false;
+    if (!this.inflight) this.schedule();
+  }
+
+  /**
+   * Cancels the next round. A round in progress stops after its current batch (what it did is committed
+   * and still reported); the returned promise settles when it has, and never rejects.
+   */
+  stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+    this.abort?.abort();
+    return this.inflight ?? Promise.resolve();
+  }
+
+  /** The rest before the next round: `interval × (1 ± jitter)`, uniformly spread. */
+  nextDelay(): number {
+    const { interval, jitter } = this.options;
+    const delay = interval * (1 + jitter * (2 * Math.random() - 1));
+    return Math.min(MAX_DELAY, Math.max(1, Math.round(delay)));
+  }
+
+  private schedule(): void {
+    if (this.stopped || this.timer !== undefined) return;
+    const timer = setTimeout(() => {
+      this.timer = undefined;
+      this.inflight = this.round().finally(() => {
+        this.inflight = undefined;
+        this.schedule();
+      });
+    }, this.nextDelay());
+    // Never keep the process alive just to reap; absent in some non-Node runtimes.
+    (timer as { unref?: () => void }).unref?.();
+    this.timer = timer;
+  }
+
+  private async round(): Promise<void> {
+    const abort = new AbortController();
+    this.abort = abort;
+    try {
+      const result = await this.run(abort.signal);
+      this.notify(() => this.events.onReap(result));
+    } catch (error) {
+      this.notify(() => this.events.onError(error instanceof Error ? error : new Error(String(error))));
+    } finally {
+      this.abort = undefined;
+    }
+  }
+
+  /** Calls a listener; one that throws must not stop the timer nor crash the process. */
+  private notify(listener: () => void): void {
+    try {
+      listener();
+    } catch (error) {
+      try {
+        this.events.onError(error instanceof Error ? error : new Error(String(error)));
+      } catch {
+        console.warn("connect-drizzle: a reaper event listener threw:", error);
+      }
+    }
+  }
+}
+
+/**
+ * Runs one reaper round now and resolves to what it did: for a cron job, a CLI, or a test. Rows are
+ * handled oldest first in batches of `batchSize`, each its own statement and transaction:
+ *
+ * - expired live sessions are deleted, or, with `retainEnded` > 0, become ended history
+ *   (`ended_at = expires_at`, `end_reason = 'expired'`, data emptied); those that expired longer than
+ *   `retainEnded` ago are deleted directly, since their history would already be due for purging;
+ * - ended sessions are deleted once ended `retainEnded` ago and past their expiry (a tombstone is kept
+ *   until then, so a request still in flight cannot bring its session back).
+ *
+ * **One runner per table across every instance** sharing the database, by a Postgres advisory lock keyed on
+ * the table's qualified name. The lock is transaction-scoped (`pg_try_advisory_xact_lock`), held by a
+ * transaction opened with `db.transaction()` for the whole round, while the batches run as their own
+ * statements on `db`, each committed on its own. Why this shape:
+ *
+ * - A session-level lock (`pg_try_advisory_lock` … `pg_advisory_unlock`) needs the unlock to run on the very
+ *   connection that locked. Through a pool, or pgbouncer in transaction mode, consecutive statements may run
+ *   on different server connections: the unlock misses, and a lock leaks for the life of the connection.
+ *   A transaction-scoped lock is released by Postgres itself at commit, rollback or disconnect, and a
+ *   transaction is exactly the unit pgbouncer's transaction mode keeps on one server connection.
+ * - The lock transaction does nothing but hold the lock: it writes nothing and keeps no snapshot between
+ *   statements, so it holds back no vacuum, and a crash of the reaper releases the lock.
+ * - Before each batch it runs `select 1` in the lock transaction: if that connection was lost (and with it
+ *   the lock), the round ends with an error instead of carrying on unguarded.
+ * - Try-lock: an instance that finds the lock taken skips the round (`skipped: true`) instead of queueing.
+ *
+ * A client with a single connection (PGlite, one `pg.Client`, a pool of `max: 1`) cannot run a statement
+ * while a transaction holds its only connection: there each batch runs in its own transaction that first
+ * try-locks, so the lock is held per batch, and the round ends if another instance took it in between.
+ *
+ * @throws SessionStoreError (code `TABLE_MISSING`, `DATABASE`, ...) when the round fails; TypeError for bad arguments
+ */
+export async function reap(args: ReapArgs): Promise<ReapResult> {
+  if (args === null || typeof args !== "object") throw new TypeError("connect-drizzle: reap(args) needs an object such as { db }");
+  const { db, signal, onBatch } = args;
+  if (onBatch !== undefined && typeof onBatch !== "function") throw new TypeError("connect-drizzle: reap's `onBatch` must be a function");
+  if (db === undefined || db === null || typeof (db as any).execute !== "function" || typeof (db as any).transaction !== "function") {
+    throw new TypeError("connect-drizzle: reap needs `db`, a drizzle Postgres database, e.g. reap({ db: drizzle(pool) })");
+  }
+  const table = args.table ?? sessions;
+  const retainEnded = numberOption(args, "retainEnded", 0, true);
+  const batchSize = batchSizeOption(args.batchSize);
+  const config = getTableConfig(table);
+  const qualified = `${config.schema ? `"${config.schema}".` : ""}"${config.name}"`;
+  try {
+    return await round({ db, table, retainEnded }, batchSize, lockKey(config.schema, config.name), { signal, onBatch });
+  } catch (error) {
+    // The caller's own onBatch error goes back as it was; driver errors get a message that says what to do.
+    if (error instanceof HookFailure) throw error.error;
+    throw error instanceof SessionStoreError ? error : databaseError(error, qualified, "reap");
+  }
+}
+
+/** Carries an error thrown by `onBatch` through the round untouched. */
+class HookFailure {
+  constructor(readonly error: unknown) {}
+}
+
+/**
+ * The advisory lock key of a table: the first 64 bits of SHA-256 of its qualified name, as a signed bigint.
+ * Computed here rather than with Postgres's `hashtext`, whose output is not promised stable across versions.
+ * An unqualified table is keyed as in `public`.
+ */
+export function lockKey(schema: string | undefined, name: string): string {
+  return createHash("sha256").update(`connect-drizzle reaper ${schema ?? "public"}.${name}`).digest().readBigInt64BE(0).toString();
+}
+
+/** One statement of a phase: changes up to `limit` rows and reports how many, and the last ordering value. */
+interface Phase {
+  action: "delete" | "end";
+  /** Which rows; the statement adds the cursor and the limit. */
+  where: SQL;
+  /** The indexed column the rows are taken in order of; the cursor moves along it. */
+  order: PgColumn;
+}
+
+/** Runs a batch statement and returns its rows, or null when the lock was found taken (single-connection mode). */
+type Execute = (statement: SQL) => Promise<Array<Record<string, unknown>> | null>;
+
+interface RoundHooks {
+  signal?: AbortSignal | undefined;
+  onBatch?: ((progress: ReapProgress) => void | Promise<void>) | undefined;
+}
+
+async function round(target: ReapTarget, batchSize: number, key: string, hooks: RoundHooks): Promise<ReapResult> {
+  const started = performance.now();
+  const { db } = target;
+  const counts = { deleted: 0, ended: 0, batches: 0, skipped: false };
+  const tryLock = async (conn: AnyPgDatabase) => {
+    const [row] = rowsOf(await conn.execute(sql`select pg_try_advisory_xact_lock(${key}::bigint) as locked`));
+    return row?.locked === true || row?.locked === "t";
+  };
+
+  if (singleConnection(db)) {
+    // No statement can run beside an open transaction here: lock per batch, in the batch's own transaction.
+    const execute: Execute = (statement) =>
+      db.transaction(async (tx) => ((await tryLock(tx)) ? rowsOf(await tx.execute(statement)) : null));
+    await phases(target, batchSize, execute, counts, hooks);
+  } else {
+    let detach: (() => void) | undefined;
+    let failure: { error: unknown } | undefined;
+    try {
+      await db.transaction(async (tx) => {
+        // node-postgres: a checked-out client whose connection drops emits 'error'; unheard, that crashes the
+        // process. Listen until the transaction has settled (its rollback fails too); the round then fails.
+        const client: any = (tx as any).session?.client;
+        if (typeof client?.on === "function" && typeof client?.removeListener === "function") {
+          const ignore = () => {};
+          client.on("error", ignore);
+          detach = () => client.removeListener("error", ignore);
+        }
+        try {
+          if (!(await tryLock(tx))) {
+            counts.skipped = true;
+            return;
+          }
+          const execute: Execute = async (statement) => {
+            // Heartbeat: fails if the lock's connection is gone (and with it, the lock).
+            await tx.execute(sql`select 1`).catch((error) => {
+              throw new SessionStoreError(
+                "DATABASE",
+                "reap stopped: the connection holding the reaper's lock was lost; what was deleted so far stays deleted, and the next round goes on",
+                { cause: error },
+              );
+            });
+            return rowsOf(await db.execute(statement));
+          };
+          await phases(target, batchSize, execute, counts, hooks);
+        } catch (error) {
+          failure = { error };
+          throw error;
+        }
+      });
+    } catch (error) {
+      // The round's own error, not the rollback's that drizzle throws when the connection is gone.
+      throw failure ? failure.error : error;
+    } finally {
+      detach?.();
+    }
+  }
+  return { deleted: counts.deleted, ended: counts.ended, batches: counts.batches, durationMs: Math.round(performance.now() - started), skipped: counts.skipped };
+}
+
+async function phases(
+  { table: t, retainEnded }: ReapTarget,
+  batchSize: number,
+  execute: Execute,
+  counts: { deleted: number; ended: number; batches: number; skipped: boolean },
+  { signal, onBatch }: RoundHooks,
+): Promise<void> {
+  const nowMs = Date.now();
+  const now = sql`${new Date(nowMs).toISOString()}::timestamptz`;
+  const cutoff = sql`${new Date(nowMs - retainEnded).toISOString()}::timestamptz`;
+  const list: Phase[] =
+    retainEnded === 0
+      ? // Every expired row goes, live or tombstone: one pass along the expires_at index.
+        [{ action: "delete", where: sql`${t.expiresAt} <= ${now} and (${t.endedAt} is null or ${t.endedAt} <= ${now})`, order: t.expiresAt }]
+      : [
+          // Expired longer ago than the retention: their history would be purged at once, so skip writing it.
+          { action: "delete", where: sql`${t.endedAt} is null and ${t.expiresAt} <= ${cutoff}`, order: t.expiresAt },
+          // History (and tombstones) past retention and past their expiry, along the ended_at index.
+          { action: "delete", where: sql`${t.endedAt} is not null and ${t.endedAt} <= ${cutoff} and ${t.expiresAt} <= ${now}`, order: t.endedAt },
+          // The remaining expired sessions become history.
+          { action: "end", where: sql`${t.endedAt} is null and ${t.expiresAt} <= ${now}`, order: t.expiresAt },
+        ];
+  let first = true;
+  for (const phase of list) {
+    // Keyset cursor: each batch starts where the previous one ended, so no batch rescans the index entries
+    // of rows already handled (dead, or for "end", updated in place). Bounded: MAX_BATCHES_PER_PHASE.
+    let cursor: number | null = null;
+    for (let i = 0; i < MAX_BATCHES_PER_PHASE; i++) {
+      if (signal?.aborted) return;
+      const rows = await execute(batchStatement(t, phase, cursor, batchSize));
+      if (rows === null) {
+        // Single-connection mode: another instance holds the lock. Before any work that is a skipped round;
+        // later, it took over and will finish what is left.
+        if (first) counts.skipped = true;
+        return;
+      }
+      first = false;
+      const n = Number(rows[0]?.n ?? 0);
+      if (n > 0) {
+        counts.batches++;
+        counts[phase.action === "delete" ? "deleted" : "ended"] += n;
+        cursor = Number(rows[0]!.last);
+        if (onBatch) {
+          try {
+            await onBatch({ deleted: counts.deleted, ended: counts.ended, batches: counts.batches });
+          } catch (error) {
+            throw new HookFailure(error);
+          }
+        }
+      }
+      if (n < batchSize) break;
+    }
+  }
+}
+
+function batchStatement(t: SessionTable, phase: Phase, cursor: number | null, limit: number): SQL {
+  const col = phase.order;
+  const after = cursor === null ? sql`` : sql` and ${col} >= ${new Date(cursor).toISOString()}::timestamptz`;
+  // skip locked: a row a request is writing right now is left for the next round instead of waited for.
+  const picked = sql`select ${t.key} from ${t} where ${phase.where}${after} order by ${col} limit ${limit} for update skip locked`;
+  const change =
+    phase.action === "delete"
+      ? sql`delete from ${t} where ${t.key} in (${picked}) returning ${col} as at`
+      : sql`update ${t} set ended_at = ${t.expiresAt}, end_reason = 'expired', data = '{}'::jsonb, version = ${t.version} + 1
+          where ${t.key} in (${picked}) and ${t.endedAt} is null returning ${col} as at`;
+  return sql`with done as (${change}) select count(*)::int as n, (extract(epoch from max(at)) * 1000)::float8 as last from done`;
+}
+
+/** Rows of a result, whatever the driver: arrays from postgres.js, `.rows` from node-postgres and PGlite. */
+function rowsOf(result: any): Array<Record<string, unknown>> {
+  return (Array.isArray(result) ? result : result?.rows ?? []) as Array<Record<string, unknown>>;
+}
+
+/**
+ * Whether the database has a single connection, so that a statement outside an open transaction would wait
+ * for it forever: PGlite (in-process, one connection), a lone node-postgres `Client`, or a pool of `max: 1`.
+ */
+export function singleConnection(db: AnyPgDatabase): boolean {
+  const client: any = (db as any).$client;
+  if (client === null || (typeof client !== "object" && typeof client !== "function")) return false;
+  // PGlite and PGliteWorker.
+  if (typeof client.waitReady !== "undefined" && typeof client.exec === "function") return true;
+  // A node-postgres Client (drizzle's own test for a pool is the same); Pools have totalCount.
+  const isPgLike = typeof client.query === "function" && typeof client.connect === "function";
+  const isPool = "totalCount" in client || String(Object.getPrototypeOf(client)?.constructor?.name ?? "").includes("Pool");
+  if (isPgLike && !isPool) return true;
+  // pg.Pool ({ max }) and postgres.js (options.max).
+  return client.options?.max === 1;
+}
