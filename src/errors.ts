@@ -16,6 +16,8 @@ export type SessionStoreErrorCode =
   | "UNSERIALIZABLE"
   | "TOO_LARGE"
   | "CORRUPT_ROW"
+  | "CONFLICT"
+  | "TIMEOUT"
   | "DATABASE";
 
 /** Wraps a driver error with a message that says what to do, keeping the original as `cause`. */

@@ -83,6 +83,21 @@ export interface SessionStoreOptions {
    */
   notify?: boolean;
   /**
+   * Refuse to overwrite a session that another request changed since this request read it (two tabs
+   * saving at once): the later save fails with a `CONFLICT` error instead of silently winning. Without
+   * it the last save wins on the whole session (as with every express-session store), except that an
+   * unchanged session is never written back, so a request that only read cannot undo another's change.
+   * @default false
+   */
+  versioned?: boolean;
+  /**
+   * Longest wait for one database operation, in ms, connection wait included; past it the operation
+   * fails with a `TIMEOUT` error (express answers 500) instead of hanging the request. A write that
+   * timed out may still complete in the database.
+   * @default 10_000
+   */
+  timeout?: number;
+  /**
    * Use named prepared statements for the hot path. Turn off behind pgbouncer < 1.21 in transaction mode.
    * @default true
    */
@@ -119,6 +134,8 @@ export interface ResolvedOptions {
   prepare: boolean;
   cache: Required<CacheOptions> | undefined;
   notify: boolean;
+  versioned: boolean;
+  timeout: number;
 }
 
 const defaultUserId: UserIdOf = (session: any) => session?.passport?.user ?? session?.userId;
@@ -163,6 +180,8 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
     prepare: options.prepare ?? true,
     cache: resolveCache(options.cache),
     notify: options.notify ?? true,
+    versioned: options.versioned ?? false,
+    timeout: numberOption(options, "timeout", 10_000),
   };
 }
 

@@ -49,21 +49,35 @@ export interface SessionQuery {
   limit?: number;
 }
 
-/** How many recently read sessions a store remembers (without `cache`) to skip redundant touches and saves. */
-const RECENT_LIMIT = 10_000;
+/** Hidden on a loaded session (non-enumerable, so never serialized): what its row held when this request read it. */
+const LOADED = Symbol("connect-drizzle.loaded");
 
-/** What the store last read or wrote for a session: the skip decisions of touch and set, and the read cache. */
-interface Seen {
-  /** The expiry stored in the row, epoch ms. */
+/** A session's row as read or last written: the skip decisions of touch and set, the version check, the cache. */
+interface Loaded {
+  /** The row's key (the first secret's, or an older one's for rows made before a rotation). */
+  key: string;
+  /** The stored idle expiry, epoch ms. */
   expires: number;
-  /** The session data as stored. */
+  /** The stored data. */
   text: string;
-  /** When this was read or written, epoch ms (the cache's ttl counts from it). */
+  version: number;
+  /** When it was read or written, epoch ms (the cache's ttl counts from it). */
   at: number;
 }
 
+function withLoaded<T extends object>(session: T, loaded: Loaded): T {
+  Object.defineProperty(session, LOADED, { value: loaded, enumerable: false, configurable: true, writable: true });
+  return session;
+}
+
+/** What the request that holds `session` read, if it read this very session. */
+function loadedOf(session: SessionData, keys: string[]): Loaded | undefined {
+  const loaded = (session as any)?.[LOADED] as Loaded | undefined;
+  return loaded && keys.includes(loaded.key) ? loaded : undefined;
+}
+
 interface PreparedGet {
-  execute(params: Record<string, unknown>): Promise<Array<{ key: string; data: string; expires: number }>>;
+  execute(params: Record<string, unknown>): Promise<Array<{ key: string; data: string; expires: number; version: number }>>;
 }
 
 /**
@@ -82,7 +96,8 @@ export class SessionStore extends Store {
   protected readonly tableName: string;
   /** @internal */
   protected readonly keysOf: KeyDeriver;
-  private readonly recent = new Map<string, Seen>();
+  /** The read cache (only with the `cache` option), least recently used first. */
+  private readonly recent = new Map<string, Loaded>();
   private readonly getQuery: PreparedGet;
   /** The NOTIFY channel that evicts sessions from every instance's cache. */
   private readonly channel: string;
@@ -278,48 +293,44 @@ export class SessionStore extends Store {
     const keys = this.keysOf(sid);
     const now = Date.now();
     const cached = this.cached(keys, now);
-    if (cached) return parseSession(cached.text);
+    if (cached) return withLoaded(parseSession(cached.text)!, cached);
     const evictions = this.evictions;
     const params: Record<string, unknown> = { now: iso(now) };
     keys.forEach((key, i) => (params[`k${i}`] = key));
-    const [row] = await this.getQuery.execute(params);
-    if (!row) {
-      for (const key of keys) this.recent.delete(key);
-      return null;
-    }
+    const [row] = await this.timed(this.getQuery.execute(params));
+    if (!row) return null;
     const session = parseSession(row.data);
     if (!session) {
       this.report(new SessionStoreError("CORRUPT_ROW", `session row ${keys[0]!.slice(0, 8)}… in ${this.tableName} holds no valid session (no cookie object); treated as missing`));
       return null;
     }
-    // A read that overlapped an eviction may hold the data from before the write: don't keep it.
-    if (evictions === this.evictions) this.remember(row.key, { expires: Number(row.expires), text: row.data, at: now });
-    return session;
-  }
-
-  /** The cached session, when the cache is on, connected, and the entry is live and within its ttl. */
-  private cached(keys: string[], now: number): Seen | undefined {
-    const cache = this.options.cache;
-    if (!cache || !this.cacheLive) return undefined;
-    const [key, seen] = this.seenOf(keys);
-    if (!seen) return undefined;
-    if (seen.expires <= now || now - seen.at >= cache.ttl) {
-      this.recent.delete(key!);
-      return undefined;
-    }
-    return seen;
+    const loaded: Loaded = { key: row.key, expires: Number(row.expires), text: row.data, version: Number(row.version), at: now };
+    // A read that overlapped an eviction may hold the data from before the write: don't cache it.
+    if (evictions === this.evictions) this.cache(loaded);
+    return withLoaded(session, loaded);
   }
 
   /**
-   * What this process last saw of a session, under the key its row has (the first secret's, or an older
-   * one for rows made before a secret rotation: NOTIFY payloads are row keys too).
+   * express-session builds `req.session` from what `get` returned; carry over what was loaded (hidden,
+   * never serialized), so this request's own touch and save compare against what this request read.
    */
-  private seenOf(keys: string[]): [string | undefined, Seen | undefined] {
+  override createSession(req: any, data: SessionData): any {
+    const loaded = (data as any)?.[LOADED] as Loaded | undefined;
+    const session = super.createSession(req, data);
+    return loaded ? withLoaded(session, loaded) : session;
+  }
+
+  /** The cached session, when the cache is on, connected, and the entry is live and within its ttl. */
+  private cached(keys: string[], now: number): Loaded | undefined {
+    const cache = this.options.cache;
+    if (!cache || !this.cacheLive) return undefined;
     for (const key of keys) {
-      const seen = this.recent.get(key);
-      if (seen) return [key, seen];
+      const entry = this.recent.get(key);
+      if (!entry) continue;
+      if (entry.expires > now && now - entry.at < cache.ttl) return entry;
+      this.recent.delete(key);
     }
-    return [undefined, undefined];
+    return undefined;
   }
 
   private async save(sid: string, session: SessionData): Promise<void> {
@@ -327,8 +338,8 @@ export class SessionStore extends Store {
     const now = Date.now();
     const expires = this.expiry(session, now);
     const text = serialize(session, this.options.maxSize);
-    const [, seen] = this.seenOf(keys);
-    if (seen && this.fresh(seen, expires, now) && sameContent(seen.text, text)) return;
+    const loaded = loadedOf(session, keys);
+    if (loaded && this.fresh(loaded, expires, now) && sameContent(loaded.text, text)) return;
 
     const t = this.table;
     const { ua, ip } = requestMetadata(session);
@@ -346,40 +357,64 @@ export class SessionStore extends Store {
       ${absoluteAt === null ? null : iso(absoluteAt)}::timestamptz, ${iso(now)}::timestamptz, ${iso(now)}::timestamptz, ${ua}::text, ${ip}::text`;
     const columns = sql`(key, handle, user_id, data, expires_at, absolute_expires_at, created_at, last_seen_at, user_agent, ip)`;
     // An ended row (a tombstone) is never revived: a request still in flight when its session was
-    // revoked must not bring it back. Rows keyed under an older secret are updated in place.
+    // revoked must not bring it back. With `versioned`, a row changed since this request read it is
+    // not overwritten either. Rows keyed under an older secret are updated in place.
+    const guard = this.options.versioned && loaded ? sql` and ${t.version} = ${loaded.version}` : sql``;
     const upsert = sql`insert into ${t} ${columns}`;
-    const onConflict = sql`on conflict (key) do update set ${changes} where ${t.endedAt} is null returning key`;
+    const onConflict = sql`on conflict (key) do update set ${changes} where ${t.endedAt} is null${guard} returning key, version`;
     const older = keys.slice(1);
     this.evict(keys);
-    let rows: Array<{ key: string }>;
+    let rows: Array<{ key: string; version: number }>;
     if (older.length === 0) {
       rows = await this.write(sql`${upsert} values (${row}) ${onConflict}`);
     } else {
       const inOlder = sql`${t.key} in (${sql.join(older.map((k) => sql`${k}`), sql`, `)})`;
       rows = await this.write(
-        sql`select key from moved union all select key from inserted`,
-        sql`moved as (update ${t} set ${changes} where ${inOlder} and ${t.endedAt} is null returning key),
-          inserted as (${upsert} select ${row} where not exists (select 1 from moved) and not exists (select 1 from ${t} where ${inOlder}) ${onConflict})`,
+        sql`select key, version from moved union all select key, version from inserted`,
+        sql`moved as (update ${t} set ${changes} where ${inOlder} and ${t.endedAt} is null${guard} returning key, version),
+          inserted as (${upsert} select ${row} where not exists (select 1 from ${t} where ${inOlder}) ${onConflict})`,
       );
     }
-    if (rows[0]) this.remember(rows[0].key, { expires, text, at: now });
+    const [written] = rows;
+    if (!written) {
+      if (guard.queryChunks.length > 0) await this.checkConflict(keys);
+      return;
+    }
+    const now_: Loaded = { key: written.key, expires, text, version: Number(written.version), at: now };
+    withLoaded(session, now_);
+    this.cache(now_);
+  }
+
+  /** After a guarded save changed nothing: a conflict error, unless the session had ended (then nothing to save). */
+  private async checkConflict(keys: string[]): Promise<void> {
+    const t = this.table;
+    const [row] = await this.query<{ ended: boolean }>(sql`select ${t.endedAt} is not null as ended from ${t} where ${this.byKeys(keys)}`);
+    if (row && !row.ended) {
+      throw new SessionStoreError(
+        "CONFLICT",
+        "the session was changed by another request since this one read it; the change was not saved (reload the session and retry)",
+      );
+    }
   }
 
   private async renew(sid: string, session: SessionData): Promise<void> {
     const keys = this.keysOf(sid);
     const now = Date.now();
     const expires = this.expiry(session, now);
-    const [, seen] = this.seenOf(keys);
-    if (seen && this.fresh(seen, expires, now)) return;
+    const loaded = loadedOf(session, keys);
+    if (loaded && this.fresh(loaded, expires, now)) return;
     const t = this.table;
     const { ua, ip } = requestMetadata(session);
     const cookie = JSON.stringify(session.cookie ?? {});
     this.evict(keys);
-    const rows = await this.write(sql`update ${t} set expires_at = least(${iso(expires)}::timestamptz, ${t.absoluteExpiresAt}),
+    const [written] = await this.write<{ key: string }>(sql`update ${t} set expires_at = least(${iso(expires)}::timestamptz, ${t.absoluteExpiresAt}),
         last_seen_at = ${iso(now)}::timestamptz, data = jsonb_set(${t.data}, '{cookie}', ${cookie}::jsonb),
         user_agent = coalesce(${ua}::text, ${t.userAgent}), ip = coalesce(${ip}::text, ${t.ip})
       where ${this.byKeys(keys)} and ${this.live(now)} returning key`);
-    if (rows[0] && seen) this.remember(rows[0].key, { ...seen, expires, at: now });
+    if (written && loaded) {
+      loaded.expires = expires;
+      this.cache({ ...loaded, at: now });
+    }
   }
 
   /** Ends the session of `sid`: a tombstone with `endedAt` and `endReason`, its data dropped. */
@@ -450,14 +485,15 @@ export class SessionStore extends Store {
    * changed keys from every instance's cache in the same statement. Returns one row per changed row
    * (or one in all, with `once`). @internal
    */
-  protected async write(statement: SQL, ctes?: SQL, once = false): Promise<Array<{ key: string }>> {
+  protected async write<Row extends { key: string } = { key: string }>(statement: SQL, ctes?: SQL, once = false): Promise<Row[]> {
     if (!this.options.notify) {
-      const rows = await this.query<{ key: string }>(ctes ? sql`with ${ctes} ${statement}` : statement);
+      const rows = await this.query<Row>(ctes ? sql`with ${ctes} ${statement}` : statement);
       return once ? rows.slice(0, 1) : rows;
     }
-    const keys = once ? sql`select distinct key from changed` : sql`select key from changed`;
-    return this.query<{ key: string }>(
-      sql`with ${ctes ? sql`${ctes}, ` : sql``}changed as (${statement}) select key, pg_notify(${this.channel}, key) from (${keys}) k`,
+    // A data-modifying CTE always runs to completion, so `limit 1` only limits the notifications.
+    return this.query<Row>(
+      sql`with ${ctes ? sql`${ctes}, ` : sql``}changed as (${statement})
+        select changed.*, pg_notify(${this.channel}, changed.key) from changed${once ? sql` limit 1` : sql``}`,
     );
   }
 
@@ -494,8 +530,25 @@ export class SessionStore extends Store {
 
   /** Runs a statement and returns its rows, whatever the driver's result shape. @internal */
   protected async query<Row = Record<string, unknown>>(statement: SQL): Promise<Row[]> {
-    const result: any = await this.options.db.execute(statement);
+    const result: any = await this.timed(this.options.db.execute(statement));
     return (Array.isArray(result) ? result : result.rows) as Row[];
+  }
+
+  /** Fails an operation that takes longer than `timeout` (a slow or unreachable database), instead of hanging. */
+  private timed<T>(query: PromiseLike<T>): Promise<T> {
+    // Drizzle's queries are lazy thenables that run on every then(): settle it exactly once.
+    const operation = Promise.resolve(query);
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new SessionStoreError("TIMEOUT", `the database did not answer within ${this.options.timeout} ms (the store's timeout option)`)),
+        this.options.timeout,
+      );
+      timer.unref();
+    });
+    // The losing promise must never become an unhandled rejection.
+    operation.catch(() => {});
+    return Promise.race([operation, timeout]).finally(() => clearTimeout(timer));
   }
 
   /** Runs an operation, turning driver errors into errors that say what to do. @internal */
@@ -525,15 +578,17 @@ export class SessionStore extends Store {
   }
 
   /** Whether the stored expiry is close enough to the new one that writing it again buys nothing. */
-  private fresh(seen: Seen, expires: number, now: number): boolean {
+  private fresh(seen: Loaded, expires: number, now: number): boolean {
     const threshold = Math.min(this.options.touchAfter, Math.max(0, expires - now) / 10);
     return expires - seen.expires < threshold;
   }
 
-  private remember(key: string, seen: Seen): void {
-    this.recent.delete(key);
-    this.recent.set(key, seen);
-    if (this.recent.size > (this.options.cache?.max ?? RECENT_LIMIT)) this.recent.delete(this.recent.keys().next().value!);
+  private cache(loaded: Loaded): void {
+    const max = this.options.cache?.max;
+    if (max === undefined) return;
+    this.recent.delete(loaded.key);
+    this.recent.set(loaded.key, loaded);
+    if (this.recent.size > max) this.recent.delete(this.recent.keys().next().value!);
   }
 
   /** @internal */
@@ -551,7 +606,7 @@ export class SessionStore extends Store {
     const t = this.table;
     const keys = Array.from({ length: Math.max(1, this.options.secrets.length) }, (_, i) => sql.placeholder(`k${i}`));
     const query = this.options.db
-      .select({ key: t.key, data: sql<string>`${t.data}::text`, expires: msOf(t.expiresAt).mapWith(Number) })
+      .select({ key: t.key, data: sql<string>`${t.data}::text`, expires: msOf(t.expiresAt).mapWith(Number), version: t.version })
       .from(t)
       .where(sql`${t.key} in (${sql.join(keys, sql`, `)}) and ${t.endedAt} is null and ${t.expiresAt} > ${sql.placeholder("now")}::timestamptz`)
       .limit(1);

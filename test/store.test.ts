@@ -245,13 +245,77 @@ describe.each(drivers)("SessionStore on %s", (driver) => {
 
   it("a read-and-touch of a fresh session costs one statement and no write", async () => {
     await store.set("sid-q", sessionData(3_600_000));
-    const loaded: any = await store.get("sid-q");
     t.statements.length = 0;
-    const again: any = await store.get("sid-q");
-    await store.touch("sid-q", { ...again, cookie: { ...again.cookie, expires: new Date(Date.now() + 3_600_000).toISOString() } });
-    await store.set("sid-q", { ...loaded, cookie: { ...loaded.cookie, expires: new Date(Date.now() + 3_600_000).toISOString() } });
+    // As express-session does: the loaded object is touched, or saved unchanged, with a slid expiry.
+    const loaded: any = await store.get("sid-q");
+    loaded.cookie.expires = new Date(Date.now() + 3_600_000).toISOString();
+    await store.touch("sid-q", loaded);
+    await store.set("sid-q", loaded);
     expect(t.statements).toHaveLength(1);
     expect(t.statements[0]).toMatch(/^select/i);
+    // A real change is written.
+    loaded.n = 1;
+    await store.set("sid-q", loaded);
+    expect(t.statements).toHaveLength(2);
+    expect(((await store.get("sid-q")) as any).n).toBe(1);
+  });
+
+  it("a request that only read a session never undoes another request's change to it (two tabs)", async () => {
+    await store.set("tabs", sessionData(3_600_000, { cart: [] }));
+    const tabA: any = await store.get("tabs");
+    const tabB: any = await store.get("tabs");
+    tabB.cart.push("book");
+    await store.set("tabs", tabB);
+    await store.set("tabs", tabA); // tab A saves (resave: true) without having changed anything
+    expect(((await store.get("tabs")) as any).cart).toEqual(["book"]);
+  });
+
+  it("without versioned, the last real change wins on the whole session", async () => {
+    await store.set("lww", sessionData(3_600_000, { a: 0, b: 0 }));
+    const tabA: any = await store.get("lww");
+    const tabB: any = await store.get("lww");
+    tabA.a = 1;
+    tabB.b = 1;
+    await store.set("lww", tabA);
+    await store.set("lww", tabB);
+    expect(await store.get("lww")).toMatchObject({ a: 0, b: 1 });
+  });
+
+  it("with versioned, a save over another request's change fails with CONFLICT and loses nothing", async () => {
+    const cas = new SessionStore({ db: t.db, table: t.table, versioned: true });
+    await cas.set("cas", sessionData(3_600_000, { a: 0, b: 0 }));
+    const tabA: any = await cas.get("cas");
+    const tabB: any = await cas.get("cas");
+    tabA.a = 1;
+    tabB.b = 1;
+    await cas.set("cas", tabA);
+    await expect(cas.set("cas", tabB)).rejects.toMatchObject({ code: "CONFLICT", message: /changed by another request/ });
+    expect(await cas.get("cas")).toMatchObject({ a: 1, b: 0 });
+    // Saving twice in one request is not a conflict with itself; a destroyed session is no conflict.
+    tabA.a = 2;
+    await cas.set("cas", tabA);
+    await cas.destroy("cas");
+    await expect(cas.set("cas", tabA)).resolves.toBeUndefined();
+    expect(await cas.get("cas")).toBeNull();
+  });
+
+  it.runIf(driver !== "pglite")("turns a database that does not answer into a TIMEOUT error, not a hung request", async () => {
+    const quick = new SessionStore({ db: t.db, table: t.table, timeout: 300 });
+    await quick.set("slow", sessionData(60_000));
+    const { default: pg } = await import("pg");
+    const locker = new pg.Client({ connectionString: process.env.DATABASE_URL });
+    await locker.connect();
+    try {
+      await locker.query(`begin; lock table "${t.schema}".sessions in access exclusive mode`);
+      await expect(quick.get("slow")).rejects.toMatchObject({ code: "TIMEOUT" });
+      await expect(new Promise((resolve) => quick.set("slow", sessionData(60_000, { n: 1 }), resolve))).resolves.toMatchObject({
+        code: "TIMEOUT",
+      });
+      await locker.query("rollback");
+      expect(await quick.get("slow")).not.toBeNull();
+    } finally {
+      await locker.end();
+    }
   });
 });
 
@@ -279,6 +343,7 @@ describe("SessionStore options", () => {
     ["absoluteTimeout", -1],
     ["maxSize", 0],
     ["touchAfter", -1],
+    ["timeout", 0],
   ])("rejects %s = %j at construction", (name, value) => {
     expect(() => new SessionStore({ db: t.db, [name]: value } as any)).toThrow(new RegExp(`\`${name}\` must be a`));
   });
