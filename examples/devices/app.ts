@@ -1,0 +1,251 @@
+// A complete "your devices" app on connect-drizzle: sign up / log in / log out with passport-local, a
+// counter kept in the session, a devices page (list, revoke, log out other devices, recent activity),
+// and API tokens that are sessions too (`Authorization: Bearer`), listed and revoked on the same page.
+//
+// server.ts runs it; test/browser/devices.browser.ts drives it in a real browser.
+import { randomBytes, timingSafeEqual } from "node:crypto";
+import express, { type Express, type NextFunction, type Request, type Response } from "express";
+import passport from "passport";
+import { Strategy as LocalStrategy } from "passport-local";
+import { SessionStore, sessionMiddleware, type AnyPgDatabase, type SessionMiddleware } from "connect-drizzle";
+import { createTables, createUser, EmailTakenError, findUser, saveTokenLabel, tokenLabels, verifyUser, type User } from "./users.js";
+import { authPage, counterPage, devicesPage, html, messagePage, type DevicesView, type PageContext } from "./views.js";
+
+declare module "express-session" {
+  interface SessionData {
+    /** Per-session CSRF token, sent back in a hidden field by every form. */
+    csrfToken?: string;
+    counter?: number;
+    /** The name of an API token's session. */
+    label?: string;
+  }
+}
+
+const DAY = 86_400_000;
+
+export interface DevicesAppOptions {
+  /** A drizzle Postgres database with connect-drizzle's migrations applied. Not closed by the app. */
+  db: AnyPgDatabase;
+  /** Signs session cookies and tokens; see sessionMiddleware (required in production). */
+  secret?: string | string[];
+  /** Express's "trust proxy" (behind one proxy: 1), so IPs and Secure cookies come from the proxy. */
+  trustProxy?: boolean | number | string;
+  /** Lifetime of API tokens (idle: each use renews it). @default 90 days */
+  tokenMaxAge?: number;
+}
+
+export interface DevicesApp {
+  app: Express;
+  store: SessionStore;
+  sessions: SessionMiddleware;
+  /** Stops the store (its timers and connections). The database stays open: it is the caller's. */
+  close(): Promise<void>;
+}
+
+export async function createApp(options: DevicesAppOptions): Promise<DevicesApp> {
+  const { db } = options;
+  const tokenMaxAge = options.tokenMaxAge ?? 90 * DAY;
+  await createTables(db);
+
+  // Ended sessions (logouts, revocations, expiries) are kept 30 days for "Recent activity".
+  const store = new SessionStore({ db, retainEnded: 30 * DAY });
+  const sessions = sessionMiddleware({ store, secret: options.secret, header: "authorization" });
+
+  // A passport instance of our own (not the global singleton), so several apps can live in one process.
+  const auth = new passport.Passport();
+  auth.use(
+    new LocalStrategy({ usernameField: "email" }, (email, password, done) => {
+      verifyUser(db, normalizeEmail(email), password).then((user) => done(null, user ?? false), done);
+    }),
+  );
+  auth.serializeUser((user, done) => done(null, (user as User).id));
+  auth.deserializeUser((id: string, done) => {
+    findUser(db, id).then((user) => done(null, user ?? false), done);
+  });
+
+  const app = express();
+  app.disable("x-powered-by");
+  if (options.trustProxy !== undefined) app.set("trust proxy", options.trustProxy);
+  app.use((_req, res, next) => {
+    res.set({
+      // No scripts at all; inline <style> only; forms post to this origin only.
+      "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+      "X-Content-Type-Options": "nosniff",
+      "Referrer-Policy": "same-origin",
+      "Cache-Control": "no-store",
+    });
+    next();
+  });
+  app.use(express.urlencoded({ extended: false, limit: "10kb" }));
+  app.use(express.json({ limit: "10kb" }));
+  app.use(sessions);
+  app.use(auth.initialize());
+  app.use(auth.session());
+
+  const userOf = (req: Request) => req.user as User | undefined;
+  const ctx = (req: Request): PageContext => ({ user: userOf(req), csrf: csrfToken(req) });
+  const page = (req: Request, res: Response, status: number, body: string) => res.status(status).type("html").send(body);
+
+  // ---- pages for browsers (cookie sessions) ----
+
+  app.get("/", (req, res) => res.redirect(userOf(req) ? "/devices" : "/login"));
+
+  app.get("/signup", (req, res) => (userOf(req) ? res.redirect("/devices") : page(req, res, 200, authPage("signup", ctx(req)))));
+  app.post("/signup", checkCsrf, async (req, res, next) => {
+    const email = normalizeEmail(req.body?.email);
+    const password = typeof req.body?.password === "string" ? req.body.password : "";
+    const error = !/^[^\s@]+@[^\s@]+$/.test(email) || email.length > 254 ? "Enter a valid email address."
+      : password.length < 8 || password.length > 200 ? "Use a password of 8 to 200 characters."
+      : undefined;
+    if (error) return page(req, res, 400, authPage("signup", ctx(req), { error, email }));
+    let user: User;
+    try {
+      user = await createUser(db, email, password);
+    } catch (err) {
+      if (!(err instanceof EmailTakenError)) throw err;
+      return page(req, res, 409, authPage("signup", ctx(req), { error: "That email already has an account. Log in instead.", email }));
+    }
+    // passport 0.7 regenerates the session on login (no session fixation).
+    req.login(user, (err) => (err ? next(err) : res.redirect(303, "/devices")));
+  });
+
+  app.get("/login", (req, res) => (userOf(req) ? res.redirect("/devices") : page(req, res, 200, authPage("login", ctx(req)))));
+  app.post("/login", checkCsrf, (req, res, next) => {
+    auth.authenticate("local", (err: unknown, user: User | false) => {
+      if (err) return next(err);
+      if (!user) {
+        const email = normalizeEmail(req.body?.email);
+        return page(req, res, 401, authPage("login", ctx(req), { error: "Wrong email or password.", email }));
+      }
+      req.login(user, (loginErr) => (loginErr ? next(loginErr) : res.redirect(303, "/devices")));
+    })(req, res, next);
+  });
+
+  app.post("/logout", requireUser, checkCsrf, (req, res, next) => {
+    // Ends this session (recorded as "logout" in the user's recent activity).
+    req.logout((err) => (err ? next(err) : res.redirect(303, "/login")));
+  });
+
+  app.get("/counter", requireUser, (req, res) => page(req, res, 200, counterPage(ctx(req), req.session.counter ?? 0)));
+  app.post("/counter", requireUser, checkCsrf, (req, res) => {
+    req.session.counter = (req.session.counter ?? 0) + 1;
+    res.redirect(303, "/counter");
+  });
+
+  app.get("/devices", requireUser, async (req, res) => {
+    page(req, res, 200, devicesPage(ctx(req), await devicesView(req, NOTICES[String(req.query.done)]?.(req.query))));
+  });
+
+  app.post("/devices/revoke", requireUser, checkCsrf, async (req, res) => {
+    const handle = typeof req.body?.handle === "string" ? req.body.handle : "";
+    // With userId the store only ends a session this user owns: a guessed handle ends nothing.
+    const revoked = await store.revoke(handle, { userId: userOf(req)!.id });
+    res.redirect(303, `/devices?done=${revoked ? "revoked" : "missing"}`);
+  });
+
+  app.post("/devices/logout-others", requireUser, checkCsrf, async (req, res) => {
+    // Every other session of this user ends, API tokens included; this one stays.
+    const count = await store.revokeUser(userOf(req)!.id, { except: req.sessionID });
+    res.redirect(303, `/devices?done=others&count=${count}`);
+  });
+
+  app.post("/devices/token", requireUser, checkCsrf, async (req, res) => {
+    const user = userOf(req)!;
+    const label = cleanLabel(req.body?.label);
+    // A session of its own, owned by the user like a login, with a token for header transport.
+    const token = await sessions.issueToken({ passport: { user: user.id }, label }, { maxAge: tokenMaxAge });
+    // The token is "<session id>.<signature>"; its record's handle names it in the devices list.
+    const handle = await store.handleOf(token.slice(0, token.lastIndexOf(".")));
+    if (handle) await saveTokenLabel(db, handle, user.id, label);
+    const apiUrl = `${req.protocol}://${req.get("host") ?? "localhost"}/api/me`;
+    // Rendered in the POST response, never stored: this is the only time the token is shown.
+    page(req, res, 201, devicesPage(ctx(req), { ...(await devicesView(req)), newToken: { token, label, apiUrl } }));
+  });
+
+  // ---- API for scripts (Authorization: Bearer <token>; no cookies, so no CSRF) ----
+
+  const api = express.Router();
+  api.use((req, res, next) => {
+    if (!/^Bearer\s/i.test(req.get("authorization") ?? "")) {
+      return res.status(401).set("WWW-Authenticate", "Bearer").json({ error: "send Authorization: Bearer <token> (create one on /devices)" });
+    }
+    if (!userOf(req)) {
+      return res.status(401).set("WWW-Authenticate", 'Bearer error="invalid_token"').json({ error: "this token is invalid, expired or revoked" });
+    }
+    next();
+  });
+  api.get("/me", async (req, res) => {
+    const user = userOf(req)!;
+    res.json({ id: user.id, email: user.email, token: { label: req.session.label ?? null, handle: await store.handleOf(req.sessionID) } });
+  });
+  api.get("/counter", (req, res) => res.json({ count: req.session.counter ?? 0 }));
+  api.post("/counter", (req, res) => {
+    req.session.counter = (req.session.counter ?? 0) + 1;
+    res.json({ count: req.session.counter });
+  });
+  api.use((_req, res) => res.status(404).json({ error: "not found" }));
+  app.use("/api", api);
+
+  app.use((req, res) => page(req, res, 404, messagePage(ctx(req), "Not found", "There is no such page.")));
+  app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
+    console.error(err);
+    if (res.headersSent) return;
+    if (req.path.startsWith("/api/")) return res.status(500).json({ error: "internal error" });
+    page(req, res, 500, messagePage({ user: userOf(req), csrf: "" }, "Something went wrong", "Please try again."));
+  });
+
+  async function devicesView(req: Request, notice?: string): Promise<DevicesView> {
+    const userId = userOf(req)!.id;
+    const [active, ended] = await Promise.all([
+      store.list({ userId, current: req.sessionID }), // newest activity first; "this device" marked
+      store.list({ userId, status: "ended", limit: 20 }), // kept for retainEnded
+    ]);
+    const labels = await tokenLabels(db, userId, [...active, ...ended].map((s) => s.handle));
+    return { active, ended, labels, notice };
+  }
+
+  return { app, store, sessions, close: () => store.close() };
+}
+
+const NOTICES: Record<string, (query: Request["query"]) => string> = {
+  revoked: () => "Revoked: that device is signed out (on its next request).",
+  missing: () => "That session had already ended.",
+  others: (q) => {
+    const n = Number.parseInt(String(q.count), 10) || 0;
+    return n === 0 ? "There were no other sessions to end." : `Ended ${n} other session${n === 1 ? "" : "s"}.`;
+  },
+};
+
+/** Sends the signed-out to the login page (a revoked or expired session arrives here with no user). */
+function requireUser(req: Request, res: Response, next: NextFunction): void {
+  if (req.user) return next();
+  res.redirect(303, "/login");
+}
+
+/** The session's CSRF token, created on first use (this makes the session worth saving). */
+function csrfToken(req: Request): string {
+  return (req.session.csrfToken ??= randomBytes(24).toString("base64url"));
+}
+
+/** Rejects a form post whose hidden `_csrf` field does not match the session's token. */
+function checkCsrf(req: Request, res: Response, next: NextFunction): void {
+  const sent: unknown = req.body?._csrf;
+  const expected = req.session.csrfToken;
+  if (typeof sent === "string" && typeof expected === "string" && sent.length === expected.length && timingSafeEqual(Buffer.from(sent), Buffer.from(expected))) {
+    return next();
+  }
+  const back = req.path === "/login" || req.path === "/signup" ? req.path : "/devices";
+  res
+    .status(403)
+    .type("html")
+    .send(messagePage({ user: req.user as User | undefined, csrf: csrfToken(req) }, "Form expired", html`This form expired or did not come from this site. <a href="${back}">Reload it</a> and try again.`));
+}
+
+function normalizeEmail(value: unknown): string {
+  return typeof value === "string" ? value.trim().toLowerCase() : "";
+}
+
+function cleanLabel(value: unknown): string {
+  const label = typeof value === "string" ? value.replace(/\s+/g, " ").trim().slice(0, 60) : "";
+  return label || "API token";
+}
