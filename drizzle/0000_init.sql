@@ -7,6 +7,7 @@ CREATE TABLE "sessions" (
 	"absolute_expires_at" timestamp (3) with time zone,
 	"created_at" timestamp (3) with time zone DEFAULT now() NOT NULL,
 	"last_seen_at" timestamp (3) with time zone DEFAULT now() NOT NULL,
+	"label" text,
 	"user_agent" text,
 	"ip" text,
 	"ended_at" timestamp (3) with time zone,

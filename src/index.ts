@@ -2,4 +2,4 @@ export { SessionStore, type EndReason, type SessionQuery, type SessionRecord, ty
 export type { AnyPgDatabase, SessionStoreOptions, UserIdOf } from "./options.js";
 export { sessions, createSessionTable, type SessionTable, type SessionTableOptions } from "./schema.js";
 export { SessionStoreError, type SessionStoreErrorCode } from "./errors.js";
-export { sessionMiddleware, type SessionMiddleware, type SessionMiddlewareOptions } from "./middleware.js";
+export { sessionMiddleware, type IssuedToken, type SessionMiddleware, type SessionMiddlewareOptions } from "./middleware.js";

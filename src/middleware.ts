@@ -48,17 +48,27 @@ export interface SessionMiddlewareOptions extends Omit<SessionOptions, "store" |
   saveUninitialized?: boolean;
 }
 
+/** A token minted by {@link SessionMiddleware.issueToken}. */
+export interface IssuedToken {
+  /** What the client sends as `Authorization: Bearer <token>` (or in the configured header). */
+  token: string;
+  /** The session's public handle, as in `store.list()`. */
+  handle: string;
+  expiresAt: Date;
+}
+
 /** The middleware, with a way to mint API tokens for the same store. */
 export interface SessionMiddleware {
   (req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void): void;
   readonly store: SessionStore;
   /**
-   * Creates a session outside a request and returns its token for header transport (shown once: only a
-   * hash of it is stored). Use it for "create API token" on a devices page.
+   * Creates a session outside a request and returns its token for header transport (show it once: only
+   * a hash of it is stored), with the session's public handle (to list, label or revoke it) and expiry.
+   * Use it for "create API token" on a devices page.
    * @param data what the session holds, e.g. `{ passport: { user: id }, label: "CLI" }`
    * @param options.maxAge lifetime in ms; defaults to the cookie maxAge
    */
-  issueToken(data: Partial<SessionData> & Record<string, unknown>, options?: { maxAge?: number }): Promise<string>;
+  issueToken(data: Partial<SessionData> & Record<string, unknown>, options?: { maxAge?: number }): Promise<IssuedToken>;
 }
 
 const DEV_SECRET = randomBytes(32).toString("base64url");
@@ -148,7 +158,9 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
     const sid = randomBytes(24).toString("base64url");
     const expires = new Date(Date.now() + maxAge);
     await store.set(sid, { ...data, cookie: { ...cookieOptions, originalMaxAge: maxAge, expires } } as unknown as SessionData);
-    return sign(sid, secrets[0]!);
+    const handle = await store.handleOf(sid);
+    if (handle === null) throw new Error("connect-drizzle: the token's session was not stored (is maxAge positive?)");
+    return { token: sign(sid, secrets[0]!), handle, expiresAt: expires };
   };
   return middleware;
 }

@@ -55,6 +55,12 @@ export interface SessionStoreOptions {
    */
   userId?: UserIdOf;
   /**
+   * Finds a display name for the session in its data ("CLI token", "Work laptop"); stored in its own
+   * column on every save that has one, and kept in the ended-session history.
+   * @default session.label when it is a string
+   */
+  label?: (session: SessionData) => string | null | undefined;
+  /**
    * Keep ended sessions (logout, revoked, expired, rotated), without their data, for this long, to list
    * them as history with `status: "ended"`. With 0 an ended session keeps only a tombstone until its
    * original expiry, so a request still in flight can never bring it back.
@@ -129,6 +135,7 @@ export interface ResolvedOptions {
   absoluteTimeout: number | undefined;
   touchAfter: number;
   userId: UserIdOf;
+  label: (session: SessionData) => string | null | undefined;
   retainEnded: number;
   maxSize: number;
   prepare: boolean;
@@ -139,6 +146,7 @@ export interface ResolvedOptions {
 }
 
 const defaultUserId: UserIdOf = (session: any) => session?.passport?.user ?? session?.userId;
+const defaultLabel = (session: any) => (typeof session?.label === "string" ? session.label : undefined);
 
 export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
   if (options === null || typeof options !== "object") {
@@ -163,6 +171,9 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
   if (options.userId !== undefined && typeof options.userId !== "function") {
     throw new TypeError("connect-drizzle: `userId` must be a function (session) => string | undefined");
   }
+  if (options.label !== undefined && typeof options.label !== "function") {
+    throw new TypeError("connect-drizzle: `label` must be a function (session) => string | undefined");
+  }
   if (options.table !== undefined && (typeof options.table !== "object" || !("key" in options.table))) {
     throw new TypeError("connect-drizzle: `table` must be a table from connect-drizzle's createSessionTable()");
   }
@@ -175,6 +186,7 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
     absoluteTimeout: optionalNumber(options, "absoluteTimeout"),
     touchAfter: numberOption(options, "touchAfter", 60_000, true),
     userId: options.userId ?? defaultUserId,
+    label: options.label ?? defaultLabel,
     retainEnded: numberOption(options, "retainEnded", 0, true),
     maxSize: numberOption(options, "maxSize", 1_048_576, false, "bytes"),
     prepare: options.prepare ?? true,

@@ -29,6 +29,8 @@ function sessionColumns() {
     absoluteExpiresAt: instant("absolute_expires_at"),
     createdAt: instant("created_at").notNull().defaultNow(),
     lastSeenAt: instant("last_seen_at").notNull().defaultNow(),
+    /** A name for the session shown in listings ("CLI token", "Work laptop"), from the store's `label` option. */
+    label: text("label"),
     userAgent: text("user_agent"),
     ip: text("ip"),
     /** Set when the session ends (logout, revoked, expired, rotated); the row is then a tombstone kept for history. */

@@ -29,6 +29,8 @@ export interface SessionRecord {
   /** Idle expiry (renewed by activity, every `touchAfter` at most). */
   expiresAt: Date;
   absoluteExpiresAt: Date | null;
+  /** The session's display name, from the store's `label` option (default: `session.label`). */
+  label: string | null;
   userAgent: string | null;
   ip: string | null;
   endedAt: Date | null;
@@ -61,6 +63,9 @@ interface Loaded {
   /** The stored data. */
   text: string;
   version: number;
+  /** The device the row records: a touch is not skipped when the request comes from another one. */
+  ua: string | null;
+  ip: string | null;
   /** When it was read or written, epoch ms (the cache's ttl counts from it). */
   at: number;
 }
@@ -77,7 +82,9 @@ function loadedOf(session: SessionData, keys: string[]): Loaded | undefined {
 }
 
 interface PreparedGet {
-  execute(params: Record<string, unknown>): Promise<Array<{ key: string; data: string; expires: number; version: number }>>;
+  execute(
+    params: Record<string, unknown>,
+  ): Promise<Array<{ key: string; data: string; expires: number; version: number; ua: string | null; ip: string | null }>>;
 }
 
 /**
@@ -196,10 +203,10 @@ export class SessionStore extends Store {
     const rows = await this.run("list", () =>
       this.query<RecordRow>(sql`select ${t.handle} as handle, ${t.userId} as user_id, ${msOf(t.createdAt)} as created_at,
           ${msOf(t.lastSeenAt)} as last_seen_at, ${msOf(t.expiresAt)} as expires_at, ${msOf(t.absoluteExpiresAt)} as absolute_expires_at,
-          ${t.userAgent} as user_agent, ${t.ip} as ip, ${msOf(t.endedAt)} as ended_at, ${t.endReason} as end_reason,
+          ${t.label} as label, ${t.userAgent} as user_agent, ${t.ip} as ip, ${msOf(t.endedAt)} as ended_at, ${t.endReason} as end_reason,
           ${isCurrent} as current
         from ${t} where ${t.userId} = ${userId} and ${this.statusFilter(query.status, now)}
-        order by ${t.lastSeenAt} desc, ${t.handle} limit ${limit}`),
+        order by coalesce(${t.endedAt}, ${t.lastSeenAt}) desc, ${t.handle} limit ${limit}`),
     );
     return rows.map((row) => toRecord(row, now));
   }
@@ -243,13 +250,17 @@ export class SessionStore extends Store {
 
   /**
    * Ends every session of a user ("log out everywhere", e.g. after a password change), or every one but
-   * `except` ("log out other devices"), given as a session id or a handle.
+   * `except` ("log out other devices"): session ids or handles, one or a list.
    * @returns how many sessions were ended
    */
-  async revokeUser(userId: string, options: { except?: string; reason?: EndReason } = {}): Promise<number> {
+  async revokeUser(userId: string, options: { except?: string | readonly string[]; reason?: EndReason } = {}): Promise<number> {
     if (typeof userId !== "string" && typeof userId !== "number") throw new TypeError("connect-drizzle: revokeUser needs a user id");
     const t = this.table;
-    const except = options.except === undefined ? sql`` : sql` and not (${this.byKeys(this.keysOf(options.except))} or ${t.handle} = ${options.except})`;
+    const kept = options.except === undefined ? [] : typeof options.except === "string" ? [options.except] : [...options.except];
+    const except =
+      kept.length === 0
+        ? sql``
+        : sql` and not (${this.byKeys(kept.flatMap((id) => this.keysOf(id)))} or ${t.handle} in (${sql.join(kept.map((h) => sql`${h}`), sql`, `)}))`;
     const rows = await this.run("revokeUser", () =>
       this.write(sql`${this.endSet(options.reason ?? "revoked")} where ${t.userId} = ${String(userId)} and ${t.endedAt} is null${except} returning key`),
     );
@@ -304,7 +315,7 @@ export class SessionStore extends Store {
       this.report(new SessionStoreError("CORRUPT_ROW", `session row ${keys[0]!.slice(0, 8)}… in ${this.tableName} holds no valid session (no cookie object); treated as missing`));
       return null;
     }
-    const loaded: Loaded = { key: row.key, expires: Number(row.expires), text: row.data, version: Number(row.version), at: now };
+    const loaded: Loaded = { key: row.key, expires: Number(row.expires), text: row.data, version: Number(row.version), ua: row.ua, ip: row.ip, at: now };
     // A read that overlapped an eviction may hold the data from before the write: don't cache it.
     if (evictions === this.evictions) this.cache(loaded);
     return withLoaded(session, loaded);
@@ -344,18 +355,19 @@ export class SessionStore extends Store {
     const t = this.table;
     const { ua, ip } = requestMetadata(session);
     const userId = this.userIdOf(session);
+    const label = this.labelOf(session);
     const absolute = this.options.absoluteTimeout;
     // Sessions created before absoluteTimeout was enabled get it counted from their creation.
     const absoluteExpr = absolute === undefined ? sql`${t.absoluteExpiresAt}` : sql`coalesce(${t.absoluteExpiresAt}, ${t.createdAt} + ${absolute} * interval '1 millisecond')`;
     // The owner survives the user being removed from the data, so the record of a logout stays in the
     // user's history (passport's logout saves the session without the user, then regenerates it).
-    const changes = sql`data = ${text}::jsonb, user_id = coalesce(${userId}::text, ${t.userId}), expires_at = least(${iso(expires)}::timestamptz, ${absoluteExpr}),
+    const changes = sql`data = ${text}::jsonb, user_id = coalesce(${userId}::text, ${t.userId}), label = coalesce(${label}::text, ${t.label}), expires_at = least(${iso(expires)}::timestamptz, ${absoluteExpr}),
       absolute_expires_at = ${absoluteExpr}, last_seen_at = ${iso(now)}::timestamptz,
       user_agent = coalesce(${ua}::text, ${t.userAgent}), ip = coalesce(${ip}::text, ${t.ip}), version = ${t.version} + 1`;
     const absoluteAt = absolute === undefined ? null : now + absolute;
-    const row = sql`${keys[0]}, ${newHandle()}, ${userId}::text, ${text}::jsonb, ${iso(Math.min(expires, absoluteAt ?? Infinity))}::timestamptz,
+    const row = sql`${keys[0]}, ${newHandle()}, ${userId}::text, ${label}::text, ${text}::jsonb, ${iso(Math.min(expires, absoluteAt ?? Infinity))}::timestamptz,
       ${absoluteAt === null ? null : iso(absoluteAt)}::timestamptz, ${iso(now)}::timestamptz, ${iso(now)}::timestamptz, ${ua}::text, ${ip}::text`;
-    const columns = sql`(key, handle, user_id, data, expires_at, absolute_expires_at, created_at, last_seen_at, user_agent, ip)`;
+    const columns = sql`(key, handle, user_id, label, data, expires_at, absolute_expires_at, created_at, last_seen_at, user_agent, ip)`;
     // An ended row (a tombstone) is never revived: a request still in flight when its session was
     // revoked must not bring it back. With `versioned`, a row changed since this request read it is
     // not overwritten either. Rows keyed under an older secret are updated in place.
@@ -380,7 +392,7 @@ export class SessionStore extends Store {
       if (guard.queryChunks.length > 0) await this.checkConflict(keys);
       return;
     }
-    const now_: Loaded = { key: written.key, expires, text, version: Number(written.version), at: now };
+    const now_: Loaded = { key: written.key, expires, text, version: Number(written.version), ua: ua ?? loaded?.ua ?? null, ip: ip ?? loaded?.ip ?? null, at: now };
     withLoaded(session, now_);
     this.cache(now_);
   }
@@ -402,9 +414,10 @@ export class SessionStore extends Store {
     const now = Date.now();
     const expires = this.expiry(session, now);
     const loaded = loadedOf(session, keys);
-    if (loaded && this.fresh(loaded, expires, now)) return;
-    const t = this.table;
     const { ua, ip } = requestMetadata(session);
+    const sameDevice = loaded && (ua === null || ua === loaded.ua) && (ip === null || ip === loaded.ip);
+    if (loaded && sameDevice && this.fresh(loaded, expires, now)) return;
+    const t = this.table;
     const cookie = JSON.stringify(session.cookie ?? {});
     this.evict(keys);
     const [written] = await this.write<{ key: string }>(sql`update ${t} set expires_at = least(${iso(expires)}::timestamptz, ${t.absoluteExpiresAt}),
@@ -412,7 +425,7 @@ export class SessionStore extends Store {
         user_agent = coalesce(${ua}::text, ${t.userAgent}), ip = coalesce(${ip}::text, ${t.ip})
       where ${this.byKeys(keys)} and ${this.live(now)} returning key`);
     if (written && loaded) {
-      loaded.expires = expires;
+      Object.assign(loaded, { expires, ua: ua ?? loaded.ua, ip: ip ?? loaded.ip });
       this.cache({ ...loaded, at: now });
     }
   }
@@ -591,6 +604,11 @@ export class SessionStore extends Store {
     if (this.recent.size > max) this.recent.delete(this.recent.keys().next().value!);
   }
 
+  private labelOf(session: SessionData): string | null {
+    const label = this.options.label(session);
+    return typeof label === "string" && label.length > 0 ? label.slice(0, 200) : null;
+  }
+
   /** @internal */
   protected userIdOf(session: SessionData): string | null {
     let id: unknown;
@@ -606,7 +624,14 @@ export class SessionStore extends Store {
     const t = this.table;
     const keys = Array.from({ length: Math.max(1, this.options.secrets.length) }, (_, i) => sql.placeholder(`k${i}`));
     const query = this.options.db
-      .select({ key: t.key, data: sql<string>`${t.data}::text`, expires: msOf(t.expiresAt).mapWith(Number), version: t.version })
+      .select({
+        key: t.key,
+        data: sql<string>`${t.data}::text`,
+        expires: msOf(t.expiresAt).mapWith(Number),
+        version: t.version,
+        ua: t.userAgent,
+        ip: t.ip,
+      })
       .from(t)
       .where(sql`${t.key} in (${sql.join(keys, sql`, `)}) and ${t.endedAt} is null and ${t.expiresAt} > ${sql.placeholder("now")}::timestamptz`)
       .limit(1);
@@ -619,8 +644,10 @@ function requestMetadata(session: SessionData): { ua: string | null; ip: string 
   const req: any = (session as any)?.req;
   if (!req) return { ua: null, ip: null };
   const ua = req.headers?.["user-agent"];
-  const ip = req.ip ?? req.socket?.remoteAddress;
-  return { ua: typeof ua === "string" ? ua.slice(0, 512) : null, ip: typeof ip === "string" ? ip.slice(0, 64) : null };
+  const address = req.ip ?? req.socket?.remoteAddress;
+  // A dual-stack server sees IPv4 clients as ::ffff:a.b.c.d; record the address people know.
+  const ip = typeof address === "string" ? address.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, "").slice(0, 64) : null;
+  return { ua: typeof ua === "string" ? ua.slice(0, 512) : null, ip };
 }
 
 interface RecordRow {
@@ -630,6 +657,7 @@ interface RecordRow {
   last_seen_at: number;
   expires_at: number;
   absolute_expires_at: number | null;
+  label: string | null;
   user_agent: string | null;
   ip: string | null;
   ended_at: number | null;
@@ -649,6 +677,7 @@ function toRecord(row: RecordRow, now: number): SessionRecord {
     lastSeenAt: date(row.last_seen_at)!,
     expiresAt,
     absoluteExpiresAt: date(row.absolute_expires_at),
+    label: row.label,
     userAgent: row.user_agent,
     ip: row.ip,
     endedAt,

@@ -129,7 +129,7 @@ describe.each(drivers)("sessionMiddleware on %s", (driver) => {
 
     it("a token that is forged, tampered or unknown opens nothing", async () => {
       const { app: a, sessions } = app({ header: "authorization" });
-      const token = await sessions.issueToken({ userId: "ann" });
+      const { token } = await sessions.issueToken({ userId: "ann" });
       expect((await request(a).get("/me").set("Authorization", `Bearer ${token}`)).status).toBe(200);
       const [sid, sig] = token.split(".");
       for (const bad of [`${sid}.${sig!.slice(0, -2)}xx`, `${sid}x.${sig}`, sid!, "Bearer", `${token}; sid=other`]) {
@@ -149,7 +149,7 @@ describe.each(drivers)("sessionMiddleware on %s", (driver) => {
     it("cookie and header transport together: the same rows, listed and revoked alike", async () => {
       const { app: a, sessions } = app({ header: "authorization" });
       const cookie = cookieOf(await request(a).post("/login/ann"), "sid")!;
-      const token = await sessions.issueToken({ userId: "ann", label: "CLI" }, { maxAge: 60_000 });
+      const { token } = await sessions.issueToken({ userId: "ann", label: "CLI" }, { maxAge: 60_000 });
       const devices = await request(a).get("/devices").set("Cookie", cookie);
       expect(devices.body).toHaveLength(2);
       const apiHandle = devices.body.find((d: any) => !d.current).handle;
@@ -161,14 +161,14 @@ describe.each(drivers)("sessionMiddleware on %s", (driver) => {
     it("the header wins over a cookie on the same request", async () => {
       const { app: a, sessions } = app({ header: "authorization" });
       const cookie = cookieOf(await request(a).post("/login/ann"), "sid")!;
-      const token = await sessions.issueToken({ userId: "bob" });
+      const { token } = await sessions.issueToken({ userId: "bob" });
       const me = await request(a).get("/me").set("Cookie", `${cookie}; theme=dark`).set("Authorization", `Bearer ${token}`);
       expect(me.body).toEqual({ user: "bob" });
     });
 
     it("a rotated session's new token is sent back; the old one stops working", async () => {
       const { app: a, sessions } = app({ header: "authorization" });
-      const old = await sessions.issueToken({ userId: "ann" });
+      const { token: old } = await sessions.issueToken({ userId: "ann" });
       const rotated = await request(a).post("/login/ann").set("Authorization", `Bearer ${old}`);
       const fresh = rotated.headers["x-session-token"] as string;
       expect(fresh).toBeDefined();
@@ -204,7 +204,7 @@ describe.each(drivers)("sessionMiddleware on %s", (driver) => {
 
     it("logout through the header ends the session", async () => {
       const { app: a, sessions } = app({ header: "authorization" });
-      const token = await sessions.issueToken({ userId: "ann" });
+      const { token } = await sessions.issueToken({ userId: "ann" });
       await request(a).post("/logout").set("Authorization", `Bearer ${token}`);
       expect((await request(a).get("/me").set("Authorization", `Bearer ${token}`)).status).toBe(401);
     });

@@ -169,6 +169,42 @@ describe.each(drivers)("sessions as records on %s", (driver) => {
     await expect(abs.extend(handle, new Date(NaN))).rejects.toThrow(TypeError);
   });
 
+  it("keeps a session's label (session.label by default) in its record and its history", async () => {
+    await login("tok", "ann", { label: "CLI token" });
+    expect((await store.list({ userId: "ann" }))[0]!.label).toBe("CLI token");
+    await store.destroy("tok");
+    expect((await store.list({ userId: "ann", status: "ended" }))[0]!.label).toBe("CLI token");
+    const custom = new SessionStore({ db: t.db, table: t.table, label: (s: any) => s.device?.name });
+    await custom.set("named", sessionData(HOUR, { passport: { user: "bob" }, device: { name: "Work laptop" } }));
+    expect((await custom.list({ userId: "bob" }))[0]!.label).toBe("Work laptop");
+  });
+
+  it("revokeUser keeps every session listed in except (ids and handles mixed)", async () => {
+    for (const sid of ["k1", "k2", "k3", "k4"]) await login(sid, "ann");
+    expect(await store.revokeUser("ann", { except: ["k1", (await store.handleOf("k2"))!] })).toBe(2);
+    expect((await Promise.all(["k1", "k2", "k3", "k4"].map((sid) => store.get(sid)))).map((s) => s !== null)).toEqual([true, true, false, false]);
+  });
+
+  it("records an IPv4 client of a dual-stack server as a.b.c.d, and a touch from a new address is written at once", async () => {
+    await store.set("ip", withRequest(sessionData(HOUR, { passport: { user: "ann" } }), "UA", "::ffff:192.0.2.10"));
+    expect((await store.list({ userId: "ann" }))[0]!.ip).toBe("192.0.2.10");
+    const loaded: any = await store.get("ip");
+    await store.touch("ip", withRequest(loaded, "UA", "198.51.100.99"));
+    expect((await store.list({ userId: "ann" }))[0]!.ip).toBe("198.51.100.99");
+  });
+
+  it("lists ended sessions by when they ended, most recent first", async () => {
+    vi.useFakeTimers({ toFake: ["Date"] });
+    const t0 = Date.now();
+    await login("old-active", "ann");
+    vi.setSystemTime(t0 + 1000);
+    await login("newer", "ann");
+    vi.setSystemTime(t0 + 2000);
+    await store.destroy("old-active");
+    const ended = await store.list({ userId: "ann", status: "all" });
+    expect(ended.map((r) => r.userAgent)).toEqual(["UA of old-active", "UA of newer"]);
+  });
+
   it("list and count reject a query without userId or with an unknown status", async () => {
     await expect(store.list({} as any)).rejects.toThrow(/userId/);
     await expect(store.count({ userId: "a", status: "gone" as any })).rejects.toThrow(/status/);

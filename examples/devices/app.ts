@@ -8,7 +8,7 @@ import express, { type Express, type NextFunction, type Request, type Response }
 import passport from "passport";
 import { Strategy as LocalStrategy } from "passport-local";
 import { SessionStore, sessionMiddleware, type AnyPgDatabase, type SessionMiddleware } from "connect-drizzle";
-import { createTables, createUser, EmailTakenError, findUser, saveTokenLabel, tokenLabels, verifyUser, type User } from "./users.js";
+import { createTables, createUser, EmailTakenError, findUser, verifyUser, type User } from "./users.js";
 import { authPage, counterPage, devicesPage, html, messagePage, type DevicesView, type PageContext } from "./views.js";
 
 declare module "express-session" {
@@ -152,11 +152,9 @@ export async function createApp(options: DevicesAppOptions): Promise<DevicesApp>
   app.post("/devices/token", requireUser, checkCsrf, async (req, res) => {
     const user = userOf(req)!;
     const label = cleanLabel(req.body?.label);
-    // A session of its own, owned by the user like a login, with a token for header transport.
-    const token = await sessions.issueToken({ passport: { user: user.id }, label }, { maxAge: tokenMaxAge });
-    // The token is "<session id>.<signature>"; its record's handle names it in the devices list.
-    const handle = await store.handleOf(token.slice(0, token.lastIndexOf(".")));
-    if (handle) await saveTokenLabel(db, handle, user.id, label);
+    // A session of its own, owned by the user like a login, with a token for header transport. Its
+    // `label` is kept in the session record, so the devices list and its history show the name.
+    const { token } = await sessions.issueToken({ passport: { user: user.id }, label }, { maxAge: tokenMaxAge });
     const apiUrl = `${req.protocol}://${req.get("host") ?? "localhost"}/api/me`;
     // Rendered in the POST response, never stored: this is the only time the token is shown.
     page(req, res, 201, devicesPage(ctx(req), { ...(await devicesView(req)), newToken: { token, label, apiUrl } }));
@@ -200,7 +198,7 @@ export async function createApp(options: DevicesAppOptions): Promise<DevicesApp>
       store.list({ userId, current: req.sessionID }), // newest activity first; "this device" marked
       store.list({ userId, status: "ended", limit: 20 }), // kept for retainEnded
     ]);
-    const labels = await tokenLabels(db, userId, [...active, ...ended].map((s) => s.handle));
+    const labels = new Map([...active, ...ended].flatMap((s) => (s.label ? [[s.handle, s.label] as const] : [])));
     return { active, ended, labels, notice };
   }
 

@@ -1,8 +1,7 @@
-// The example's own tables: users (email + scrypt password hash) and the labels of the API tokens they
-// created. Created with `create table if not exists` at startup to keep the example self-contained; in
+// The example's own table: users (email + scrypt password hash). Created with `create table if not exists` at startup to keep the example self-contained; in
 // your app they belong in your drizzle schema and migrations, next to `export { sessions } from "connect-drizzle"`.
 import { randomBytes, randomUUID, scrypt, timingSafeEqual, type BinaryLike } from "node:crypto";
-import { and, eq, inArray, sql } from "drizzle-orm";
+import { eq, sql } from "drizzle-orm";
 import { pgTable, text, timestamp } from "drizzle-orm/pg-core";
 import type { AnyPgDatabase } from "connect-drizzle";
 
@@ -10,14 +9,6 @@ export const users = pgTable("users", {
   id: text("id").primaryKey(),
   email: text("email").notNull().unique(),
   passwordHash: text("password_hash").notNull(),
-  createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
-});
-
-/** The name a user gave each API token, keyed by the token session's public handle. */
-export const apiTokens = pgTable("api_tokens", {
-  handle: text("handle").primaryKey(),
-  userId: text("user_id").notNull(),
-  label: text("label").notNull(),
   createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
 });
 
@@ -31,12 +22,6 @@ export async function createTables(db: AnyPgDatabase): Promise<void> {
     id text primary key,
     email text not null unique,
     password_hash text not null,
-    created_at timestamptz not null default now()
-  )`);
-  await db.execute(sql`create table if not exists api_tokens (
-    handle text primary key,
-    user_id text not null,
-    label text not null,
     created_at timestamptz not null default now()
   )`);
 }
@@ -64,20 +49,6 @@ export async function verifyUser(db: AnyPgDatabase, email: string, password: str
 export async function findUser(db: AnyPgDatabase, id: string): Promise<User | null> {
   const [row] = await db.select({ id: users.id, email: users.email }).from(users).where(eq(users.id, id));
   return row ?? null;
-}
-
-export async function saveTokenLabel(db: AnyPgDatabase, handle: string, userId: string, label: string): Promise<void> {
-  await db.insert(apiTokens).values({ handle, userId, label });
-}
-
-/** Labels of the given session handles that are API tokens of this user. */
-export async function tokenLabels(db: AnyPgDatabase, userId: string, handles: string[]): Promise<Map<string, string>> {
-  if (handles.length === 0) return new Map();
-  const rows = await db
-    .select({ handle: apiTokens.handle, label: apiTokens.label })
-    .from(apiTokens)
-    .where(and(eq(apiTokens.userId, userId), inArray(apiTokens.handle, handles)));
-  return new Map(rows.map((r) => [r.handle, r.label]));
 }
 
 // Passwords: scrypt with a random salt, stored as "scrypt$<salt>$<hash>" (hex).
