@@ -1,0 +1,213 @@
+/**
+ * Store level: each store's get (hit and miss), set, touch and destroy, called the way express-session
+ * calls them, at concurrency 1 and 32, for a bounded time per cell. Runs in the benchmark's own process.
+ * Cells run operation by operation, every store back to back, so a change in the machine's background
+ * load hits all the stores of a row alike rather than one store's whole column.
+ */
+import { randomBytes } from "node:crypto";
+import { performance } from "node:perf_hooks";
+import type { SessionData } from "express-session";
+import { sessionData, STORE_LEVEL } from "./support/config.js";
+import { Samples } from "./support/stats.js";
+import { openStore, type OpenStore, type Target } from "./support/stores.js";
+
+export const OPS = ["set", "get-hit", "get-miss", "touch", "touch-forced", "destroy"] as const;
+export type OpName = (typeof OPS)[number];
+
+export const OP_LABELS: Record<OpName, string> = {
+  set: "set (new session)",
+  "get-hit": "get (hit)",
+  "get-miss": "get (miss)",
+  touch: "touch (steady state)",
+  "touch-forced": "touch (forced write)",
+  destroy: "destroy",
+};
+
+/** Operations measured for the `notify: false` variant: the writes (its reads are connect-drizzle's). */
+const WRITE_OPS: readonly OpName[] = ["set", "touch-forced", "destroy"];
+
+export interface StoreCell {
+  target: string;
+  op: OpName;
+  concurrency: number;
+  ops: number;
+  seconds: number;
+  opsPerSec: number;
+  p50: number;
+  p99: number;
+  /** CPU time of this process (user + system) per operation, µs: the client-side cost. */
+  cpuUsPerOp: number;
+  errors: number;
+}
+
+/** One operation; returns false when it has nothing left to do (destroy ran out of sessions). */
+type Op = () => Promise<unknown> | false;
+
+async function runCell(op: Op, concurrency: number, durationMs: number, warmupMs: number) {
+  const drive = async (until: number, samples?: Samples) => {
+    let errors = 0;
+    let firstError: unknown;
+    const worker = async () => {
+      while (performance.now() < until) {
+        const t0 = performance.now();
+        const pending = op();
+        if (pending === false) return;
+        try {
+          await pending;
+        } catch (error) {
+          errors++;
+          firstError ??= error;
+          continue;
+        }
+        samples?.push(performance.now() - t0);
+      }
+    };
+    await Promise.all(Array.from({ length: concurrency }, worker));
+    return { errors, firstError };
+  };
+  if (warmupMs > 0) await drive(performance.now() + warmupMs);
+  const samples = new Samples();
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  const { errors, firstError } = await drive(t0 + durationMs, samples);
+  const seconds = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  const [p50, p99] = samples.percentiles(50, 99);
+  if (firstError) console.error(`  ${errors} errors, first: ${(firstError as Error)?.message ?? firstError}`);
+  return {
+    ops: samples.length,
+    seconds,
+    opsPerSec: samples.length / seconds,
+    p50: p50!,
+    p99: p99!,
+    cpuUsPerOp: samples.length ? (cpu.user + cpu.system) / samples.length : NaN,
+    errors,
+  };
+}
+
+/** Session ids shaped like express-session's (about 32 characters), cheap to make. */
+function idMaker(tag: string) {
+  const prefix = `${tag}-${randomBytes(12).toString("base64url")}-`;
+  let n = 0;
+  return () => `${prefix}${n++}`;
+}
+
+/** A store under test, with what its cells need. */
+interface Prepared {
+  target: Target;
+  main: OpenStore;
+  /** connect-drizzle with touchAfter: 0 on the same table and pool: every touch writes. */
+  forced?: OpenStore;
+  /** Live sessions, as express-session holds them after a get (req.session). */
+  pool: Array<{ sid: string; session: SessionData & { touch(): unknown } }>;
+  created: string[];
+  destroyed: number;
+}
+
+async function prepare(target: Target, schema: string): Promise<Prepared> {
+  const main = await openStore(target.name, { schema, notify: target.notify });
+  const forced = target.name === "connect-drizzle" ? await openStore(target.name, { schema, notify: target.notify, touchAfter: 0, pool: main.pool }) : undefined;
+  const next = idMaker("pool");
+  const sids = Array.from({ length: STORE_LEVEL.poolSessions }, next);
+  const pool: Prepared["pool"] = [];
+  for (let i = 0; i < sids.length; i += 32) {
+    await Promise.all(
+      sids.slice(i, i + 32).map(async (sid) => {
+        await main.ops.set(sid, sessionData());
+        // What express-session does with a loaded session: store.createSession(req, data) becomes req.session.
+        const data = await main.ops.get(sid);
+        if (!data) throw new Error(`${target.label}: session ${sid} was written but not read back`);
+        pool.push({ sid, session: main.store.createSession({ sessionID: sid } as any, data as SessionData) as any });
+      }),
+    );
+  }
+  return { target, main, forced, pool, created: [], destroyed: 0 };
+}
+
+function operation(p: Prepared, op: OpName, newId: () => string, missId: () => string): Op | undefined {
+  const { main, forced } = p;
+  const pick = () => p.pool[(Math.random() * p.pool.length) | 0]!;
+  // A rolling request: express-session resets the cookie's maxAge (req.session.touch()), then calls store.touch.
+  const touch = (store: OpenStore) => () => {
+    const { sid, session } = pick();
+    session.touch();
+    return store.ops.touch(sid, session);
+  };
+  if (p.target.notify === false && !WRITE_OPS.includes(op)) return undefined;
+  switch (op) {
+    case "set":
+      return () => {
+        const id = newId();
+        p.created.push(id);
+        return main.ops.set(id, sessionData());
+      };
+    case "get-hit":
+      return () => main.ops.get(pick().sid);
+    case "get-miss":
+      return () => main.ops.get(missId());
+    case "touch":
+      return touch(main);
+    case "touch-forced":
+      return forced ? touch(forced) : undefined;
+    case "destroy":
+      return () => (p.destroyed < p.created.length ? main.ops.destroy(p.created[p.destroyed++]!) : false);
+  }
+}
+
+/** Interleaved repeats of one cell for a pair of targets (A B, B A, ...): ops/s of each, per round. */
+export interface Rounds {
+  op: OpName;
+  concurrency: number;
+  a: string;
+  b: string;
+  opsPerSec: Array<[number, number]>;
+}
+
+/** Every cell of every target, at each concurrency; then the repeats of the target cell (get hit, c32, drizzle vs floor). */
+export async function benchStoreLevel(targets: Target[], schema: string, log: (line: string) => void): Promise<{ cells: StoreCell[]; rounds: Rounds[] }> {
+  const { durationMs, warmupMs, concurrency: levels } = STORE_LEVEL;
+  const prepared: Prepared[] = [];
+  const cells: StoreCell[] = [];
+  const rounds: Rounds[] = [];
+  try {
+    for (const target of targets) prepared.push(await prepare(target, schema));
+    for (const concurrency of levels) {
+      for (const op of OPS) {
+        for (const p of prepared) {
+          const fn = operation(p, op, idMaker(`c${concurrency}`), idMaker("miss"));
+          if (!fn) continue;
+          if (op === "set") (p.created = []), (p.destroyed = 0);
+          const r = await runCell(fn, concurrency, durationMs, op === "destroy" ? 0 : warmupMs);
+          cells.push({ target: p.target.id, op, concurrency, ...r });
+          log(
+            `  ${OP_LABELS[op].padEnd(22)} c=${String(concurrency).padEnd(3)} ${p.target.label.padEnd(32)}` +
+              `${Math.round(r.opsPerSec).toString().padStart(7)} ops/s  p50 ${r.p50.toFixed(3)} ms  p99 ${r.p99.toFixed(3)} ms  ` +
+              `${r.cpuUsPerOp.toFixed(1)} µs CPU/op${r.errors ? `  ${r.errors} ERRORS` : ""}`,
+          );
+        }
+      }
+    }
+    // The issue's target compares two cells of one run; repeat them interleaved so that a change in
+    // background load between the two cells cannot decide it.
+    const a = prepared.find((p) => p.target.id === "connect-drizzle");
+    const b = prepared.find((p) => p.target.id === "raw-pg");
+    if (a && b) {
+      const round: Rounds = { op: "get-hit", concurrency: 32, a: a.target.id, b: b.target.id, opsPerSec: [] };
+      for (let i = 0; i < STORE_LEVEL.repeats; i++) {
+        const pair: [number, number] = [0, 0];
+        for (const [k, p] of (i % 2 ? [[1, b], [0, a]] : [[0, a], [1, b]]) as Array<[0 | 1, Prepared]>) {
+          pair[k] = (await runCell(operation(p, "get-hit", idMaker("r"), idMaker("r"))!, 32, STORE_LEVEL.repeatMs, 100)).opsPerSec;
+        }
+        round.opsPerSec.push(pair);
+        log(`  repeat ${i + 1}: get (hit) c=32  connect-drizzle ${Math.round(pair[0])}  raw pg floor ${Math.round(pair[1])} ops/s  ratio ${(pair[0] / pair[1]).toFixed(2)}`);
+      }
+      rounds.push(round);
+    }
+  } finally {
+    for (const p of prepared.reverse()) {
+      await p.forced?.close().catch(() => {});
+      await p.main.close().catch(() => {});
+    }
+  }
+  return { cells, rounds };
+}

@@ -1,0 +1,100 @@
+/**
+ * The HTTP benchmark's server, run in a child process of its own (forked by bench/http.ts) so that
+ * autocannon never shares its event loop. An Express 5 app with express-session on one store, with a
+ * read route and a login route; it counts the SQL statements the store sends (by wrapping pg's
+ * Client.query, which pg's Pool and drizzle's node-postgres driver both go through) and answers the
+ * parent's `stats` and `reset` messages over IPC.
+ */
+import express from "express";
+import session from "express-session";
+import pg from "pg";
+import { MAX_AGE, USER } from "./config.js";
+import { openStore, type StoreName } from "./stores.js";
+
+const counts = { requests: {} as Record<string, number>, statements: 0, writes: 0, selects: 0, byVerb: {} as Record<string, number>, errors: 0 };
+const reset = () => {
+  counts.requests = {};
+  counts.statements = counts.writes = counts.selects = counts.errors = 0;
+  counts.byVerb = {};
+};
+
+// Count every statement sent to Postgres from this process.
+const originalQuery = pg.Client.prototype.query as (...args: any[]) => any;
+pg.Client.prototype.query = function (this: pg.Client, ...args: any[]) {
+  const config = args[0];
+  const text: string = typeof config === "string" ? config : (config?.text ?? "");
+  const verb = /^\s*(\w+)/.exec(text)?.[1]?.toLowerCase() ?? "?";
+  counts.statements++;
+  counts.byVerb[verb] = (counts.byVerb[verb] ?? 0) + 1;
+  if (verb === "select") counts.selects++;
+  if (verb === "insert" || verb === "update" || verb === "delete" || (verb === "with" && /\b(insert|update|delete)\b/i.test(text))) counts.writes++;
+  return originalQuery.apply(this, args);
+} as any;
+
+let closing = false;
+
+async function main() {
+  const name = process.env.BENCH_STORE as StoreName;
+  const schema = process.env.BENCH_SCHEMA!;
+  const notify = process.env.BENCH_NOTIFY === undefined ? undefined : process.env.BENCH_NOTIFY === "true";
+  const opened = await openStore(name, { schema, redisPrefix: process.env.BENCH_REDIS_PREFIX, notify });
+
+  const app = express();
+  app.disable("x-powered-by");
+  app.use((req, _res, next) => {
+    counts.requests[req.path] = (counts.requests[req.path] ?? 0) + 1;
+    next();
+  });
+  app.use(
+    session({
+      store: opened.store,
+      secret: "bench-secret-bench-secret",
+      resave: false,
+      saveUninitialized: false,
+      rolling: true,
+      cookie: { maxAge: MAX_AGE },
+    }),
+  );
+  // A read-only request: the session is loaded, nothing in it changes.
+  app.get("/read", (req, res) => {
+    res.json({ user: (req.session as unknown as { user?: typeof USER }).user ?? null });
+  });
+  // A login: a new session id (regenerate), then the user stored in it.
+  app.post("/login", (req, res, next) => {
+    req.session.regenerate((err) => {
+      if (err) return next(err);
+      (req.session as unknown as { user: typeof USER }).user = USER;
+      res.json({ ok: true });
+    });
+  });
+  app.use((err: unknown, _req: express.Request, res: express.Response, _next: express.NextFunction) => {
+    if (counts.errors++ === 0 && !closing) console.error(`server (${name}):`, err);
+    res.status(500).end();
+  });
+
+  const server = app.listen(0, "127.0.0.1", () => {
+    const address = server.address();
+    process.send!({ type: "ready", port: typeof address === "object" && address ? address.port : 0 });
+  });
+  server.keepAliveTimeout = 60_000;
+
+  process.on("message", async (message: { type: string }) => {
+    if (message.type === "reset") {
+      reset();
+      process.send!({ type: "reset" });
+    } else if (message.type === "stats") {
+      process.send!({ type: "stats", counts });
+    } else if (message.type === "exit") {
+      closing = true;
+      server.closeAllConnections();
+      server.close();
+      await opened.close().catch(() => {});
+      process.exit(0);
+    }
+  });
+}
+
+main().catch((error) => {
+  console.error(error);
+  process.exit(1);
+});

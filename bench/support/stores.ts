@@ -1,0 +1,155 @@
+import { drizzle } from "drizzle-orm/node-postgres";
+import connectPgSimple from "connect-pg-simple";
+import { RedisStore } from "connect-redis";
+import session, { type SessionData, type Store } from "express-session";
+import pg from "pg";
+import { createClient } from "redis";
+import { createSessionTable, SessionStore } from "../../src/index.js";
+import { DATABASE_URL, POOL_SIZE, REDIS_URL } from "./config.js";
+import { RawPg, RawPgStore } from "./floor.js";
+
+/**
+ * A store as benchmarked: a store and its options. `connect-drizzle (notify: false)` shows what its
+ * default `notify: true` (a pg_notify in every write statement) costs the writes.
+ */
+export interface Target {
+  id: string;
+  name: StoreName;
+  label: string;
+  notify?: boolean;
+}
+
+export const TARGETS: Target[] = [
+  { id: "raw-pg", name: "raw-pg", label: "raw pg floor" },
+  { id: "connect-drizzle", name: "connect-drizzle", label: "connect-drizzle" },
+  { id: "connect-drizzle-nonotify", name: "connect-drizzle", label: "connect-drizzle (notify: false)", notify: false },
+  { id: "connect-pg-simple", name: "connect-pg-simple", label: "connect-pg-simple" },
+  { id: "connect-redis", name: "connect-redis", label: "connect-redis" },
+  { id: "memory", name: "memory", label: "MemoryStore" },
+];
+
+/** The stores compared, in the order of the tables. */
+export const STORE_NAMES = ["raw-pg", "connect-drizzle", "connect-pg-simple", "connect-redis", "memory"] as const;
+export type StoreName = (typeof STORE_NAMES)[number];
+
+export const LABELS: Record<StoreName, string> = {
+  "raw-pg": "raw pg floor",
+  "connect-drizzle": "connect-drizzle",
+  "connect-pg-simple": "connect-pg-simple",
+  "connect-redis": "connect-redis",
+  memory: "MemoryStore",
+};
+
+/** A store's operations as promises: the floor's direct calls, the others' callback API (as express-session calls them). */
+export interface StoreOps {
+  get(sid: string): Promise<unknown>;
+  set(sid: string, sess: SessionData): Promise<void>;
+  touch(sid: string, sess: SessionData): Promise<void>;
+  destroy(sid: string): Promise<void>;
+}
+
+export interface OpenStore {
+  name: StoreName;
+  /** The express-session store (the floor's has a no-op touch). */
+  store: Store;
+  ops: StoreOps;
+  /** The pg Pool behind it, when it has one. */
+  pool?: pg.Pool;
+  close(): Promise<void>;
+}
+
+export interface OpenOptions {
+  schema: string;
+  /** connect-drizzle's touchAfter (0 forces every touch to write). */
+  touchAfter?: number;
+  /** connect-drizzle's notify (default true: every write also runs pg_notify to evict other instances' caches). */
+  notify?: boolean;
+  /** A pg Pool to share (not closed by this store's close); a new one otherwise. */
+  pool?: pg.Pool;
+  /** Prefix of the run's Redis keys. */
+  redisPrefix?: string;
+}
+
+/** Whether Redis answers a PING within a second. */
+export async function redisAvailable(): Promise<boolean> {
+  const client = createClient({ url: REDIS_URL, socket: { connectTimeout: 1_000, reconnectStrategy: false } });
+  client.on("error", () => {});
+  try {
+    await client.connect();
+    await client.ping();
+    return true;
+  } catch {
+    return false;
+  } finally {
+    if (client.isOpen) client.destroy();
+  }
+}
+
+export async function openStore(name: StoreName, options: OpenOptions): Promise<OpenStore> {
+  const { schema } = options;
+  switch (name) {
+    case "raw-pg": {
+      const pool = options.pool ?? newPool();
+      const raw = new RawPg(pool, `"${schema}"."floor_sessions"`);
+      const store = new RawPgStore(raw);
+      return { name, store, ops: raw, pool, close: () => endPool(pool, options) };
+    }
+    case "connect-drizzle": {
+      const pool = options.pool ?? newPool();
+      const table = createSessionTable("sessions", { schema });
+      const store = new SessionStore({
+        db: drizzle(pool),
+        table,
+        ...(options.touchAfter === undefined ? {} : { touchAfter: options.touchAfter }),
+        ...(options.notify === undefined ? {} : { notify: options.notify }),
+      });
+      return { name, store, ops: callbackOps(store), pool, close: async () => (await store.close(), await endPool(pool, options)) };
+    }
+    case "connect-pg-simple": {
+      const pool = options.pool ?? newPool();
+      const PgStore = connectPgSimple(session);
+      const store = new PgStore({ pool, schemaName: schema, tableName: "session", pruneSessionInterval: false, createTableIfMissing: false });
+      return { name, store, ops: callbackOps(store), pool, close: async () => (store.close(), await endPool(pool, options)) };
+    }
+    case "connect-redis": {
+      const client = createClient({ url: REDIS_URL, socket: { connectTimeout: 1_000, reconnectStrategy: false } });
+      client.on("error", (error) => console.error("redis:", error.message));
+      await client.connect();
+      const store = new RedisStore({ client, prefix: options.redisPrefix ?? `bench:${schema}:` });
+      return {
+        name,
+        store,
+        ops: callbackOps(store),
+        close: async () => {
+          await new Promise<void>((resolve) => store.clear(() => resolve()));
+          client.destroy();
+        },
+      };
+    }
+    case "memory": {
+      const store = new session.MemoryStore();
+      return { name, store, ops: callbackOps(store), close: async () => {} };
+    }
+  }
+}
+
+/** Ends a pool this store made; a shared one is its owner's to end. */
+async function endPool(pool: pg.Pool, options: OpenOptions): Promise<void> {
+  if (!options.pool) await pool.end();
+}
+
+function newPool(): pg.Pool {
+  return new pg.Pool({ connectionString: DATABASE_URL, max: POOL_SIZE });
+}
+
+/** An express-session store's callback API as promises. */
+function callbackOps(store: Store): StoreOps {
+  const call = (fn: (cb: (err?: any, value?: any) => void) => void) =>
+    new Promise<any>((resolve, reject) => fn((err, value) => (err ? reject(err) : resolve(value))));
+  return {
+    get: (sid) => call((cb) => store.get(sid, cb)),
+    set: (sid, sess) => call((cb) => store.set(sid, sess, cb)),
+    touch: (sid, sess) => call((cb) => store.touch!(sid, sess, cb)),
+    destroy: (sid) => call((cb) => store.destroy(sid, cb)),
+  };
+}
