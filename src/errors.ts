@@ -38,8 +38,26 @@ export function databaseError(error: unknown, table: string, action: string): Se
       { cause: error },
     );
   }
-  const reason = error instanceof Error ? error.message : String(error);
-  return new SessionStoreError("DATABASE", `${action} failed: ${reason}`, { cause: error });
+  if (code === "22P05" || code === "22P02") {
+    return new SessionStoreError(
+      "UNSERIALIZABLE",
+      `${action} failed: PostgreSQL refused the session data (${driverError(error).message}, ${code}); ` +
+        "jsonb cannot hold NUL characters (\\u0000) or lone surrogates in strings",
+      { cause: error },
+    );
+  }
+  // The driver's own message, never drizzle's wrapper: that one quotes the query's parameters, i.e. the
+  // session data, which must not end up in logs. The full error stays available as `cause`.
+  const inner = driverError(error);
+  const reason = inner instanceof Error ? inner.message : String(inner);
+  return new SessionStoreError("DATABASE", `${action} failed: ${reason}${code ? ` (${code})` : ""}`, { cause: error });
+}
+
+/** The innermost error of a chain of causes: the driver's, under drizzle's DrizzleQueryError. */
+function driverError(error: unknown): any {
+  let e: any = error;
+  for (let depth = 0; depth < 4 && e?.cause instanceof Error; depth++) e = e.cause;
+  return e;
 }
 
 /** The SQLSTATE of a driver error (node-postgres, postgres.js and PGlite all expose `code`), drizzle's wrapper included. */

@@ -7,6 +7,17 @@ import { createHash, createHmac, randomBytes } from "node:crypto";
  */
 export type KeyDeriver = (sessionId: string) => string[];
 
+/**
+ * Whether a session id can be hashed without colliding with another: a string that is well-formed
+ * UTF-16 (UTF-8 encoding replaces every lone surrogate with U+FFFD, so "\uD800" and "\uDBFF" would
+ * share a key). Ids from express-session are always well-formed.
+ */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+export function isValidId(id: unknown): id is string {
+  return typeof id === "string" && !LONE_SURROGATE.test(id);
+}
+
 export function keyDeriver(secrets: readonly string[]): KeyDeriver {
   if (secrets.length === 0) {
     return (id) => [createHash("sha256").update(id, "utf8").digest("base64url")];

@@ -17,6 +17,13 @@ export function serialize(session: SessionData, maxSize: number): string {
   if (text === undefined || !text.startsWith("{")) {
     throw new SessionStoreError("UNSERIALIZABLE", "a session must be an object to be saved");
   }
+  // JSON.stringify escapes lone surrogates (\udXXX), which jsonb refuses like NUL (\u0000): say so up front.
+  if (/(?<!\\)(?:\\\\)*\\u(?:0000|d[89a-f][0-9a-f]{2})/i.test(text)) {
+    throw new SessionStoreError(
+      "UNSERIALIZABLE",
+      "session data holds a NUL character (\\u0000) or a lone surrogate, which PostgreSQL jsonb cannot store; remove or encode it",
+    );
+  }
   const size = Buffer.byteLength(text, "utf8");
   if (size > maxSize) {
     throw new SessionStoreError(
@@ -46,11 +53,16 @@ export function parseSession(text: string): SessionData | null {
  * request) and key order (jsonb reorders keys).
  */
 export function sameContent(stored: string, next: string): boolean {
-  const a = JSON.parse(stored);
-  const b = JSON.parse(next);
-  if (a?.cookie) delete a.cookie.expires;
-  if (b?.cookie) delete b.cookie.expires;
-  return deepEqual(a, b);
+  try {
+    const a = JSON.parse(stored);
+    const b = JSON.parse(next);
+    if (a?.cookie) delete a.cookie.expires;
+    if (b?.cookie) delete b.cookie.expires;
+    return deepEqual(a, b);
+  } catch {
+    // Too deeply nested to compare: treat as changed and write it.
+    return false;
+  }
 }
 
 function deepEqual(a: unknown, b: unknown): boolean {

@@ -3,7 +3,7 @@ import { getTableConfig } from "drizzle-orm/pg-core";
 import { Store, type SessionData } from "express-session";
 import { settle, type Callback } from "./callback.js";
 import { databaseError, SessionStoreError } from "./errors.js";
-import { keyDeriver, newHandle, type KeyDeriver } from "./hash.js";
+import { isValidId, keyDeriver, newHandle, type KeyDeriver } from "./hash.js";
 import { listen, type Listening } from "./notify.js";
 import { resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
 import type { SessionTable } from "./schema.js";
@@ -113,6 +113,7 @@ export class SessionStore extends Store {
   private cacheLive = false;
   /** Bumped on every eviction, so a read that raced one is not cached. */
   private evictions = 0;
+  private stopProbing: () => void = () => {};
 
   constructor(options: SessionStoreOptions) {
     super();
@@ -225,7 +226,7 @@ export class SessionStore extends Store {
 
   /** The public handle of a live session id (to mark "this device"), or `null`. */
   async handleOf(sessionId: string): Promise<string | null> {
-    if (typeof sessionId !== "string") return null;
+    if (!isValidId(sessionId)) return null;
     const t = this.table;
     const [row] = await this.run("handleOf", () =>
       this.query<{ handle: string }>(sql`select ${t.handle} as handle from ${t} where ${this.byKeys(this.keysOf(sessionId))} and ${this.live(Date.now())}`),
@@ -292,6 +293,7 @@ export class SessionStore extends Store {
 
   /** Stops the store's timers and its LISTEN connection, if any. Never closes the database you passed in. */
   async close(): Promise<void> {
+    this.stopProbing();
     this.cacheLive = false;
     this.recent.clear();
     const listening = this.listening;
@@ -300,7 +302,7 @@ export class SessionStore extends Store {
   }
 
   private async read(sid: string): Promise<SessionData | null> {
-    if (typeof sid !== "string") return null;
+    if (!isValidId(sid)) return null;
     const keys = this.keysOf(sid);
     const now = Date.now();
     const cached = this.cached(keys, now);
@@ -345,6 +347,9 @@ export class SessionStore extends Store {
   }
 
   private async save(sid: string, session: SessionData): Promise<void> {
+    if (!isValidId(sid)) {
+      throw new TypeError("connect-drizzle: a session id must be a well-formed string (express-session's ids always are)");
+    }
     const keys = this.keysOf(sid);
     const now = Date.now();
     const expires = this.expiry(session, now);
@@ -410,6 +415,7 @@ export class SessionStore extends Store {
   }
 
   private async renew(sid: string, session: SessionData): Promise<void> {
+    if (!isValidId(sid)) return;
     const keys = this.keysOf(sid);
     const now = Date.now();
     const expires = this.expiry(session, now);
@@ -423,7 +429,7 @@ export class SessionStore extends Store {
     const [written] = await this.write<{ key: string }>(sql`update ${t} set expires_at = least(${iso(expires)}::timestamptz, ${t.absoluteExpiresAt}),
         last_seen_at = ${iso(now)}::timestamptz, data = jsonb_set(${t.data}, '{cookie}', ${cookie}::jsonb),
         user_agent = coalesce(${ua}::text, ${t.userAgent}), ip = coalesce(${ip}::text, ${t.ip})
-      where ${this.byKeys(keys)} and ${this.live(now)} returning key`);
+      where ${this.byKeys(keys)} and ${this.live(now)} and jsonb_typeof(${t.data}->'cookie') = 'object' returning key`);
     if (written && loaded) {
       Object.assign(loaded, { expires, ua: ua ?? loaded.ua, ip: ip ?? loaded.ip });
       this.cache({ ...loaded, at: now });
@@ -432,6 +438,7 @@ export class SessionStore extends Store {
 
   /** Ends the session of `sid`: a tombstone with `endedAt` and `endReason`, its data dropped. */
   protected async end(sid: string, reason: EndReason): Promise<boolean> {
+    if (!isValidId(sid)) return false;
     const keys = this.keysOf(sid);
     this.evict(keys);
     const rows = await this.write(sql`${this.endSet(reason)} where ${this.byKeys(keys)} and ${this.table.endedAt} is null returning key`);
@@ -519,15 +526,49 @@ export class SessionStore extends Store {
     }
   }
 
+  /**
+   * The cache is served only while a probe NOTIFY, sent through the app's own database like every write,
+   * has come back on the LISTEN connection: a LISTEN that cannot hear the writes (through pgbouncer in
+   * transaction mode, say) never turns the cache on. Probes repeat; one that does not return turns the
+   * cache off again.
+   */
   private startListening(): void {
-    const listening = listen(this.options.db, this.channel, {
-      onMessage: (key) => this.evict([key]),
-      onReady: () => {
-        // Anything cached before this point may have missed notifications.
+    const cache = this.options.cache!;
+    let pending: string | undefined;
+    let timer: NodeJS.Timeout | undefined;
+    const probe = () => {
+      if (pending !== undefined && this.cacheLive) {
+        this.cacheLive = false;
         this.evict(["*"]);
-        this.cacheLive = true;
+        this.report(new SessionStoreError("DATABASE", "the cache's NOTIFY probe did not come back; cache off until one does"));
+      }
+      pending = `?probe:${newHandle()}`;
+      this.query(sql`select pg_notify(${this.channel}, ${pending})`).catch(() => {});
+    };
+    const schedule = () => {
+      clearInterval(timer);
+      timer = setInterval(probe, Math.max(1_000, Math.min(cache.ttl / 2, 30_000)));
+      timer.unref();
+      this.stopProbing = () => clearInterval(timer);
+    };
+    const listening = listen(this.options.db, this.channel, {
+      onMessage: (payload) => {
+        if (!payload.startsWith("?probe:")) return this.evict([payload]);
+        if (payload !== pending) return;
+        pending = undefined;
+        if (!this.cacheLive) {
+          // Anything cached before this point may have missed notifications.
+          this.evict(["*"]);
+          this.cacheLive = true;
+        }
+      },
+      onReady: () => {
+        probe();
+        schedule();
       },
       onLost: (error) => {
+        this.stopProbing();
+        pending = undefined;
         this.cacheLive = false;
         this.evict(["*"]);
         this.report(new SessionStoreError("DATABASE", `the cache's LISTEN connection was lost (${error.message}); cache off until it is back`, { cause: error }));
@@ -569,7 +610,8 @@ export class SessionStore extends Store {
     try {
       return await operation();
     } catch (error) {
-      throw error instanceof SessionStoreError ? error : databaseError(error, this.tableName, action);
+      const ours = error instanceof SessionStoreError || (error instanceof TypeError && error.message.startsWith("connect-drizzle:"));
+      throw ours ? error : databaseError(error, this.tableName, action);
     }
   }
 
