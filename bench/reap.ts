@@ -83,6 +83,8 @@ const int = (v: number) => Math.round(v).toLocaleString("en-US");
 const stats = (s: Sample) => ({ p50: percentile(s.latencies, 0.5), p99: percentile(s.latencies, 0.99), n: s.latencies.length, misses: s.misses });
 
 async function main() {
+  // Other work on the machine skews every number here; the report says how busy it was.
+  const loadAtStart = os.loadavg()[0]!;
   const admin = new pg.Pool({ connectionString: DATABASE_URL, max: 2 });
   const pool = new pg.Pool({ connectionString: DATABASE_URL, max: 10, application_name: "bench-reap" });
   pool.on("error", () => {});
@@ -134,7 +136,7 @@ async function main() {
     log(`unbounded DELETE: ${int(unboundedMs)} ms (${int((EXPIRED / unboundedMs) * 1000)} rows/s); readers p50 ${ms(duringUnbounded.p50)} ms, p99 ${ms(duringUnbounded.p99)} ms`);
 
     const cpu = os.cpus();
-    const machine = `${cpu.length} cores, ${cpu[0]?.model.trim() ?? "unknown CPU"}, ${Math.round(os.totalmem() / 2 ** 30)} GiB; Node ${process.version}; PostgreSQL ${pgVersion} (same host, loopback); ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC`;
+    const machine = `${cpu.length} cores, ${cpu[0]?.model.trim() ?? "unknown CPU"}, ${Math.round(os.totalmem() / 2 ** 30)} GiB; Node ${process.version}; PostgreSQL ${pgVersion} (same host, loopback); load average ${loadAtStart.toFixed(1)} at start, ${os.loadavg()[0]!.toFixed(1)} at end; ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC`;
     const met = (ok: boolean) => (ok ? "**met**" : "**not met**");
     const p99Ratio = during.p99 / idle.p99;
     const sizeRatio = idle.p50 / small.p50;
