@@ -94,7 +94,9 @@ async function main(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
   // An idle connection that drops must not crash the process; the round reports its own failure.
   pool.on("error", () => {});
   try {
-    const table = createSessionTable(values.table ?? "sessions", values.schema ? { schema: values.schema } : {});
+    // drizzle refuses pgSchema("public"): a table there is an unqualified one.
+    const schema = values.schema === "public" ? undefined : values.schema;
+    const table = createSessionTable(values.table ?? "sessions", schema ? { schema } : {});
     const result = await reap({ db: drizzle(pool), table, retainEnded, batchSize });
     io.out(JSON.stringify(result));
     return 0;
