@@ -83,9 +83,10 @@ export interface SessionStoreOptions {
    */
   cache?: CacheOptions;
   /**
-   * Send the NOTIFY that evicts a session from other instances' caches on every write. Leave it on
-   * unless no instance sharing the table uses `cache`.
-   * @default true
+   * Send the NOTIFY that evicts a session from other instances' caches on every write. Every instance
+   * sharing the table must have it on when any of them uses `cache`. It costs write throughput (Postgres
+   * serializes the commits of notifying transactions), so it is off unless this store has a cache.
+   * @default true with `cache`, false without
    */
   notify?: boolean;
   /**
@@ -191,7 +192,7 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
     maxSize: numberOption(options, "maxSize", 1_048_576, false, "bytes"),
     prepare: options.prepare ?? true,
     cache: resolveCache(options.cache),
-    notify: options.notify ?? true,
+    notify: options.notify ?? options.cache !== undefined,
     versioned: options.versioned ?? false,
     timeout: numberOption(options, "timeout", 10_000),
   };

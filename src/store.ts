@@ -51,8 +51,8 @@ export interface SessionQuery {
   limit?: number;
 }
 
-/** Hidden on a loaded session (non-enumerable, so never serialized): what its row held when this request read it. */
-const LOADED = Symbol("connect-drizzle.loaded");
+/** What a loaded session's row held when its request read it (weakly held: never serialized, never leaked). */
+const LOADED = new WeakMap<object, Loaded>();
 
 /** A session's row as read or last written: the skip decisions of touch and set, the version check, the cache. */
 interface Loaded {
@@ -71,13 +71,13 @@ interface Loaded {
 }
 
 function withLoaded<T extends object>(session: T, loaded: Loaded): T {
-  Object.defineProperty(session, LOADED, { value: loaded, enumerable: false, configurable: true, writable: true });
+  LOADED.set(session, loaded);
   return session;
 }
 
 /** What the request that holds `session` read, if it read this very session. */
 function loadedOf(session: SessionData, keys: string[]): Loaded | undefined {
-  const loaded = (session as any)?.[LOADED] as Loaded | undefined;
+  const loaded = session !== null && typeof session === "object" ? LOADED.get(session) : undefined;
   return loaded && keys.includes(loaded.key) ? loaded : undefined;
 }
 
@@ -114,6 +114,9 @@ export class SessionStore extends Store {
   /** Bumped on every eviction, so a read that raced one is not cached. */
   private evictions = 0;
   private stopProbing: () => void = () => {};
+  /** Operations in flight, for the `timeout` sweep. */
+  private readonly waiting = new Set<{ deadline: number; reject: (error: Error) => void }>();
+  private sweeper: NodeJS.Timeout | undefined;
 
   constructor(options: SessionStoreOptions) {
     super();
@@ -328,7 +331,7 @@ export class SessionStore extends Store {
    * never serialized), so this request's own touch and save compare against what this request read.
    */
   override createSession(req: any, data: SessionData): any {
-    const loaded = (data as any)?.[LOADED] as Loaded | undefined;
+    const loaded = data !== null && typeof data === "object" ? LOADED.get(data) : undefined;
     const session = super.createSession(req, data);
     return loaded ? withLoaded(session, loaded) : session;
   }
@@ -590,19 +593,44 @@ export class SessionStore extends Store {
 
   /** Fails an operation that takes longer than `timeout` (a slow or unreachable database), instead of hanging. */
   private timed<T>(query: PromiseLike<T>): Promise<T> {
-    // Drizzle's queries are lazy thenables that run on every then(): settle it exactly once.
-    const operation = Promise.resolve(query);
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new SessionStoreError("TIMEOUT", `the database did not answer within ${this.options.timeout} ms (the store's timeout option)`)),
-        this.options.timeout,
+    return new Promise<T>((resolve, reject) => {
+      const waiting = { deadline: Date.now() + this.options.timeout, reject };
+      this.waiting.add(waiting);
+      this.sweepTimeouts();
+      // Drizzle's queries are lazy thenables that run on every then(): this is the only one.
+      query.then(
+        (value) => {
+          this.waiting.delete(waiting);
+          resolve(value);
+        },
+        (error) => {
+          this.waiting.delete(waiting);
+          reject(error);
+        },
       );
-      timer.unref();
     });
-    // The losing promise must never become an unhandled rejection.
-    operation.catch(() => {});
-    return Promise.race([operation, timeout]).finally(() => clearTimeout(timer));
+  }
+
+  /**
+   * One unref'd timer for every operation in flight (cheaper than a timer each on the hot path): fails
+   * those past their deadline with TIMEOUT, to within a tenth of `timeout`; stops when none are left.
+   */
+  private sweepTimeouts(): void {
+    if (this.sweeper) return;
+    const every = Math.max(10, Math.min(1_000, this.options.timeout / 10));
+    this.sweeper = setInterval(() => {
+      const now = Date.now();
+      for (const waiting of this.waiting) {
+        if (waiting.deadline > now) continue;
+        this.waiting.delete(waiting);
+        waiting.reject(new SessionStoreError("TIMEOUT", `the database did not answer within ${this.options.timeout} ms (the store's timeout option)`));
+      }
+      if (this.waiting.size === 0) {
+        clearInterval(this.sweeper);
+        this.sweeper = undefined;
+      }
+    }, every);
+    this.sweeper.unref();
   }
 
   /** Runs an operation, turning driver errors into errors that say what to do. @internal */

@@ -93,7 +93,8 @@ describe.runIf(DATABASE_URL)("read cache across instances (node-postgres, two po
   beforeEach(async () => {
     await cached?.close();
     cached = new SessionStore({ db: a.db, table: a.table, cache: {} });
-    other = new SessionStore({ db: b.db, table: a.table });
+    // Every instance sharing the table notifies when any of them caches.
+    other = new SessionStore({ db: b.db, table: a.table, notify: true });
     await other.clear();
     expect(await ready(cached)).toBe(true);
   });
