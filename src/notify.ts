@@ -1,3 +1,4 @@
+import { driverOf } from "./driver.js";
 import type { AnyPgDatabase } from "./options.js";
 
 /** A live LISTEN on one channel; `close()` ends it (and only the connection it opened itself). */
@@ -21,11 +22,9 @@ export interface ListenEvents {
  * unref'd timer. Returns undefined when the driver is not one of these.
  */
 export function listen(db: AnyPgDatabase, channel: string, events: ListenEvents): Listening | undefined {
-  const client: any = (db as any).$client;
-  if (client && typeof client.listen === "function" && typeof client.exec === "function") return listenPglite(client, channel, events);
-  if (client && typeof client.connect === "function" && typeof client.query === "function" && (client.options || client.connectionParameters)) {
-    return listenNodePg(client, channel, events);
-  }
+  const { kind, client } = driverOf(db);
+  if (kind === "pglite") return listenPglite(client, channel, events);
+  if (kind === "node-postgres") return listenNodePg(client, channel, events);
   return undefined;
 }
 

@@ -17,7 +17,10 @@ export interface TestDb {
   db: AnyPgDatabase;
   table: SessionTable;
   schema: string;
-  /** Every statement the store sent, in order (drizzle's logger sees prepared and raw queries alike). */
+  /**
+   * Every statement the store sent, in order: seen by drizzle's logger, and on node-postgres by the pool
+   * itself (the store's lookup goes to the pool directly there).
+   */
   statements: string[];
   /** Runs SQL outside the store, with `$table` replaced by the schema-qualified table name. */
   raw<T = any>(text: string): Promise<T[]>;
@@ -56,7 +59,12 @@ export async function openDb(driver: DriverName, options: { pool?: number } = {}
     end = () => client.close();
   } else if (driver === "node-postgres") {
     const pool = new pg.Pool({ connectionString: DATABASE_URL, max: options.pool ?? 4 });
-    db = drizzlePg(pool, { logger });
+    const query = pool.query.bind(pool) as (...args: any[]) => any;
+    pool.query = ((config: any, ...rest: any[]) => {
+      statements.push(typeof config === "string" ? config : config.text);
+      return query(config, ...rest);
+    }) as typeof pool.query;
+    db = drizzlePg(pool);
     exec = async (text) => {
       const result: any = await pool.query(text);
       return (Array.isArray(result) ? result.at(-1) : result).rows ?? [];
