@@ -1,6 +1,11 @@
+import { fileURLToPath } from "node:url";
 import { configDefaults, defineConfig } from "vitest/config";
 
 export default defineConfig({
+  resolve: {
+    // Examples import "connect-drizzle" as users do; in tests that is this checkout's source, never a stale dist/.
+    alias: { "connect-drizzle": fileURLToPath(new URL("./src/index.ts", import.meta.url)) },
+  },
   test: {
     include: ["test/**/*.test.ts"],
     // The fault tests (outages, pgbouncer, processes) run in their own script: npm run test:faults.

@@ -1,6 +1,7 @@
 import { is } from "drizzle-orm";
 import { PgDatabase, type PgQueryResultHKT } from "drizzle-orm/pg-core";
 import type { SessionData } from "express-session";
+import { resolveReaperOptions, type ReaperOptions, type ResolvedReaperOptions } from "./reaper.js";
 import { sessions, type SessionTable } from "./schema.js";
 
 /** Any drizzle Postgres database: node-postgres, postgres.js, PGlite, Neon, ... */
@@ -105,6 +106,13 @@ export interface SessionStoreOptions {
    */
   timeout?: number;
   /**
+   * The periodic reaper, which deletes expired sessions (and history past `retainEnded`) in bounded
+   * batches, one instance at a time; `false` turns it off (e.g. when `npx connect-drizzle reap` runs from
+   * cron). Correctness never depends on it: expired sessions are never returned anyway.
+   * @default { interval: 900_000, batchSize: 5_000, jitter: 0.1 }
+   */
+  reaper?: ReaperOptions | false;
+  /**
    * Use named prepared statements for the hot path. Turn off behind pgbouncer < 1.21 in transaction mode.
    * @default true
    */
@@ -144,6 +152,7 @@ export interface ResolvedOptions {
   notify: boolean;
   versioned: boolean;
   timeout: number;
+  reaper: ResolvedReaperOptions | false;
 }
 
 const defaultUserId: UserIdOf = (session: any) => session?.passport?.user ?? session?.userId;
@@ -195,6 +204,7 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
     notify: options.notify ?? options.cache !== undefined,
     versioned: options.versioned ?? false,
     timeout: numberOption(options, "timeout", 10_000),
+    reaper: resolveReaperOptions(options.reaper),
   };
 }
 

@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import { sql, type SQL } from "drizzle-orm";
 import { getTableConfig, type PgColumn } from "drizzle-orm/pg-core";
+import { rowsOf, singleConnection } from "./driver.js";
 import { databaseError, SessionStoreError } from "./errors.js";
 import { numberOption, type AnyPgDatabase } from "./options.js";
 import { sessions, type SessionTable } from "./schema.js";
@@ -400,10 +401,20 @@ async function phases(
         [{ action: "delete", where: sql`${t.expiresAt} <= ${now} and (${t.endedAt} is null or ${t.endedAt} <= ${now})`, order: t.expiresAt }]
       : [
           // Expired longer ago than the retention: their history would be purged at once, so skip writing it.
-          { action: "delete", where: sql`${t.endedAt} is null and ${t.expiresAt} <= ${cutoff}`, order: t.expiresAt },
-          // History (and tombstones) past retention and past their expiry, along the ended_at index.
-          { action: "delete", where: sql`${t.endedAt} is not null and ${t.endedAt} <= ${cutoff} and ${t.expiresAt} <= ${now}`, order: t.endedAt },
-          // The remaining expired sessions become history.
+          // Anonymous sessions have no history anyone can list: they go when they expire.
+          {
+            action: "delete",
+            where: sql`${t.endedAt} is null and (${t.expiresAt} <= ${cutoff} or (${t.userId} is null and ${t.expiresAt} <= ${now}))`,
+            order: t.expiresAt,
+          },
+          // History (and tombstones) past retention and past their expiry, anonymous ones at expiry, along
+          // the ended_at index.
+          {
+            action: "delete",
+            where: sql`${t.endedAt} is not null and (${t.endedAt} <= ${cutoff} or ${t.userId} is null) and ${t.expiresAt} <= ${now}`,
+            order: t.endedAt,
+          },
+          // The remaining expired sessions (all owned) become history.
           { action: "end", where: sql`${t.endedAt} is null and ${t.expiresAt} <= ${now}`, order: t.expiresAt },
         ];
   let first = true;
@@ -466,24 +477,3 @@ function lockLost(cause: unknown): SessionStoreError {
 
 const macrotask = () => new Promise<void>((resolve) => (typeof setImmediate === "function" ? setImmediate(resolve) : setTimeout(resolve, 0)));
 
-/** Rows of a result, whatever the driver: arrays from postgres.js, `.rows` from node-postgres and PGlite. */
-function rowsOf(result: any): Array<Record<string, unknown>> {
-  return (Array.isArray(result) ? result : result?.rows ?? []) as Array<Record<string, unknown>>;
-}
-
-/**
- * Whether the database has a single connection, so that a statement outside an open transaction would wait
- * for it forever: PGlite (in-process, one connection), a lone node-postgres `Client`, or a pool of `max: 1`.
- */
-export function singleConnection(db: AnyPgDatabase): boolean {
-  const client: any = (db as any).$client;
-  if (client === null || (typeof client !== "object" && typeof client !== "function")) return false;
-  // PGlite and PGliteWorker.
-  if (typeof client.waitReady !== "undefined" && typeof client.exec === "function") return true;
-  // A node-postgres Client (drizzle's own test for a pool is the same); Pools have totalCount.
-  const isPgLike = typeof client.query === "function" && typeof client.connect === "function";
-  const isPool = "totalCount" in client || String(Object.getPrototypeOf(client)?.constructor?.name ?? "").includes("Pool");
-  if (isPgLike && !isPool) return true;
-  // pg.Pool ({ max }) and postgres.js (options.max).
-  return client.options?.max === 1;
-}

@@ -6,6 +6,7 @@ import { databaseError, SessionStoreError } from "./errors.js";
 import { isValidId, keyDeriver, newHandle, type KeyDeriver } from "./hash.js";
 import { driverOf, rowsOf } from "./driver.js";
 import { listen, type Listening } from "./notify.js";
+import { reap, Reaper, type ReapResult } from "./reaper.js";
 import { resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
 import type { SessionTable } from "./schema.js";
 import { parseSession, sameContent, serialize } from "./serialize.js";
@@ -115,6 +116,7 @@ export class SessionStore extends Store {
   /** Bumped on every eviction, so a read that raced one is not cached. */
   private evictions = 0;
   private stopProbing: () => void = () => {};
+  private readonly reaper: Reaper | undefined;
   /** Operations in flight, for the `timeout` sweep. */
   private readonly waiting = new Set<{ deadline: number; reject: (error: Error) => void }>();
   private sweeper: NodeJS.Timeout | undefined;
@@ -130,6 +132,26 @@ export class SessionStore extends Store {
     this.getQuery = this.prepareGet(qualified);
     this.channel = `connect_drizzle_${qualified}`.slice(0, 63);
     if (this.options.cache) this.startListening();
+    if (this.options.reaper) {
+      this.reaper = new Reaper((signal) => this.reapWith(signal), this.options.reaper, {
+        onReap: (result) => this.emit("reap", result),
+        onError: (error) => this.report(error),
+      });
+      this.reaper.start();
+    }
+  }
+
+  /**
+   * Runs one reaper round now (whether or not the periodic reaper is on): deletes expired sessions, and
+   * ended ones past `retainEnded`, in batches; `skipped: true` when another instance was reaping.
+   */
+  reap(): Promise<ReapResult> {
+    return this.reapWith();
+  }
+
+  private reapWith(signal?: AbortSignal): Promise<ReapResult> {
+    const { db, table, retainEnded, reaper } = this.options;
+    return reap({ db, table, retainEnded, batchSize: reaper ? reaper.batchSize : undefined, signal });
   }
 
   /** Loads a live session; `null` when it is missing, expired or ended. */
@@ -295,8 +317,12 @@ export class SessionStore extends Store {
     return rows.length > 0;
   }
 
-  /** Stops the store's timers and its LISTEN connection, if any. Never closes the database you passed in. */
+  /**
+   * Stops the reaper (a round in progress ends after its current batch), the cache's LISTEN connection
+   * and every timer. Never closes the database you passed in.
+   */
   async close(): Promise<void> {
+    await this.reaper?.stop();
     this.stopProbing();
     this.cacheLive = false;
     this.recent.clear();

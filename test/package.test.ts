@@ -25,11 +25,19 @@ describe("published package", () => {
     expect(existsSync(join(root, pkg.exports["."].require.types))).toBe(true);
   });
 
-  it("ships only the build and the migrations, with drizzle-orm and express-session as peers", () => {
+  it("ships only the build and the migrations, with drizzle-orm and express-session as peers (pg optional, for the CLI)", () => {
     expect(pkg.files).toEqual(["dist", "drizzle"]);
-    expect(Object.keys(pkg.peerDependencies).sort()).toEqual(["drizzle-orm", "express-session"]);
+    expect(Object.keys(pkg.peerDependencies).sort()).toEqual(["drizzle-orm", "express-session", "pg"]);
+    expect(pkg.peerDependenciesMeta).toEqual({ pg: { optional: true } });
     expect(pkg.dependencies ?? {}).toEqual({});
     const bundle = readFileSync(join(root, pkg.exports["."].import.default), "utf8");
     expect(bundle).not.toMatch(/from ["'](pg|postgres|@electric-sql\/pglite)["']/);
+  });
+
+  it("installs the `connect-drizzle` command (the cron reaper), runnable by node", () => {
+    const cli = join(root, pkg.bin["connect-drizzle"]);
+    expect(readFileSync(cli, "utf8").startsWith("#!/usr/bin/env node")).toBe(true);
+    const help = execFileSync("node", [cli, "--help"], { encoding: "utf8" });
+    expect(help).toMatch(/reap/);
   });
 });

@@ -5,7 +5,8 @@ import { drizzle as drizzlePostgresJs } from "drizzle-orm/postgres-js";
 import pg from "pg";
 import postgres from "postgres";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
-import { Reaper, lockKey, reap, resolveReaperOptions, singleConnection, type ReapResult, type ResolvedReaperOptions } from "../src/reaper.js";
+import { singleConnection } from "../src/driver.js";
+import { Reaper, lockKey, reap, resolveReaperOptions, type ReapResult, type ResolvedReaperOptions } from "../src/reaper.js";
 import { SessionStore, SessionStoreError, createSessionTable } from "../src/index.js";
 import { DATABASE_URL, drivers, openDb, sessionData, type TestDb } from "./support/db.js";
 
@@ -216,9 +217,10 @@ describe("resolveReaperOptions", () => {
 });
 
 /** Rows inserted straight with SQL (no store), fast. `$table` is the test table. */
-async function fill(t: TestDb, prefix: string, count: number, columns: { expires: string; ended?: string; reason?: string }) {
-  await t.raw(`insert into $table (key, handle, data, expires_at, ended_at, end_reason)
-    select '${prefix}-' || i, 'h-${prefix}-' || i, '{"cookie":{"originalMaxAge":60000}}'::jsonb,
+/** Inserts rows owned by user "u1" unless `anonymous`. */
+async function fill(t: TestDb, prefix: string, count: number, columns: { expires: string; ended?: string; reason?: string; anonymous?: boolean }) {
+  await t.raw(`insert into $table (key, handle, user_id, data, expires_at, ended_at, end_reason)
+    select '${prefix}-' || i, 'h-${prefix}-' || i, ${columns.anonymous ? "null" : "'u1'"}, '{"cookie":{"originalMaxAge":60000}}'::jsonb,
       ${columns.expires}, ${columns.ended ?? "null"}, ${columns.reason ? `'${columns.reason}'` : "null"}
     from generate_series(1, ${count}) as i`);
 }
@@ -272,10 +274,16 @@ describe.each(drivers)("reap() on %s", (driver) => {
     await fill(t, "history-recent", 2, { expires: "now() - interval '5 minutes'", ended: "now() - interval '10 minutes'", reason: "revoked" });
     // Ended long ago but its cookie is still valid: the tombstone stays until expiry, whatever the retention.
     await fill(t, "tomb-unexpired", 1, { expires: "now() + interval '90 minutes'", ended: "now() - interval '2 hours'", reason: "logout" });
+    // Anonymous sessions (e.g. a login page's, ended by the login's regenerate) have no listable history:
+    // they go at expiry, whatever the retention.
+    await fill(t, "anon-expired", 2, { expires: "now() - interval '10 minutes'", anonymous: true });
+    await fill(t, "anon-ended", 2, { expires: "now() - interval '5 minutes'", ended: "now() - interval '10 minutes'", reason: "logout", anonymous: true });
+    await fill(t, "anon-tomb", 1, { expires: "now() + interval '5 minutes'", ended: "now() - interval '10 minutes'", reason: "logout", anonymous: true });
 
     const r = await reap({ db: t.db, table: t.table, retainEnded: hour });
 
-    expect(r).toMatchObject({ ended: 4, deleted: 4, skipped: false });
+    expect(r).toMatchObject({ ended: 4, deleted: 4 + 2 + 2, skipped: false });
+    expect(await countOf(t, "key like 'anon-%'")).toBe(1);
     const converted = await t.raw<{ same: boolean; reason: string; data: string; version: number }>(
       `select ended_at = expires_at as same, end_reason as reason, data::text as data, version from $table where key like 'expired-recently-%'`,
     );
@@ -286,12 +294,12 @@ describe.each(drivers)("reap() on %s", (driver) => {
     expect(await countOf(t, "key like 'tomb-unexpired-%'")).toBe(1);
     expect(await countOf(t, "key like 'alive-%' and ended_at is null")).toBe(3);
 
-    // Two hours later the new history is past retention and goes; the unexpired tombstone is now expired too.
+    // Two hours later the new history is past retention and goes; the unexpired tombstones are now expired too.
     vi.useFakeTimers({ toFake: ["Date"] });
     vi.setSystemTime(Date.now() + 2 * hour + 60_000);
     const later = await reap({ db: t.db, table: t.table, retainEnded: hour });
     // The live sessions expired meanwhile (less than the retention ago): they become history, not deleted.
-    expect(later).toMatchObject({ deleted: 4 + 2 + 1, ended: 3 });
+    expect(later).toMatchObject({ deleted: 4 + 2 + 1 + 1, ended: 3 });
     expect(await keysOf(t)).toEqual(["alive-1", "alive-2", "alive-3"]);
     expect(await countOf(t, "end_reason = 'expired'")).toBe(3);
   });
@@ -584,5 +592,51 @@ describe("npx connect-drizzle reap (the CLI)", () => {
     const out = await run(["reap"], { DATABASE_URL: "postgres://nowhere/db" }, `--import "data:text/javascript,${encodeURIComponent(register)}"`);
     expect(out.code).toBe(1);
     expect(out.stderr).toMatch(/the `pg` package is not installed here.*npm install pg/s);
+  });
+});
+
+describe("the store's reaper", () => {
+  let t: TestDb;
+  beforeAll(async () => {
+    t = await openDb("pglite");
+  });
+  afterAll(async () => {
+    await t?.close();
+    vi.useRealTimers();
+  });
+
+  it("store.reap() runs a round now and reports it", async () => {
+    const store = new SessionStore({ db: t.db, table: t.table, reaper: false });
+    await store.set("live", sessionData(60_000));
+    await store.set("expired", sessionData(-1_000));
+    expect(await store.reap()).toMatchObject({ deleted: 1, skipped: false });
+    expect(await store.get("live")).not.toBeNull();
+    await store.close();
+  });
+
+  it("runs on its interval, emits each round as a 'reap' event, and stops on close()", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    const store = new SessionStore({ db: t.db, table: t.table, reaper: { interval: 60_000, jitter: 0 } });
+    await store.set("expired-a", sessionData(-1_000));
+    const rounds: ReapResult[] = [];
+    store.on("reap", (r: ReapResult) => rounds.push(r));
+    await vi.advanceTimersByTimeAsync(59_000);
+    expect(rounds).toHaveLength(0);
+    await vi.advanceTimersByTimeAsync(1_000);
+    await vi.waitFor(() => expect(rounds).toHaveLength(1), { timeout: 5_000 });
+    expect(rounds[0]).toMatchObject({ deleted: 1 });
+    await store.close();
+    await vi.advanceTimersByTimeAsync(600_000);
+    expect(rounds).toHaveLength(1);
+    vi.useRealTimers();
+  });
+
+  it("reaper: false schedules nothing; a bad reaper option is a TypeError at construction", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    const store = new SessionStore({ db: t.db, table: t.table, reaper: false });
+    expect(vi.getTimerCount()).toBe(0);
+    await store.close();
+    vi.useRealTimers();
+    expect(() => new SessionStore({ db: t.db, table: t.table, reaper: { interval: -1 } })).toThrow(TypeError);
   });
 });
