@@ -27,6 +27,8 @@ export interface HttpCell {
   writesPerReq: number;
   /** Statement counts by verb (SQL) or command (Redis). */
   byVerb: Record<string, number>;
+  /** CPU time of the server process (Express, express-session and the store's client side) per request, µs. */
+  serverCpuUsPerReq: number;
 }
 
 interface Counts {
@@ -36,6 +38,8 @@ interface Counts {
   selects: number;
   byVerb: Record<string, number>;
   errors: number;
+  /** CPU time (user + system) of the server process since the last reset, µs. */
+  cpuUs: number;
 }
 
 const REDIS_WRITES = new Set(["set", "setex", "psetex", "expire", "pexpire", "del", "unlink", "getex", "getdel"]);
@@ -56,6 +60,7 @@ class Server {
         BENCH_SCHEMA: schema,
         BENCH_REDIS_PREFIX: redisPrefix,
         ...(target.notify === undefined ? {} : { BENCH_NOTIFY: String(target.notify) }),
+        ...(target.cache === undefined ? {} : { BENCH_CACHE: JSON.stringify(target.cache) }),
       },
       stdio: ["ignore", "inherit", "inherit", "ipc"],
     });
@@ -142,6 +147,8 @@ export interface HttpRounds {
   a: string;
   b: string;
   reqPerSec: Array<[number, number]>;
+  /** The cells of each round (statements per request of each, etc.). */
+  cells: Array<[HttpCell, HttpCell]>;
 }
 
 interface Running {
@@ -196,44 +203,54 @@ async function measure(running: Running, route: Route, log: (line: string) => vo
     statementsPerReq: statements / requests,
     writesPerReq: writes / requests,
     byVerb: redisCounts?.byVerb ?? counts.byVerb,
+    serverCpuUsPerReq: counts.cpuUs / requests,
   };
   log(
     `  ${(route === "read" ? "GET /read" : "POST /login").padEnd(12)} ${target.label.padEnd(32)} ${Math.round(cell.reqPerSec).toString().padStart(6)} req/s  ` +
       `p50 ${cell.p50} ms  p99 ${cell.p99} ms  ${Number.isFinite(cell.statementsPerReq) ? cell.statementsPerReq.toFixed(3) : "—"} stmts/req  ` +
-      `${Number.isFinite(cell.writesPerReq) ? cell.writesPerReq.toFixed(4) : "—"} writes/req  ${JSON.stringify(cell.byVerb)}` +
+      `${Number.isFinite(cell.writesPerReq) ? cell.writesPerReq.toFixed(4) : "—"} writes/req  ${Math.round(cell.serverCpuUsPerReq)} µs server CPU/req  ${JSON.stringify(cell.byVerb)}` +
       `${cell.non2xx || cell.errors ? `  non-2xx ${cell.non2xx} errors ${cell.errors}` : ""}`,
   );
   return cell;
 }
 
+/** The GET /read targets: connect-drizzle vs connect-pg-simple, connect-drizzle (cache) vs connect-redis. */
+export const READ_PAIRS = [
+  ["connect-drizzle", "connect-pg-simple"],
+  ["connect-drizzle-cache", "connect-redis"],
+] as const;
+
 /**
  * Every target's server runs at once (idle but for its own cell); the cells run route by route, every
  * store back to back, as at the store level.
  */
-export async function benchHttp(targets: Target[], schema: string, log: (line: string) => void): Promise<{ cells: HttpCell[]; rounds: HttpRounds | undefined; failures: string[] }> {
+export async function benchHttp(targets: Target[], schema: string, log: (line: string) => void): Promise<{ cells: HttpCell[]; rounds: HttpRounds[]; failures: string[] }> {
   const settled = await Promise.allSettled(targets.map((t) => startTarget(t, schema)));
   const running = settled.flatMap((s) => (s.status === "fulfilled" ? [s.value] : []));
   const cells: HttpCell[] = [];
-  let rounds: HttpRounds | undefined;
+  const rounds: HttpRounds[] = [];
   // A store whose server could not start is left out of the HTTP table (with a note), not the whole run.
   const failures = settled.flatMap((s, i) => (s.status === "rejected" ? [`HTTP level: ${targets[i]!.label} left out: ${(s.reason as Error)?.message ?? s.reason}`] : []));
   for (const failure of failures) log(`  ${failure}`);
   try {
     for (const route of ["read", "login"] as const) {
-      for (const r of running) cells.push(await measure(r, route, log));
+      for (const r of running) if (!r.target.routes || r.target.routes.includes(route)) cells.push(await measure(r, route, log));
     }
-    // The read target compares two cells; repeat them interleaved (A B, B A, ...).
-    const a = running.find((r) => r.target.id === "connect-drizzle");
-    const b = running.find((r) => r.target.id === "connect-pg-simple");
-    if (a && b) {
-      rounds = { route: "read", a: a.target.id, b: b.target.id, reqPerSec: [] };
+    // The read targets compare two cells each; repeat them interleaved (A B, B A, ...).
+    for (const [idA, idB] of READ_PAIRS) {
+      const a = running.find((r) => r.target.id === idA);
+      const b = running.find((r) => r.target.id === idB);
+      if (!a || !b) continue;
+      const round: HttpRounds = { route: "read", a: idA, b: idB, reqPerSec: [], cells: [] };
       for (let i = 0; i < HTTP_LEVEL.repeats; i++) {
-        const pair: [number, number] = [0, 0];
+        const pair: HttpCell[] = [];
         for (const [k, r] of (i % 2 ? [[1, b], [0, a]] : [[0, a], [1, b]]) as Array<[0 | 1, Running]>) {
-          pair[k] = (await measure(r, "read", (line) => log(`  repeat ${i + 1}:${line}`), HTTP_LEVEL.repeatS, 0)).reqPerSec;
+          pair[k] = await measure(r, "read", (line) => log(`  repeat ${i + 1}:${line}`), HTTP_LEVEL.repeatS, 0);
         }
-        rounds.reqPerSec.push(pair);
+        round.reqPerSec.push([pair[0]!.reqPerSec, pair[1]!.reqPerSec]);
+        round.cells.push([pair[0]!, pair[1]!]);
       }
+      rounds.push(round);
     }
   } finally {
     for (const r of running) {

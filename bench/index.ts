@@ -54,7 +54,7 @@ async function main() {
   let storeCells: StoreCell[] = [];
   let httpCells: HttpCell[] = [];
   let storeRounds: Rounds[] = [];
-  let httpRounds: HttpRounds | undefined;
+  let httpRounds: HttpRounds[] = [];
   try {
     log(`\nStore level (${STORE_LEVEL.durationMs} ms per cell after ${STORE_LEVEL.warmupMs} ms warm-up, pg Pool max ${POOL_SIZE})`);
     ({ cells: storeCells, rounds: storeRounds } = await benchStoreLevel(targets, schema, log));
@@ -92,7 +92,7 @@ function render(
   storeCells: StoreCell[],
   httpCells: HttpCell[],
   getRounds: Rounds | undefined,
-  readRounds: HttpRounds | undefined,
+  httpRounds: HttpRounds[],
 ): string {
   const cell = (target: string, op: string, c: number) => {
     const found = storeCells.find((x) => x.target === target && x.op === op && x.concurrency === c);
@@ -132,6 +132,7 @@ function render(
     fmtNum(x.statementsPerReq, 2),
     fmtNum(x.writesPerReq, 3),
     fmtNum(x.writesPerReq * 1000, 1),
+    fmtNum(x.serverCpuUsPerReq, 0),
     ratio(x, http("connect-pg-simple", x.route)),
     ratio(x, http("raw-pg", x.route)),
     Object.entries(x.byVerb)
@@ -144,19 +145,44 @@ function render(
   const getF = cell("raw-pg", "get-hit", 32);
   const readD = http("connect-drizzle", "read");
   const readP = http("connect-pg-simple", "read");
+  const readC = http("connect-drizzle-cache", "read");
+  const readR = http("connect-redis", "read");
+  const roundsOf = (a: string, b: string) => httpRounds.find((r) => r.a === a && r.b === b);
+  const cacheRounds = roundsOf("connect-drizzle-cache", "connect-redis");
   // Each target is decided on the median ratio of its main cells and their interleaved repeats.
-  const getRatios = [getD && getF ? getD.opsPerSec / getF.opsPerSec : NaN, ...(getRounds?.opsPerSec.map(([a, b]) => a / b) ?? [])].filter(Number.isFinite);
-  const readRatios = [readD && readP ? readD.reqPerSec / readP.reqPerSec : NaN, ...(readRounds?.reqPerSec.map(([a, b]) => a / b) ?? [])].filter(Number.isFinite);
+  const ratios = (a: { opsPerSec?: number; reqPerSec?: number } | undefined, b: typeof a, pairs: Array<[number, number]> | undefined) =>
+    [a && b ? (a.opsPerSec ?? a.reqPerSec!) / (b.opsPerSec ?? b.reqPerSec!) : NaN, ...(pairs?.map(([x, y]) => x / y) ?? [])].filter(Number.isFinite);
+  const getRatios = ratios(getD, getF, getRounds?.opsPerSec);
+  const readRatios = ratios(readD, readP, roundsOf("connect-drizzle", "connect-pg-simple")?.reqPerSec);
+  const cacheRatios = ratios(readC, readR, cacheRounds?.reqPerSec);
   const getRatio = median(getRatios);
   const readRatio = median(readRatios);
+  const cacheRatio = median(cacheRatios);
   const spread = (rs: number[]) => `median of ${rs.length} interleaved pairs, range ${fmtRatio(Math.min(...rs))}–${fmtRatio(Math.max(...rs))}`;
   const writesPer1000 = readD ? readD.writesPerReq * 1000 : NaN;
+  // Statements per read with the cache: the main cell, and every cell of the cache's read (main and repeats) together.
+  const cacheCells = [readC, ...(cacheRounds?.cells.map(([c]) => c) ?? [])].filter((c): c is HttpCell => c !== undefined);
+  const cacheReqs = cacheCells.reduce((n, c) => n + c.requests, 0);
+  const cacheStmts = cacheCells.reduce((n, c) => n + c.statementsPerReq * c.requests, 0);
+  const cacheWrites = cacheCells.reduce((n, c) => n + c.writesPerReq * c.requests, 0);
   const verdict = (ok: boolean) => (ok ? "**met**" : "**not met**");
   const goals = [
     ["connect-drizzle `get` (hit) ops/s ≥ 0.9× the raw-pg floor, concurrency 32", `${fmtRatio(getRatio)} (${spread(getRatios)}; table cells ${fmtInt(getD?.opsPerSec ?? NaN)} vs ${fmtInt(getF?.opsPerSec ?? NaN)} ops/s)`, verdict(getRatio >= 0.9)],
     ["HTTP GET /read req/s ≥ 2× connect-pg-simple", `${fmtRatio(readRatio)} (${spread(readRatios)}; table cells ${fmtInt(readD?.reqPerSec ?? NaN)} vs ${fmtInt(readP?.reqPerSec ?? NaN)} req/s)`, verdict(readRatio >= 2)],
     ["writes per 1,000 read requests ≤ 10 (rolling: true)", `${fmtNum(writesPer1000, 1)} (connect-pg-simple: ${fmtNum((readP?.writesPerReq ?? NaN) * 1000, 0)})`, verdict(writesPer1000 <= 10)],
+    [
+      "with `cache`: HTTP GET /read req/s ≥ connect-redis",
+      `${fmtRatio(cacheRatio)} (${spread(cacheRatios)}; table cells ${fmtInt(readC?.reqPerSec ?? NaN)} vs ${fmtInt(readR?.reqPerSec ?? NaN)} req/s); ` +
+        `SQL statements per read ${fmtNum(readC?.statementsPerReq ?? NaN, 3)} in the table cell, ${fmtNum(cacheStmts / cacheReqs, 4)} over all ${cacheCells.length} of its cells ` +
+        `(${Math.round(cacheStmts)} in ${fmtInt(cacheReqs)} reads, ${Math.round(cacheWrites)} of them writes)`,
+      verdict(cacheRatio >= 1),
+    ],
   ];
+  const getC1 = cell("connect-drizzle-cache", "get-hit", 1);
+  const getC32 = cell("connect-drizzle-cache", "get-hit", 32);
+  const cacheLine =
+    `connect-drizzle (cache), get (hit): ${fmtInt(getC1?.opsPerSec ?? NaN)} ops/s at c1, ${fmtInt(getC32?.opsPerSec ?? NaN)} at c32 ` +
+    `(${ratio(getC32, getF)} the floor, ${ratio(getC32, cell("connect-redis", "get-hit", 32))} connect-redis, ${ratio(getC32, cell("memory", "get-hit", 32))} MemoryStore at c32).`;
 
   return [
     `# Benchmark results${QUICK ? " (BENCH_QUICK=1 smoke run: cells too short to quote)" : ""}`,
@@ -170,6 +196,8 @@ function render(
     "",
     table(["target", "measured (one run)", ""], goals),
     "",
+    cacheLine,
+    "",
     "## Store level",
     "",
     `ops/s (p50 / p99 latency, ms). ${STORE_LEVEL.durationMs / 1000} s per cell after ${STORE_LEVEL.warmupMs} ms warm-up, cells run operation by operation, store after store; pg Pool max ${POOL_SIZE} for every Postgres store. ` +
@@ -177,7 +205,8 @@ function render(
       `"touch": as express-session does on a rolling request, on a session object from the store's get (req.session), cookie maxAge reset. ` +
       `"touch (steady state)": connect-drizzle with its default touchAfter (60 s) on sessions read seconds before, so it skips the write (no query); ` +
       `"touch (forced write)": connect-drizzle with touchAfter: 0, one UPDATE per touch (the other stores write on every touch, so their row repeats their touch). ` +
-      `"connect-drizzle (notify: false)": writes only, without the pg_notify its default notify: true adds to every write.`,
+      `"connect-drizzle": its defaults (no cache, so notify: false). "connect-drizzle (notify: true)": writes only, with the pg_notify in every write that a deployment with the read cache needs on every instance. ` +
+      `"connect-drizzle (cache)": cache: {} (max 10,000, ttl 60 s), get (hit) only, every pool session read once just before the cell (so the cell's reads are served from memory); its writes are notify: true's.`,
     "",
     table(["operation", "c", ...ids.map(label), "drizzle ÷ pg-simple", "drizzle ÷ floor"], storeRows, ["l", "r", ...ids.map(() => "r" as const), "r", "r"]),
     "",
@@ -190,13 +219,17 @@ function render(
     `Express 5 + express-session (resave: false, saveUninitialized: false, rolling: true, maxAge 1 h), server in a child process, ` +
       `autocannon in the parent, ${HTTP_LEVEL.connections} connections, ${HTTP_LEVEL.durationS} s per cell after ${HTTP_LEVEL.warmupS} s warm-up. ` +
       `GET /read: ${HTTP_LEVEL.connections} sessions (one per connection), the session is read and not changed. POST /login: regenerate + set user, no cookie sent. ` +
-      "Statements are counted in the server (SQL: every pg Client.query; connect-redis: Redis INFO commandstats). The raw-pg floor's touch is a no-op (one SELECT per read). " +
+      "Statements are counted in the server (SQL: every pg Client.query; connect-redis: Redis INFO commandstats). " +
+      "Server CPU µs/req: process.cpuUsage() of the server process over the cell (Express, express-session, the store's client side; not Postgres, Redis or autocannon). The raw-pg floor's touch is a no-op (one SELECT per read). " +
+      "connect-drizzle (notify: true): POST /login only (its reads are connect-drizzle's). connect-drizzle (cache): cache: {} (max 10,000, ttl 60 s); a session is cached by the login that made it or its first read, " +
+      "then read from memory until its entry is 60 s old (then one SELECT); its SQL also counts the cache's probe (a select pg_notify every 30 s). " +
+      "Interleaved repeats of GET /read: connect-drizzle vs connect-pg-simple, and connect-drizzle (cache) vs connect-redis. " +
       "All servers run at once (idle but the one loaded); cells run route by route, store after store. MemoryStore, with no I/O at all, is the ceiling of this app on this machine.",
     "",
     table(
-      ["route", "store", "req/s", "p50 ms", "p99 ms", "stmts/req", "writes/req", "writes/1,000 req", "× pg-simple", "× floor", "statements by verb, per req", "errors"],
+      ["route", "store", "req/s", "p50 ms", "p99 ms", "stmts/req", "writes/req", "writes/1,000 req", "server CPU µs/req", "× pg-simple", "× floor", "statements by verb, per req", "errors"],
       httpRows,
-      ["l", "l", "r", "r", "r", "r", "r", "r", "r", "r", "l", "r"],
+      ["l", "l", "r", "r", "r", "r", "r", "r", "r", "r", "r", "l", "r"],
     ),
     "",
     "Writes per 1,000 reads are measured on sessions created seconds before the cell, i.e. within connect-drizzle's touchAfter (60 s): " +

@@ -11,8 +11,10 @@ import pg from "pg";
 import { MAX_AGE, USER } from "./config.js";
 import { openStore, type StoreName } from "./stores.js";
 
-const counts = { requests: {} as Record<string, number>, statements: 0, writes: 0, selects: 0, byVerb: {} as Record<string, number>, errors: 0 };
+const counts = { requests: {} as Record<string, number>, statements: 0, writes: 0, selects: 0, byVerb: {} as Record<string, number>, errors: 0, cpuUs: 0 };
+let cpuAtReset = process.cpuUsage();
 const reset = () => {
+  cpuAtReset = process.cpuUsage();
   counts.requests = {};
   counts.statements = counts.writes = counts.selects = counts.errors = 0;
   counts.byVerb = {};
@@ -37,7 +39,8 @@ async function main() {
   const name = process.env.BENCH_STORE as StoreName;
   const schema = process.env.BENCH_SCHEMA!;
   const notify = process.env.BENCH_NOTIFY === undefined ? undefined : process.env.BENCH_NOTIFY === "true";
-  const opened = await openStore(name, { schema, redisPrefix: process.env.BENCH_REDIS_PREFIX, notify });
+  const cache = process.env.BENCH_CACHE === undefined ? undefined : (JSON.parse(process.env.BENCH_CACHE) as { max?: number; ttl?: number });
+  const opened = await openStore(name, { schema, redisPrefix: process.env.BENCH_REDIS_PREFIX, notify, cache });
 
   const app = express();
   app.disable("x-powered-by");
@@ -83,6 +86,8 @@ async function main() {
       reset();
       process.send!({ type: "reset" });
     } else if (message.type === "stats") {
+      const cpu = process.cpuUsage(cpuAtReset);
+      counts.cpuUs = cpu.user + cpu.system;
       process.send!({ type: "stats", counts });
     } else if (message.type === "exit") {
       closing = true;

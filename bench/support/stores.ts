@@ -9,20 +9,31 @@ import { DATABASE_URL, POOL_SIZE, REDIS_URL } from "./config.js";
 import { RawPg, RawPgStore } from "./floor.js";
 
 /**
- * A store as benchmarked: a store and its options. `connect-drizzle (notify: false)` shows what its
- * default `notify: true` (a pg_notify in every write statement) costs the writes.
+ * A store as benchmarked: a store and its options. `connect-drizzle` is its defaults (no cache, so
+ * `notify: false`); `connect-drizzle (notify: true)` shows what the pg_notify in every write statement
+ * costs the writes (what every instance of a multi-instance deployment with `cache` pays);
+ * `connect-drizzle (cache)` is `cache: {}` (which turns `notify` on), measured on reads.
  */
 export interface Target {
   id: string;
   name: StoreName;
   label: string;
   notify?: boolean;
+  /** connect-drizzle's `cache` option. */
+  cache?: { max?: number; ttl?: number };
+  /** Store-level operations measured for this target (default: all). */
+  ops?: readonly string[];
+  /** HTTP routes measured for this target (default: all). */
+  routes?: readonly string[];
 }
 
 export const TARGETS: Target[] = [
   { id: "raw-pg", name: "raw-pg", label: "raw pg floor" },
   { id: "connect-drizzle", name: "connect-drizzle", label: "connect-drizzle" },
-  { id: "connect-drizzle-nonotify", name: "connect-drizzle", label: "connect-drizzle (notify: false)", notify: false },
+  // Its reads are connect-drizzle's (the same SELECT): only the writes are measured.
+  { id: "connect-drizzle-notify", name: "connect-drizzle", label: "connect-drizzle (notify: true)", notify: true, ops: ["set", "touch-forced", "destroy"], routes: ["login"] },
+  // Its writes are the notify: true variant's; get (hit) is what the cache changes.
+  { id: "connect-drizzle-cache", name: "connect-drizzle", label: "connect-drizzle (cache)", cache: {}, ops: ["get-hit"], routes: ["read", "login"] },
   { id: "connect-pg-simple", name: "connect-pg-simple", label: "connect-pg-simple" },
   { id: "connect-redis", name: "connect-redis", label: "connect-redis" },
   { id: "memory", name: "memory", label: "MemoryStore" },
@@ -62,8 +73,10 @@ export interface OpenOptions {
   schema: string;
   /** connect-drizzle's touchAfter (0 forces every touch to write). */
   touchAfter?: number;
-  /** connect-drizzle's notify (default true: every write also runs pg_notify to evict other instances' caches). */
+  /** connect-drizzle's notify (default: on only with a cache; then every write also runs pg_notify to evict other instances' caches). */
   notify?: boolean;
+  /** connect-drizzle's read cache; openStore waits until the store serves from it (its probe NOTIFY came back). */
+  cache?: { max?: number; ttl?: number };
   /** A pg Pool to share (not closed by this store's close); a new one otherwise. */
   pool?: pg.Pool;
   /** Prefix of the run's Redis keys. */
@@ -102,7 +115,9 @@ export async function openStore(name: StoreName, options: OpenOptions): Promise<
         table,
         ...(options.touchAfter === undefined ? {} : { touchAfter: options.touchAfter }),
         ...(options.notify === undefined ? {} : { notify: options.notify }),
+        ...(options.cache === undefined ? {} : { cache: options.cache }),
       });
+      if (options.cache) await cacheLive(store);
       return { name, store, ops: callbackOps(store), pool, close: async () => (await store.close(), await endPool(pool, options)) };
     }
     case "connect-pg-simple": {
@@ -130,6 +145,19 @@ export async function openStore(name: StoreName, options: OpenOptions): Promise<
       const store = new session.MemoryStore();
       return { name, store, ops: callbackOps(store), close: async () => {} };
     }
+  }
+}
+
+/**
+ * Waits until a cached store serves from its cache: its LISTEN connection is up and its probe NOTIFY has
+ * come back (until then every get is a query, and going live empties the cache). The store says so only
+ * in a private field, read here; fails after 10 s.
+ */
+async function cacheLive(store: SessionStore): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (!(store as unknown as { cacheLive: boolean }).cacheLive) {
+    if (Date.now() > deadline) throw new Error("connect-drizzle (cache): the cache did not go live within 10 s (LISTEN/NOTIFY probe)");
+    await new Promise((r) => setTimeout(r, 10));
   }
 }
 
