@@ -2,20 +2,21 @@
 export type Callback<T = void> = (err?: any, value?: T) => void;
 
 /**
- * Settles an express-session callback from a promise: called exactly once, on a later tick, outside
- * any try/catch (so a throwing callback surfaces as the app's own exception, is never called twice,
- * and is never swallowed). When a callback is given, errors go to it and the returned promise
- * resolves, so callback users never see an unhandled rejection.
+ * Settles an express-session callback from a promise: called exactly once, asynchronously, in a
+ * microtask of its own outside any try/catch and outside the promise chain (so a throwing callback
+ * surfaces as the app's own uncaught exception, is never called twice, and is never swallowed). When a
+ * callback is given, errors go to it and the returned promise resolves, so callback users never see an
+ * unhandled rejection.
  */
 export function settle<T>(promise: Promise<T>, callback: Callback<T> | undefined): Promise<T> {
   if (typeof callback !== "function") return promise;
   return promise.then(
     (value) => {
-      setImmediate(callback, null, value);
+      queueMicrotask(() => callback(null, value));
       return value;
     },
     (error) => {
-      setImmediate(callback, error);
+      queueMicrotask(() => callback(error));
       return undefined as T;
     },
   );

@@ -58,6 +58,8 @@ const LOADED = new WeakMap<object, Loaded>();
 
 /** A session's row as read or last written: the skip decisions of touch and set, the version check, the cache. */
 interface Loaded {
+  /** The session id it was read for (in memory only), so a touch can be skipped without hashing it again. */
+  sid: string;
   /** The row's key (the first secret's, or an older one's for rows made before a rotation). */
   key: string;
   /** The stored idle expiry, epoch ms. */
@@ -78,9 +80,9 @@ function withLoaded<T extends object>(session: T, loaded: Loaded): T {
 }
 
 /** What the request that holds `session` read, if it read this very session. */
-function loadedOf(session: SessionData, keys: string[]): Loaded | undefined {
+function loadedOf(session: SessionData, sid: string): Loaded | undefined {
   const loaded = session !== null && typeof session === "object" ? LOADED.get(session) : undefined;
-  return loaded && keys.includes(loaded.key) ? loaded : undefined;
+  return loaded?.sid === sid ? loaded : undefined;
 }
 
 interface PreparedGet {
@@ -336,7 +338,7 @@ export class SessionStore extends Store {
     const keys = this.keysOf(sid);
     const now = Date.now();
     const cached = this.cached(keys, now);
-    if (cached) return withLoaded(parseSession(cached.text)!, cached);
+    if (cached) return withLoaded(parseSession(cached.text)!, { ...cached });
     const evictions = this.evictions;
     const params: Record<string, unknown> = { now: iso(now) };
     keys.forEach((key, i) => (params[`k${i}`] = key));
@@ -347,7 +349,7 @@ export class SessionStore extends Store {
       this.report(new SessionStoreError("CORRUPT_ROW", `session row ${keys[0]!.slice(0, 8)}… in ${this.tableName} holds no valid session (no cookie object); treated as missing`));
       return null;
     }
-    const loaded: Loaded = { key: row.key, expires: Number(row.expires), text: row.data, version: Number(row.version), ua: row.ua, ip: row.ip, at: now };
+    const loaded: Loaded = { sid, key: row.key, expires: Number(row.expires), text: row.data, version: Number(row.version), ua: row.ua, ip: row.ip, at: now };
     // A read that overlapped an eviction may hold the data from before the write: don't cache it.
     if (evictions === this.evictions) this.cache(loaded);
     return withLoaded(session, loaded);
@@ -384,7 +386,7 @@ export class SessionStore extends Store {
     const now = Date.now();
     const expires = this.expiry(session, now);
     const text = serialize(session, this.options.maxSize);
-    const loaded = loadedOf(session, keys);
+    const loaded = loadedOf(session, sid);
     if (loaded && this.fresh(loaded, expires, now) && sameContent(loaded.text, text)) return;
 
     const t = this.table;
@@ -427,7 +429,7 @@ export class SessionStore extends Store {
       if (guard.queryChunks.length > 0) await this.checkConflict(keys);
       return;
     }
-    const now_: Loaded = { key: written.key, expires, text, version: Number(written.version), ua: ua ?? loaded?.ua ?? null, ip: ip ?? loaded?.ip ?? null, at: now };
+    const now_: Loaded = { sid, key: written.key, expires, text, version: Number(written.version), ua: ua ?? loaded?.ua ?? null, ip: ip ?? loaded?.ip ?? null, at: now };
     withLoaded(session, now_);
     this.cache(now_);
   }
@@ -446,13 +448,13 @@ export class SessionStore extends Store {
 
   private async renew(sid: string, session: SessionData): Promise<void> {
     if (!isValidId(sid)) return;
-    const keys = this.keysOf(sid);
     const now = Date.now();
     const expires = this.expiry(session, now);
-    const loaded = loadedOf(session, keys);
+    const loaded = loadedOf(session, sid);
     const { ua, ip } = requestMetadata(session);
     const sameDevice = loaded && (ua === null || ua === loaded.ua) && (ip === null || ip === loaded.ip);
     if (loaded && sameDevice && this.fresh(loaded, expires, now)) return;
+    const keys = this.keysOf(sid);
     const t = this.table;
     const cookie = JSON.stringify(session.cookie ?? {});
     this.evict(keys);
