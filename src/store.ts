@@ -53,8 +53,11 @@ export interface SessionQuery {
   limit?: number;
 }
 
-/** What a loaded session's row held when its request read it (weakly held: never serialized, never leaked). */
-const LOADED = new WeakMap<object, Loaded>();
+/**
+ * What a loaded session's row held when its request read it, under a symbol key: JSON.stringify,
+ * Object.keys and for-in (express-session's copy) all skip it, so it is never serialized or seen.
+ */
+const LOADED = Symbol("connect-drizzle.loaded");
 
 /** A session's row as read or last written: the skip decisions of touch and set, the version check, the cache. */
 interface Loaded {
@@ -75,13 +78,13 @@ interface Loaded {
 }
 
 function withLoaded<T extends object>(session: T, loaded: Loaded): T {
-  LOADED.set(session, loaded);
+  (session as any)[LOADED] = loaded;
   return session;
 }
 
 /** What the request that holds `session` read, if it read this very session. */
 function loadedOf(session: SessionData, sid: string): Loaded | undefined {
-  const loaded = session !== null && typeof session === "object" ? LOADED.get(session) : undefined;
+  const loaded: Loaded | undefined = (session as any)?.[LOADED];
   return loaded?.sid === sid ? loaded : undefined;
 }
 
@@ -107,8 +110,10 @@ export class SessionStore extends Store {
   protected readonly tableName: string;
   /** @internal */
   protected readonly keysOf: KeyDeriver;
-  /** The read cache (only with the `cache` option), least recently used first. */
+  /** The read cache (only with the `cache` option) by session id, so a hit costs no hashing; least recently used first. */
   private readonly recent = new Map<string, Loaded>();
+  /** Row key to session id, for evictions (NOTIFY payloads are row keys). */
+  private readonly sidOfKey = new Map<string, string>();
   private readonly getQuery: PreparedGet;
   /** The NOTIFY channel that evicts sessions from every instance's cache. */
   private readonly channel: string;
@@ -327,7 +332,7 @@ export class SessionStore extends Store {
     await this.reaper?.stop();
     this.stopProbing();
     this.cacheLive = false;
-    this.recent.clear();
+    this.evict(["*"]);
     const listening = this.listening;
     this.listening = undefined;
     await listening?.close();
@@ -335,10 +340,10 @@ export class SessionStore extends Store {
 
   private async read(sid: string): Promise<SessionData | null> {
     if (!isValidId(sid)) return null;
-    const keys = this.keysOf(sid);
     const now = Date.now();
-    const cached = this.cached(keys, now);
+    const cached = this.cached(sid, now);
     if (cached) return withLoaded(parseSession(cached.text)!, { ...cached });
+    const keys = this.keysOf(sid);
     const evictions = this.evictions;
     const params: Record<string, unknown> = { now: iso(now) };
     keys.forEach((key, i) => (params[`k${i}`] = key));
@@ -360,21 +365,19 @@ export class SessionStore extends Store {
    * never serialized), so this request's own touch and save compare against what this request read.
    */
   override createSession(req: any, data: SessionData): any {
-    const loaded = data !== null && typeof data === "object" ? LOADED.get(data) : undefined;
+    const loaded: Loaded | undefined = (data as any)?.[LOADED];
     const session = super.createSession(req, data);
     return loaded ? withLoaded(session, loaded) : session;
   }
 
   /** The cached session, when the cache is on, connected, and the entry is live and within its ttl. */
-  private cached(keys: string[], now: number): Loaded | undefined {
+  private cached(sid: string, now: number): Loaded | undefined {
     const cache = this.options.cache;
     if (!cache || !this.cacheLive) return undefined;
-    for (const key of keys) {
-      const entry = this.recent.get(key);
-      if (!entry) continue;
-      if (entry.expires > now && now - entry.at < cache.ttl) return entry;
-      this.recent.delete(key);
-    }
+    const entry = this.recent.get(sid);
+    if (!entry) return undefined;
+    if (entry.expires > now && now - entry.at < cache.ttl) return entry;
+    this.uncache(sid);
     return undefined;
   }
 
@@ -553,8 +556,13 @@ export class SessionStore extends Store {
   private evict(keys: string[]): void {
     this.evictions++;
     for (const key of keys) {
-      if (key === "*") this.recent.clear();
-      else this.recent.delete(key);
+      if (key === "*") {
+        this.recent.clear();
+        this.sidOfKey.clear();
+      } else {
+        const sid = this.sidOfKey.get(key);
+        if (sid !== undefined) this.uncache(sid);
+      }
     }
   }
 
@@ -697,9 +705,17 @@ export class SessionStore extends Store {
   private cache(loaded: Loaded): void {
     const max = this.options.cache?.max;
     if (max === undefined) return;
-    this.recent.delete(loaded.key);
-    this.recent.set(loaded.key, loaded);
-    if (this.recent.size > max) this.recent.delete(this.recent.keys().next().value!);
+    this.uncache(loaded.sid);
+    this.recent.set(loaded.sid, loaded);
+    this.sidOfKey.set(loaded.key, loaded.sid);
+    if (this.recent.size > max) this.uncache(this.recent.keys().next().value!);
+  }
+
+  private uncache(sid: string): void {
+    const entry = this.recent.get(sid);
+    if (!entry) return;
+    this.recent.delete(sid);
+    this.sidOfKey.delete(entry.key);
   }
 
   private labelOf(session: SessionData): string | null {
