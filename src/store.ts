@@ -133,7 +133,7 @@ export class SessionStore extends Store {
     this.options = resolveOptions(options);
     this.table = this.options.table;
     const config = getTableConfig(this.table);
-    this.tableName = `"${config.schema ? `${config.schema}.` : ""}${config.name}"`;
+    this.tableName = config.schema ? `"${config.schema}"."${config.name}"` : `"${config.name}"`;
     this.keysOf = keyDeriver(this.options.secrets);
     const qualified = config.schema ? `${config.schema}_${config.name}` : config.name;
     this.getQuery = this.prepareGet(qualified);
