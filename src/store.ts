@@ -345,7 +345,7 @@ export class SessionStore extends Store {
     if (cached) return withLoaded(parseSession(cached.text)!, { ...cached });
     const keys = this.keysOf(sid);
     const evictions = this.evictions;
-    const params: Record<string, unknown> = { now: iso(now) };
+    const params: Record<string, unknown> = { now };
     keys.forEach((key, i) => (params[`k${i}`] = key));
     const [row] = await this.timed(this.getQuery.execute(params));
     if (!row) return null;
@@ -670,13 +670,17 @@ export class SessionStore extends Store {
   }
 
   /** Runs an operation, turning driver errors into errors that say what to do. @internal */
-  protected async run<T>(action: string, operation: () => Promise<T>): Promise<T> {
+  protected run<T>(action: string, operation: () => Promise<T>): Promise<T> {
+    let promise: Promise<T>;
     try {
-      return await operation();
+      promise = operation();
     } catch (error) {
+      promise = Promise.reject(error);
+    }
+    return promise.catch((error) => {
       const ours = error instanceof SessionStoreError || (error instanceof TypeError && error.message.startsWith("connect-drizzle:"));
       throw ours ? error : databaseError(error, this.tableName, action);
-    }
+    });
   }
 
   /**
@@ -747,7 +751,7 @@ export class SessionStore extends Store {
         ip: t.ip,
       })
       .from(t)
-      .where(sql`${t.key} in (${sql.join(keys, sql`, `)}) and ${t.endedAt} is null and ${t.expiresAt} > ${sql.placeholder("now")}::timestamptz`)
+      .where(sql`${t.key} in (${sql.join(keys, sql`, `)}) and ${t.endedAt} is null and ${t.expiresAt} > to_timestamp(${sql.placeholder("now")}::float8 / 1000)`)
       .limit(1);
     if (!this.options.prepare) return { execute: (params) => query.execute(params) };
     const statementName = `connect_drizzle_get_${name}_${keys.length}`;
