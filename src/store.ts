@@ -1,5 +1,6 @@
 import { is, Placeholder, sql, type SQL } from "drizzle-orm";
-import { getTableConfig } from "drizzle-orm/pg-core";
+import { getTableConfig, PgDialect } from "drizzle-orm/pg-core";
+import { createHash } from "node:crypto";
 import { Store, type SessionData } from "express-session";
 import { settle, type Callback } from "./callback.js";
 import { databaseError, SessionStoreError } from "./errors.js";
@@ -624,7 +625,20 @@ export class SessionStore extends Store {
 
   /** Runs a statement and returns its rows, whatever the driver's result shape. @internal */
   protected async query<Row = Record<string, unknown>>(statement: SQL): Promise<Row[]> {
-    return rowsOf<Row>(await this.timed(this.options.db.execute(statement)));
+    return rowsOf<Row>(await this.timed(this.send(statement)));
+  }
+
+  /**
+   * On node-postgres, statements go to the pool directly, as named prepared statements (with `prepare`):
+   * drizzle still writes the SQL, but the server parses and plans each shape once per connection and the
+   * client skips drizzle's per-call work (measured: writes cost 2-3x the client CPU of the raw floor).
+   */
+  private send(statement: SQL): PromiseLike<unknown> {
+    const { kind, client } = driverOf(this.options.db);
+    if (kind !== "node-postgres") return this.options.db.execute(statement);
+    const { sql: text, params } = DIALECT.sqlToQuery(statement);
+    const name = this.options.prepare ? statementName(text) : undefined;
+    return client.query(name ? { name, text, values: params } : { text, values: params });
   }
 
   /** Fails an operation that takes longer than `timeout` (a slow or unreachable database), instead of hanging. */
@@ -783,6 +797,20 @@ function requestMetadata(session: SessionData): { ua: string | null; ip: string 
   // A dual-stack server sees IPv4 clients as ::ffff:a.b.c.d; record the address people know.
   const ip = typeof address === "string" ? address.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, "").slice(0, 64) : null;
   return { ua: typeof ua === "string" ? ua.slice(0, 512) : null, ip };
+}
+
+const DIALECT = new PgDialect();
+
+/** Named statements by SQL text: a bounded set, since lists of varying length make new shapes. */
+const STATEMENT_NAMES = new Map<string, string>();
+
+function statementName(text: string): string | undefined {
+  let name = STATEMENT_NAMES.get(text);
+  if (name === undefined && STATEMENT_NAMES.size < 256) {
+    name = `connect_drizzle_${createHash("sha256").update(text).digest("base64url").slice(0, 22)}`;
+    STATEMENT_NAMES.set(text, name);
+  }
+  return name;
 }
 
 interface RecordRow {
