@@ -5,7 +5,7 @@ import { Store, type SessionData } from "express-session";
 import { settle, type Callback } from "./callback.js";
 import { databaseError, SessionStoreError } from "./errors.js";
 import { isValidId, keyDeriver, newHandle, type KeyDeriver } from "./hash.js";
-import { driverOf, rowsOf } from "./driver.js";
+import { driverOf, rowsOf, type DriverClient } from "./driver.js";
 import { listen, type Listening } from "./notify.js";
 import { reap, Reaper, type ReapResult } from "./reaper.js";
 import { resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
@@ -125,6 +125,9 @@ export class SessionStore extends Store {
   private evictions = 0;
   private stopProbing: () => void = () => {};
   private readonly reaper: Reaper | undefined;
+  private readonly driver: DriverClient;
+  /** Hot-path statements built once (node-postgres): SQL text, parameters, statement name. */
+  private readonly shapes = new Map<string, { text: string; params: unknown[]; name: string | undefined }>();
   /** Operations in flight, for the `timeout` sweep. */
   private readonly waiting = new Set<{ deadline: number; reject: (error: Error) => void }>();
   private sweeper: NodeJS.Timeout | undefined;
@@ -132,6 +135,7 @@ export class SessionStore extends Store {
   constructor(options: SessionStoreOptions) {
     super();
     this.options = resolveOptions(options);
+    this.driver = driverOf(this.options.db);
     this.table = this.options.table;
     const config = getTableConfig(this.table);
     this.tableName = config.schema ? `"${config.schema}"."${config.name}"` : `"${config.name}"`;
@@ -393,44 +397,56 @@ export class SessionStore extends Store {
     const loaded = loadedOf(session, sid);
     if (loaded && this.fresh(loaded, expires, now) && sameContent(loaded.text, text)) return;
 
-    const t = this.table;
     const { ua, ip } = requestMetadata(session);
-    const userId = this.userIdOf(session);
-    const label = this.labelOf(session);
     const absolute = this.options.absoluteTimeout;
-    // Sessions created before absoluteTimeout was enabled get it counted from their creation.
-    const absoluteExpr = absolute === undefined ? sql`${t.absoluteExpiresAt}` : sql`coalesce(${t.absoluteExpiresAt}, ${t.createdAt} + ${absolute} * interval '1 millisecond')`;
-    // The owner survives the user being removed from the data, so the record of a logout stays in the
-    // user's history (passport's logout saves the session without the user, then regenerates it).
-    const changes = sql`data = ${text}::jsonb, user_id = coalesce(${userId}::text, ${t.userId}), label = coalesce(${label}::text, ${t.label}), expires_at = least(${iso(expires)}::timestamptz, ${absoluteExpr}),
-      absolute_expires_at = ${absoluteExpr}, last_seen_at = ${iso(now)}::timestamptz,
-      user_agent = coalesce(${ua}::text, ${t.userAgent}), ip = coalesce(${ip}::text, ${t.ip}), version = ${t.version} + 1`;
     const absoluteAt = absolute === undefined ? null : now + absolute;
-    const row = sql`${keys[0]}, ${newHandle()}, ${userId}::text, ${label}::text, ${text}::jsonb, ${iso(Math.min(expires, absoluteAt ?? Infinity))}::timestamptz,
-      ${absoluteAt === null ? null : iso(absoluteAt)}::timestamptz, ${iso(now)}::timestamptz, ${iso(now)}::timestamptz, ${ua}::text, ${ip}::text`;
-    const columns = sql`(key, handle, user_id, label, data, expires_at, absolute_expires_at, created_at, last_seen_at, user_agent, ip)`;
-    // An ended row (a tombstone) is never revived: a request still in flight when its session was
-    // revoked must not bring it back. With `versioned`, a row changed since this request read it is
-    // not overwritten either. Rows keyed under an older secret are updated in place.
-    const guard = this.options.versioned && loaded ? sql` and ${t.version} = ${loaded.version}` : sql``;
-    const upsert = sql`insert into ${t} ${columns}`;
-    const onConflict = sql`on conflict (key) do update set ${changes} where ${t.endedAt} is null${guard} returning key, version`;
-    const older = keys.slice(1);
+    const guarded = this.options.versioned && loaded !== undefined;
+    const values: Record<string, unknown> = {
+      handle: newHandle(),
+      userId: this.userIdOf(session),
+      label: this.labelOf(session),
+      text,
+      expires: iso(expires),
+      insertExpires: iso(Math.min(expires, absoluteAt ?? Infinity)),
+      absoluteAt: absoluteAt === null ? null : iso(absoluteAt),
+      now: iso(now),
+      ua,
+      ip,
+      version: loaded?.version,
+    };
+    keys.forEach((key, i) => (values[`k${i}`] = key));
     this.evict(keys);
-    let rows: Array<{ key: string; version: number }>;
-    if (older.length === 0) {
-      rows = await this.write(sql`${upsert} values (${row}) ${onConflict}`);
-    } else {
-      const inOlder = sql`${t.key} in (${sql.join(older.map((k) => sql`${k}`), sql`, `)})`;
-      rows = await this.write(
+    const rows = await this.shaped<{ key: string; version: number }>(`save:${keys.length}:${guarded}`, values, (v) => {
+      const t = this.table;
+      // Sessions created before absoluteTimeout was enabled get it counted from their creation.
+      const absoluteExpr =
+        absolute === undefined ? sql`${t.absoluteExpiresAt}` : sql`coalesce(${t.absoluteExpiresAt}, ${t.createdAt} + ${absolute} * interval '1 millisecond')`;
+      // The owner survives the user being removed from the data, so the record of a logout stays in the
+      // user's history (passport's logout saves the session without the user, then regenerates it).
+      const changes = sql`data = ${v("text")}::jsonb, user_id = coalesce(${v("userId")}::text, ${t.userId}),
+        label = coalesce(${v("label")}::text, ${t.label}), expires_at = least(${v("expires")}::timestamptz, ${absoluteExpr}),
+        absolute_expires_at = ${absoluteExpr}, last_seen_at = ${v("now")}::timestamptz,
+        user_agent = coalesce(${v("ua")}::text, ${t.userAgent}), ip = coalesce(${v("ip")}::text, ${t.ip}), version = ${t.version} + 1`;
+      const row = sql`${v("k0")}, ${v("handle")}, ${v("userId")}::text, ${v("label")}::text, ${v("text")}::jsonb, ${v("insertExpires")}::timestamptz,
+        ${v("absoluteAt")}::timestamptz, ${v("now")}::timestamptz, ${v("now")}::timestamptz, ${v("ua")}::text, ${v("ip")}::text`;
+      const columns = sql`(key, handle, user_id, label, data, expires_at, absolute_expires_at, created_at, last_seen_at, user_agent, ip)`;
+      // An ended row (a tombstone) is never revived: a request still in flight when its session was
+      // revoked must not bring it back. With `versioned`, a row changed since this request read it is
+      // not overwritten either. Rows keyed under an older secret are updated in place.
+      const guard = guarded ? sql` and ${t.version} = ${v("version")}::int` : sql``;
+      const upsert = sql`insert into ${t} ${columns}`;
+      const onConflict = sql`on conflict (key) do update set ${changes} where ${t.endedAt} is null${guard} returning key, version`;
+      if (keys.length === 1) return this.notifying(sql`${upsert} values (${row}) ${onConflict}`);
+      const inOlder = sql`${t.key} in (${sql.join(keys.slice(1).map((_, i) => v(`k${i + 1}`)), sql`, `)})`;
+      return this.notifying(
         sql`select key, version from moved union all select key, version from inserted`,
         sql`moved as (update ${t} set ${changes} where ${inOlder} and ${t.endedAt} is null${guard} returning key, version),
           inserted as (${upsert} select ${row} where not exists (select 1 from ${t} where ${inOlder}) ${onConflict})`,
       );
-    }
+    });
     const [written] = rows;
     if (!written) {
-      if (guard.queryChunks.length > 0) await this.checkConflict(keys);
+      if (guarded) await this.checkConflict(keys);
       return;
     }
     const now_: Loaded = { sid, key: written.key, expires, text, version: Number(written.version), ua: ua ?? loaded?.ua ?? null, ip: ip ?? loaded?.ip ?? null, at: now };
@@ -459,13 +475,17 @@ export class SessionStore extends Store {
     const sameDevice = loaded && (ua === null || ua === loaded.ua) && (ip === null || ip === loaded.ip);
     if (loaded && sameDevice && this.fresh(loaded, expires, now)) return;
     const keys = this.keysOf(sid);
-    const t = this.table;
-    const cookie = JSON.stringify(session.cookie ?? {});
+    const values: Record<string, unknown> = { expires: iso(expires), now: iso(now), cookie: JSON.stringify(session.cookie ?? {}), ua, ip };
+    keys.forEach((key, i) => (values[`k${i}`] = key));
     this.evict(keys);
-    const [written] = await this.write<{ key: string }>(sql`update ${t} set expires_at = least(${iso(expires)}::timestamptz, ${t.absoluteExpiresAt}),
-        last_seen_at = ${iso(now)}::timestamptz, data = jsonb_set(${t.data}, '{cookie}', ${cookie}::jsonb),
-        user_agent = coalesce(${ua}::text, ${t.userAgent}), ip = coalesce(${ip}::text, ${t.ip})
-      where ${this.byKeys(keys)} and ${this.live(now)} and jsonb_typeof(${t.data}->'cookie') = 'object' returning key`);
+    const [written] = await this.shaped<{ key: string }>(`touch:${keys.length}`, values, (v) => {
+      const t = this.table;
+      return this.notifying(sql`update ${t} set expires_at = least(${v("expires")}::timestamptz, ${t.absoluteExpiresAt}),
+          last_seen_at = ${v("now")}::timestamptz, data = jsonb_set(${t.data}, '{cookie}', ${v("cookie")}::jsonb),
+          user_agent = coalesce(${v("ua")}::text, ${t.userAgent}), ip = coalesce(${v("ip")}::text, ${t.ip})
+        where ${this.byKeys(keys.map((_, i) => v(`k${i}`)))} and ${t.endedAt} is null and ${t.expiresAt} > ${v("now")}::timestamptz
+          and jsonb_typeof(${t.data}->'cookie') = 'object' returning key`);
+    });
     if (written && loaded) {
       Object.assign(loaded, { expires, ua: ua ?? loaded.ua, ip: ip ?? loaded.ip });
       this.cache({ ...loaded, at: now });
@@ -476,8 +496,14 @@ export class SessionStore extends Store {
   protected async end(sid: string, reason: EndReason): Promise<boolean> {
     if (!isValidId(sid)) return false;
     const keys = this.keysOf(sid);
+    const values: Record<string, unknown> = { now: iso(Date.now()), reason };
+    keys.forEach((key, i) => (values[`k${i}`] = key));
     this.evict(keys);
-    const rows = await this.write(sql`${this.endSet(reason)} where ${this.byKeys(keys)} and ${this.table.endedAt} is null returning key`);
+    const rows = await this.shaped(`end:${keys.length}`, values, (v) => {
+      const t = this.table;
+      return this.notifying(sql`update ${t} set ended_at = ${v("now")}::timestamptz, end_reason = ${v("reason")}::text, data = '{}'::jsonb,
+          version = ${t.version} + 1 where ${this.byKeys(keys.map((_, i) => v(`k${i}`)))} and ${t.endedAt} is null returning key`);
+    });
     return rows.length > 0;
   }
 
@@ -532,8 +558,8 @@ export class SessionStore extends Store {
   }
 
   /** @internal */
-  protected byKeys(keys: string[]): SQL {
-    return sql`${this.table.key} in (${sql.join(keys.map((k) => sql`${k}`), sql`, `)})`;
+  protected byKeys(keys: Array<string | SQL>): SQL {
+    return sql`${this.table.key} in (${sql.join(keys.map((k) => (typeof k === "string" ? sql`${k}` : k)), sql`, `)})`;
   }
 
   /**
@@ -542,15 +568,36 @@ export class SessionStore extends Store {
    * (or one in all, with `once`). @internal
    */
   protected async write<Row extends { key: string } = { key: string }>(statement: SQL, ctes?: SQL, once = false): Promise<Row[]> {
-    if (!this.options.notify) {
-      const rows = await this.query<Row>(ctes ? sql`with ${ctes} ${statement}` : statement);
-      return once ? rows.slice(0, 1) : rows;
-    }
+    const rows = await this.query<Row>(this.notifying(statement, ctes, once));
+    return once ? rows.slice(0, 1) : rows;
+  }
+
+  /** The statement, with its CTEs, and (with `notify`) the NOTIFY of every changed key. @internal */
+  protected notifying(statement: SQL, ctes?: SQL, once = false): SQL {
+    if (!this.options.notify) return ctes ? sql`with ${ctes} ${statement}` : statement;
     // A data-modifying CTE always runs to completion, so `limit 1` only limits the notifications.
-    return this.query<Row>(
-      sql`with ${ctes ? sql`${ctes}, ` : sql``}changed as (${statement})
-        select changed.*, pg_notify(${this.channel}, changed.key) from changed${once ? sql` limit 1` : sql``}`,
-    );
+    return sql`with ${ctes ? sql`${ctes}, ` : sql``}changed as (${statement})
+        select changed.*, pg_notify(${this.channel}, changed.key) from changed${once ? sql` limit 1` : sql``}`;
+  }
+
+  /**
+   * Runs a hot-path statement whose SQL depends only on `shape`. On node-postgres drizzle writes it once,
+   * with placeholders (`v(name)`), and it is sent with `values` as a named prepared statement (with
+   * `prepare`): no SQL building per call, one parse and plan per connection. Elsewhere it is built with
+   * the values and run through drizzle.
+   */
+  private shaped<Row>(shape: string, values: Record<string, unknown>, build: (v: (name: string) => SQL) => SQL): Promise<Row[]> {
+    const { kind, client } = this.driver;
+    if (kind !== "node-postgres") return this.query<Row>(build((name) => sql`${values[name]}`));
+    let statement = this.shapes.get(shape);
+    if (!statement) {
+      const { sql: text, params } = DIALECT.sqlToQuery(build((name) => sql`${sql.placeholder(name)}`));
+      statement = { text, params, name: this.options.prepare ? statementName(text) : undefined };
+      this.shapes.set(shape, statement);
+    }
+    const { text, params, name } = statement;
+    const args = params.map((p) => (is(p, Placeholder) ? values[p.name] : p));
+    return this.timed(client.query(name ? { name, text, values: args } : { text, values: args })).then((result) => rowsOf<Row>(result));
   }
 
   /** Forgets sessions locally (`*`: every session); other instances learn it from the NOTIFY. */
@@ -634,7 +681,7 @@ export class SessionStore extends Store {
    * client skips drizzle's per-call work (measured: writes cost 2-3x the client CPU of the raw floor).
    */
   private send(statement: SQL): PromiseLike<unknown> {
-    const { kind, client } = driverOf(this.options.db);
+    const { kind, client } = this.driver;
     if (kind !== "node-postgres") return this.options.db.execute(statement);
     const { sql: text, params } = DIALECT.sqlToQuery(statement);
     const name = this.options.prepare ? statementName(text) : undefined;
@@ -768,16 +815,16 @@ export class SessionStore extends Store {
       .where(sql`${t.key} in (${sql.join(keys, sql`, `)}) and ${t.endedAt} is null and ${t.expiresAt} > to_timestamp(${sql.placeholder("now")}::float8 / 1000)`)
       .limit(1);
     if (!this.options.prepare) return { execute: (params) => query.execute(params) };
-    const statementName = `connect_drizzle_get_${name}_${keys.length}`;
-    const { kind, client } = driverOf(this.options.db);
-    if (kind !== "node-postgres") return query.prepare(statementName);
+    const getName = `connect_drizzle_get_${name}_${keys.length}`;
+    const { kind, client } = this.driver;
+    if (kind !== "node-postgres") return query.prepare(getName);
     // On node-postgres the lookup skips drizzle's per-call work (a measurable share of a get): the same
     // SQL, built once by drizzle, sent as a named prepared statement with positional values.
     const { sql: text, params } = query.toSQL();
     return {
       async execute(values) {
         const result = await client.query({
-          name: statementName,
+          name: getName,
           text,
           values: params.map((p) => (is(p, Placeholder) ? values[p.name] : p)),
           rowMode: "array",
