@@ -98,7 +98,7 @@ describe.each(drivers)("express-session + passport on %s", (driver) => {
       await request(app).get("/me").set("Cookie", cookie);
       t.statements.length = 0;
       for (let i = 0; i < 5; i++) expect((await request(app).get("/me").set("Cookie", cookie)).status).toBe(200);
-      expect(t.statements).toHaveLength(5);
+      expect(t.statements, JSON.stringify({ options, statements: t.statements })).toHaveLength(5);
       expect(t.statements.every((s) => /^select/i.test(s))).toBe(true);
     }
   });
