@@ -1,22 +1,16 @@
 import request from "supertest";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { SessionStore } from "../src/index.js";
 import { cookieOf, testApp } from "./support/app.js";
-import { drivers, openDb, type TestDb } from "./support/db.js";
+import { drivers, type TestDb, useTestDb } from "./support/db.js";
 
 describe.each(drivers)("express-session + passport on %s", (driver) => {
   let t: TestDb;
   let store: SessionStore;
 
-  beforeAll(async () => {
-    t = await openDb(driver);
-  });
-  afterAll(async () => {
-    await t?.close();
-  });
-  beforeEach(async () => {
-    store = new SessionStore({ db: t.db, table: t.table });
-    await store.clear();
+  useTestDb(driver, (db, fresh) => {
+    t = db;
+    store = fresh;
   });
 
   async function login(app: any, user = "ann", cookie?: string): Promise<string> {

@@ -1,10 +1,10 @@
 import { createHmac } from "node:crypto";
 import express from "express";
 import request from "supertest";
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { SessionStore, SessionStoreError, sessionMiddleware } from "../src/index.js";
 import { cookieOf, testApp } from "./support/app.js";
-import { drivers, openDb, sessionData, type TestDb } from "./support/db.js";
+import { drivers, sessionData, type TestDb, useTestDb } from "./support/db.js";
 
 declare module "express-session" {
   interface SessionData {
@@ -28,17 +28,11 @@ describe.each(drivers)("bad input on %s", (driver) => {
   let store: SessionStore;
   let storeErrors: Error[];
 
-  beforeAll(async () => {
-    t = await openDb(driver);
-  });
-  afterAll(async () => {
-    await t?.close();
-  });
-  beforeEach(async () => {
-    store = new SessionStore({ db: t.db, table: t.table });
+  useTestDb(driver, (db, fresh) => {
+    t = db;
+    store = fresh;
     storeErrors = [];
     store.on("error", (e) => void storeErrors.push(e));
-    await store.clear();
   });
   afterEach(() => {
     vi.restoreAllMocks();

@@ -1,9 +1,9 @@
 import express, { type Express } from "express";
 import request from "supertest";
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { SessionStore, sessionMiddleware, type SessionMiddlewareOptions } from "../src/index.js";
 import { cookieOf } from "./support/app.js";
-import { drivers, openDb, type TestDb } from "./support/db.js";
+import { drivers, type TestDb, useTestDb } from "./support/db.js";
 
 declare module "express-session" {
   interface SessionData {
@@ -15,15 +15,9 @@ describe.each(drivers)("sessionMiddleware on %s", (driver) => {
   let t: TestDb;
   let store: SessionStore;
 
-  beforeAll(async () => {
-    t = await openDb(driver);
-  });
-  afterAll(async () => {
-    await t?.close();
-  });
-  beforeEach(async () => {
-    store = new SessionStore({ db: t.db, table: t.table });
-    await store.clear();
+  useTestDb(driver, (db, fresh) => {
+    t = db;
+    store = fresh;
   });
   afterEach(() => {
     vi.unstubAllEnvs();

@@ -1,6 +1,6 @@
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { SessionStore } from "../src/index.js";
-import { drivers, openDb, sessionData, type TestDb } from "./support/db.js";
+import { drivers, sessionData, type TestDb, useTestDb } from "./support/db.js";
 
 const HOUR = 3_600_000;
 
@@ -8,15 +8,9 @@ describe.each(drivers)("sessions as records on %s", (driver) => {
   let t: TestDb;
   let store: SessionStore;
 
-  beforeAll(async () => {
-    t = await openDb(driver);
-  });
-  afterAll(async () => {
-    await t?.close();
-  });
-  beforeEach(async () => {
-    store = new SessionStore({ db: t.db, table: t.table });
-    await store.clear();
+  useTestDb(driver, (db, fresh) => {
+    t = db;
+    store = fresh;
   });
   afterEach(() => {
     vi.useRealTimers();

@@ -1,20 +1,14 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SessionStore, SessionStoreError, createSessionTable } from "../src/index.js";
-import { drivers, openDb, sessionData, sleep, type TestDb } from "./support/db.js";
+import { drivers, openDb, sessionData, sleep, type TestDb, useTestDb } from "./support/db.js";
 
 describe.each(drivers)("SessionStore on %s", (driver) => {
   let t: TestDb;
   let store: SessionStore;
 
-  beforeAll(async () => {
-    t = await openDb(driver);
-  });
-  afterAll(async () => {
-    await t?.close();
-  });
-  beforeEach(async () => {
-    store = new SessionStore({ db: t.db, table: t.table });
-    await store.clear();
+  useTestDb(driver, (db, fresh) => {
+    t = db;
+    store = fresh;
   });
 
   const expiresOf = async (): Promise<number[]> =>

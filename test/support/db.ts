@@ -7,7 +7,8 @@ import { drizzle as drizzlePg } from "drizzle-orm/node-postgres";
 import { drizzle as drizzlePostgresJs } from "drizzle-orm/postgres-js";
 import pg from "pg";
 import postgres from "postgres";
-import { createSessionTable, type AnyPgDatabase, type SessionTable } from "../../src/index.js";
+import { afterAll, beforeAll, beforeEach } from "vitest";
+import { createSessionTable, SessionStore, type AnyPgDatabase, type SessionTable } from "../../src/index.js";
 
 export const DATABASE_URL = process.env.DATABASE_URL;
 
@@ -93,6 +94,25 @@ export async function openDb(driver: DriverName, options: { pool?: number } = {}
       await end();
     },
   };
+}
+
+/**
+ * The usual suite setup: one database for the file (on `driver`), and before each test a fresh store with
+ * default options on an emptied table, handed to `use` with the database.
+ */
+export function useTestDb(driver: DriverName, use: (t: TestDb, store: SessionStore) => void): void {
+  let t: TestDb | undefined;
+  beforeAll(async () => {
+    t = await openDb(driver);
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+  beforeEach(async () => {
+    const store = new SessionStore({ db: t!.db, table: t!.table, reaper: false });
+    await store.clear();
+    use(t!, store);
+  });
 }
 
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
