@@ -2,7 +2,7 @@ import request from "supertest";
 import { describe, expect, it } from "vitest";
 import { SessionStore } from "../src/index.js";
 import { cookieOf, testApp } from "./support/app.js";
-import { drivers, type TestDb, useTestDb } from "./support/db.js";
+import { drivers, sleep, type TestDb, useTestDb } from "./support/db.js";
 
 describe.each(drivers)("express-session + passport on %s", (driver) => {
   let t: TestDb;
@@ -90,6 +90,8 @@ describe.each(drivers)("express-session + passport on %s", (driver) => {
       const app = testApp(new SessionStore({ db: t.db, table: t.table }), options);
       const cookie = await login(app);
       await request(app).get("/me").set("Cookie", cookie);
+      // Count from a quiet point: only what the five read requests themselves send.
+      await sleep(50);
       t.statements.length = 0;
       for (let i = 0; i < 5; i++) expect((await request(app).get("/me").set("Cookie", cookie)).status).toBe(200);
       expect(t.statements, JSON.stringify({ options, statements: t.statements })).toHaveLength(5);
