@@ -11,6 +11,7 @@ export interface SessionMiddlewareOptions extends Omit<SessionOptions, "store" |
    * Secret(s) that sign the session id in the cookie and in header tokens; the first signs, all verify.
    * Required when NODE_ENV is "production" (a missing one throws at startup); elsewhere a random
    * per-process secret is used with a warning (sessions then end when the process restarts).
+   * @default none: required in production, a random per-process secret elsewhere
    */
   secret?: string | string[];
   /**
