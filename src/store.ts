@@ -898,7 +898,9 @@ function toRecord(row: RecordRow, now: number): SessionRecord {
 
 /** A timestamp column as epoch milliseconds (a float8, which every driver returns as a number). */
 function msOf(column: SQL.Aliased | SQL | object): SQL {
-  return sql`(extract(epoch from ${column}) * 1000)::float8`;
+  // date_part is float8 arithmetic (extract() is numeric since PostgreSQL 14, several times slower); the
+  // round() makes the float exact again (timestamps here have millisecond precision).
+  return sql`round(date_part('epoch', ${column}) * 1000)`;
 }
 
 function iso(epochMs: number): string {
