@@ -89,12 +89,6 @@ function loadedOf(session: SessionData, sid: string): Loaded | undefined {
   return loaded?.sid === sid ? loaded : undefined;
 }
 
-interface PreparedGet {
-  execute(
-    params: Record<string, unknown>,
-  ): Promise<Array<{ key: string; data: string; expires: number; version: number; ua: string | null; ip: string | null }>>;
-}
-
 /**
  * An express-session store on a Drizzle Postgres table. Session ids are stored only as keyed hashes;
  * rows carry the owner, timestamps, user agent and IP, so sessions can be listed and revoked per user.
@@ -115,7 +109,6 @@ export class SessionStore extends Store {
   private readonly recent = new Map<string, Loaded>();
   /** Row key to session id, for evictions (NOTIFY payloads are row keys). */
   private readonly sidOfKey = new Map<string, string>();
-  private readonly getQuery: PreparedGet;
   /** The NOTIFY channel that evicts sessions from every instance's cache. */
   private readonly channel: string;
   private listening: Listening | undefined;
@@ -141,7 +134,6 @@ export class SessionStore extends Store {
     this.tableName = config.schema ? `"${config.schema}"."${config.name}"` : `"${config.name}"`;
     this.keysOf = keyDeriver(this.options.secrets);
     const qualified = config.schema ? `${config.schema}_${config.name}` : config.name;
-    this.getQuery = this.prepareGet(qualified);
     this.channel = `connect_drizzle_${qualified}`.slice(0, 63);
     if (this.options.cache) this.startListening();
     if (this.options.reaper) {
@@ -198,7 +190,7 @@ export class SessionStore extends Store {
   override length(callback?: Callback<number>): Promise<number> {
     return settle(
       this.run("length", async () => {
-        const [row] = await this.query<{ n: number }>(sql`select count(*)::int as n from ${this.table} where ${this.live(Date.now())}`);
+        const [row] = await this.query<{ n: number }>(sql`select count(*)::int as n from ${this.table} where ${this.live(instant(Date.now()))}`);
         return Number(row?.n ?? 0);
       }),
       callback,
@@ -210,7 +202,8 @@ export class SessionStore extends Store {
     return settle(
       this.run("clear", async () => {
         this.evict(["*"]);
-        await this.write(sql`delete from ${this.table} returning '*' as key`, undefined, true);
+        const deleteAll = sql`delete from ${this.table}`;
+        await this.query(this.options.notify ? sql`with gone as (${deleteAll}) select pg_notify(${this.channel}, '*')` : deleteAll);
       }),
       callback,
     );
@@ -222,9 +215,11 @@ export class SessionStore extends Store {
    * user, as `logout` once the user was removed from it.
    */
   override regenerate(req: any, callback: (err?: any) => any): void {
-    const reason: EndReason = req.session && this.userIdOf(req.session) !== null ? "rotated" : "logout";
     void settle(
-      this.run("regenerate", async () => void (await this.end(req.sessionID, reason))),
+      this.run("regenerate", async () => {
+        const reason: EndReason = req.session && this.userIdOf(req.session) !== null ? "rotated" : "logout";
+        await this.end(req.sessionID, reason);
+      }),
       (err) => {
         // express-session assigns generate() to the store when the middleware is created.
         (this as unknown as { generate(req: unknown): void }).generate(req);
@@ -267,7 +262,7 @@ export class SessionStore extends Store {
     if (!isValidId(sessionId)) return null;
     const t = this.table;
     const [row] = await this.run("handleOf", () =>
-      this.query<{ handle: string }>(sql`select ${t.handle} as handle from ${t} where ${this.byKeys(this.keysOf(sessionId))} and ${this.live(Date.now())}`),
+      this.query<{ handle: string }>(sql`select ${t.handle} as handle from ${t} where ${this.byKeys(this.keysOf(sessionId))} and ${this.live(instant(Date.now()))}`),
     );
     return row?.handle ?? null;
   }
@@ -282,7 +277,7 @@ export class SessionStore extends Store {
     const t = this.table;
     const owner = options.userId === undefined ? sql`` : sql` and ${t.userId} = ${String(options.userId)}`;
     const rows = await this.run("revoke", () =>
-      this.write(sql`${this.endSet(options.reason ?? "revoked")} where ${t.handle} = ${handle} and ${t.endedAt} is null${owner} returning key`),
+      this.write(sql`${this.endSet(instant(Date.now()), options.reason ?? "revoked")} where ${t.handle} = ${handle} and ${t.endedAt} is null${owner} returning key`),
     );
     return rows.length > 0;
   }
@@ -301,7 +296,7 @@ export class SessionStore extends Store {
         ? sql``
         : sql` and not (${this.byKeys(kept.flatMap((id) => this.keysOf(id)))} or ${t.handle} in (${sql.join(kept.map((h) => sql`${h}`), sql`, `)}))`;
     const rows = await this.run("revokeUser", () =>
-      this.write(sql`${this.endSet(options.reason ?? "revoked")} where ${t.userId} = ${String(userId)} and ${t.endedAt} is null${except} returning key`),
+      this.write(sql`${this.endSet(instant(Date.now()), options.reason ?? "revoked")} where ${t.userId} = ${String(userId)} and ${t.endedAt} is null${except} returning key`),
     );
     return rows.length;
   }
@@ -317,7 +312,7 @@ export class SessionStore extends Store {
     if (!Number.isFinite(at)) throw new TypeError("connect-drizzle: extend(handle, until) needs a valid Date");
     if (typeof handle !== "string" || handle.length === 0) return false;
     const t = this.table;
-    const until_ = sql`${iso(at)}::timestamptz`;
+    const until_ = instant(at);
     const expiry = options.beyondAbsolute
       ? sql`expires_at = ${until_}, absolute_expires_at = greatest(${t.absoluteExpiresAt}, ${until_})`
       : sql`expires_at = least(${until_}, ${t.absoluteExpiresAt})`;
@@ -350,9 +345,17 @@ export class SessionStore extends Store {
     if (cached) return withLoaded(parseSession(cached.text)!, { ...cached });
     const keys = this.keysOf(sid);
     const evictions = this.evictions;
-    const params: Record<string, unknown> = { now };
-    keys.forEach((key, i) => (params[`k${i}`] = key));
-    const [row] = await this.timed(this.getQuery.execute(params));
+    const [row] = await this.shaped<{ key: string; data: string; expires: number; version: number; ua: string | null; ip: string | null }>(
+      `get:${keys.length}`,
+      keyValues(keys, { now }),
+      (v) => {
+        const t = this.table;
+        // The clock goes in as epoch ms (cheaper than an ISO string on every request).
+        return sql`select ${t.key} as key, ${t.data}::text as data, ${msOf(t.expiresAt)} as expires, ${t.version} as version,
+            ${t.userAgent} as ua, ${t.ip} as ip
+          from ${t} where ${this.byKeys(keyParams(keys, v))} and ${this.live(sql`to_timestamp(${v("now")}::float8 / 1000)`)} limit 1`;
+      },
+    );
     if (!row) return null;
     const session = parseSession(row.data);
     if (!session) {
@@ -414,7 +417,7 @@ export class SessionStore extends Store {
       ip,
       version: loaded?.version,
     };
-    keys.forEach((key, i) => (values[`k${i}`] = key));
+    keyValues(keys, values);
     this.evict(keys);
     const rows = await this.shaped<{ key: string; version: number }>(`save:${keys.length}:${guarded}`, values, (v) => {
       const t = this.table;
@@ -437,7 +440,7 @@ export class SessionStore extends Store {
       const upsert = sql`insert into ${t} ${columns}`;
       const onConflict = sql`on conflict (key) do update set ${changes} where ${t.endedAt} is null${guard} returning key, version`;
       if (keys.length === 1) return this.notifying(sql`${upsert} values (${row}) ${onConflict}`);
-      const inOlder = sql`${t.key} in (${sql.join(keys.slice(1).map((_, i) => v(`k${i + 1}`)), sql`, `)})`;
+      const inOlder = this.byKeys(keyParams(keys, v).slice(1));
       return this.notifying(
         sql`select key, version from moved union all select key, version from inserted`,
         sql`moved as (update ${t} set ${changes} where ${inOlder} and ${t.endedAt} is null${guard} returning key, version),
@@ -475,15 +478,14 @@ export class SessionStore extends Store {
     const sameDevice = loaded && (ua === null || ua === loaded.ua) && (ip === null || ip === loaded.ip);
     if (loaded && sameDevice && this.fresh(loaded, expires, now)) return;
     const keys = this.keysOf(sid);
-    const values: Record<string, unknown> = { expires: iso(expires), now: iso(now), cookie: JSON.stringify(session.cookie ?? {}), ua, ip };
-    keys.forEach((key, i) => (values[`k${i}`] = key));
+    const values = keyValues(keys, { expires: iso(expires), now: iso(now), cookie: JSON.stringify(session.cookie ?? {}), ua, ip });
     this.evict(keys);
     const [written] = await this.shaped<{ key: string }>(`touch:${keys.length}`, values, (v) => {
       const t = this.table;
       return this.notifying(sql`update ${t} set expires_at = least(${v("expires")}::timestamptz, ${t.absoluteExpiresAt}),
           last_seen_at = ${v("now")}::timestamptz, data = jsonb_set(${t.data}, '{cookie}', ${v("cookie")}::jsonb),
           user_agent = coalesce(${v("ua")}::text, ${t.userAgent}), ip = coalesce(${v("ip")}::text, ${t.ip})
-        where ${this.byKeys(keys.map((_, i) => v(`k${i}`)))} and ${t.endedAt} is null and ${t.expiresAt} > ${v("now")}::timestamptz
+        where ${this.byKeys(keyParams(keys, v))} and ${this.live(sql`${v("now")}::timestamptz`)}
           and jsonb_typeof(${t.data}->'cookie') = 'object' returning key`);
     });
     if (written && loaded) {
@@ -496,21 +498,19 @@ export class SessionStore extends Store {
   protected async end(sid: string, reason: EndReason): Promise<boolean> {
     if (!isValidId(sid)) return false;
     const keys = this.keysOf(sid);
-    const values: Record<string, unknown> = { now: iso(Date.now()), reason };
-    keys.forEach((key, i) => (values[`k${i}`] = key));
     this.evict(keys);
-    const rows = await this.shaped(`end:${keys.length}`, values, (v) => {
-      const t = this.table;
-      return this.notifying(sql`update ${t} set ended_at = ${v("now")}::timestamptz, end_reason = ${v("reason")}::text, data = '{}'::jsonb,
-          version = ${t.version} + 1 where ${this.byKeys(keys.map((_, i) => v(`k${i}`)))} and ${t.endedAt} is null returning key`);
-    });
+    const rows = await this.shaped(`end:${keys.length}`, keyValues(keys, { now: iso(Date.now()), reason }), (v) =>
+      this.notifying(
+        sql`${this.endSet(sql`${v("now")}::timestamptz`, v("reason"))} where ${this.byKeys(keyParams(keys, v))} and ${this.table.endedAt} is null returning key`,
+      ),
+    );
     return rows.length > 0;
   }
 
   private async loadAll(): Promise<Record<string, SessionData>> {
     const t = this.table;
     const rows = await this.query<{ handle: string; data: string }>(
-      sql`select ${t.handle} as handle, ${t.data}::text as data from ${t} where ${this.live(Date.now())}`,
+      sql`select ${t.handle} as handle, ${t.data}::text as data from ${t} where ${this.live(instant(Date.now()))}`,
     );
     const result: Record<string, SessionData> = {};
     for (const row of rows) {
@@ -520,25 +520,25 @@ export class SessionStore extends Store {
     return result;
   }
 
-  /** `update <table> set` for ending sessions; the caller appends the `where`. @internal */
-  protected endSet(reason: EndReason): SQL {
+  /** `update <table> set` for ending sessions at `at` for `reason`; the caller appends the `where`. @internal */
+  protected endSet(at: SQL, reason: SQL | EndReason): SQL {
     const t = this.table;
-    return sql`update ${t} set ended_at = ${iso(Date.now())}::timestamptz, end_reason = ${reason}, data = '{}'::jsonb, version = ${t.version} + 1`;
+    return sql`update ${t} set ended_at = ${at}, end_reason = ${reason}::text, data = '{}'::jsonb, version = ${t.version} + 1`;
   }
 
-  /** Rows of a live session: not ended and not past its expiry (which never exceeds the absolute one). @internal */
-  protected live(now: number): SQL {
+  /** Rows of a live session at `at`: not ended and not past its expiry (which never exceeds the absolute one). @internal */
+  protected live(at: SQL): SQL {
     const t = this.table;
-    return sql`${t.endedAt} is null and ${t.expiresAt} > ${iso(now)}::timestamptz`;
+    return sql`${t.endedAt} is null and ${t.expiresAt} > ${at}`;
   }
 
   private statusFilter(status: SessionQuery["status"], now: number): SQL {
     const t = this.table;
     switch (status ?? "active") {
       case "active":
-        return this.live(now);
+        return this.live(instant(now));
       case "expired":
-        return sql`${t.endedAt} is null and ${t.expiresAt} <= ${iso(now)}::timestamptz`;
+        return sql`${t.endedAt} is null and ${t.expiresAt} <= ${instant(now)}`;
       case "ended":
         return sql`${t.endedAt} is not null`;
       case "all":
@@ -564,20 +564,17 @@ export class SessionStore extends Store {
 
   /**
    * Runs a statement that changes sessions and ends in `returning key`, and (with `notify`) evicts the
-   * changed keys from every instance's cache in the same statement. Returns one row per changed row
-   * (or one in all, with `once`). @internal
+   * changed keys from every instance's cache in the same statement. Returns one row per changed row. @internal
    */
-  protected async write<Row extends { key: string } = { key: string }>(statement: SQL, ctes?: SQL, once = false): Promise<Row[]> {
-    const rows = await this.query<Row>(this.notifying(statement, ctes, once));
-    return once ? rows.slice(0, 1) : rows;
+  protected write<Row extends { key: string } = { key: string }>(statement: SQL): Promise<Row[]> {
+    return this.query<Row>(this.notifying(statement));
   }
 
   /** The statement, with its CTEs, and (with `notify`) the NOTIFY of every changed key. @internal */
-  protected notifying(statement: SQL, ctes?: SQL, once = false): SQL {
+  protected notifying(statement: SQL, ctes?: SQL): SQL {
     if (!this.options.notify) return ctes ? sql`with ${ctes} ${statement}` : statement;
-    // A data-modifying CTE always runs to completion, so `limit 1` only limits the notifications.
     return sql`with ${ctes ? sql`${ctes}, ` : sql``}changed as (${statement})
-        select changed.*, pg_notify(${this.channel}, changed.key) from changed${once ? sql` limit 1` : sql``}`;
+        select changed.*, pg_notify(${this.channel}, changed.key) from changed`;
   }
 
   /**
@@ -798,41 +795,6 @@ export class SessionStore extends Store {
     }
     return typeof id === "string" || typeof id === "number" || typeof id === "bigint" ? String(id) : null;
   }
-
-  private prepareGet(name: string): PreparedGet {
-    const t = this.table;
-    const keys = Array.from({ length: Math.max(1, this.options.secrets.length) }, (_, i) => sql.placeholder(`k${i}`));
-    const query = this.options.db
-      .select({
-        key: t.key,
-        data: sql<string>`${t.data}::text`,
-        expires: msOf(t.expiresAt).mapWith(Number),
-        version: t.version,
-        ua: t.userAgent,
-        ip: t.ip,
-      })
-      .from(t)
-      .where(sql`${t.key} in (${sql.join(keys, sql`, `)}) and ${t.endedAt} is null and ${t.expiresAt} > to_timestamp(${sql.placeholder("now")}::float8 / 1000)`)
-      .limit(1);
-    if (!this.options.prepare) return { execute: (params) => query.execute(params) };
-    const getName = `connect_drizzle_get_${name}_${keys.length}`;
-    const { kind, client } = this.driver;
-    if (kind !== "node-postgres") return query.prepare(getName);
-    // On node-postgres the lookup skips drizzle's per-call work (a measurable share of a get): the same
-    // SQL, built once by drizzle, sent as a named prepared statement with positional values.
-    const { sql: text, params } = query.toSQL();
-    return {
-      async execute(values) {
-        const result = await client.query({
-          name: getName,
-          text,
-          values: params.map((p) => (is(p, Placeholder) ? values[p.name] : p)),
-          rowMode: "array",
-        });
-        return result.rows.map(([key, data, expires, version, ua, ip]: any[]) => ({ key, data, expires, version, ua, ip }));
-      },
-    };
-  }
 }
 
 /** User agent and client IP of the request a session belongs to (express-session links it as `session.req`). */
@@ -901,6 +863,22 @@ function msOf(column: SQL.Aliased | SQL | object): SQL {
   // date_part is float8 arithmetic (extract() is numeric since PostgreSQL 14, several times slower); the
   // round() makes the float exact again (timestamps here have millisecond precision).
   return sql`round(date_part('epoch', ${column}) * 1000)`;
+}
+
+/** A point in time as a timestamptz SQL value. */
+function instant(epochMs: number): SQL {
+  return sql`${iso(epochMs)}::timestamptz`;
+}
+
+/** Adds a session's row keys to a shaped statement's values, as `k0`, `k1`, ... */
+function keyValues(keys: string[], values: Record<string, unknown>): Record<string, unknown> {
+  keys.forEach((key, i) => (values[`k${i}`] = key));
+  return values;
+}
+
+/** The placeholders of {@link keyValues}, for a shaped statement's SQL. */
+function keyParams(keys: string[], v: (name: string) => SQL): SQL[] {
+  return keys.map((_, i) => v(`k${i}`));
 }
 
 function iso(epochMs: number): string {
