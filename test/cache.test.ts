@@ -117,6 +117,13 @@ describe.runIf(DATABASE_URL)("read cache across instances (node-postgres, two po
     expect(await eventually(async () => (await cached.get("x2")) === null)).toBe(true);
   });
 
+  it("clear() on another instance empties this one's cache too", async () => {
+    await other.set("x5", sessionData(60_000));
+    expect(await servedFromCache(cached, a, "x5")).toBe(true);
+    await other.clear();
+    expect(await eventually(async () => (await cached.get("x5")) === null)).toBe(true);
+  });
+
   it("drops the cache when the LISTEN connection is lost, so a revoke missed meanwhile is never served", async () => {
     await other.set("x3", sessionData(60_000, { passport: { user: "ann" } }));
     expect(await servedFromCache(cached, a, "x3")).toBe(true);

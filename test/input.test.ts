@@ -2,15 +2,10 @@ import { createHmac } from "node:crypto";
 import express from "express";
 import request from "supertest";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { SessionStore, SessionStoreError, sessionMiddleware } from "../src/index.js";
-import { cookieOf, testApp } from "./support/app.js";
+import { SessionStore, SessionStoreError } from "../src/index.js";
+import { cookieOf, middlewareApp, testApp } from "./support/app.js";
 import { drivers, sessionData, type TestDb, useTestDb } from "./support/db.js";
 
-declare module "express-session" {
-  interface SessionData {
-    userId?: string;
-  }
-}
 
 /** The raw session id inside a `name=s%3A<id>.<sig>` cookie. */
 const rawId = (cookie: string) => decodeURIComponent(cookie.slice(cookie.indexOf("=") + 1)).slice(2).replace(/\.[^.]*$/, "");
@@ -228,19 +223,7 @@ describe.each(drivers)("bad input on %s", (driver) => {
     let cookie: string;
 
     beforeEach(async () => {
-      app = express();
-      app.use(sessionMiddleware({ store, secret, header: "authorization" }));
-      app.post("/login/:user", (req, res, next) =>
-        req.session.regenerate((err) => {
-          if (err) return next(err);
-          req.session.userId = req.params.user;
-          res.json({ ok: true });
-        }),
-      );
-      app.get("/me", (req, res) => {
-        if (!req.session.userId) return void res.status(401).json({ error: "not logged in" });
-        res.json({ user: req.session.userId });
-      });
+      app = middlewareApp(store, { secret, header: "authorization" }).app;
       const viaHeader = await request(app).post("/login/ann").set("Authorization", "Bearer new");
       token = viaHeader.headers["x-session-token"] as string;
       expect(token).toMatch(/\./);

@@ -2,14 +2,9 @@ import express, { type Express } from "express";
 import request from "supertest";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { SessionStore, sessionMiddleware, type SessionMiddlewareOptions } from "../src/index.js";
-import { cookieOf } from "./support/app.js";
+import { cookieOf, middlewareApp } from "./support/app.js";
 import { drivers, type TestDb, useTestDb } from "./support/db.js";
 
-declare module "express-session" {
-  interface SessionData {
-    userId?: string;
-  }
-}
 
 describe.each(drivers)("sessionMiddleware on %s", (driver) => {
   let t: TestDb;
@@ -24,29 +19,7 @@ describe.each(drivers)("sessionMiddleware on %s", (driver) => {
     vi.restoreAllMocks();
   });
 
-  function app(options: Partial<SessionMiddlewareOptions> = {}, setup?: (app: Express) => void) {
-    const a = express();
-    a.set("trust proxy", "loopback");
-    setup?.(a);
-    const sessions = sessionMiddleware({ store, secret: "middleware test secret", ...options });
-    a.use(sessions);
-    a.post("/login/:user", (req, res, next) =>
-      req.session.regenerate((err) => {
-        if (err) return next(err);
-        req.session.userId = req.params.user;
-        res.json({ ok: true });
-      }),
-    );
-    a.get("/me", (req, res) => {
-      if (!req.session.userId) return void res.status(401).json({ error: "not logged in" });
-      res.json({ user: req.session.userId });
-    });
-    a.post("/logout", (req, res, next) => req.session.destroy((err) => (err ? next(err) : res.json({ ok: true }))));
-    a.get("/devices", async (req, res) => {
-      res.json(await store.list({ userId: req.session.userId!, current: req.sessionID }));
-    });
-    return { app: a, sessions };
-  }
+  const app = (options: Partial<SessionMiddlewareOptions> = {}, setup?: (app: Express) => void) => middlewareApp(store, options, setup);
 
   it("sets a cookie with secure defaults: httpOnly, SameSite=Lax, a non-default name, rolling expiry", async () => {
     const { app: a } = app();

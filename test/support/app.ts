@@ -2,11 +2,12 @@ import express, { type Express } from "express";
 import session, { type SessionOptions } from "express-session";
 import passport from "passport";
 import { Strategy as LocalStrategy } from "passport-local";
-import type { SessionStore } from "../../src/index.js";
+import { sessionMiddleware, type SessionMiddleware, type SessionMiddlewareOptions, type SessionStore } from "../../src/index.js";
 
 declare module "express-session" {
   interface SessionData {
     views?: number;
+    userId?: string;
   }
 }
 
@@ -62,4 +63,36 @@ export function testApp(store: SessionStore, options: Partial<SessionOptions> = 
 export function cookieOf(res: { headers: Record<string, any> }, name = "connect.sid"): string | undefined {
   const cookies: string[] = res.headers["set-cookie"] ?? [];
   return cookies.find((c) => c.startsWith(`${name}=`))?.split(";")[0];
+}
+
+/**
+ * A small app on sessionMiddleware: POST /login/:user (regenerate, then userId), GET /me, POST /logout,
+ * GET /devices (the user's records). `setup` runs before the middleware (e.g. CORS headers).
+ */
+export function middlewareApp(
+  store: SessionStore,
+  options: Partial<SessionMiddlewareOptions> = {},
+  setup?: (app: Express) => void,
+): { app: Express; sessions: SessionMiddleware } {
+  const app = express();
+  app.set("trust proxy", "loopback");
+  setup?.(app);
+  const sessions = sessionMiddleware({ store, secret: "middleware test secret", ...options });
+  app.use(sessions);
+  app.post("/login/:user", (req, res, next) =>
+    req.session.regenerate((err) => {
+      if (err) return next(err);
+      req.session.userId = req.params.user;
+      res.json({ ok: true });
+    }),
+  );
+  app.get("/me", (req, res) => {
+    if (!req.session.userId) return void res.status(401).json({ error: "not logged in" });
+    res.json({ user: req.session.userId });
+  });
+  app.post("/logout", (req, res, next) => req.session.destroy((err) => (err ? next(err) : res.json({ ok: true }))));
+  app.get("/devices", async (req, res) => {
+    res.json(await store.list({ userId: req.session.userId!, current: req.sessionID }));
+  });
+  return { app, sessions };
 }
