@@ -133,13 +133,15 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
   const middleware = ((req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void) => {
     const token = headerName ? tokenOf(req.headers[headerName], bearer) : undefined;
     const viaHeader = token !== undefined || !cookieTransport;
-    if (token !== undefined) {
+    if (viaHeader) {
+      // Our cookie is not this request's session (the header is, or nothing is); the app's other
+      // cookies (CSRF, preferences) are still its own to read.
+      const others = withoutCookie(req.headers.cookie, name);
       // express-session reads the signed id from the cookie; hand it the header's token the same way.
-      // Placed first: the cookie parser keeps the first value of a name, so the header wins over a cookie.
-      const injected = `${name}=${encodeURIComponent(`s:${token}`)}`;
-      req.headers.cookie = cookieTransport && req.headers.cookie ? `${injected}; ${req.headers.cookie}` : injected;
-    } else if (!cookieTransport) {
-      delete req.headers.cookie;
+      const injected = token === undefined ? undefined : `${name}=${encodeURIComponent(`s:${token}`)}`;
+      const cookies = injected && others ? `${injected}; ${others}` : (injected ?? others);
+      if (cookies === undefined) delete req.headers.cookie;
+      else req.headers.cookie = cookies;
     }
     if (viaHeader) {
       onHeaders(res, () => {
@@ -176,6 +178,19 @@ function tokenOf(value: string | string[] | undefined, bearer: boolean): string 
     token = match[1]!;
   }
   return token.length > 0 && token.length <= 512 ? token : undefined;
+}
+
+/**
+ * The Cookie header without any cookie named `name` (undefined when nothing else is left), the others as
+ * sent. A part's name is what precedes its first "=", trimmed, as express-session's parser reads it, so
+ * nothing it would take for ours survives.
+ */
+function withoutCookie(header: string | undefined, name: string): string | undefined {
+  if (header === undefined) return undefined;
+  const parts = header.split(";");
+  const kept = parts.filter((part) => part.split("=", 1)[0]!.trim() !== name);
+  if (kept.length === parts.length) return header;
+  return kept.join(";").trim() || undefined;
 }
 
 /** Signs an id the way express-session signs its cookie (cookie-signature), so express-session verifies it. */

@@ -133,6 +133,37 @@ describe.each(drivers)("sessionMiddleware on %s", (driver) => {
       expect(me.body).toEqual({ user: "bob" });
     });
 
+    /** GET /cookies: what the app sees of the request's Cookie header, and whose session it got. */
+    const cookiesRoute = (x: Express) =>
+      x.get("/cookies", (req, res) => res.json({ cookie: req.headers.cookie ?? null, user: req.session.userId ?? null }));
+
+    it("a header token replaces our cookie in the request; the app's other cookies survive", async () => {
+      const { app: a, sessions } = app({ header: "authorization" });
+      cookiesRoute(a);
+      const bob = cookieOf(await request(a).post("/login/bob"), "sid")!;
+      const { token } = await sessions.issueToken({ userId: "ann" });
+      const seen = await request(a).get("/cookies").set("Cookie", `theme=dark; ${bob}; csrf=abc`).set("Authorization", `Bearer ${token}`);
+      // Ours goes first, so it is the one express-session reads; no competing one of our name is left.
+      expect(seen.body).toEqual({ cookie: `sid=${encodeURIComponent(`s:${token}`)}; theme=dark; csrf=abc`, user: "ann" });
+      // A request without the header keeps its Cookie header as sent.
+      const plain = await request(a).get("/cookies").set("Cookie", `theme=dark; ${bob}; csrf=abc`);
+      expect(plain.body).toEqual({ cookie: `theme=dark; ${bob}; csrf=abc`, user: "bob" });
+    });
+
+    it("with cookie: false only our cookie is removed from the request, every copy of it; the app's others stay", async () => {
+      const { app: a, sessions } = app({ header: "authorization", cookie: false });
+      cookiesRoute(a);
+      const { token } = await sessions.issueToken({ userId: "ann" });
+      const cookie = "sid=s%3Aforged; theme=dark;sid=other; csrf=abc";
+      const bare = await request(a).get("/cookies").set("Cookie", cookie);
+      expect(bare.body).toEqual({ cookie: "theme=dark; csrf=abc", user: null });
+      const withToken = await request(a).get("/cookies").set("Cookie", cookie).set("Authorization", `Bearer ${token}`);
+      expect(withToken.body).toEqual({ cookie: `sid=${encodeURIComponent(`s:${token}`)}; theme=dark; csrf=abc`, user: "ann" });
+      // Names are compared exactly: a cookie whose name merely contains ours is the app's.
+      const lookalike = await request(a).get("/cookies").set("Cookie", "xsid=1; sid2=2; sid=3");
+      expect(lookalike.body.cookie).toBe("xsid=1; sid2=2");
+    });
+
     it("a rotated session's new token is sent back; the old one stops working", async () => {
       const { app: a, sessions } = app({ header: "authorization" });
       const { token: old } = await sessions.issueToken({ userId: "ann" });
