@@ -26,8 +26,11 @@ export interface SessionMiddlewareOptions extends Omit<SessionOptions, "store" |
   name?: string;
   /**
    * Carry sessions in a request header for API clients: `"authorization"` reads `Authorization: Bearer <token>`,
-   * any other name reads the raw token from that header. A request that sends the header uses it instead of
-   * the cookie, and gets no session cookie back.
+   * any other name reads the raw token from that header. A request that sends the header, with any value, is a
+   * header request: our session cookie is left out of it (its other cookies stay), so it is never answered
+   * with the cookie's session, and it gets no session cookie back (a new token comes in `responseHeader`).
+   * A malformed value (another scheme, no token or more than one, over 512 characters) counts as no session
+   * id, like an unknown or forged token: the request gets a fresh, uninitialized session.
    * @default false (cookie only)
    */
   header?: string | false;
@@ -131,8 +134,11 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
 
   const cookieTransport = cookie !== false;
   const middleware = ((req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void) => {
-    const token = headerName ? tokenOf(req.headers[headerName], bearer) : undefined;
-    const viaHeader = token !== undefined || !cookieTransport;
+    const sent = headerName === undefined ? undefined : req.headers[headerName];
+    const token = sent === undefined ? undefined : tokenOf(sent, bearer);
+    // Sending the header at all decides the transport: falling back to the cookie when the value is
+    // malformed would answer a header request with whatever session the cookie holds.
+    const viaHeader = sent !== undefined || !cookieTransport;
     if (viaHeader) {
       // Our cookie is not this request's session (the header is, or nothing is); the app's other
       // cookies (CSRF, preferences) are still its own to read.
@@ -168,8 +174,8 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
   return middleware;
 }
 
-/** The token in a request header, or undefined when there is none (or it cannot be one). */
-function tokenOf(value: string | string[] | undefined, bearer: boolean): string | undefined {
+/** The token in a request header's value, or undefined when the value cannot be one. */
+function tokenOf(value: string | string[], bearer: boolean): string | undefined {
   if (typeof value !== "string") return undefined;
   let token = value.trim();
   if (bearer) {

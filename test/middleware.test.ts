@@ -164,6 +164,33 @@ describe.each(drivers)("sessionMiddleware on %s", (driver) => {
       expect(lookalike.body.cookie).toBe("xsid=1; sid2=2");
     });
 
+    /** GET /me with the cookie and a malformed header: no session, the cookie's neither; then the cookie alone. */
+    async function expectNoSessionFor(a: Express, cookie: string, header: string, values: string[]) {
+      for (const value of values) {
+        const me = await request(a).get("/me").set("Cookie", cookie).set(header, value);
+        expect.soft(me.status, `${header}: ${value}`).toBe(401);
+        expect.soft(cookieOf(me, "sid"), `${header}: ${value}`).toBeUndefined();
+        expect.soft(me.headers["x-session-token"], `${header}: ${value}`).toBeUndefined();
+      }
+      // The cookie's session was only left out of those requests, not ended.
+      expect((await request(a).get("/me").set("Cookie", cookie)).body).toEqual({ user: "ann" });
+    }
+
+    it("a malformed Authorization header with a valid cookie gets no session, not the cookie's", async () => {
+      const { app: a } = app({ header: "authorization" });
+      const cookie = cookieOf(await request(a).post("/login/ann"), "sid")!;
+      expect((await request(a).get("/me").set("Cookie", cookie)).status).toBe(200);
+      // "Bearer " arrives as "Bearer": Node trims header values.
+      await expectNoSessionFor(a, cookie, "Authorization", [`Bearer ${"a".repeat(600)}`, "Bearer a b", "Basic dXNlcjpwdw==", "Bearer "]);
+    });
+
+    it("an empty or oversized named header with a valid cookie gets no session, not the cookie's", async () => {
+      const { app: a } = app({ header: "x-session-token" });
+      const cookie = cookieOf(await request(a).post("/login/ann"), "sid")!;
+      expect((await request(a).get("/me").set("Cookie", cookie)).status).toBe(200);
+      await expectNoSessionFor(a, cookie, "X-Session-Token", ["", "a".repeat(600)]);
+    });
+
     it("a rotated session's new token is sent back; the old one stops working", async () => {
       const { app: a, sessions } = app({ header: "authorization" });
       const { token: old } = await sessions.issueToken({ userId: "ann" });
