@@ -37,7 +37,7 @@ export interface SessionMiddlewareOptions extends Omit<SessionOptions, "store" |
   /**
    * Response header that carries the token when a header-transport session is created or rotated (and
    * for every new session when cookie transport is off). Added to `Access-Control-Expose-Headers` when
-   * the response is a CORS one.
+   * the response is a CORS one. Such a response is sent with `Cache-Control: no-store`, replacing the app's.
    * @default "X-Session-Token" for `header: "authorization"`, else the `header` name
    */
   responseHeader?: string;
@@ -154,6 +154,8 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
         const issued = takeSessionCookie(res, name);
         if (issued !== undefined && issued !== token && responseHeader) {
           res.setHeader(responseHeader, issued);
+          // The token is a credential: a shared cache that kept this response would hand it to others.
+          res.setHeader("cache-control", "no-store");
           exposeHeader(res, responseHeader);
         }
       });

@@ -204,6 +204,22 @@ describe.each(drivers)("sessionMiddleware on %s", (driver) => {
       expect(ended!.endReason).toBe("rotated");
     });
 
+    it("a response that carries a token is Cache-Control: no-store, over the app's own value", async () => {
+      const cacheable = (x: Express) =>
+        x.use((_req, res, next) => {
+          res.setHeader("Cache-Control", "public, max-age=600");
+          next();
+        });
+      const { app: a } = app({ header: "authorization" }, cacheable);
+      const login = await request(a).post("/login/ann").set("Authorization", "Bearer new");
+      expect(login.headers["x-session-token"]).toBeDefined();
+      expect(login.headers["cache-control"]).toBe("no-store");
+      const { app: headerOnly } = app({ header: "x-session-token", cookie: false }, cacheable);
+      const created = await request(headerOnly).post("/login/bob");
+      expect(created.headers["x-session-token"]).toBeDefined();
+      expect(created.headers["cache-control"]).toBe("no-store");
+    });
+
     it("keeps the app's CORS headers and adds the token header to the exposed list", async () => {
       const { app: a } = app({ header: "authorization" }, (x) =>
         x.use((_req, res, next) => {
