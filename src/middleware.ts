@@ -148,6 +148,11 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
       const cookies = injected && others ? `${injected}; ${others}` : (injected ?? others);
       if (cookies === undefined) delete req.headers.cookie;
       else req.headers.cookie = cookies;
+      // cookie-parser, when it runs first, leaves the cookie parsed here too, and express-session falls
+      // back to these when the Cookie header holds no valid id (a forged or malformed token).
+      const parsed = req as { cookies?: Record<string, unknown>; signedCookies?: Record<string, unknown> };
+      if (parsed.cookies) delete parsed.cookies[name];
+      if (parsed.signedCookies) delete parsed.signedCookies[name];
     }
     if (viaHeader) {
       onHeaders(res, () => {

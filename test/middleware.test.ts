@@ -191,6 +191,34 @@ describe.each(drivers)("sessionMiddleware on %s", (driver) => {
       await expectNoSessionFor(a, cookie, "X-Session-Token", ["", "a".repeat(600)]);
     });
 
+    it("with a cookie parser before it, a header request still never gets the cookie's session", async () => {
+      // What cookie-parser leaves on the request (with a secret, signed cookies as if verified with ours):
+      // express-session falls back to these when the Cookie header gives it no valid id.
+      const cookieParser = (signed: boolean) => (x: Express) =>
+        x.use((req: any, _res, next) => {
+          const parts: string[] = (req.headers.cookie ?? "").split(";").filter((p: string) => p.includes("="));
+          const pairs = parts.map((p) => p.trim().split("=").map(decodeURIComponent) as [string, string]);
+          req.cookies = Object.fromEntries(pairs);
+          req.signedCookies = Object.fromEntries(
+            signed ? pairs.filter(([, v]) => v.startsWith("s:")).map(([k, v]) => [k, v.slice(2, v.lastIndexOf("."))]) : [],
+          );
+          next();
+        });
+      for (const signed of [false, true]) {
+        const { app: a } = app({ header: "authorization" }, cookieParser(signed));
+        const cookie = cookieOf(await request(a).post("/login/ann"), "sid")!;
+        expect((await request(a).get("/me").set("Cookie", cookie)).status).toBe(200);
+        for (const value of ["Bearer forged.token", "Basic dXNlcjpwdw=="]) {
+          const me = await request(a).get("/me").set("Cookie", cookie).set("Authorization", value);
+          expect.soft(me.status, `signed: ${signed}, ${value}`).toBe(401);
+        }
+        const { app: headerOnly, sessions } = app({ header: "authorization", cookie: false }, cookieParser(signed));
+        const { token } = await sessions.issueToken({ userId: "ann" });
+        const me = await request(headerOnly).get("/me").set("Cookie", `sid=${encodeURIComponent(`s:${token}`)}`);
+        expect.soft(me.status, `signed: ${signed}, cookie: false`).toBe(401);
+      }
+    });
+
     it("a rotated session's new token is sent back; the old one stops working", async () => {
       const { app: a, sessions } = app({ header: "authorization" });
       const { token: old } = await sessions.issueToken({ userId: "ann" });
