@@ -30,7 +30,9 @@ export interface SessionMiddlewareOptions extends Omit<SessionOptions, "store" |
    * header request: our session cookie is left out of it (its other cookies stay), so it is never answered
    * with the cookie's session, and it gets no session cookie back (a new token comes in `responseHeader`).
    * A malformed value (another scheme, no token or more than one, over 512 characters) counts as no session
-   * id, like an unknown or forged token: the request gets a fresh, uninitialized session.
+   * id, like an unknown or forged token: the request gets a fresh, uninitialized session. So behind HTTP Basic
+   * authentication (a staging proxy that forwards `Authorization`) `"authorization"` ends browsers' cookie
+   * sessions: name a header of your own there.
    * @default false (cookie only)
    */
   header?: string | false;
@@ -153,8 +155,6 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
       const parsed = req as { cookies?: Record<string, unknown>; signedCookies?: Record<string, unknown> };
       if (parsed.cookies) delete parsed.cookies[name];
       if (parsed.signedCookies) delete parsed.signedCookies[name];
-    }
-    if (viaHeader) {
       onHeaders(res, () => {
         const issued = takeSessionCookie(res, name);
         if (issued !== undefined && issued !== token && responseHeader) {
