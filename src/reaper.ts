@@ -392,9 +392,11 @@ async function phases(
   counts: { deleted: number; ended: number; batches: number; skipped: boolean },
   { signal, onBatch }: RoundHooks,
 ): Promise<void> {
-  const nowMs = Date.now();
-  const now = sql`${new Date(nowMs).toISOString()}::timestamptz`;
-  const cutoff = sql`${new Date(nowMs - retainEnded).toISOString()}::timestamptz`;
+  // The database's clock, never this server's: it is the one clock every app instance shares, so a server
+  // whose clock runs minutes ahead cannot delete live sessions (or history) early, nor one behind keep them.
+  // Each batch reads it afresh; the cursor below comes from the rows themselves, so it is in that clock too.
+  const now = sql`statement_timestamp()`;
+  const cutoff = sql`(statement_timestamp() - ${retainEnded}::float8 * interval '1 millisecond')`;
   const list: Phase[] =
     retainEnded === 0
       ? // Every expired row goes, live or tombstone: one pass along the expires_at index.

@@ -295,13 +295,62 @@ describe.each(drivers)("reap() on %s", (driver) => {
     expect(await countOf(t, "key like 'alive-%' and ended_at is null")).toBe(3);
 
     // Two hours later the new history is past retention and goes; the unexpired tombstones are now expired too.
-    vi.useFakeTimers({ toFake: ["Date"] });
-    vi.setSystemTime(Date.now() + 2 * hour + 60_000);
+    // The reaper judges by the database's clock: move the rows two hours back rather than any clock forward.
+    await t.raw(`update $table set expires_at = expires_at - interval '2 hours 1 minute', ended_at = ended_at - interval '2 hours 1 minute'`);
     const later = await reap({ db: t.db, table: t.table, retainEnded: hour });
     // The live sessions expired meanwhile (less than the retention ago): they become history, not deleted.
     expect(later).toMatchObject({ deleted: 4 + 2 + 1 + 1, ended: 3 });
     expect(await keysOf(t)).toEqual(["alive-1", "alive-2", "alive-3"]);
     expect(await countOf(t, "end_reason = 'expired'")).toBe(3);
+  });
+
+  // PGlite runs in this process and reads its clock from Date.now(): there the two clocks are one and cannot drift.
+  describe.skipIf(driver === "pglite")("one clock: the database's, whatever the app server's says", () => {
+    const minute = 60_000;
+    // Captured before any stub: the stubs below shift it.
+    const realNow = Date.now;
+    const skewed = (by: number) => vi.spyOn(Date, "now").mockImplementation(() => realNow.call(Date) + by);
+    afterEach(() => {
+      vi.restoreAllMocks();
+    });
+
+    it("a server 10 minutes ahead deletes no live session; one 10 minutes behind deletes what expired", async () => {
+      // Rows written with the database's now(): no app clock in them.
+      await fill(t, "live", 2, { expires: "now() + interval '60 seconds'" });
+      await fill(t, "tomb-live", 1, { expires: "now() + interval '60 seconds'", ended: "now() - interval '1 minute'", reason: "logout" });
+      await fill(t, "expired", 3, { expires: "now() - interval '1 second'" });
+
+      skewed(10 * minute);
+      expect(await reap({ db: t.db, table: t.table })).toMatchObject({ deleted: 3, ended: 0, skipped: false });
+      expect(await keysOf(t)).toEqual(["live-1", "live-2", "tomb-live-1"]);
+
+      await fill(t, "expired-again", 2, { expires: "now() - interval '1 second'" });
+      skewed(-10 * minute);
+      expect(await reap({ db: t.db, table: t.table })).toMatchObject({ deleted: 2, ended: 0, skipped: false });
+      expect(await keysOf(t)).toEqual(["live-1", "live-2", "tomb-live-1"]);
+    });
+
+    it("with retainEnded: a server ahead neither ends live sessions nor purges history early; one behind is not late", async () => {
+      const retainEnded = 5 * minute;
+      await fill(t, "live", 2, { expires: "now() + interval '60 seconds'" });
+      // Ended 1 minute ago: 4 more minutes of retention.
+      await fill(t, "history-kept", 2, { expires: "now() - interval '1 minute'", ended: "now() - interval '1 minute'", reason: "logout" });
+
+      skewed(10 * minute);
+      expect(await reap({ db: t.db, table: t.table, retainEnded })).toMatchObject({ deleted: 0, ended: 0, batches: 0, skipped: false });
+      expect(await countOf(t, "key like 'live-%' and ended_at is null")).toBe(2);
+      expect(await countOf(t, "key like 'history-kept-%'")).toBe(2);
+
+      // Expired 1 second ago: becomes history. Ended 6 minutes ago: past retention, purged.
+      await fill(t, "expired", 3, { expires: "now() - interval '1 second'" });
+      await fill(t, "history-due", 2, { expires: "now() - interval '6 minutes'", ended: "now() - interval '6 minutes'", reason: "logout" });
+      skewed(-10 * minute);
+      expect(await reap({ db: t.db, table: t.table, retainEnded })).toMatchObject({ deleted: 2, ended: 3, skipped: false });
+      expect(await countOf(t, "key like 'expired-%' and end_reason = 'expired'")).toBe(3);
+      expect(await countOf(t, "key like 'history-due-%'")).toBe(0);
+      expect(await countOf(t, "key like 'history-kept-%'")).toBe(2);
+      expect(await countOf(t, "key like 'live-%' and ended_at is null")).toBe(2);
+    });
   });
 
   it("clears a backlog of many batches, each batch committed on its own", async () => {
