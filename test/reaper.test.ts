@@ -8,7 +8,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } 
 import { singleConnection } from "../src/driver.js";
 import { Reaper, lockKey, reap, resolveReaperOptions, type ReapResult, type ResolvedReaperOptions } from "../src/reaper.js";
 import { SessionStore, SessionStoreError, createSessionTable } from "../src/index.js";
-import { DATABASE_URL, drivers, openDb, sessionData, type TestDb } from "./support/db.js";
+import { DATABASE_URL, drivers, openDb, sessionData, sleep, type TestDb } from "./support/db.js";
 
 const result = (over: Partial<ReapResult> = {}): ReapResult => ({ deleted: 0, ended: 0, batches: 0, durationMs: 1, skipped: false, ...over });
 
@@ -402,6 +402,8 @@ describe.each(drivers)("reap() on %s", (driver) => {
   it("rejects bad arguments with a TypeError", async () => {
     await expect(reap({ db: t.db, table: t.table, batchSize: 0 })).rejects.toThrow(/`batchSize` must be a positive/);
     await expect(reap({ db: t.db, table: t.table, retainEnded: -1 })).rejects.toThrow(/`retainEnded` must be a non-negative/);
+    await expect(reap({ db: t.db, table: t.table, timeout: 0 })).rejects.toThrow(/`timeout` must be a positive number of milliseconds/);
+    await expect(reap({ db: t.db, table: t.table, timeout: "10s" as any })).rejects.toThrow(/`timeout` must be a positive/);
     await expect(reap({} as any)).rejects.toThrow(/reap needs `db`/);
   });
 });
@@ -457,13 +459,13 @@ describe.skipIf(!DATABASE_URL)("reaper across instances, on a real Postgres", ()
   let t: TestDb;
   const pools: Array<{ end(): Promise<void> }> = [];
   /** Another app instance: its own pool on the same database. */
-  const instance = (driver: "node-postgres" | "postgres.js" = "node-postgres") => {
+  const instance = (driver: "node-postgres" | "postgres.js" = "node-postgres", max = 4) => {
     if (driver === "postgres.js") {
-      const client = postgres(DATABASE_URL!, { max: 4, onnotice: () => {} });
+      const client = postgres(DATABASE_URL!, { max, onnotice: () => {} });
       pools.push({ end: () => client.end({ timeout: 5 }) });
       return drizzlePostgresJs(client);
     }
-    const pool = new pg.Pool({ connectionString: DATABASE_URL, max: 4 });
+    const pool = new pg.Pool({ connectionString: DATABASE_URL, max });
     // As every node-postgres app should: an idle connection that drops is reported here, not thrown.
     pool.on("error", () => {});
     pools.push(pool);
@@ -538,6 +540,77 @@ describe.skipIf(!DATABASE_URL)("reaper across instances, on a real Postgres", ()
     // What was committed stays committed; the next round (another connection from the same pool) finishes.
     expect(await countOf(t)).toBe(900);
     expect(await reap({ db: a, table: t.table, batchSize: 100 })).toMatchObject({ deleted: 900, skipped: false });
+  });
+
+  /** Holds `lock table ... in access exclusive mode` from a connection of its own until `release()`. */
+  async function lockTable() {
+    const blocker = new pg.Client({ connectionString: DATABASE_URL });
+    await blocker.connect();
+    await blocker.query("begin");
+    await blocker.query(`lock table "${t.schema}".sessions in access exclusive mode`);
+    let released = false;
+    return {
+      release: async () => {
+        if (released) return;
+        released = true;
+        await blocker.query("rollback");
+        await blocker.end();
+      },
+    };
+  }
+  /** Whether another connection can take the reaper's lock right now (and lets go of it at once). */
+  const lockFree = async () =>
+    (await t.raw<{ locked: boolean }>(`select pg_try_advisory_xact_lock(${lockKey(t.schema, "sessions")}::bigint) as locked`))[0]!.locked;
+  /** The round's outcome, or "still waiting" if it has not settled after a long while: the test must not hang. */
+  const settled = <T,>(round: Promise<T>) => Promise.race([round.catch((e: unknown) => e), sleep(10_000).then(() => "still waiting")]);
+
+  it.each([
+    ["node-postgres", 4],
+    ["postgres.js", 4],
+    // One connection: lock and batch share a transaction, which the database itself ends at the timeout.
+    ["node-postgres", 1],
+  ] as const)("a round blocked on a locked table fails with TIMEOUT and lets go of its lock at once (%s, max %i)", async (driver, max) => {
+    await fill(t, "expired", 10, { expires: "now() - interval '1 minute'" });
+    const db = instance(driver, max);
+    expect(singleConnection(db)).toBe(max === 1);
+    const table = await lockTable();
+    try {
+      const error: any = await settled(reap({ db, table: t.table, timeout: 500 }));
+      expect(error).toBeInstanceOf(SessionStoreError);
+      expect(error.code).toBe("TIMEOUT");
+      expect(error.message).toMatch(/did not finish within 500 ms \(the `timeout` option\)/);
+      // The batch is still waiting for the table, and yet another instance can take the lock and reap.
+      expect(await lockFree()).toBe(true);
+    } finally {
+      await table.release();
+    }
+    // The statement that timed out may still run now, unguarded; that is harmless (it skips locked rows and
+    // checks each row again) and must not surface as an unhandled rejection. The next round runs as usual.
+    expect(await reap({ db, table: t.table, timeout: 5_000 })).toMatchObject({ skipped: false });
+    await vi.waitFor(async () => expect(await countOf(t)).toBe(0), { timeout: 5_000 });
+    expect(await lockFree()).toBe(true);
+  });
+
+  it("waiting for a connection counts toward the timeout; the transaction that starts late gives its connection back", async () => {
+    await fill(t, "expired", 10, { expires: "now() - interval '1 minute'" });
+    const pool = new pg.Pool({ connectionString: DATABASE_URL, max: 2 });
+    pool.on("error", () => {});
+    pools.push(pool);
+    const db = drizzle(pool);
+    // Every connection of the pool busy, e.g. with slow requests.
+    const held = [await pool.connect(), await pool.connect()];
+    try {
+      const error: any = await settled(reap({ db, table: t.table, timeout: 300 }));
+      expect(error).toBeInstanceOf(SessionStoreError);
+      expect(error.code).toBe("TIMEOUT");
+      expect(error.message).toMatch(/within 300 ms/);
+    } finally {
+      for (const client of held) client.release();
+    }
+    // The abandoned transaction now gets a connection: it must roll back and return it, not hold the lock.
+    await vi.waitFor(() => expect(pool.idleCount).toBe(pool.totalCount), { timeout: 5_000 });
+    expect(await lockFree()).toBe(true);
+    expect(await reap({ db, table: t.table })).toMatchObject({ skipped: false, deleted: 10 });
   });
 
   it("skips a row a request holds locked instead of waiting for it, and takes it next round", async () => {
