@@ -687,6 +687,23 @@ describe("npx connect-drizzle reap (the CLI)", () => {
       expect(await countOf(t, "end_reason = 'expired'")).toBe(3);
     });
 
+    it("--timeout: a round blocked on a locked table exits 1 with a TIMEOUT message, without waiting for the table", async () => {
+      await t.raw(`delete from $table`);
+      await fill(t, "expired", 10, { expires: "now() - interval '1 minute'" });
+      const blocker = new pg.Client({ connectionString: DATABASE_URL });
+      await blocker.connect();
+      try {
+        await blocker.query("begin");
+        await blocker.query(`lock table "${t.schema}".sessions in access exclusive mode`);
+        const out = await Promise.race([run(["reap", "--schema", t.schema, "--timeout", "500"], { DATABASE_URL }), sleep(15_000).then(() => "still running")]);
+        expect(out).toMatchObject({ code: 1, stdout: "" });
+        expect((out as { stderr: string }).stderr).toMatch(/did not finish within 500 ms \(the `timeout` option\)/);
+      } finally {
+        await blocker.query("rollback");
+        await blocker.end();
+      }
+    });
+
     it("exits 1 with a message that says what to do when the table is missing", async () => {
       const out = await run(["reap", "--schema", t.schema, "--table", "nope"], { DATABASE_URL });
       expect(out.code).toBe(1);
@@ -702,6 +719,9 @@ describe("npx connect-drizzle reap (the CLI)", () => {
     const badFlag = await run(["reap", "--batch-size", "lots"], { DATABASE_URL: "postgres://nowhere/db" });
     expect(badFlag.code).toBe(1);
     expect(badFlag.stderr).toMatch(/--batch-size must be a positive whole number \(got "lots"\)/);
+    const badTimeout = await run(["reap", "--timeout", "0"], { DATABASE_URL: "postgres://nowhere/db" });
+    expect(badTimeout.code).toBe(1);
+    expect(badTimeout.stderr).toMatch(/--timeout must be a positive whole number of milliseconds \(got "0"\)/);
     const badCommand = await run(["sweep"], { DATABASE_URL: "postgres://nowhere/db" });
     expect(badCommand.code).toBe(1);
     expect(badCommand.stderr).toMatch(/unknown command "sweep"/);
