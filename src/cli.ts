@@ -19,6 +19,8 @@ Options:
   --schema <name>         its Postgres schema (default: the connection's search_path, normally public)
   --retain-ended <ms>     keep ended sessions this long as history: your store's retainEnded (default: 0)
   --batch-size <n>        rows per batch, each committed on its own (default: 5000)
+  --timeout <ms>          longest wait for one statement, connection wait included; past it the round
+                          stops and exits 1, e.g. when the table is locked (default: 10000)
   -h, --help              this text
 `;
 
@@ -38,6 +40,7 @@ async function main(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
         schema: { type: "string" },
         "retain-ended": { type: "string" },
         "batch-size": { type: "string" },
+        timeout: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -54,10 +57,11 @@ async function main(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
     io.err(`connect-drizzle: unknown command ${positionals.length ? `"${positionals.join(" ")}"` : "(none)"}; the command is "reap"\n\n${USAGE}`);
     return 1;
   }
-  const retainEnded = wholeNumber(values["retain-ended"], "--retain-ended", 0, true);
+  const retainEnded = wholeNumber(values["retain-ended"], "--retain-ended", 0, true, " of milliseconds");
   const batchSize = wholeNumber(values["batch-size"], "--batch-size", 5_000, false);
-  if (typeof retainEnded === "string" || typeof batchSize === "string") {
-    io.err(`connect-drizzle: ${typeof retainEnded === "string" ? retainEnded : batchSize}`);
+  const timeout = wholeNumber(values.timeout, "--timeout", 10_000, false, " of milliseconds");
+  if (typeof retainEnded === "string" || typeof batchSize === "string" || typeof timeout === "string") {
+    io.err(`connect-drizzle: ${[retainEnded, batchSize, timeout].find((value) => typeof value === "string")}`);
     return 1;
   }
   for (const flag of ["table", "schema"] as const) {
@@ -93,11 +97,16 @@ async function main(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
   const pool = new pg.Pool({ connectionString: url, max: 2, application_name: "connect-drizzle reap" });
   // An idle connection that drops must not crash the process; the round reports its own failure.
   pool.on("error", () => {});
+  // Connections checked out right now. After a timeout, one may still be running the statement given up on
+  // (waiting for a lock on the table, say): pool.end() would wait for it, and the cron job with it.
+  const busy = new Set<import("pg").PoolClient>();
+  pool.on("acquire", (client) => busy.add(client));
+  pool.on("release", (_error, client) => busy.delete(client));
   try {
     // drizzle refuses pgSchema("public"): a table there is an unqualified one.
     const schema = values.schema === "public" ? undefined : values.schema;
     const table = createSessionTable(values.table ?? "sessions", schema ? { schema } : {});
-    const result = await reap({ db: drizzle(pool), table, retainEnded, batchSize });
+    const result = await reap({ db: drizzle(pool), table, retainEnded, batchSize, timeout });
     io.out(JSON.stringify(result));
     return 0;
   } catch (error) {
@@ -105,16 +114,18 @@ async function main(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
     io.err(message.startsWith("connect-drizzle:") ? message : `connect-drizzle: reap failed: ${message}`);
     return 1;
   } finally {
+    // Closing the socket is what ends a busy connection now; the database may still finish its statement.
+    await Promise.all([...busy].map((client) => client.end().catch(() => {})));
     await pool.end().catch(() => {});
   }
 }
 
 /** Parses a flag holding a whole number; returns the number, or an error message. */
-function wholeNumber(value: string | undefined, flag: string, fallback: number, allowZero: boolean): number | string {
+function wholeNumber(value: string | undefined, flag: string, fallback: number, allowZero: boolean, unit = ""): number | string {
   if (value === undefined) return fallback;
   const n = Number(value);
   if (value.trim() === "" || !Number.isSafeInteger(n) || n < 0 || (n === 0 && !allowZero)) {
-    return `${flag} must be a ${allowZero ? "non-negative" : "positive"} whole number${flag === "--retain-ended" ? " of milliseconds" : ""} (got "${value}")`;
+    return `${flag} must be a ${allowZero ? "non-negative" : "positive"} whole number${unit} (got "${value}")`;
   }
   return n;
 }

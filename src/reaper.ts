@@ -72,6 +72,16 @@ export interface ReapArgs {
   /** Ends the round early, between two batches, with the counts so far (used by `Reaper.stop()`). */
   signal?: AbortSignal;
   /**
+   * Longest wait for one statement of the round, connection wait included (getting a connection and
+   * beginning the lock's transaction, taking the lock, each check of it, each batch, the commit), in
+   * milliseconds. Past it the round fails with a `SessionStoreError` of code `TIMEOUT`. A batch blocked (by a
+   * lock on the table, say) is given up on and the round's transaction rolls back at once, releasing the
+   * lock, so other instances' rounds are not held up meanwhile. The batch given up on may still run in the
+   * database later; that is harmless (batches skip locked rows and check each row again).
+   * @default 10_000
+   */
+  timeout?: number;
+  /**
    * Called after each batch that changed rows (it is committed by then), with the counts so far. The next
    * batch waits for a returned promise: log progress, or pause between batches to spare a busy database.
    * The round's lock stays held meanwhile.
@@ -88,8 +98,11 @@ export interface ReapProgress {
 
 export const REAPER_DEFAULTS: Readonly<ResolvedReaperOptions> = Object.freeze({ interval: 900_000, batchSize: 5_000, jitter: 0.1 });
 
-/** Node's timers overflow (and then fire after 1 ms) past this delay. */
+/** Node's timers overflow (and then fire after 1 ms) past this delay; so does Postgres's statement_timeout. */
 const MAX_DELAY = 2_147_483_647;
+
+/** The default {@link ReapArgs.timeout}: the store's default `timeout` too. */
+const REAP_TIMEOUT = 10_000;
 
 /**
  * Upper bound on the batches of one phase of one round (50 million rows at the default batch size): a round
@@ -259,7 +272,11 @@ export class Reaper {
  * while a transaction holds its only connection: there each batch runs in its own transaction that first
  * try-locks, so the lock is held per batch, and the round ends if another instance took it in between.
  *
- * @throws SessionStoreError (code `TABLE_MISSING`, `DATABASE`, ...) when the round fails; TypeError for bad arguments
+ * **Every wait is bounded** by `timeout`: a statement that does not finish in time (blocked by a lock on the
+ * table, a database that stopped answering, a pool with no free connection) ends the round with a `TIMEOUT`
+ * error instead of hanging while it holds the lock.
+ *
+ * @throws SessionStoreError (code `TIMEOUT`, `TABLE_MISSING`, `DATABASE`, ...) when the round fails; TypeError for bad arguments
  */
 export async function reap(args: ReapArgs): Promise<ReapResult> {
   if (args === null || typeof args !== "object") throw new TypeError("connect-drizzle: reap(args) needs an object such as { db }");
@@ -271,10 +288,13 @@ export async function reap(args: ReapArgs): Promise<ReapResult> {
   const table = args.table ?? sessions;
   const retainEnded = numberOption(args, "retainEnded", 0, true);
   const batchSize = batchSizeOption(args.batchSize);
+  // Longer than a timer can wait is no different from waiting that long: clamp rather than refuse, since the
+  // store passes its own `timeout` here.
+  const timeout = Math.min(numberOption(args, "timeout", REAP_TIMEOUT), MAX_DELAY);
   const config = getTableConfig(table);
   const qualified = `${config.schema ? `"${config.schema}".` : ""}"${config.name}"`;
   try {
-    return await round({ db, table, retainEnded }, batchSize, lockKey(config.schema, config.name), { signal, onBatch });
+    return await round({ db, table, retainEnded }, batchSize, lockKey(config.schema, config.name), timeout, { signal, onBatch });
   } catch (error) {
     // The caller's own onBatch error goes back as it was; driver errors get a message that says what to do.
     if (error instanceof HookFailure) throw error.error;
@@ -313,19 +333,35 @@ interface RoundHooks {
   onBatch?: ((progress: ReapProgress) => void | Promise<void>) | undefined;
 }
 
-async function round(target: ReapTarget, batchSize: number, key: string, hooks: RoundHooks): Promise<ReapResult> {
+async function round(target: ReapTarget, batchSize: number, key: string, timeout: number, hooks: RoundHooks): Promise<ReapResult> {
   const started = performance.now();
   const { db } = target;
   const counts = { deleted: 0, ended: 0, batches: 0, skipped: false };
-  const tryLock = async (conn: AnyPgDatabase) => {
-    const [row] = rowsOf(await conn.execute(sql`select pg_try_advisory_xact_lock(${key}::bigint) as locked`));
+  /** Takes the lock; with `serverTimeout`, also sets statement_timeout for the rest of the transaction. */
+  const tryLock = async (conn: AnyPgDatabase, serverTimeout = false) => {
+    const setting = serverTimeout ? sql`set_config('statement_timeout', ${`${Math.ceil(timeout)}ms`}, true), ` : sql``;
+    const locking = conn.execute(sql`select ${setting}pg_try_advisory_xact_lock(${key}::bigint) as locked`);
+    const [row] = rowsOf(await within(locking, timeout, "taking the reaper's lock"));
     return row?.locked === true || row?.locked === "t";
   };
 
   if (singleConnection(db)) {
     // No statement can run beside an open transaction here: lock per batch, in the batch's own transaction.
+    // The database enforces the timeout there too (statement_timeout, for that transaction alone, set by the
+    // try-lock at no extra round trip): giving up on a blocked batch client-side only would leave its
+    // transaction, the lock and the only connection held until whatever blocks it goes away. Cancelled, the
+    // batch fails, the transaction rolls back and the lock is free.
     const execute: Execute = (statement) =>
-      db.transaction(async (tx) => ((await tryLock(tx)) ? rowsOf(await tx.execute(statement)) : null));
+      transaction(db, timeout, async (tx) => {
+        if (!(await tryLock(tx, true))) return null;
+        const sent = performance.now();
+        try {
+          return rowsOf(await within(tx.execute(statement), timeout, BATCH));
+        } catch (error) {
+          // Our statement_timeout, if the database's cancel arrived before our own timer fired.
+          throw sqlState(error) === "57014" && performance.now() - sent >= timeout - 1 ? timeoutError(timeout, BATCH, error) : error;
+        }
+      });
     await phases(target, batchSize, execute, counts, hooks);
   } else {
     let detach: (() => void) | undefined;
@@ -341,7 +377,7 @@ async function round(target: ReapTarget, batchSize: number, key: string, hooks: 
       if (abandoned) await new Promise<never>(() => {});
     };
     try {
-      await db.transaction(async (tx) => {
+      await transaction(db, timeout, async (tx) => {
         inside = true;
         // node-postgres: a checked-out client whose connection drops emits 'error'; unheard, that crashes the
         // process. Listen until the transaction has settled (its rollback fails too); the round then fails.
@@ -359,10 +395,12 @@ async function round(target: ReapTarget, batchSize: number, key: string, hooks: 
           const execute: Execute = async (statement) => {
             await unlessAbandoned();
             // Heartbeat: fails if the lock's connection is gone (and with it, the lock).
-            await tx.execute(sql`select 1`).catch((error) => {
+            await within(tx.execute(sql`select 1`), timeout, "checking the reaper's lock").catch((error) => {
               throw lockLost(error);
             });
-            return rowsOf(await db.execute(statement));
+            // On another connection: given up on at the deadline, the round's transaction rolls back at once
+            // (its connection is free), releasing the lock while this statement may still wait in the database.
+            return rowsOf(await within(db.execute(statement), timeout, BATCH));
           };
           await phases(target, batchSize, execute, counts, hooks);
         } catch (error) {
@@ -392,9 +430,11 @@ async function phases(
   counts: { deleted: number; ended: number; batches: number; skipped: boolean },
   { signal, onBatch }: RoundHooks,
 ): Promise<void> {
-  const nowMs = Date.now();
-  const now = sql`${new Date(nowMs).toISOString()}::timestamptz`;
-  const cutoff = sql`${new Date(nowMs - retainEnded).toISOString()}::timestamptz`;
+  // The database's clock, never this server's: it is the one clock every app instance shares, so a server
+  // whose clock runs minutes ahead cannot delete live sessions (or history) early, nor one behind keep them.
+  // Each batch reads it afresh; the cursor below comes from the rows themselves, so it is in that clock too.
+  const now = sql`statement_timestamp()`;
+  const cutoff = sql`(statement_timestamp() - ${retainEnded}::float8 * interval '1 millisecond')`;
   const list: Phase[] =
     retainEnded === 0
       ? // Every expired row goes, live or tombstone: one pass along the expires_at index.
@@ -464,6 +504,87 @@ function batchStatement(t: SessionTable, phase: Phase, cursor: number | null, li
       : sql`update ${t} set ended_at = ${t.expiresAt}, end_reason = 'expired', data = '{}'::jsonb, version = ${t.version} + 1
           where ${picked} and ${phase.where} returning ${col} as at`;
   return sql`with done as (${change}) select count(*)::int as n, (extract(epoch from max(at)) * 1000)::float8 as last from done`;
+}
+
+const BATCH = "a batch (waiting for a lock on the table, or for a busy database?)";
+
+function timeoutError(timeout: number, what: string, cause?: unknown): SessionStoreError {
+  return new SessionStoreError(
+    "TIMEOUT",
+    `reap timed out: ${what} did not finish within ${timeout} ms (the \`timeout\` option); the round stopped, ` +
+      "what earlier batches did stays done, and the next round goes on",
+    cause === undefined ? undefined : { cause },
+  );
+}
+
+/**
+ * Waits for `work` at most `timeout` ms, then fails with `TIMEOUT`. The work itself goes on (a statement
+ * cannot be called back from here) and may settle later: ignored then, a rejection included, so it can
+ * never surface as an unhandled rejection.
+ */
+function within<T>(work: PromiseLike<T>, timeout: number, what: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(timeoutError(timeout, what)), timeout);
+    // Drizzle's queries are lazy thenables that run on every then(): this is the only one.
+    work.then(
+      (value) => {
+        clearTimeout(timer);
+        resolve(value);
+      },
+      (error) => {
+        clearTimeout(timer);
+        reject(error);
+      },
+    );
+  });
+}
+
+/**
+ * `db.transaction(body)` with the driver's own waits bounded too: getting a connection and BEGIN, then
+ * COMMIT or ROLLBACK, each within `timeout`; `body` bounds its own statements. A body that only starts
+ * after the wait for it was given up on throws at once, so the driver rolls back and the connection goes
+ * back to its pool instead of taking the lock for a round nobody waits for.
+ */
+async function transaction<T>(db: AnyPgDatabase, timeout: number, body: (tx: AnyPgDatabase) => Promise<T>): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let expired = false;
+  let settled = false;
+  let fail!: (error: unknown) => void;
+  const deadline = new Promise<never>((_, reject) => (fail = reject));
+  const arm = (what: string) => {
+    clearTimeout(timer);
+    if (settled) return;
+    timer = setTimeout(() => {
+      expired = true;
+      fail(timeoutError(timeout, what));
+    }, timeout);
+  };
+  arm("getting a connection and beginning a transaction");
+  try {
+    return await Promise.race([
+      db.transaction(async (tx) => {
+        if (expired) throw timeoutError(timeout, "getting a connection and beginning a transaction");
+        clearTimeout(timer);
+        try {
+          return await body(tx);
+        } finally {
+          arm("ending the transaction");
+        }
+      }),
+      deadline,
+    ]);
+  } finally {
+    settled = true;
+    clearTimeout(timer);
+  }
+}
+
+/** The SQLSTATE of a driver error, under drizzle's wrapper if need be. */
+function sqlState(error: unknown): string | undefined {
+  for (let e: any = error, depth = 0; e && depth < 4; e = e.cause, depth++) {
+    if (typeof e.code === "string" && /^[0-9A-Z]{5}$/.test(e.code)) return e.code;
+  }
+  return undefined;
 }
 
 function lockLost(cause: unknown): SessionStoreError {

@@ -8,7 +8,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } 
 import { singleConnection } from "../src/driver.js";
 import { Reaper, lockKey, reap, resolveReaperOptions, type ReapResult, type ResolvedReaperOptions } from "../src/reaper.js";
 import { SessionStore, SessionStoreError, createSessionTable } from "../src/index.js";
-import { DATABASE_URL, drivers, openDb, sessionData, type TestDb } from "./support/db.js";
+import { DATABASE_URL, drivers, openDb, sessionData, sleep, type TestDb } from "./support/db.js";
 
 const result = (over: Partial<ReapResult> = {}): ReapResult => ({ deleted: 0, ended: 0, batches: 0, durationMs: 1, skipped: false, ...over });
 
@@ -295,13 +295,62 @@ describe.each(drivers)("reap() on %s", (driver) => {
     expect(await countOf(t, "key like 'alive-%' and ended_at is null")).toBe(3);
 
     // Two hours later the new history is past retention and goes; the unexpired tombstones are now expired too.
-    vi.useFakeTimers({ toFake: ["Date"] });
-    vi.setSystemTime(Date.now() + 2 * hour + 60_000);
+    // The reaper judges by the database's clock: move the rows two hours back rather than any clock forward.
+    await t.raw(`update $table set expires_at = expires_at - interval '2 hours 1 minute', ended_at = ended_at - interval '2 hours 1 minute'`);
     const later = await reap({ db: t.db, table: t.table, retainEnded: hour });
     // The live sessions expired meanwhile (less than the retention ago): they become history, not deleted.
     expect(later).toMatchObject({ deleted: 4 + 2 + 1 + 1, ended: 3 });
     expect(await keysOf(t)).toEqual(["alive-1", "alive-2", "alive-3"]);
     expect(await countOf(t, "end_reason = 'expired'")).toBe(3);
+  });
+
+  // PGlite runs in this process and reads its clock from Date.now(): there the two clocks are one and cannot drift.
+  describe.skipIf(driver === "pglite")("one clock: the database's, whatever the app server's says", () => {
+    const minute = 60_000;
+    // Captured before any stub: the stubs below shift it.
+    const realNow = Date.now;
+    const skewed = (by: number) => vi.spyOn(Date, "now").mockImplementation(() => realNow.call(Date) + by);
+    afterEach(() => {
+      vi.restoreAllMocks();
+    });
+
+    it("a server 10 minutes ahead deletes no live session; one 10 minutes behind deletes what expired", async () => {
+      // Rows written with the database's now(): no app clock in them.
+      await fill(t, "live", 2, { expires: "now() + interval '60 seconds'" });
+      await fill(t, "tomb-live", 1, { expires: "now() + interval '60 seconds'", ended: "now() - interval '1 minute'", reason: "logout" });
+      await fill(t, "expired", 3, { expires: "now() - interval '1 second'" });
+
+      skewed(10 * minute);
+      expect(await reap({ db: t.db, table: t.table })).toMatchObject({ deleted: 3, ended: 0, skipped: false });
+      expect(await keysOf(t)).toEqual(["live-1", "live-2", "tomb-live-1"]);
+
+      await fill(t, "expired-again", 2, { expires: "now() - interval '1 second'" });
+      skewed(-10 * minute);
+      expect(await reap({ db: t.db, table: t.table })).toMatchObject({ deleted: 2, ended: 0, skipped: false });
+      expect(await keysOf(t)).toEqual(["live-1", "live-2", "tomb-live-1"]);
+    });
+
+    it("with retainEnded: a server ahead neither ends live sessions nor purges history early; one behind is not late", async () => {
+      const retainEnded = 5 * minute;
+      await fill(t, "live", 2, { expires: "now() + interval '60 seconds'" });
+      // Ended 1 minute ago: 4 more minutes of retention.
+      await fill(t, "history-kept", 2, { expires: "now() - interval '1 minute'", ended: "now() - interval '1 minute'", reason: "logout" });
+
+      skewed(10 * minute);
+      expect(await reap({ db: t.db, table: t.table, retainEnded })).toMatchObject({ deleted: 0, ended: 0, batches: 0, skipped: false });
+      expect(await countOf(t, "key like 'live-%' and ended_at is null")).toBe(2);
+      expect(await countOf(t, "key like 'history-kept-%'")).toBe(2);
+
+      // Expired 1 second ago: becomes history. Ended 6 minutes ago: past retention, purged.
+      await fill(t, "expired", 3, { expires: "now() - interval '1 second'" });
+      await fill(t, "history-due", 2, { expires: "now() - interval '6 minutes'", ended: "now() - interval '6 minutes'", reason: "logout" });
+      skewed(-10 * minute);
+      expect(await reap({ db: t.db, table: t.table, retainEnded })).toMatchObject({ deleted: 2, ended: 3, skipped: false });
+      expect(await countOf(t, "key like 'expired-%' and end_reason = 'expired'")).toBe(3);
+      expect(await countOf(t, "key like 'history-due-%'")).toBe(0);
+      expect(await countOf(t, "key like 'history-kept-%'")).toBe(2);
+      expect(await countOf(t, "key like 'live-%' and ended_at is null")).toBe(2);
+    });
   });
 
   it("clears a backlog of many batches, each batch committed on its own", async () => {
@@ -353,6 +402,8 @@ describe.each(drivers)("reap() on %s", (driver) => {
   it("rejects bad arguments with a TypeError", async () => {
     await expect(reap({ db: t.db, table: t.table, batchSize: 0 })).rejects.toThrow(/`batchSize` must be a positive/);
     await expect(reap({ db: t.db, table: t.table, retainEnded: -1 })).rejects.toThrow(/`retainEnded` must be a non-negative/);
+    await expect(reap({ db: t.db, table: t.table, timeout: 0 })).rejects.toThrow(/`timeout` must be a positive number of milliseconds/);
+    await expect(reap({ db: t.db, table: t.table, timeout: "10s" as any })).rejects.toThrow(/`timeout` must be a positive/);
     await expect(reap({} as any)).rejects.toThrow(/reap needs `db`/);
   });
 });
@@ -408,13 +459,13 @@ describe.skipIf(!DATABASE_URL)("reaper across instances, on a real Postgres", ()
   let t: TestDb;
   const pools: Array<{ end(): Promise<void> }> = [];
   /** Another app instance: its own pool on the same database. */
-  const instance = (driver: "node-postgres" | "postgres.js" = "node-postgres") => {
+  const instance = (driver: "node-postgres" | "postgres.js" = "node-postgres", max = 4) => {
     if (driver === "postgres.js") {
-      const client = postgres(DATABASE_URL!, { max: 4, onnotice: () => {} });
+      const client = postgres(DATABASE_URL!, { max, onnotice: () => {} });
       pools.push({ end: () => client.end({ timeout: 5 }) });
       return drizzlePostgresJs(client);
     }
-    const pool = new pg.Pool({ connectionString: DATABASE_URL, max: 4 });
+    const pool = new pg.Pool({ connectionString: DATABASE_URL, max });
     // As every node-postgres app should: an idle connection that drops is reported here, not thrown.
     pool.on("error", () => {});
     pools.push(pool);
@@ -491,6 +542,74 @@ describe.skipIf(!DATABASE_URL)("reaper across instances, on a real Postgres", ()
     expect(await reap({ db: a, table: t.table, batchSize: 100 })).toMatchObject({ deleted: 900, skipped: false });
   });
 
+  /** Holds `lock table ... in access exclusive mode` from a connection of its own until `release()`. */
+  async function lockTable() {
+    const blocker = new pg.Client({ connectionString: DATABASE_URL });
+    await blocker.connect();
+    await blocker.query("begin");
+    await blocker.query(`lock table "${t.schema}".sessions in access exclusive mode`);
+    return {
+      release: async () => {
+        await blocker.query("rollback");
+        await blocker.end();
+      },
+    };
+  }
+  /** Whether another connection can take the reaper's lock right now (and lets go of it at once). */
+  const lockFree = async () =>
+    (await t.raw<{ locked: boolean }>(`select pg_try_advisory_xact_lock(${lockKey(t.schema, "sessions")}::bigint) as locked`))[0]!.locked;
+  /** The round's outcome, or "still waiting" if it has not settled after a long while: the test must not hang. */
+  const settled = <T,>(round: Promise<T>) => Promise.race([round.catch((e: unknown) => e), sleep(10_000).then(() => "still waiting")]);
+
+  it.each([
+    ["node-postgres", 4],
+    ["postgres.js", 4],
+    // One connection: lock and batch share a transaction, which the database itself ends at the timeout.
+    ["node-postgres", 1],
+  ] as const)("a round blocked on a locked table fails with TIMEOUT and lets go of its lock at once (%s, max %i)", async (driver, max) => {
+    await fill(t, "expired", 10, { expires: "now() - interval '1 minute'" });
+    const db = instance(driver, max);
+    expect(singleConnection(db)).toBe(max === 1);
+    const table = await lockTable();
+    try {
+      const error: any = await settled(reap({ db, table: t.table, timeout: 500 }));
+      expect(error).toBeInstanceOf(SessionStoreError);
+      expect(error.code).toBe("TIMEOUT");
+      expect(error.message).toMatch(/did not finish within 500 ms \(the `timeout` option\)/);
+      // The table is still locked (the batch, on a pool, still waiting for it), yet another instance can take the lock.
+      expect(await lockFree()).toBe(true);
+    } finally {
+      await table.release();
+    }
+    // The statement that timed out may still run now, unguarded; that is harmless (it skips locked rows and
+    // checks each row again) and must not surface as an unhandled rejection. The next round runs as usual.
+    expect(await reap({ db, table: t.table, timeout: 5_000 })).toMatchObject({ skipped: false });
+    await vi.waitFor(async () => expect(await countOf(t)).toBe(0), { timeout: 5_000 });
+    expect(await lockFree()).toBe(true);
+  });
+
+  it("waiting for a connection counts toward the timeout; the transaction that starts late gives its connection back", async () => {
+    await fill(t, "expired", 10, { expires: "now() - interval '1 minute'" });
+    const pool = new pg.Pool({ connectionString: DATABASE_URL, max: 2 });
+    pool.on("error", () => {});
+    pools.push(pool);
+    const db = drizzle(pool);
+    // Every connection of the pool busy, e.g. with slow requests.
+    const held = [await pool.connect(), await pool.connect()];
+    try {
+      const error: any = await settled(reap({ db, table: t.table, timeout: 300 }));
+      expect(error).toBeInstanceOf(SessionStoreError);
+      expect(error.code).toBe("TIMEOUT");
+      expect(error.message).toMatch(/within 300 ms/);
+    } finally {
+      for (const client of held) client.release();
+    }
+    // The abandoned transaction now gets a connection: it must roll back and return it, not hold the lock.
+    await vi.waitFor(() => expect(pool.idleCount).toBe(pool.totalCount), { timeout: 5_000 });
+    expect(await lockFree()).toBe(true);
+    expect(await reap({ db, table: t.table })).toMatchObject({ skipped: false, deleted: 10 });
+  });
+
   it("skips a row a request holds locked instead of waiting for it, and takes it next round", async () => {
     await fill(t, "expired", 50, { expires: "now() - interval '1 hour' + i * interval '1 millisecond'" });
     const writer = new pg.Client({ connectionString: DATABASE_URL });
@@ -565,6 +684,23 @@ describe("npx connect-drizzle reap (the CLI)", () => {
       expect(await countOf(t, "end_reason = 'expired'")).toBe(3);
     });
 
+    it("--timeout: a round blocked on a locked table exits 1 with a TIMEOUT message, without waiting for the table", async () => {
+      await t.raw(`delete from $table`);
+      await fill(t, "expired", 10, { expires: "now() - interval '1 minute'" });
+      const blocker = new pg.Client({ connectionString: DATABASE_URL });
+      await blocker.connect();
+      try {
+        await blocker.query("begin");
+        await blocker.query(`lock table "${t.schema}".sessions in access exclusive mode`);
+        const out = await Promise.race([run(["reap", "--schema", t.schema, "--timeout", "500"], { DATABASE_URL }), sleep(15_000).then(() => "still running")]);
+        expect(out).toMatchObject({ code: 1, stdout: "" });
+        expect((out as { stderr: string }).stderr).toMatch(/did not finish within 500 ms \(the `timeout` option\)/);
+      } finally {
+        await blocker.query("rollback");
+        await blocker.end();
+      }
+    });
+
     it("exits 1 with a message that says what to do when the table is missing", async () => {
       const out = await run(["reap", "--schema", t.schema, "--table", "nope"], { DATABASE_URL });
       expect(out.code).toBe(1);
@@ -580,6 +716,9 @@ describe("npx connect-drizzle reap (the CLI)", () => {
     const badFlag = await run(["reap", "--batch-size", "lots"], { DATABASE_URL: "postgres://nowhere/db" });
     expect(badFlag.code).toBe(1);
     expect(badFlag.stderr).toMatch(/--batch-size must be a positive whole number \(got "lots"\)/);
+    const badTimeout = await run(["reap", "--timeout", "0"], { DATABASE_URL: "postgres://nowhere/db" });
+    expect(badTimeout.code).toBe(1);
+    expect(badTimeout.stderr).toMatch(/--timeout must be a positive whole number of milliseconds \(got "0"\)/);
     const badCommand = await run(["sweep"], { DATABASE_URL: "postgres://nowhere/db" });
     expect(badCommand.code).toBe(1);
     expect(badCommand.stderr).toMatch(/unknown command "sweep"/);
