@@ -1,4 +1,7 @@
-/** Every error this package raises itself; driver errors ride along as `cause`. */
+/**
+ * Every error this package raises itself. A driver error rides along as `cause`, reduced to what is safe
+ * to log (see {@link safeCause}).
+ */
 export class SessionStoreError extends Error {
   override name = "SessionStoreError";
   /** A stable, machine-readable reason. */
@@ -28,14 +31,14 @@ export function databaseError(error: unknown, table: string, action: string): Se
       "TABLE_MISSING",
       `table ${table} not found; run the migrations in node_modules/connect-drizzle/drizzle ` +
         `(see the README, "Create the table") or add the table from connect-drizzle's schema to your drizzle-kit config`,
-      { cause: error },
+      { cause: safeCause(error) },
     );
   }
   if (code === "42703") {
     return new SessionStoreError(
       "SCHEMA_OUTDATED",
       `table ${table} lacks a column this version needs; run the latest migrations in node_modules/connect-drizzle/drizzle`,
-      { cause: error },
+      { cause: safeCause(error) },
     );
   }
   if (code === "22P05" || code === "22P02") {
@@ -43,14 +46,33 @@ export function databaseError(error: unknown, table: string, action: string): Se
       "UNSERIALIZABLE",
       `${action} failed: PostgreSQL refused the session data (${driverError(error).message}, ${code}); ` +
         "jsonb cannot hold NUL characters (\\u0000) or lone surrogates in strings",
-      { cause: error },
+      { cause: safeCause(error) },
     );
   }
-  // The driver's own message, never drizzle's wrapper: that one quotes the query's parameters, i.e. the
-  // session data, which must not end up in logs. The full error stays available as `cause`.
   const inner = driverError(error);
   const reason = inner instanceof Error ? inner.message : String(inner);
-  return new SessionStoreError("DATABASE", `${action} failed: ${reason}${code ? ` (${code})` : ""}`, { cause: error });
+  return new SessionStoreError("DATABASE", `${action} failed: ${reason}${code ? ` (${code})` : ""}`, { cause: safeCause(error) });
+}
+
+/** Fields of a Postgres error that name what failed, never the values involved. */
+const SAFE_FIELDS = ["code", "severity", "routine", "schema", "table", "column", "constraint", "errno", "syscall", "address", "port"] as const;
+
+/**
+ * A copy of the driver's error that is safe to log: its message and the fields that name what failed.
+ * Left out: drizzle's wrapper (its message quotes the query's parameters), and the driver's own query,
+ * parameters, `detail` and `where` (postgres.js and PGlite keep the parameters on the error; `detail`
+ * quotes key values), since they hold session keys, handles, user ids and the session data, which an
+ * app's `console.error(err)` would print.
+ */
+export function safeCause(error: unknown): Error {
+  const inner = driverError(error);
+  const copy = new Error(inner instanceof Error ? inner.message : String(inner));
+  if (inner instanceof Error) copy.name = inner.name;
+  for (const field of SAFE_FIELDS) {
+    const value = (inner as any)?.[field];
+    if (typeof value === "string" || typeof value === "number") (copy as any)[field] = value;
+  }
+  return copy;
 }
 
 /** The innermost error of a chain of causes: the driver's, under drizzle's DrizzleQueryError. */
@@ -61,7 +83,7 @@ function driverError(error: unknown): any {
 }
 
 /** The SQLSTATE of a driver error (node-postgres, postgres.js and PGlite all expose `code`), drizzle's wrapper included. */
-function pgCode(error: unknown): string | undefined {
+export function pgCode(error: unknown): string | undefined {
   for (let e: any = error, depth = 0; e && depth < 4; e = e.cause, depth++) {
     if (typeof e.code === "string" && /^[0-9A-Z]{5}$/.test(e.code)) return e.code;
   }

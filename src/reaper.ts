@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import { sql, type SQL } from "drizzle-orm";
 import { getTableConfig, type PgColumn } from "drizzle-orm/pg-core";
 import { rowsOf, singleConnection } from "./driver.js";
-import { databaseError, SessionStoreError } from "./errors.js";
+import { databaseError, pgCode, safeCause, SessionStoreError } from "./errors.js";
 import { numberOption, type AnyPgDatabase } from "./options.js";
 import { sessions, type SessionTable } from "./schema.js";
 
@@ -359,7 +359,7 @@ async function round(target: ReapTarget, batchSize: number, key: string, timeout
           return rowsOf(await within(tx.execute(statement), timeout, BATCH));
         } catch (error) {
           // Our statement_timeout, if the database's cancel arrived before our own timer fired.
-          throw sqlState(error) === "57014" && performance.now() - sent >= timeout - 1 ? timeoutError(timeout, BATCH, error) : error;
+          throw pgCode(error) === "57014" && performance.now() - sent >= timeout - 1 ? timeoutError(timeout, BATCH, error) : error;
         }
       });
     await phases(target, batchSize, execute, counts, hooks);
@@ -513,7 +513,7 @@ function timeoutError(timeout: number, what: string, cause?: unknown): SessionSt
     "TIMEOUT",
     `reap timed out: ${what} did not finish within ${timeout} ms (the \`timeout\` option); the round stopped, ` +
       "what earlier batches did stays done, and the next round goes on",
-    cause === undefined ? undefined : { cause },
+    cause === undefined ? undefined : { cause: safeCause(cause) },
   );
 }
 
@@ -579,20 +579,12 @@ async function transaction<T>(db: AnyPgDatabase, timeout: number, body: (tx: Any
   }
 }
 
-/** The SQLSTATE of a driver error, under drizzle's wrapper if need be. */
-function sqlState(error: unknown): string | undefined {
-  for (let e: any = error, depth = 0; e && depth < 4; e = e.cause, depth++) {
-    if (typeof e.code === "string" && /^[0-9A-Z]{5}$/.test(e.code)) return e.code;
-  }
-  return undefined;
-}
-
 function lockLost(cause: unknown): SessionStoreError {
   if (cause instanceof SessionStoreError) return cause;
   return new SessionStoreError(
     "DATABASE",
     "reap stopped: the connection holding the reaper's lock was lost; what was deleted so far stays deleted, and the next round goes on",
-    { cause },
+    { cause: safeCause(cause) },
   );
 }
 
