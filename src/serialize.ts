@@ -42,10 +42,31 @@ export function parseSession(text: string): SessionData | null {
   } catch {
     return null;
   }
-  const valid =
-    value !== null && typeof value === "object" && !Array.isArray(value) &&
-    value.cookie !== null && typeof value.cookie === "object" && !Array.isArray(value.cookie);
+  const valid = value !== null && typeof value === "object" && !Array.isArray(value) && validCookie(value.cookie);
   return valid ? (value as SessionData) : null;
+}
+
+/** What `cookie.serialize` accepts for Domain and Path (RFC 6265 4.1.1), as express-session's cookie module checks them. */
+const DOMAIN = /^([.]?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)([.][a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i;
+const PATH = /^[\u0020-\u003A\u003D-\u007E]*$/;
+
+/**
+ * Whether a stored cookie is one express-session can rebuild, touch and send without throwing. A row
+ * that fails (say `originalMaxAge: "x"`, which makes express-session's touch throw after the route ran,
+ * leaving the request without a response) is treated as missing, like any corrupt row.
+ */
+function validCookie(cookie: any): boolean {
+  if (cookie === null || typeof cookie !== "object" || Array.isArray(cookie)) return false;
+  const absent = (v: unknown) => v === undefined || v === null;
+  const { originalMaxAge, maxAge, expires, domain, path, sameSite, priority } = cookie;
+  if (!absent(originalMaxAge) && !(typeof originalMaxAge === "number" && Number.isFinite(originalMaxAge))) return false;
+  if (!absent(maxAge) && !(typeof maxAge === "number" && Number.isFinite(maxAge))) return false;
+  if (!absent(expires) && !(typeof expires === "string" && Number.isFinite(Date.parse(expires)))) return false;
+  if (!absent(domain) && domain !== "" && !(typeof domain === "string" && DOMAIN.test(domain))) return false;
+  if (!absent(path) && !(typeof path === "string" && PATH.test(path))) return false;
+  if (!absent(sameSite) && typeof sameSite !== "boolean" && !(typeof sameSite === "string" && /^(lax|strict|none)$/i.test(sameSite))) return false;
+  if (!absent(priority) && !(typeof priority === "string" && /^(low|medium|high)$/i.test(priority))) return false;
+  return true;
 }
 
 /**
