@@ -86,7 +86,8 @@ export interface SessionStoreOptions {
   /**
    * Send the NOTIFY that evicts a session from other instances' caches on every write. Every instance
    * sharing the table must have it on when any of them uses `cache`. It costs write throughput (Postgres
-   * serializes the commits of notifying transactions), so it is off unless this store has a cache.
+   * serializes the commits of notifying transactions), so it is off unless this store has a cache;
+   * `false` together with `cache` is refused.
    * @default true with `cache`, false without
    */
   notify?: boolean;
@@ -186,6 +187,12 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
   }
   if (options.table !== undefined && (typeof options.table !== "object" || !("key" in options.table))) {
     throw new TypeError("connect-drizzle: `table` must be a table from connect-drizzle's createSessionTable()");
+  }
+  if (options.cache !== undefined && options.notify === false) {
+    throw new TypeError(
+      "connect-drizzle: `cache` with `notify: false` cannot be correct (no instance would hear another's writes and " +
+        "revokes, so a cache would serve ended sessions); remove `notify: false`, or the cache",
+    );
   }
   return {
     db,
