@@ -1,4 +1,13 @@
-export { SessionStore, type EndReason, type SessionQuery, type SessionRecord, type SessionStatus } from "./store.js";
+export {
+  SessionStore,
+  type EndReason,
+  type ExtendOptions,
+  type OwnerScope,
+  type RevokeOptions,
+  type SessionQuery,
+  type SessionRecord,
+  type SessionStatus,
+} from "./store.js";
 export type { AnyPgDatabase, SessionStoreOptions, UserIdOf } from "./options.js";
 export { sessions, createSessionTable, type SessionTable, type SessionTableOptions } from "./schema.js";
 export { SessionStoreError, type SessionStoreErrorCode } from "./errors.js";

@@ -42,10 +42,30 @@ export interface SessionRecord {
   current: boolean;
 }
 
+/**
+ * Whose session `revoke` and `extend` may change: the owner's own (`{ userId }`, for a "your devices"
+ * page: a guessed handle of someone else's session changes nothing), or any session (`{ anyOwner: true }`,
+ * for admin tools). There is no default: a `userId` that is `undefined` or `null` is a TypeError, never an
+ * unscoped call.
+ */
+export type OwnerScope = { userId: string | number; anyOwner?: never } | { anyOwner: true; userId?: never };
+
+/** Options of {@link SessionStore.revoke}. */
+export type RevokeOptions = OwnerScope & {
+  /** Recorded as the end reason. @default "revoked" */
+  reason?: EndReason;
+};
+
+/** Options of {@link SessionStore.extend}. */
+export type ExtendOptions = OwnerScope & {
+  /** Move the absolute expiry too, when `until` is past it. @default false (the expiry stops at the absolute one) */
+  beyondAbsolute?: boolean;
+};
+
 /** Which sessions `list` and `count` return. */
 export interface SessionQuery {
-  /** The owner, as found by the store's `userId` option. Required. */
-  userId: string;
+  /** The owner, as found by the store's `userId` option (numbers match their string form). Required. */
+  userId: string | number;
   /** @default "active" */
   status?: SessionStatus | "all";
   /** A session id (e.g. `req.sessionID`) whose record gets `current: true`. */
@@ -66,8 +86,14 @@ interface Loaded {
   sid: string;
   /** The row's key (the first secret's, or an older one's for rows made before a rotation). */
   key: string;
-  /** The stored idle expiry, epoch ms. */
+  /**
+   * When the row stops being live, on this server's clock (epoch ms): its idle expiry, capped by the
+   * absolute one. Converted from the database's clock with the offset seen by the statement that read or
+   * wrote it, so it errs early by at most that statement's round trip.
+   */
   expires: number;
+  /** The absolute expiry on this server's clock, or null when the session has none. */
+  absolute: number | null;
   /** The stored data. */
   text: string;
   version: number;
@@ -87,6 +113,21 @@ function withLoaded<T extends object>(session: T, loaded: Loaded): T {
 function loadedOf(session: SessionData, sid: string): Loaded | undefined {
   const loaded: Loaded | undefined = (session as any)?.[LOADED];
   return loaded?.sid === sid ? loaded : undefined;
+}
+
+/**
+ * The database's clock. Every expiry decision (is this session live, which rows the reaper takes, what
+ * `list` calls active) is made with it, so every app instance agrees whatever its own clock says; app
+ * servers only hand over lifetimes (a cookie's `expires` minus their own now). `statement_timestamp()`,
+ * not `now()`, so a database handle inside a long transaction does not see a frozen clock.
+ */
+const NOW = sql`statement_timestamp()`;
+
+/** What the statements that read or write a session return about its expiry (epoch ms on the database's clock). */
+interface ExpiryRow {
+  expires: number;
+  absolute: number | null;
+  now: number;
 }
 
 /**
@@ -114,7 +155,10 @@ export class SessionStore extends Store {
   private listening: Listening | undefined;
   /** Whether cached sessions may be served: only while the LISTEN connection is up. */
   private cacheLive = false;
-  /** Bumped on every eviction, so a read that raced one is not cached. */
+  /**
+   * Bumped on every eviction (local or from a NOTIFY): a read or write that overlapped one may hold a row
+   * from before the change that caused it, so its result is not cached.
+   */
   private evictions = 0;
   private stopProbing: () => void = () => {};
   private readonly reaper: Reaper | undefined;
@@ -133,8 +177,7 @@ export class SessionStore extends Store {
     const config = getTableConfig(this.table);
     this.tableName = config.schema ? `"${config.schema}"."${config.name}"` : `"${config.name}"`;
     this.keysOf = keyDeriver(this.options.secrets);
-    const qualified = config.schema ? `${config.schema}_${config.name}` : config.name;
-    this.channel = `connect_drizzle_${qualified}`.slice(0, 63);
+    this.channel = channelName(config.schema ? `${config.schema}_${config.name}` : config.name);
     if (this.options.cache) this.startListening();
     if (this.options.reaper) {
       this.reaper = new Reaper((signal) => this.reapWith(signal), this.options.reaper, {
@@ -147,15 +190,16 @@ export class SessionStore extends Store {
 
   /**
    * Runs one reaper round now (whether or not the periodic reaper is on): deletes expired sessions, and
-   * ended ones past `retainEnded`, in batches; `skipped: true` when another instance was reaping.
+   * ended ones past `retainEnded`, in batches; `skipped: true` when another instance was reaping. Each
+   * statement of the round is bounded by the store's `timeout`.
    */
   reap(): Promise<ReapResult> {
     return this.reapWith();
   }
 
   private reapWith(signal?: AbortSignal): Promise<ReapResult> {
-    const { db, table, retainEnded, reaper } = this.options;
-    return reap({ db, table, retainEnded, batchSize: reaper ? reaper.batchSize : undefined, signal });
+    const { db, table, retainEnded, reaper, timeout } = this.options;
+    return reap({ db, table, retainEnded, batchSize: reaper ? reaper.batchSize : undefined, signal, timeout });
   }
 
   /** Loads a live session; `null` when it is missing, expired or ended. */
@@ -163,7 +207,11 @@ export class SessionStore extends Store {
     return settle(this.run("get", () => this.read(sid)), callback);
   }
 
-  /** Saves a session (insert or update, one statement). Unchanged sessions are not rewritten. */
+  /**
+   * Saves a session. A session this request loaded (`req.session`, or what `get` returned) is updated in
+   * place, and only while it is live: a save never brings back a session that ended or expired meanwhile.
+   * A session the store did not load here (a new id) is inserted. Unchanged sessions are not rewritten.
+   */
   set(sid: string, session: SessionData, callback?: Callback): Promise<void> {
     return settle(this.run("set", () => this.save(sid, session)), callback);
   }
@@ -173,7 +221,10 @@ export class SessionStore extends Store {
     return settle(this.run("destroy", async () => void (await this.end(sid, "logout"))), callback);
   }
 
-  /** Renews a session's idle expiry and saves its cookie; skipped while the stored expiry is fresh (`touchAfter`). */
+  /**
+   * Renews a session's idle expiry and saves its cookie; skipped while the new expiry is later than the
+   * stored one by less than `touchAfter` (an earlier expiry is always written).
+   */
   override touch(sid: string, session: SessionData, callback?: Callback): Promise<void> {
     return settle(this.run("touch", () => this.renew(sid, session)), callback);
   }
@@ -190,7 +241,7 @@ export class SessionStore extends Store {
   override length(callback?: Callback<number>): Promise<number> {
     return settle(
       this.run("length", async () => {
-        const [row] = await this.query<{ n: number }>(sql`select count(*)::int as n from ${this.table} where ${this.live(instant(Date.now()))}`);
+        const [row] = await this.query<{ n: number }>(sql`select count(*)::int as n from ${this.table} where ${this.live()}`);
         return Number(row?.n ?? 0);
       }),
       callback,
@@ -201,9 +252,10 @@ export class SessionStore extends Store {
   override clear(callback?: Callback): Promise<void> {
     return settle(
       this.run("clear", async () => {
-        this.evict(["*"]);
         const deleteAll = sql`delete from ${this.table}`;
+        this.evict(["*"]);
         await this.query(this.options.notify ? sql`with gone as (${deleteAll}) select pg_notify(${this.channel}, '*')` : deleteAll);
+        this.evict(["*"]);
       }),
       callback,
     );
@@ -232,17 +284,16 @@ export class SessionStore extends Store {
   async list(query: SessionQuery): Promise<SessionRecord[]> {
     const { userId, limit, current } = this.checkQuery(query);
     const t = this.table;
-    const now = Date.now();
     const isCurrent = current === undefined ? sql`false` : this.byKeys(this.keysOf(current));
     const rows = await this.run("list", () =>
       this.query<RecordRow>(sql`select ${t.handle} as handle, ${t.userId} as user_id, ${msOf(t.createdAt)} as created_at,
-          ${msOf(t.lastSeenAt)} as last_seen_at, ${msOf(t.expiresAt)} as expires_at, ${msOf(t.absoluteExpiresAt)} as absolute_expires_at,
+          ${msOf(t.lastSeenAt)} as last_seen_at, ${msOf(this.effectiveExpiry())} as expires_at, ${msOf(this.absoluteExpiry())} as absolute_expires_at,
           ${t.label} as label, ${t.userAgent} as user_agent, ${t.ip} as ip, ${msOf(t.endedAt)} as ended_at, ${t.endReason} as end_reason,
-          ${isCurrent} as current
-        from ${t} where ${t.userId} = ${userId} and ${this.statusFilter(query.status, now)}
+          ${isCurrent} as current, ${this.statusOf()} as status
+        from ${t} where ${t.userId} = ${userId} and ${this.statusFilter(query.status)}
         order by coalesce(${t.endedAt}, ${t.lastSeenAt}) desc, ${t.handle} limit ${limit}`),
     );
-    return rows.map((row) => toRecord(row, now));
+    return rows.map(toRecord);
   }
 
   /** How many sessions of a user match (same filter as `list`, without the limit). */
@@ -250,9 +301,7 @@ export class SessionStore extends Store {
     const { userId } = this.checkQuery(query);
     const t = this.table;
     const [row] = await this.run("count", () =>
-      this.query<{ n: number }>(
-        sql`select count(*)::int as n from ${t} where ${t.userId} = ${userId} and ${this.statusFilter(query.status, Date.now())}`,
-      ),
+      this.query<{ n: number }>(sql`select count(*)::int as n from ${t} where ${t.userId} = ${userId} and ${this.statusFilter(query.status)}`),
     );
     return Number(row?.n ?? 0);
   }
@@ -262,22 +311,24 @@ export class SessionStore extends Store {
     if (!isValidId(sessionId)) return null;
     const t = this.table;
     const [row] = await this.run("handleOf", () =>
-      this.query<{ handle: string }>(sql`select ${t.handle} as handle from ${t} where ${this.byKeys(this.keysOf(sessionId))} and ${this.live(instant(Date.now()))}`),
+      this.query<{ handle: string }>(sql`select ${t.handle} as handle from ${t} where ${this.byKeys(this.keysOf(sessionId))} and ${this.live()}`),
     );
     return row?.handle ?? null;
   }
 
   /**
-   * Ends a session by its handle, at once, on every app instance. With `userId`, only a session owned by
-   * that user is ended (so a user can never end someone else's session by guessing a handle).
+   * Ends a session by its handle, at once: this store no longer serves it when the promise resolves, and
+   * no instance reads it from the database again. Scoped to an owner (`{ userId }`, so a user can never
+   * end someone else's session by guessing a handle) or explicitly to any owner (`{ anyOwner: true }`).
    * @returns whether a session was ended
+   * @throws TypeError when the scope is missing, or `userId` is `undefined` or `null`
    */
-  async revoke(handle: string, options: { userId?: string; reason?: EndReason } = {}): Promise<boolean> {
+  async revoke(handle: string, options: RevokeOptions): Promise<boolean> {
+    const owner = this.ownerFilter(options, "revoke");
     if (typeof handle !== "string" || handle.length === 0) return false;
     const t = this.table;
-    const owner = options.userId === undefined ? sql`` : sql` and ${t.userId} = ${String(options.userId)}`;
     const rows = await this.run("revoke", () =>
-      this.write(sql`${this.endSet(instant(Date.now()), options.reason ?? "revoked")} where ${t.handle} = ${handle} and ${t.endedAt} is null${owner} returning key`),
+      this.write(sql`${this.endSet(options.reason ?? "revoked")} where ${t.handle} = ${handle} and ${t.endedAt} is null${owner} returning ${t.key} as key`),
     );
     return rows.length > 0;
   }
@@ -287,7 +338,7 @@ export class SessionStore extends Store {
    * `except` ("log out other devices"): session ids or handles, one or a list.
    * @returns how many sessions were ended
    */
-  async revokeUser(userId: string, options: { except?: string | readonly string[]; reason?: EndReason } = {}): Promise<number> {
+  async revokeUser(userId: string | number, options: { except?: string | readonly string[]; reason?: EndReason } = {}): Promise<number> {
     if (typeof userId !== "string" && typeof userId !== "number") throw new TypeError("connect-drizzle: revokeUser needs a user id");
     const t = this.table;
     const kept = options.except === undefined ? [] : typeof options.except === "string" ? [options.except] : [...options.except];
@@ -296,30 +347,34 @@ export class SessionStore extends Store {
         ? sql``
         : sql` and not (${this.byKeys(kept.flatMap((id) => this.keysOf(id)))} or ${t.handle} in (${sql.join(kept.map((h) => sql`${h}`), sql`, `)}))`;
     const rows = await this.run("revokeUser", () =>
-      this.write(sql`${this.endSet(instant(Date.now()), options.reason ?? "revoked")} where ${t.userId} = ${String(userId)} and ${t.endedAt} is null${except} returning key`),
+      this.write(sql`${this.endSet(options.reason ?? "revoked")} where ${t.userId} = ${String(userId)} and ${t.endedAt} is null${except} returning ${t.key} as key`),
     );
     return rows.length;
   }
 
   /**
-   * Sets a new idle expiry for a session (longer or shorter). It also revalidates a session that expired
-   * but is not yet reaped; an ended session stays ended. The expiry never passes the absolute expiry
-   * unless `beyondAbsolute` is set, which moves the absolute expiry too.
+   * Sets a new idle expiry for a session (longer or shorter), scoped like {@link revoke}. It also
+   * revalidates a session that expired but is not yet reaped; an ended session stays ended. The expiry
+   * never passes the absolute expiry unless `beyondAbsolute` is set, which moves the absolute expiry too.
+   * `until` is read on this server's clock, as a lifetime from now.
    * @returns whether a session was changed
+   * @throws TypeError when `until` is not a valid Date, or the scope is missing
    */
-  async extend(handle: string, until: Date, options: { beyondAbsolute?: boolean } = {}): Promise<boolean> {
+  async extend(handle: string, until: Date, options: ExtendOptions): Promise<boolean> {
     const at = until instanceof Date ? until.getTime() : NaN;
-    if (!Number.isFinite(at)) throw new TypeError("connect-drizzle: extend(handle, until) needs a valid Date");
+    if (!Number.isFinite(at)) throw new TypeError("connect-drizzle: extend(handle, until, { userId }) needs a valid Date");
+    const owner = this.ownerFilter(options, "extend");
     if (typeof handle !== "string" || handle.length === 0) return false;
     const t = this.table;
-    const until_ = instant(at);
+    const target = lifetime(sql`${at - this.now()}`);
+    const absolute = this.absoluteExpiry();
     const expiry = options.beyondAbsolute
-      ? sql`expires_at = ${until_}, absolute_expires_at = greatest(${t.absoluteExpiresAt}, ${until_})`
-      : sql`expires_at = least(${until_}, ${t.absoluteExpiresAt})`;
+      ? sql`${col(t.expiresAt)} = ${target}, ${col(t.absoluteExpiresAt)} = greatest(${absolute}, ${target})`
+      : sql`${col(t.expiresAt)} = least(${target}, ${absolute}), ${col(t.absoluteExpiresAt)} = ${absolute}`;
     const rows = await this.run("extend", () =>
-      this.write(sql`update ${t} set ${expiry}, version = ${t.version} + 1,
-          data = case when jsonb_typeof(${t.data}->'cookie') = 'object' then jsonb_set(${t.data}, '{cookie,expires}', to_jsonb(${iso(at)}::text)) else ${t.data} end
-        where ${t.handle} = ${handle} and ${t.endedAt} is null returning key`),
+      this.write(sql`update ${t} set ${expiry}, ${col(t.version)} = ${t.version} + 1,
+          ${col(t.data)} = case when jsonb_typeof(${t.data}->'cookie') = 'object' then jsonb_set(${t.data}, '{cookie,expires}', to_jsonb(${iso(at)}::text)) else ${t.data} end
+        where ${t.handle} = ${handle} and ${t.endedAt} is null${owner} returning ${t.key} as key`),
     );
     return rows.length > 0;
   }
@@ -338,31 +393,38 @@ export class SessionStore extends Store {
     await listening?.close();
   }
 
+  /**
+   * This server's clock, epoch ms. It only measures lifetimes (a cookie's `expires` minus now) and the
+   * cache's ttl; the database's clock decides expiry. @internal
+   */
+  protected now(): number {
+    return Date.now();
+  }
+
   private async read(sid: string): Promise<SessionData | null> {
     if (!isValidId(sid)) return null;
-    const now = Date.now();
-    const cached = this.cached(sid, now);
+    const sent = this.now();
+    const cached = this.cached(sid, sent);
     if (cached) return withLoaded(parseSession(cached.text)!, { ...cached });
     const keys = this.keysOf(sid);
     const evictions = this.evictions;
-    const [row] = await this.shaped<{ key: string; data: string; expires: number; version: number; ua: string | null; ip: string | null }>(
+    const [row] = await this.shaped<{ key: string; data: string; version: number; ua: string | null; ip: string | null } & ExpiryRow>(
       `get:${keys.length}`,
-      keyValues(keys, { now }),
+      keyValues(keys, {}),
       (v) => {
         const t = this.table;
-        // The clock goes in as epoch ms (cheaper than an ISO string on every request).
-        return sql`select ${t.key} as key, ${t.data}::text as data, ${msOf(t.expiresAt)} as expires, ${t.version} as version,
+        return sql`select ${t.key} as key, ${t.data}::text as data, ${this.expiryColumns()}, ${t.version} as version,
             ${t.userAgent} as ua, ${t.ip} as ip
-          from ${t} where ${this.byKeys(keyParams(keys, v))} and ${this.live(sql`to_timestamp(${v("now")}::float8 / 1000)`)} limit 1`;
+          from ${t} where ${this.byKeys(keyParams(keys, v))} and ${this.live()} limit 1`;
       },
     );
     if (!row) return null;
     const session = parseSession(row.data);
     if (!session) {
-      this.report(new SessionStoreError("CORRUPT_ROW", `session row ${keys[0]!.slice(0, 8)}… in ${this.tableName} holds no valid session (no cookie object); treated as missing`));
+      this.report(new SessionStoreError("CORRUPT_ROW", `session row ${keys[0]!.slice(0, 8)}… in ${this.tableName} holds no valid session (its data or cookie is malformed); treated as missing`));
       return null;
     }
-    const loaded: Loaded = { sid, key: row.key, expires: Number(row.expires), text: row.data, version: Number(row.version), ua: row.ua, ip: row.ip, at: now };
+    const loaded: Loaded = { sid, key: row.key, text: row.data, version: Number(row.version), ua: row.ua, ip: row.ip, ...this.localExpiry(row, sent) };
     // A read that overlapped an eviction may hold the data from before the write: don't cache it.
     if (evictions === this.evictions) this.cache(loaded);
     return withLoaded(session, loaded);
@@ -393,57 +455,60 @@ export class SessionStore extends Store {
     if (!isValidId(sid)) {
       throw new TypeError("connect-drizzle: a session id must be a well-formed string (express-session's ids always are)");
     }
-    const keys = this.keysOf(sid);
-    const now = Date.now();
-    const expires = this.expiry(session, now);
+    const now = this.now();
+    const target = this.expiry(session, now);
     const text = serialize(session, this.options.maxSize);
     const loaded = loadedOf(session, sid);
-    if (loaded && this.fresh(loaded, expires, now) && sameContent(loaded.text, text)) return;
+    if (loaded && this.fresh(loaded, target, now) && sameContent(loaded.text, text)) return;
 
+    const keys = loaded ? [loaded.key] : this.keysOf(sid);
     const { ua, ip } = requestMetadata(session);
     const absolute = this.options.absoluteTimeout;
-    const absoluteAt = absolute === undefined ? null : now + absolute;
     const guarded = this.options.versioned && loaded !== undefined;
     const values: Record<string, unknown> = {
       handle: newHandle(),
       userId: this.userIdOf(session),
       label: this.labelOf(session),
       text,
-      expires: iso(expires),
-      insertExpires: iso(Math.min(expires, absoluteAt ?? Infinity)),
-      absoluteAt: absoluteAt === null ? null : iso(absoluteAt),
-      now: iso(now),
+      life: target - now,
       ua,
       ip,
       version: loaded?.version,
     };
     keyValues(keys, values);
     this.evict(keys);
-    const rows = await this.shaped<{ key: string; version: number }>(`save:${keys.length}:${guarded}`, values, (v) => {
+    const evictions = this.evictions;
+    const shape = loaded ? `save:loaded:${guarded}` : `save:new:${keys.length}`;
+    const rows = await this.shaped<{ key: string; version: number } & ExpiryRow>(shape, values, (v) => {
       const t = this.table;
-      // Sessions created before absoluteTimeout was enabled get it counted from their creation.
-      const absoluteExpr =
-        absolute === undefined ? sql`${t.absoluteExpiresAt}` : sql`coalesce(${t.absoluteExpiresAt}, ${t.createdAt} + ${absolute} * interval '1 millisecond')`;
+      const absoluteAt = this.absoluteExpiry();
       // The owner survives the user being removed from the data, so the record of a logout stays in the
       // user's history (passport's logout saves the session without the user, then regenerates it).
-      const changes = sql`data = ${v("text")}::jsonb, user_id = coalesce(${v("userId")}::text, ${t.userId}),
-        label = coalesce(${v("label")}::text, ${t.label}), expires_at = least(${v("expires")}::timestamptz, ${absoluteExpr}),
-        absolute_expires_at = ${absoluteExpr}, last_seen_at = ${v("now")}::timestamptz,
-        user_agent = coalesce(${v("ua")}::text, ${t.userAgent}), ip = coalesce(${v("ip")}::text, ${t.ip}), version = ${t.version} + 1`;
-      const row = sql`${v("k0")}, ${v("handle")}, ${v("userId")}::text, ${v("label")}::text, ${v("text")}::jsonb, ${v("insertExpires")}::timestamptz,
-        ${v("absoluteAt")}::timestamptz, ${v("now")}::timestamptz, ${v("now")}::timestamptz, ${v("ua")}::text, ${v("ip")}::text`;
-      const columns = sql`(key, handle, user_id, label, data, expires_at, absolute_expires_at, created_at, last_seen_at, user_agent, ip)`;
-      // An ended row (a tombstone) is never revived: a request still in flight when its session was
-      // revoked must not bring it back. With `versioned`, a row changed since this request read it is
-      // not overwritten either. Rows keyed under an older secret are updated in place.
-      const guard = guarded ? sql` and ${t.version} = ${v("version")}::int` : sql``;
-      const upsert = sql`insert into ${t} ${columns}`;
-      const onConflict = sql`on conflict (key) do update set ${changes} where ${t.endedAt} is null${guard} returning key, version`;
+      const changes = sql`${col(t.data)} = ${v("text")}::jsonb, ${col(t.userId)} = coalesce(${v("userId")}::text, ${t.userId}),
+        ${col(t.label)} = coalesce(${v("label")}::text, ${t.label}), ${col(t.expiresAt)} = least(${lifetime(v("life"))}, ${absoluteAt}),
+        ${col(t.absoluteExpiresAt)} = ${absoluteAt}, ${col(t.lastSeenAt)} = ${NOW},
+        ${col(t.userAgent)} = coalesce(${v("ua")}::text, ${t.userAgent}), ${col(t.ip)} = coalesce(${v("ip")}::text, ${t.ip}), ${col(t.version)} = ${t.version} + 1`;
+      const returning = sql`returning ${t.key} as key, ${t.version} as version, ${this.expiryColumns()}`;
+      if (loaded) {
+        // What this request loaded is updated only while it is live: a request still in flight when its
+        // session ended (or expired, or was reaped) must not bring it back. With `versioned`, a row changed
+        // since this request read it is not overwritten either.
+        const guard = guarded ? sql` and ${t.version} = ${v("version")}::int` : sql``;
+        return this.notifying(sql`update ${t} set ${changes} where ${t.key} = ${v("k0")} and ${this.live()}${guard} ${returning}`);
+      }
+      const created = absolute === undefined ? sql`null::timestamptz` : lifetime(sql`${absolute}`);
+      const row = sql`${v("k0")}, ${v("handle")}, ${v("userId")}::text, ${v("label")}::text, ${v("text")}::jsonb,
+        least(${lifetime(v("life"))}, ${created}), ${created}, ${NOW}, ${NOW}, ${v("ua")}::text, ${v("ip")}::text`;
+      const columns = sql.join([t.key, t.handle, t.userId, t.label, t.data, t.expiresAt, t.absoluteExpiresAt, t.createdAt, t.lastSeenAt, t.userAgent, t.ip].map(col), sql`, `);
+      // A new id whose row exists (a direct store.set of a known id) updates it, unless it ended: an
+      // ended row is never revived. Rows keyed under an older secret are updated in place.
+      const upsert = sql`insert into ${t} (${columns})`;
+      const onConflict = sql`on conflict (${col(t.key)}) do update set ${changes} where ${t.endedAt} is null ${returning}`;
       if (keys.length === 1) return this.notifying(sql`${upsert} values (${row}) ${onConflict}`);
       const inOlder = this.byKeys(keyParams(keys, v).slice(1));
       return this.notifying(
-        sql`select key, version from moved union all select key, version from inserted`,
-        sql`moved as (update ${t} set ${changes} where ${inOlder} and ${t.endedAt} is null${guard} returning key, version),
+        sql`select * from moved union all select * from inserted`,
+        sql`moved as (update ${t} set ${changes} where ${inOlder} and ${t.endedAt} is null ${returning}),
           inserted as (${upsert} select ${row} where not exists (select 1 from ${t} where ${inOlder}) ${onConflict})`,
       );
     });
@@ -452,16 +517,26 @@ export class SessionStore extends Store {
       if (guarded) await this.checkConflict(keys);
       return;
     }
-    const now_: Loaded = { sid, key: written.key, expires, text, version: Number(written.version), ua: ua ?? loaded?.ua ?? null, ip: ip ?? loaded?.ip ?? null, at: now };
-    withLoaded(session, now_);
-    this.cache(now_);
+    const next: Loaded = {
+      sid,
+      key: written.key,
+      text,
+      version: Number(written.version),
+      ua: ua ?? loaded?.ua ?? null,
+      ip: ip ?? loaded?.ip ?? null,
+      ...this.localExpiry(written, now),
+    };
+    withLoaded(session, next);
+    // Another instance may have ended the session right after this write, and its NOTIFY overtaken the
+    // reply: cache only what no eviction overlapped.
+    if (evictions === this.evictions) this.cache(next);
   }
 
-  /** After a guarded save changed nothing: a conflict error, unless the session had ended (then nothing to save). */
+  /** After a guarded save changed nothing: a conflict error, unless the session is no longer live (then nothing to save). */
   private async checkConflict(keys: string[]): Promise<void> {
     const t = this.table;
-    const [row] = await this.query<{ ended: boolean }>(sql`select ${t.endedAt} is not null as ended from ${t} where ${this.byKeys(keys)}`);
-    if (row && !row.ended) {
+    const [row] = await this.query<{ live: boolean }>(sql`select ${this.live()} as live from ${t} where ${this.byKeys(keys)}`);
+    if (row && (row.live === true || (row.live as unknown) === "t")) {
       throw new SessionStoreError(
         "CONFLICT",
         "the session was changed by another request since this one read it; the change was not saved (reload the session and retry)",
@@ -471,26 +546,30 @@ export class SessionStore extends Store {
 
   private async renew(sid: string, session: SessionData): Promise<void> {
     if (!isValidId(sid)) return;
-    const now = Date.now();
-    const expires = this.expiry(session, now);
+    const now = this.now();
+    const target = this.expiry(session, now);
     const loaded = loadedOf(session, sid);
     const { ua, ip } = requestMetadata(session);
     const sameDevice = loaded && (ua === null || ua === loaded.ua) && (ip === null || ip === loaded.ip);
-    if (loaded && sameDevice && this.fresh(loaded, expires, now)) return;
-    const keys = this.keysOf(sid);
-    const values = keyValues(keys, { expires: iso(expires), now: iso(now), cookie: JSON.stringify(session.cookie ?? {}), ua, ip });
+    if (loaded && sameDevice && this.fresh(loaded, target, now)) return;
+    // The touch writes only the cookie, but the row must stay within maxSize like any save.
+    serialize(session, this.options.maxSize);
+    const keys = loaded ? [loaded.key] : this.keysOf(sid);
+    const values = keyValues(keys, { life: target - now, cookie: JSON.stringify(session.cookie ?? {}), ua, ip });
     this.evict(keys);
-    const [written] = await this.shaped<{ key: string }>(`touch:${keys.length}`, values, (v) => {
+    const evictions = this.evictions;
+    const [written] = await this.shaped<{ key: string } & ExpiryRow>(`touch:${keys.length}`, values, (v) => {
       const t = this.table;
-      return this.notifying(sql`update ${t} set expires_at = least(${v("expires")}::timestamptz, ${t.absoluteExpiresAt}),
-          last_seen_at = ${v("now")}::timestamptz, data = jsonb_set(${t.data}, '{cookie}', ${v("cookie")}::jsonb),
-          user_agent = coalesce(${v("ua")}::text, ${t.userAgent}), ip = coalesce(${v("ip")}::text, ${t.ip})
-        where ${this.byKeys(keyParams(keys, v))} and ${this.live(sql`${v("now")}::timestamptz`)}
-          and jsonb_typeof(${t.data}->'cookie') = 'object' returning key`);
+      const absoluteAt = this.absoluteExpiry();
+      return this.notifying(sql`update ${t} set ${col(t.expiresAt)} = least(${lifetime(v("life"))}, ${absoluteAt}),
+          ${col(t.absoluteExpiresAt)} = ${absoluteAt}, ${col(t.lastSeenAt)} = ${NOW}, ${col(t.data)} = jsonb_set(${t.data}, '{cookie}', ${v("cookie")}::jsonb),
+          ${col(t.userAgent)} = coalesce(${v("ua")}::text, ${t.userAgent}), ${col(t.ip)} = coalesce(${v("ip")}::text, ${t.ip})
+        where ${this.byKeys(keyParams(keys, v))} and ${this.live()}
+          and jsonb_typeof(${t.data}->'cookie') = 'object' returning ${t.key} as key, ${this.expiryColumns()}`);
     });
     if (written && loaded) {
-      Object.assign(loaded, { expires, ua: ua ?? loaded.ua, ip: ip ?? loaded.ip });
-      this.cache({ ...loaded, at: now });
+      Object.assign(loaded, { ua: ua ?? loaded.ua, ip: ip ?? loaded.ip, ...this.localExpiry(written, now) });
+      if (evictions === this.evictions) this.cache({ ...loaded, at: now });
     }
   }
 
@@ -499,19 +578,17 @@ export class SessionStore extends Store {
     if (!isValidId(sid)) return false;
     const keys = this.keysOf(sid);
     this.evict(keys);
-    const rows = await this.shaped(`end:${keys.length}`, keyValues(keys, { now: iso(Date.now()), reason }), (v) =>
-      this.notifying(
-        sql`${this.endSet(sql`${v("now")}::timestamptz`, v("reason"))} where ${this.byKeys(keyParams(keys, v))} and ${this.table.endedAt} is null returning key`,
-      ),
+    const rows = await this.shaped<{ key: string }>(`end:${keys.length}`, keyValues(keys, { reason }), (v) =>
+      this.notifying(sql`${this.endSet(v("reason"))} where ${this.byKeys(keyParams(keys, v))} and ${this.table.endedAt} is null returning ${this.table.key} as key`),
     );
+    // Evict again: a read or write of this store that overlapped the end may have cached the session.
+    this.evict(keys);
     return rows.length > 0;
   }
 
   private async loadAll(): Promise<Record<string, SessionData>> {
     const t = this.table;
-    const rows = await this.query<{ handle: string; data: string }>(
-      sql`select ${t.handle} as handle, ${t.data}::text as data from ${t} where ${this.live(instant(Date.now()))}`,
-    );
+    const rows = await this.query<{ handle: string; data: string }>(sql`select ${t.handle} as handle, ${t.data}::text as data from ${t} where ${this.live()}`);
     const result: Record<string, SessionData> = {};
     for (const row of rows) {
       const session = parseSession(row.data);
@@ -520,25 +597,67 @@ export class SessionStore extends Store {
     return result;
   }
 
-  /** `update <table> set` for ending sessions at `at` for `reason`; the caller appends the `where`. @internal */
-  protected endSet(at: SQL, reason: SQL | EndReason): SQL {
+  /** `update <table> set` for ending sessions now for `reason`; the caller appends the `where`. @internal */
+  protected endSet(reason: SQL | EndReason): SQL {
     const t = this.table;
-    return sql`update ${t} set ended_at = ${at}, end_reason = ${reason}::text, data = '{}'::jsonb, version = ${t.version} + 1`;
+    return sql`update ${t} set ${col(t.endedAt)} = ${NOW}, ${col(t.endReason)} = ${reason}::text, ${col(t.data)} = '{}'::jsonb, ${col(t.version)} = ${t.version} + 1`;
   }
 
-  /** Rows of a live session at `at`: not ended and not past its expiry (which never exceeds the absolute one). @internal */
-  protected live(at: SQL): SQL {
+  /**
+   * Rows of a live session now, on the database's clock: not ended, not past the idle expiry, and not past
+   * the absolute one (for rows made before `absoluteTimeout` was set too, counted from their creation). @internal
+   */
+  protected live(): SQL {
     const t = this.table;
-    return sql`${t.endedAt} is null and ${t.expiresAt} > ${at}`;
+    const absolute = this.options.absoluteTimeout === undefined ? sql`` : sql` and ${this.absoluteExpiry()} > ${NOW}`;
+    return sql`${t.endedAt} is null and ${t.expiresAt} > ${NOW}${absolute}`;
   }
 
-  private statusFilter(status: SessionQuery["status"], now: number): SQL {
+  /**
+   * The absolute expiry of a row: its column, or with `absoluteTimeout`, for rows made before it was set,
+   * their creation plus it.
+   */
+  private absoluteExpiry(): SQL {
+    const t = this.table;
+    const absolute = this.options.absoluteTimeout;
+    return absolute === undefined ? sql`${t.absoluteExpiresAt}` : sql`coalesce(${t.absoluteExpiresAt}, ${t.createdAt} + ${absolute}::float8 * interval '1 millisecond')`;
+  }
+
+  /** The moment a row stops being live (ended aside): its idle expiry, capped by the absolute one. */
+  private effectiveExpiry(): SQL {
+    return this.options.absoluteTimeout === undefined ? sql`${this.table.expiresAt}` : sql`least(${this.table.expiresAt}, ${this.absoluteExpiry()})`;
+  }
+
+  /** The {@link ExpiryRow} columns of a statement that reads or writes a session. */
+  private expiryColumns(): SQL {
+    return sql`${msOf(this.effectiveExpiry())} as expires, ${msOf(this.absoluteExpiry())} as absolute, ${msOf(NOW)} as now`;
+  }
+
+  /**
+   * A row's expiries on this server's clock. `sent` is when the statement was sent: the database's now
+   * came later, so the conversion errs early (a cached session stops being served a round trip sooner).
+   */
+  private localExpiry(row: ExpiryRow, sent: number): Pick<Loaded, "expires" | "absolute" | "at"> {
+    const offset = sent - Number(row.now);
+    return {
+      expires: Number(row.expires) + offset,
+      absolute: row.absolute === null || row.absolute === undefined ? null : Number(row.absolute) + offset,
+      at: sent,
+    };
+  }
+
+  /** A record's status, decided in the database. */
+  private statusOf(): SQL {
+    return sql`case when ${this.table.endedAt} is not null then 'ended' when ${this.live()} then 'active' else 'expired' end`;
+  }
+
+  private statusFilter(status: SessionQuery["status"]): SQL {
     const t = this.table;
     switch (status ?? "active") {
       case "active":
-        return this.live(instant(now));
+        return this.live();
       case "expired":
-        return sql`${t.endedAt} is null and ${t.expiresAt} <= ${instant(now)}`;
+        return sql`${t.endedAt} is null and not (${this.live()})`;
       case "ended":
         return sql`${t.endedAt} is not null`;
       case "all":
@@ -557,17 +676,38 @@ export class SessionStore extends Store {
     return { userId: String(query.userId), limit, current: typeof query.current === "string" ? query.current : undefined };
   }
 
+  /** The `and user_id = ...` of an owner-scoped call, or nothing for `{ anyOwner: true }`. */
+  private ownerFilter(options: OwnerScope | undefined, method: string): SQL {
+    const scope: any = options;
+    if (scope !== null && typeof scope === "object" && "userId" in scope) {
+      if (typeof scope.userId !== "string" && typeof scope.userId !== "number") {
+        throw new TypeError(
+          `connect-drizzle: ${method}(handle, { userId }) got userId ${String(scope.userId)}: pass the signed-in user's id, ` +
+            "or { anyOwner: true } to act on any user's session",
+        );
+      }
+      return sql` and ${this.table.userId} = ${String(scope.userId)}`;
+    }
+    if (scope?.anyOwner === true) return sql``;
+    throw new TypeError(
+      `connect-drizzle: ${method} needs a scope: { userId } for the owner's own session, or { anyOwner: true } for any session (admin tools)`,
+    );
+  }
+
   /** @internal */
   protected byKeys(keys: Array<string | SQL>): SQL {
     return sql`${this.table.key} in (${sql.join(keys.map((k) => (typeof k === "string" ? sql`${k}` : k)), sql`, `)})`;
   }
 
   /**
-   * Runs a statement that changes sessions and ends in `returning key`, and (with `notify`) evicts the
-   * changed keys from every instance's cache in the same statement. Returns one row per changed row. @internal
+   * Runs a statement that changes sessions and ends in `returning key`: it (with `notify`) evicts the
+   * changed keys from every instance's cache in the same statement, and from this store's cache before
+   * the promise resolves, so an end is seen here at once. Returns one row per changed row. @internal
    */
-  protected write<Row extends { key: string } = { key: string }>(statement: SQL): Promise<Row[]> {
-    return this.query<Row>(this.notifying(statement));
+  protected async write<Row extends { key: string } = { key: string }>(statement: SQL): Promise<Row[]> {
+    const rows = await this.query<Row>(this.notifying(statement));
+    this.evict(rows.map((row) => row.key));
+    return rows;
   }
 
   /** The statement, with its CTEs, and (with `notify`) the NOTIFY of every changed key. @internal */
@@ -597,8 +737,11 @@ export class SessionStore extends Store {
     return this.timed(client.query(name ? { name, text, values: args } : { text, values: args })).then((result) => rowsOf<Row>(result));
   }
 
-  /** Forgets sessions locally (`*`: every session); other instances learn it from the NOTIFY. */
-  private evict(keys: string[]): void {
+  /**
+   * Forgets sessions in this store's cache (`*`: every session), for its own writes and for every NOTIFY
+   * it receives; other instances learn of this store's writes from the NOTIFY. @internal
+   */
+  protected evict(keys: readonly string[]): void {
     this.evictions++;
     for (const key of keys) {
       if (key === "*") {
@@ -621,6 +764,7 @@ export class SessionStore extends Store {
     const cache = this.options.cache!;
     let pending: string | undefined;
     let timer: NodeJS.Timeout | undefined;
+    let probeFailed = false;
     const probe = () => {
       if (pending !== undefined && this.cacheLive) {
         this.cacheLive = false;
@@ -628,7 +772,15 @@ export class SessionStore extends Store {
         this.report(new SessionStoreError("DATABASE", "the cache's NOTIFY probe did not come back; cache off until one does"));
       }
       pending = `?probe:${newHandle()}`;
-      this.query(sql`select pg_notify(${this.channel}, ${pending})`).catch(() => {});
+      this.query(sql`select pg_notify(${this.channel}, ${pending})`).then(
+        () => void (probeFailed = false),
+        (error) => {
+          // Said once per outage, not on every probe; the cache stays off meanwhile (the probe cannot return).
+          if (probeFailed) return;
+          probeFailed = true;
+          this.report(databaseError(error, this.tableName, "the cache's NOTIFY probe"));
+        },
+      );
     };
     const schedule = () => {
       clearInterval(timer);
@@ -750,7 +902,7 @@ export class SessionStore extends Store {
     else console.warn(error.message);
   }
 
-  /** The idle expiry of a session being saved, epoch ms. */
+  /** When a session being saved should expire, on this server's clock: its cookie's expiry, capped by `idleTimeout`. */
   private expiry(session: SessionData, now: number): number {
     const cookieExpires = (session as any)?.cookie?.expires;
     const at = cookieExpires == null ? NaN : new Date(cookieExpires).getTime();
@@ -758,10 +910,18 @@ export class SessionStore extends Store {
     return this.options.idleTimeout === undefined ? expires : Math.min(expires, now + this.options.idleTimeout);
   }
 
-  /** Whether the stored expiry is close enough to the new one that writing it again buys nothing. */
-  private fresh(seen: Loaded, expires: number, now: number): boolean {
-    const threshold = Math.min(this.options.touchAfter, Math.max(0, expires - now) / 10);
-    return expires - seen.expires < threshold;
+  /**
+   * Whether writing the new expiry again buys nothing: it is later than the stored one by less than
+   * `touchAfter` (or a tenth of the lifetime left). An earlier expiry is always written (a route that
+   * shortened the session must get it), unless it is earlier by less than the error of comparing this
+   * server's clock with the database's (the latency of the write that stored it and the read that loaded
+   * it), counted as one second at most.
+   */
+  private fresh(seen: Loaded, target: number, now: number): boolean {
+    const next = seen.absolute === null ? target : Math.min(target, seen.absolute);
+    const threshold = Math.min(this.options.touchAfter, Math.max(0, next - now) / 10);
+    const later = next - seen.expires;
+    return later > -Math.min(CLOCK_ERROR, threshold) && later < threshold;
   }
 
   private cache(loaded: Loaded): void {
@@ -810,6 +970,9 @@ function requestMetadata(session: SessionData): { ua: string | null; ip: string 
 
 const DIALECT = new PgDialect();
 
+/** The most an expiry can seem earlier than stored through clock conversion alone, ms (see `fresh`). */
+const CLOCK_ERROR = 1_000;
+
 /** Named statements by SQL text: a bounded set, since lists of varying length make new shapes. */
 const STATEMENT_NAMES = new Map<string, string>();
 
@@ -818,6 +981,21 @@ function statementName(text: string): string | undefined {
   if (name === undefined && STATEMENT_NAMES.size < 256) {
     name = `connect_drizzle_${createHash("sha256").update(text).digest("base64url").slice(0, 22)}`;
     STATEMENT_NAMES.set(text, name);
+  }
+  return name;
+}
+
+/**
+ * The NOTIFY channel of a table. Postgres cuts identifiers at 63 bytes (not characters) and pg_notify
+ * refuses longer names, so a long or non-ASCII table name is cut at a character boundary within 63 bytes.
+ */
+export function channelName(qualified: string): string {
+  let name = "";
+  let bytes = 0;
+  for (const char of `connect_drizzle_${qualified}`) {
+    bytes += Buffer.byteLength(char, "utf8");
+    if (bytes > 63) break;
+    name += char;
   }
   return name;
 }
@@ -835,39 +1013,43 @@ interface RecordRow {
   ended_at: number | null;
   end_reason: EndReason | null;
   current: boolean;
+  status: SessionStatus;
 }
 
-function toRecord(row: RecordRow, now: number): SessionRecord {
+function toRecord(row: RecordRow): SessionRecord {
   const date = (ms: number | null) => (ms === null || ms === undefined ? null : new Date(Number(ms)));
-  const expiresAt = date(row.expires_at)!;
-  const endedAt = date(row.ended_at);
   return {
     handle: row.handle,
     userId: row.user_id,
-    status: endedAt ? "ended" : expiresAt.getTime() > now ? "active" : "expired",
+    status: row.status,
     createdAt: date(row.created_at)!,
     lastSeenAt: date(row.last_seen_at)!,
-    expiresAt,
+    expiresAt: date(row.expires_at)!,
     absoluteExpiresAt: date(row.absolute_expires_at),
     label: row.label,
     userAgent: row.user_agent,
     ip: row.ip,
-    endedAt,
+    endedAt: date(row.ended_at),
     endReason: row.end_reason,
     current: row.current === true || (row.current as unknown) === "t",
   };
 }
 
-/** A timestamp column as epoch milliseconds (a float8, which every driver returns as a number). */
-function msOf(column: SQL.Aliased | SQL | object): SQL {
+/** A timestamp as epoch milliseconds (a float8, which every driver returns as a number). */
+function msOf(value: SQL | object): SQL {
   // date_part is float8 arithmetic (extract() is numeric since PostgreSQL 14, several times slower); the
   // round() makes the float exact again (timestamps here have millisecond precision).
-  return sql`round(date_part('epoch', ${column}) * 1000)`;
+  return sql`round(date_part('epoch', ${value}) * 1000)`;
 }
 
-/** A point in time as a timestamptz SQL value. */
-function instant(epochMs: number): SQL {
-  return sql`${iso(epochMs)}::timestamptz`;
+/** The database's now plus a lifetime in milliseconds (a parameter or placeholder). */
+function lifetime(ms: SQL): SQL {
+  return sql`${NOW} + ${ms}::float8 * interval '1 millisecond'`;
+}
+
+/** A column's bare name, for an insert's column list or an update's `set` (where drizzle's qualified form is not allowed). */
+function col(column: { name: string }): SQL {
+  return sql`${sql.identifier(column.name)}`;
 }
 
 /** Adds a session's row keys to a shaped statement's values, as `k0`, `k1`, ... */

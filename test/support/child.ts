@@ -40,7 +40,7 @@ async function reapAt(at: number, batchSize: number, pauseMs: number) {
 async function handle(message: ChildCommand): Promise<unknown> {
   switch (message.cmd) {
     case "revoke":
-      return store.revoke(message.handle);
+      return store.revoke(message.handle, { anyOwner: true });
     case "list":
       return (await store.list({ userId: message.userId })).map((r) => r.handle);
     case "get":

@@ -25,6 +25,11 @@ export interface TestDb {
   statements: string[];
   /** Runs SQL outside the store, with `$table` replaced by the schema-qualified table name. */
   raw<T = any>(text: string): Promise<T[]>;
+  /**
+   * Lets `ms` pass for the database: every instant stored in the table moves `ms` into the past. The store
+   * decides expiry with the database's clock, so this is how a test ages sessions without waiting.
+   */
+  age(ms: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -89,6 +94,11 @@ export async function openDb(driver: DriverName, options: { pool?: number } = {}
       const result: any = await db.execute(sql.raw(text.replaceAll("$table", qualified)));
       return Array.isArray(result) ? result : result.rows;
     },
+    age: async (ms) => {
+      const by = `${ms} * interval '1 millisecond'`;
+      const columns = ["created_at", "last_seen_at", "expires_at", "absolute_expires_at", "ended_at"];
+      await db.execute(sql.raw(`update ${qualified} set ${columns.map((c) => `${c} = ${c} - ${by}`).join(", ")}`));
+    },
     close: async () => {
       if (driver !== "pglite") await exec(`drop schema "${schema}" cascade`).catch(() => {});
       await end();
@@ -116,6 +126,63 @@ export function useTestDb(driver: DriverName, use: (t: TestDb, store: SessionSto
 }
 
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Polls `check` until it holds, for at most `ms`; returns whether it did. Bounded, never a timing assertion. */
+export async function eventually(check: () => boolean | Promise<boolean>, ms = 3_000): Promise<boolean> {
+  const until = Date.now() + ms;
+  while (Date.now() < until) {
+    if (await check()) return true;
+    await sleep(10);
+  }
+  return check();
+}
+
+/** Whether a store's read cache is on (its LISTEN heard its probe), within a few seconds. */
+export const cacheReady = (store: SessionStore) => eventually(() => (store as any).cacheLive === true);
+
+/**
+ * A second app instance's database on the same tables: its own pool (node-postgres, postgres.js) or, on
+ * PGlite, a second drizzle database over the one in-process client. `beforeReply` holds back the reply of
+ * the next statement it sends (after the database ran it) until the given function has run: how a test
+ * makes another instance act between a write and its reply.
+ */
+export interface Peer {
+  db: AnyPgDatabase;
+  beforeReply(hook: () => Promise<void>): void;
+  close(): Promise<void>;
+}
+
+export async function openPeer(t: TestDb): Promise<Peer> {
+  let hook: (() => Promise<void>) | undefined;
+  const held = <T>(reply: PromiseLike<T>): Promise<T> =>
+    Promise.resolve(reply).then(async (value) => {
+      const run = hook;
+      hook = undefined;
+      await run?.();
+      return value;
+    });
+  let db: AnyPgDatabase;
+  let close: () => Promise<void>;
+  if (t.driver === "pglite") {
+    db = drizzlePglite((t.db as any).$client);
+    const execute = db.execute.bind(db);
+    db.execute = ((query: any) => (hook ? held(execute(query)) : execute(query))) as typeof db.execute;
+    close = async () => {};
+  } else if (t.driver === "node-postgres") {
+    const pool = new pg.Pool({ connectionString: DATABASE_URL, max: 4 });
+    const query = pool.query.bind(pool) as (...args: any[]) => any;
+    pool.query = ((...args: any[]) => (hook ? held(query(...args)) : query(...args))) as typeof pool.query;
+    db = drizzlePg(pool);
+    close = () => pool.end();
+  } else {
+    const client = postgres(DATABASE_URL!, { max: 4, onnotice: () => {} });
+    db = drizzlePostgresJs(client);
+    const execute = db.execute.bind(db);
+    db.execute = ((query: any) => (hook ? held(execute(query)) : execute(query))) as typeof db.execute;
+    close = () => client.end({ timeout: 5 });
+  }
+  return { db, beforeReply: (next) => void (hook = next), close };
+}
 
 /** A minimal express-session-shaped session with a cookie expiring `ms` from now. */
 export function sessionData(ms: number, extra: Record<string, unknown> = {}): any {
