@@ -38,14 +38,16 @@ export interface SessionStoreOptions {
    */
   idleTimeout?: number;
   /**
-   * Absolute timeout: a session is dead this long after it was created, whatever the activity. Never renewed.
+   * Absolute timeout: a session is dead this long after it was created, whatever the activity. Never
+   * renewed. Turned on later, it applies at once to existing sessions, counted from their creation.
    * @default undefined (no absolute limit)
    */
   absoluteTimeout?: number;
   /**
-   * A touch (or an unchanged save) writes only when it moves the stored expiry by more than this, or by
-   * more than a tenth of the session's lifetime, whichever is less. So a read-only request costs one query
-   * and no write; the stored expiry (and last-seen time) lags the cookie's by at most this much.
+   * A touch (or an unchanged save) writes only when it moves the stored expiry later by more than this,
+   * or by more than a tenth of the session's lifetime, whichever is less; an earlier expiry is always
+   * written. So a read-only request costs one query and no write; the stored expiry (and last-seen time)
+   * lags the cookie's by at most this much.
    * @default 60_000 (one minute)
    */
   touchAfter?: number;
@@ -102,7 +104,7 @@ export interface SessionStoreOptions {
   /**
    * Longest wait for one database operation, in ms, connection wait included; past it the operation
    * fails with a `TIMEOUT` error (express answers 500) instead of hanging the request. A write that
-   * timed out may still complete in the database.
+   * timed out may still complete in the database. Each statement of a reaper round is bounded by it too.
    * @default 10_000
    */
   timeout?: number;
