@@ -3,7 +3,7 @@ import { drivers, type TestDb } from "./support/db.js";
 import { closeSharedDbs, configurations, fromEnv, openConfigDb, runLifecycle, seedOf, unsupported } from "./support/model.js";
 
 /**
- * The session lifecycle under racing calls, model-based (test/support/model.ts): bounded runs (about six
+ * The session lifecycle under racing calls, model-based (test/support/model.ts): bounded runs (about five
  * seconds per configuration, configurations side by side) with a fixed seed per configuration. Replay a
  * failure with LIFECYCLE_SEED=<seed> LIFECYCLE_PATH=<path> LIFECYCLE_ONLY="<configuration>"; the other
  * knobs are listed at fromEnv. The longer, randomly seeded run is test/faults/lifecycle.test.ts.
@@ -34,7 +34,7 @@ describe.concurrent("session lifecycle under racing calls (model-based)", () => 
           path: env.path,
           numRuns: env.runs ?? 20,
           maxCommands: 40,
-          budgetMs: env.budgetMs ?? 6_000,
+          budgetMs: env.budgetMs ?? 5_000,
           shrinkMs: env.shrinkMs ?? 10_000,
           without: env.without,
         });
