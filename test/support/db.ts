@@ -83,26 +83,44 @@ export async function openDb(driver: DriverName, options: { pool?: number } = {}
     end = () => client.end({ timeout: 5 });
   }
   await exec(`create schema "${schema}"; set search_path to "${schema}"; ${migrationScript()}; reset search_path;`);
+  return inSchema(driver, db, schema, statements, async () => {
+    if (driver !== "pglite") await exec(`drop schema "${schema}" cascade`).catch(() => {});
+    await end();
+  });
+}
+
+/**
+ * Another schema with the migrations applied, in the same PGlite database as `base` (opening a PGlite
+ * costs seconds). Its `close()` drops the schema and leaves the database to `base`.
+ */
+export async function openSchema(base: TestDb): Promise<TestDb> {
+  if (base.driver !== "pglite") throw new Error("openSchema shares a PGlite database; use openDb for a server");
+  const schema = `${base.schema}_s${counter++}`;
+  await (base.db as any).$client.exec(`create schema "${schema}"; set search_path to "${schema}"; ${migrationScript()}; reset search_path;`);
+  return inSchema(base.driver, base.db, schema, base.statements, async () => {
+    await base.raw(`drop schema "${schema}" cascade`).catch(() => {});
+  });
+}
+
+function inSchema(driver: DriverName, db: AnyPgDatabase, schema: string, statements: string[], close: () => Promise<void>): TestDb {
   const qualified = `"${schema}"."sessions"`;
+  const raw = async (text: string) => {
+    const result: any = await db.execute(sql.raw(text.replaceAll("$table", qualified)));
+    return Array.isArray(result) ? result : result.rows;
+  };
   return {
     driver,
     db,
     schema,
     table: createSessionTable("sessions", { schema }),
     statements,
-    raw: async (text) => {
-      const result: any = await db.execute(sql.raw(text.replaceAll("$table", qualified)));
-      return Array.isArray(result) ? result : result.rows;
-    },
+    raw,
     age: async (ms) => {
       const by = `${ms} * interval '1 millisecond'`;
       const columns = ["created_at", "last_seen_at", "expires_at", "absolute_expires_at", "ended_at"];
-      await db.execute(sql.raw(`update ${qualified} set ${columns.map((c) => `${c} = ${c} - ${by}`).join(", ")}`));
+      await raw(`update $table set ${columns.map((c) => `${c} = ${c} - ${by}`).join(", ")}`);
     },
-    close: async () => {
-      if (driver !== "pglite") await exec(`drop schema "${schema}" cascade`).catch(() => {});
-      await end();
-    },
+    close,
   };
 }
 
@@ -170,6 +188,7 @@ export async function openPeer(t: TestDb): Promise<Peer> {
     close = async () => {};
   } else if (t.driver === "node-postgres") {
     const pool = new pg.Pool({ connectionString: DATABASE_URL, max: 4 });
+    pool.on("error", () => {}); // an idle client killed by a fault test must not crash the run
     const query = pool.query.bind(pool) as (...args: any[]) => any;
     pool.query = ((...args: any[]) => (hook ? held(query(...args)) : query(...args))) as typeof pool.query;
     db = drizzlePg(pool);
