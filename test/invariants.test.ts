@@ -4,7 +4,8 @@ import { afterEach, describe, expect, it, vi } from "vitest";
 import { createSessionTable, SessionStore, SessionStoreError } from "../src/index.js";
 import { channelName } from "../src/store.js";
 import { cookieOf, testApp } from "./support/app.js";
-import { cacheReady, drivers, eventually, openPeer, sessionData, sleep, type TestDb, useTestDb } from "./support/db.js";
+import { drizzle as drizzlePglite } from "drizzle-orm/pglite";
+import { cacheReady, drivers, eventually, openDb, openPeer, sessionData, sleep, type TestDb, useTestDb } from "./support/db.js";
 
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
@@ -256,6 +257,31 @@ describe.each(drivers)("lifecycle invariants on %s", (driver) => {
     await cached.destroy("wide");
     expect(await cached.get("wide")).toBeNull();
     expect(reports).toEqual([]);
+  });
+});
+
+describe("the read cache's probe", () => {
+  it("a probe NOTIFY that fails is reported once, and the cache stays off (every read is a query)", async () => {
+    const t = await openDb("pglite");
+    try {
+      const db: any = drizzlePglite((t.db as any).$client);
+      const execute = db.execute.bind(db);
+      db.execute = (query: any) => {
+        const text = JSON.stringify(query);
+        return text.includes("pg_notify") && text.includes("?probe:") ? Promise.reject(new Error("permission denied for pg_notify")) : execute(query);
+      };
+      const reports: Error[] = [];
+      const store = new SessionStore({ db, table: t.table, cache: { ttl: 2_000 }, reaper: false }); // a probe a second
+      store.on("error", (e) => void reports.push(e));
+      expect(await eventually(() => reports.length > 0)).toBe(true);
+      expect(reports[0]!.message).toMatch(/cache's NOTIFY probe failed: permission denied/);
+      await sleep(1_200); // the next probe fails too: not reported again
+      expect(reports).toHaveLength(1);
+      expect((store as any).cacheLive).toBe(false);
+      await store.close();
+    } finally {
+      await t.close();
+    }
   });
 });
 
