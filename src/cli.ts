@@ -4,6 +4,7 @@
  * Connects with node-postgres (`pg`), imported only here and only when run: the package itself needs no driver.
  */
 import { parseArgs } from "node:util";
+import { DEFAULT_TIMEOUT } from "./options.js";
 import { reap } from "./reaper.js";
 import { createSessionTable } from "./schema.js";
 
@@ -59,7 +60,7 @@ async function main(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
   }
   const retainEnded = wholeNumber(values["retain-ended"], "--retain-ended", 0, true, " of milliseconds");
   const batchSize = wholeNumber(values["batch-size"], "--batch-size", 5_000, false);
-  const timeout = wholeNumber(values.timeout, "--timeout", 10_000, false, " of milliseconds");
+  const timeout = wholeNumber(values.timeout, "--timeout", DEFAULT_TIMEOUT, false, " of milliseconds");
   if (typeof retainEnded === "string" || typeof batchSize === "string" || typeof timeout === "string") {
     io.err(`connect-drizzle: ${[retainEnded, batchSize, timeout].find((value) => typeof value === "string")}`);
     return 1;

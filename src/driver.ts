@@ -23,6 +23,11 @@ export function rowsOf<Row = Record<string, unknown>>(result: any): Row[] {
   return (Array.isArray(result) ? result : (result?.rows ?? [])) as Row[];
 }
 
+/** A boolean column as any driver returns it (`true`, or `"t"` where a driver leaves it as text). */
+export function isTrue(value: unknown): boolean {
+  return value === true || value === "t";
+}
+
 /**
  * Whether the database has a single connection, so that a statement outside an open transaction would wait
  * for it forever: PGlite (in-process, one connection), a lone node-postgres `Client`, or a pool of `max: 1`.

@@ -158,6 +158,9 @@ export interface ResolvedOptions {
   reaper: ResolvedReaperOptions | false;
 }
 
+/** The store's `timeout`, and the reaper's when it runs on its own (`reap()`, the CLI). */
+export const DEFAULT_TIMEOUT = 10_000;
+
 const defaultUserId: UserIdOf = (session: any) => session?.passport?.user ?? session?.userId;
 const defaultLabel = (session: any) => (typeof session?.label === "string" ? session.label : undefined);
 
@@ -212,7 +215,7 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
     cache: resolveCache(options.cache),
     notify: options.notify ?? options.cache !== undefined,
     versioned: options.versioned ?? false,
-    timeout: numberOption(options, "timeout", 10_000),
+    timeout: numberOption(options, "timeout", DEFAULT_TIMEOUT),
     reaper: resolveReaperOptions(options.reaper),
   };
 }

@@ -1,9 +1,10 @@
 import { createHash } from "node:crypto";
 import { sql, type SQL } from "drizzle-orm";
 import { getTableConfig, type PgColumn } from "drizzle-orm/pg-core";
-import { rowsOf, singleConnection } from "./driver.js";
+import { millis, NOW } from "./clock.js";
+import { isTrue, rowsOf, singleConnection } from "./driver.js";
 import { databaseError, pgCode, safeCause, SessionStoreError } from "./errors.js";
-import { numberOption, type AnyPgDatabase } from "./options.js";
+import { DEFAULT_TIMEOUT, numberOption, type AnyPgDatabase } from "./options.js";
 import { sessions, type SessionTable } from "./schema.js";
 
 /**
@@ -100,9 +101,6 @@ export const REAPER_DEFAULTS: Readonly<ResolvedReaperOptions> = Object.freeze({ 
 
 /** Node's timers overflow (and then fire after 1 ms) past this delay; so does Postgres's statement_timeout. */
 const MAX_DELAY = 2_147_483_647;
-
-/** The default {@link ReapArgs.timeout}: the store's default `timeout` too. */
-const REAP_TIMEOUT = 10_000;
 
 /**
  * Upper bound on the batches of one phase of one round (50 million rows at the default batch size): a round
@@ -290,7 +288,7 @@ export async function reap(args: ReapArgs): Promise<ReapResult> {
   const batchSize = batchSizeOption(args.batchSize);
   // Longer than a timer can wait is no different from waiting that long: clamp rather than refuse, since the
   // store passes its own `timeout` here.
-  const timeout = Math.min(numberOption(args, "timeout", REAP_TIMEOUT), MAX_DELAY);
+  const timeout = Math.min(numberOption(args, "timeout", DEFAULT_TIMEOUT), MAX_DELAY);
   const config = getTableConfig(table);
   const qualified = `${config.schema ? `"${config.schema}".` : ""}"${config.name}"`;
   try {
@@ -342,7 +340,7 @@ async function round(target: ReapTarget, batchSize: number, key: string, timeout
     const setting = serverTimeout ? sql`set_config('statement_timeout', ${`${Math.ceil(timeout)}ms`}, true), ` : sql``;
     const locking = conn.execute(sql`select ${setting}pg_try_advisory_xact_lock(${key}::bigint) as locked`);
     const [row] = rowsOf(await within(locking, timeout, "taking the reaper's lock"));
-    return row?.locked === true || row?.locked === "t";
+    return isTrue(row?.locked);
   };
 
   if (singleConnection(db)) {
@@ -433,8 +431,8 @@ async function phases(
   // The database's clock, never this server's: it is the one clock every app instance shares, so a server
   // whose clock runs minutes ahead cannot delete live sessions (or history) early, nor one behind keep them.
   // Each batch reads it afresh; the cursor below comes from the rows themselves, so it is in that clock too.
-  const now = sql`statement_timestamp()`;
-  const cutoff = sql`(statement_timestamp() - ${retainEnded}::float8 * interval '1 millisecond')`;
+  const now = NOW;
+  const cutoff = sql`(${NOW} - ${millis(retainEnded)})`;
   const list: Phase[] =
     retainEnded === 0
       ? // Every expired row goes, live or tombstone: one pass along the expires_at index.

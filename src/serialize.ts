@@ -50,6 +50,8 @@ export function parseSession(text: string): SessionData | null {
 const DOMAIN = /^([.]?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)([.][a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i;
 const PATH = /^[\u0020-\u003A\u003D-\u007E]*$/;
 
+const absent = (v: unknown) => v === undefined || v === null;
+
 /**
  * Whether a stored cookie is one express-session can rebuild, touch and send without throwing. A row
  * that fails (say `originalMaxAge: "x"`, which makes express-session's touch throw after the route ran,
@@ -57,7 +59,6 @@ const PATH = /^[\u0020-\u003A\u003D-\u007E]*$/;
  */
 function validCookie(cookie: any): boolean {
   if (cookie === null || typeof cookie !== "object" || Array.isArray(cookie)) return false;
-  const absent = (v: unknown) => v === undefined || v === null;
   const { originalMaxAge, maxAge, expires, domain, path, sameSite, priority } = cookie;
   if (!absent(originalMaxAge) && !(typeof originalMaxAge === "number" && Number.isFinite(originalMaxAge))) return false;
   if (!absent(maxAge) && !(typeof maxAge === "number" && Number.isFinite(maxAge))) return false;

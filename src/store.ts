@@ -3,9 +3,10 @@ import { getTableConfig, PgDialect } from "drizzle-orm/pg-core";
 import { createHash } from "node:crypto";
 import { Store, type SessionData } from "express-session";
 import { settle, type Callback } from "./callback.js";
+import { lifetime, millis, NOW } from "./clock.js";
 import { databaseError, SessionStoreError } from "./errors.js";
 import { isValidId, keyDeriver, newHandle, type KeyDeriver } from "./hash.js";
-import { driverOf, rowsOf, type DriverClient } from "./driver.js";
+import { driverOf, isTrue, rowsOf, type DriverClient } from "./driver.js";
 import { listen, type Listening } from "./notify.js";
 import { reap, Reaper, type ReapResult } from "./reaper.js";
 import { resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
@@ -114,14 +115,6 @@ function loadedOf(session: SessionData, sid: string): Loaded | undefined {
   const loaded: Loaded | undefined = (session as any)?.[LOADED];
   return loaded?.sid === sid ? loaded : undefined;
 }
-
-/**
- * The database's clock. Every expiry decision (is this session live, which rows the reaper takes, what
- * `list` calls active) is made with it, so every app instance agrees whatever its own clock says; app
- * servers only hand over lifetimes (a cookie's `expires` minus their own now). `statement_timestamp()`,
- * not `now()`, so a database handle inside a long transaction does not see a frozen clock.
- */
-const NOW = sql`statement_timestamp()`;
 
 /** What the statements that read or write a session return about its expiry (epoch ms on the database's clock). */
 interface ExpiryRow {
@@ -366,7 +359,7 @@ export class SessionStore extends Store {
     const owner = this.ownerFilter(options, "extend");
     if (typeof handle !== "string" || handle.length === 0) return false;
     const t = this.table;
-    const target = lifetime(sql`${at - this.now()}`);
+    const target = lifetime(at - this.now());
     const absolute = this.absoluteExpiry();
     const expiry = options.beyondAbsolute
       ? sql`${col(t.expiresAt)} = ${target}, ${col(t.absoluteExpiresAt)} = greatest(${absolute}, ${target})`
@@ -478,7 +471,7 @@ export class SessionStore extends Store {
     keyValues(keys, values);
     this.evict(keys);
     const evictions = this.evictions;
-    const shape = loaded ? `save:loaded:${guarded}` : `save:new:${keys.length}`;
+    const shape = loaded ? "save:loaded" : `save:new:${keys.length}`;
     const rows = await this.shaped<{ key: string; version: number } & ExpiryRow>(shape, values, (v) => {
       const t = this.table;
       const absoluteAt = this.absoluteExpiry();
@@ -496,7 +489,7 @@ export class SessionStore extends Store {
         const guard = guarded ? sql` and ${t.version} = ${v("version")}::int` : sql``;
         return this.notifying(sql`update ${t} set ${changes} where ${t.key} = ${v("k0")} and ${this.live()}${guard} ${returning}`);
       }
-      const created = absolute === undefined ? sql`null::timestamptz` : lifetime(sql`${absolute}`);
+      const created = absolute === undefined ? sql`null::timestamptz` : lifetime(absolute);
       const row = sql`${v("k0")}, ${v("handle")}, ${v("userId")}::text, ${v("label")}::text, ${v("text")}::jsonb,
         least(${lifetime(v("life"))}, ${created}), ${created}, ${NOW}, ${NOW}, ${v("ua")}::text, ${v("ip")}::text`;
       const columns = sql.join([t.key, t.handle, t.userId, t.label, t.data, t.expiresAt, t.absoluteExpiresAt, t.createdAt, t.lastSeenAt, t.userAgent, t.ip].map(col), sql`, `);
@@ -526,9 +519,16 @@ export class SessionStore extends Store {
       ip: ip ?? loaded?.ip ?? null,
       ...this.localExpiry(written, now),
     };
+    this.remember(session, next, evictions);
+  }
+
+  /**
+   * After a write: what the row now holds becomes what this request compares its next save or touch with,
+   * and is cached, unless an eviction came after `evictions` was read (another instance may have ended the
+   * session right after this write, its NOTIFY overtaking the reply).
+   */
+  private remember(session: SessionData, next: Loaded, evictions: number): void {
     withLoaded(session, next);
-    // Another instance may have ended the session right after this write, and its NOTIFY overtaken the
-    // reply: cache only what no eviction overlapped.
     if (evictions === this.evictions) this.cache(next);
   }
 
@@ -536,7 +536,7 @@ export class SessionStore extends Store {
   private async checkConflict(keys: string[]): Promise<void> {
     const t = this.table;
     const [row] = await this.query<{ live: boolean }>(sql`select ${this.live()} as live from ${t} where ${this.byKeys(keys)}`);
-    if (row && (row.live === true || (row.live as unknown) === "t")) {
+    if (row && isTrue(row.live)) {
       throw new SessionStoreError(
         "CONFLICT",
         "the session was changed by another request since this one read it; the change was not saved (reload the session and retry)",
@@ -567,10 +567,7 @@ export class SessionStore extends Store {
         where ${this.byKeys(keyParams(keys, v))} and ${this.live()}
           and jsonb_typeof(${t.data}->'cookie') = 'object' returning ${t.key} as key, ${this.expiryColumns()}`);
     });
-    if (written && loaded) {
-      Object.assign(loaded, { ua: ua ?? loaded.ua, ip: ip ?? loaded.ip, ...this.localExpiry(written, now) });
-      if (evictions === this.evictions) this.cache({ ...loaded, at: now });
-    }
+    if (written && loaded) this.remember(session, { ...loaded, ua: ua ?? loaded.ua, ip: ip ?? loaded.ip, ...this.localExpiry(written, now) }, evictions);
   }
 
   /** Ends the session of `sid`: a tombstone with `endedAt` and `endReason`, its data dropped. */
@@ -620,7 +617,7 @@ export class SessionStore extends Store {
   private absoluteExpiry(): SQL {
     const t = this.table;
     const absolute = this.options.absoluteTimeout;
-    return absolute === undefined ? sql`${t.absoluteExpiresAt}` : sql`coalesce(${t.absoluteExpiresAt}, ${t.createdAt} + ${absolute}::float8 * interval '1 millisecond')`;
+    return absolute === undefined ? sql`${t.absoluteExpiresAt}` : sql`coalesce(${t.absoluteExpiresAt}, ${t.createdAt} + ${millis(absolute)})`;
   }
 
   /** The moment a row stops being live (ended aside): its idle expiry, capped by the absolute one. */
@@ -1031,7 +1028,7 @@ function toRecord(row: RecordRow): SessionRecord {
     ip: row.ip,
     endedAt: date(row.ended_at),
     endReason: row.end_reason,
-    current: row.current === true || (row.current as unknown) === "t",
+    current: isTrue(row.current),
   };
 }
 
@@ -1040,11 +1037,6 @@ function msOf(value: SQL | object): SQL {
   // date_part is float8 arithmetic (extract() is numeric since PostgreSQL 14, several times slower); the
   // round() makes the float exact again (timestamps here have millisecond precision).
   return sql`round(date_part('epoch', ${value}) * 1000)`;
-}
-
-/** The database's now plus a lifetime in milliseconds (a parameter or placeholder). */
-function lifetime(ms: SQL): SQL {
-  return sql`${NOW} + ${ms}::float8 * interval '1 millisecond'`;
 }
 
 /** A column's bare name, for an insert's column list or an update's `set` (where drizzle's qualified form is not allowed). */
