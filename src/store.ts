@@ -101,8 +101,18 @@ interface Loaded {
   /** The device the row records: a touch is not skipped when the request comes from another one. */
   ua: string | null;
   ip: string | null;
-  /** When it was read or written, epoch ms (the cache's ttl counts from it). */
-  at: number;
+  /**
+   * Until when the cache may serve it, on the monotonic clock (`performance.now()`): its expiry, or its
+   * cache `ttl` from when it was read or written, whichever comes first. Monotonic, so that this server's
+   * wall clock being stepped (NTP, a resumed VM) can never stretch how long an entry is served.
+   */
+  servedUntil: number;
+}
+
+/** When a statement was sent, on this server's wall clock (lifetimes) and on the monotonic one (the cache). */
+interface Sent {
+  wall: number;
+  mono: number;
 }
 
 function withLoaded<T extends object>(session: T, loaded: Loaded): T {
@@ -387,8 +397,8 @@ export class SessionStore extends Store {
   }
 
   /**
-   * This server's clock, epoch ms. It only measures lifetimes (a cookie's `expires` minus now) and the
-   * cache's ttl; the database's clock decides expiry. @internal
+   * This server's wall clock, epoch ms. It only measures lifetimes (a cookie's `expires` minus now); the
+   * database's clock decides expiry, and in-process durations (the cache, timeouts) use the monotonic clock. @internal
    */
   protected now(): number {
     return Date.now();
@@ -396,8 +406,8 @@ export class SessionStore extends Store {
 
   private async read(sid: string): Promise<SessionData | null> {
     if (!isValidId(sid)) return null;
-    const sent = this.now();
-    const cached = this.cached(sid, sent);
+    const sent = this.sent();
+    const cached = this.cached(sid, sent.mono);
     if (cached) return withLoaded(parseSession(cached.text)!, { ...cached });
     const keys = this.keysOf(sid);
     const evictions = this.evictions;
@@ -434,12 +444,11 @@ export class SessionStore extends Store {
   }
 
   /** The cached session, when the cache is on, connected, and the entry is live and within its ttl. */
-  private cached(sid: string, now: number): Loaded | undefined {
-    const cache = this.options.cache;
-    if (!cache || !this.cacheLive) return undefined;
+  private cached(sid: string, mono: number): Loaded | undefined {
+    if (!this.options.cache || !this.cacheLive) return undefined;
     const entry = this.recent.get(sid);
     if (!entry) return undefined;
-    if (entry.expires > now && now - entry.at < cache.ttl) return entry;
+    if (entry.servedUntil > mono) return entry;
     this.uncache(sid);
     return undefined;
   }
@@ -448,7 +457,8 @@ export class SessionStore extends Store {
     if (!isValidId(sid)) {
       throw new TypeError("connect-drizzle: a session id must be a well-formed string (express-session's ids always are)");
     }
-    const now = this.now();
+    const sent = this.sent();
+    const now = sent.wall;
     const target = this.expiry(session, now);
     const text = serialize(session, this.options.maxSize);
     const loaded = loadedOf(session, sid);
@@ -517,7 +527,7 @@ export class SessionStore extends Store {
       version: Number(written.version),
       ua: ua ?? loaded?.ua ?? null,
       ip: ip ?? loaded?.ip ?? null,
-      ...this.localExpiry(written, now),
+      ...this.localExpiry(written, sent),
     };
     this.remember(session, next, evictions);
   }
@@ -546,7 +556,8 @@ export class SessionStore extends Store {
 
   private async renew(sid: string, session: SessionData): Promise<void> {
     if (!isValidId(sid)) return;
-    const now = this.now();
+    const sent = this.sent();
+    const now = sent.wall;
     const target = this.expiry(session, now);
     const loaded = loadedOf(session, sid);
     const { ua, ip } = requestMetadata(session);
@@ -567,7 +578,7 @@ export class SessionStore extends Store {
         where ${this.byKeys(keyParams(keys, v))} and ${this.live()}
           and jsonb_typeof(${t.data}->'cookie') = 'object' returning ${t.key} as key, ${this.expiryColumns()}`);
     });
-    if (written && loaded) this.remember(session, { ...loaded, ua: ua ?? loaded.ua, ip: ip ?? loaded.ip, ...this.localExpiry(written, now) }, evictions);
+    if (written && loaded) this.remember(session, { ...loaded, ua: ua ?? loaded.ua, ip: ip ?? loaded.ip, ...this.localExpiry(written, sent) }, evictions);
   }
 
   /** Ends the session of `sid`: a tombstone with `endedAt` and `endReason`, its data dropped. */
@@ -630,16 +641,21 @@ export class SessionStore extends Store {
     return sql`${msOf(this.effectiveExpiry())} as expires, ${msOf(this.absoluteExpiry())} as absolute, ${msOf(NOW)} as now`;
   }
 
+  /** Now, on both of this server's clocks, as a statement is about to be sent. */
+  private sent(): Sent {
+    return { wall: this.now(), mono: performance.now() };
+  }
+
   /**
-   * A row's expiries on this server's clock. `sent` is when the statement was sent: the database's now
+   * A row's expiries on this server's clocks. `sent` is when the statement was sent: the database's now
    * came later, so the conversion errs early (a cached session stops being served a round trip sooner).
    */
-  private localExpiry(row: ExpiryRow, sent: number): Pick<Loaded, "expires" | "absolute" | "at"> {
-    const offset = sent - Number(row.now);
+  private localExpiry(row: ExpiryRow, sent: Sent): Pick<Loaded, "expires" | "absolute" | "servedUntil"> {
+    const left = Number(row.expires) - Number(row.now);
     return {
-      expires: Number(row.expires) + offset,
-      absolute: row.absolute === null || row.absolute === undefined ? null : Number(row.absolute) + offset,
-      at: sent,
+      expires: sent.wall + left,
+      absolute: row.absolute === null || row.absolute === undefined ? null : sent.wall + Number(row.absolute) - Number(row.now),
+      servedUntil: sent.mono + Math.min(left, this.options.cache?.ttl ?? Infinity),
     };
   }
 
@@ -837,7 +853,7 @@ export class SessionStore extends Store {
   /** Fails an operation that takes longer than `timeout` (a slow or unreachable database), instead of hanging. */
   private timed<T>(query: PromiseLike<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      const waiting = { deadline: Date.now() + this.options.timeout, reject };
+      const waiting = { deadline: performance.now() + this.options.timeout, reject };
       this.waiting.add(waiting);
       this.sweepTimeouts();
       // Drizzle's queries are lazy thenables that run on every then(): this is the only one.
@@ -862,7 +878,7 @@ export class SessionStore extends Store {
     if (this.sweeper) return;
     const every = Math.max(10, Math.min(1_000, this.options.timeout / 10));
     this.sweeper = setInterval(() => {
-      const now = Date.now();
+      const now = performance.now();
       for (const waiting of this.waiting) {
         if (waiting.deadline > now) continue;
         this.waiting.delete(waiting);

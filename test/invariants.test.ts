@@ -121,6 +121,30 @@ describe.each(drivers)("lifecycle invariants on %s", (driver) => {
     expect(await cached.get("abs-cached")).toBeNull();
   });
 
+  it.runIf(canCache)("with the cache, a wall clock stepped back (NTP, a resumed VM) never stretches how long an entry is served", async () => {
+    class SteppedClock extends SessionStore {
+      step = 0;
+      protected override now(): number {
+        return Date.now() + this.step;
+      }
+    }
+    const cached = track(new SteppedClock({ db: t.db, table: t.table, cache: {}, reaper: false }));
+    expect(await cacheReady(cached)).toBe(true);
+    const started = Date.now();
+    await cached.set("stepped", sessionData(800));
+    // Served from memory (no statement), so the entry's own bound is what stops it.
+    expect(
+      await eventually(async () => {
+        await cached.get("stepped");
+        t.statements.length = 0;
+        return (await cached.get("stepped")) !== null && t.statements.length === 0;
+      }),
+    ).toBe(true);
+    cached.step = -10 * 60_000;
+    await sleep(started + 1_000 - Date.now());
+    expect(await cached.get("stepped")).toBeNull();
+  });
+
   it("absoluteTimeout turned on later applies to rows made before, on read and on touch", async () => {
     await store.set("old-row", sessionData(30 * DAY, { passport: { user: "ann" } }));
     const loaded: any = await store.get("old-row");
