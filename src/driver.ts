@@ -1,3 +1,7 @@
+import { createHash } from "node:crypto";
+import { is, Placeholder, sql, type SQL } from "drizzle-orm";
+import { PgDialect } from "drizzle-orm/pg-core";
+import { SessionStoreError } from "./errors.js";
 import type { AnyPgDatabase } from "./options.js";
 
 /**
@@ -45,3 +49,130 @@ export function singleConnection(db: AnyPgDatabase): boolean {
   return client.options?.max === 1;
 }
 
+
+/** A statement compiled once: its SQL text with `$n` parameters, and where each value comes from. */
+export interface Compiled {
+  text: string;
+  /** Fixed values, or placeholders named after the values passed at each call. */
+  params: unknown[];
+  /** The name of the prepared statement (node-postgres with `prepare`), by its text. */
+  name: string | undefined;
+}
+
+/**
+ * A statement whose SQL depends only on its shape (not on its values), written once through drizzle with
+ * named placeholders. On node-postgres it is compiled once and sent with the call's values, as a named
+ * prepared statement with `prepare` (one parse and plan per connection, no SQL building per call);
+ * elsewhere drizzle builds it with the values.
+ */
+export class Shape {
+  private compiled: Compiled | undefined;
+  constructor(private readonly build: (v: (name: string) => SQL) => SQL) {}
+
+  /** The statement with these values, for drivers other than node-postgres. */
+  with(values: Readonly<Record<string, unknown>>): SQL {
+    return this.build((name) => sql`${values[name]}`);
+  }
+
+  compile(prepare: boolean): Compiled {
+    if (!this.compiled) {
+      const { sql: text, params } = DIALECT.sqlToQuery(this.build((name) => sql`${sql.placeholder(name)}`));
+      this.compiled = { text, params, name: prepare ? statementName(text) : undefined };
+    }
+    return this.compiled;
+  }
+}
+
+/**
+ * Runs the store's statements on its database, each bounded by `timeout`: ad hoc ones through drizzle's
+ * SQL, shaped ones ({@link Shape}) compiled once. On node-postgres both go to the pool directly (drizzle
+ * still writes the SQL), which skips drizzle's per-call work.
+ */
+export class Executor {
+  private readonly driver: DriverClient;
+  /** Operations in flight, for the timeout sweep. */
+  private readonly waiting = new Set<{ deadline: number; reject: (error: Error) => void }>();
+  private sweeper: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly db: AnyPgDatabase,
+    private readonly settings: { timeout: number; prepare: boolean },
+  ) {
+    this.driver = driverOf(db);
+  }
+
+  /** Runs a statement and returns its rows, whatever the driver's result shape. */
+  async query<Row = Record<string, unknown>>(statement: SQL): Promise<Row[]> {
+    const { kind, client } = this.driver;
+    if (kind !== "node-postgres") return rowsOf<Row>(await this.timed(this.db.execute(statement)));
+    const { sql: text, params } = DIALECT.sqlToQuery(statement);
+    const name = this.settings.prepare ? statementName(text) : undefined;
+    return rowsOf<Row>(await this.timed(client.query(name ? { name, text, values: params } : { text, values: params })));
+  }
+
+  /** Runs a shaped statement with the call's values. */
+  async run<Row = Record<string, unknown>>(shape: Shape, values: Readonly<Record<string, unknown>>): Promise<Row[]> {
+    const { kind, client } = this.driver;
+    if (kind !== "node-postgres") return this.query<Row>(shape.with(values));
+    const { text, params, name } = shape.compile(this.settings.prepare);
+    const args = params.map((p) => (is(p, Placeholder) ? values[p.name] : p));
+    return rowsOf<Row>(await this.timed(client.query(name ? { name, text, values: args } : { text, values: args })));
+  }
+
+  /** Fails an operation that takes longer than `timeout` (a slow or unreachable database), instead of hanging. */
+  private timed<T>(query: PromiseLike<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const waiting = { deadline: performance.now() + this.settings.timeout, reject };
+      this.waiting.add(waiting);
+      this.sweepTimeouts();
+      // Drizzle's queries are lazy thenables that run on every then(): this is the only one.
+      query.then(
+        (value) => {
+          this.waiting.delete(waiting);
+          resolve(value);
+        },
+        (error) => {
+          this.waiting.delete(waiting);
+          reject(error);
+        },
+      );
+    });
+  }
+
+  /**
+   * One unref'd timer for every operation in flight (cheaper than a timer each on the hot path): fails
+   * those past their deadline with TIMEOUT, to within a tenth of `timeout`; stops when none are left.
+   */
+  private sweepTimeouts(): void {
+    if (this.sweeper) return;
+    const { timeout } = this.settings;
+    const every = Math.max(10, Math.min(1_000, timeout / 10));
+    this.sweeper = setInterval(() => {
+      const now = performance.now();
+      for (const waiting of this.waiting) {
+        if (waiting.deadline > now) continue;
+        this.waiting.delete(waiting);
+        waiting.reject(new SessionStoreError("TIMEOUT", `the database did not answer within ${timeout} ms (the store's timeout option)`));
+      }
+      if (this.waiting.size === 0) {
+        clearInterval(this.sweeper);
+        this.sweeper = undefined;
+      }
+    }, every);
+    this.sweeper.unref();
+  }
+}
+
+const DIALECT = new PgDialect();
+
+/** Named statements by SQL text: a bounded set, since lists of varying length make new shapes. */
+const STATEMENT_NAMES = new Map<string, string>();
+
+function statementName(text: string): string | undefined {
+  let name = STATEMENT_NAMES.get(text);
+  if (name === undefined && STATEMENT_NAMES.size < 256) {
+    name = `connect_drizzle_${createHash("sha256").update(text).digest("base64url").slice(0, 22)}`;
+    STATEMENT_NAMES.set(text, name);
+  }
+  return name;
+}

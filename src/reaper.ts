@@ -4,39 +4,8 @@ import { getTableConfig, type PgColumn } from "drizzle-orm/pg-core";
 import { millis, NOW } from "./clock.js";
 import { isTrue, rowsOf, singleConnection } from "./driver.js";
 import { databaseError, pgCode, safeCause, SessionStoreError } from "./errors.js";
-import { DEFAULT_TIMEOUT, numberOption, type AnyPgDatabase } from "./options.js";
+import { batchSizeOption, DEFAULT_TIMEOUT, MAX_DELAY, numberOption, type AnyPgDatabase, type ResolvedReaperOptions } from "./options.js";
 import { sessions, type SessionTable } from "./schema.js";
-
-/**
- * Options of the periodic reaper (`new SessionStore({ reaper })`). Pass `reaper: false` to turn it off,
- * for instance when `npx connect-drizzle reap` runs from cron instead.
- */
-export interface ReaperOptions {
-  /**
-   * Time between the end of one round and the start of the next, in milliseconds (plus or minus `jitter`).
-   * @default 900_000 (15 minutes)
-   */
-  interval?: number;
-  /**
-   * Rows deleted (or ended) per statement. Each batch is its own short transaction, so a backlog of
-   * millions never holds row locks for long nor bloats one transaction.
-   * @default 5_000
-   */
-  batchSize?: number;
-  /**
-   * Random spread of each delay, as a fraction of `interval`: a delay is `interval × (1 ± jitter)`, so
-   * instances deployed together drift apart instead of all trying at the same moment.
-   * @default 0.1
-   */
-  jitter?: number;
-}
-
-/** {@link ReaperOptions} with every default applied. */
-export interface ResolvedReaperOptions {
-  interval: number;
-  batchSize: number;
-  jitter: number;
-}
 
 /** What one reaper round did; the store emits it as its `reap` event. */
 export interface ReapResult {
@@ -97,57 +66,11 @@ export interface ReapProgress {
   batches: number;
 }
 
-export const REAPER_DEFAULTS: Readonly<ResolvedReaperOptions> = Object.freeze({ interval: 900_000, batchSize: 5_000, jitter: 0.1 });
-
-/** Node's timers overflow (and then fire after 1 ms) past this delay; so does Postgres's statement_timeout. */
-const MAX_DELAY = 2_147_483_647;
-
 /**
  * Upper bound on the batches of one phase of one round (50 million rows at the default batch size): a round
  * always ends, even if rows keep expiring as fast as it deletes them; the next round goes on.
  */
 const MAX_BATCHES_PER_PHASE = 10_000;
-
-/**
- * Validates the `reaper` option. `false` turns the periodic reaper off; `undefined` is every default.
- * @throws TypeError that says what to pass instead
- */
-export function resolveReaperOptions(options: ReaperOptions | false | undefined): ResolvedReaperOptions | false {
-  if (options === false) return false;
-  if (options === undefined) return { ...REAPER_DEFAULTS };
-  if (options === null || typeof options !== "object" || Array.isArray(options)) {
-    throw new TypeError(
-      `connect-drizzle: \`reaper\` must be an options object such as { interval: 900_000 }, or false to turn the reaper off (got ${String(options)})`,
-    );
-  }
-  const unknown = Object.keys(options).filter((k) => !(k in REAPER_DEFAULTS));
-  if (unknown.length > 0) {
-    throw new TypeError(`connect-drizzle: unknown \`reaper\` option ${unknown.map((k) => `\`${k}\``).join(", ")}; expected interval, batchSize or jitter`);
-  }
-  const interval = numberOption(options, "interval", REAPER_DEFAULTS.interval);
-  if (interval > MAX_DELAY / 2) {
-    throw new TypeError(`connect-drizzle: \`interval\` must be at most ${MAX_DELAY / 2} milliseconds (about 12 days) (got ${interval})`);
-  }
-  return {
-    interval,
-    batchSize: batchSizeOption(options.batchSize),
-    jitter: jitterOption(options.jitter),
-  };
-}
-
-function batchSizeOption(value: unknown): number {
-  const size = numberOption({ batchSize: value }, "batchSize", REAPER_DEFAULTS.batchSize, false, "rows");
-  if (!Number.isInteger(size)) throw new TypeError(`connect-drizzle: \`batchSize\` must be a whole number of rows (got ${size})`);
-  return size;
-}
-
-function jitterOption(value: unknown): number {
-  if (value === undefined) return REAPER_DEFAULTS.jitter;
-  if (typeof value !== "number" || !Number.isFinite(value) || value < 0 || value > 1) {
-    throw new TypeError(`connect-drizzle: \`jitter\` must be a fraction of the interval between 0 and 1, e.g. 0.1 (got ${String(value)})`);
-  }
-  return value;
-}
 
 /**
  * Runs the reaper on a timer: one round, then `interval ± jitter` of rest, then the next round. Rounds never

@@ -1,79 +1,15 @@
-import { is, Placeholder, sql, type SQL } from "drizzle-orm";
-import { getTableConfig, PgDialect } from "drizzle-orm/pg-core";
-import { createHash } from "node:crypto";
+import type { SQL } from "drizzle-orm";
 import { Store, type SessionData } from "express-session";
+import { ReadCache } from "./cache.js";
 import { settle, type Callback } from "./callback.js";
-import { lifetime, millis, NOW } from "./clock.js";
+import { Executor, isTrue } from "./driver.js";
 import { databaseError, SessionStoreError } from "./errors.js";
 import { isValidId, keyDeriver, newHandle, type KeyDeriver } from "./hash.js";
-import { driverOf, isTrue, rowsOf, type DriverClient } from "./driver.js";
-import { listen, type Listening } from "./notify.js";
-import { reap, Reaper, type ReapResult } from "./reaper.js";
 import { resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
-import type { SessionTable } from "./schema.js";
+import { reap, Reaper, type ReapResult } from "./reaper.js";
+import { Records, type EndReason, type ExtendOptions, type RevokeOptions, type SessionQuery, type SessionRecord } from "./records.js";
 import { parseSession, sameContent, serialize } from "./serialize.js";
-
-/** Why a session ended, as recorded in `end_reason`. */
-export type EndReason = "logout" | "revoked" | "expired" | "rotated";
-
-/**
- * Where a session stands: `active` (usable), `expired` (past its idle or absolute expiry, not yet reaped:
- * `extend` can revalidate it), `ended` (logged out, revoked, rotated, or expired and reaped into history).
- */
-export type SessionStatus = "active" | "expired" | "ended";
-
-/** A session as a record, for a "your devices" page or an audit view. Never holds the session id. */
-export interface SessionRecord {
-  /** Public, stable identifier, safe in a page or URL; pass it to `revoke` or `extend`. Not a session id. */
-  handle: string;
-  userId: string | null;
-  status: SessionStatus;
-  createdAt: Date;
-  lastSeenAt: Date;
-  /** Idle expiry (renewed by activity, every `touchAfter` at most). */
-  expiresAt: Date;
-  absoluteExpiresAt: Date | null;
-  /** The session's display name, from the store's `label` option (default: `session.label`). */
-  label: string | null;
-  userAgent: string | null;
-  ip: string | null;
-  endedAt: Date | null;
-  endReason: EndReason | null;
-  /** Whether this is the session of `current` passed to `list` (mark "this device"). */
-  current: boolean;
-}
-
-/**
- * Whose session `revoke` and `extend` may change: the owner's own (`{ userId }`, for a "your devices"
- * page: a guessed handle of someone else's session changes nothing), or any session (`{ anyOwner: true }`,
- * for admin tools). There is no default: a `userId` that is `undefined` or `null` is a TypeError, never an
- * unscoped call.
- */
-export type OwnerScope = { userId: string | number; anyOwner?: never } | { anyOwner: true; userId?: never };
-
-/** Options of {@link SessionStore.revoke}. */
-export type RevokeOptions = OwnerScope & {
-  /** Recorded as the end reason. @default "revoked" */
-  reason?: EndReason;
-};
-
-/** Options of {@link SessionStore.extend}. */
-export type ExtendOptions = OwnerScope & {
-  /** Move the absolute expiry too, when `until` is past it. @default false (the expiry stops at the absolute one) */
-  beyondAbsolute?: boolean;
-};
-
-/** Which sessions `list` and `count` return. */
-export interface SessionQuery {
-  /** The owner, as found by the store's `userId` option (numbers match their string form). Required. */
-  userId: string | number;
-  /** @default "active" */
-  status?: SessionStatus | "all";
-  /** A session id (e.g. `req.sessionID`) whose record gets `current: true`. */
-  current?: string;
-  /** Most records returned, newest activity first. @default 100 */
-  limit?: number;
-}
+import { keyValues, Statements, type ExpiryRow, type SessionRow } from "./statements.js";
 
 /**
  * What a loaded session's row held when its request read it, under a symbol key: JSON.stringify,
@@ -126,62 +62,59 @@ function loadedOf(session: SessionData, sid: string): Loaded | undefined {
   return loaded?.sid === sid ? loaded : undefined;
 }
 
-/** What the statements that read or write a session return about its expiry (epoch ms on the database's clock). */
-interface ExpiryRow {
-  expires: number;
-  absolute: number | null;
-  now: number;
-}
-
 /**
  * An express-session store on a Drizzle Postgres table. Session ids are stored only as keyed hashes;
  * rows carry the owner, timestamps, user agent and IP, so sessions can be listed and revoked per user.
  *
  * Every method returns a promise and also calls the optional express-session callback once, on a
  * later tick. A missing, expired or ended session is `null`, never an error.
+ *
+ * This class holds the express-session contract and its decisions (what to skip, which expiry, which
+ * clock); the SQL is in {@link Statements}, the records API in {@link Records}, the read cache in
+ * {@link ReadCache}, execution and timeouts in {@link Executor}.
  */
 export class SessionStore extends Store {
   /** @internal */
   protected readonly options: ResolvedOptions;
   /** @internal */
-  protected readonly table: SessionTable;
-  /** @internal */
-  protected readonly tableName: string;
-  /** @internal */
   protected readonly keysOf: KeyDeriver;
-  /** The read cache (only with the `cache` option) by session id, so a hit costs no hashing; least recently used first. */
-  private readonly recent = new Map<string, Loaded>();
-  /** Row key to session id, for evictions (NOTIFY payloads are row keys). */
-  private readonly sidOfKey = new Map<string, string>();
-  /** The NOTIFY channel that evicts sessions from every instance's cache. */
-  private readonly channel: string;
-  private listening: Listening | undefined;
-  /** Whether cached sessions may be served: only while the LISTEN connection is up. */
-  private cacheLive = false;
-  /**
-   * Bumped on every eviction (local or from a NOTIFY): a read or write that overlapped one may hold a row
-   * from before the change that caused it, so its result is not cached.
-   */
-  private evictions = 0;
-  private stopProbing: () => void = () => {};
+  private readonly sql: Statements;
+  private readonly exec: Executor;
+  private readonly records: Records;
+  /** The read cache, with the `cache` option. */
+  private readonly cache: ReadCache<Loaded> | undefined;
   private readonly reaper: Reaper | undefined;
-  private readonly driver: DriverClient;
-  /** Hot-path statements built once (node-postgres): SQL text, parameters, statement name. */
-  private readonly shapes = new Map<string, { text: string; params: unknown[]; name: string | undefined }>();
-  /** Operations in flight, for the `timeout` sweep. */
-  private readonly waiting = new Set<{ deadline: number; reject: (error: Error) => void }>();
-  private sweeper: NodeJS.Timeout | undefined;
 
   constructor(options: SessionStoreOptions) {
     super();
     this.options = resolveOptions(options);
-    this.driver = driverOf(this.options.db);
-    this.table = this.options.table;
-    const config = getTableConfig(this.table);
-    this.tableName = config.schema ? `"${config.schema}"."${config.name}"` : `"${config.name}"`;
+    const { db, table, absoluteTimeout, notify, timeout, prepare } = this.options;
+    this.sql = new Statements(table, { absoluteTimeout, notify });
+    this.exec = new Executor(db, { timeout, prepare });
     this.keysOf = keyDeriver(this.options.secrets);
-    this.channel = channelName(config.schema ? `${config.schema}_${config.name}` : config.name);
-    if (this.options.cache) this.startListening();
+    this.records = new Records({
+      statements: this.sql,
+      keysOf: this.keysOf,
+      run: (action, operation) => this.run(action, operation),
+      query: (statement) => this.exec.query(statement),
+      write: (statement) => this.write(statement),
+      now: () => this.now(),
+    });
+    if (this.options.cache) {
+      this.cache = new ReadCache<Loaded>(this.options.cache, {
+        db,
+        channel: this.sql.channel,
+        notify: (payload) => this.exec.query(this.sql.notify(payload)),
+        report: (error) => this.report(error),
+        probeError: (error) => databaseError(error, this.sql.tableName, "the cache's NOTIFY probe"),
+        heard: (key) => this.evict([key]),
+      });
+      if (!this.cache.start()) {
+        throw new TypeError(
+          "connect-drizzle: `cache` needs a node-postgres (pg) or PGlite database for LISTEN/NOTIFY; remove `cache` for other drivers",
+        );
+      }
+    }
     if (this.options.reaper) {
       this.reaper = new Reaper((signal) => this.reapWith(signal), this.options.reaper, {
         onReap: (result) => this.emit("reap", result),
@@ -244,7 +177,7 @@ export class SessionStore extends Store {
   override length(callback?: Callback<number>): Promise<number> {
     return settle(
       this.run("length", async () => {
-        const [row] = await this.query<{ n: number }>(sql`select count(*)::int as n from ${this.table} where ${this.live()}`);
+        const [row] = await this.exec.query<{ n: number }>(this.sql.length());
         return Number(row?.n ?? 0);
       }),
       callback,
@@ -255,9 +188,8 @@ export class SessionStore extends Store {
   override clear(callback?: Callback): Promise<void> {
     return settle(
       this.run("clear", async () => {
-        const deleteAll = sql`delete from ${this.table}`;
         this.evict(["*"]);
-        await this.query(this.options.notify ? sql`with gone as (${deleteAll}) select pg_notify(${this.channel}, '*')` : deleteAll);
+        await this.exec.query(this.sql.clear());
         this.evict(["*"]);
       }),
       callback,
@@ -284,39 +216,18 @@ export class SessionStore extends Store {
   }
 
   /** A user's sessions as records, newest activity first. */
-  async list(query: SessionQuery): Promise<SessionRecord[]> {
-    const { userId, limit, current } = this.checkQuery(query);
-    const t = this.table;
-    const isCurrent = current === undefined ? sql`false` : this.byKeys(this.keysOf(current));
-    const rows = await this.run("list", () =>
-      this.query<RecordRow>(sql`select ${t.handle} as handle, ${t.userId} as user_id, ${msOf(t.createdAt)} as created_at,
-          ${msOf(t.lastSeenAt)} as last_seen_at, ${msOf(this.effectiveExpiry())} as expires_at, ${msOf(this.absoluteExpiry())} as absolute_expires_at,
-          ${t.label} as label, ${t.userAgent} as user_agent, ${t.ip} as ip, ${msOf(t.endedAt)} as ended_at, ${t.endReason} as end_reason,
-          ${isCurrent} as current, ${this.statusOf()} as status
-        from ${t} where ${t.userId} = ${userId} and ${this.statusFilter(query.status)}
-        order by coalesce(${t.endedAt}, ${t.lastSeenAt}) desc, ${t.handle} limit ${limit}`),
-    );
-    return rows.map(toRecord);
+  list(query: SessionQuery): Promise<SessionRecord[]> {
+    return this.records.list(query);
   }
 
   /** How many sessions of a user match (same filter as `list`, without the limit). */
-  async count(query: SessionQuery): Promise<number> {
-    const { userId } = this.checkQuery(query);
-    const t = this.table;
-    const [row] = await this.run("count", () =>
-      this.query<{ n: number }>(sql`select count(*)::int as n from ${t} where ${t.userId} = ${userId} and ${this.statusFilter(query.status)}`),
-    );
-    return Number(row?.n ?? 0);
+  count(query: SessionQuery): Promise<number> {
+    return this.records.count(query);
   }
 
   /** The public handle of a live session id (to mark "this device"), or `null`. */
-  async handleOf(sessionId: string): Promise<string | null> {
-    if (!isValidId(sessionId)) return null;
-    const t = this.table;
-    const [row] = await this.run("handleOf", () =>
-      this.query<{ handle: string }>(sql`select ${t.handle} as handle from ${t} where ${this.byKeys(this.keysOf(sessionId))} and ${this.live()}`),
-    );
-    return row?.handle ?? null;
+  handleOf(sessionId: string): Promise<string | null> {
+    return this.records.handleOf(sessionId);
   }
 
   /**
@@ -326,14 +237,8 @@ export class SessionStore extends Store {
    * @returns whether a session was ended
    * @throws TypeError when the scope is missing, or `userId` is `undefined` or `null`
    */
-  async revoke(handle: string, options: RevokeOptions): Promise<boolean> {
-    const owner = this.ownerFilter(options, "revoke");
-    if (typeof handle !== "string" || handle.length === 0) return false;
-    const t = this.table;
-    const rows = await this.run("revoke", () =>
-      this.write(sql`${this.endSet(options.reason ?? "revoked")} where ${t.handle} = ${handle} and ${t.endedAt} is null${owner} returning ${t.key} as key`),
-    );
-    return rows.length > 0;
+  revoke(handle: string, options: RevokeOptions): Promise<boolean> {
+    return this.records.revoke(handle, options);
   }
 
   /**
@@ -341,18 +246,8 @@ export class SessionStore extends Store {
    * `except` ("log out other devices"): session ids or handles, one or a list.
    * @returns how many sessions were ended
    */
-  async revokeUser(userId: string | number, options: { except?: string | readonly string[]; reason?: EndReason } = {}): Promise<number> {
-    if (typeof userId !== "string" && typeof userId !== "number") throw new TypeError("connect-drizzle: revokeUser needs a user id");
-    const t = this.table;
-    const kept = options.except === undefined ? [] : typeof options.except === "string" ? [options.except] : [...options.except];
-    const except =
-      kept.length === 0
-        ? sql``
-        : sql` and not (${this.byKeys(kept.flatMap((id) => this.keysOf(id)))} or ${t.handle} in (${sql.join(kept.map((h) => sql`${h}`), sql`, `)}))`;
-    const rows = await this.run("revokeUser", () =>
-      this.write(sql`${this.endSet(options.reason ?? "revoked")} where ${t.userId} = ${String(userId)} and ${t.endedAt} is null${except} returning ${t.key} as key`),
-    );
-    return rows.length;
+  revokeUser(userId: string | number, options: { except?: string | readonly string[]; reason?: EndReason } = {}): Promise<number> {
+    return this.records.revokeUser(userId, options);
   }
 
   /**
@@ -363,23 +258,8 @@ export class SessionStore extends Store {
    * @returns whether a session was changed
    * @throws TypeError when `until` is not a valid Date, or the scope is missing
    */
-  async extend(handle: string, until: Date, options: ExtendOptions): Promise<boolean> {
-    const at = until instanceof Date ? until.getTime() : NaN;
-    if (!Number.isFinite(at)) throw new TypeError("connect-drizzle: extend(handle, until, { userId }) needs a valid Date");
-    const owner = this.ownerFilter(options, "extend");
-    if (typeof handle !== "string" || handle.length === 0) return false;
-    const t = this.table;
-    const target = lifetime(at - this.now());
-    const absolute = this.absoluteExpiry();
-    const expiry = options.beyondAbsolute
-      ? sql`${col(t.expiresAt)} = ${target}, ${col(t.absoluteExpiresAt)} = greatest(${absolute}, ${target})`
-      : sql`${col(t.expiresAt)} = least(${target}, ${absolute}), ${col(t.absoluteExpiresAt)} = ${absolute}`;
-    const rows = await this.run("extend", () =>
-      this.write(sql`update ${t} set ${expiry}, ${col(t.version)} = ${t.version} + 1,
-          ${col(t.data)} = case when jsonb_typeof(${t.data}->'cookie') = 'object' then jsonb_set(${t.data}, '{cookie,expires}', to_jsonb(${iso(at)}::text)) else ${t.data} end
-        where ${t.handle} = ${handle} and ${t.endedAt} is null${owner} returning ${t.key} as key`),
-    );
-    return rows.length > 0;
+  extend(handle: string, until: Date, options: ExtendOptions): Promise<boolean> {
+    return this.records.extend(handle, until, options);
   }
 
   /**
@@ -388,12 +268,7 @@ export class SessionStore extends Store {
    */
   async close(): Promise<void> {
     await this.reaper?.stop();
-    this.stopProbing();
-    this.cacheLive = false;
-    this.evict(["*"]);
-    const listening = this.listening;
-    this.listening = undefined;
-    await listening?.close();
+    await this.cache?.close();
   }
 
   /**
@@ -404,32 +279,35 @@ export class SessionStore extends Store {
     return Date.now();
   }
 
+  /**
+   * Forgets sessions in this store's cache (`*`: every session), for its own writes and for every NOTIFY
+   * it receives; other instances learn of this store's writes from the NOTIFY. @internal
+   */
+  protected evict(keys: readonly string[]): void {
+    this.cache?.evict(keys);
+  }
+
   private async read(sid: string): Promise<SessionData | null> {
     if (!isValidId(sid)) return null;
     const sent = this.sent();
-    const cached = this.cached(sid, sent.mono);
+    const cached = this.cache?.get(sid, sent.mono);
     if (cached) return withLoaded(parseSession(cached.text)!, { ...cached });
     const keys = this.keysOf(sid);
-    const evictions = this.evictions;
-    const [row] = await this.shaped<{ key: string; data: string; version: number; ua: string | null; ip: string | null } & ExpiryRow>(
-      `get:${keys.length}`,
-      keyValues(keys, {}),
-      (v) => {
-        const t = this.table;
-        return sql`select ${t.key} as key, ${t.data}::text as data, ${this.expiryColumns()}, ${t.version} as version,
-            ${t.userAgent} as ua, ${t.ip} as ip
-          from ${t} where ${this.byKeys(keyParams(keys, v))} and ${this.live()} limit 1`;
-      },
-    );
+    const since = this.cache?.evictions ?? 0;
+    const [row] = await this.exec.run<SessionRow>(this.sql.get(keys.length), keyValues(keys, {}));
     if (!row) return null;
     const session = parseSession(row.data);
     if (!session) {
-      this.report(new SessionStoreError("CORRUPT_ROW", `session row ${keys[0]!.slice(0, 8)}… in ${this.tableName} holds no valid session (its data or cookie is malformed); treated as missing`));
+      this.report(
+        new SessionStoreError(
+          "CORRUPT_ROW",
+          `session row ${keys[0]!.slice(0, 8)}… in ${this.sql.tableName} holds no valid session (its data or cookie is malformed); treated as missing`,
+        ),
+      );
       return null;
     }
     const loaded: Loaded = { sid, key: row.key, text: row.data, version: Number(row.version), ua: row.ua, ip: row.ip, ...this.localExpiry(row, sent) };
-    // A read that overlapped an eviction may hold the data from before the write: don't cache it.
-    if (evictions === this.evictions) this.cache(loaded);
+    this.cache?.put(loaded, since);
     return withLoaded(session, loaded);
   }
 
@@ -441,16 +319,6 @@ export class SessionStore extends Store {
     const loaded: Loaded | undefined = (data as any)?.[LOADED];
     const session = super.createSession(req, data);
     return loaded ? withLoaded(session, loaded) : session;
-  }
-
-  /** The cached session, when the cache is on, connected, and the entry is live and within its ttl. */
-  private cached(sid: string, mono: number): Loaded | undefined {
-    if (!this.options.cache || !this.cacheLive) return undefined;
-    const entry = this.recent.get(sid);
-    if (!entry) return undefined;
-    if (entry.servedUntil > mono) return entry;
-    this.uncache(sid);
-    return undefined;
   }
 
   private async save(sid: string, session: SessionData): Promise<void> {
@@ -466,9 +334,8 @@ export class SessionStore extends Store {
 
     const keys = loaded ? [loaded.key] : this.keysOf(sid);
     const { ua, ip } = requestMetadata(session);
-    const absolute = this.options.absoluteTimeout;
     const guarded = this.options.versioned && loaded !== undefined;
-    const values: Record<string, unknown> = {
+    const values = keyValues(keys, {
       handle: newHandle(),
       userId: this.userIdOf(session),
       label: this.labelOf(session),
@@ -477,45 +344,11 @@ export class SessionStore extends Store {
       ua,
       ip,
       version: loaded?.version,
-    };
-    keyValues(keys, values);
-    this.evict(keys);
-    const evictions = this.evictions;
-    const shape = loaded ? "save:loaded" : `save:new:${keys.length}`;
-    const rows = await this.shaped<{ key: string; version: number } & ExpiryRow>(shape, values, (v) => {
-      const t = this.table;
-      const absoluteAt = this.absoluteExpiry();
-      // The owner survives the user being removed from the data, so the record of a logout stays in the
-      // user's history (passport's logout saves the session without the user, then regenerates it).
-      const changes = sql`${col(t.data)} = ${v("text")}::jsonb, ${col(t.userId)} = coalesce(${v("userId")}::text, ${t.userId}),
-        ${col(t.label)} = coalesce(${v("label")}::text, ${t.label}), ${col(t.expiresAt)} = least(${lifetime(v("life"))}, ${absoluteAt}),
-        ${col(t.absoluteExpiresAt)} = ${absoluteAt}, ${col(t.lastSeenAt)} = ${NOW},
-        ${col(t.userAgent)} = coalesce(${v("ua")}::text, ${t.userAgent}), ${col(t.ip)} = coalesce(${v("ip")}::text, ${t.ip}), ${col(t.version)} = ${t.version} + 1`;
-      const returning = sql`returning ${t.key} as key, ${t.version} as version, ${this.expiryColumns()}`;
-      if (loaded) {
-        // What this request loaded is updated only while it is live: a request still in flight when its
-        // session ended (or expired, or was reaped) must not bring it back. With `versioned`, a row changed
-        // since this request read it is not overwritten either.
-        const guard = guarded ? sql` and ${t.version} = ${v("version")}::int` : sql``;
-        return this.notifying(sql`update ${t} set ${changes} where ${t.key} = ${v("k0")} and ${this.live()}${guard} ${returning}`);
-      }
-      const created = absolute === undefined ? sql`null::timestamptz` : lifetime(absolute);
-      const row = sql`${v("k0")}, ${v("handle")}, ${v("userId")}::text, ${v("label")}::text, ${v("text")}::jsonb,
-        least(${lifetime(v("life"))}, ${created}), ${created}, ${NOW}, ${NOW}, ${v("ua")}::text, ${v("ip")}::text`;
-      const columns = sql.join([t.key, t.handle, t.userId, t.label, t.data, t.expiresAt, t.absoluteExpiresAt, t.createdAt, t.lastSeenAt, t.userAgent, t.ip].map(col), sql`, `);
-      // A new id whose row exists (a direct store.set of a known id) updates it, unless it ended: an
-      // ended row is never revived. Rows keyed under an older secret are updated in place.
-      const upsert = sql`insert into ${t} (${columns})`;
-      const onConflict = sql`on conflict (${col(t.key)}) do update set ${changes} where ${t.endedAt} is null ${returning}`;
-      if (keys.length === 1) return this.notifying(sql`${upsert} values (${row}) ${onConflict}`);
-      const inOlder = this.byKeys(keyParams(keys, v).slice(1));
-      return this.notifying(
-        sql`select * from moved union all select * from inserted`,
-        sql`moved as (update ${t} set ${changes} where ${inOlder} and ${t.endedAt} is null ${returning}),
-          inserted as (${upsert} select ${row} where not exists (select 1 from ${t} where ${inOlder}) ${onConflict})`,
-      );
     });
-    const [written] = rows;
+    this.evict(keys);
+    const since = this.cache?.evictions ?? 0;
+    const shape = loaded ? this.sql.saveLoaded(guarded) : this.sql.saveNew(keys.length);
+    const [written] = await this.exec.run<{ key: string; version: number } & ExpiryRow>(shape, values);
     if (!written) {
       if (guarded) await this.checkConflict(keys);
       return;
@@ -529,23 +362,22 @@ export class SessionStore extends Store {
       ip: ip ?? loaded?.ip ?? null,
       ...this.localExpiry(written, sent),
     };
-    this.remember(session, next, evictions);
+    this.remember(session, next, since);
   }
 
   /**
    * After a write: what the row now holds becomes what this request compares its next save or touch with,
-   * and is cached, unless an eviction came after `evictions` was read (another instance may have ended the
-   * session right after this write, its NOTIFY overtaking the reply).
+   * and is cached, unless an eviction came after `since` (another instance may have ended the session
+   * right after this write, its NOTIFY overtaking the reply).
    */
-  private remember(session: SessionData, next: Loaded, evictions: number): void {
+  private remember(session: SessionData, next: Loaded, since: number): void {
     withLoaded(session, next);
-    if (evictions === this.evictions) this.cache(next);
+    this.cache?.put(next, since);
   }
 
   /** After a guarded save changed nothing: a conflict error, unless the session is no longer live (then nothing to save). */
   private async checkConflict(keys: string[]): Promise<void> {
-    const t = this.table;
-    const [row] = await this.query<{ live: boolean }>(sql`select ${this.live()} as live from ${t} where ${this.byKeys(keys)}`);
+    const [row] = await this.exec.query<{ live: unknown }>(this.sql.isLive(keys));
     if (row && isTrue(row.live)) {
       throw new SessionStoreError(
         "CONFLICT",
@@ -568,35 +400,24 @@ export class SessionStore extends Store {
     const keys = loaded ? [loaded.key] : this.keysOf(sid);
     const values = keyValues(keys, { life: target - now, cookie: JSON.stringify(session.cookie ?? {}), ua, ip });
     this.evict(keys);
-    const evictions = this.evictions;
-    const [written] = await this.shaped<{ key: string } & ExpiryRow>(`touch:${keys.length}`, values, (v) => {
-      const t = this.table;
-      const absoluteAt = this.absoluteExpiry();
-      return this.notifying(sql`update ${t} set ${col(t.expiresAt)} = least(${lifetime(v("life"))}, ${absoluteAt}),
-          ${col(t.absoluteExpiresAt)} = ${absoluteAt}, ${col(t.lastSeenAt)} = ${NOW}, ${col(t.data)} = jsonb_set(${t.data}, '{cookie}', ${v("cookie")}::jsonb),
-          ${col(t.userAgent)} = coalesce(${v("ua")}::text, ${t.userAgent}), ${col(t.ip)} = coalesce(${v("ip")}::text, ${t.ip})
-        where ${this.byKeys(keyParams(keys, v))} and ${this.live()}
-          and jsonb_typeof(${t.data}->'cookie') = 'object' returning ${t.key} as key, ${this.expiryColumns()}`);
-    });
-    if (written && loaded) this.remember(session, { ...loaded, ua: ua ?? loaded.ua, ip: ip ?? loaded.ip, ...this.localExpiry(written, sent) }, evictions);
+    const since = this.cache?.evictions ?? 0;
+    const [written] = await this.exec.run<{ key: string } & ExpiryRow>(this.sql.touch(keys.length), values);
+    if (written && loaded) this.remember(session, { ...loaded, ua: ua ?? loaded.ua, ip: ip ?? loaded.ip, ...this.localExpiry(written, sent) }, since);
   }
 
-  /** Ends the session of `sid`: a tombstone with `endedAt` and `endReason`, its data dropped. */
+  /** Ends the session of `sid` for `reason`. @internal */
   protected async end(sid: string, reason: EndReason): Promise<boolean> {
     if (!isValidId(sid)) return false;
     const keys = this.keysOf(sid);
     this.evict(keys);
-    const rows = await this.shaped<{ key: string }>(`end:${keys.length}`, keyValues(keys, { reason }), (v) =>
-      this.notifying(sql`${this.endSet(v("reason"))} where ${this.byKeys(keyParams(keys, v))} and ${this.table.endedAt} is null returning ${this.table.key} as key`),
-    );
+    const rows = await this.exec.run<{ key: string }>(this.sql.end(keys.length), keyValues(keys, { reason }));
     // Evict again: a read or write of this store that overlapped the end may have cached the session.
     this.evict(keys);
     return rows.length > 0;
   }
 
   private async loadAll(): Promise<Record<string, SessionData>> {
-    const t = this.table;
-    const rows = await this.query<{ handle: string; data: string }>(sql`select ${t.handle} as handle, ${t.data}::text as data from ${t} where ${this.live()}`);
+    const rows = await this.exec.query<{ handle: string; data: string }>(this.sql.all());
     const result: Record<string, SessionData> = {};
     for (const row of rows) {
       const session = parseSession(row.data);
@@ -605,291 +426,15 @@ export class SessionStore extends Store {
     return result;
   }
 
-  /** `update <table> set` for ending sessions now for `reason`; the caller appends the `where`. @internal */
-  protected endSet(reason: SQL | EndReason): SQL {
-    const t = this.table;
-    return sql`update ${t} set ${col(t.endedAt)} = ${NOW}, ${col(t.endReason)} = ${reason}::text, ${col(t.data)} = '{}'::jsonb, ${col(t.version)} = ${t.version} + 1`;
-  }
-
-  /**
-   * Rows of a live session now, on the database's clock: not ended, not past the idle expiry, and not past
-   * the absolute one (for rows made before `absoluteTimeout` was set too, counted from their creation). @internal
-   */
-  protected live(): SQL {
-    const t = this.table;
-    const absolute = this.options.absoluteTimeout === undefined ? sql`` : sql` and ${this.absoluteExpiry()} > ${NOW}`;
-    return sql`${t.endedAt} is null and ${t.expiresAt} > ${NOW}${absolute}`;
-  }
-
-  /**
-   * The absolute expiry of a row: its column, or with `absoluteTimeout`, for rows made before it was set,
-   * their creation plus it.
-   */
-  private absoluteExpiry(): SQL {
-    const t = this.table;
-    const absolute = this.options.absoluteTimeout;
-    return absolute === undefined ? sql`${t.absoluteExpiresAt}` : sql`coalesce(${t.absoluteExpiresAt}, ${t.createdAt} + ${millis(absolute)})`;
-  }
-
-  /** The moment a row stops being live (ended aside): its idle expiry, capped by the absolute one. */
-  private effectiveExpiry(): SQL {
-    return this.options.absoluteTimeout === undefined ? sql`${this.table.expiresAt}` : sql`least(${this.table.expiresAt}, ${this.absoluteExpiry()})`;
-  }
-
-  /** The {@link ExpiryRow} columns of a statement that reads or writes a session. */
-  private expiryColumns(): SQL {
-    return sql`${msOf(this.effectiveExpiry())} as expires, ${msOf(this.absoluteExpiry())} as absolute, ${msOf(NOW)} as now`;
-  }
-
-  /** Now, on both of this server's clocks, as a statement is about to be sent. */
-  private sent(): Sent {
-    return { wall: this.now(), mono: performance.now() };
-  }
-
-  /**
-   * A row's expiries on this server's clocks. `sent` is when the statement was sent: the database's now
-   * came later, so the conversion errs early (a cached session stops being served a round trip sooner).
-   */
-  private localExpiry(row: ExpiryRow, sent: Sent): Pick<Loaded, "expires" | "absolute" | "servedUntil"> {
-    const left = Number(row.expires) - Number(row.now);
-    return {
-      expires: sent.wall + left,
-      absolute: row.absolute === null || row.absolute === undefined ? null : sent.wall + Number(row.absolute) - Number(row.now),
-      servedUntil: sent.mono + Math.min(left, this.options.cache?.ttl ?? Infinity),
-    };
-  }
-
-  /** A record's status, decided in the database. */
-  private statusOf(): SQL {
-    return sql`case when ${this.table.endedAt} is not null then 'ended' when ${this.live()} then 'active' else 'expired' end`;
-  }
-
-  private statusFilter(status: SessionQuery["status"]): SQL {
-    const t = this.table;
-    switch (status ?? "active") {
-      case "active":
-        return this.live();
-      case "expired":
-        return sql`${t.endedAt} is null and not (${this.live()})`;
-      case "ended":
-        return sql`${t.endedAt} is not null`;
-      case "all":
-        return sql`true`;
-      default:
-        throw new TypeError(`connect-drizzle: status must be "active", "expired", "ended" or "all" (got ${String(status)})`);
-    }
-  }
-
-  private checkQuery(query: SessionQuery): { userId: string; limit: number; current?: string } {
-    if (!query || (typeof query.userId !== "string" && typeof query.userId !== "number")) {
-      throw new TypeError("connect-drizzle: list/count need { userId }");
-    }
-    const limit = query.limit ?? 100;
-    if (!Number.isInteger(limit) || limit < 1) throw new TypeError("connect-drizzle: `limit` must be a positive integer");
-    return { userId: String(query.userId), limit, current: typeof query.current === "string" ? query.current : undefined };
-  }
-
-  /** The `and user_id = ...` of an owner-scoped call, or nothing for `{ anyOwner: true }`. */
-  private ownerFilter(options: OwnerScope | undefined, method: string): SQL {
-    const scope: any = options;
-    if (scope !== null && typeof scope === "object" && "userId" in scope) {
-      if (typeof scope.userId !== "string" && typeof scope.userId !== "number") {
-        throw new TypeError(
-          `connect-drizzle: ${method}(handle, { userId }) got userId ${String(scope.userId)}: pass the signed-in user's id, ` +
-            "or { anyOwner: true } to act on any user's session",
-        );
-      }
-      return sql` and ${this.table.userId} = ${String(scope.userId)}`;
-    }
-    if (scope?.anyOwner === true) return sql``;
-    throw new TypeError(
-      `connect-drizzle: ${method} needs a scope: { userId } for the owner's own session, or { anyOwner: true } for any session (admin tools)`,
-    );
-  }
-
-  /** @internal */
-  protected byKeys(keys: Array<string | SQL>): SQL {
-    return sql`${this.table.key} in (${sql.join(keys.map((k) => (typeof k === "string" ? sql`${k}` : k)), sql`, `)})`;
-  }
-
   /**
    * Runs a statement that changes sessions and ends in `returning key`: it (with `notify`) evicts the
    * changed keys from every instance's cache in the same statement, and from this store's cache before
    * the promise resolves, so an end is seen here at once. Returns one row per changed row. @internal
    */
-  protected async write<Row extends { key: string } = { key: string }>(statement: SQL): Promise<Row[]> {
-    const rows = await this.query<Row>(this.notifying(statement));
+  protected async write(statement: SQL): Promise<Array<{ key: string }>> {
+    const rows = await this.exec.query<{ key: string }>(statement);
     this.evict(rows.map((row) => row.key));
     return rows;
-  }
-
-  /** The statement, with its CTEs, and (with `notify`) the NOTIFY of every changed key. @internal */
-  protected notifying(statement: SQL, ctes?: SQL): SQL {
-    if (!this.options.notify) return ctes ? sql`with ${ctes} ${statement}` : statement;
-    return sql`with ${ctes ? sql`${ctes}, ` : sql``}changed as (${statement})
-        select changed.*, pg_notify(${this.channel}, changed.key) from changed`;
-  }
-
-  /**
-   * Runs a hot-path statement whose SQL depends only on `shape`. On node-postgres drizzle writes it once,
-   * with placeholders (`v(name)`), and it is sent with `values` as a named prepared statement (with
-   * `prepare`): no SQL building per call, one parse and plan per connection. Elsewhere it is built with
-   * the values and run through drizzle.
-   */
-  private shaped<Row>(shape: string, values: Record<string, unknown>, build: (v: (name: string) => SQL) => SQL): Promise<Row[]> {
-    const { kind, client } = this.driver;
-    if (kind !== "node-postgres") return this.query<Row>(build((name) => sql`${values[name]}`));
-    let statement = this.shapes.get(shape);
-    if (!statement) {
-      const { sql: text, params } = DIALECT.sqlToQuery(build((name) => sql`${sql.placeholder(name)}`));
-      statement = { text, params, name: this.options.prepare ? statementName(text) : undefined };
-      this.shapes.set(shape, statement);
-    }
-    const { text, params, name } = statement;
-    const args = params.map((p) => (is(p, Placeholder) ? values[p.name] : p));
-    return this.timed(client.query(name ? { name, text, values: args } : { text, values: args })).then((result) => rowsOf<Row>(result));
-  }
-
-  /**
-   * Forgets sessions in this store's cache (`*`: every session), for its own writes and for every NOTIFY
-   * it receives; other instances learn of this store's writes from the NOTIFY. @internal
-   */
-  protected evict(keys: readonly string[]): void {
-    this.evictions++;
-    for (const key of keys) {
-      if (key === "*") {
-        this.recent.clear();
-        this.sidOfKey.clear();
-      } else {
-        const sid = this.sidOfKey.get(key);
-        if (sid !== undefined) this.uncache(sid);
-      }
-    }
-  }
-
-  /**
-   * The cache is served only while a probe NOTIFY, sent through the app's own database like every write,
-   * has come back on the LISTEN connection: a LISTEN that cannot hear the writes (through pgbouncer in
-   * transaction mode, say) never turns the cache on. Probes repeat; one that does not return turns the
-   * cache off again.
-   */
-  private startListening(): void {
-    const cache = this.options.cache!;
-    let pending: string | undefined;
-    let timer: NodeJS.Timeout | undefined;
-    let probeFailed = false;
-    const probe = () => {
-      if (pending !== undefined && this.cacheLive) {
-        this.cacheLive = false;
-        this.evict(["*"]);
-        this.report(new SessionStoreError("DATABASE", "the cache's NOTIFY probe did not come back; cache off until one does"));
-      }
-      pending = `?probe:${newHandle()}`;
-      this.query(sql`select pg_notify(${this.channel}, ${pending})`).then(
-        () => void (probeFailed = false),
-        (error) => {
-          // Said once per outage, not on every probe; the cache stays off meanwhile (the probe cannot return).
-          if (probeFailed) return;
-          probeFailed = true;
-          this.report(databaseError(error, this.tableName, "the cache's NOTIFY probe"));
-        },
-      );
-    };
-    const schedule = () => {
-      clearInterval(timer);
-      timer = setInterval(probe, Math.max(1_000, Math.min(cache.ttl / 2, 30_000)));
-      timer.unref();
-      this.stopProbing = () => clearInterval(timer);
-    };
-    const listening = listen(this.options.db, this.channel, {
-      onMessage: (payload) => {
-        if (!payload.startsWith("?probe:")) return this.evict([payload]);
-        if (payload !== pending) return;
-        pending = undefined;
-        if (!this.cacheLive) {
-          // Anything cached before this point may have missed notifications.
-          this.evict(["*"]);
-          this.cacheLive = true;
-        }
-      },
-      onReady: () => {
-        probe();
-        schedule();
-      },
-      onLost: (error) => {
-        this.stopProbing();
-        pending = undefined;
-        this.cacheLive = false;
-        this.evict(["*"]);
-        this.report(new SessionStoreError("DATABASE", `the cache's LISTEN connection was lost (${error.message}); cache off until it is back`, { cause: error }));
-      },
-    });
-    if (!listening) {
-      throw new TypeError(
-        "connect-drizzle: `cache` needs a node-postgres (pg) or PGlite database for LISTEN/NOTIFY; remove `cache` for other drivers",
-      );
-    }
-    this.listening = listening;
-  }
-
-  /** Runs a statement and returns its rows, whatever the driver's result shape. @internal */
-  protected async query<Row = Record<string, unknown>>(statement: SQL): Promise<Row[]> {
-    return rowsOf<Row>(await this.timed(this.send(statement)));
-  }
-
-  /**
-   * On node-postgres, statements go to the pool directly, as named prepared statements (with `prepare`):
-   * drizzle still writes the SQL, but the server parses and plans each shape once per connection and the
-   * client skips drizzle's per-call work (measured: writes cost 2-3x the client CPU of the raw floor).
-   */
-  private send(statement: SQL): PromiseLike<unknown> {
-    const { kind, client } = this.driver;
-    if (kind !== "node-postgres") return this.options.db.execute(statement);
-    const { sql: text, params } = DIALECT.sqlToQuery(statement);
-    const name = this.options.prepare ? statementName(text) : undefined;
-    return client.query(name ? { name, text, values: params } : { text, values: params });
-  }
-
-  /** Fails an operation that takes longer than `timeout` (a slow or unreachable database), instead of hanging. */
-  private timed<T>(query: PromiseLike<T>): Promise<T> {
-    return new Promise<T>((resolve, reject) => {
-      const waiting = { deadline: performance.now() + this.options.timeout, reject };
-      this.waiting.add(waiting);
-      this.sweepTimeouts();
-      // Drizzle's queries are lazy thenables that run on every then(): this is the only one.
-      query.then(
-        (value) => {
-          this.waiting.delete(waiting);
-          resolve(value);
-        },
-        (error) => {
-          this.waiting.delete(waiting);
-          reject(error);
-        },
-      );
-    });
-  }
-
-  /**
-   * One unref'd timer for every operation in flight (cheaper than a timer each on the hot path): fails
-   * those past their deadline with TIMEOUT, to within a tenth of `timeout`; stops when none are left.
-   */
-  private sweepTimeouts(): void {
-    if (this.sweeper) return;
-    const every = Math.max(10, Math.min(1_000, this.options.timeout / 10));
-    this.sweeper = setInterval(() => {
-      const now = performance.now();
-      for (const waiting of this.waiting) {
-        if (waiting.deadline > now) continue;
-        this.waiting.delete(waiting);
-        waiting.reject(new SessionStoreError("TIMEOUT", `the database did not answer within ${this.options.timeout} ms (the store's timeout option)`));
-      }
-      if (this.waiting.size === 0) {
-        clearInterval(this.sweeper);
-        this.sweeper = undefined;
-      }
-    }, every);
-    this.sweeper.unref();
   }
 
   /** Runs an operation, turning driver errors into errors that say what to do. @internal */
@@ -902,7 +447,7 @@ export class SessionStore extends Store {
     }
     return promise.catch((error) => {
       const ours = error instanceof SessionStoreError || (error instanceof TypeError && error.message.startsWith("connect-drizzle:"));
-      throw ours ? error : databaseError(error, this.tableName, action);
+      throw ours ? error : databaseError(error, this.sql.tableName, action);
     });
   }
 
@@ -937,20 +482,22 @@ export class SessionStore extends Store {
     return later > -Math.min(CLOCK_ERROR, threshold) && later < threshold;
   }
 
-  private cache(loaded: Loaded): void {
-    const max = this.options.cache?.max;
-    if (max === undefined) return;
-    this.uncache(loaded.sid);
-    this.recent.set(loaded.sid, loaded);
-    this.sidOfKey.set(loaded.key, loaded.sid);
-    if (this.recent.size > max) this.uncache(this.recent.keys().next().value!);
+  /** Now, on both of this server's clocks, as a statement is about to be sent. */
+  private sent(): Sent {
+    return { wall: this.now(), mono: performance.now() };
   }
 
-  private uncache(sid: string): void {
-    const entry = this.recent.get(sid);
-    if (!entry) return;
-    this.recent.delete(sid);
-    this.sidOfKey.delete(entry.key);
+  /**
+   * A row's expiries on this server's clocks. `sent` is when the statement was sent: the database's now
+   * came later, so the conversion errs early (a cached session stops being served a round trip sooner).
+   */
+  private localExpiry(row: ExpiryRow, sent: Sent): Pick<Loaded, "expires" | "absolute" | "servedUntil"> {
+    const left = Number(row.expires) - Number(row.now);
+    return {
+      expires: sent.wall + left,
+      absolute: row.absolute === null || row.absolute === undefined ? null : sent.wall + Number(row.absolute) - Number(row.now),
+      servedUntil: sent.mono + Math.min(left, this.cache?.ttl ?? Infinity),
+    };
   }
 
   private labelOf(session: SessionData): string | null {
@@ -981,96 +528,5 @@ function requestMetadata(session: SessionData): { ua: string | null; ip: string 
   return { ua: typeof ua === "string" ? ua.slice(0, 512) : null, ip };
 }
 
-const DIALECT = new PgDialect();
-
 /** The most an expiry can seem earlier than stored through clock conversion alone, ms (see `fresh`). */
 const CLOCK_ERROR = 1_000;
-
-/** Named statements by SQL text: a bounded set, since lists of varying length make new shapes. */
-const STATEMENT_NAMES = new Map<string, string>();
-
-function statementName(text: string): string | undefined {
-  let name = STATEMENT_NAMES.get(text);
-  if (name === undefined && STATEMENT_NAMES.size < 256) {
-    name = `connect_drizzle_${createHash("sha256").update(text).digest("base64url").slice(0, 22)}`;
-    STATEMENT_NAMES.set(text, name);
-  }
-  return name;
-}
-
-/**
- * The NOTIFY channel of a table. Postgres cuts identifiers at 63 bytes (not characters) and pg_notify
- * refuses longer names, so a long or non-ASCII table name is cut at a character boundary within 63 bytes.
- */
-export function channelName(qualified: string): string {
-  let name = "";
-  let bytes = 0;
-  for (const char of `connect_drizzle_${qualified}`) {
-    bytes += Buffer.byteLength(char, "utf8");
-    if (bytes > 63) break;
-    name += char;
-  }
-  return name;
-}
-
-interface RecordRow {
-  handle: string;
-  user_id: string | null;
-  created_at: number;
-  last_seen_at: number;
-  expires_at: number;
-  absolute_expires_at: number | null;
-  label: string | null;
-  user_agent: string | null;
-  ip: string | null;
-  ended_at: number | null;
-  end_reason: EndReason | null;
-  current: boolean;
-  status: SessionStatus;
-}
-
-function toRecord(row: RecordRow): SessionRecord {
-  const date = (ms: number | null) => (ms === null || ms === undefined ? null : new Date(Number(ms)));
-  return {
-    handle: row.handle,
-    userId: row.user_id,
-    status: row.status,
-    createdAt: date(row.created_at)!,
-    lastSeenAt: date(row.last_seen_at)!,
-    expiresAt: date(row.expires_at)!,
-    absoluteExpiresAt: date(row.absolute_expires_at),
-    label: row.label,
-    userAgent: row.user_agent,
-    ip: row.ip,
-    endedAt: date(row.ended_at),
-    endReason: row.end_reason,
-    current: isTrue(row.current),
-  };
-}
-
-/** A timestamp as epoch milliseconds (a float8, which every driver returns as a number). */
-function msOf(value: SQL | object): SQL {
-  // date_part is float8 arithmetic (extract() is numeric since PostgreSQL 14, several times slower); the
-  // round() makes the float exact again (timestamps here have millisecond precision).
-  return sql`round(date_part('epoch', ${value}) * 1000)`;
-}
-
-/** A column's bare name, for an insert's column list or an update's `set` (where drizzle's qualified form is not allowed). */
-function col(column: { name: string }): SQL {
-  return sql`${sql.identifier(column.name)}`;
-}
-
-/** Adds a session's row keys to a shaped statement's values, as `k0`, `k1`, ... */
-function keyValues(keys: string[], values: Record<string, unknown>): Record<string, unknown> {
-  keys.forEach((key, i) => (values[`k${i}`] = key));
-  return values;
-}
-
-/** The placeholders of {@link keyValues}, for a shaped statement's SQL. */
-function keyParams(keys: string[], v: (name: string) => SQL): SQL[] {
-  return keys.map((_, i) => v(`k${i}`));
-}
-
-function iso(epochMs: number): string {
-  return new Date(epochMs).toISOString();
-}

@@ -2,7 +2,7 @@ import { inspect } from "node:util";
 import request from "supertest";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { createSessionTable, SessionStore, SessionStoreError } from "../src/index.js";
-import { channelName } from "../src/store.js";
+import { channelName } from "../src/statements.js";
 import { cookieOf, testApp } from "./support/app.js";
 import { drizzle as drizzlePglite } from "drizzle-orm/pglite";
 import { cacheReady, drivers, eventually, openDb, openPeer, sessionData, sleep, type TestDb, useTestDb } from "./support/db.js";
@@ -86,9 +86,9 @@ describe.each(drivers)("lifecycle invariants on %s", (driver) => {
       loaded.n = write;
       // The write lands, then the other instance ends the session and its NOTIFY arrives here, then the reply.
       peer.beforeReply(async () => {
-        const heard = (cached as any).evictions;
+        const heard = (cached as any).cache.evictions;
         await other.destroy(sid);
-        expect(await eventually(() => (cached as any).evictions > heard)).toBe(true);
+        expect(await eventually(() => (cached as any).cache.evictions > heard)).toBe(true);
       });
       await (write === "set" ? cached.set(sid, loaded) : cached.touch(sid, loaded));
       expect(await cached.get(sid), write).toBeNull();
@@ -301,7 +301,7 @@ describe("the read cache's probe", () => {
       expect(reports[0]!.message).toMatch(/cache's NOTIFY probe failed: permission denied/);
       await sleep(1_200); // the next probe fails too: not reported again
       expect(reports).toHaveLength(1);
-      expect((store as any).cacheLive).toBe(false);
+      expect((store as any).cache.live).toBe(false);
       await store.close();
     } finally {
       await t.close();

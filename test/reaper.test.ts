@@ -6,7 +6,8 @@ import pg from "pg";
 import postgres from "postgres";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
 import { singleConnection } from "../src/driver.js";
-import { Reaper, lockKey, reap, resolveReaperOptions, type ReapResult, type ResolvedReaperOptions } from "../src/reaper.js";
+import { resolveReaperOptions, type ResolvedReaperOptions } from "../src/options.js";
+import { Reaper, lockKey, reap, type ReapResult } from "../src/reaper.js";
 import { SessionStore, SessionStoreError, createSessionTable } from "../src/index.js";
 import { DATABASE_URL, drivers, openDb, sessionData, sleep, type TestDb } from "./support/db.js";
 

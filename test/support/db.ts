@@ -156,7 +156,7 @@ export async function eventually(check: () => boolean | Promise<boolean>, ms = 3
 }
 
 /** Whether a store's read cache is on (its LISTEN heard its probe), within a few seconds. */
-export const cacheReady = (store: SessionStore) => eventually(() => (store as any).cacheLive === true);
+export const cacheReady = (store: SessionStore) => eventually(() => (store as any).cache?.live === true);
 
 /**
  * A second app instance's database on the same tables: its own pool (node-postgres, postgres.js) or, on

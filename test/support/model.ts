@@ -867,7 +867,7 @@ async function openReal(config: Config, t: TestDb): Promise<Real> {
     config,
     t,
     // The store's own channel name (cut to 63 bytes as Postgres requires), so the barrier's marker reaches its LISTEN.
-    channel: (A.store as unknown as { channel: string }).channel,
+    channel: (A.store as unknown as { sql: { channel: string } }).sql.channel,
     A,
     B,
     t0: real(),
@@ -878,7 +878,7 @@ async function openReal(config: Config, t: TestDb): Promise<Real> {
   };
   if (config.cache) {
     try {
-      const live = (i: Instance) => (i.store as unknown as { cacheLive?: unknown }).cacheLive !== false;
+      const live = (i: Instance) => (i.store as unknown as { cache?: { live: boolean } }).cache?.live !== false;
       await until(() => live(A) && live(B), NOTIFY_WAIT, "both caches to go live");
       await barrier(r);
     } catch (error) {

@@ -1,0 +1,170 @@
+import { listen, type Listening } from "./notify.js";
+import type { AnyPgDatabase } from "./options.js";
+import { newHandle } from "./hash.js";
+import { SessionStoreError } from "./errors.js";
+
+/**
+ * The opt-in read cache: recently read or written sessions, by session id, least recently used first.
+ *
+ * What keeps it from ever serving a session that ended (on this instance or another):
+ * 1. It is served only while it is `live`: its LISTEN connection is up and a probe NOTIFY, sent through
+ *    the app's own database like every write, has come back on it since. A LISTEN that cannot hear the
+ *    writes (pgbouncer in transaction mode) never turns it on; a lost connection or a probe that does not
+ *    return turns it off and empties it.
+ * 2. Every statement that ends or changes an existing session NOTIFYs its row key, in the same statement;
+ *    every instance evicts that key when it hears it. This instance evicts it itself before the statement
+ *    is sent and again when its reply comes back, so an end through this store is seen here at once.
+ * 3. A result is cached only if no eviction happened between its statement being sent and its reply
+ *    (`since` = {@link ReadCache.evictions} read before sending): such a result may predate the change the
+ *    eviction was for.
+ * 4. An entry is served only until its `servedUntil`, on the monotonic clock: the row's expiry as read
+ *    (converted early, by the statement's round trip), or its `ttl`, whichever comes first. A wall clock
+ *    stepped back never stretches it.
+ *
+ * Inserts of new session ids need no NOTIFY: no instance can hold a session that did not exist.
+ */
+export class ReadCache<Entry extends CacheEntry> {
+  /** Bumped on every eviction (local or from a NOTIFY); see invariant 3. */
+  evictions = 0;
+  /** Whether entries may be served (invariant 1). */
+  live = false;
+  private readonly bySid = new Map<string, Entry>();
+  /** Row key to session id, for evictions (NOTIFY payloads are row keys). */
+  private readonly sidOfKey = new Map<string, string>();
+  private listening: Listening | undefined;
+  private stopProbing: () => void = () => {};
+
+  constructor(
+    private readonly settings: { max: number; ttl: number },
+    private readonly io: {
+      db: AnyPgDatabase;
+      channel: string;
+      /** Sends a NOTIFY with this payload through the app's database. */
+      notify(payload: string): Promise<unknown>;
+      /** Reports a problem that does not fail a request. */
+      report(error: Error): void;
+      /** Describes a failed probe. */
+      probeError(error: unknown): Error;
+      /** Evicts the row key of a NOTIFY heard from another instance (through the store, which calls {@link ReadCache.evict}). */
+      heard(key: string): void;
+    },
+  ) {}
+
+  get ttl(): number {
+    return this.settings.ttl;
+  }
+
+  /** The entry of `sid`, if it may be served now (`mono`: `performance.now()`). */
+  get(sid: string, mono: number): Entry | undefined {
+    if (!this.live) return undefined;
+    const entry = this.bySid.get(sid);
+    if (!entry) return undefined;
+    if (entry.servedUntil > mono) return entry;
+    this.remove(sid);
+    return undefined;
+  }
+
+  /** Caches an entry read or written by a statement sent when `evictions` was `since` (invariant 3). */
+  put(entry: Entry, since: number): void {
+    if (since !== this.evictions) return;
+    this.remove(entry.sid);
+    this.bySid.set(entry.sid, entry);
+    this.sidOfKey.set(entry.key, entry.sid);
+    if (this.bySid.size > this.settings.max) this.remove(this.bySid.keys().next().value!);
+  }
+
+  /** Forgets the sessions of these row keys (`*`: every session). */
+  evict(keys: readonly string[]): void {
+    this.evictions++;
+    for (const key of keys) {
+      if (key === "*") {
+        this.bySid.clear();
+        this.sidOfKey.clear();
+      } else {
+        const sid = this.sidOfKey.get(key);
+        if (sid !== undefined) this.remove(sid);
+      }
+    }
+  }
+
+  /**
+   * Opens the LISTEN connection and starts probing. Probes repeat; one that does not return turns the
+   * cache off again.
+   * @returns false when the driver cannot LISTEN
+   */
+  start(): boolean {
+    let pending: string | undefined;
+    let timer: NodeJS.Timeout | undefined;
+    let probeFailed = false;
+    const off = (error: Error) => {
+      this.live = false;
+      this.evict(["*"]);
+      this.io.report(error);
+    };
+    const probe = () => {
+      if (pending !== undefined && this.live) off(new SessionStoreError("DATABASE", "the cache's NOTIFY probe did not come back; cache off until one does"));
+      pending = `?probe:${newHandle()}`;
+      this.io.notify(pending).then(
+        () => void (probeFailed = false),
+        (error) => {
+          // Said once per outage, not on every probe; the cache stays off meanwhile (the probe cannot return).
+          if (probeFailed) return;
+          probeFailed = true;
+          this.io.report(this.io.probeError(error));
+        },
+      );
+    };
+    const listening = listen(this.io.db, this.io.channel, {
+      onMessage: (payload) => {
+        if (!payload.startsWith("?probe:")) return this.io.heard(payload);
+        if (payload !== pending) return;
+        pending = undefined;
+        if (!this.live) {
+          // Anything cached before this point may have missed notifications.
+          this.evict(["*"]);
+          this.live = true;
+        }
+      },
+      onReady: () => {
+        probe();
+        clearInterval(timer);
+        timer = setInterval(probe, Math.max(1_000, Math.min(this.settings.ttl / 2, 30_000)));
+        timer.unref();
+        this.stopProbing = () => clearInterval(timer);
+      },
+      onLost: (error) => {
+        this.stopProbing();
+        pending = undefined;
+        off(new SessionStoreError("DATABASE", `the cache's LISTEN connection was lost (${error.message}); cache off until it is back`, { cause: error }));
+      },
+    });
+    this.listening = listening;
+    return listening !== undefined;
+  }
+
+  /** Stops probing, empties the cache and closes the LISTEN connection. */
+  async close(): Promise<void> {
+    this.stopProbing();
+    this.live = false;
+    this.evict(["*"]);
+    const listening = this.listening;
+    this.listening = undefined;
+    await listening?.close();
+  }
+
+  private remove(sid: string): void {
+    const entry = this.bySid.get(sid);
+    if (!entry) return;
+    this.bySid.delete(sid);
+    this.sidOfKey.delete(entry.key);
+  }
+}
+
+/** What the cache needs of an entry. */
+export interface CacheEntry {
+  sid: string;
+  /** The row's key: NOTIFY payloads name rows by key. */
+  key: string;
+  /** Until when it may be served, on the monotonic clock (`performance.now()`). */
+  servedUntil: number;
+}

@@ -1,0 +1,171 @@
+import { isTrue } from "./driver.js";
+import type { KeyDeriver } from "./hash.js";
+import { isValidId } from "./hash.js";
+import type { EndReason, RecordRow, SessionStatus, Statements } from "./statements.js";
+import type { SQL } from "drizzle-orm";
+
+export type { EndReason, SessionStatus } from "./statements.js";
+
+/** A session as a record, for a "your devices" page or an audit view. Never holds the session id. */
+export interface SessionRecord {
+  /** Public, stable identifier, safe in a page or URL; pass it to `revoke` or `extend`. Not a session id. */
+  handle: string;
+  userId: string | null;
+  status: SessionStatus;
+  createdAt: Date;
+  lastSeenAt: Date;
+  /** Idle expiry (renewed by activity, every `touchAfter` at most). */
+  expiresAt: Date;
+  absoluteExpiresAt: Date | null;
+  /** The session's display name, from the store's `label` option (default: `session.label`). */
+  label: string | null;
+  userAgent: string | null;
+  ip: string | null;
+  endedAt: Date | null;
+  endReason: EndReason | null;
+  /** Whether this is the session of `current` passed to `list` (mark "this device"). */
+  current: boolean;
+}
+
+/**
+ * Whose session `revoke` and `extend` may change: the owner's own (`{ userId }`, for a "your devices"
+ * page: a guessed handle of someone else's session changes nothing), or any session (`{ anyOwner: true }`,
+ * for admin tools). There is no default: a `userId` that is `undefined` or `null` is a TypeError, never an
+ * unscoped call.
+ */
+export type OwnerScope = { userId: string | number; anyOwner?: never } | { anyOwner: true; userId?: never };
+
+/** Options of {@link SessionStore.revoke}. */
+export type RevokeOptions = OwnerScope & {
+  /** Recorded as the end reason. @default "revoked" */
+  reason?: EndReason;
+};
+
+/** Options of {@link SessionStore.extend}. */
+export type ExtendOptions = OwnerScope & {
+  /** Move the absolute expiry too, when `until` is past it. @default false (the expiry stops at the absolute one) */
+  beyondAbsolute?: boolean;
+};
+
+/** Which sessions `list` and `count` return. */
+export interface SessionQuery {
+  /** The owner, as found by the store's `userId` option (numbers match their string form). Required. */
+  userId: string | number;
+  /** @default "active" */
+  status?: SessionStatus | "all";
+  /** A session id (e.g. `req.sessionID`) whose record gets `current: true`. */
+  current?: string;
+  /** Most records returned, newest activity first. @default 100 */
+  limit?: number;
+}
+
+/** What the records API needs of its store. */
+export interface RecordsContext {
+  statements: Statements;
+  keysOf: KeyDeriver;
+  /** Runs an operation, turning driver errors into errors that say what to do. */
+  run<T>(action: string, operation: () => Promise<T>): Promise<T>;
+  query<Row>(statement: SQL): Promise<Row[]>;
+  /** Runs a statement that changes sessions, evicting them from the caches; one row per changed row. */
+  write(statement: SQL): Promise<Array<{ key: string }>>;
+  /** The app server's wall clock, epoch ms. */
+  now(): number;
+}
+
+/**
+ * The records API of {@link SessionStore} (list, count, handleOf, revoke, revokeUser, extend): argument
+ * checks and scoping here, the SQL in {@link Statements}. Documented on the store's methods.
+ */
+export class Records {
+  constructor(private readonly s: RecordsContext) {}
+
+  async list(query: SessionQuery): Promise<SessionRecord[]> {
+    const { userId, limit, current } = checkQuery(query);
+    const keys = current === undefined ? undefined : this.s.keysOf(current);
+    const rows = await this.s.run("list", () => this.s.query<RecordRow>(this.s.statements.list(userId, query.status, keys, limit)));
+    return rows.map(toRecord);
+  }
+
+  async count(query: SessionQuery): Promise<number> {
+    const { userId } = checkQuery(query);
+    const [row] = await this.s.run("count", () => this.s.query<{ n: number }>(this.s.statements.count(userId, query.status)));
+    return Number(row?.n ?? 0);
+  }
+
+  async handleOf(sessionId: string): Promise<string | null> {
+    if (!isValidId(sessionId)) return null;
+    const [row] = await this.s.run("handleOf", () => this.s.query<{ handle: string }>(this.s.statements.handleOf(this.s.keysOf(sessionId))));
+    return row?.handle ?? null;
+  }
+
+  async revoke(handle: string, options: RevokeOptions): Promise<boolean> {
+    const owner = ownerOf(options, "revoke");
+    if (typeof handle !== "string" || handle.length === 0) return false;
+    const rows = await this.s.run("revoke", () => this.s.write(this.s.statements.revoke(handle, options.reason ?? "revoked", owner)));
+    return rows.length > 0;
+  }
+
+  async revokeUser(userId: string | number, options: { except?: string | readonly string[]; reason?: EndReason } = {}): Promise<number> {
+    if (typeof userId !== "string" && typeof userId !== "number") throw new TypeError("connect-drizzle: revokeUser needs a user id");
+    const kept = options.except === undefined ? [] : typeof options.except === "string" ? [options.except] : [...options.except];
+    const keys = kept.flatMap((id) => this.s.keysOf(id));
+    const rows = await this.s.run("revokeUser", () => this.s.write(this.s.statements.revokeUser(String(userId), options.reason ?? "revoked", keys, kept)));
+    return rows.length;
+  }
+
+  async extend(handle: string, until: Date, options: ExtendOptions): Promise<boolean> {
+    const at = until instanceof Date ? until.getTime() : NaN;
+    if (!Number.isFinite(at)) throw new TypeError("connect-drizzle: extend(handle, until, { userId }) needs a valid Date");
+    const owner = ownerOf(options, "extend");
+    if (typeof handle !== "string" || handle.length === 0) return false;
+    const statement = this.s.statements.extend(handle, at - this.s.now(), new Date(at).toISOString(), options.beyondAbsolute === true, owner);
+    const rows = await this.s.run("extend", () => this.s.write(statement));
+    return rows.length > 0;
+  }
+}
+
+function checkQuery(query: SessionQuery): { userId: string; limit: number; current?: string } {
+  if (!query || (typeof query.userId !== "string" && typeof query.userId !== "number")) {
+    throw new TypeError("connect-drizzle: list/count need { userId }");
+  }
+  const limit = query.limit ?? 100;
+  if (!Number.isInteger(limit) || limit < 1) throw new TypeError("connect-drizzle: `limit` must be a positive integer");
+  return { userId: String(query.userId), limit, current: typeof query.current === "string" ? query.current : undefined };
+}
+
+/** The owner a scoped call is limited to, or `undefined` for `{ anyOwner: true }`. */
+function ownerOf(options: OwnerScope | undefined, method: string): string | undefined {
+  const scope: any = options;
+  if (scope !== null && typeof scope === "object" && "userId" in scope) {
+    if (typeof scope.userId !== "string" && typeof scope.userId !== "number") {
+      throw new TypeError(
+        `connect-drizzle: ${method}(handle, { userId }) got userId ${String(scope.userId)}: pass the signed-in user's id, ` +
+          "or { anyOwner: true } to act on any user's session",
+      );
+    }
+    return String(scope.userId);
+  }
+  if (scope?.anyOwner === true) return undefined;
+  throw new TypeError(
+    `connect-drizzle: ${method} needs a scope: { userId } for the owner's own session, or { anyOwner: true } for any session (admin tools)`,
+  );
+}
+
+function toRecord(row: RecordRow): SessionRecord {
+  const date = (ms: number | null) => (ms === null || ms === undefined ? null : new Date(Number(ms)));
+  return {
+    handle: row.handle,
+    userId: row.user_id,
+    status: row.status,
+    createdAt: date(row.created_at)!,
+    lastSeenAt: date(row.last_seen_at)!,
+    expiresAt: date(row.expires_at)!,
+    absoluteExpiresAt: date(row.absolute_expires_at),
+    label: row.label,
+    userAgent: row.user_agent,
+    ip: row.ip,
+    endedAt: date(row.ended_at),
+    endReason: row.end_reason,
+    current: isTrue(row.current),
+  };
+}

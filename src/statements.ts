@@ -1,0 +1,358 @@
+import { sql, type SQL } from "drizzle-orm";
+import { getTableConfig } from "drizzle-orm/pg-core";
+import { lifetime, millis, NOW } from "./clock.js";
+import { Shape } from "./driver.js";
+import type { SessionTable } from "./schema.js";
+
+/** Why a session ended, as recorded in `end_reason`. */
+export type EndReason = "logout" | "revoked" | "expired" | "rotated";
+
+/**
+ * Where a session stands: `active` (usable), `expired` (past its idle or absolute expiry, not yet reaped:
+ * `extend` can revalidate it), `ended` (logged out, revoked, rotated, or expired and reaped into history).
+ */
+export type SessionStatus = "active" | "expired" | "ended";
+
+/** What the statements that read or write a session return about its expiry (epoch ms on the database's clock). */
+export interface ExpiryRow {
+  expires: number;
+  absolute: number | null;
+  now: number;
+}
+
+/** A session's row as the lookup returns it. */
+export type SessionRow = { key: string; data: string; version: number; ua: string | null; ip: string | null } & ExpiryRow;
+
+/** A record's row, as `list` returns it. */
+export interface RecordRow {
+  handle: string;
+  user_id: string | null;
+  created_at: number;
+  last_seen_at: number;
+  expires_at: number;
+  absolute_expires_at: number | null;
+  label: string | null;
+  user_agent: string | null;
+  ip: string | null;
+  ended_at: number | null;
+  end_reason: EndReason | null;
+  current: boolean;
+  status: SessionStatus;
+}
+
+/**
+ * Every SQL statement of the store for one sessions table, each written once here through the drizzle
+ * table's columns: this file answers "what SQL does X send". The hot path's statements are {@link Shape}s,
+ * built once per store with named placeholders and run as named prepared statements where the driver
+ * allows; the others are built per call.
+ *
+ * Expiry is decided in SQL, on the database's clock ({@link NOW}); the app only sends lifetimes (`life`,
+ * in ms from the database's now).
+ */
+export class Statements {
+  /** The table's quoted, schema-qualified name, for messages. */
+  readonly tableName: string;
+  /** The NOTIFY channel that evicts sessions from every instance's cache. */
+  readonly channel: string;
+  private readonly shapes = new Map<string, Shape>();
+
+  constructor(
+    private readonly t: SessionTable,
+    private readonly settings: { absoluteTimeout: number | undefined; notify: boolean },
+  ) {
+    const config = getTableConfig(t);
+    this.tableName = config.schema ? `"${config.schema}"."${config.name}"` : `"${config.name}"`;
+    this.channel = channelName(config.schema ? `${config.schema}_${config.name}` : config.name);
+  }
+
+  // --- The express-session contract (shaped: values `k0`, `k1`, ... are the row keys of one session id)
+
+  /** The live row of a session id, under any of its `n` keys (one per secret). */
+  get(n: number): Shape {
+    return this.shape(`get:${n}`, (v) => {
+      const t = this.t;
+      return sql`select ${t.key} as key, ${t.data}::text as data, ${this.expiryColumns()}, ${t.version} as version,
+          ${t.userAgent} as ua, ${t.ip} as ip
+        from ${t} where ${this.byKeys(keyParams(n, v))} and ${this.live()} limit 1`;
+    });
+  }
+
+  /**
+   * Saves the session a request loaded (`k0` is the row's key): an update, only while the row is live, so
+   * a request still in flight when its session ended (or expired, or was reaped) never brings it back.
+   * `guarded` (the `versioned` option): only while the row's version is still `version`.
+   */
+  saveLoaded(guarded: boolean): Shape {
+    return this.shape(`save:loaded:${guarded}`, (v) => {
+      const t = this.t;
+      const guard = guarded ? sql` and ${t.version} = ${v("version")}::int` : sql``;
+      return this.notifying(sql`update ${t} set ${this.changes(v)} where ${t.key} = ${v("k0")} and ${this.live()}${guard} ${this.saved()}`);
+    });
+  }
+
+  /**
+   * Saves a session id this store did not load (a new session): an insert, or, when its row exists (a
+   * direct `store.set` of a known id), an update unless the row ended: an ended row is never revived.
+   * With several secrets, a row keyed under an older one is updated in place.
+   */
+  saveNew(n: number): Shape {
+    return this.shape(`save:new:${n}`, (v) => {
+      const t = this.t;
+      const absolute = this.settings.absoluteTimeout;
+      const created = absolute === undefined ? sql`null::timestamptz` : lifetime(absolute);
+      const row = sql`${v("k0")}, ${v("handle")}, ${v("userId")}::text, ${v("label")}::text, ${v("text")}::jsonb,
+        least(${lifetime(v("life"))}, ${created}), ${created}, ${NOW}, ${NOW}, ${v("ua")}::text, ${v("ip")}::text`;
+      const columns = sql.join([t.key, t.handle, t.userId, t.label, t.data, t.expiresAt, t.absoluteExpiresAt, t.createdAt, t.lastSeenAt, t.userAgent, t.ip].map(col), sql`, `);
+      const upsert = sql`insert into ${t} (${columns})`;
+      const onConflict = sql`on conflict (${col(t.key)}) do update set ${this.changes(v)} where ${t.endedAt} is null ${this.saved()}`;
+      if (n === 1) return this.notifying(sql`${upsert} values (${row}) ${onConflict}`);
+      const inOlder = this.byKeys(keyParams(n, v).slice(1));
+      return this.notifying(
+        sql`select * from moved union all select * from inserted`,
+        sql`moved as (update ${t} set ${this.changes(v)} where ${inOlder} and ${t.endedAt} is null ${this.saved()}),
+          inserted as (${upsert} select ${row} where not exists (select 1 from ${t} where ${inOlder}) ${onConflict})`,
+      );
+    });
+  }
+
+  /** Renews a live session's expiry and writes its cookie (`cookie`, JSON) and device, nothing else. */
+  touch(n: number): Shape {
+    return this.shape(`touch:${n}`, (v) => {
+      const t = this.t;
+      const absoluteAt = this.absoluteExpiry();
+      return this.notifying(sql`update ${t} set ${col(t.expiresAt)} = least(${lifetime(v("life"))}, ${absoluteAt}),
+          ${col(t.absoluteExpiresAt)} = ${absoluteAt}, ${col(t.lastSeenAt)} = ${NOW}, ${col(t.data)} = jsonb_set(${t.data}, '{cookie}', ${v("cookie")}::jsonb),
+          ${col(t.userAgent)} = coalesce(${v("ua")}::text, ${t.userAgent}), ${col(t.ip)} = coalesce(${v("ip")}::text, ${t.ip})
+        where ${this.byKeys(keyParams(n, v))} and ${this.live()}
+          and jsonb_typeof(${t.data}->'cookie') = 'object' returning ${t.key} as key, ${this.expiryColumns()}`);
+    });
+  }
+
+  /** Ends the session of a session id for `reason` (destroy, regenerate). */
+  end(n: number): Shape {
+    return this.shape(`end:${n}`, (v) => this.ending(v("reason"), this.byKeys(keyParams(n, v))));
+  }
+
+  /** After a guarded save changed nothing: whether the row is still live (then it was a conflict). */
+  isLive(keys: string[]): SQL {
+    return sql`select ${this.live()} as live from ${this.t} where ${this.byKeys(keys)}`;
+  }
+
+  /** Every live session's handle and data. */
+  all(): SQL {
+    const t = this.t;
+    return sql`select ${t.handle} as handle, ${t.data}::text as data from ${t} where ${this.live()}`;
+  }
+
+  /** The number of live sessions, as `n`. */
+  length(): SQL {
+    return sql`select count(*)::int as n from ${this.t} where ${this.live()}`;
+  }
+
+  /** Deletes every row, and evicts every instance's whole cache. */
+  clear(): SQL {
+    const deleteAll = sql`delete from ${this.t}`;
+    return this.settings.notify ? sql`with gone as (${deleteAll}) select pg_notify(${this.channel}, '*')` : deleteAll;
+  }
+
+  /** A NOTIFY on the channel (the cache's probe). */
+  notify(payload: string): SQL {
+    return sql`select pg_notify(${this.channel}, ${payload})`;
+  }
+
+  // --- The records API
+
+  /** A user's records, newest activity first; `current` is the keys of the session to mark. */
+  list(userId: string, status: SessionStatus | "all" | undefined, current: string[] | undefined, limit: number): SQL {
+    const t = this.t;
+    const isCurrent = current === undefined ? sql`false` : this.byKeys(current);
+    return sql`select ${t.handle} as handle, ${t.userId} as user_id, ${msOf(t.createdAt)} as created_at,
+        ${msOf(t.lastSeenAt)} as last_seen_at, ${msOf(this.effectiveExpiry())} as expires_at, ${msOf(this.absoluteExpiry())} as absolute_expires_at,
+        ${t.label} as label, ${t.userAgent} as user_agent, ${t.ip} as ip, ${msOf(t.endedAt)} as ended_at, ${t.endReason} as end_reason,
+        ${isCurrent} as current, ${this.statusOf()} as status
+      from ${t} where ${t.userId} = ${userId} and ${this.statusFilter(status)}
+      order by coalesce(${t.endedAt}, ${t.lastSeenAt}) desc, ${t.handle} limit ${limit}`;
+  }
+
+  /** How many of a user's sessions match, as `n`. */
+  count(userId: string, status: SessionStatus | "all" | undefined): SQL {
+    const t = this.t;
+    return sql`select count(*)::int as n from ${t} where ${t.userId} = ${userId} and ${this.statusFilter(status)}`;
+  }
+
+  /** The handle of a live session, by its keys. */
+  handleOf(keys: string[]): SQL {
+    const t = this.t;
+    return sql`select ${t.handle} as handle from ${t} where ${this.byKeys(keys)} and ${this.live()}`;
+  }
+
+  /** Ends a session by handle; `owner` scopes it to a user (`undefined`: any owner). */
+  revoke(handle: string, reason: EndReason, owner: string | undefined): SQL {
+    return this.ending(reason, sql`${this.t.handle} = ${handle}${this.owned(owner)}`);
+  }
+
+  /** Ends every session of a user but those whose keys or handles are in `except`. */
+  revokeUser(userId: string, reason: EndReason, exceptKeys: string[], exceptHandles: string[]): SQL {
+    const t = this.t;
+    const except =
+      exceptHandles.length === 0
+        ? sql``
+        : sql` and not (${this.byKeys(exceptKeys)} or ${t.handle} in (${sql.join(exceptHandles.map((h) => sql`${h}`), sql`, `)}))`;
+    return this.ending(reason, sql`${t.userId} = ${userId}${except}`);
+  }
+
+  /**
+   * Sets a session's idle expiry to `life` ms from now (capped by the absolute expiry, or moving it with
+   * `beyondAbsolute`) and its cookie's `expires` to `cookieExpires`; revalidates an expired row, never an
+   * ended one.
+   */
+  extend(handle: string, life: number, cookieExpires: string, beyondAbsolute: boolean, owner: string | undefined): SQL {
+    const t = this.t;
+    const target = lifetime(life);
+    const absolute = this.absoluteExpiry();
+    const expiry = beyondAbsolute
+      ? sql`${col(t.expiresAt)} = ${target}, ${col(t.absoluteExpiresAt)} = greatest(${absolute}, ${target})`
+      : sql`${col(t.expiresAt)} = least(${target}, ${absolute}), ${col(t.absoluteExpiresAt)} = ${absolute}`;
+    return this.notifying(sql`update ${t} set ${expiry}, ${col(t.version)} = ${t.version} + 1,
+        ${col(t.data)} = case when jsonb_typeof(${t.data}->'cookie') = 'object' then jsonb_set(${t.data}, '{cookie,expires}', to_jsonb(${cookieExpires}::text)) else ${t.data} end
+      where ${t.handle} = ${handle} and ${t.endedAt} is null${this.owned(owner)} returning ${t.key} as key`);
+  }
+
+  // --- Pieces
+
+  /**
+   * Rows of a live session now, on the database's clock: not ended, not past the idle expiry, and not past
+   * the absolute one (for rows made before `absoluteTimeout` was set too, counted from their creation).
+   */
+  live(): SQL {
+    const t = this.t;
+    const absolute = this.settings.absoluteTimeout === undefined ? sql`` : sql` and ${this.absoluteExpiry()} > ${NOW}`;
+    return sql`${t.endedAt} is null and ${t.expiresAt} > ${NOW}${absolute}`;
+  }
+
+  /** `key in (...)`. */
+  byKeys(keys: Array<string | SQL>): SQL {
+    return sql`${this.t.key} in (${sql.join(keys.map((k) => (typeof k === "string" ? sql`${k}` : k)), sql`, `)})`;
+  }
+
+  /** The statement (ending in `returning key`), with its CTEs, and (with `notify`) the NOTIFY of every changed key. */
+  notifying(statement: SQL, ctes?: SQL): SQL {
+    if (!this.settings.notify) return ctes ? sql`with ${ctes} ${statement}` : statement;
+    return sql`with ${ctes ? sql`${ctes}, ` : sql``}changed as (${statement})
+        select changed.*, pg_notify(${this.channel}, changed.key) from changed`;
+  }
+
+  /** Ends the not yet ended sessions matching `where`, now, for `reason`: a tombstone, its data dropped. */
+  private ending(reason: SQL | EndReason, where: SQL): SQL {
+    const t = this.t;
+    return this.notifying(sql`update ${t} set ${col(t.endedAt)} = ${NOW}, ${col(t.endReason)} = ${reason}::text, ${col(t.data)} = '{}'::jsonb,
+        ${col(t.version)} = ${t.version} + 1 where ${where} and ${t.endedAt} is null returning ${t.key} as key`);
+  }
+
+  /** What a save writes into an existing row. */
+  private changes(v: (name: string) => SQL): SQL {
+    const t = this.t;
+    const absoluteAt = this.absoluteExpiry();
+    // The owner survives the user being removed from the data, so the record of a logout stays in the
+    // user's history (passport's logout saves the session without the user, then regenerates it).
+    return sql`${col(t.data)} = ${v("text")}::jsonb, ${col(t.userId)} = coalesce(${v("userId")}::text, ${t.userId}),
+      ${col(t.label)} = coalesce(${v("label")}::text, ${t.label}), ${col(t.expiresAt)} = least(${lifetime(v("life"))}, ${absoluteAt}),
+      ${col(t.absoluteExpiresAt)} = ${absoluteAt}, ${col(t.lastSeenAt)} = ${NOW},
+      ${col(t.userAgent)} = coalesce(${v("ua")}::text, ${t.userAgent}), ${col(t.ip)} = coalesce(${v("ip")}::text, ${t.ip}), ${col(t.version)} = ${t.version} + 1`;
+  }
+
+  /** The `returning` of a save. */
+  private saved(): SQL {
+    return sql`returning ${this.t.key} as key, ${this.t.version} as version, ${this.expiryColumns()}`;
+  }
+
+  /** ` and user_id = ...`, or nothing for any owner. */
+  private owned(owner: string | undefined): SQL {
+    return owner === undefined ? sql`` : sql` and ${this.t.userId} = ${owner}`;
+  }
+
+  /**
+   * The absolute expiry of a row: its column, or with `absoluteTimeout`, for rows made before it was set,
+   * their creation plus it.
+   */
+  private absoluteExpiry(): SQL {
+    const t = this.t;
+    const absolute = this.settings.absoluteTimeout;
+    return absolute === undefined ? sql`${t.absoluteExpiresAt}` : sql`coalesce(${t.absoluteExpiresAt}, ${t.createdAt} + ${millis(absolute)})`;
+  }
+
+  /** The moment a row stops being live (ended aside): its idle expiry, capped by the absolute one. */
+  private effectiveExpiry(): SQL {
+    return this.settings.absoluteTimeout === undefined ? sql`${this.t.expiresAt}` : sql`least(${this.t.expiresAt}, ${this.absoluteExpiry()})`;
+  }
+
+  /** The {@link ExpiryRow} columns of a statement that reads or writes a session. */
+  private expiryColumns(): SQL {
+    return sql`${msOf(this.effectiveExpiry())} as expires, ${msOf(this.absoluteExpiry())} as absolute, ${msOf(NOW)} as now`;
+  }
+
+  /** A record's status, decided in the database. */
+  private statusOf(): SQL {
+    return sql`case when ${this.t.endedAt} is not null then 'ended' when ${this.live()} then 'active' else 'expired' end`;
+  }
+
+  private statusFilter(status: SessionStatus | "all" | undefined): SQL {
+    const t = this.t;
+    switch (status ?? "active") {
+      case "active":
+        return this.live();
+      case "expired":
+        return sql`${t.endedAt} is null and not (${this.live()})`;
+      case "ended":
+        return sql`${t.endedAt} is not null`;
+      case "all":
+        return sql`true`;
+      default:
+        throw new TypeError(`connect-drizzle: status must be "active", "expired", "ended" or "all" (got ${String(status)})`);
+    }
+  }
+
+  private shape(key: string, build: (v: (name: string) => SQL) => SQL): Shape {
+    let shape = this.shapes.get(key);
+    if (!shape) this.shapes.set(key, (shape = new Shape(build)));
+    return shape;
+  }
+}
+
+/**
+ * The NOTIFY channel of a table. Postgres cuts identifiers at 63 bytes (not characters) and pg_notify
+ * refuses longer names, so a long or non-ASCII table name is cut at a character boundary within 63 bytes.
+ */
+export function channelName(qualified: string): string {
+  let name = "";
+  let bytes = 0;
+  for (const char of `connect_drizzle_${qualified}`) {
+    bytes += Buffer.byteLength(char, "utf8");
+    if (bytes > 63) break;
+    name += char;
+  }
+  return name;
+}
+
+/** Adds a session's row keys to a shaped statement's values, as `k0`, `k1`, ... */
+export function keyValues(keys: readonly string[], values: Record<string, unknown>): Record<string, unknown> {
+  keys.forEach((key, i) => (values[`k${i}`] = key));
+  return values;
+}
+
+/** The placeholders of {@link keyValues}. */
+function keyParams(n: number, v: (name: string) => SQL): SQL[] {
+  return Array.from({ length: n }, (_, i) => v(`k${i}`));
+}
+
+/** A timestamp as epoch milliseconds (a float8, which every driver returns as a number). */
+function msOf(value: SQL | object): SQL {
+  // date_part is float8 arithmetic (extract() is numeric since PostgreSQL 14, several times slower); the
+  // round() makes the float exact again (timestamps here have millisecond precision).
+  return sql`round(date_part('epoch', ${value}) * 1000)`;
+}
+
+/** A column's bare name, for an insert's column list or an update's `set` (where drizzle's qualified form is not allowed). */
+function col(column: { name: string }): SQL {
+  return sql`${sql.identifier(column.name)}`;
+}
