@@ -141,14 +141,18 @@ function load(url: string, options: Partial<autocannon.Options>, durationS: numb
   return autocannon({ url, connections: HTTP_LEVEL.connections, duration: durationS, ...options });
 }
 
-/** Interleaved repeats of one route for a pair of targets: req/s of each, per round. */
+/**
+ * Interleaved repeats of one route for a pair: `a` against `b`, req/s of each, per round. `b` may be a
+ * group of targets (a goal against the faster of them): the group is measured whole in every round.
+ */
 export interface HttpRounds {
   route: Route;
   a: string;
-  b: string;
-  reqPerSec: Array<[number, number]>;
+  b: readonly string[];
+  /** Per round: a's req/s, and each of b's (in b's order). */
+  reqPerSec: Array<[number, number[]]>;
   /** The cells of each round (statements per request of each, etc.). */
-  cells: Array<[HttpCell, HttpCell]>;
+  cells: Array<[HttpCell, HttpCell[]]>;
 }
 
 interface Running {
@@ -214,11 +218,16 @@ async function measure(running: Running, route: Route, log: (line: string) => vo
   return cell;
 }
 
-/** The GET /read targets: connect-drizzle vs connect-pg-simple, connect-drizzle (cache) vs connect-redis. */
-export const READ_PAIRS = [
-  ["connect-drizzle", "connect-pg-simple"],
-  ["connect-drizzle-cache", "connect-redis"],
-] as const;
+/**
+ * The cells the goals compare (bench/index.ts), repeated interleaved after the main cells. A group `b`
+ * is compared by its faster member in the same round (the cache's read against MemoryStore and connect-redis).
+ */
+export const HTTP_PAIRS: ReadonlyArray<{ route: Route; a: string; b: readonly string[] }> = [
+  { route: "read", a: "connect-drizzle", b: ["connect-pg-simple"] },
+  { route: "login", a: "connect-drizzle", b: ["connect-pg-simple"] },
+  { route: "read", a: "connect-drizzle-cache", b: ["memory", "connect-redis"] },
+  { route: "login", a: "connect-drizzle-cache", b: ["connect-drizzle"] },
+];
 
 /**
  * Every target's server runs at once (idle but for its own cell); the cells run route by route, every
@@ -236,21 +245,29 @@ export async function benchHttp(targets: Target[], schema: string, log: (line: s
     for (const route of ["read", "login"] as const) {
       for (const r of running) if (!r.target.routes || r.target.routes.includes(route)) cells.push(await measure(r, route, log));
     }
-    // The read targets compare two cells each; repeat them interleaved (A B, B A, ...).
-    for (const [idA, idB] of READ_PAIRS) {
-      const a = running.find((r) => r.target.id === idA);
-      const b = running.find((r) => r.target.id === idB);
-      if (!a || !b) continue;
-      const round: HttpRounds = { route: "read", a: idA, b: idB, reqPerSec: [], cells: [] };
-      for (let i = 0; i < HTTP_LEVEL.repeats; i++) {
-        const pair: HttpCell[] = [];
-        for (const [k, r] of (i % 2 ? [[1, b], [0, a]] : [[0, a], [1, b]]) as Array<[0 | 1, Running]>) {
-          pair[k] = await measure(r, "read", (line) => log(`  repeat ${i + 1}:${line}`), HTTP_LEVEL.repeatS, 0);
-        }
-        round.reqPerSec.push([pair[0]!.reqPerSec, pair[1]!.reqPerSec]);
-        round.cells.push([pair[0]!, pair[1]!]);
-      }
+    // Each goal compares two cells (or a cell and a group); repeat them interleaved, A B, B A, ... (a group
+    // B1 B2 in reverse order in the reversed rounds), every pair once per round.
+    const pairs = HTTP_PAIRS.flatMap((pair) => {
+      const a = running.find((r) => r.target.id === pair.a);
+      const b = pair.b.flatMap((id) => running.filter((r) => r.target.id === id));
+      if (!a || b.length === 0) return [];
+      const round: HttpRounds = { route: pair.route, a: pair.a, b: b.map((r) => r.target.id), reqPerSec: [], cells: [] };
       rounds.push(round);
+      return [{ round, a, b }];
+    });
+    for (let i = 0; i < HTTP_LEVEL.repeats; i++) {
+      for (const { round, a, b } of pairs) {
+        const order = i % 2 ? [...b.map((r, k) => [k, r] as const).reverse(), [-1, a] as const] : [[-1, a] as const, ...b.map((r, k) => [k, r] as const)];
+        const got: HttpCell[] = [];
+        let mine: HttpCell | undefined;
+        for (const [k, r] of order) {
+          const cell = await measure(r, round.route, (line) => log(`  repeat ${i + 1}:${line}`), HTTP_LEVEL.repeatS, 0);
+          if (k < 0) mine = cell;
+          else got[k] = cell;
+        }
+        round.reqPerSec.push([mine!.reqPerSec, got.map((c) => c.reqPerSec)]);
+        round.cells.push([mine!, got]);
+      }
     }
   } finally {
     for (const r of running) {

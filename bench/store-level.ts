@@ -157,16 +157,38 @@ async function prime(p: Prepared): Promise<void> {
   for (let i = 0; i < p.pool.length; i += 32) await Promise.all(p.pool.slice(i, i + 32).map(({ sid }) => p.main.ops.get(sid)));
 }
 
-/** Interleaved repeats of one cell for a pair of targets (A B, B A, ...): ops/s of each, per round. */
+/** Interleaved repeats of one cell for a pair of targets (A B, B A, ...): ops/s and client CPU µs/op of each, per round. */
 export interface Rounds {
   op: OpName;
   concurrency: number;
   a: string;
   b: string;
   opsPerSec: Array<[number, number]>;
+  cpuUsPerOp: Array<[number, number]>;
 }
 
-/** Every cell of every target, at each concurrency; then the repeats of the target cell (get hit, c32, drizzle vs floor). */
+/**
+ * The cells the goals compare (bench/index.ts), repeated interleaved after the main cells: A B, B A, ...,
+ * every pair once per round, so that each pair's repeats are spread over the whole phase. In each round
+ * set runs before destroy, so destroy ends the sessions set has just made.
+ */
+export const STORE_PAIRS = [
+  { op: "get-hit", concurrency: 32, a: "connect-drizzle", b: "raw-pg" },
+  { op: "set", concurrency: 32, a: "connect-drizzle", b: "connect-pg-simple" },
+  { op: "destroy", concurrency: 32, a: "connect-drizzle", b: "connect-pg-simple" },
+] as const satisfies ReadonlyArray<{ op: OpName; concurrency: number; a: string; b: string }>;
+
+/** Makes sure destroy has at least `n` sessions of its own left to end (untimed sets, 32 at a time). */
+async function topUp(p: Prepared, n: number): Promise<void> {
+  const next = idMaker("top");
+  while (p.created.length - p.destroyed < n) {
+    const ids = Array.from({ length: 32 }, next);
+    await Promise.all(ids.map((id) => p.main.ops.set(id, sessionData())));
+    p.created.push(...ids);
+  }
+}
+
+/** Every cell of every target, at each concurrency; then the interleaved repeats of STORE_PAIRS. */
 export async function benchStoreLevel(targets: Target[], schema: string, log: (line: string) => void): Promise<{ cells: StoreCell[]; rounds: Rounds[] }> {
   const { durationMs, warmupMs, concurrency: levels } = STORE_LEVEL;
   const prepared: Prepared[] = [];
@@ -193,21 +215,38 @@ export async function benchStoreLevel(targets: Target[], schema: string, log: (l
         }
       }
     }
-    // The issue's target compares two cells of one run; repeat them interleaved so that a change in
-    // background load between the two cells cannot decide it.
-    const a = prepared.find((p) => p.target.id === "connect-drizzle");
-    const b = prepared.find((p) => p.target.id === "raw-pg");
-    if (a && b) {
-      const round: Rounds = { op: "get-hit", concurrency: 32, a: a.target.id, b: b.target.id, opsPerSec: [] };
-      for (let i = 0; i < STORE_LEVEL.repeats; i++) {
-        const pair: [number, number] = [0, 0];
-        for (const [k, p] of (i % 2 ? [[1, b], [0, a]] : [[0, a], [1, b]]) as Array<[0 | 1, Prepared]>) {
-          pair[k] = (await runCell(operation(p, "get-hit", idMaker("r"), idMaker("r"))!, 32, STORE_LEVEL.repeatMs, 100)).opsPerSec;
-        }
-        round.opsPerSec.push(pair);
-        log(`  repeat ${i + 1}: get (hit) c=32  connect-drizzle ${Math.round(pair[0])}  raw pg floor ${Math.round(pair[1])} ops/s  ratio ${(pair[0] / pair[1]).toFixed(2)}`);
-      }
+    // Each goal compares two cells of one run; repeat them interleaved so that a change in background
+    // load between the two cells cannot decide it.
+    const pairs = STORE_PAIRS.flatMap((pair) => {
+      const a = prepared.find((p) => p.target.id === pair.a);
+      const b = prepared.find((p) => p.target.id === pair.b);
+      if (!a || !b) return [];
+      const round: Rounds = { ...pair, opsPerSec: [], cpuUsPerOp: [] };
       rounds.push(round);
+      return [{ round, a, b }];
+    });
+    for (let i = 0; i < STORE_LEVEL.repeats; i++) {
+      for (const { round, a, b } of pairs) {
+        const { op, concurrency } = round;
+        const ops: [number, number] = [0, 0];
+        const cpu: [number, number] = [0, 0];
+        for (const [k, p] of (i % 2 ? [[1, b], [0, a]] : [[0, a], [1, b]]) as Array<[0 | 1, Prepared]>) {
+          if (op === "destroy") {
+            // Enough sessions for the cell: 1.5× what the store's main cell would end in this time.
+            const main = cells.find((c) => c.target === p.target.id && c.op === "destroy" && c.concurrency === concurrency);
+            await topUp(p, Math.ceil(((main?.opsPerSec ?? 10_000) * STORE_LEVEL.repeatMs * 1.5) / 1000) + 100);
+          }
+          const r = await runCell(operation(p, op, idMaker(`r${i}`), idMaker("r"))!, concurrency, STORE_LEVEL.repeatMs, op === "destroy" ? 0 : 100);
+          ops[k] = r.opsPerSec;
+          cpu[k] = r.cpuUsPerOp;
+        }
+        round.opsPerSec.push(ops);
+        round.cpuUsPerOp.push(cpu);
+        log(
+          `  repeat ${i + 1}: ${OP_LABELS[op]} c=${concurrency}  ${a.target.label} ${Math.round(ops[0])}  ${b.target.label} ${Math.round(ops[1])} ops/s  ` +
+            `ratio ${(ops[0] / ops[1]).toFixed(2)}  CPU ${cpu[0].toFixed(1)} / ${cpu[1].toFixed(1)} µs/op`,
+        );
+      }
     }
   } finally {
     for (const p of prepared.reverse()) {
