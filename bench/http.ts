@@ -8,6 +8,7 @@ import { join } from "node:path";
 import autocannon from "autocannon";
 import { createClient } from "redis";
 import { HTTP_LEVEL, REDIS_URL } from "./support/config.js";
+import { notifyChannel, NotifyListener } from "./support/notify.js";
 import type { Target } from "./support/stores.js";
 
 export type Route = "read" | "login";
@@ -29,6 +30,10 @@ export interface HttpCell {
   byVerb: Record<string, number>;
   /** CPU time of the server process (Express, express-session and the store's client side) per request, µs. */
   serverCpuUsPerReq: number;
+  /** connect-drizzle only (NaN otherwise): statements holding `pg_notify(` per request, counted by the server. */
+  notifyStatementsPerReq: number;
+  /** connect-drizzle only (NaN otherwise): notifications delivered on the store's channel per request (a LISTEN in this process). */
+  notificationsPerReq: number;
 }
 
 interface Counts {
@@ -37,6 +42,8 @@ interface Counts {
   writes: number;
   selects: number;
   byVerb: Record<string, number>;
+  /** Statements holding `pg_notify(` (the cache's probe left out). */
+  notifyStatements: number;
   errors: number;
   /** CPU time (user + system) of the server process since the last reset, µs. */
   cpuUs: number;
@@ -159,11 +166,13 @@ interface Running {
   target: Target;
   server: Server;
   redis?: RedisCounter;
+  /** connect-drizzle: the LISTEN that counts its notifications. */
+  listener?: NotifyListener;
   base: string;
   cookies: string[];
 }
 
-async function startTarget(target: Target, schema: string): Promise<Running> {
+async function startTarget(target: Target, schema: string, listener: NotifyListener | undefined): Promise<Running> {
   const server = await Server.start(target, schema, `bench:${schema}:http:`);
   const base = `http://127.0.0.1:${server.port}`;
   try {
@@ -173,7 +182,7 @@ async function startTarget(target: Target, schema: string): Promise<Running> {
     const body = (await check.json()) as { user: unknown };
     if (check.status !== 200 || !body.user) throw new Error(`${target.label}: GET /read did not find the session (${check.status} ${JSON.stringify(body)})`);
     const redis = target.name === "connect-redis" ? await RedisCounter.open() : undefined;
-    return { target, server, redis, base, cookies };
+    return { target, server, redis, listener: target.name === "connect-drizzle" ? listener : undefined, base, cookies };
   } catch (error) {
     await server.stop();
     throw error;
@@ -181,7 +190,7 @@ async function startTarget(target: Target, schema: string): Promise<Running> {
 }
 
 async function measure(running: Running, route: Route, log: (line: string) => void, durationS = HTTP_LEVEL.durationS, warmupS = HTTP_LEVEL.warmupS): Promise<HttpCell> {
-  const { target, server, redis, base, cookies } = running;
+  const { target, server, redis, listener, base, cookies } = running;
   let next = 0;
   const options: Partial<autocannon.Options> =
     route === "read" ? { setupClient: (client) => client.setHeaders({ cookie: cookies[next++ % cookies.length]! }) } : { method: "POST" };
@@ -189,9 +198,11 @@ async function measure(running: Running, route: Route, log: (line: string) => vo
   if (warmupS > 0) await load(url, options, warmupS);
   await server.reset();
   await redis?.reset();
+  await listener?.reset();
   const result = await load(url, options, durationS);
   const counts = await server.stats();
   const redisCounts = await redis?.counts();
+  const delivered = listener ? await listener.count() : NaN;
   const requests = counts.requests[`/${route}`] ?? 0;
   const statements = redisCounts?.statements ?? (target.name === "memory" ? NaN : counts.statements);
   const writes = redisCounts?.writes ?? (target.name === "memory" ? NaN : counts.writes);
@@ -208,11 +219,14 @@ async function measure(running: Running, route: Route, log: (line: string) => vo
     writesPerReq: writes / requests,
     byVerb: redisCounts?.byVerb ?? counts.byVerb,
     serverCpuUsPerReq: counts.cpuUs / requests,
+    notifyStatementsPerReq: target.name === "connect-drizzle" ? counts.notifyStatements / requests : NaN,
+    notificationsPerReq: delivered / requests,
   };
   log(
     `  ${(route === "read" ? "GET /read" : "POST /login").padEnd(12)} ${target.label.padEnd(32)} ${Math.round(cell.reqPerSec).toString().padStart(6)} req/s  ` +
       `p50 ${cell.p50} ms  p99 ${cell.p99} ms  ${Number.isFinite(cell.statementsPerReq) ? cell.statementsPerReq.toFixed(3) : "—"} stmts/req  ` +
       `${Number.isFinite(cell.writesPerReq) ? cell.writesPerReq.toFixed(4) : "—"} writes/req  ${Math.round(cell.serverCpuUsPerReq)} µs server CPU/req  ${JSON.stringify(cell.byVerb)}` +
+      `${listener ? `  pg_notify stmts/req ${cell.notifyStatementsPerReq.toFixed(3)}  notifications/req ${cell.notificationsPerReq.toFixed(3)}` : ""}` +
       `${cell.non2xx || cell.errors ? `  non-2xx ${cell.non2xx} errors ${cell.errors}` : ""}`,
   );
   return cell;
@@ -234,7 +248,9 @@ export const HTTP_PAIRS: ReadonlyArray<{ route: Route; a: string; b: readonly st
  * store back to back, as at the store level.
  */
 export async function benchHttp(targets: Target[], schema: string, log: (line: string) => void): Promise<{ cells: HttpCell[]; rounds: HttpRounds[]; failures: string[] }> {
-  const settled = await Promise.allSettled(targets.map((t) => startTarget(t, schema)));
+  // Every connect-drizzle server writes to the same table, so one channel; one cell runs at a time.
+  const listener = targets.some((t) => t.name === "connect-drizzle") ? await NotifyListener.open(notifyChannel(schema, "sessions")) : undefined;
+  const settled = await Promise.allSettled(targets.map((t) => startTarget(t, schema, listener)));
   const running = settled.flatMap((s) => (s.status === "fulfilled" ? [s.value] : []));
   const cells: HttpCell[] = [];
   const rounds: HttpRounds[] = [];
@@ -274,6 +290,7 @@ export async function benchHttp(targets: Target[], schema: string, log: (line: s
       r.redis?.close();
       await r.server.stop();
     }
+    await listener?.close();
   }
   return { cells, rounds, failures };
 }

@@ -210,6 +210,18 @@ function render(
       cpuRows.push([OP_LABELS[op], String(c), ...ids.map((id) => fmtNum(cell(id, op, c)?.cpuUsPerOp ?? NaN, 0))]);
     }
   }
+  // NOTIFYs per operation of connect-drizzle's variants (measured on their cells only).
+  const drizzleIds = targets.filter((t) => t.name === "connect-drizzle").map((t) => t.id);
+  const notifyRows: string[][] = [];
+  for (const c of STORE_LEVEL.concurrency) {
+    for (const op of OPS) {
+      const row = drizzleIds.map((id) => {
+        const x = storeCells.find((y) => y.target === id && y.op === op && y.concurrency === c);
+        return x?.notifyStatementsPerOp === undefined ? "—" : `${fmtNum(x.notifyStatementsPerOp, 2)} / ${fmtNum(x.notificationsPerOp ?? NaN, 2)}`;
+      });
+      if (row.some((v) => v !== "—")) notifyRows.push([OP_LABELS[op], String(c), ...row]);
+    }
+  }
 
   const http = (target: string, route: string) => httpCells.find((x) => x.target === target && x.route === route);
   const httpRows = httpCells.map((x) => [
@@ -224,6 +236,8 @@ function render(
     fmtNum(x.serverCpuUsPerReq, 0),
     ratio(x, http("connect-pg-simple", x.route)),
     ratio(x, http("raw-pg", x.route)),
+    fmtNum(x.notifyStatementsPerReq, 2),
+    fmtNum(x.notificationsPerReq, 2),
     Object.entries(x.byVerb)
       .map(([verb, n]) => `${verb} ${fmtNum(n / x.requests, 2)}`)
       .join(", ") || "—",
@@ -357,6 +371,12 @@ function render(
     "",
     table(["operation", "c", ...ids.map(label)], cpuRows, ["l", "r", ...ids.map(() => "r" as const)]),
     "",
+    "NOTIFYs per operation of connect-drizzle's variants: pg_notify statements / notifications delivered. Statements: those of this process whose text holds `pg_notify(` " +
+      "(a wrapper on pg's Client.query, installed for these cells only). Delivered: notifications received on the store's channel by a LISTEN connection of the benchmark's own " +
+      "over the cell (a statement that changes no row sends none). The read cache's probe is left out of both. Receiving them costs this process some CPU, counted in the cells' CPU above.",
+    "",
+    table(["operation", "c", ...drizzleIds.map(label)], notifyRows, ["l", "r", ...drizzleIds.map(() => "r" as const)]),
+    "",
     "## HTTP level",
     "",
     `Express 5 + express-session (resave: false, saveUninitialized: false, rolling: true, maxAge 1 h), server in a child process, ` +
@@ -368,12 +388,14 @@ function render(
       "then read from memory until its entry is 60 s old (then one SELECT); its SQL also counts the cache's probe (a select pg_notify every 30 s). " +
       "Interleaved repeats (for the goals): GET /read and POST /login, connect-drizzle vs connect-pg-simple; GET /read, connect-drizzle (cache) vs MemoryStore and connect-redis; " +
       "POST /login, connect-drizzle (cache) vs connect-drizzle. " +
+      "pg_notify stmts/req: statements whose text holds `pg_notify(`, counted in the server; notifications/req: those delivered on the store's channel to a LISTEN in the benchmark's process " +
+      "(a statement that changes no row, such as the end of the not-yet-stored id that regenerate ends on a login without a cookie, sends none); the cache's probe is left out of both. " +
       "All servers run at once (idle but the one loaded); cells run route by route, store after store. MemoryStore, with no I/O at all, is the ceiling of this app on this machine.",
     "",
     table(
-      ["route", "store", "req/s", "p50 ms", "p99 ms", "stmts/req", "writes/req", "writes/1,000 req", "server CPU µs/req", "× pg-simple", "× floor", "statements by verb, per req", "errors"],
+      ["route", "store", "req/s", "p50 ms", "p99 ms", "stmts/req", "writes/req", "writes/1,000 req", "server CPU µs/req", "× pg-simple", "× floor", "pg_notify stmts/req", "notifications/req", "statements by verb, per req", "errors"],
       httpRows,
-      ["l", "l", "r", "r", "r", "r", "r", "r", "r", "r", "r", "l", "r"],
+      ["l", "l", "r", "r", "r", "r", "r", "r", "r", "r", "r", "r", "r", "l", "r"],
     ),
     "",
     "Writes per 1,000 reads are measured on sessions created seconds before the cell, i.e. within connect-drizzle's touchAfter (60 s): " +

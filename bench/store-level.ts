@@ -8,6 +8,7 @@ import { randomBytes } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import type { SessionData } from "express-session";
 import { sessionData, STORE_LEVEL } from "./support/config.js";
+import { countNotifyStatements, notifyChannel, NotifyListener } from "./support/notify.js";
 import { Samples } from "./support/stats.js";
 import { openStore, type OpenStore, type Target } from "./support/stores.js";
 
@@ -35,12 +36,17 @@ export interface StoreCell {
   /** CPU time of this process (user + system) per operation, µs: the client-side cost. */
   cpuUsPerOp: number;
   errors: number;
+  /** connect-drizzle variants only: statements holding `pg_notify(` per operation (support/notify.ts). */
+  notifyStatementsPerOp?: number;
+  /** connect-drizzle variants only: notifications delivered on the store's channel per operation. */
+  notificationsPerOp?: number;
 }
 
 /** One operation; returns false when it has nothing left to do (destroy ran out of sessions). */
 type Op = () => Promise<unknown> | false;
 
-async function runCell(op: Op, concurrency: number, durationMs: number, warmupMs: number) {
+/** `beforeTimed` runs between the warm-up and the timed part (to reset counters). */
+async function runCell(op: Op, concurrency: number, durationMs: number, warmupMs: number, beforeTimed?: () => Promise<void>) {
   const drive = async (until: number, samples?: Samples) => {
     let errors = 0;
     let firstError: unknown;
@@ -63,6 +69,7 @@ async function runCell(op: Op, concurrency: number, durationMs: number, warmupMs
     return { errors, firstError };
   };
   if (warmupMs > 0) await drive(performance.now() + warmupMs);
+  await beforeTimed?.();
   const samples = new Samples();
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
@@ -194,6 +201,8 @@ export async function benchStoreLevel(targets: Target[], schema: string, log: (l
   const prepared: Prepared[] = [];
   const cells: StoreCell[] = [];
   const rounds: Rounds[] = [];
+  // connect-drizzle's NOTIFYs: every variant writes to the same table, so one channel.
+  const listener = targets.some((t) => t.name === "connect-drizzle") ? await NotifyListener.open(notifyChannel(schema, "sessions")) : undefined;
   try {
     for (const target of targets) prepared.push(await prepare(target, schema));
     for (const concurrency of levels) {
@@ -205,12 +214,27 @@ export async function benchStoreLevel(targets: Target[], schema: string, log: (l
           // The read cache: every pool session read once just before the cell (its ttl, 60 s, is shorter
           // than the run), so the cell measures reads after the first, served from memory.
           if (op === "get-hit" && p.target.cache) await prime(p);
-          const r = await runCell(fn, concurrency, durationMs, op === "destroy" ? 0 : warmupMs);
-          cells.push({ target: p.target.id, op, concurrency, ...r });
+          // NOTIFYs of connect-drizzle's variants, counted over the timed part only (the statement counter
+          // wraps pg's query, so it is installed for these cells alone).
+          const counter = listener && p.target.name === "connect-drizzle" ? countNotifyStatements() : undefined;
+          let r: Awaited<ReturnType<typeof runCell>>;
+          let notify: Pick<StoreCell, "notifyStatementsPerOp" | "notificationsPerOp"> = {};
+          try {
+            r = await runCell(fn, concurrency, durationMs, op === "destroy" ? 0 : warmupMs, counter && (async () => (await listener!.reset(), counter.reset())));
+            if (counter) {
+              const statements = counter.count();
+              notify = { notifyStatementsPerOp: statements / r.ops, notificationsPerOp: (await listener!.count()) / r.ops };
+            }
+          } finally {
+            counter?.stop();
+          }
+          cells.push({ target: p.target.id, op, concurrency, ...r, ...notify });
           log(
             `  ${OP_LABELS[op].padEnd(22)} c=${String(concurrency).padEnd(3)} ${p.target.label.padEnd(32)}` +
               `${Math.round(r.opsPerSec).toString().padStart(7)} ops/s  p50 ${r.p50.toFixed(3)} ms  p99 ${r.p99.toFixed(3)} ms  ` +
-              `${r.cpuUsPerOp.toFixed(1)} µs CPU/op${r.errors ? `  ${r.errors} ERRORS` : ""}`,
+              `${r.cpuUsPerOp.toFixed(1)} µs CPU/op` +
+              `${counter ? `  pg_notify stmts/op ${notify.notifyStatementsPerOp!.toFixed(3)}  notifications/op ${notify.notificationsPerOp!.toFixed(3)}` : ""}` +
+              `${r.errors ? `  ${r.errors} ERRORS` : ""}`,
           );
         }
       }
@@ -249,6 +273,7 @@ export async function benchStoreLevel(targets: Target[], schema: string, log: (l
       }
     }
   } finally {
+    await listener?.close();
     for (const p of prepared.reverse()) {
       await p.forced?.close().catch(() => {});
       await p.main.close().catch(() => {});
