@@ -88,6 +88,11 @@ class Server {
     return this.ask("reset");
   }
 
+  /** Resolves once the server has answered every request it received (autocannon leaves some in flight at the end of a run). */
+  idle(): Promise<unknown> {
+    return this.ask("idle");
+  }
+
   async stats(): Promise<Counts> {
     return (await this.ask<{ counts: Counts }>("stats")).counts;
   }
@@ -196,10 +201,14 @@ async function measure(running: Running, route: Route, log: (line: string) => vo
     route === "read" ? { setupClient: (client) => client.setHeaders({ cookie: cookies[next++ % cookies.length]! }) } : { method: "POST" };
   const url = `${base}/${route}`;
   if (warmupS > 0) await load(url, options, warmupS);
+  // Counted from here: the requests left in flight by the warm-up or an earlier cell (their statements,
+  // and their NOTIFYs, which any connect-drizzle server's writes send on the same channel) are done.
+  await server.idle();
   await server.reset();
   await redis?.reset();
   await listener?.reset();
   const result = await load(url, options, durationS);
+  await server.idle();
   const counts = await server.stats();
   const redisCounts = await redis?.counts();
   const delivered = listener ? await listener.count() : NaN;

@@ -3,7 +3,7 @@
  * autocannon never shares its event loop. An Express 5 app with express-session on one store, with a
  * read route and a login route; it counts the SQL statements the store sends (by wrapping pg's
  * Client.query, which pg's Pool and drizzle's node-postgres driver both go through), those that NOTIFY
- * among them, and answers the parent's `stats` and `reset` messages over IPC.
+ * among them, and answers the parent's `stats`, `reset` and `idle` messages over IPC.
  */
 import express from "express";
 import session from "express-session";
@@ -36,6 +36,8 @@ pg.Client.prototype.query = function (this: pg.Client, ...args: any[]) {
 } as any;
 
 let closing = false;
+/** Requests received and not yet answered (or dropped). */
+let inFlight = 0;
 
 async function main() {
   const name = process.env.BENCH_STORE as StoreName;
@@ -46,8 +48,10 @@ async function main() {
 
   const app = express();
   app.disable("x-powered-by");
-  app.use((req, _res, next) => {
+  app.use((req, res, next) => {
     counts.requests[req.path] = (counts.requests[req.path] ?? 0) + 1;
+    inFlight++;
+    res.once("close", () => inFlight--);
     next();
   });
   app.use(
@@ -87,6 +91,11 @@ async function main() {
     if (message.type === "reset") {
       reset();
       process.send!({ type: "reset" });
+    } else if (message.type === "idle") {
+      // The requests autocannon left in flight at the end of a cell are still served: wait for them (at most 5 s).
+      const deadline = Date.now() + 5_000;
+      while (inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+      process.send!({ type: "idle" });
     } else if (message.type === "stats") {
       const cpu = process.cpuUsage(cpuAtReset);
       counts.cpuUs = cpu.user + cpu.system;
