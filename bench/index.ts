@@ -350,7 +350,7 @@ function render(
       `(store level: ${STORE_LEVEL.repeats} more pairs of ${STORE_LEVEL.repeatMs} ms cells; HTTP: ${HTTP_LEVEL.repeats} more of ${HTTP_LEVEL.repeatS} s). ` +
       `"previous run": the median of the run before this one, from bench/results.json${previous ? ` (${previous.date.slice(0, 16).replace("T", " ")} UTC${previous.quick ? ", a BENCH_QUICK=1 run" : ""})` : " (none found)"}.`,
     "",
-    table(["figure", "goal", "this run (median, range, n pairs)", "previous run", ""], goalRows),
+    table(["figure", "goal", "this run (median, range, n pairs)", "previous run", "met / not met"], goalRows),
     "",
     cacheLine,
     "",
