@@ -8,6 +8,7 @@ import { join } from "node:path";
 import autocannon from "autocannon";
 import { createClient } from "redis";
 import { HTTP_LEVEL, REDIS_URL } from "./support/config.js";
+import { notifyChannel, NotifyListener } from "./support/notify.js";
 import type { Target } from "./support/stores.js";
 
 export type Route = "read" | "login";
@@ -29,6 +30,10 @@ export interface HttpCell {
   byVerb: Record<string, number>;
   /** CPU time of the server process (Express, express-session and the store's client side) per request, µs. */
   serverCpuUsPerReq: number;
+  /** connect-drizzle only (NaN otherwise): statements holding `pg_notify(` per request, counted by the server. */
+  notifyStatementsPerReq: number;
+  /** connect-drizzle only (NaN otherwise): notifications delivered on the store's channel per request (a LISTEN in this process). */
+  notificationsPerReq: number;
 }
 
 interface Counts {
@@ -37,6 +42,8 @@ interface Counts {
   writes: number;
   selects: number;
   byVerb: Record<string, number>;
+  /** Statements holding `pg_notify(` (the cache's probe left out). */
+  notifyStatements: number;
   errors: number;
   /** CPU time (user + system) of the server process since the last reset, µs. */
   cpuUs: number;
@@ -79,6 +86,11 @@ class Server {
 
   reset(): Promise<unknown> {
     return this.ask("reset");
+  }
+
+  /** Resolves once the server has answered every request it received (autocannon leaves some in flight at the end of a run). */
+  idle(): Promise<unknown> {
+    return this.ask("idle");
   }
 
   async stats(): Promise<Counts> {
@@ -141,25 +153,31 @@ function load(url: string, options: Partial<autocannon.Options>, durationS: numb
   return autocannon({ url, connections: HTTP_LEVEL.connections, duration: durationS, ...options });
 }
 
-/** Interleaved repeats of one route for a pair of targets: req/s of each, per round. */
+/**
+ * Interleaved repeats of one route for a pair: `a` against `b`, req/s of each, per round. `b` may be a
+ * group of targets (a goal against the faster of them): the group is measured whole in every round.
+ */
 export interface HttpRounds {
   route: Route;
   a: string;
-  b: string;
-  reqPerSec: Array<[number, number]>;
+  b: readonly string[];
+  /** Per round: a's req/s, and each of b's (in b's order). */
+  reqPerSec: Array<[number, number[]]>;
   /** The cells of each round (statements per request of each, etc.). */
-  cells: Array<[HttpCell, HttpCell]>;
+  cells: Array<[HttpCell, HttpCell[]]>;
 }
 
 interface Running {
   target: Target;
   server: Server;
   redis?: RedisCounter;
+  /** connect-drizzle: the LISTEN that counts its notifications. */
+  listener?: NotifyListener;
   base: string;
   cookies: string[];
 }
 
-async function startTarget(target: Target, schema: string): Promise<Running> {
+async function startTarget(target: Target, schema: string, listener: NotifyListener | undefined): Promise<Running> {
   const server = await Server.start(target, schema, `bench:${schema}:http:`);
   const base = `http://127.0.0.1:${server.port}`;
   try {
@@ -169,7 +187,7 @@ async function startTarget(target: Target, schema: string): Promise<Running> {
     const body = (await check.json()) as { user: unknown };
     if (check.status !== 200 || !body.user) throw new Error(`${target.label}: GET /read did not find the session (${check.status} ${JSON.stringify(body)})`);
     const redis = target.name === "connect-redis" ? await RedisCounter.open() : undefined;
-    return { target, server, redis, base, cookies };
+    return { target, server, redis, listener: target.name === "connect-drizzle" ? listener : undefined, base, cookies };
   } catch (error) {
     await server.stop();
     throw error;
@@ -177,17 +195,23 @@ async function startTarget(target: Target, schema: string): Promise<Running> {
 }
 
 async function measure(running: Running, route: Route, log: (line: string) => void, durationS = HTTP_LEVEL.durationS, warmupS = HTTP_LEVEL.warmupS): Promise<HttpCell> {
-  const { target, server, redis, base, cookies } = running;
+  const { target, server, redis, listener, base, cookies } = running;
   let next = 0;
   const options: Partial<autocannon.Options> =
     route === "read" ? { setupClient: (client) => client.setHeaders({ cookie: cookies[next++ % cookies.length]! }) } : { method: "POST" };
   const url = `${base}/${route}`;
   if (warmupS > 0) await load(url, options, warmupS);
+  // Counted from here: the requests left in flight by the warm-up or an earlier cell (their statements,
+  // and their NOTIFYs, which any connect-drizzle server's writes send on the same channel) are done.
+  await server.idle();
   await server.reset();
   await redis?.reset();
+  await listener?.reset();
   const result = await load(url, options, durationS);
+  await server.idle();
   const counts = await server.stats();
   const redisCounts = await redis?.counts();
+  const delivered = listener ? await listener.count() : NaN;
   const requests = counts.requests[`/${route}`] ?? 0;
   const statements = redisCounts?.statements ?? (target.name === "memory" ? NaN : counts.statements);
   const writes = redisCounts?.writes ?? (target.name === "memory" ? NaN : counts.writes);
@@ -204,28 +228,38 @@ async function measure(running: Running, route: Route, log: (line: string) => vo
     writesPerReq: writes / requests,
     byVerb: redisCounts?.byVerb ?? counts.byVerb,
     serverCpuUsPerReq: counts.cpuUs / requests,
+    notifyStatementsPerReq: target.name === "connect-drizzle" ? counts.notifyStatements / requests : NaN,
+    notificationsPerReq: delivered / requests,
   };
   log(
     `  ${(route === "read" ? "GET /read" : "POST /login").padEnd(12)} ${target.label.padEnd(32)} ${Math.round(cell.reqPerSec).toString().padStart(6)} req/s  ` +
       `p50 ${cell.p50} ms  p99 ${cell.p99} ms  ${Number.isFinite(cell.statementsPerReq) ? cell.statementsPerReq.toFixed(3) : "—"} stmts/req  ` +
       `${Number.isFinite(cell.writesPerReq) ? cell.writesPerReq.toFixed(4) : "—"} writes/req  ${Math.round(cell.serverCpuUsPerReq)} µs server CPU/req  ${JSON.stringify(cell.byVerb)}` +
+      `${listener ? `  pg_notify stmts/req ${cell.notifyStatementsPerReq.toFixed(3)}  notifications/req ${cell.notificationsPerReq.toFixed(3)}` : ""}` +
       `${cell.non2xx || cell.errors ? `  non-2xx ${cell.non2xx} errors ${cell.errors}` : ""}`,
   );
   return cell;
 }
 
-/** The GET /read targets: connect-drizzle vs connect-pg-simple, connect-drizzle (cache) vs connect-redis. */
-export const READ_PAIRS = [
-  ["connect-drizzle", "connect-pg-simple"],
-  ["connect-drizzle-cache", "connect-redis"],
-] as const;
+/**
+ * The cells the goals compare (bench/index.ts), repeated interleaved after the main cells. A group `b`
+ * is compared by its faster member in the same round (the cache's read against MemoryStore and connect-redis).
+ */
+export const HTTP_PAIRS: ReadonlyArray<{ route: Route; a: string; b: readonly string[] }> = [
+  { route: "read", a: "connect-drizzle", b: ["connect-pg-simple"] },
+  { route: "login", a: "connect-drizzle", b: ["connect-pg-simple"] },
+  { route: "read", a: "connect-drizzle-cache", b: ["memory", "connect-redis"] },
+  { route: "login", a: "connect-drizzle-cache", b: ["connect-drizzle"] },
+];
 
 /**
  * Every target's server runs at once (idle but for its own cell); the cells run route by route, every
  * store back to back, as at the store level.
  */
 export async function benchHttp(targets: Target[], schema: string, log: (line: string) => void): Promise<{ cells: HttpCell[]; rounds: HttpRounds[]; failures: string[] }> {
-  const settled = await Promise.allSettled(targets.map((t) => startTarget(t, schema)));
+  // Every connect-drizzle server writes to the same table, so one channel; one cell runs at a time.
+  const listener = targets.some((t) => t.name === "connect-drizzle") ? await NotifyListener.open(notifyChannel(schema, "sessions")) : undefined;
+  const settled = await Promise.allSettled(targets.map((t) => startTarget(t, schema, listener)));
   const running = settled.flatMap((s) => (s.status === "fulfilled" ? [s.value] : []));
   const cells: HttpCell[] = [];
   const rounds: HttpRounds[] = [];
@@ -236,27 +270,36 @@ export async function benchHttp(targets: Target[], schema: string, log: (line: s
     for (const route of ["read", "login"] as const) {
       for (const r of running) if (!r.target.routes || r.target.routes.includes(route)) cells.push(await measure(r, route, log));
     }
-    // The read targets compare two cells each; repeat them interleaved (A B, B A, ...).
-    for (const [idA, idB] of READ_PAIRS) {
-      const a = running.find((r) => r.target.id === idA);
-      const b = running.find((r) => r.target.id === idB);
-      if (!a || !b) continue;
-      const round: HttpRounds = { route: "read", a: idA, b: idB, reqPerSec: [], cells: [] };
-      for (let i = 0; i < HTTP_LEVEL.repeats; i++) {
-        const pair: HttpCell[] = [];
-        for (const [k, r] of (i % 2 ? [[1, b], [0, a]] : [[0, a], [1, b]]) as Array<[0 | 1, Running]>) {
-          pair[k] = await measure(r, "read", (line) => log(`  repeat ${i + 1}:${line}`), HTTP_LEVEL.repeatS, 0);
-        }
-        round.reqPerSec.push([pair[0]!.reqPerSec, pair[1]!.reqPerSec]);
-        round.cells.push([pair[0]!, pair[1]!]);
-      }
+    // Each goal compares two cells (or a cell and a group); repeat them interleaved, A B, B A, ... (a group
+    // B1 B2 in reverse order in the reversed rounds), every pair once per round.
+    const pairs = HTTP_PAIRS.flatMap((pair) => {
+      const a = running.find((r) => r.target.id === pair.a);
+      const b = pair.b.flatMap((id) => running.filter((r) => r.target.id === id));
+      if (!a || b.length === 0) return [];
+      const round: HttpRounds = { route: pair.route, a: pair.a, b: b.map((r) => r.target.id), reqPerSec: [], cells: [] };
       rounds.push(round);
+      return [{ round, a, b }];
+    });
+    for (let i = 0; i < HTTP_LEVEL.repeats; i++) {
+      for (const { round, a, b } of pairs) {
+        const order = i % 2 ? [...b.map((r, k) => [k, r] as const).reverse(), [-1, a] as const] : [[-1, a] as const, ...b.map((r, k) => [k, r] as const)];
+        const got: HttpCell[] = [];
+        let mine: HttpCell | undefined;
+        for (const [k, r] of order) {
+          const cell = await measure(r, round.route, (line) => log(`  repeat ${i + 1}:${line}`), HTTP_LEVEL.repeatS, 0);
+          if (k < 0) mine = cell;
+          else got[k] = cell;
+        }
+        round.reqPerSec.push([mine!.reqPerSec, got.map((c) => c.reqPerSec)]);
+        round.cells.push([mine!, got]);
+      }
     }
   } finally {
     for (const r of running) {
       r.redis?.close();
       await r.server.stop();
     }
+    await listener?.close();
   }
   return { cells, rounds, failures };
 }

@@ -8,6 +8,7 @@ import { randomBytes } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import type { SessionData } from "express-session";
 import { sessionData, STORE_LEVEL } from "./support/config.js";
+import { countNotifyStatements, notifyChannel, NotifyListener } from "./support/notify.js";
 import { Samples } from "./support/stats.js";
 import { openStore, type OpenStore, type Target } from "./support/stores.js";
 
@@ -35,12 +36,17 @@ export interface StoreCell {
   /** CPU time of this process (user + system) per operation, µs: the client-side cost. */
   cpuUsPerOp: number;
   errors: number;
+  /** connect-drizzle variants only: statements holding `pg_notify(` per operation (support/notify.ts). */
+  notifyStatementsPerOp?: number;
+  /** connect-drizzle variants only: notifications delivered on the store's channel per operation. */
+  notificationsPerOp?: number;
 }
 
 /** One operation; returns false when it has nothing left to do (destroy ran out of sessions). */
 type Op = () => Promise<unknown> | false;
 
-async function runCell(op: Op, concurrency: number, durationMs: number, warmupMs: number) {
+/** `beforeTimed` runs between the warm-up and the timed part (to reset counters). */
+async function runCell(op: Op, concurrency: number, durationMs: number, warmupMs: number, beforeTimed?: () => Promise<void>) {
   const drive = async (until: number, samples?: Samples) => {
     let errors = 0;
     let firstError: unknown;
@@ -63,6 +69,7 @@ async function runCell(op: Op, concurrency: number, durationMs: number, warmupMs
     return { errors, firstError };
   };
   if (warmupMs > 0) await drive(performance.now() + warmupMs);
+  await beforeTimed?.();
   const samples = new Samples();
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
@@ -157,21 +164,45 @@ async function prime(p: Prepared): Promise<void> {
   for (let i = 0; i < p.pool.length; i += 32) await Promise.all(p.pool.slice(i, i + 32).map(({ sid }) => p.main.ops.get(sid)));
 }
 
-/** Interleaved repeats of one cell for a pair of targets (A B, B A, ...): ops/s of each, per round. */
+/** Interleaved repeats of one cell for a pair of targets (A B, B A, ...): ops/s and client CPU µs/op of each, per round. */
 export interface Rounds {
   op: OpName;
   concurrency: number;
   a: string;
   b: string;
   opsPerSec: Array<[number, number]>;
+  cpuUsPerOp: Array<[number, number]>;
 }
 
-/** Every cell of every target, at each concurrency; then the repeats of the target cell (get hit, c32, drizzle vs floor). */
+/**
+ * The cells the goals compare (bench/index.ts), repeated interleaved after the main cells: A B, B A, ...,
+ * every pair once per round, so that each pair's repeats are spread over the whole phase. In each round
+ * set runs before destroy, so destroy ends the sessions set has just made.
+ */
+export const STORE_PAIRS = [
+  { op: "get-hit", concurrency: 32, a: "connect-drizzle", b: "raw-pg" },
+  { op: "set", concurrency: 32, a: "connect-drizzle", b: "connect-pg-simple" },
+  { op: "destroy", concurrency: 32, a: "connect-drizzle", b: "connect-pg-simple" },
+] as const satisfies ReadonlyArray<{ op: OpName; concurrency: number; a: string; b: string }>;
+
+/** Makes sure destroy has at least `n` sessions of its own left to end (untimed sets, 32 at a time). */
+async function topUp(p: Prepared, n: number): Promise<void> {
+  const next = idMaker("top");
+  while (p.created.length - p.destroyed < n) {
+    const ids = Array.from({ length: 32 }, next);
+    await Promise.all(ids.map((id) => p.main.ops.set(id, sessionData())));
+    p.created.push(...ids);
+  }
+}
+
+/** Every cell of every target, at each concurrency; then the interleaved repeats of STORE_PAIRS. */
 export async function benchStoreLevel(targets: Target[], schema: string, log: (line: string) => void): Promise<{ cells: StoreCell[]; rounds: Rounds[] }> {
   const { durationMs, warmupMs, concurrency: levels } = STORE_LEVEL;
   const prepared: Prepared[] = [];
   const cells: StoreCell[] = [];
   const rounds: Rounds[] = [];
+  // connect-drizzle's NOTIFYs: every variant writes to the same table, so one channel.
+  const listener = targets.some((t) => t.name === "connect-drizzle") ? await NotifyListener.open(notifyChannel(schema, "sessions")) : undefined;
   try {
     for (const target of targets) prepared.push(await prepare(target, schema));
     for (const concurrency of levels) {
@@ -183,33 +214,66 @@ export async function benchStoreLevel(targets: Target[], schema: string, log: (l
           // The read cache: every pool session read once just before the cell (its ttl, 60 s, is shorter
           // than the run), so the cell measures reads after the first, served from memory.
           if (op === "get-hit" && p.target.cache) await prime(p);
-          const r = await runCell(fn, concurrency, durationMs, op === "destroy" ? 0 : warmupMs);
-          cells.push({ target: p.target.id, op, concurrency, ...r });
+          // NOTIFYs of connect-drizzle's variants, counted over the timed part only (the statement counter
+          // wraps pg's query, so it is installed for these cells alone).
+          const counter = listener && p.target.name === "connect-drizzle" ? countNotifyStatements() : undefined;
+          let r: Awaited<ReturnType<typeof runCell>>;
+          let notify: Pick<StoreCell, "notifyStatementsPerOp" | "notificationsPerOp"> = {};
+          try {
+            r = await runCell(fn, concurrency, durationMs, op === "destroy" ? 0 : warmupMs, counter && (async () => (await listener!.reset(), counter.reset())));
+            if (counter) {
+              const statements = counter.count();
+              notify = { notifyStatementsPerOp: statements / r.ops, notificationsPerOp: (await listener!.count()) / r.ops };
+            }
+          } finally {
+            counter?.stop();
+          }
+          cells.push({ target: p.target.id, op, concurrency, ...r, ...notify });
           log(
             `  ${OP_LABELS[op].padEnd(22)} c=${String(concurrency).padEnd(3)} ${p.target.label.padEnd(32)}` +
               `${Math.round(r.opsPerSec).toString().padStart(7)} ops/s  p50 ${r.p50.toFixed(3)} ms  p99 ${r.p99.toFixed(3)} ms  ` +
-              `${r.cpuUsPerOp.toFixed(1)} µs CPU/op${r.errors ? `  ${r.errors} ERRORS` : ""}`,
+              `${r.cpuUsPerOp.toFixed(1)} µs CPU/op` +
+              `${counter ? `  pg_notify stmts/op ${notify.notifyStatementsPerOp!.toFixed(3)}  notifications/op ${notify.notificationsPerOp!.toFixed(3)}` : ""}` +
+              `${r.errors ? `  ${r.errors} ERRORS` : ""}`,
           );
         }
       }
     }
-    // The issue's target compares two cells of one run; repeat them interleaved so that a change in
-    // background load between the two cells cannot decide it.
-    const a = prepared.find((p) => p.target.id === "connect-drizzle");
-    const b = prepared.find((p) => p.target.id === "raw-pg");
-    if (a && b) {
-      const round: Rounds = { op: "get-hit", concurrency: 32, a: a.target.id, b: b.target.id, opsPerSec: [] };
-      for (let i = 0; i < STORE_LEVEL.repeats; i++) {
-        const pair: [number, number] = [0, 0];
-        for (const [k, p] of (i % 2 ? [[1, b], [0, a]] : [[0, a], [1, b]]) as Array<[0 | 1, Prepared]>) {
-          pair[k] = (await runCell(operation(p, "get-hit", idMaker("r"), idMaker("r"))!, 32, STORE_LEVEL.repeatMs, 100)).opsPerSec;
-        }
-        round.opsPerSec.push(pair);
-        log(`  repeat ${i + 1}: get (hit) c=32  connect-drizzle ${Math.round(pair[0])}  raw pg floor ${Math.round(pair[1])} ops/s  ratio ${(pair[0] / pair[1]).toFixed(2)}`);
-      }
+    // Each goal compares two cells of one run; repeat them interleaved so that a change in background
+    // load between the two cells cannot decide it.
+    const pairs = STORE_PAIRS.flatMap((pair) => {
+      const a = prepared.find((p) => p.target.id === pair.a);
+      const b = prepared.find((p) => p.target.id === pair.b);
+      if (!a || !b) return [];
+      const round: Rounds = { ...pair, opsPerSec: [], cpuUsPerOp: [] };
       rounds.push(round);
+      return [{ round, a, b }];
+    });
+    for (let i = 0; i < STORE_LEVEL.repeats; i++) {
+      for (const { round, a, b } of pairs) {
+        const { op, concurrency } = round;
+        const ops: [number, number] = [0, 0];
+        const cpu: [number, number] = [0, 0];
+        for (const [k, p] of (i % 2 ? [[1, b], [0, a]] : [[0, a], [1, b]]) as Array<[0 | 1, Prepared]>) {
+          if (op === "destroy") {
+            // Enough sessions for the cell: 1.5× what the store's main cell would end in this time.
+            const main = cells.find((c) => c.target === p.target.id && c.op === "destroy" && c.concurrency === concurrency);
+            await topUp(p, Math.ceil(((main?.opsPerSec ?? 10_000) * STORE_LEVEL.repeatMs * 1.5) / 1000) + 100);
+          }
+          const r = await runCell(operation(p, op, idMaker(`r${i}`), idMaker("r"))!, concurrency, STORE_LEVEL.repeatMs, op === "destroy" ? 0 : 100);
+          ops[k] = r.opsPerSec;
+          cpu[k] = r.cpuUsPerOp;
+        }
+        round.opsPerSec.push(ops);
+        round.cpuUsPerOp.push(cpu);
+        log(
+          `  repeat ${i + 1}: ${OP_LABELS[op]} c=${concurrency}  ${a.target.label} ${Math.round(ops[0])}  ${b.target.label} ${Math.round(ops[1])} ops/s  ` +
+            `ratio ${(ops[0] / ops[1]).toFixed(2)}  CPU ${cpu[0].toFixed(1)} / ${cpu[1].toFixed(1)} µs/op`,
+        );
+      }
     }
   } finally {
+    await listener?.close();
     for (const p of prepared.reverse()) {
       await p.forced?.close().catch(() => {});
       await p.main.close().catch(() => {});

@@ -2,29 +2,31 @@
  * The HTTP benchmark's server, run in a child process of its own (forked by bench/http.ts) so that
  * autocannon never shares its event loop. An Express 5 app with express-session on one store, with a
  * read route and a login route; it counts the SQL statements the store sends (by wrapping pg's
- * Client.query, which pg's Pool and drizzle's node-postgres driver both go through) and answers the
- * parent's `stats` and `reset` messages over IPC.
+ * Client.query, which pg's Pool and drizzle's node-postgres driver both go through), those that NOTIFY
+ * among them, and answers the parent's `stats`, `reset` and `idle` messages over IPC.
  */
 import express from "express";
 import session from "express-session";
 import pg from "pg";
 import { MAX_AGE, USER } from "./config.js";
+import { isNotifyStatement, queryArgs } from "./notify.js";
 import { openStore, type StoreName } from "./stores.js";
 
-const counts = { requests: {} as Record<string, number>, statements: 0, writes: 0, selects: 0, byVerb: {} as Record<string, number>, errors: 0, cpuUs: 0 };
+const counts = { requests: {} as Record<string, number>, statements: 0, writes: 0, selects: 0, byVerb: {} as Record<string, number>, notifyStatements: 0, errors: 0, cpuUs: 0 };
 let cpuAtReset = process.cpuUsage();
 const reset = () => {
   cpuAtReset = process.cpuUsage();
   counts.requests = {};
-  counts.statements = counts.writes = counts.selects = counts.errors = 0;
+  counts.statements = counts.writes = counts.selects = counts.notifyStatements = counts.errors = 0;
   counts.byVerb = {};
 };
 
 // Count every statement sent to Postgres from this process.
 const originalQuery = pg.Client.prototype.query as (...args: any[]) => any;
 pg.Client.prototype.query = function (this: pg.Client, ...args: any[]) {
-  const config = args[0];
-  const text: string = typeof config === "string" ? config : (config?.text ?? "");
+  const { text, values } = queryArgs(args);
+  // A statement that NOTIFYs (one notification per row it changes: none when it changes nothing).
+  if (isNotifyStatement(text, values)) counts.notifyStatements++;
   const verb = /^\s*(\w+)/.exec(text)?.[1]?.toLowerCase() ?? "?";
   counts.statements++;
   counts.byVerb[verb] = (counts.byVerb[verb] ?? 0) + 1;
@@ -34,6 +36,8 @@ pg.Client.prototype.query = function (this: pg.Client, ...args: any[]) {
 } as any;
 
 let closing = false;
+/** Requests received and not yet answered (or dropped). */
+let inFlight = 0;
 
 async function main() {
   const name = process.env.BENCH_STORE as StoreName;
@@ -44,8 +48,10 @@ async function main() {
 
   const app = express();
   app.disable("x-powered-by");
-  app.use((req, _res, next) => {
+  app.use((req, res, next) => {
     counts.requests[req.path] = (counts.requests[req.path] ?? 0) + 1;
+    inFlight++;
+    res.once("close", () => inFlight--);
     next();
   });
   app.use(
@@ -85,6 +91,11 @@ async function main() {
     if (message.type === "reset") {
       reset();
       process.send!({ type: "reset" });
+    } else if (message.type === "idle") {
+      // The requests autocannon left in flight at the end of a cell are still served: wait for them (at most 5 s).
+      const deadline = Date.now() + 5_000;
+      while (inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+      process.send!({ type: "idle" });
     } else if (message.type === "stats") {
       const cpu = process.cpuUsage(cpuAtReset);
       counts.cpuUs = cpu.user + cpu.system;
