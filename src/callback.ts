@@ -21,3 +21,12 @@ export function settle<T>(promise: Promise<T>, callback: Callback<T> | undefined
     },
   );
 }
+
+/**
+ * {@link settle} for a value known now (a cache hit, a skipped write): the same once-only, later-tick
+ * callback, without the promise chain of an operation.
+ */
+export function settled<T>(value: T, callback: Callback<T> | undefined): Promise<T> {
+  if (typeof callback === "function") queueMicrotask(() => callback(null, value));
+  return Promise.resolve(value);
+}

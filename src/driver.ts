@@ -53,8 +53,10 @@ export function singleConnection(db: AnyPgDatabase): boolean {
 /** A statement compiled once: its SQL text with `$n` parameters, and where each value comes from. */
 export interface Compiled {
   text: string;
-  /** Fixed values, or placeholders named after the values passed at each call. */
+  /** The fixed values; where a call's value goes, a placeholder. */
   params: unknown[];
+  /** For each parameter, the name of the call's value that fills it, or undefined for a fixed one. */
+  slots: Array<string | undefined>;
   /** The name of the prepared statement (node-postgres with `prepare`), by its text. */
   name: string | undefined;
 }
@@ -77,7 +79,8 @@ export class Shape {
   compile(prepare: boolean): Compiled {
     if (!this.compiled) {
       const { sql: text, params } = DIALECT.sqlToQuery(this.build((name) => sql`${sql.placeholder(name)}`));
-      this.compiled = { text, params, name: prepare ? statementName(text) : undefined };
+      const slots = params.map((p) => (is(p, Placeholder) ? p.name : undefined));
+      this.compiled = { text, params, slots, name: prepare ? statementName(text) : undefined };
     }
     return this.compiled;
   }
@@ -102,34 +105,38 @@ export class Executor {
   }
 
   /** Runs a statement and returns its rows, whatever the driver's result shape. */
-  async query<Row = Record<string, unknown>>(statement: SQL): Promise<Row[]> {
+  query<Row = Record<string, unknown>>(statement: SQL): Promise<Row[]> {
     const { kind, client } = this.driver;
-    if (kind !== "node-postgres") return rowsOf<Row>(await this.timed(this.db.execute(statement)));
+    if (kind !== "node-postgres") return this.timed<Row>(this.db.execute(statement));
     const { sql: text, params } = DIALECT.sqlToQuery(statement);
     const name = this.settings.prepare ? statementName(text) : undefined;
-    return rowsOf<Row>(await this.timed(client.query(name ? { name, text, values: params } : { text, values: params })));
+    return this.timed<Row>(client.query(name ? { name, text, values: params } : { text, values: params }));
   }
 
   /** Runs a shaped statement with the call's values. */
-  async run<Row = Record<string, unknown>>(shape: Shape, values: Readonly<Record<string, unknown>>): Promise<Row[]> {
+  run<Row = Record<string, unknown>>(shape: Shape, values: Readonly<Record<string, unknown>>): Promise<Row[]> {
     const { kind, client } = this.driver;
     if (kind !== "node-postgres") return this.query<Row>(shape.with(values));
-    const { text, params, name } = shape.compile(this.settings.prepare);
-    const args = params.map((p) => (is(p, Placeholder) ? values[p.name] : p));
-    return rowsOf<Row>(await this.timed(client.query(name ? { name, text, values: args } : { text, values: args })));
+    const { text, params, slots, name } = shape.compile(this.settings.prepare);
+    const args = new Array(params.length);
+    for (let i = 0; i < params.length; i++) args[i] = slots[i] === undefined ? params[i] : values[slots[i]!];
+    return this.timed<Row>(client.query(name ? { name, text, values: args } : { text, values: args }));
   }
 
-  /** Fails an operation that takes longer than `timeout` (a slow or unreachable database), instead of hanging. */
-  private timed<T>(query: PromiseLike<T>): Promise<T> {
-    return new Promise<T>((resolve, reject) => {
+  /**
+   * The rows of a statement's result, failing after `timeout` (a slow or unreachable database) instead of
+   * hanging.
+   */
+  private timed<Row>(query: PromiseLike<unknown>): Promise<Row[]> {
+    return new Promise<Row[]>((resolve, reject) => {
       const waiting = { deadline: performance.now() + this.settings.timeout, reject };
       this.waiting.add(waiting);
       this.sweepTimeouts();
       // Drizzle's queries are lazy thenables that run on every then(): this is the only one.
       query.then(
-        (value) => {
+        (result) => {
           this.waiting.delete(waiting);
-          resolve(value);
+          resolve(rowsOf<Row>(result));
         },
         (error) => {
           this.waiting.delete(waiting);

@@ -64,8 +64,8 @@ export interface SessionStoreOptions {
   label?: (session: SessionData) => string | null | undefined;
   /**
    * Keep ended sessions (logout, revoked, expired, rotated), without their data, for this long, to list
-   * them as history with `status: "ended"`. With 0 an ended session keeps only a tombstone until its
-   * original expiry, so a request still in flight can never bring it back.
+   * them as history with `status: "ended"`. With 0 an ended session's row is deleted at once (a request
+   * still in flight cannot bring it back either way: a save of a loaded session only updates a live row).
    * @default 0
    */
   retainEnded?: number;
@@ -77,15 +77,16 @@ export interface SessionStoreOptions {
   maxSize?: number;
   /**
    * Opt-in read cache: an in-process LRU of recently read sessions, so a read-only request costs no query.
-   * Every write, revoke and destroy on any instance sends a Postgres NOTIFY that evicts the session
-   * everywhere, and the whole cache is dropped (and bypassed) while the LISTEN connection is down, so a
+   * Every change or end of an existing session (save, touch, destroy, revoke, extend, clear) on any
+   * instance sends a Postgres NOTIFY that evicts the session everywhere, and the whole cache is dropped (and bypassed) while the LISTEN connection is down, so a
    * revoked session is never served after the notification could have been missed. Needs node-postgres
    * or PGlite (the store opens one extra connection of its own for LISTEN, and closes it on `close()`).
    * @default undefined (no cache: every read is one query)
    */
   cache?: CacheOptions;
   /**
-   * Send the NOTIFY that evicts a session from other instances' caches on every write. Every instance
+   * Send the NOTIFY that evicts a session from other instances' caches on every write that changes or
+   * ends an existing session (a new session needs none). Every instance
    * sharing the table must have it on when any of them uses `cache`. It costs write throughput (Postgres
    * serializes the commits of notifying transactions), so it is off unless this store has a cache;
    * `false` together with `cache` is refused.

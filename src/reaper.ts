@@ -170,8 +170,8 @@ export class Reaper {
  * - expired live sessions are deleted, or, with `retainEnded` > 0, become ended history
  *   (`ended_at = expires_at`, `end_reason = 'expired'`, data emptied); those that expired longer than
  *   `retainEnded` ago are deleted directly, since their history would already be due for purging;
- * - ended sessions are deleted once ended `retainEnded` ago and past their expiry (a tombstone is kept
- *   until then, so a request still in flight cannot bring its session back).
+ * - ended sessions (kept as records with `retainEnded`; without it an end deletes the row itself) are
+ *   deleted once ended `retainEnded` ago and past their expiry.
  *
  * **One runner per table across every instance** sharing the database, by a Postgres advisory lock keyed on
  * the table's qualified name. The lock is transaction-scoped (`pg_try_advisory_xact_lock`), held by a

@@ -33,7 +33,7 @@ function sessionColumns() {
     label: text("label"),
     userAgent: text("user_agent"),
     ip: text("ip"),
-    /** Set when the session ends (logout, revoked, expired, rotated); the row is then a tombstone kept for history. */
+    /** Set when the session ends (logout, revoked, expired, rotated) with `retainEnded`: the row is then a record kept for history (without it the row is deleted). */
     endedAt: instant("ended_at"),
     endReason: text("end_reason"),
     /** Incremented on every write; lets a save detect a concurrent change. */

@@ -13,15 +13,17 @@ export type EndReason = "logout" | "revoked" | "expired" | "rotated";
  */
 export type SessionStatus = "active" | "expired" | "ended";
 
-/** What the statements that read or write a session return about its expiry (epoch ms on the database's clock). */
+/**
+ * What the statements that read or write a session return about its expiry: how long until it (its idle
+ * expiry capped by the absolute one) and until the absolute expiry, in ms from the database's now.
+ */
 export interface ExpiryRow {
   expires: number;
   absolute: number | null;
-  now: number;
 }
 
-/** A session's row as the lookup returns it. */
-export type SessionRow = { key: string; data: string; version: number; ua: string | null; ip: string | null } & ExpiryRow;
+/** A session's row as the lookup returns it (`key` only for several keys, `version` only with `versioned`). */
+export type SessionRow = { key?: string; data: string; version?: number; ua: string | null; ip: string | null } & ExpiryRow;
 
 /** A record's row, as `list` returns it. */
 export interface RecordRow {
@@ -58,7 +60,7 @@ export class Statements {
 
   constructor(
     private readonly t: SessionTable,
-    private readonly settings: { absoluteTimeout: number | undefined; notify: boolean },
+    private readonly settings: { absoluteTimeout: number | undefined; notify: boolean; retainEnded: number; versioned: boolean },
   ) {
     const config = getTableConfig(t);
     this.tableName = config.schema ? `"${config.schema}"."${config.name}"` : `"${config.name}"`;
@@ -67,12 +69,17 @@ export class Statements {
 
   // --- The express-session contract (shaped: values `k0`, `k1`, ... are the row keys of one session id)
 
-  /** The live row of a session id, under any of its `n` keys (one per secret). */
+  /**
+   * The live row of a session id, under any of its `n` keys (one per secret). Only the columns the store
+   * uses: the key only when there are several (with one it is the caller's), the version only with
+   * `versioned`.
+   */
   get(n: number): Shape {
     return this.shape(`get:${n}`, (v) => {
       const t = this.t;
-      return sql`select ${t.key} as key, ${t.data}::text as data, ${this.expiryColumns()}, ${t.version} as version,
-          ${t.userAgent} as ua, ${t.ip} as ip
+      const key = n > 1 ? sql`${t.key} as key, ` : sql``;
+      const version = this.settings.versioned ? sql`, ${t.version} as version` : sql``;
+      return sql`select ${key}${t.data}::text as data, ${this.expiryColumns()}, ${t.userAgent} as ua, ${t.ip} as ip${version}
         from ${t} where ${this.byKeys(keyParams(n, v))} and ${this.live()} limit 1`;
     });
   }
@@ -104,13 +111,16 @@ export class Statements {
         least(${lifetime(v("life"))}, ${created}), ${created}, ${NOW}, ${NOW}, ${v("ua")}::text, ${v("ip")}::text`;
       const columns = sql.join([t.key, t.handle, t.userId, t.label, t.data, t.expiresAt, t.absoluteExpiresAt, t.createdAt, t.lastSeenAt, t.userAgent, t.ip].map(col), sql`, `);
       const upsert = sql`insert into ${t} (${columns})`;
-      const onConflict = sql`on conflict (${col(t.key)}) do update set ${this.changes(v)} where ${t.endedAt} is null ${this.saved()}`;
-      if (n === 1) return this.notifying(sql`${upsert} values (${row}) ${onConflict}`);
+      // xmax is 0 on a row the insert created, and set on one the conflict updated: only an update needs
+      // the NOTIFY (no instance can have cached a row that did not exist).
+      const onConflict = sql`on conflict (${col(t.key)}) do update set ${this.changes(v)} where ${t.endedAt} is null ${this.saved(sql`xmax <> 0`)}`;
+      if (n === 1) return this.notifying(sql`${upsert} values (${row}) ${onConflict}`, undefined, sql`changed.existed`);
       const inOlder = this.byKeys(keyParams(n, v).slice(1));
       return this.notifying(
         sql`select * from moved union all select * from inserted`,
-        sql`moved as (update ${t} set ${this.changes(v)} where ${inOlder} and ${t.endedAt} is null ${this.saved()}),
+        sql`moved as (update ${t} set ${this.changes(v)} where ${inOlder} and ${t.endedAt} is null ${this.saved(sql`true`)}),
           inserted as (${upsert} select ${row} where not exists (select 1 from ${t} where ${inOlder}) ${onConflict})`,
+        sql`changed.existed`,
       );
     });
   }
@@ -235,16 +245,27 @@ export class Statements {
     return sql`${this.t.key} in (${sql.join(keys.map((k) => (typeof k === "string" ? sql`${k}` : k)), sql`, `)})`;
   }
 
-  /** The statement (ending in `returning key`), with its CTEs, and (with `notify`) the NOTIFY of every changed key. */
-  notifying(statement: SQL, ctes?: SQL): SQL {
+  /**
+   * The statement (ending in `returning key`), with its CTEs, and (with `notify`) the NOTIFY of every
+   * changed key, or of those rows for which `when` (on `changed`) holds. A statement that changes no row
+   * sends none (and so does not take the commit-serializing NOTIFY lock).
+   */
+  notifying(statement: SQL, ctes?: SQL, when?: SQL): SQL {
     if (!this.settings.notify) return ctes ? sql`with ${ctes} ${statement}` : statement;
+    const notify = sql`pg_notify(${this.channel}, changed.key)`;
     return sql`with ${ctes ? sql`${ctes}, ` : sql``}changed as (${statement})
-        select changed.*, pg_notify(${this.channel}, changed.key) from changed`;
+        select changed.*, ${when ? sql`case when ${when} then ${notify} end` : notify} from changed`;
   }
 
-  /** Ends the not yet ended sessions matching `where`, now, for `reason`: a tombstone, its data dropped. */
+  /**
+   * Ends the not yet ended sessions matching `where`, now, for `reason`. Without history (`retainEnded`
+   * 0) the row is deleted: a save of a loaded session only ever updates a live row, so no tombstone is
+   * needed to keep a request in flight from bringing it back. With history it becomes a record of the
+   * end, its data dropped.
+   */
   private ending(reason: SQL | EndReason, where: SQL): SQL {
     const t = this.t;
+    if (this.settings.retainEnded === 0) return this.notifying(sql`delete from ${t} where ${where} and ${t.endedAt} is null returning ${t.key} as key`);
     return this.notifying(sql`update ${t} set ${col(t.endedAt)} = ${NOW}, ${col(t.endReason)} = ${reason}::text, ${col(t.data)} = '{}'::jsonb,
         ${col(t.version)} = ${t.version} + 1 where ${where} and ${t.endedAt} is null returning ${t.key} as key`);
   }
@@ -261,9 +282,9 @@ export class Statements {
       ${col(t.userAgent)} = coalesce(${v("ua")}::text, ${t.userAgent}), ${col(t.ip)} = coalesce(${v("ip")}::text, ${t.ip}), ${col(t.version)} = ${t.version} + 1`;
   }
 
-  /** The `returning` of a save. */
-  private saved(): SQL {
-    return sql`returning ${this.t.key} as key, ${this.t.version} as version, ${this.expiryColumns()}`;
+  /** The `returning` of a save; `existed`: whether the row was there before (it needs a NOTIFY). */
+  private saved(existed: SQL = sql`true`): SQL {
+    return sql`returning ${this.t.key} as key, ${this.t.version} as version, ${this.expiryColumns()}, ${existed} as existed`;
   }
 
   /** ` and user_id = ...`, or nothing for any owner. */
@@ -288,7 +309,7 @@ export class Statements {
 
   /** The {@link ExpiryRow} columns of a statement that reads or writes a session. */
   private expiryColumns(): SQL {
-    return sql`${msOf(this.effectiveExpiry())} as expires, ${msOf(this.absoluteExpiry())} as absolute, ${msOf(NOW)} as now`;
+    return sql`${msLeft(this.effectiveExpiry())} as expires, ${msLeft(this.absoluteExpiry())} as absolute`;
   }
 
   /** A record's status, decided in the database. */
@@ -350,6 +371,11 @@ function msOf(value: SQL | object): SQL {
   // date_part is float8 arithmetic (extract() is numeric since PostgreSQL 14, several times slower); the
   // round() makes the float exact again (timestamps here have millisecond precision).
   return sql`round(date_part('epoch', ${value}) * 1000)`;
+}
+
+/** Milliseconds from the database's now until a timestamp (float8 arithmetic, as {@link msOf}). */
+function msLeft(value: SQL | object): SQL {
+  return sql`round((date_part('epoch', ${value}) - date_part('epoch', ${NOW})) * 1000)`;
 }
 
 /** A column's bare name, for an insert's column list or an update's `set` (where drizzle's qualified form is not allowed). */

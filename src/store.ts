@@ -1,7 +1,7 @@
 import type { SQL } from "drizzle-orm";
 import { Store, type SessionData } from "express-session";
 import { ReadCache } from "./cache.js";
-import { settle, type Callback } from "./callback.js";
+import { settle, settled, type Callback } from "./callback.js";
 import { Executor, isTrue } from "./driver.js";
 import { databaseError, SessionStoreError } from "./errors.js";
 import { isValidId, keyDeriver, newHandle, type KeyDeriver } from "./hash.js";
@@ -33,6 +33,7 @@ interface Loaded {
   absolute: number | null;
   /** The stored data. */
   text: string;
+  /** The row's version (read only with `versioned`; 0 otherwise). */
   version: number;
   /** The device the row records: a touch is not skipped when the request comes from another one. */
   ua: string | null;
@@ -49,6 +50,16 @@ interface Loaded {
 interface Sent {
   wall: number;
   mono: number;
+}
+
+/** A touch that writes: what it sends, and what it needs to remember the result. */
+interface Touch {
+  sent: Sent;
+  keys: string[];
+  loaded: Loaded | undefined;
+  ua: string | null;
+  ip: string | null;
+  values: Record<string, unknown>;
 }
 
 function withLoaded<T extends object>(session: T, loaded: Loaded): T {
@@ -88,8 +99,8 @@ export class SessionStore extends Store {
   constructor(options: SessionStoreOptions) {
     super();
     this.options = resolveOptions(options);
-    const { db, table, absoluteTimeout, notify, timeout, prepare } = this.options;
-    this.sql = new Statements(table, { absoluteTimeout, notify });
+    const { db, table, absoluteTimeout, notify, retainEnded, versioned, timeout, prepare } = this.options;
+    this.sql = new Statements(table, { absoluteTimeout, notify, retainEnded, versioned });
     this.exec = new Executor(db, { timeout, prepare });
     this.keysOf = keyDeriver(this.options.secrets);
     this.records = new Records({
@@ -140,6 +151,9 @@ export class SessionStore extends Store {
 
   /** Loads a live session; `null` when it is missing, expired or ended. */
   get(sid: string, callback?: Callback<SessionData | null>): Promise<SessionData | null> {
+    // A cache hit answers without an operation's promise chain (it costs what MemoryStore's get costs).
+    const cached = this.cache && isValidId(sid) ? this.cache.get(sid, performance.now()) : undefined;
+    if (cached) return settled(withLoaded(parseSession(cached.text)!, { ...cached }), callback);
     return settle(this.run("get", () => this.read(sid)), callback);
   }
 
@@ -162,7 +176,16 @@ export class SessionStore extends Store {
    * stored one by less than `touchAfter` (an earlier expiry is always written).
    */
   override touch(sid: string, session: SessionData, callback?: Callback): Promise<void> {
-    return settle(this.run("touch", () => this.renew(sid, session)), callback);
+    let touch: Touch | undefined;
+    try {
+      touch = this.planTouch(sid, session);
+    } catch (error) {
+      return settle(this.run("touch", () => Promise.reject(error)), callback);
+    }
+    // A skipped touch (the common case) answers at once, without an operation's promise chain.
+    if (!touch) return settled(undefined, callback);
+    const planned = touch;
+    return settle(this.run("touch", () => this.renew(session, planned)), callback);
   }
 
   /**
@@ -290,8 +313,6 @@ export class SessionStore extends Store {
   private async read(sid: string): Promise<SessionData | null> {
     if (!isValidId(sid)) return null;
     const sent = this.sent();
-    const cached = this.cache?.get(sid, sent.mono);
-    if (cached) return withLoaded(parseSession(cached.text)!, { ...cached });
     const keys = this.keysOf(sid);
     const since = this.cache?.evictions ?? 0;
     const [row] = await this.exec.run<SessionRow>(this.sql.get(keys.length), keyValues(keys, {}));
@@ -306,7 +327,7 @@ export class SessionStore extends Store {
       );
       return null;
     }
-    const loaded: Loaded = { sid, key: row.key, text: row.data, version: Number(row.version), ua: row.ua, ip: row.ip, ...this.localExpiry(row, sent) };
+    const loaded: Loaded = { sid, key: row.key ?? keys[0]!, text: row.data, version: Number(row.version ?? 0), ua: row.ua, ip: row.ip, ...this.localExpiry(row, sent) };
     this.cache?.put(loaded, since);
     return withLoaded(session, loaded);
   }
@@ -386,19 +407,23 @@ export class SessionStore extends Store {
     }
   }
 
-  private async renew(sid: string, session: SessionData): Promise<void> {
-    if (!isValidId(sid)) return;
+  /** What a touch writes, or undefined when it is skipped (the expiry is fresh and the device the same). */
+  private planTouch(sid: string, session: SessionData): Touch | undefined {
+    if (!isValidId(sid)) return undefined;
     const sent = this.sent();
     const now = sent.wall;
     const target = this.expiry(session, now);
     const loaded = loadedOf(session, sid);
     const { ua, ip } = requestMetadata(session);
     const sameDevice = loaded && (ua === null || ua === loaded.ua) && (ip === null || ip === loaded.ip);
-    if (loaded && sameDevice && this.fresh(loaded, target, now)) return;
+    if (loaded && sameDevice && this.fresh(loaded, target, now)) return undefined;
     // The touch writes only the cookie, but the row must stay within maxSize like any save.
     serialize(session, this.options.maxSize);
     const keys = loaded ? [loaded.key] : this.keysOf(sid);
-    const values = keyValues(keys, { life: target - now, cookie: JSON.stringify(session.cookie ?? {}), ua, ip });
+    return { sent, keys, loaded, ua, ip, values: keyValues(keys, { life: target - now, cookie: JSON.stringify(session.cookie ?? {}), ua, ip }) };
+  }
+
+  private async renew(session: SessionData, { sent, keys, loaded, ua, ip, values }: Touch): Promise<void> {
     this.evict(keys);
     const since = this.cache?.evictions ?? 0;
     const [written] = await this.exec.run<{ key: string } & ExpiryRow>(this.sql.touch(keys.length), values);
@@ -492,10 +517,10 @@ export class SessionStore extends Store {
    * came later, so the conversion errs early (a cached session stops being served a round trip sooner).
    */
   private localExpiry(row: ExpiryRow, sent: Sent): Pick<Loaded, "expires" | "absolute" | "servedUntil"> {
-    const left = Number(row.expires) - Number(row.now);
+    const left = Number(row.expires);
     return {
       expires: sent.wall + left,
-      absolute: row.absolute === null || row.absolute === undefined ? null : sent.wall + Number(row.absolute) - Number(row.now),
+      absolute: row.absolute === null || row.absolute === undefined ? null : sent.wall + Number(row.absolute),
       servedUntil: sent.mono + Math.min(left, this.cache?.ttl ?? Infinity),
     };
   }

@@ -57,17 +57,27 @@ describe.each(drivers)("express-session + passport on %s", (driver) => {
     expect((await request(app).get("/me").set("Cookie", authed)).body).toEqual({ user: "ann" });
   });
 
-  it("logout ends the session: the old cookie is no longer logged in", async () => {
+  it("logout ends the session: the old cookie is no longer logged in, and its row is gone", async () => {
     const app = testApp(store);
     const cookie = await login(app);
     expect((await request(app).post("/logout").set("Cookie", cookie)).status).toBe(200);
     expect((await request(app).get("/me").set("Cookie", cookie)).status).toBe(401);
-    const [ended] = await store.list({ userId: "ann", status: "ended" });
-    expect(ended).toMatchObject({ userId: "ann", endReason: "logout" });
-    expect(await store.count({ userId: "ann" })).toBe(0);
+    expect(await store.count({ userId: "ann", status: "all" })).toBe(0);
   });
 
-  it("a second login as another user rotates the session and records it as rotated", async () => {
+  it("with history (retainEnded), logout is recorded as logout", async () => {
+    const history = new SessionStore({ db: t.db, table: t.table, retainEnded: 3_600_000, reaper: false });
+    const app = testApp(history);
+    const cookie = await login(app);
+    expect((await request(app).post("/logout").set("Cookie", cookie)).status).toBe(200);
+    expect((await request(app).get("/me").set("Cookie", cookie)).status).toBe(401);
+    const [ended] = await history.list({ userId: "ann", status: "ended" });
+    expect(ended).toMatchObject({ userId: "ann", endReason: "logout" });
+    expect(await history.count({ userId: "ann" })).toBe(0);
+  });
+
+  it("a second login as another user rotates the session and records it as rotated (retainEnded)", async () => {
+    const store = new SessionStore({ db: t.db, table: t.table, retainEnded: 3_600_000, reaper: false });
     const app = testApp(store);
     const first = await login(app, "ann");
     await login(app, "bob", first);

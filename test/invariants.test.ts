@@ -48,18 +48,25 @@ describe.each(drivers)("lifecycle invariants on %s", (driver) => {
     }
   };
 
-  it("a save by a request that loaded its session never creates a row once the session ended and was reaped", async () => {
-    await store.set("resurrect", sessionData(60_000, { passport: { user: "ann" } }));
-    const inFlight: any = await store.get("resurrect");
+  it.each([
+    ["deleted at once (no history)", 0],
+    ["kept as history, then reaped", 30_000],
+  ])("a save by a request that loaded its session never creates a row once the session ended: %s", async (_, retainEnded) => {
+    const ending = new SessionStore({ db: t.db, table: t.table, retainEnded, reaper: false });
+    await ending.set("resurrect", sessionData(60_000, { passport: { user: "ann" } }));
+    const inFlight: any = await ending.get("resurrect");
     const [before] = await rowsOf("resurrect");
-    expect(await store.revoke(before!.handle, { anyOwner: true })).toBe(true);
-    await t.age(61_000);
-    expect((await store.reap()).deleted).toBe(1);
+    expect(await ending.revoke(before!.handle, { anyOwner: true })).toBe(true);
+    expect(await rowsOf("resurrect")).toHaveLength(retainEnded === 0 ? 0 : 1);
+    if (retainEnded > 0) {
+      await t.age(61_000);
+      expect((await ending.reap()).deleted).toBe(1);
+    }
     inFlight.cart = ["still saving"];
-    await store.set("resurrect", inFlight);
-    await store.touch("resurrect", inFlight);
+    await ending.set("resurrect", inFlight);
+    await ending.touch("resurrect", inFlight);
     expect(await rowsOf("resurrect")).toEqual([]);
-    expect(await store.get("resurrect")).toBeNull();
+    expect(await ending.get("resurrect")).toBeNull();
   });
 
   it("a save by a request that loaded its session does nothing once the session expired (no revival by a late save)", async () => {

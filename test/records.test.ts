@@ -88,7 +88,22 @@ describe.each(drivers)("sessions as records on %s", (driver) => {
     expect(await store.get("b1")).not.toBeNull();
   });
 
-  it("keeps ended sessions as history with reason, without their data", async () => {
+  /** The store with ended-session history kept (retainEnded), for the history tests. */
+  const withHistory = () => (store = new SessionStore({ db: t.db, table: t.table, retainEnded: HOUR, reaper: false }));
+
+  it("without history (the default), an ended session's row is deleted at once: destroy, revoke and revokeUser", async () => {
+    await login("out", "ann", { secret: "s3cr3t" });
+    await login("rev", "ann");
+    await login("all", "bob");
+    await store.destroy("out");
+    expect(await store.revoke((await store.handleOf("rev"))!, { anyOwner: true })).toBe(true);
+    expect(await store.revokeUser("bob")).toBe(1);
+    expect(await t.raw(`select key from $table`)).toEqual([]);
+    expect(await store.count({ userId: "ann", status: "all" })).toBe(0);
+  });
+
+  it("keeps ended sessions as history with reason, without their data (retainEnded)", async () => {
+    withHistory();
     await login("out", "ann", { secret: "s3cr3t" });
     await login("rev", "ann");
     await store.destroy("out");
@@ -162,6 +177,7 @@ describe.each(drivers)("sessions as records on %s", (driver) => {
   });
 
   it("keeps a session's label (session.label by default) in its record and its history", async () => {
+    withHistory();
     await login("tok", "ann", { label: "CLI token" });
     expect((await store.list({ userId: "ann" }))[0]!.label).toBe("CLI token");
     await store.destroy("tok");
@@ -186,6 +202,7 @@ describe.each(drivers)("sessions as records on %s", (driver) => {
   });
 
   it("lists ended sessions by when they ended, most recent first", async () => {
+    withHistory();
     await login("old-active", "ann");
     await t.age(1000);
     await login("newer", "ann");

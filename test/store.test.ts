@@ -99,9 +99,20 @@ describe.each(drivers)("SessionStore on %s", (driver) => {
 
   it("a save racing a destroy cannot bring the session back", async () => {
     await store.set("sid-race", sessionData(60_000, { n: 1 }));
+    const inFlight: any = await store.get("sid-race");
     await store.destroy("sid-race");
-    await store.set("sid-race", sessionData(60_000, { n: 2 }));
+    inFlight.n = 2;
+    await store.set("sid-race", inFlight);
     expect(await store.get("sid-race")).toBeNull();
+    expect(await t.raw(`select 1 from $table`)).toHaveLength(0);
+  });
+
+  it("with history (retainEnded), not even a set of a plain object revives an ended id while its record is kept", async () => {
+    const history = new SessionStore({ db: t.db, table: t.table, retainEnded: 60_000, reaper: false });
+    await history.set("sid-kept", sessionData(60_000, { n: 1 }));
+    await history.destroy("sid-kept");
+    await history.set("sid-kept", sessionData(60_000, { n: 2 }));
+    expect(await history.get("sid-kept")).toBeNull();
   });
 
   it("all, length and clear see only live sessions", async () => {

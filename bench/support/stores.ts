@@ -155,7 +155,7 @@ export async function openStore(name: StoreName, options: OpenOptions): Promise<
  */
 async function cacheLive(store: SessionStore): Promise<void> {
   const deadline = Date.now() + 10_000;
-  while (!(store as unknown as { cacheLive: boolean }).cacheLive) {
+  while (!(store as unknown as { cache?: { live: boolean } }).cache?.live) {
     if (Date.now() > deadline) throw new Error("connect-drizzle (cache): the cache did not go live within 10 s (LISTEN/NOTIFY probe)");
     await new Promise((r) => setTimeout(r, 10));
   }

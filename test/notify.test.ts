@@ -1,0 +1,79 @@
+import pg from "pg";
+import { afterEach, describe, expect, it } from "vitest";
+import { SessionStore } from "../src/index.js";
+import { DATABASE_URL, drivers, eventually, sessionData, type TestDb, useTestDb } from "./support/db.js";
+
+const HOUR = 3_600_000;
+
+/**
+ * What each operation costs the other instances' caches: a NOTIFY (which Postgres serializes at commit)
+ * only where another instance may hold stale data: a change of an existing session, a touch, an end,
+ * revoke, extend, clear. A new session, a read, a skipped touch and an end that ended nothing send none.
+ */
+describe.each(drivers)("NOTIFY per operation on %s", (driver) => {
+  let t: TestDb;
+  const stops: Array<() => Promise<void>> = [];
+  useTestDb(driver, (db) => {
+    t = db;
+  });
+  afterEach(async () => {
+    while (stops.length > 0) await stops.pop()!();
+  });
+
+  /** LISTENs on the store's channel through a connection of its own; the payloads heard. */
+  async function listenTo(channel: string): Promise<string[]> {
+    const heard: string[] = [];
+    const client: any = (t.db as any).$client;
+    if (driver === "pglite") {
+      const unlisten = await client.listen(channel, (payload: string) => heard.push(payload));
+      stops.push(unlisten);
+    } else if (driver === "postgres.js") {
+      const { unlisten } = await client.listen(channel, (payload: string) => heard.push(payload));
+      stops.push(unlisten);
+    } else {
+      const listener = new pg.Client({ connectionString: DATABASE_URL });
+      await listener.connect();
+      listener.on("notification", (m) => heard.push(m.payload ?? ""));
+      await listener.query(`listen "${channel}"`);
+      stops.push(() => listener.end());
+    }
+    return heard;
+  }
+
+  it("notifies a change of an existing session, a touch, every end, revoke, extend and clear, and nothing else", async () => {
+    const store = new SessionStore({ db: t.db, table: t.table, notify: true, reaper: false });
+    const forced = new SessionStore({ db: t.db, table: t.table, notify: true, touchAfter: 0, reaper: false });
+    const channel: string = (store as any).sql.channel;
+    const heard = await listenTo(channel);
+    let marker = 0;
+    /** The notifications `op` sent: a marker sent after it commits arrives after them (commit order). */
+    const sent = async (op: () => Promise<unknown>): Promise<number> => {
+      heard.length = 0;
+      await op();
+      const mark = `marker-${++marker}`;
+      await t.raw(`select pg_notify('${channel}', '${mark}')`);
+      expect(await eventually(() => heard.includes(mark), 5_000)).toBe(true);
+      return heard.filter((p) => p !== mark).length;
+    };
+    const user = (sid: string) => sessionData(HOUR, { passport: { user: "ann" }, sid });
+
+    expect(await sent(() => store.set("a", user("a"))), "a new session").toBe(0);
+    expect(await sent(() => store.set("b", user("b"))), "another new session").toBe(0);
+    const loaded: any = await store.get("a");
+    expect(await sent(() => store.get("a")), "a read").toBe(0);
+    expect(await sent(() => store.touch("a", loaded)), "a touch within touchAfter (skipped)").toBe(0);
+    expect(await sent(() => store.set("a", loaded)), "an unchanged save (skipped)").toBe(0);
+    loaded.cart = ["book"];
+    expect(await sent(() => store.set("a", loaded)), "a changed session").toBe(1);
+    expect(await sent(() => store.set("b", user("b2"))), "a set of a known id the store did not load").toBe(1);
+    expect(await sent(async () => forced.touch("a", (await forced.get("a"))!)), "a touch that writes").toBe(1);
+    const handle = (await store.handleOf("a"))!;
+    expect(await sent(() => store.extend(handle, new Date(Date.now() + HOUR), { userId: "ann" })), "extend").toBe(1);
+    expect(await sent(() => store.destroy("a")), "destroy").toBe(1);
+    expect(await sent(() => store.destroy("a")), "destroy of a missing id").toBe(0);
+    expect(await sent(() => store.revoke(handle, { userId: "ann" })), "revoke of an ended session").toBe(0);
+    await store.set("c", user("c"));
+    expect(await sent(() => store.revokeUser("ann")), "revokeUser of two sessions").toBe(2);
+    expect(await sent(() => store.clear()), "clear").toBe(1);
+  });
+});
