@@ -181,7 +181,7 @@ export class Statements {
         ${t.label} as label, ${t.userAgent} as user_agent, ${t.ip} as ip, ${msOf(t.endedAt)} as ended_at, ${t.endReason} as end_reason,
         ${isCurrent} as current, ${this.statusOf()} as status
       from ${t} where ${t.userId} = ${userId} and ${this.statusFilter(status)}
-      order by coalesce(${t.endedAt}, ${t.lastSeenAt}) desc, ${t.handle} limit ${limit}`;
+      order by ${this.newestFirst(status)}, ${t.handle} limit ${limit}`;
   }
 
   /** How many of a user's sessions match, as `n`. */
@@ -285,6 +285,15 @@ export class Statements {
   /** The `returning` of a save; `existed`: whether the row was there before (it needs a NOTIFY). */
   private saved(existed: SQL = sql`true`): SQL {
     return sql`returning ${this.t.key} as key, ${this.t.version} as version, ${this.expiryColumns()}, ${existed} as existed`;
+  }
+
+  /**
+   * The order of `list`: by last activity, or for ended records by when they ended. Active sessions are
+   * never ended, so their order is the user index's own (`user_id, last_seen_at desc`): no sort.
+   */
+  private newestFirst(status: SessionStatus | "all" | undefined): SQL {
+    const t = this.t;
+    return (status ?? "active") === "active" ? sql`${t.lastSeenAt} desc` : sql`coalesce(${t.endedAt}, ${t.lastSeenAt}) desc`;
   }
 
   /** ` and user_id = ...`, or nothing for any owner. */
