@@ -98,30 +98,31 @@ export class Statements {
   }
 
   /**
-   * Saves a session id this store did not load (a new session): an insert, or, when its row exists (a
-   * direct `store.set` of a known id), an update unless the row ended: an ended row is never revived.
-   * With several secrets, a row keyed under an older one is updated in place.
+   * Inserts a session id this store did not load (a new session). It sends no NOTIFY: no instance can
+   * have cached a row that did not exist. Nothing is inserted when a row of the id exists (under any of
+   * its `n` keys): then {@link saveExisting}.
    */
-  saveNew(n: number): Shape {
-    return this.shape(`save:new:${n}`, (v) => {
+  insert(n: number): Shape {
+    return this.shape(`insert:${n}`, (v) => {
       const t = this.t;
       const absolute = this.settings.absoluteTimeout;
       const created = absolute === undefined ? sql`null::timestamptz` : lifetime(absolute);
       const row = sql`${v("k0")}, ${v("handle")}, ${v("userId")}::text, ${v("label")}::text, ${v("text")}::jsonb,
         least(${lifetime(v("life"))}, ${created}), ${created}, ${NOW}, ${NOW}, ${v("ua")}::text, ${v("ip")}::text`;
       const columns = sql.join([t.key, t.handle, t.userId, t.label, t.data, t.expiresAt, t.absoluteExpiresAt, t.createdAt, t.lastSeenAt, t.userAgent, t.ip].map(col), sql`, `);
-      const upsert = sql`insert into ${t} (${columns})`;
-      // xmax is 0 on a row the insert created, and set on one the conflict updated: only an update needs
-      // the NOTIFY (no instance can have cached a row that did not exist).
-      const onConflict = sql`on conflict (${col(t.key)}) do update set ${this.changes(v)} where ${t.endedAt} is null ${this.saved(sql`xmax <> 0`)}`;
-      if (n === 1) return this.notifying(sql`${upsert} values (${row}) ${onConflict}`, undefined, sql`changed.existed`);
-      const inOlder = this.byKeys(keyParams(n, v).slice(1));
-      return this.notifying(
-        sql`select * from moved union all select * from inserted`,
-        sql`moved as (update ${t} set ${this.changes(v)} where ${inOlder} and ${t.endedAt} is null ${this.saved(sql`true`)}),
-          inserted as (${upsert} select ${row} where not exists (select 1 from ${t} where ${inOlder}) ${onConflict})`,
-        sql`changed.existed`,
-      );
+      const values = n === 1 ? sql`values (${row})` : sql`select ${row} where not exists (select 1 from ${t} where ${this.byKeys(keyParams(n, v).slice(1))})`;
+      return sql`insert into ${t} (${columns}) ${values} on conflict (${col(t.key)}) do nothing ${this.saved()}`;
+    });
+  }
+
+  /**
+   * Saves a session id this store did not load whose row exists (a direct `store.set` of a known id, or
+   * a row keyed under an older secret): an update, unless the row ended, which is never revived.
+   */
+  saveExisting(n: number): Shape {
+    return this.shape(`save:existing:${n}`, (v) => {
+      const t = this.t;
+      return this.notifying(sql`update ${t} set ${this.changes(v)} where ${this.byKeys(keyParams(n, v))} and ${t.endedAt} is null ${this.saved()}`);
     });
   }
 
@@ -246,15 +247,12 @@ export class Statements {
   }
 
   /**
-   * The statement (ending in `returning key`), with its CTEs, and (with `notify`) the NOTIFY of every
-   * changed key, or of those rows for which `when` (on `changed`) holds. A statement that changes no row
-   * sends none (and so does not take the commit-serializing NOTIFY lock).
+   * The statement (ending in `returning key`) and (with `notify`) the NOTIFY of every key it changed. A
+   * statement that changes no row sends none (and so does not take the commit-serializing NOTIFY lock).
    */
-  notifying(statement: SQL, ctes?: SQL, when?: SQL): SQL {
-    if (!this.settings.notify) return ctes ? sql`with ${ctes} ${statement}` : statement;
-    const notify = sql`pg_notify(${this.channel}, changed.key)`;
-    return sql`with ${ctes ? sql`${ctes}, ` : sql``}changed as (${statement})
-        select changed.*, ${when ? sql`case when ${when} then ${notify} end` : notify} from changed`;
+  notifying(statement: SQL): SQL {
+    if (!this.settings.notify) return statement;
+    return sql`with changed as (${statement}) select changed.*, pg_notify(${this.channel}, changed.key) from changed`;
   }
 
   /**
@@ -282,9 +280,9 @@ export class Statements {
       ${col(t.userAgent)} = coalesce(${v("ua")}::text, ${t.userAgent}), ${col(t.ip)} = coalesce(${v("ip")}::text, ${t.ip}), ${col(t.version)} = ${t.version} + 1`;
   }
 
-  /** The `returning` of a save; `existed`: whether the row was there before (it needs a NOTIFY). */
-  private saved(existed: SQL = sql`true`): SQL {
-    return sql`returning ${this.t.key} as key, ${this.t.version} as version, ${this.expiryColumns()}, ${existed} as existed`;
+  /** The `returning` of a save. */
+  private saved(): SQL {
+    return sql`returning ${this.t.key} as key, ${this.t.version} as version, ${this.expiryColumns()}`;
   }
 
   /**

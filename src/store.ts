@@ -368,8 +368,10 @@ export class SessionStore extends Store {
     });
     this.evict(keys);
     const since = this.cache?.evictions ?? 0;
-    const shape = loaded ? this.sql.saveLoaded(guarded) : this.sql.saveNew(keys.length);
-    const [written] = await this.exec.run<{ key: string; version: number } & ExpiryRow>(shape, values);
+    type Saved = { key: string; version: number } & ExpiryRow;
+    let [written] = await this.exec.run<Saved>(loaded ? this.sql.saveLoaded(guarded) : this.sql.insert(keys.length), values);
+    // A set of an id the store did not load whose row exists: update it, unless it ended.
+    if (!written && !loaded) [written] = await this.exec.run<Saved>(this.sql.saveExisting(keys.length), values);
     if (!written) {
       if (guarded) await this.checkConflict(keys);
       return;

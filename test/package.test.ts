@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -39,5 +39,23 @@ describe("published package", () => {
     expect(readFileSync(cli, "utf8").startsWith("#!/usr/bin/env node")).toBe(true);
     const help = execFileSync("node", [cli, "--help"], { encoding: "utf8" });
     expect(help).toMatch(/reap/);
+  });
+
+  it("src/ has no import cycle (a cycle changes module init order in CommonJS builds and bundlers)", () => {
+    const dir = join(root, "src");
+    const imports = new Map(
+      readdirSync(dir)
+        .filter((f) => f.endsWith(".ts"))
+        .map((f) => [f.slice(0, -3), [...readFileSync(join(dir, f), "utf8").matchAll(/from "\.\/([\w-]+)\.js"/g)].map((m) => m[1]!)]),
+    );
+    const cycles: string[] = [];
+    const visit = (name: string, path: string[]) => {
+      for (const next of imports.get(name) ?? []) {
+        if (path.includes(next)) cycles.push([...path.slice(path.indexOf(next)), next].join(" -> "));
+        else visit(next, [...path, next]);
+      }
+    };
+    for (const name of imports.keys()) visit(name, [name]);
+    expect(cycles).toEqual([]);
   });
 });
