@@ -18,7 +18,7 @@ export function serialize(session: SessionData, maxSize: number): string {
     throw new SessionStoreError("UNSERIALIZABLE", "a session must be an object to be saved");
   }
   // JSON.stringify escapes lone surrogates (\udXXX), which jsonb refuses like NUL (\u0000): say so up front.
-  if (/(?<!\\)(?:\\\\)*\\u(?:0000|d[89a-f][0-9a-f]{2})/i.test(text)) {
+  if (text.includes("\\u") && /(?<!\\)(?:\\\\)*\\u(?:0000|d[89a-f][0-9a-f]{2})/i.test(text)) {
     throw new SessionStoreError(
       "UNSERIALIZABLE",
       "session data holds a NUL character (\\u0000) or a lone surrogate, which PostgreSQL jsonb cannot store; remove or encode it",

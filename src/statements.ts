@@ -280,9 +280,10 @@ export class Statements {
       ${col(t.userAgent)} = coalesce(${v("ua")}::text, ${t.userAgent}), ${col(t.ip)} = coalesce(${v("ip")}::text, ${t.ip}), ${col(t.version)} = ${t.version} + 1`;
   }
 
-  /** The `returning` of a save. */
+  /** The `returning` of a save (the version only with `versioned`, the only use of it). */
   private saved(): SQL {
-    return sql`returning ${this.t.key} as key, ${this.t.version} as version, ${this.expiryColumns()}`;
+    const version = this.settings.versioned ? sql`, ${this.t.version} as version` : sql``;
+    return sql`returning ${this.t.key} as key, ${this.expiryColumns()}${version}`;
   }
 
   /**

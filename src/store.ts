@@ -368,7 +368,7 @@ export class SessionStore extends Store {
     });
     this.evict(keys);
     const since = this.cache?.evictions ?? 0;
-    type Saved = { key: string; version: number } & ExpiryRow;
+    type Saved = { key: string; version?: number } & ExpiryRow;
     let [written] = await this.exec.run<Saved>(loaded ? this.sql.saveLoaded(guarded) : this.sql.insert(keys.length), values);
     // A set of an id the store did not load whose row exists: update it, unless it ended.
     if (!written && !loaded) [written] = await this.exec.run<Saved>(this.sql.saveExisting(keys.length), values);
@@ -380,7 +380,7 @@ export class SessionStore extends Store {
       sid,
       key: written.key,
       text,
-      version: Number(written.version),
+      version: Number(written.version ?? 0),
       ua: ua ?? loaded?.ua ?? null,
       ip: ip ?? loaded?.ip ?? null,
       ...this.localExpiry(written, sent),
