@@ -1,4 +1,4 @@
-import { createHash, createHmac, randomBytes } from "node:crypto";
+import { createHash, createHmac, randomFillSync } from "node:crypto";
 
 /**
  * Derives the database keys of a session id: one per secret, the first being the key new rows get.
@@ -25,7 +25,16 @@ export function keyDeriver(secrets: readonly string[]): KeyDeriver {
   return (id) => secrets.map((secret) => createHmac("sha256", secret).update(id, "utf8").digest("base64url"));
 }
 
+/** Random bytes for handles, drawn 16 at a time (one call to the CSPRNG per 256 handles, as Node's randomUUID does). */
+const POOL = Buffer.alloc(16 * 256);
+let drawn = POOL.length;
+
 /** A fresh public handle: 128 random bits, unrelated to the session id, so it can never be used as one. */
 export function newHandle(): string {
-  return randomBytes(16).toString("base64url");
+  if (drawn === POOL.length) {
+    randomFillSync(POOL);
+    drawn = 0;
+  }
+  drawn += 16;
+  return POOL.toString("base64url", drawn - 16, drawn);
 }

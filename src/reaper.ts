@@ -6,6 +6,7 @@ import { isTrue, rowsOf, singleConnection } from "./driver.js";
 import { databaseError, pgCode, safeCause, SessionStoreError } from "./errors.js";
 import { batchSizeOption, DEFAULT_TIMEOUT, MAX_DELAY, numberOption, type AnyPgDatabase, type ResolvedReaperOptions } from "./options.js";
 import { sessions, type SessionTable } from "./schema.js";
+import { col } from "./statements.js";
 
 /** What one reaper round did; the store emits it as its `reap` event. */
 export interface ReapResult {
@@ -412,18 +413,18 @@ async function phases(
 }
 
 function batchStatement(t: SessionTable, phase: Phase, cursor: number | null, limit: number): SQL {
-  const col = phase.order;
-  const after = cursor === null ? sql`` : sql` and ${col} >= ${new Date(cursor).toISOString()}::timestamptz`;
+  const order = phase.order;
+  const after = cursor === null ? sql`` : sql` and ${order} >= ${new Date(cursor).toISOString()}::timestamptz`;
   // skip locked: a row a request is writing right now is left for the next round instead of waited for.
   // Rows are found again by ctid (a TID scan), not by key: 4 to 5 times faster than 5,000 primary-key probes
   // (measured: 16 ms against 78 ms per batch of 5,000 on a 1M-row table). The ctid is stable: the row is locked
   // by this very statement. The condition is checked again on the row itself, so nothing else can ever match.
-  const picked = sql`ctid = any(array(select ctid from ${t} where ${phase.where}${after} order by ${col} limit ${limit} for update skip locked))`;
+  const picked = sql`ctid = any(array(select ctid from ${t} where ${phase.where}${after} order by ${order} limit ${limit} for update skip locked))`;
   const change =
     phase.action === "delete"
-      ? sql`delete from ${t} where ${picked} and ${phase.where} returning ${col} as at`
-      : sql`update ${t} set ended_at = ${t.expiresAt}, end_reason = 'expired', data = '{}'::jsonb, version = ${t.version} + 1
-          where ${picked} and ${phase.where} returning ${col} as at`;
+      ? sql`delete from ${t} where ${picked} and ${phase.where} returning ${order} as at`
+      : sql`update ${t} set ${col(t.endedAt)} = ${t.expiresAt}, ${col(t.endReason)} = 'expired', ${col(t.data)} = '{}'::jsonb, ${col(t.version)} = ${t.version} + 1
+          where ${picked} and ${phase.where} returning ${order} as at`;
   return sql`with done as (${change}) select count(*)::int as n, (extract(epoch from max(at)) * 1000)::float8 as last from done`;
 }
 

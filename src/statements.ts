@@ -111,7 +111,8 @@ export class Statements {
         least(${lifetime(v("life"))}, ${created}), ${created}, ${NOW}, ${NOW}, ${v("ua")}::text, ${v("ip")}::text`;
       const columns = sql.join([t.key, t.handle, t.userId, t.label, t.data, t.expiresAt, t.absoluteExpiresAt, t.createdAt, t.lastSeenAt, t.userAgent, t.ip].map(col), sql`, `);
       const values = n === 1 ? sql`values (${row})` : sql`select ${row} where not exists (select 1 from ${t} where ${this.byKeys(keyParams(n, v).slice(1))})`;
-      return sql`insert into ${t} (${columns}) ${values} on conflict (${col(t.key)}) do nothing ${this.saved()}`;
+      // Only the key comes back: the new row's expiry and version are what was sent (see SessionStore.save).
+      return sql`insert into ${t} (${columns}) ${values} on conflict (${col(t.key)}) do nothing returning ${t.key} as key`;
     });
   }
 
@@ -387,6 +388,6 @@ function msLeft(value: SQL | object): SQL {
 }
 
 /** A column's bare name, for an insert's column list or an update's `set` (where drizzle's qualified form is not allowed). */
-function col(column: { name: string }): SQL {
+export function col(column: { name: string }): SQL {
   return sql`${sql.identifier(column.name)}`;
 }

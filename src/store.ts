@@ -369,9 +369,16 @@ export class SessionStore extends Store {
     this.evict(keys);
     const since = this.cache?.evictions ?? 0;
     type Saved = { key: string; version?: number } & ExpiryRow;
-    let [written] = await this.exec.run<Saved>(loaded ? this.sql.saveLoaded(guarded) : this.sql.insert(keys.length), values);
-    // A set of an id the store did not load whose row exists: update it, unless it ended.
-    if (!written && !loaded) [written] = await this.exec.run<Saved>(this.sql.saveExisting(keys.length), values);
+    let written: Saved | undefined;
+    if (loaded) [written] = await this.exec.run<Saved>(this.sql.saveLoaded(guarded), values);
+    else {
+      const [inserted] = await this.exec.run<{ key: string }>(this.sql.insert(keys.length), values);
+      // A new row holds what was sent: the lifetime from the database's now (capped by absoluteTimeout), version 1.
+      const absolute = this.options.absoluteTimeout ?? null;
+      if (inserted) written = { key: inserted.key, version: 1, expires: Math.min(target - now, absolute ?? Infinity), absolute };
+      // A set of an id the store did not load whose row exists: update it, unless it ended.
+      else [written] = await this.exec.run<Saved>(this.sql.saveExisting(keys.length), values);
+    }
     if (!written) {
       if (guarded) await this.checkConflict(keys);
       return;
