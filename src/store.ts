@@ -153,7 +153,8 @@ export class SessionStore extends Store {
   get(sid: string, callback?: Callback<SessionData | null>): Promise<SessionData | null> {
     // A cache hit answers without an operation's promise chain (it costs what MemoryStore's get costs).
     const cached = this.cache && isValidId(sid) ? this.cache.get(sid, performance.now()) : undefined;
-    if (cached) return settled(withLoaded(parseSession(cached.text)!, { ...cached }), callback);
+    // Cached text was checked when it was cached (parseSession on read, and on write in remember).
+    if (cached) return settled(withLoaded(JSON.parse(cached.text) as SessionData, { ...cached }), callback);
     return settle(this.run("get", () => this.read(sid)), callback);
   }
 
@@ -402,7 +403,8 @@ export class SessionStore extends Store {
    */
   private remember(session: SessionData, next: Loaded, since: number): void {
     withLoaded(session, next);
-    this.cache?.put(next, since);
+    // Cached only if a read of the row would load it (a hit serves the text unchecked).
+    if (this.cache && parseSession(next.text)) this.cache.put(next, since);
   }
 
   /** After a guarded save changed nothing: a conflict error, unless the session is no longer live (then nothing to save). */
