@@ -93,7 +93,7 @@ export class Statements {
     return this.shape(`save:loaded:${guarded}`, (v) => {
       const t = this.t;
       const guard = guarded ? sql` and ${t.version} = ${v("version")}::int` : sql``;
-      return this.notifying(sql`update ${t} set ${this.changes(v)} where ${t.key} = ${v("k0")} and ${this.live()}${guard} ${this.saved()}`);
+      return sql`update ${t} set ${this.changes(v)} where ${t.key} = ${v("k0")} and ${this.live()}${guard} ${this.saved()}`;
     });
   }
 
@@ -123,7 +123,7 @@ export class Statements {
   saveExisting(n: number): Shape {
     return this.shape(`save:existing:${n}`, (v) => {
       const t = this.t;
-      return this.notifying(sql`update ${t} set ${this.changes(v)} where ${this.byKeys(keyParams(n, v))} and ${t.endedAt} is null ${this.saved()}`);
+      return sql`update ${t} set ${this.changes(v)} where ${this.byKeys(keyParams(n, v))} and ${t.endedAt} is null ${this.saved()}`;
     });
   }
 
@@ -132,11 +132,11 @@ export class Statements {
     return this.shape(`touch:${n}`, (v) => {
       const t = this.t;
       const absoluteAt = this.absoluteExpiry();
-      return this.notifying(sql`update ${t} set ${col(t.expiresAt)} = least(${lifetime(v("life"))}, ${absoluteAt}),
+      return sql`update ${t} set ${col(t.expiresAt)} = least(${lifetime(v("life"))}, ${absoluteAt}),
           ${col(t.absoluteExpiresAt)} = ${absoluteAt}, ${col(t.lastSeenAt)} = ${NOW}, ${col(t.data)} = jsonb_set(${t.data}, '{cookie}', ${v("cookie")}::jsonb),
           ${col(t.userAgent)} = coalesce(${v("ua")}::text, ${t.userAgent}), ${col(t.ip)} = coalesce(${v("ip")}::text, ${t.ip})
         where ${this.byKeys(keyParams(n, v))} and ${this.live()}
-          and jsonb_typeof(${t.data}->'cookie') = 'object' returning ${t.key} as key, ${this.expiryColumns()}`);
+          and jsonb_typeof(${t.data}->'cookie') = 'object' ${this.changed()}, ${this.expiryColumns()}`;
     });
   }
 
@@ -225,9 +225,9 @@ export class Statements {
     const expiry = beyondAbsolute
       ? sql`${col(t.expiresAt)} = ${target}, ${col(t.absoluteExpiresAt)} = greatest(${absolute}, ${target})`
       : sql`${col(t.expiresAt)} = least(${target}, ${absolute}), ${col(t.absoluteExpiresAt)} = ${absolute}`;
-    return this.notifying(sql`update ${t} set ${expiry}, ${col(t.version)} = ${t.version} + 1,
+    return sql`update ${t} set ${expiry}, ${col(t.version)} = ${t.version} + 1,
         ${col(t.data)} = case when jsonb_typeof(${t.data}->'cookie') = 'object' then jsonb_set(${t.data}, '{cookie,expires}', to_jsonb(${cookieExpires}::text)) else ${t.data} end
-      where ${t.handle} = ${handle} and ${t.endedAt} is null${this.owned(owner)} returning ${t.key} as key`);
+      where ${t.handle} = ${handle} and ${t.endedAt} is null${this.owned(owner)} ${this.changed()}`;
   }
 
   // --- Pieces
@@ -248,12 +248,14 @@ export class Statements {
   }
 
   /**
-   * The statement (ending in `returning key`) and (with `notify`) the NOTIFY of every key it changed. A
-   * statement that changes no row sends none (and so does not take the commit-serializing NOTIFY lock).
+   * `returning key` of a statement that changes existing sessions, with (`notify`) the NOTIFY of each
+   * changed key: RETURNING runs once per row the statement changed, so a statement that changes no row
+   * sends none (and does not take the commit-serializing NOTIFY lock), and one that does notifies in
+   * its own transaction.
    */
-  notifying(statement: SQL): SQL {
-    if (!this.settings.notify) return statement;
-    return sql`with changed as (${statement}) select changed.*, pg_notify(${this.channel}, changed.key) from changed`;
+  private changed(): SQL {
+    const t = this.t;
+    return this.settings.notify ? sql`returning ${t.key} as key, pg_notify(${this.channel}, ${t.key})` : sql`returning ${t.key} as key`;
   }
 
   /**
@@ -264,9 +266,9 @@ export class Statements {
    */
   private ending(reason: SQL | EndReason, where: SQL): SQL {
     const t = this.t;
-    if (this.settings.retainEnded === 0) return this.notifying(sql`delete from ${t} where ${where} and ${t.endedAt} is null returning ${t.key} as key`);
-    return this.notifying(sql`update ${t} set ${col(t.endedAt)} = ${NOW}, ${col(t.endReason)} = ${reason}::text, ${col(t.data)} = '{}'::jsonb,
-        ${col(t.version)} = ${t.version} + 1 where ${where} and ${t.endedAt} is null returning ${t.key} as key`);
+    if (this.settings.retainEnded === 0) return sql`delete from ${t} where ${where} and ${t.endedAt} is null ${this.changed()}`;
+    return sql`update ${t} set ${col(t.endedAt)} = ${NOW}, ${col(t.endReason)} = ${reason}::text, ${col(t.data)} = '{}'::jsonb,
+        ${col(t.version)} = ${t.version} + 1 where ${where} and ${t.endedAt} is null ${this.changed()}`;
   }
 
   /** What a save writes into an existing row. */
@@ -284,7 +286,7 @@ export class Statements {
   /** The `returning` of a save (the version only with `versioned`, the only use of it). */
   private saved(): SQL {
     const version = this.settings.versioned ? sql`, ${this.t.version} as version` : sql``;
-    return sql`returning ${this.t.key} as key, ${this.expiryColumns()}${version}`;
+    return sql`${this.changed()}, ${this.expiryColumns()}${version}`;
   }
 
   /**
