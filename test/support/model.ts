@@ -40,6 +40,8 @@ const SKEW = 10 * 60_000;
 /** absoluteTimeout of the configurations that have one. */
 export const ABSOLUTE = 1_500;
 const CACHE = { max: 100, ttl: 60_000 };
+/** `retainEnded` of the configurations with history: an end keeps the row as a record instead of deleting it. */
+const HISTORY = 60_000;
 const SLOTS = 2;
 
 /** A get must find a live session when it finished at least this long before the earliest expiry. */
@@ -80,6 +82,8 @@ export interface Config {
   driver: DriverName;
   cache: boolean;
   absolute: number | undefined;
+  /** With `retainEnded`: ends are updates that keep the row as a record (without it they delete the row). */
+  history: boolean;
   name: string;
 }
 
@@ -89,7 +93,10 @@ export function configurations(drivers: readonly DriverName[]): Config[] {
     // The read cache needs LISTEN, which the store has on node-postgres and PGlite only (it refuses a cache elsewhere).
     for (const cache of driver === "postgres.js" ? [false] : [false, true]) {
       for (const absolute of [undefined, ABSOLUTE]) {
-        list.push({ driver, cache, absolute, name: `${driver} cache=${cache ? "both" : "none"} absolute=${absolute ?? "none"}` });
+        for (const history of [false, true]) {
+          const name = `${driver} cache=${cache ? "both" : "none"} absolute=${absolute ?? "none"}${history ? " history" : ""}`;
+          list.push({ driver, cache, absolute, history, name });
+        }
       }
     }
   }
@@ -845,6 +852,7 @@ async function openReal(config: Config, t: TestDb): Promise<Real> {
     const conn = await connect(t);
     const options: SessionStoreOptions = { db: conn.db, table: t.table, reaper: false };
     if (config.absolute !== undefined) options.absoluteTimeout = config.absolute;
+    if (config.history) options.retainEnded = HISTORY;
     if (config.cache) Object.assign(options, { cache: { ...CACHE }, notify: true });
     let store: TestStore;
     try {
