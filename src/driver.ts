@@ -51,7 +51,7 @@ export function singleConnection(db: AnyPgDatabase): boolean {
 
 
 /** A statement compiled once: its SQL text with `$n` parameters, and where each value comes from. */
-export interface Compiled {
+interface Compiled {
   text: string;
   /** The fixed values; where a call's value goes, a placeholder. */
   params: unknown[];

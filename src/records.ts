@@ -1,8 +1,7 @@
-import { isTrue } from "./driver.js";
-import type { KeyDeriver } from "./hash.js";
-import { isValidId } from "./hash.js";
-import type { EndReason, RecordRow, SessionStatus, Statements } from "./statements.js";
 import type { SQL } from "drizzle-orm";
+import { isTrue } from "./driver.js";
+import { isValidId, type KeyDeriver } from "./hash.js";
+import type { EndReason, RecordRow, SessionStatus, Statements } from "./statements.js";
 
 export type { EndReason, SessionStatus } from "./statements.js";
 

@@ -358,7 +358,8 @@ export class SessionStore extends Store {
     const { ua, ip } = requestMetadata(session);
     const guarded = this.options.versioned && loaded !== undefined;
     const values = keyValues(keys, {
-      handle: newHandle(),
+      // Only an insert gives the row a handle.
+      handle: loaded ? undefined : newHandle(),
       userId: this.userIdOf(session),
       label: this.labelOf(session),
       text,
