@@ -3,7 +3,7 @@ import { defineConfig } from "tsup";
 export default defineConfig({
   entry: ["src/index.ts", "src/cli.ts"],
   format: ["esm", "cjs"],
-  dts: true,
+  dts: { entry: "src/index.ts" }, // the CLI is a bin, not an import: no empty cli.d.ts in the package
   clean: true,
   sourcemap: true,
   target: "node18",

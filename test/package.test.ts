@@ -41,6 +41,22 @@ describe("published package", () => {
     expect(help).toMatch(/reap/);
   });
 
+  it("says where it lives and what it needs: repository, homepage, bugs, and the Node version the CLI's parseArgs needs", () => {
+    expect(pkg.repository?.url).toMatch(/^git\+https:\/\/.+\.git$/);
+    expect(pkg.homepage).toMatch(/^https:\/\//);
+    expect(pkg.bugs?.url).toMatch(/^https:\/\//);
+    // util.parseArgs (src/cli.ts) arrived in Node 18.3.
+    expect(pkg.engines).toEqual({ node: ">=18.3" });
+  });
+
+  it("packs no empty declaration file: the CLI is a command, not an import", () => {
+    const packed = JSON.parse(execFileSync("npm", ["pack", "--dry-run", "--json", "--ignore-scripts"], { cwd: root, encoding: "utf8" }));
+    const files: { path: string; size: number }[] = packed[0].files;
+    const declarations = files.filter((f) => /\.d\.c?ts$/.test(f.path));
+    expect(declarations.map((f) => f.path).sort()).toEqual(["dist/index.d.cts", "dist/index.d.ts"]);
+    for (const f of declarations) expect(f.size).toBeGreaterThan(1_000);
+  });
+
   it("src/ has no import cycle (a cycle changes module init order in CommonJS builds and bundlers)", () => {
     const dir = join(root, "src");
     const imports = new Map(
