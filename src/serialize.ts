@@ -72,14 +72,18 @@ function validCookie(cookie: any): boolean {
 
 /**
  * Whether two serialized sessions hold the same data, ignoring the cookie's expiry (it moves on every
- * request) and key order (jsonb reorders keys).
+ * request), @fastify/session's `originalExpires` (its copy of the stored expiry, never read back from
+ * the row) and key order (jsonb reorders keys).
  */
 export function sameContent(stored: string, next: string): boolean {
   try {
     const a = JSON.parse(stored);
     const b = JSON.parse(next);
-    if (a?.cookie) delete a.cookie.expires;
-    if (b?.cookie) delete b.cookie.expires;
+    for (const cookie of [a?.cookie, b?.cookie]) {
+      if (!cookie) continue;
+      delete cookie.expires;
+      delete cookie.originalExpires;
+    }
     return deepEqual(a, b);
   } catch {
     // Too deeply nested to compare: treat as changed and write it.

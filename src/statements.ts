@@ -145,6 +145,15 @@ export class Statements {
     return this.shape(`end:${n}`, (v) => this.ending(v("reason"), this.byKeys(keyParams(n, v))));
   }
 
+  /**
+   * Records the end of a row with history as a rotation rather than a logout (@fastify/session's
+   * regenerate ends the old session with a plain destroy). Ended rows are never cached: no NOTIFY.
+   */
+  rotated(key: string): SQL {
+    const t = this.t;
+    return sql`update ${t} set ${col(t.endReason)} = 'rotated' where ${t.key} = ${key} and ${t.endReason} = 'logout'`;
+  }
+
   /** After a guarded save changed nothing: whether the row is still live (then it was a conflict). */
   isLive(keys: string[]): SQL {
     return sql`select ${this.live()} as live from ${this.t} where ${this.byKeys(keys)}`;

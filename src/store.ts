@@ -13,7 +13,9 @@ import { keyValues, Statements, type ExpiryRow, type SessionRow } from "./statem
 
 /**
  * What a loaded session's row held when its request read it, under a symbol key: JSON.stringify,
- * Object.keys and for-in (express-session's copy) all skip it, so it is never serialized or seen.
+ * Object.keys and for-in (express-session's and @fastify/session's copies) all skip it, so it is never
+ * serialized or seen. It is also put on the session's cookie, as an own enumerable property: that is how
+ * it survives @fastify/session's restore, which spreads the stored cookie into options it keeps.
  */
 const LOADED = Symbol("connect-drizzle.loaded");
 
@@ -64,13 +66,33 @@ interface Touch {
 
 function withLoaded<T extends object>(session: T, loaded: Loaded): T {
   (session as any)[LOADED] = loaded;
+  const cookie = (session as any).cookie;
+  if (cookie !== null && typeof cookie === "object") cookie[LOADED] = loaded;
   return session;
 }
 
-/** What the request that holds `session` read, if it read this very session. */
+/**
+ * What the request that holds `session` read, if it read this very session: on the session itself
+ * (express-session, and any session this store wrote), or carried in @fastify/session's cookie options.
+ */
 function loadedOf(session: SessionData, sid: string): Loaded | undefined {
-  const loaded: Loaded | undefined = (session as any)?.[LOADED];
+  const loaded: Loaded | undefined = (session as any)?.[LOADED] ?? kept(session, (value) => value[LOADED]);
   return loaded?.sid === sid ? loaded : undefined;
+}
+
+/**
+ * The first of the objects a session holds under symbol keys (other than LOADED) that `pick` takes:
+ * @fastify/session keeps the request and the session's cookie options there, and nothing else links
+ * its session to them. express-session's sessions have none, so this costs them nothing.
+ */
+function kept<T>(session: unknown, pick: (value: any) => T | undefined): T | undefined {
+  if (session === null || typeof session !== "object") return undefined;
+  for (const key of Object.getOwnPropertySymbols(session)) {
+    const value = key === LOADED ? undefined : (session as any)[key];
+    const found = value !== null && typeof value === "object" ? pick(value) : undefined;
+    if (found !== undefined) return found;
+  }
+  return undefined;
 }
 
 /**
@@ -352,10 +374,10 @@ export class SessionStore extends Store {
     const target = this.expiry(session, now);
     const text = serialize(session, this.options.maxSize);
     const loaded = loadedOf(session, sid);
-    if (loaded && this.fresh(loaded, target, now) && sameContent(loaded.text, text)) return;
+    const { ua, ip } = requestMetadata(session);
+    if (loaded && sameDevice(loaded, ua, ip) && this.fresh(loaded, target, now) && sameContent(loaded.text, text)) return;
 
     const keys = loaded ? [loaded.key] : this.keysOf(sid);
-    const { ua, ip } = requestMetadata(session);
     const guarded = this.options.versioned && loaded !== undefined;
     const values = keyValues(keys, {
       // Only an insert gives the row a handle.
@@ -380,6 +402,7 @@ export class SessionStore extends Store {
       if (inserted) written = { key: inserted.key, version: 1, expires: Math.min(target - now, absolute ?? Infinity), absolute };
       // A set of an id the store did not load whose row exists: update it, unless it ended.
       else [written] = await this.exec.run<Saved>(this.sql.saveExisting(keys.length), values);
+      if (inserted) await this.recordRotation(session, sid);
     }
     if (!written) {
       if (guarded) await this.checkConflict(keys);
@@ -408,6 +431,19 @@ export class SessionStore extends Store {
     if (this.cache && parseSession(next.text)) this.cache.put(next, since);
   }
 
+  /**
+   * @fastify/session's `regenerate` ends the old session with a plain `destroy` (a logout), then saves the
+   * new one while `request.session` is still the old session: with history, that end is recorded as
+   * `rotated` when the old session held a user, as express-session's `regenerate` records it.
+   */
+  private async recordRotation(session: SessionData, sid: string): Promise<void> {
+    if (this.options.retainEnded === 0) return;
+    const previous = requestOf(session)?.session;
+    if (previous === session || previous === null || typeof previous !== "object") return;
+    const old: Loaded | undefined = previous[LOADED] ?? kept(previous, (value) => value[LOADED]);
+    if (old && old.sid !== sid && this.userIdOf(previous) !== null) await this.exec.query(this.sql.rotated(old.key));
+  }
+
   /** After a guarded save changed nothing: a conflict error, unless the session is no longer live (then nothing to save). */
   private async checkConflict(keys: string[]): Promise<void> {
     const [row] = await this.exec.query<{ live: unknown }>(this.sql.isLive(keys));
@@ -427,8 +463,7 @@ export class SessionStore extends Store {
     const target = this.expiry(session, now);
     const loaded = loadedOf(session, sid);
     const { ua, ip } = requestMetadata(session);
-    const sameDevice = loaded && (ua === null || ua === loaded.ua) && (ip === null || ip === loaded.ip);
-    if (loaded && sameDevice && this.fresh(loaded, target, now)) return undefined;
+    if (loaded && sameDevice(loaded, ua, ip) && this.fresh(loaded, target, now)) return undefined;
     // The touch writes only the cookie, but the row must stay within maxSize like any save.
     serialize(session, this.options.maxSize);
     const keys = loaded ? [loaded.key] : this.keysOf(sid);
@@ -554,9 +589,22 @@ export class SessionStore extends Store {
   }
 }
 
-/** User agent and client IP of the request a session belongs to (express-session links it as `session.req`). */
+/**
+ * The request a session belongs to: express-session links it as `session.req`; @fastify/session keeps
+ * it under a symbol (the fastify request: its headers and its `ip`).
+ */
+function requestOf(session: SessionData): any {
+  return (session as any)?.req ?? kept(session, (value) => (value.headers !== null && typeof value.headers === "object" && "ip" in value ? value : undefined));
+}
+
+/** Whether a request comes from the device a row records (a device not known on either side counts as the same). */
+function sameDevice(loaded: Loaded, ua: string | null, ip: string | null): boolean {
+  return (ua === null || ua === loaded.ua) && (ip === null || ip === loaded.ip);
+}
+
+/** User agent and client IP of the request a session belongs to (see {@link requestOf}). */
 function requestMetadata(session: SessionData): { ua: string | null; ip: string | null } {
-  const req: any = (session as any)?.req;
+  const req = requestOf(session);
   if (!req) return { ua: null, ip: null };
   const ua = req.headers?.["user-agent"];
   const address = req.ip ?? req.socket?.remoteAddress;
