@@ -1,14 +1,62 @@
 #!/usr/bin/env node
 /**
- * `npx connect-drizzle reap`: one reaper round from cron (with `reaper: false` in the app), then exit.
+ * `npx connect-drizzle <command>`: one reaper round from cron (with `reaper: false` in the app), or a copy
+ * of connect-pg-simple's sessions; then exit. A thin parser: each command's work is a function of the package.
  * Connects with node-postgres (`pg`), imported only here and only when run: the package itself needs no driver.
  */
-import { parseArgs } from "node:util";
-import { DEFAULT_TIMEOUT } from "./options.js";
+import { parseArgs, type ParseArgsConfig } from "node:util";
+import { DEFAULT_IMPORT_BATCH, importConnectPgSimple } from "./import.js";
+import { DEFAULT_TIMEOUT, type AnyPgDatabase, type UserIdOf } from "./options.js";
 import { reap } from "./reaper.js";
-import { createSessionTable } from "./schema.js";
+import { createSessionTable, type SessionTable } from "./schema.js";
 
-const USAGE = `Usage: DATABASE_URL=postgres://... npx connect-drizzle reap [options]
+interface Io {
+  out(line: string): void;
+  err(line: string): void;
+}
+
+/** The parsed flags, by name. */
+type Values = Record<string, string | boolean | string[] | undefined>;
+
+/** A command: its usage, its flags, and how it turns them into what it runs with, then runs. */
+interface Command<Settings = unknown> {
+  /** Its usage text, shown by `--help`. */
+  usage: string;
+  /** The flags it takes, from {@link FLAGS}. */
+  flags: ReadonlyArray<keyof typeof FLAGS>;
+  /** Reads the flags (and the environment): the settings to run with, or an error message. */
+  parse(values: Values, env: NodeJS.ProcessEnv): Settings | Problem;
+  /** Runs on the database; what it resolves to is printed as one JSON line. */
+  run(db: AnyPgDatabase, settings: Settings): Promise<unknown>;
+}
+
+/** A flag's value was refused: why. */
+class Problem {
+  constructor(readonly message: string) {}
+}
+
+/** Keeps each command's settings type in the table of commands. */
+const command = <Settings>(definition: Command<Settings>): Command => definition as Command;
+
+/** Every flag of every command, declared once so a flag means the same in each. */
+const FLAGS = {
+  table: { type: "string" },
+  schema: { type: "string" },
+  "retain-ended": { type: "string" },
+  "batch-size": { type: "string" },
+  timeout: { type: "string" },
+  "from-table": { type: "string" },
+  "from-schema": { type: "string" },
+  secret: { type: "string", multiple: true },
+  "user-id-path": { type: "string" },
+  "dry-run": { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+} as const satisfies NonNullable<ParseArgsConfig["options"]>;
+
+const TABLE_FLAGS = `  --table <name>          the sessions table (default: sessions)
+  --schema <name>         its Postgres schema (default: the connection's search_path, normally public)`;
+
+const REAP_USAGE = `Usage: DATABASE_URL=postgres://... npx connect-drizzle reap [options]
 
 Runs one reaper round on the sessions table: deletes expired sessions (or, with --retain-ended, turns
 them into ended history) and ended sessions past their retention, in batches. Prints the result as one
@@ -16,8 +64,7 @@ JSON line: {"deleted":0,"ended":0,"batches":0,"durationMs":0,"skipped":false}. "
 another instance was reaping the table at that moment. Exits 0, or 1 with a message on error.
 
 Options:
-  --table <name>          the sessions table (default: sessions)
-  --schema <name>         its Postgres schema (default: the connection's search_path, normally public)
+${TABLE_FLAGS}
   --retain-ended <ms>     keep ended sessions this long as history: your store's retainEnded (default: 0)
   --batch-size <n>        rows per batch, each committed on its own (default: 5000)
   --timeout <ms>          longest wait for one statement, connection wait included; past it the round
@@ -25,55 +72,98 @@ Options:
   -h, --help              this text
 `;
 
-interface Io {
-  out(line: string): void;
-  err(line: string): void;
-}
+const IMPORT_USAGE = `Usage: DATABASE_URL=postgres://... [SESSION_STORE_SECRETS=s1,s2] npx connect-drizzle import-pg-simple [options]
+
+Copies connect-pg-simple's unexpired sessions into the sessions table, so that no one is logged out when
+the app moves to connect-drizzle: each keyed as your store keys it (give it the store's secrets), with
+its data, expiry and owner. A session already copied, or already in the sessions table, is never copied
+again nor overwritten, so running it twice is safe, and a run that stopped goes on where it stopped. It
+marks the rows it copied in a column it adds to the old table (connect_drizzle_imported_at), and never
+deletes the old table: drop it yourself once no instance runs connect-pg-simple. Prints one JSON line:
+{"imported":0,"skipped":0,"expired":0,"invalid":0,"batches":0,"durationMs":0,"dryRun":false}.
+Exits 0, or 1 with a message on error.
+
+Options:
+  --from-table <name>     connect-pg-simple's table: its tableName (default: session)
+  --from-schema <name>    its schema: its schemaName (default: the connection's search_path)
+${TABLE_FLAGS}
+  --secret <secret>       your store's secrets, first the one new rows get; repeat for several (default:
+                          SESSION_STORE_SECRETS, comma-separated; without either, SHA-256 as a store
+                          without secrets)
+  --user-id-path <a.b.c>  where the owner is in the session data (default: passport.user, then userId,
+                          as the store's default userId)
+  --batch-size <n>        rows read per batch, each copied by one statement (default: ${DEFAULT_IMPORT_BATCH})
+  --dry-run               count what would be copied; change nothing
+  -h, --help              this text
+`;
+
+const COMMANDS: Record<string, Command> = {
+  reap: command({
+    usage: REAP_USAGE,
+    flags: ["table", "schema", "retain-ended", "batch-size", "timeout"],
+    parse: (values) =>
+      checked({
+        table: sessionTable(values),
+        retainEnded: wholeNumber(values["retain-ended"], "--retain-ended", 0, true, " of milliseconds"),
+        batchSize: wholeNumber(values["batch-size"], "--batch-size", 5_000, false),
+        timeout: wholeNumber(values.timeout, "--timeout", DEFAULT_TIMEOUT, false, " of milliseconds"),
+      }),
+    run: (db, settings) => reap({ db, ...settings }),
+  }),
+  "import-pg-simple": command({
+    usage: IMPORT_USAGE,
+    flags: ["from-table", "from-schema", "table", "schema", "secret", "user-id-path", "batch-size", "dry-run"],
+    parse: (values, env) =>
+      checked({
+        table: sessionTable(values),
+        fromTable: name(values, "from-table"),
+        fromSchema: name(values, "from-schema"),
+        secrets: secretsOf(values, env),
+        userId: userIdAt(values["user-id-path"]),
+        batchSize: wholeNumber(values["batch-size"], "--batch-size", DEFAULT_IMPORT_BATCH, false),
+        dryRun: values["dry-run"] === true,
+      }),
+    run: (db, settings) => importConnectPgSimple({ db, ...settings }),
+  }),
+};
+
+const COMMAND_NAMES = Object.keys(COMMANDS);
+
+const USAGE = `Usage: npx connect-drizzle <command> [options]   (commands: ${COMMAND_NAMES.join(", ")})
+
+${Object.values(COMMANDS)
+  .map((command) => command.usage)
+  .join("\n")}`;
 
 async function main(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<number> {
   let parsed;
   try {
-    parsed = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: {
-        table: { type: "string" },
-        schema: { type: "string" },
-        "retain-ended": { type: "string" },
-        "batch-size": { type: "string" },
-        timeout: { type: "string" },
-        help: { type: "boolean", short: "h" },
-      },
-    });
+    parsed = parseArgs({ args: argv, allowPositionals: true, options: FLAGS });
   } catch (error) {
     io.err(`connect-drizzle: ${(error as Error).message}\n\n${USAGE}`);
     return 1;
   }
-  const { values, positionals } = parsed;
+  const { values, positionals } = parsed as { values: Values; positionals: string[] };
+  const name = positionals.length === 1 ? positionals[0]! : undefined;
+  const chosen = name !== undefined && Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
   if (values.help) {
-    io.out(USAGE);
+    io.out(chosen?.usage ?? USAGE);
     return 0;
   }
-  if (positionals.length !== 1 || positionals[0] !== "reap") {
-    io.err(`connect-drizzle: unknown command ${positionals.length ? `"${positionals.join(" ")}"` : "(none)"}; the command is "reap"\n\n${USAGE}`);
+  if (!chosen) {
+    const list = COMMAND_NAMES.map((n) => `"${n}"`).join(" or ");
+    io.err(`connect-drizzle: unknown command ${positionals.length ? `"${positionals.join(" ")}"` : "(none)"}; the command is ${list}\n\n${USAGE}`);
     return 1;
   }
-  const retainEnded = wholeNumber(values["retain-ended"], "--retain-ended", 0, true, " of milliseconds");
-  const batchSize = wholeNumber(values["batch-size"], "--batch-size", 5_000, false);
-  const timeout = wholeNumber(values.timeout, "--timeout", DEFAULT_TIMEOUT, false, " of milliseconds");
-  if (typeof retainEnded === "string" || typeof batchSize === "string" || typeof timeout === "string") {
-    io.err(`connect-drizzle: ${[retainEnded, batchSize, timeout].find((value) => typeof value === "string")}`);
+  const foreign = Object.keys(values).filter((flag) => flag !== "help" && !chosen.flags.includes(flag as keyof typeof FLAGS));
+  const settings = foreign.length > 0 ? new Problem(`${foreign.map((f) => `--${f}`).join(", ")} is not an option of "${name}" (see --help)`) : chosen.parse(values, env);
+  if (settings instanceof Problem) {
+    io.err(`connect-drizzle: ${settings.message}`);
     return 1;
-  }
-  for (const flag of ["table", "schema"] as const) {
-    if (values[flag] === "") {
-      io.err(`connect-drizzle: --${flag} needs a name`);
-      return 1;
-    }
   }
   const url = env.DATABASE_URL;
   if (!url) {
-    io.err("connect-drizzle: set DATABASE_URL to your database, e.g. DATABASE_URL=postgres://user:password@host:5432/db npx connect-drizzle reap");
+    io.err(`connect-drizzle: set DATABASE_URL to your database, e.g. DATABASE_URL=postgres://user:password@host:5432/db npx connect-drizzle ${name}`);
     return 1;
   }
 
@@ -85,7 +175,7 @@ async function main(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
   } catch (error) {
     if ((error as { code?: string }).code === "ERR_MODULE_NOT_FOUND" || (error as { code?: string }).code === "MODULE_NOT_FOUND") {
       io.err(
-        "connect-drizzle: `npx connect-drizzle reap` connects with node-postgres, and the `pg` package is not installed here. " +
+        `connect-drizzle: \`npx connect-drizzle ${name}\` connects with node-postgres, and the \`pg\` package is not installed here. ` +
           "Install it in the project you run this from: npm install pg",
       );
       return 1;
@@ -94,9 +184,9 @@ async function main(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
   }
   ({ drizzle } = await import("drizzle-orm/node-postgres"));
 
-  // Two connections: one holds the round's lock, the other runs the batches.
-  const pool = new pg.Pool({ connectionString: url, max: 2, application_name: "connect-drizzle reap" });
-  // An idle connection that drops must not crash the process; the round reports its own failure.
+  // Two connections: the reaper's round holds its lock on one and runs the batches on the other.
+  const pool = new pg.Pool({ connectionString: url, max: 2, application_name: `connect-drizzle ${name}` });
+  // An idle connection that drops must not crash the process; the command reports its own failure.
   pool.on("error", () => {});
   // Connections checked out right now. After a timeout, one may still be running the statement given up on
   // (waiting for a lock on the table, say): pool.end() would wait for it, and the cron job with it.
@@ -104,15 +194,11 @@ async function main(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
   pool.on("acquire", (client) => busy.add(client));
   pool.on("release", (_error, client) => busy.delete(client));
   try {
-    // drizzle refuses pgSchema("public"): a table there is an unqualified one.
-    const schema = values.schema === "public" ? undefined : values.schema;
-    const table = createSessionTable(values.table ?? "sessions", schema ? { schema } : {});
-    const result = await reap({ db: drizzle(pool), table, retainEnded, batchSize, timeout });
-    io.out(JSON.stringify(result));
+    io.out(JSON.stringify(await chosen.run(drizzle(pool), settings)));
     return 0;
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
-    io.err(message.startsWith("connect-drizzle:") ? message : `connect-drizzle: reap failed: ${message}`);
+    io.err(message.startsWith("connect-drizzle:") ? message : `connect-drizzle: ${name} failed: ${message}`);
     return 1;
   } finally {
     // Closing the socket is what ends a busy connection now; the database may still finish its statement.
@@ -121,12 +207,53 @@ async function main(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
   }
 }
 
-/** Parses a flag holding a whole number; returns the number, or an error message. */
-function wholeNumber(value: string | undefined, flag: string, fallback: number, allowZero: boolean, unit = ""): number | string {
+/** The settings, or the first flag's problem. */
+function checked<T extends Record<string, unknown>>(settings: T): { [K in keyof T]: Exclude<T[K], Problem> } | Problem {
+  const problem = Object.values(settings).find((value) => value instanceof Problem);
+  return (problem as Problem | undefined) ?? (settings as { [K in keyof T]: Exclude<T[K], Problem> });
+}
+
+/** A flag naming a table or schema: undefined when not given, refused when empty. */
+function name(values: Values, flag: string): string | undefined | Problem {
+  const value = values[flag] as string | undefined;
+  return value === "" ? new Problem(`--${flag} needs a name`) : value;
+}
+
+/** The sessions table named by --table and --schema. */
+function sessionTable(values: Values): SessionTable | Problem {
+  const table = name(values, "table");
+  const given = name(values, "schema");
+  if (table instanceof Problem) return table;
+  if (given instanceof Problem) return given;
+  // drizzle refuses pgSchema("public"): a table there is an unqualified one.
+  const schema = given === "public" ? undefined : given;
+  return createSessionTable(table ?? "sessions", schema ? { schema } : {});
+}
+
+/** The store's secrets: --secret (repeated), else SESSION_STORE_SECRETS, comma-separated. */
+function secretsOf(values: Values, env: NodeJS.ProcessEnv): string[] | Problem {
+  const listed = env.SESSION_STORE_SECRETS;
+  const secrets = (values.secret as string[] | undefined) ?? (listed === undefined || listed === "" ? [] : listed.split(","));
+  return secrets.some((secret) => secret === "") ? new Problem("--secret and SESSION_STORE_SECRETS need non-empty secrets") : secrets;
+}
+
+/** --user-id-path: the owner at a dotted path of the session data, instead of the store's default. */
+function userIdAt(path: unknown): UserIdOf | undefined | Problem {
+  if (path === undefined) return undefined;
+  const parts = String(path).split(".");
+  if (parts.some((part) => part === "")) {
+    return new Problem(`--user-id-path must be property names joined by dots, e.g. passport.user (got "${String(path)}")`);
+  }
+  return (session) => parts.reduce<any>((at, part) => (at === null || at === undefined ? undefined : at[part]), session);
+}
+
+/** Parses a flag holding a whole number. */
+function wholeNumber(value: unknown, flag: string, fallback: number, allowZero: boolean, unit = ""): number | Problem {
   if (value === undefined) return fallback;
-  const n = Number(value);
-  if (value.trim() === "" || !Number.isSafeInteger(n) || n < 0 || (n === 0 && !allowZero)) {
-    return `${flag} must be a ${allowZero ? "non-negative" : "positive"} whole number${unit} (got "${value}")`;
+  const text = String(value);
+  const n = Number(text);
+  if (text.trim() === "" || !Number.isSafeInteger(n) || n < 0 || (n === 0 && !allowZero)) {
+    return new Problem(`${flag} must be a ${allowZero ? "non-negative" : "positive"} whole number${unit} (got "${text}")`);
   }
   return n;
 }

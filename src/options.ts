@@ -1,6 +1,7 @@
 import { is } from "drizzle-orm";
 import { PgDatabase, type PgQueryResultHKT } from "drizzle-orm/pg-core";
 import type { SessionData } from "express-session";
+import { SessionStoreError } from "./errors.js";
 import { sessions, type SessionTable } from "./schema.js";
 
 /** Any drizzle Postgres database: node-postgres, postgres.js, PGlite, Neon, ... */
@@ -162,6 +163,21 @@ export interface ResolvedOptions {
 export const DEFAULT_TIMEOUT = 10_000;
 
 const defaultUserId: UserIdOf = (session: any) => session?.passport?.user ?? session?.userId;
+
+/**
+ * The owner `userId` finds in a session, as the `user_id` column holds it: a string (numbers and bigints
+ * converted), or null for an anonymous session.
+ * @throws SessionStoreError (code `UNSERIALIZABLE`) when `userId` throws
+ */
+export function ownerOf(userId: UserIdOf, session: SessionData): string | null {
+  let id: unknown;
+  try {
+    id = userId(session);
+  } catch (error) {
+    throw new SessionStoreError("UNSERIALIZABLE", "the `userId` option threw while reading the session", { cause: error });
+  }
+  return typeof id === "string" || typeof id === "number" || typeof id === "bigint" ? String(id) : null;
+}
 const defaultLabel = (session: any) => (typeof session?.label === "string" ? session.label : undefined);
 
 export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {

@@ -5,7 +5,7 @@ import { settle, settled, type Callback } from "./callback.js";
 import { Executor, isTrue } from "./driver.js";
 import { databaseError, SessionStoreError } from "./errors.js";
 import { isValidId, keyDeriver, newHandle, type KeyDeriver } from "./hash.js";
-import { resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
+import { ownerOf, resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
 import { reap, Reaper, type ReapResult } from "./reaper.js";
 import { Records, type EndReason, type ExtendOptions, type RevokeOptions, type SessionQuery, type SessionRecord } from "./records.js";
 import { parseSession, sameContent, serialize } from "./serialize.js";
@@ -579,13 +579,7 @@ export class SessionStore extends Store {
 
   /** @internal */
   protected userIdOf(session: SessionData): string | null {
-    let id: unknown;
-    try {
-      id = this.options.userId(session);
-    } catch (error) {
-      throw new SessionStoreError("UNSERIALIZABLE", "the `userId` option threw while reading the session", { cause: error });
-    }
-    return typeof id === "string" || typeof id === "number" || typeof id === "bigint" ? String(id) : null;
+    return ownerOf(this.options.userId, session);
   }
 }
 

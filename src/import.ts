@@ -1,0 +1,291 @@
+import { sql, type SQL } from "drizzle-orm";
+import { getTableConfig } from "drizzle-orm/pg-core";
+import { NOW } from "./clock.js";
+import { isTrue, rowsOf } from "./driver.js";
+import { databaseError, pgCode, safeCause, SessionStoreError } from "./errors.js";
+import { isValidId, keyDeriver, newHandle } from "./hash.js";
+import { batchSizeOption, ownerOf, resolveOptions, type AnyPgDatabase, type UserIdOf } from "./options.js";
+import type { SessionTable } from "./schema.js";
+import { parseSession } from "./serialize.js";
+import { col } from "./statements.js";
+
+/**
+ * The column the import adds to connect-pg-simple's table: when each session was copied. A copied session
+ * is never copied again, so a later run (at every boot, say) cannot bring back a session that ended in
+ * connect-drizzle since (a logout deletes its row there, not the old one). connect-pg-simple names its
+ * columns in every statement, so it keeps working with the column there.
+ */
+export const IMPORTED_COLUMN = "connect_drizzle_imported_at";
+
+/** Arguments of {@link importConnectPgSimple}. */
+export interface ImportConnectPgSimpleArgs {
+  /** A drizzle Postgres database holding both tables (node-postgres, postgres.js, PGlite, ...). Never closed. */
+  db: AnyPgDatabase;
+  /**
+   * connect-pg-simple's table: its `tableName` option.
+   * @default "session"
+   */
+  fromTable?: string;
+  /**
+   * Its Postgres schema: connect-pg-simple's `schemaName` option.
+   * @default undefined (the connection's search_path, normally `public`)
+   */
+  fromSchema?: string;
+  /**
+   * connect-drizzle's sessions table, as passed to `new SessionStore({ table })`.
+   * @default sessions (the table the shipped migrations create)
+   */
+  table?: SessionTable;
+  /**
+   * The `secrets` your SessionStore is given: rows are keyed with the first, exactly as the store keys
+   * them. Without the same secrets the store does not find the imported sessions.
+   * @default [] (SHA-256, the store's default)
+   */
+  secrets?: string | readonly string[];
+  /**
+   * Finds the owner in a session's data, as the store's `userId` option (give the store's own function).
+   * @default session.passport.user, then session.userId
+   */
+  userId?: UserIdOf;
+  /**
+   * Rows of connect-pg-simple's table read per batch; each batch is copied by one statement.
+   * @default 1_000
+   */
+  batchSize?: number;
+  /**
+   * Count what would be copied, and change nothing (not even the marker column).
+   * @default false
+   */
+  dryRun?: boolean;
+}
+
+/** What {@link importConnectPgSimple} did (or, with `dryRun`, would do). */
+export interface ImportResult {
+  /** Sessions copied into connect-drizzle's table. */
+  imported: number;
+  /** Unexpired sessions not copied: copied by an earlier run, or already in connect-drizzle's table (never overwritten). */
+  skipped: number;
+  /** Sessions past their expiry: never copied. */
+  expired: number;
+  /** Rows whose data is not an express-session session (no valid cookie), left out as the store would ignore them. */
+  invalid: number;
+  /** Batches read. */
+  batches: number;
+  /** Wall time, in milliseconds. */
+  durationMs: number;
+  /** True when nothing was changed (`dryRun`). */
+  dryRun: boolean;
+}
+
+/** A row of connect-pg-simple's table, as a batch reads it. */
+interface SourceRow {
+  sid: string;
+  /** The data, only for rows to copy: unexpired and not copied before. */
+  sess: string | null;
+  /** Its expiry, epoch ms. */
+  expires: number | string;
+  live: unknown;
+  done: unknown;
+}
+
+/**
+ * Copies connect-pg-simple's sessions into connect-drizzle's table, so that moving an app from one store to
+ * the other logs no one out. Every unexpired session is copied once: keyed by the hash of its id the store
+ * uses (`secrets` as the store's), its data as it is, its expiry (`expire`), its owner by `userId`, a fresh
+ * handle, created and last seen now. The old table is read in batches in order of `sid`, and each batch is
+ * copied by one statement, which also marks the rows it took in connect-pg-simple's table
+ * ({@link IMPORTED_COLUMN}, added by the first run).
+ *
+ * Safe to run again, and from several instances at once: a session already copied, or already in
+ * connect-drizzle's table, is never copied again nor overwritten; a run that stopped halfway goes on
+ * where it stopped. The old table and its rows are left in place: drop the table once you no longer run
+ * connect-pg-simple anywhere.
+ *
+ * A session ended in connect-pg-simple after it was copied stays alive in connect-drizzle: run the import
+ * when no instance serves requests with connect-pg-simple any more (at boot, before `listen`, is such a time
+ * once every instance runs connect-drizzle). `expire` is a timestamp without time zone, read in the time
+ * zone of the connection, as connect-pg-simple wrote it: run the import with the same `TimeZone` setting
+ * as the app (both normally use the server's).
+ *
+ * @throws SessionStoreError (`TABLE_MISSING` when either table is not there, `DATABASE`, ...); TypeError for bad arguments
+ */
+export async function importConnectPgSimple(args: ImportConnectPgSimpleArgs): Promise<ImportResult> {
+  if (args === null || typeof args !== "object") {
+    throw new TypeError("connect-drizzle: importConnectPgSimple(args) needs an object such as { db }");
+  }
+  // The store's own rules for db, table, secrets and userId, so the rows are the ones it would find.
+  const { db, table, secrets, userId } = resolveOptions({ db: args.db, table: args.table, secrets: args.secrets, userId: args.userId, reaper: false });
+  const batchSize = batchSizeOption(args.batchSize ?? DEFAULT_IMPORT_BATCH);
+  const fromTable = args.fromTable ?? "session";
+  for (const [name, value] of [["fromTable", fromTable], ["fromSchema", args.fromSchema]] as const) {
+    if (value !== undefined && (typeof value !== "string" || value.length === 0)) {
+      throw new TypeError(`connect-drizzle: \`${name}\` must be a non-empty table or schema name`);
+    }
+  }
+  const source: Source = { schema: args.fromSchema, name: fromTable };
+  const dryRun = args.dryRun === true;
+  const started = performance.now();
+  const target = qualifiedName(table);
+  const result: ImportResult = { imported: 0, skipped: 0, expired: 0, invalid: 0, batches: 0, durationMs: 0, dryRun };
+  try {
+    const marked = await prepareSource(db, source, dryRun);
+    const keysOf = keyDeriver(secrets);
+    let after: string | undefined;
+    for (;;) {
+      const rows = rowsOf<SourceRow>(await db.execute(readBatch(source, marked, after, batchSize)));
+      if (rows.length === 0) break;
+      result.batches++;
+      after = rows.at(-1)!.sid;
+      const copies: Copy[] = [];
+      for (const row of rows) {
+        if (!isTrue(row.live)) result.expired++;
+        else if (isTrue(row.done)) result.skipped++;
+        else {
+          const session = row.sess === null || !isValidId(row.sid) ? null : parseSession(row.sess);
+          if (!session) result.invalid++;
+          else copies.push({ sid: row.sid, keys: keysOf(row.sid), owner: ownerOf(userId, session), sess: row.sess!, expires: Number(row.expires) });
+        }
+      }
+      if (copies.length > 0) {
+        const copied = dryRun ? await countAbsent(db, table, copies) : await copyBatch(db, table, source, copies);
+        result.imported += copied;
+        result.skipped += copies.length - copied;
+      }
+      if (rows.length < batchSize) break;
+    }
+  } catch (error) {
+    throw error instanceof SessionStoreError ? error : databaseError(error, target, "the import from connect-pg-simple");
+  }
+  result.durationMs = Math.round(performance.now() - started);
+  return result;
+}
+
+/** The default `batchSize` of {@link importConnectPgSimple}. */
+export const DEFAULT_IMPORT_BATCH = 1_000;
+
+/** connect-pg-simple's table. */
+interface Source {
+  schema: string | undefined;
+  name: string;
+}
+
+/** A session to copy. */
+interface Copy {
+  sid: string;
+  /** Its keys, one per secret: the first is the new row's. */
+  keys: string[];
+  owner: string | null;
+  /** Its data, JSON as read. */
+  sess: string;
+  expires: number;
+}
+
+function sourceTable(source: Source): SQL {
+  return source.schema === undefined ? sql`${sql.identifier(source.name)}` : sql`${sql.identifier(source.schema)}.${sql.identifier(source.name)}`;
+}
+
+function sourceName(source: Source): string {
+  return source.schema === undefined ? `"${source.name}"` : `"${source.schema}"."${source.name}"`;
+}
+
+function qualifiedName(table: SessionTable): string {
+  const config = getTableConfig(table);
+  return config.schema ? `"${config.schema}"."${config.name}"` : `"${config.name}"`;
+}
+
+/**
+ * Checks that connect-pg-simple's table is there, and adds the marker column unless it is there or this is
+ * a dry run. Returns whether the column is there (a dry run on a table never imported from has none).
+ */
+async function prepareSource(db: AnyPgDatabase, source: Source, dryRun: boolean): Promise<boolean> {
+  const regclass = source.schema === undefined ? sql`to_regclass(format('%I', ${source.name}::text))` : sql`to_regclass(format('%I.%I', ${source.schema}::text, ${source.name}::text))`;
+  const [found] = rowsOf<{ present: unknown; marked: unknown }>(
+    await db.execute(sql`select ${regclass} is not null as present,
+      exists (select 1 from pg_attribute where attrelid = ${regclass} and attname = ${IMPORTED_COLUMN} and not attisdropped) as marked`),
+  );
+  if (!isTrue(found?.present)) {
+    throw new SessionStoreError(
+      "TABLE_MISSING",
+      `connect-pg-simple's table ${sourceName(source)} not found; name the table your PGStore used ` +
+        "(its tableName and schemaName options: fromTable and fromSchema, --from-table and --from-schema)",
+    );
+  }
+  if (isTrue(found?.marked) || dryRun) return isTrue(found?.marked);
+  const alter = sql`alter table ${sourceTable(source)} add column if not exists ${sql.identifier(IMPORTED_COLUMN)} timestamptz`;
+  try {
+    await db.transaction(async (tx) => {
+      // connect-pg-simple may be serving requests from this table: wait for its lock briefly, not behind a long transaction.
+      await tx.execute(sql`set local lock_timeout = '5s'`);
+      await tx.execute(alter);
+    });
+  } catch (error) {
+    const why =
+      pgCode(error) === "42501"
+        ? "the database user is not the table's owner"
+        : pgCode(error) === "55P03"
+          ? "the table stayed locked for 5 s (retry when it is less busy)"
+          : String(safeCause(error).message);
+    throw new SessionStoreError(
+      "DATABASE",
+      `the import could not add the column ${IMPORTED_COLUMN} to ${sourceName(source)} (${why}); it records which sessions were ` +
+        `copied, so that a later run never brings back one that ended since. Run the import as the table's owner, or add it ` +
+        `yourself: alter table ${sourceName(source)} add column ${IMPORTED_COLUMN} timestamptz`,
+      { cause: safeCause(error) },
+    );
+  }
+  return true;
+}
+
+/** The next batch of connect-pg-simple's rows after `after`, in order of `sid` (its primary key). */
+function readBatch(source: Source, marked: boolean, after: string | undefined, limit: number): SQL {
+  const live = sql`expire::timestamptz > ${NOW}`;
+  const done = marked ? sql`${sql.identifier(IMPORTED_COLUMN)} is not null` : sql`false`;
+  const cursor = after === undefined ? sql`` : sql` where sid > ${after}::text`;
+  return sql`select sid, case when ${live} and not (${done}) then sess::text end as sess,
+      date_part('epoch', expire::timestamptz) * 1000 as expires, ${live} as live, ${done} as done
+    from ${sourceTable(source)}${cursor} order by sid limit ${limit}`;
+}
+
+/** The batch as one JSON parameter: the session data goes in as read. */
+function batchJson(copies: Copy[], handles: boolean): string {
+  const item = (c: Copy) =>
+    `{"sid":${JSON.stringify(c.sid)},"key":${JSON.stringify(c.keys[0])},"others":${JSON.stringify(c.keys.slice(1))}` +
+    (handles ? `,"handle":${JSON.stringify(newHandle())},"owner":${JSON.stringify(c.owner)},"expires":${c.expires},"data":${c.sess}` : "") +
+    "}";
+  return `[${copies.map(item).join(",")}]`;
+}
+
+/**
+ * Copies a batch in one statement: marks the rows in connect-pg-simple's table (those no other run marked
+ * first) and inserts those, unless their session is in connect-drizzle's table under any of its keys.
+ * Returns how many were inserted.
+ */
+async function copyBatch(db: AnyPgDatabase, t: SessionTable, source: Source, copies: Copy[]): Promise<number> {
+  const marker = sql.identifier(IMPORTED_COLUMN);
+  const columns = sql.join([t.key, t.handle, t.userId, t.data, t.expiresAt, t.createdAt, t.lastSeenAt].map(col), sql`, `);
+  const [row] = rowsOf<{ n: number | string }>(
+    await db.execute(sql`with batch as (
+        select * from json_to_recordset(${batchJson(copies, true)}::json)
+          as r(sid text, key text, others json, handle text, owner text, expires float8, data jsonb)
+      ), claimed as (
+        update ${sourceTable(source)} as s set ${marker} = ${NOW} from batch
+        where s.sid = batch.sid and s.${marker} is null returning batch.*
+      ), copied as (
+        insert into ${t} (${columns})
+        select key, handle, owner, data, to_timestamp(expires / 1000), ${NOW}, ${NOW} from claimed
+        where not exists (select 1 from ${t} where ${t.key} in (select json_array_elements_text(claimed.others)))
+        on conflict (${col(t.key)}) do nothing returning 1
+      )
+      select count(*)::int as n from copied`),
+  );
+  return Number(row?.n ?? 0);
+}
+
+/** For a dry run: how many of a batch have no row in connect-drizzle's table under any of their keys. */
+async function countAbsent(db: AnyPgDatabase, t: SessionTable, copies: Copy[]): Promise<number> {
+  const [row] = rowsOf<{ n: number | string }>(
+    await db.execute(sql`select count(*)::int as n from json_to_recordset(${batchJson(copies, false)}::json) as r(sid text, key text, others json)
+      where not exists (select 1 from ${t} where ${t.key} = r.key or ${t.key} in (select json_array_elements_text(r.others)))`),
+  );
+  return Number(row?.n ?? 0);
+}

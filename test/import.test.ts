@@ -1,0 +1,237 @@
+import { execFile } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { join } from "node:path";
+import PGStore from "connect-pg-simple";
+import express from "express";
+import session from "express-session";
+import pg from "pg";
+import request from "supertest";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { createSessionTable, IMPORTED_COLUMN, importConnectPgSimple, SessionStore, sessionMiddleware } from "../src/index.js";
+import { cookieOf, testApp } from "./support/app.js";
+import { DATABASE_URL, openDb, type TestDb } from "./support/db.js";
+
+const require = createRequire(import.meta.url);
+
+/** The sid inside an express-session cookie (`connect.sid=s%3A<sid>.<signature>`). */
+function sidOf(cookie: string): string {
+  const value = decodeURIComponent(cookie.slice(cookie.indexOf("=") + 1));
+  return value.slice(2, value.lastIndexOf("."));
+}
+
+const cli = join(import.meta.dirname, "..", "src", "cli.ts");
+const tsx = join(import.meta.dirname, "..", "node_modules", ".bin", "tsx");
+const runCli = (args: string[], env: Record<string, string | undefined> = {}) =>
+  new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+    execFile(tsx, [cli, ...args], { env: { ...process.env, DATABASE_URL, SESSION_STORE_SECRETS: undefined, ...env } }, (error, stdout, stderr) =>
+      resolve({ code: error ? Number((error as any).code ?? 1) : 0, stdout, stderr }),
+    );
+  });
+
+describe.skipIf(!DATABASE_URL)("moving from connect-pg-simple (needs DATABASE_URL: connect-pg-simple runs only on a real Postgres)", () => {
+  let t: TestDb;
+  let pool: pg.Pool;
+  let legacy: InstanceType<ReturnType<typeof PGStore>>;
+  /** The cookies of the sessions connect-pg-simple holds before each test. */
+  let ann: string;
+  let anon: string;
+  let bob: string;
+  const old = () => `"${t.schema}"."session"`;
+
+  beforeAll(async () => {
+    t = await openDb("node-postgres");
+    pool = new pg.Pool({ connectionString: DATABASE_URL, max: 4 });
+    const Store = PGStore(session);
+    legacy = new Store({ pool, schemaName: t.schema, pruneSessionInterval: false });
+  });
+
+  afterAll(async () => {
+    await legacy?.close();
+    await pool?.end();
+    await t?.close();
+  });
+
+  /** The app as it ran with connect-pg-simple: plain express-session, cookie `connect.sid`, secret "test secret". */
+  beforeEach(async () => {
+    await t.raw(`delete from $table`);
+    // connect-pg-simple's own table.sql, as its createTableIfMissing runs it.
+    await t.raw(`drop table if exists ${old()}; ${readFileSync(require.resolve("connect-pg-simple/table.sql"), "utf8").replaceAll('"session"', old())}`);
+    const before = testApp(legacy as any);
+    const login = async (user: string) => {
+      const res = await request(before).post("/login").send({ username: user, password: "pw" });
+      expect(res.status).toBe(200);
+      return cookieOf(res)!;
+    };
+    ann = await login("ann");
+    expect((await request(before).post("/count").set("Cookie", ann)).body).toEqual({ views: 1 });
+    anon = cookieOf(await request(before).post("/count"))!;
+    bob = await login("bob");
+    expect((await request(before).get("/me").set("Cookie", ann)).body).toEqual({ user: "ann" });
+    await t.raw(`update ${old()} set expire = now() - interval '1 minute' where sid = '${sidOf(bob)}'`);
+    expect(await t.raw(`select count(*)::int as n from ${old()}`)).toEqual([{ n: 3 }]);
+  });
+
+  const store = (secrets?: string[]) => new SessionStore({ db: t.db, table: t.table, reaper: false, ...(secrets ? { secrets } : {}) });
+
+  it("keeps everyone logged in: after the import, the app on connect-drizzle with the same cookie name and secret serves the same sessions", async () => {
+    const result = await importConnectPgSimple({ db: t.db, table: t.table, fromSchema: t.schema });
+    expect(result).toMatchObject({ imported: 2, skipped: 0, expired: 1, invalid: 0, batches: 1, dryRun: false });
+
+    // Data, expiry and owner as connect-pg-simple had them.
+    const [copy] = await t.raw(
+      `select n.data = o.sess::jsonb as same_data, abs(extract(epoch from n.expires_at - o.expire::timestamptz)) < 0.001 as same_expiry, n.user_id
+       from $table n, ${old()} o where o.sid = '${sidOf(ann)}' and n.user_id is not null`,
+    );
+    expect(copy).toEqual({ same_data: true, same_expiry: true, user_id: "ann" });
+
+    const drizzleStore = store();
+    const after = testApp(drizzleStore);
+    expect((await request(after).get("/me").set("Cookie", ann)).body).toEqual({ user: "ann" });
+    expect((await request(after).get("/count").set("Cookie", ann)).body).toEqual({ views: 1 });
+    expect((await request(after).get("/count").set("Cookie", anon)).body).toEqual({ views: 1 });
+    // The expired session was not copied: its cookie opens nothing.
+    expect((await request(after).get("/me").set("Cookie", bob)).status).toBe(401);
+    expect(await drizzleStore.list({ userId: "bob", status: "all" })).toEqual([]);
+
+    const [record] = await drizzleStore.list({ userId: "ann" });
+    expect(record).toMatchObject({ userId: "ann", status: "active" });
+    expect(await drizzleStore.handleOf(sidOf(ann))).toBe(record!.handle);
+    expect(await drizzleStore.length()).toBe(2);
+    // The old table is left in place, its rows marked.
+    expect(await t.raw(`select count(*)::int as n, count(${IMPORTED_COLUMN})::int as marked from ${old()}`)).toEqual([{ n: 3, marked: 2 }]);
+    await drizzleStore.close();
+  });
+
+  it("a second run imports nothing, and never brings back a session that ended after the first", async () => {
+    await importConnectPgSimple({ db: t.db, table: t.table, fromSchema: t.schema });
+    const drizzleStore = store();
+    const after = testApp(drizzleStore);
+    expect((await request(after).post("/logout").set("Cookie", ann)).status).toBe(200);
+    expect((await request(after).get("/me").set("Cookie", ann)).status).toBe(401);
+
+    const again = await importConnectPgSimple({ db: t.db, table: t.table, fromSchema: t.schema });
+    expect(again).toMatchObject({ imported: 0, skipped: 2, expired: 1 });
+    // The logged-out session's row was deleted by the logout; the old row is still there, and stays unused.
+    expect((await request(after).get("/me").set("Cookie", ann)).status).toBe(401);
+    expect(await drizzleStore.list({ userId: "ann", status: "all" })).toEqual([]);
+    await drizzleStore.close();
+  });
+
+  it("never overwrites a session already in the sessions table", async () => {
+    const drizzleStore = store();
+    const now = new Date(Date.now() + 3_600_000).toISOString();
+    await drizzleStore.set(sidOf(anon), { cookie: { originalMaxAge: 3_600_000, expires: now, httpOnly: true, path: "/" }, views: 99 } as any);
+
+    const result = await importConnectPgSimple({ db: t.db, table: t.table, fromSchema: t.schema });
+    expect(result).toMatchObject({ imported: 1, skipped: 1, expired: 1 });
+    expect((await request(testApp(drizzleStore)).get("/count").set("Cookie", anon)).body).toEqual({ views: 99 });
+    await drizzleStore.close();
+  });
+
+  it("copies each session once when several instances import at the same time, in batches of any size", async () => {
+    const other = new pg.Pool({ connectionString: DATABASE_URL, max: 2 });
+    try {
+      const { drizzle } = await import("drizzle-orm/node-postgres");
+      const runs = await Promise.all([
+        importConnectPgSimple({ db: t.db, table: t.table, fromSchema: t.schema, batchSize: 1 }),
+        importConnectPgSimple({ db: drizzle(other), table: t.table, fromSchema: t.schema, batchSize: 1 }),
+      ]);
+      expect(runs[0]!.imported + runs[1]!.imported).toBe(2);
+      expect(runs[0]!.imported + runs[0]!.skipped).toBe(2);
+      expect(runs.every((r) => r.expired === 1 && r.batches === 3)).toBe(true);
+      expect(await t.raw(`select count(*)::int as n from $table`)).toEqual([{ n: 2 }]);
+    } finally {
+      await other.end();
+    }
+  });
+
+  it("with sessionMiddleware, the imported sessions are found only under the old cookie name (name: \"connect.sid\")", async () => {
+    await importConnectPgSimple({ db: t.db, table: t.table, fromSchema: t.schema });
+    const drizzleStore = store();
+    const appWith = (name?: string) =>
+      express()
+        .use(sessionMiddleware({ store: drizzleStore, secret: "test secret", ...(name ? { name } : {}) }))
+        .get("/me", (req, res) => void res.json({ user: (req.session as any).passport?.user ?? null }));
+    expect((await request(appWith("connect.sid")).get("/me").set("Cookie", ann)).body).toEqual({ user: "ann" });
+    // Its default name (`sid` here, `__Host-sid` in production) does not read connect.sid: logged out.
+    expect((await request(appWith()).get("/me").set("Cookie", ann)).body).toEqual({ user: null });
+    await drizzleStore.close();
+  });
+
+  describe("npx connect-drizzle import-pg-simple", () => {
+    it("imports with --secret, keyed so that a store with that secret finds the sessions and one without it does not", async () => {
+      const out = await runCli(["import-pg-simple", "--from-schema", t.schema, "--schema", t.schema, "--secret", "s1", "--secret", "s0"]);
+      expect(out.stderr).toBe("");
+      expect(out.code).toBe(0);
+      const lines = out.stdout.trim().split("\n");
+      expect(lines).toHaveLength(1);
+      expect(JSON.parse(lines[0]!)).toMatchObject({ imported: 2, skipped: 0, expired: 1, invalid: 0, batches: 1, dryRun: false, durationMs: expect.any(Number) });
+
+      const withSecret = store(["s1"]);
+      const withoutSecret = store();
+      expect(await withSecret.get(sidOf(ann))).toMatchObject({ passport: { user: "ann" } });
+      expect(await withoutSecret.get(sidOf(ann))).toBeNull();
+      expect((await request(testApp(withSecret)).get("/me").set("Cookie", ann)).body).toEqual({ user: "ann" });
+      expect((await withSecret.list({ userId: "ann" })).map((r) => r.userId)).toEqual(["ann"]);
+      await withSecret.close();
+      await withoutSecret.close();
+
+      const again = await runCli(["import-pg-simple", "--from-schema", t.schema, "--schema", t.schema, "--secret", "s1"]);
+      expect(JSON.parse(again.stdout)).toMatchObject({ imported: 0, skipped: 2, expired: 1 });
+    });
+
+    it("takes the secrets from SESSION_STORE_SECRETS, and the owner from --user-id-path", async () => {
+      await t.raw(`delete from ${old()}`);
+      const cookie = { originalMaxAge: 3_600_000, expires: new Date(Date.now() + 3_600_000).toISOString(), httpOnly: true, path: "/" };
+      await new Promise<void>((resolve, reject) => legacy.set("carol-sid", { cookie, account: { id: 7 } } as any, (e) => (e ? reject(e) : resolve())));
+      const out = await runCli(["import-pg-simple", "--from-schema", t.schema, "--schema", t.schema, "--user-id-path", "account.id"], { SESSION_STORE_SECRETS: "new,old" });
+      expect(out.stderr).toBe("");
+      expect(JSON.parse(out.stdout)).toMatchObject({ imported: 1 });
+      const withSecrets = store(["new", "old"]);
+      expect((await withSecrets.list({ userId: "7" })).length).toBe(1);
+      expect(await withSecrets.get("carol-sid")).toMatchObject({ account: { id: 7 } });
+      expect(await store(["new"]).get("carol-sid")).not.toBeNull(); // keyed with the first secret
+      await withSecrets.close();
+    });
+
+    it("--dry-run counts and changes nothing, not even the old table", async () => {
+      const out = await runCli(["import-pg-simple", "--from-schema", t.schema, "--schema", t.schema, "--dry-run"]);
+      expect(out.stderr).toBe("");
+      expect(JSON.parse(out.stdout)).toMatchObject({ imported: 2, skipped: 0, expired: 1, dryRun: true });
+      expect(await t.raw(`select count(*)::int as n from $table`)).toEqual([{ n: 0 }]);
+      const columns = await t.raw(`select column_name from information_schema.columns where table_schema = '${t.schema}' and table_name = 'session' order by 1`);
+      expect(columns.map((c: any) => c.column_name)).toEqual(["expire", "sess", "sid"]);
+    });
+
+    it("exits 1 with what to do when the old table is not there, or with a bad flag", async () => {
+      const missing = await runCli(["import-pg-simple", "--from-schema", t.schema, "--from-table", "sessions_old", "--schema", t.schema]);
+      expect(missing).toMatchObject({ code: 1, stdout: "" });
+      expect(missing.stderr).toMatch(/connect-pg-simple's table "[^"]+"\."sessions_old" not found; name the table your PGStore used/);
+      const badFlag = await runCli(["import-pg-simple", "--retain-ended", "5"]);
+      expect(badFlag.code).toBe(1);
+      expect(badFlag.stderr).toMatch(/--retain-ended is not an option of "import-pg-simple"/);
+      const badBatch = await runCli(["import-pg-simple", "--batch-size", "0"]);
+      expect(badBatch.stderr).toMatch(/--batch-size must be a positive whole number \(got "0"\)/);
+    });
+  });
+});
+
+describe("importConnectPgSimple's arguments", () => {
+  it("refuses bad arguments with a message that says what to pass", async () => {
+    await expect(importConnectPgSimple(undefined as any)).rejects.toThrow(/connect-drizzle: importConnectPgSimple\(args\) needs an object/);
+    await expect(importConnectPgSimple({} as any)).rejects.toThrow(/connect-drizzle: the `db` option is required/);
+    const { drizzle } = await import("drizzle-orm/pglite");
+    const { PGlite } = await import("@electric-sql/pglite");
+    const client = new PGlite();
+    try {
+      const db = drizzle(client);
+      await expect(importConnectPgSimple({ db, secrets: [""] })).rejects.toThrow(/`secrets` must be a non-empty string/);
+      await expect(importConnectPgSimple({ db, fromTable: "" })).rejects.toThrow(/`fromTable` must be a non-empty/);
+      await expect(importConnectPgSimple({ db, batchSize: 0 })).rejects.toThrow(/`batchSize` must be a positive number/);
+      await expect(importConnectPgSimple({ db, table: createSessionTable("sessions") })).rejects.toThrow(/connect-pg-simple's table "session" not found/);
+    } finally {
+      await client.close();
+    }
+  });
+});
