@@ -21,7 +21,9 @@ export interface SessionMiddlewareOptions extends Omit<SessionOptions, "store" |
    */
   cookie?: CookieOptions | false;
   /**
-   * Cookie name. `__Host-` names are refused by browsers unless the cookie is Secure, on path "/", with no Domain.
+   * Cookie name. Browsers reject a `__Host-` cookie unless it is Secure, on path "/", with no Domain, and a
+   * `__Secure-` one unless it is Secure: such a combination (the production default with `cookie.domain`,
+   * say) is a TypeError at startup rather than sessions that are silently lost.
    * @default "__Host-sid" in production, "sid" elsewhere
    */
   name?: string;
@@ -104,8 +106,14 @@ const DEV_SECRET = randomBytes(32).toString("base64url");
  * SameSite=Lax, a non-default name, rolling idle expiry; plus optional header transport for API clients.
  * The store records each session's user agent and IP (honouring Express's `trust proxy`) by itself.
  *
+ * Behind an https proxy that Express does not trust (`app.set("trust proxy", ...)` unset), express-session
+ * silently drops Secure cookies; the first such request is warned about once (`process.emitWarning`, code
+ * `CONNECT_DRIZZLE_TRUST_PROXY`).
+ *
  * @example
  * app.use(sessionMiddleware({ store, secret: process.env.SESSION_SECRET, header: "authorization" }));
+ * @throws TypeError for an unknown option, a missing secret in production, no transport, or a cookie name
+ * and attributes that browsers would reject
  */
 export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMiddleware {
   if (!options || !(options.store instanceof SessionStore)) {
@@ -231,7 +239,7 @@ function checkCookiePrefix(name: string, defaulted: boolean, cookie: CookieOptio
   if (!cookie.secure) {
     throw new TypeError(
       `connect-drizzle: browsers reject a \`${prefix}\` cookie without Secure, and ${source} has \`cookie.secure: ${String(cookie.secure)}\`; ` +
-        `drop \`cookie.secure: false\` (HTTPS is then needed, or "auto" outside production), or use a \`name\` without \`${prefix}\``,
+        `remove \`cookie.secure: false\` (the default is Secure in production, "auto" elsewhere), or use a \`name\` without \`${prefix}\``,
     );
   }
 }

@@ -296,7 +296,7 @@ describe("sessionMiddleware: settings that cannot work fail at startup", () => {
     ["the production __Host- default without Secure", true, { cookie: { secure: false } }, /reject a `__Host-` cookie without Secure.*`cookie.secure: false`/],
     ["a __Host- name of the app's with a Domain", false, { name: "__Host-app", cookie: { domain: "example.com" } }, /the name `__Host-app` has `cookie.domain/],
     ["a __Host- name without Secure", false, { name: "__Host-app", cookie: { secure: false } }, /reject a `__Host-` cookie without Secure/],
-    ["a __Secure- name without Secure", false, { name: "__Secure-app", cookie: { secure: false } }, /reject a `__Secure-` cookie without Secure, and the name `__Secure-app` has `cookie.secure: false`; drop `cookie.secure: false`.*or use a `name` without `__Secure-`/],
+    ["a __Secure- name without Secure", false, { name: "__Secure-app", cookie: { secure: false } }, /reject a `__Secure-` cookie without Secure, and the name `__Secure-app` has `cookie.secure: false`; remove `cookie.secure: false`.*or use a `name` without `__Secure-`/],
   ])("%s is a TypeError that names the conflict and the fix", (_, production, options, message) => {
     if (production) vi.stubEnv("NODE_ENV", "production");
     expect(() => sessionMiddleware({ store, secret, ...options })).toThrow(TypeError);

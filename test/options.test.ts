@@ -3,7 +3,7 @@ import { drizzle } from "drizzle-orm/node-postgres";
 import ts from "typescript";
 import { describe, expect, it } from "vitest";
 import { MIDDLEWARE_OPTIONS } from "../src/middleware.js";
-import { CACHE_OPTIONS, REAPER_OPTIONS, resolveOptions, STORE_OPTIONS } from "../src/options.js";
+import { CACHE_OPTIONS, REAPER_OPTIONS, resolveOptions, resolveReaperOptions, STORE_OPTIONS } from "../src/options.js";
 import { REAP_ARGS } from "../src/reaper.js";
 import { reap, SessionStore, sessionMiddleware } from "../src/index.js";
 
@@ -54,6 +54,11 @@ describe("unknown options", () => {
         new RegExp(`^connect-drizzle: unknown SessionStore option \`${misspelt}\` \\(did you mean \`${key}\`\\?\\); the known options are db, table, secrets, `),
       );
     }
+  });
+
+  it("every documented reaper and cache option is accepted", () => {
+    for (const key of Object.keys(REAPER_OPTIONS)) expect(() => resolveReaperOptions({ [key]: undefined }), key).not.toThrow();
+    for (const key of Object.keys(CACHE_OPTIONS)) expect(() => resolveOptions({ db, cache: { [key]: undefined } }), key).not.toThrow();
   });
 
   it.each<[string, Record<string, unknown>, RegExp]>([
