@@ -23,24 +23,40 @@ export type SessionStoreErrorCode =
   | "TIMEOUT"
   | "DATABASE";
 
+const MIGRATE = "await migrate(db) from connect-drizzle, or drizzle-kit with the migrations in node_modules/connect-drizzle/drizzle";
+
+/**
+ * The sessions table does not exist: what `store.ready()` rejects with, and what any statement on the
+ * missing table raises (Postgres's undefined_table, 42P01).
+ * @param table the table's quoted, schema-qualified name
+ */
+export function tableMissing(table: string, cause?: unknown): SessionStoreError {
+  return new SessionStoreError(
+    "TABLE_MISSING",
+    `table ${table} not found; run the migrations (${MIGRATE}), or create it with createSessionTable in your drizzle schema`,
+    cause === undefined ? undefined : { cause: safeCause(cause) },
+  );
+}
+
+/**
+ * The sessions table lacks columns this version uses (an older migration, or a hand-made table): what
+ * `store.ready()` rejects with, and what a statement that hits Postgres's undefined_column (42703) raises.
+ * @param missing the columns found missing, when known
+ */
+export function schemaOutdated(table: string, missing: readonly string[] | undefined, cause?: unknown): SessionStoreError {
+  const what = missing === undefined ? `a column this version of connect-drizzle needs (${driverError(cause)?.message ?? "unknown"})` : `the column(s) ${missing.map((c) => `"${c}"`).join(", ")} this version of connect-drizzle needs`;
+  return new SessionStoreError(
+    "SCHEMA_OUTDATED",
+    `table ${table} lacks ${what}; run the latest migrations (${MIGRATE})`,
+    cause === undefined ? undefined : { cause: safeCause(cause) },
+  );
+}
+
 /** Wraps a driver error with a message that says what to do, keeping the original as `cause`. */
 export function databaseError(error: unknown, table: string, action: string): SessionStoreError {
   const code = pgCode(error);
-  if (code === "42P01") {
-    return new SessionStoreError(
-      "TABLE_MISSING",
-      `table ${table} not found; run the migrations in node_modules/connect-drizzle/drizzle ` +
-        `(see the README, "Create the table") or add the table from connect-drizzle's schema to your drizzle-kit config`,
-      { cause: safeCause(error) },
-    );
-  }
-  if (code === "42703") {
-    return new SessionStoreError(
-      "SCHEMA_OUTDATED",
-      `table ${table} lacks a column this version needs; run the latest migrations in node_modules/connect-drizzle/drizzle`,
-      { cause: safeCause(error) },
-    );
-  }
+  if (code === "42P01") return tableMissing(table, error);
+  if (code === "42703") return schemaOutdated(table, undefined, error);
   if (code === "22P05" || code === "22P02") {
     return new SessionStoreError(
       "UNSERIALIZABLE",

@@ -1,6 +1,7 @@
 import { createHmac, randomBytes } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import session, { type CookieOptions, type SessionData, type SessionOptions } from "express-session";
+import { checkOptionKeys } from "./options.js";
 import { SessionStore } from "./store.js";
 
 /** Options of {@link sessionMiddleware}: express-session's options with secure defaults, plus header transport. */
@@ -20,7 +21,9 @@ export interface SessionMiddlewareOptions extends Omit<SessionOptions, "store" |
    */
   cookie?: CookieOptions | false;
   /**
-   * Cookie name. `__Host-` names are refused by browsers unless the cookie is Secure, on path "/", with no Domain.
+   * Cookie name. Browsers reject a `__Host-` cookie unless it is Secure, on path "/", with no Domain, and a
+   * `__Secure-` one unless it is Secure: such a combination (the production default with `cookie.domain`,
+   * say) is a TypeError at startup rather than sessions that are silently lost.
    * @default "__Host-sid" in production, "sid" elsewhere
    */
   name?: string;
@@ -77,6 +80,25 @@ export interface SessionMiddleware {
   issueToken(data: Partial<SessionData> & Record<string, unknown>, options?: { maxAge?: number }): Promise<IssuedToken>;
 }
 
+/**
+ * Every key of {@link SessionMiddlewareOptions}: ours and express-session's (`genid`, `proxy`, `unset`, ...).
+ * The compiler keeps it complete; a key not in it is refused.
+ */
+export const MIDDLEWARE_OPTIONS: Readonly<Record<keyof SessionMiddlewareOptions, true>> = {
+  store: true,
+  secret: true,
+  cookie: true,
+  name: true,
+  header: true,
+  responseHeader: true,
+  rolling: true,
+  resave: true,
+  saveUninitialized: true,
+  genid: true,
+  proxy: true,
+  unset: true,
+};
+
 const DEV_SECRET = randomBytes(32).toString("base64url");
 
 /**
@@ -84,13 +106,20 @@ const DEV_SECRET = randomBytes(32).toString("base64url");
  * SameSite=Lax, a non-default name, rolling idle expiry; plus optional header transport for API clients.
  * The store records each session's user agent and IP (honouring Express's `trust proxy`) by itself.
  *
+ * Behind an https proxy that Express does not trust (`app.set("trust proxy", ...)` unset), express-session
+ * silently drops Secure cookies; the first such request is warned about once (`process.emitWarning`, code
+ * `CONNECT_DRIZZLE_TRUST_PROXY`).
+ *
  * @example
  * app.use(sessionMiddleware({ store, secret: process.env.SESSION_SECRET, header: "authorization" }));
+ * @throws TypeError for an unknown option, a missing secret in production, no transport, or a cookie name
+ * and attributes that browsers would reject
  */
 export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMiddleware {
   if (!options || !(options.store instanceof SessionStore)) {
     throw new TypeError("connect-drizzle: sessionMiddleware needs { store: new SessionStore({ db }) }");
   }
+  checkOptionKeys(options, MIDDLEWARE_OPTIONS, "sessionMiddleware");
   const production = process.env.NODE_ENV === "production";
   const { store, header = false, cookie, secret: givenSecret, responseHeader: givenResponseHeader, ...rest } = options;
   const secrets = givenSecret === undefined ? [] : Array.isArray(givenSecret) ? givenSecret : [givenSecret];
@@ -122,6 +151,9 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
     maxAge: 86_400_000,
     ...(cookie || {}),
   };
+  const cookieTransport = cookie !== false;
+  if (cookieTransport) checkCookiePrefix(name, rest.name === undefined, cookieOptions);
+  const proxyTrap = cookieTransport && rest.proxy !== true && cookieOptions.secure ? trustProxyTrap(cookieOptions.secure) : undefined;
 
   const inner = session({
     resave: false,
@@ -134,13 +166,13 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
     cookie: cookieOptions,
   });
 
-  const cookieTransport = cookie !== false;
   const middleware = ((req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void) => {
     const sent = headerName === undefined ? undefined : req.headers[headerName];
     const token = sent === undefined ? undefined : tokenOf(sent, bearer);
     // Sending the header at all decides the transport: falling back to the cookie when the value is
     // malformed would answer a header request with whatever session the cookie holds.
     const viaHeader = sent !== undefined || !cookieTransport;
+    if (!viaHeader) proxyTrap?.(req);
     if (viaHeader) {
       // Our cookie is not this request's session (the header is, or nothing is); the app's other
       // cookies (CSRF, preferences) are still its own to read.
@@ -179,6 +211,63 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
     return { token: sign(sid, secrets[0]!), handle, expiresAt: expires };
   };
   return middleware;
+}
+
+/**
+ * Refuses a cookie name whose prefix browsers would reject with these attributes: they drop such a
+ * Set-Cookie without a word, so every session would be lost. `__Secure-` needs Secure; `__Host-` needs
+ * Secure, path "/" and no Domain.
+ * @param defaulted whether the name is our production default rather than the app's
+ */
+function checkCookiePrefix(name: string, defaulted: boolean, cookie: CookieOptions): void {
+  const prefix = name.startsWith("__Host-") ? "__Host-" : name.startsWith("__Secure-") ? "__Secure-" : undefined;
+  if (prefix === undefined) return;
+  const source = defaulted ? `the production default name \`${name}\`` : `the name \`${name}\``;
+  const rename = prefix === "__Host-" ? "or set a `name` without `__Host-` (e.g. `__Secure-sid`, which allows both)" : "or a `name` without it";
+  if (prefix === "__Host-" && cookie.domain !== undefined) {
+    throw new TypeError(
+      `connect-drizzle: browsers reject a \`__Host-\` cookie with a Domain, and ${source} has \`cookie.domain: ${JSON.stringify(cookie.domain)}\`; ` +
+        `drop \`cookie.domain\` (the cookie then goes to this host only), ${rename}`,
+    );
+  }
+  if (prefix === "__Host-" && (cookie.path ?? "/") !== "/") {
+    throw new TypeError(
+      `connect-drizzle: browsers reject a \`__Host-\` cookie whose Path is not "/", and ${source} has \`cookie.path: ${JSON.stringify(cookie.path)}\`; ` +
+        `drop \`cookie.path\`, ${rename}`,
+    );
+  }
+  if (!cookie.secure) {
+    throw new TypeError(
+      `connect-drizzle: browsers reject a \`${prefix}\` cookie without Secure, and ${source} has \`cookie.secure: ${String(cookie.secure)}\`; ` +
+        `remove \`cookie.secure: false\` (the default is Secure in production, "auto" elsewhere), or use a \`name\` without \`${prefix}\``,
+    );
+  }
+}
+
+/**
+ * Watches for the classic proxy trap: TLS ends at a proxy, Express does not trust it, so `req.secure` is
+ * false and express-session silently sends no Secure cookie (`secure: true`) or sends it without Secure
+ * (`"auto"`). Warns once, on the first request that came through an https proxy unrecognised.
+ */
+function trustProxyTrap(secure: true | "auto"): (req: IncomingMessage) => void {
+  let warned = false;
+  return (req) => {
+    if (warned || (req.socket as { encrypted?: boolean }).encrypted) return;
+    const forwarded = req.headers["x-forwarded-proto"];
+    const proto = (Array.isArray(forwarded) ? forwarded[0] : forwarded)?.split(",", 1)[0]!.trim().toLowerCase();
+    if (proto !== "https" || (req as { secure?: boolean }).secure === true) return;
+    warned = true;
+    const effect =
+      secure === true
+        ? "sends no session cookie at all (`cookie.secure: true` needs req.secure), so every request starts a new session"
+        : 'sends the session cookie without Secure (`cookie.secure: "auto"` follows req.secure)';
+    process.emitWarning(
+      "connect-drizzle: a request came through an https proxy (X-Forwarded-Proto: https), but Express does not trust " +
+        `that proxy, so req.secure is false and express-session ${effect}; set \`app.set("trust proxy", 1)\` for one ` +
+        "proxy hop (or the proxy's address), before the session middleware",
+      { code: "CONNECT_DRIZZLE_TRUST_PROXY" },
+    );
+  };
 }
 
 /** The token in a request header's value, or undefined when the value cannot be one. */

@@ -180,10 +180,80 @@ export function ownerOf(userId: UserIdOf, session: SessionData): string | null {
 }
 const defaultLabel = (session: any) => (typeof session?.label === "string" ? session.label : undefined);
 
+/** Every key of {@link SessionStoreOptions}: the compiler keeps it complete, and a key not in it is refused. */
+export const STORE_OPTIONS: Readonly<Record<keyof SessionStoreOptions, true>> = {
+  db: true,
+  table: true,
+  secrets: true,
+  ttl: true,
+  idleTimeout: true,
+  absoluteTimeout: true,
+  touchAfter: true,
+  userId: true,
+  label: true,
+  retainEnded: true,
+  maxSize: true,
+  cache: true,
+  notify: true,
+  versioned: true,
+  timeout: true,
+  reaper: true,
+  prepare: true,
+};
+
+/** Every key of {@link CacheOptions}. */
+export const CACHE_OPTIONS: Readonly<Record<keyof CacheOptions, true>> = { max: true, ttl: true };
+
+/**
+ * Refuses an options object with a key not in `known` (a misspelt option would otherwise be ignored
+ * silently), naming the closest known key when one is near and listing them all.
+ * @param what where the options go, for the message: "SessionStore", "`reaper`", "sessionMiddleware"
+ * @throws TypeError
+ */
+export function checkOptionKeys(options: object, known: Readonly<Record<string, unknown>>, what: string): void {
+  const names = Object.keys(known);
+  for (const key of Object.keys(options)) {
+    if (Object.hasOwn(known, key)) continue;
+    const near = closest(key, names);
+    throw new TypeError(
+      `connect-drizzle: unknown ${what} option \`${key}\`${near === undefined ? "" : ` (did you mean \`${near}\`?)`}; ` +
+        `the known options are ${names.join(", ")}`,
+    );
+  }
+}
+
+/** The known name a misspelling most likely meant: a case-insensitive match, else within a few edits. */
+function closest(key: string, names: readonly string[]): string | undefined {
+  const lower = key.toLowerCase();
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const name of names) {
+    const distance = editDistance(lower, name.toLowerCase());
+    if (distance < bestDistance) [best, bestDistance] = [name, distance];
+  }
+  return bestDistance <= Math.max(1, Math.min(3, Math.floor(key.length / 3))) ? best : undefined;
+}
+
+/** Levenshtein distance, with a swap of two neighbours counted as one edit ("intreval"). */
+function editDistance(a: string, b: string): number {
+  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array<number>(b.length).fill(0)]);
+  for (let j = 1; j <= b.length; j++) d[0]![j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      let best = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) best = Math.min(best, d[i - 2]![j - 2]! + 1);
+      d[i]![j] = best;
+    }
+  }
+  return d[a.length]![b.length]!;
+}
+
 export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
   if (options === null || typeof options !== "object") {
     throw new TypeError("connect-drizzle: new SessionStore(options) needs an options object, e.g. new SessionStore({ db })");
   }
+  checkOptionKeys(options, STORE_OPTIONS, "SessionStore");
   const { db } = options;
   if (db === undefined || db === null) {
     throw new TypeError(
@@ -259,6 +329,7 @@ function resolveCache(cache: CacheOptions | undefined): Required<CacheOptions> |
   if (cache === null || typeof cache !== "object") {
     throw new TypeError("connect-drizzle: `cache` must be an object such as { max: 10_000, ttl: 60_000 }");
   }
+  checkOptionKeys(cache, CACHE_OPTIONS, "`cache`");
   return { max: numberOption(cache, "max", 10_000, false, "sessions"), ttl: numberOption(cache, "ttl", 60_000) };
 }
 
@@ -299,6 +370,9 @@ export interface ResolvedReaperOptions {
 
 export const REAPER_DEFAULTS: Readonly<ResolvedReaperOptions> = Object.freeze({ interval: 900_000, batchSize: 5_000, jitter: 0.1 });
 
+/** Every key of {@link ReaperOptions}. */
+export const REAPER_OPTIONS: Readonly<Record<keyof ReaperOptions, true>> = { interval: true, batchSize: true, jitter: true };
+
 /** Node's timers overflow (and then fire after 1 ms) past this delay; so does Postgres's statement_timeout. */
 export const MAX_DELAY = 2_147_483_647;
 
@@ -314,10 +388,7 @@ export function resolveReaperOptions(options: ReaperOptions | false | undefined)
       `connect-drizzle: \`reaper\` must be an options object such as { interval: 900_000 }, or false to turn the reaper off (got ${String(options)})`,
     );
   }
-  const unknown = Object.keys(options).filter((k) => !(k in REAPER_DEFAULTS));
-  if (unknown.length > 0) {
-    throw new TypeError(`connect-drizzle: unknown \`reaper\` option ${unknown.map((k) => `\`${k}\``).join(", ")}; expected interval, batchSize or jitter`);
-  }
+  checkOptionKeys(options, REAPER_OPTIONS, "`reaper`");
   const interval = numberOption(options, "interval", REAPER_DEFAULTS.interval);
   if (interval > MAX_DELAY / 2) {
     throw new TypeError(`connect-drizzle: \`interval\` must be at most ${MAX_DELAY / 2} milliseconds (about 12 days) (got ${interval})`);

@@ -4,7 +4,7 @@ import { getTableConfig, type PgColumn } from "drizzle-orm/pg-core";
 import { millis, NOW } from "./clock.js";
 import { isTrue, rowsOf, singleConnection } from "./driver.js";
 import { databaseError, pgCode, safeCause, SessionStoreError } from "./errors.js";
-import { batchSizeOption, DEFAULT_TIMEOUT, MAX_DELAY, numberOption, type AnyPgDatabase, type ResolvedReaperOptions } from "./options.js";
+import { batchSizeOption, checkOptionKeys, DEFAULT_TIMEOUT, MAX_DELAY, numberOption, type AnyPgDatabase, type ResolvedReaperOptions } from "./options.js";
 import { sessions, type SessionTable } from "./schema.js";
 import { col } from "./statements.js";
 
@@ -59,6 +59,17 @@ export interface ReapArgs {
    */
   onBatch?: (progress: ReapProgress) => void | Promise<void>;
 }
+
+/** Every key of {@link ReapArgs}. */
+export const REAP_ARGS: Readonly<Record<keyof ReapArgs, true>> = {
+  db: true,
+  table: true,
+  retainEnded: true,
+  batchSize: true,
+  signal: true,
+  timeout: true,
+  onBatch: true,
+};
 
 /** The counts of a round in progress, given to {@link ReapArgs.onBatch}. */
 export interface ReapProgress {
@@ -202,6 +213,7 @@ export class Reaper {
  */
 export async function reap(args: ReapArgs): Promise<ReapResult> {
   if (args === null || typeof args !== "object") throw new TypeError("connect-drizzle: reap(args) needs an object such as { db }");
+  checkOptionKeys(args, REAP_ARGS, "reap()");
   const { db, signal, onBatch } = args;
   if (onBatch !== undefined && typeof onBatch !== "function") throw new TypeError("connect-drizzle: reap's `onBatch` must be a function");
   if (db === undefined || db === null || typeof (db as any).execute !== "function" || typeof (db as any).transaction !== "function") {

@@ -181,6 +181,26 @@ export class Statements {
     return sql`select pg_notify(${this.channel}, ${payload})`;
   }
 
+  /**
+   * What `store.ready()` checks, in one catalog query: one row per column of the table (a single row with
+   * `column` null when there is no such table), with the schema it is in (or would be: its own, else the
+   * first of the search_path) and its name.
+   */
+  catalog(): SQL {
+    const config = getTableConfig(this.t);
+    const schema = config.schema === undefined ? sql`current_schema()` : sql`${config.schema}::text`;
+    return sql`select coalesce(n.nspname::text, ${schema}) as schema, ${config.name}::text as name, a.attname::text as column
+      from (select to_regclass(${this.tableName}::text) as oid) r
+      left join pg_class c on c.oid = r.oid
+      left join pg_namespace n on n.oid = c.relnamespace
+      left join pg_attribute a on a.attrelid = r.oid and a.attnum > 0 and not a.attisdropped`;
+  }
+
+  /** The columns the store's statements use: every column of the drizzle table. */
+  columnNames(): string[] {
+    return getTableConfig(this.t).columns.map((column) => column.name);
+  }
+
   // --- The records API
 
   /** A user's records, newest activity first; `current` is the keys of the session to mark. */

@@ -3,7 +3,7 @@ import { Store, type SessionData } from "express-session";
 import { ReadCache } from "./cache.js";
 import { settle, settled, type Callback } from "./callback.js";
 import { Executor, isTrue } from "./driver.js";
-import { databaseError, SessionStoreError } from "./errors.js";
+import { databaseError, schemaOutdated, SessionStoreError, tableMissing } from "./errors.js";
 import { isValidId, keyDeriver, newHandle, type KeyDeriver } from "./hash.js";
 import { ownerOf, resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
 import { reap, Reaper, type ReapResult } from "./reaper.js";
@@ -309,6 +309,28 @@ export class SessionStore extends Store {
   }
 
   /**
+   * Checks, with one query, that the sessions table exists and has every column this version uses.
+   * Await it before `app.listen`: without it a missing migration shows only once visitors arrive, and
+   * express-session saves a new session after the response is sent, so the first visitors get their
+   * page while their sessions are lost (the error then also goes once to the `error` event or console).
+   * @throws SessionStoreError `TABLE_MISSING` (no table) or `SCHEMA_OUTDATED` (missing columns), saying
+   * what to run; `DATABASE` or `TIMEOUT` when the database cannot answer
+   */
+  ready(): Promise<void> {
+    return this.run("ready", async () => {
+      const rows = await this.exec.query<{ schema: string | null; name: string; column: string | null }>(this.sql.catalog());
+      const table = `"${rows[0]?.schema ?? ""}"."${rows[0]?.name ?? ""}"`;
+      const found = new Set(rows.map((row) => row.column));
+      if (!rows.some((row) => row.column !== null)) throw tableMissing(table);
+      const missing = this.sql.columnNames().filter((column) => !found.has(column));
+      if (missing.length > 0) throw schemaOutdated(table, missing);
+    });
+  }
+
+  /** Whether a missing table or column was already reported (once per store: every statement would hit it). */
+  private schemaReported = false;
+
+  /**
    * Stops the reaper (a round in progress ends after its current batch), the cache's LISTEN connection
    * and every timer. Never closes the database you passed in.
    */
@@ -519,7 +541,14 @@ export class SessionStore extends Store {
     }
     return promise.catch((error) => {
       const ours = error instanceof SessionStoreError || (error instanceof TypeError && error.message.startsWith("connect-drizzle:"));
-      throw ours ? error : databaseError(error, this.sql.tableName, action);
+      if (ours) throw error;
+      const wrapped = databaseError(error, this.sql.tableName, action);
+      // express-session saves a new session after the response: without this the app may never show it.
+      if ((wrapped.code === "TABLE_MISSING" || wrapped.code === "SCHEMA_OUTDATED") && !this.schemaReported) {
+        this.schemaReported = true;
+        this.report(wrapped);
+      }
+      throw wrapped;
     });
   }
 

@@ -278,3 +278,102 @@ describe.each(drivers)("sessionMiddleware on %s", (driver) => {
     });
   });
 });
+
+describe("sessionMiddleware: settings that cannot work fail at startup", () => {
+  let store: SessionStore;
+  useTestDb("pglite", (_db, fresh) => {
+    store = fresh;
+  });
+  afterEach(() => {
+    vi.unstubAllEnvs();
+    vi.restoreAllMocks();
+  });
+  const secret = "startup test secret";
+
+  it.each<[string, boolean, Partial<SessionMiddlewareOptions>, RegExp]>([
+    ["the production __Host- default with a Domain", true, { cookie: { domain: "example.com" } }, /reject a `__Host-` cookie with a Domain, and the production default name `__Host-sid` has `cookie.domain: "example.com"`; drop `cookie.domain`.*`__Secure-sid`/],
+    ["the production __Host- default on a sub-path", true, { cookie: { path: "/app" } }, /reject a `__Host-` cookie whose Path is not "\/".*`cookie.path: "\/app"`; drop `cookie.path`, or set a `name` without `__Host-` \(e.g. `__Secure-sid`/],
+    ["the production __Host- default without Secure", true, { cookie: { secure: false } }, /reject a `__Host-` cookie without Secure.*`cookie.secure: false`/],
+    ["a __Host- name of the app's with a Domain", false, { name: "__Host-app", cookie: { domain: "example.com" } }, /the name `__Host-app` has `cookie.domain/],
+    ["a __Host- name without Secure", false, { name: "__Host-app", cookie: { secure: false } }, /reject a `__Host-` cookie without Secure/],
+    ["a __Secure- name without Secure", false, { name: "__Secure-app", cookie: { secure: false } }, /reject a `__Secure-` cookie without Secure, and the name `__Secure-app` has `cookie.secure: false`; remove `cookie.secure: false`.*or use a `name` without `__Secure-`/],
+  ])("%s is a TypeError that names the conflict and the fix", (_, production, options, message) => {
+    if (production) vi.stubEnv("NODE_ENV", "production");
+    expect(() => sessionMiddleware({ store, secret, ...options })).toThrow(TypeError);
+    expect(() => sessionMiddleware({ store, secret, ...options })).toThrow(message);
+  });
+
+  it("accepts the prefixes with the attributes browsers want, and any name without cookie transport", () => {
+    vi.stubEnv("NODE_ENV", "production");
+    expect(() => sessionMiddleware({ store, secret, name: "__Secure-sid", cookie: { domain: "example.com", path: "/app" } })).not.toThrow();
+    expect(() => sessionMiddleware({ store, secret, name: "sid", cookie: { domain: "example.com", secure: false } })).not.toThrow();
+    expect(() => sessionMiddleware({ store, secret, cookie: { path: "/" } })).not.toThrow();
+    expect(() => sessionMiddleware({ store, secret, name: "__Host-sid", cookie: false, header: "authorization" })).not.toThrow();
+    vi.unstubAllEnvs();
+    // "auto" is Secure on every https request, so a prefix is fine with it.
+    expect(() => sessionMiddleware({ store, secret, name: "__Host-sid" })).not.toThrow();
+  });
+
+  it("a misspelt option is a TypeError naming it, the likely one and the known ones; express-session's own options pass", () => {
+    expect(() => sessionMiddleware({ store, secret, saveUnitialized: true } as any)).toThrow(
+      /unknown sessionMiddleware option `saveUnitialized` \(did you mean `saveUninitialized`\?\); the known options are store, secret, cookie, name, header, responseHeader, rolling, resave, saveUninitialized, genid, proxy, unset$/,
+    );
+    expect(() => sessionMiddleware({ store, secret, Header: "authorization" } as any)).toThrow(/`Header` \(did you mean `header`\?\)/);
+    expect(() => sessionMiddleware({ store, secret, maxAge: 1000 } as any)).toThrow(/unknown sessionMiddleware option `maxAge`; the known/);
+    const all: Required<Omit<SessionMiddlewareOptions, "header" | "cookie">> = {
+      store,
+      secret,
+      name: "app.sid",
+      responseHeader: "X-Token",
+      rolling: false,
+      resave: false,
+      saveUninitialized: false,
+      genid: () => "x".repeat(32),
+      proxy: true,
+      unset: "destroy",
+    };
+    expect(() => sessionMiddleware({ ...all, header: "authorization", cookie: { maxAge: 1000 } })).not.toThrow();
+  });
+
+  describe("behind a proxy Express does not trust", () => {
+    const untrusting = (x: Express) => x.set("trust proxy", false);
+    const proxied = (a: Express) => request(a).post("/login/ann").set("X-Forwarded-Proto", "https");
+    const trapWarnings = (warn: { mock: { calls: unknown[][] } }) =>
+      warn.mock.calls.filter(([, options]) => (options as { code?: string } | undefined)?.code === "CONNECT_DRIZZLE_TRUST_PROXY");
+
+    it("with Secure cookies (production): no cookie is set, and one warning names the fix", async () => {
+      vi.stubEnv("NODE_ENV", "production");
+      const warn = vi.spyOn(process, "emitWarning").mockImplementation(() => {});
+      const { app: a } = middlewareApp(store, {}, untrusting);
+      const first = await proxied(a);
+      // The trap itself: express-session sends no Set-Cookie when req.secure is false.
+      expect(first.headers["set-cookie"]).toBeUndefined();
+      await proxied(a);
+      const warnings = trapWarnings(warn);
+      expect(warnings).toHaveLength(1);
+      expect(warnings[0]![0]).toMatch(/^connect-drizzle: a request came through an https proxy \(X-Forwarded-Proto: https\).*sends no session cookie.*`app.set\("trust proxy", 1\)` for one proxy hop/);
+    });
+
+    it('with "auto" (outside production): the cookie loses Secure, and one warning says so', async () => {
+      const warn = vi.spyOn(process, "emitWarning").mockImplementation(() => {});
+      const { app: a } = middlewareApp(store, {}, untrusting);
+      expect((await proxied(a)).headers["set-cookie"]![0]).not.toMatch(/Secure/);
+      await proxied(a);
+      const warnings = trapWarnings(warn);
+      expect(warnings).toHaveLength(1);
+      expect(warnings[0]![0]).toMatch(/sends the session cookie without Secure.*`app.set\("trust proxy", 1\)`/);
+    });
+
+    it("never warns when trust proxy is set, nor on plain http without the header", async () => {
+      vi.stubEnv("NODE_ENV", "production");
+      const warn = vi.spyOn(process, "emitWarning").mockImplementation(() => {});
+      const { app: trusting } = middlewareApp(store, {}, (x) => x.set("trust proxy", 1));
+      expect((await proxied(trusting)).headers["set-cookie"]![0]).toMatch(/Secure/);
+      vi.unstubAllEnvs();
+      const { app: dev } = middlewareApp(store, {}, untrusting);
+      expect((await request(dev).post("/login/ann")).headers["set-cookie"]).toBeDefined();
+      await request(dev).post("/login/bob");
+      expect(trapWarnings(warn)).toHaveLength(0);
+    });
+  });
+});

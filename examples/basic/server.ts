@@ -13,6 +13,9 @@ declare module "express-session" {
 
 const { db, close } = await openDatabase(new URL("./.data", import.meta.url));
 const store = new SessionStore({ db });
+// Fails here, before the server listens, if the sessions table is missing or lacks a column: without it
+// the first visitors would get a page and a cookie for a session that was never stored.
+await store.ready();
 
 const app = express();
 app.use(
