@@ -120,11 +120,7 @@ export class SessionStore extends Store {
         probeError: (error) => databaseError(error, this.sql.tableName, "the cache's NOTIFY probe"),
         heard: (key) => this.evict([key]),
       });
-      if (!this.cache.start()) {
-        throw new TypeError(
-          "connect-drizzle: `cache` needs a node-postgres (pg) or PGlite database for LISTEN/NOTIFY; remove `cache` for other drivers",
-        );
-      }
+      this.cache.start();
     }
     if (this.options.reaper) {
       this.reaper = new Reaper((signal) => this.reapWith(signal), this.options.reaper, {
