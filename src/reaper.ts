@@ -32,7 +32,7 @@ export interface ReapTarget {
 
 /** Arguments of {@link reap}. */
 export interface ReapArgs {
-  /** A drizzle Postgres database (node-postgres, postgres.js, PGlite, ...). Never closed by `reap`. */
+  /** A drizzle Postgres database (node-postgres, postgres.js, PGlite, neon-http, pg-proxy, ...). Never closed by `reap`. */
   db: AnyPgDatabase;
   /** @default sessions (the table the shipped migrations create) */
   table?: SessionTable;
@@ -190,9 +190,14 @@ export class Reaper {
  *   the lock), the round ends with an error instead of carrying on unguarded.
  * - Try-lock: an instance that finds the lock taken skips the round (`skipped: true`) instead of queueing.
  *
- * A client with a single connection (PGlite, one `pg.Client`, a pool of `max: 1`) cannot run a statement
- * while a transaction holds its only connection: there each batch runs in its own transaction that first
- * try-locks, so the lock is held per batch, and the round ends if another instance took it in between.
+ * Where no transaction can stay open beside the batches, each batch is one statement that takes the lock
+ * itself, for its own transaction, before it picks a row (see `batchStatement`): the lock is then held per
+ * batch, and the round ends if another instance took it in between (`skipped` if it had done nothing). So
+ * on a client with a single connection (PGlite, one `pg.Client`, a pool of `max: 1`), which cannot run a
+ * statement while a transaction holds its only connection, each batch in a transaction of its own (which
+ * first sets its `statement_timeout`); and on drivers without transactions (drizzle's pg-proxy, neon-http,
+ * xata-http, or any whose `db.transaction` rejects with "not supported"), each batch as a statement alone;
+ * `db.transaction` is not called there.
  *
  * **Every wait is bounded** by `timeout`: a statement that does not finish in time (blocked by a lock on the
  * table, a database that stopped answering, a pool with no free connection) ends the round with a `TIMEOUT`
