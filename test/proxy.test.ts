@@ -156,14 +156,17 @@ describe.skipIf(!DATABASE_URL)("on drizzle's pg-proxy over HTTP (no transactions
       // Four instances, each with its own endpoint and pool; each parks a little between batches, so that the
       // others' batches come in between.
       const instances = await Promise.all(Array.from({ length: 4 }, () => startProxy(DATABASE_URL!, { max: 2 })));
+      const transactions = instances.map(({ db }) => vi.spyOn(db, "transaction"));
       try {
         const rounds = await Promise.all(
           instances.map(({ db }) => reap({ db, table: t.table, batchSize: 100, onBatch: () => new Promise((r) => setTimeout(r, 1)) })),
         );
         // Every row counted once: no batch took a row another batch took.
         expect(rounds.reduce((sum, r) => sum + r.deleted, 0)).toBe(3_000);
+        for (const { requests } of instances) expect(requests.filter((s) => /^\s*(begin|start transaction)\b/i.test(s))).toEqual([]);
         expect(rounds.reduce((sum, r) => sum + r.batches, 0)).toBe(30);
         expect(await count()).toBe(0);
+        for (const spy of transactions) expect(spy).not.toHaveBeenCalled();
       } finally {
         await Promise.all(instances.map((p) => p.close()));
       }

@@ -68,8 +68,8 @@ async function answer(pool: pg.Pool, requests: string[], req: IncomingMessage, r
   try {
     let text = "";
     for await (const chunk of req) text += chunk;
-    const { sql, params, method } = JSON.parse(text) as { sql: string; params: unknown[]; method: string };
-    if (req.method !== "POST" || typeof sql !== "string" || !Array.isArray(params)) return reply(400, { message: "POST { sql, params, method }" });
+    const { sql, params, method } = (req.method === "POST" ? JSON.parse(text) : {}) as { sql?: string; params?: unknown[]; method?: string };
+    if (typeof sql !== "string" || !Array.isArray(params)) return reply(400, { message: "POST { sql, params, method }" });
     requests.push(sql);
     const arrays = method === "all" || method === "values";
     const result: any = arrays ? await pool.query({ text: sql, values: params, rowMode: "array" }) : await pool.query({ text: sql, values: params });
