@@ -2,6 +2,7 @@ import { listen, type Listening } from "./notify.js";
 import type { AnyPgDatabase } from "./options.js";
 import { newHandle } from "./hash.js";
 import { SessionStoreError } from "./errors.js";
+import { driverName } from "./driver.js";
 
 /**
  * The opt-in read cache: recently read or written sessions, by session id, least recently used first.
@@ -90,9 +91,11 @@ export class ReadCache<Entry extends CacheEntry> {
   /**
    * Opens the LISTEN connection and starts probing. Probes repeat; one that does not return turns the
    * cache off again.
-   * @returns false when the driver cannot LISTEN
+   * @throws TypeError when the driver cannot LISTEN (nothing is opened then): a cache that could never be
+   *   told of another instance's writes must not start, and a cache that stays off for good is a setting
+   *   that silently does nothing
    */
-  start(): boolean {
+  start(): void {
     let pending: string | undefined;
     let timer: NodeJS.Timeout | undefined;
     let probeFailed = false;
@@ -138,8 +141,15 @@ export class ReadCache<Entry extends CacheEntry> {
         off(new SessionStoreError("DATABASE", `the cache's LISTEN connection was lost (${error.message}); cache off until it is back`, { cause: error }));
       },
     });
+    if (listening === undefined) {
+      throw new TypeError(
+        `connect-drizzle: the read cache needs LISTEN/NOTIFY, which ${driverName(this.io.db)} cannot do here (the cache listens ` +
+          "through drizzle-orm/node-postgres or drizzle-orm/pglite only; an HTTP driver such as pg-proxy or neon-http keeps no " +
+          "connection open to listen on); remove `cache` (every read then goes to the database, one query each), or give the " +
+          "store a drizzle-orm/node-postgres database",
+      );
+    }
     this.listening = listening;
-    return listening !== undefined;
   }
 
   /** Stops probing, empties the cache and closes the LISTEN connection. */

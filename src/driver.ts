@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { is, Placeholder, sql, type SQL } from "drizzle-orm";
+import { entityKind, is, Placeholder, sql, type SQL } from "drizzle-orm";
 import { PgDialect } from "drizzle-orm/pg-core";
 import { SessionStoreError } from "./errors.js";
 import type { AnyPgDatabase } from "./options.js";
@@ -49,6 +49,63 @@ export function singleConnection(db: AnyPgDatabase): boolean {
   return client.options?.max === 1;
 }
 
+/**
+ * drizzle's sessions that send each statement on its own (over HTTP) and whose `transaction()` always throws:
+ * pg-proxy, neon-http, xata-http. They are recognised by drizzle's own class marker (`entityKind`), so that
+ * no driver is imported here and `db.transaction` need not be tried.
+ */
+const STATEMENT_AT_A_TIME = new Set(["PgRemoteSession", "NeonHttpSession", "XataHttpSession"]);
+
+/** Databases whose `db.transaction` was found to refuse (see {@link refusesTransactions}). */
+const refusing = new WeakSet<object>();
+
+/**
+ * Whether the database can hold a transaction open across statements (`db.transaction(callback)`). False for
+ * drizzle's HTTP drivers (each statement is a request of its own), and for any database whose
+ * `db.transaction` was seen to refuse with a "not supported" error ({@link refusesTransactions}).
+ */
+export function interactiveTransactions(db: AnyPgDatabase): boolean {
+  if (refusing.has(db)) return false;
+  for (let proto = Object.getPrototypeOf((db as any).session ?? {}); proto; proto = Object.getPrototypeOf(proto)) {
+    if (STATEMENT_AT_A_TIME.has((proto.constructor as any)?.[entityKind])) return false;
+  }
+  return true;
+}
+
+/**
+ * Whether `error`, thrown by `db.transaction` before its callback ran, says the driver has no transactions
+ * (drizzle's words: "Transactions are not supported by ...", "No transactions support in ..."), and not a
+ * database error. If so, the database is remembered as without them for {@link interactiveTransactions}.
+ */
+export function refusesTransactions(db: AnyPgDatabase, error: unknown): boolean {
+  const message = error instanceof Error ? error.message : "";
+  const refused = (error as any)?.code === undefined && /transactions? (are )?not supported|no transactions? support/i.test(message);
+  if (refused) refusing.add(db);
+  return refused;
+}
+
+/**
+ * How to name the driver behind a database in a message: drizzle's entry point for it (`drizzle-orm/pg-proxy`),
+ * from drizzle's class marker; or that marker itself for one not listed.
+ */
+export function driverName(db: AnyPgDatabase): string {
+  const kind: string = (db as any)?.constructor?.[entityKind] ?? "this database";
+  return DRIVER_NAMES[kind] ?? kind;
+}
+
+const DRIVER_NAMES: Record<string, string> = {
+  NodePgDatabase: "drizzle-orm/node-postgres",
+  PostgresJsDatabase: "drizzle-orm/postgres-js",
+  PgliteDatabase: "drizzle-orm/pglite",
+  PgRemoteDatabase: "drizzle-orm/pg-proxy",
+  NeonHttpDatabase: "drizzle-orm/neon-http",
+  NeonServerlessDatabase: "drizzle-orm/neon-serverless",
+  XataHttpDatabase: "drizzle-orm/xata-http",
+  VercelPgDatabase: "drizzle-orm/vercel-postgres",
+  AwsDataApiPgDatabase: "drizzle-orm/aws-data-api/pg",
+  BunSQLDatabase: "drizzle-orm/bun-sql",
+  NetlifyDbDatabase: "drizzle-orm/netlify-db",
+};
 
 /** A statement compiled once: its SQL text with `$n` parameters, and where each value comes from. */
 interface Compiled {

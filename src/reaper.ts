@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import { sql, type SQL } from "drizzle-orm";
 import { getTableConfig, type PgColumn } from "drizzle-orm/pg-core";
 import { millis, NOW } from "./clock.js";
-import { isTrue, rowsOf, singleConnection } from "./driver.js";
+import { interactiveTransactions, isTrue, refusesTransactions, rowsOf, singleConnection } from "./driver.js";
 import { databaseError, pgCode, safeCause, SessionStoreError } from "./errors.js";
 import { batchSizeOption, checkOptionKeys, DEFAULT_TIMEOUT, MAX_DELAY, numberOption, type AnyPgDatabase, type ResolvedReaperOptions } from "./options.js";
 import { sessions, type SessionTable } from "./schema.js";
@@ -32,7 +32,7 @@ export interface ReapTarget {
 
 /** Arguments of {@link reap}. */
 export interface ReapArgs {
-  /** A drizzle Postgres database (node-postgres, postgres.js, PGlite, ...). Never closed by `reap`. */
+  /** A drizzle Postgres database (node-postgres, postgres.js, PGlite, neon-http, pg-proxy, ...). Never closed by `reap`. */
   db: AnyPgDatabase;
   /** @default sessions (the table the shipped migrations create) */
   table?: SessionTable;
@@ -201,9 +201,14 @@ export class Reaper {
  *   the lock), the round ends with an error instead of carrying on unguarded.
  * - Try-lock: an instance that finds the lock taken skips the round (`skipped: true`) instead of queueing.
  *
- * A client with a single connection (PGlite, one `pg.Client`, a pool of `max: 1`) cannot run a statement
- * while a transaction holds its only connection: there each batch runs in its own transaction that first
- * try-locks, so the lock is held per batch, and the round ends if another instance took it in between.
+ * Where no transaction can stay open beside the batches, each batch is one statement that takes the lock
+ * itself, for its own transaction, before it picks a row (see `batchStatement`): the lock is then held per
+ * batch, and the round ends if another instance took it in between (`skipped` if it had done nothing). So
+ * on a client with a single connection (PGlite, one `pg.Client`, a pool of `max: 1`), which cannot run a
+ * statement while a transaction holds its only connection, each batch in a transaction of its own (which
+ * first sets its `statement_timeout`); and on drivers without transactions (drizzle's pg-proxy, neon-http,
+ * xata-http, or any whose `db.transaction` rejects with "not supported"), each batch as a statement alone;
+ * `db.transaction` is not called there.
  *
  * **Every wait is bounded** by `timeout`: a statement that does not finish in time (blocked by a lock on the
  * table, a database that stopped answering, a pool with no free connection) ends the round with a `TIMEOUT`
@@ -259,7 +264,7 @@ interface Phase {
   order: PgColumn;
 }
 
-/** Runs a batch statement and returns its rows, or null when the lock was found taken (single-connection mode). */
+/** Runs a batch statement and returns its rows, or null when the lock was found taken (batches that take the lock). */
 type Execute = (statement: SQL) => Promise<Array<Record<string, unknown>> | null>;
 
 interface RoundHooks {
@@ -271,32 +276,37 @@ async function round(target: ReapTarget, batchSize: number, key: string, timeout
   const started = performance.now();
   const { db } = target;
   const counts = { deleted: 0, ended: 0, batches: 0, skipped: false };
-  /** Takes the lock; with `serverTimeout`, also sets statement_timeout for the rest of the transaction. */
-  const tryLock = async (conn: AnyPgDatabase, serverTimeout = false) => {
-    const setting = serverTimeout ? sql`set_config('statement_timeout', ${`${Math.ceil(timeout)}ms`}, true), ` : sql``;
-    const locking = conn.execute(sql`select ${setting}pg_try_advisory_xact_lock(${key}::bigint) as locked`);
-    const [row] = rowsOf(await within(locking, timeout, "taking the reaper's lock"));
-    return isTrue(row?.locked);
+  const done = () => ({ ...counts, durationMs: Math.round(performance.now() - started) });
+  /** A batch that takes the lock itself ({@link batchStatement} with a key): its rows, or null if not granted. */
+  const lockedBatch = async (conn: AnyPgDatabase, statement: SQL) => {
+    const rows = rowsOf(await within(conn.execute(statement), timeout, BATCH));
+    return isTrue(rows[0]?.locked) ? rows : null;
   };
 
-  if (singleConnection(db)) {
-    // No statement can run beside an open transaction here: lock per batch, in the batch's own transaction.
-    // The database enforces the timeout there too (statement_timeout, for that transaction alone, set by the
-    // try-lock at no extra round trip): giving up on a blocked batch client-side only would leave its
-    // transaction, the lock and the only connection held until whatever blocks it goes away. Cancelled, the
-    // batch fails, the transaction rolls back and the lock is free.
+  // Each statement is a transaction of its own (HTTP drivers): each batch takes the lock itself.
+  const statementAtATime = () => phases(target, batchSize, (statement) => lockedBatch(db, statement), counts, hooks, key);
+
+  if (!interactiveTransactions(db)) {
+    await statementAtATime();
+  } else if (singleConnection(db)) {
+    // No statement can run beside an open transaction here: each batch takes the lock itself, in a transaction
+    // of its own. The database enforces the timeout there too (statement_timeout, for that transaction alone):
+    // giving up on a blocked batch client-side only would leave its transaction and the only connection held
+    // until whatever blocks it goes away. Cancelled, the batch fails, the transaction rolls back and the lock
+    // (if the batch had taken it) is free.
     const execute: Execute = (statement) =>
       transaction(db, timeout, async (tx) => {
-        if (!(await tryLock(tx, true))) return null;
+        const setting = sql`select set_config('statement_timeout', ${`${Math.ceil(timeout)}ms`}, true)`;
+        await within(tx.execute(setting), timeout, "setting the batch's statement_timeout");
         const sent = performance.now();
         try {
-          return rowsOf(await within(tx.execute(statement), timeout, BATCH));
+          return await lockedBatch(tx, statement);
         } catch (error) {
           // Our statement_timeout, if the database's cancel arrived before our own timer fired.
           throw pgCode(error) === "57014" && performance.now() - sent >= timeout - 1 ? timeoutError(timeout, BATCH, error) : error;
         }
       });
-    await phases(target, batchSize, execute, counts, hooks);
+    await phases(target, batchSize, execute, counts, hooks, key);
   } else {
     let detach: (() => void) | undefined;
     let failure: { error: unknown } | undefined;
@@ -306,6 +316,7 @@ async function round(target: ReapTarget, batchSize: number, key: string, timeout
     // more and never settles: the round has already ended with an error.
     let abandoned = false;
     let inside = false;
+    let refused = false;
     const unlessAbandoned = async () => {
       await macrotask(); // lets a driver's close handling (and the rejection of the transaction) run first
       if (abandoned) await new Promise<never>(() => {});
@@ -322,7 +333,9 @@ async function round(target: ReapTarget, batchSize: number, key: string, timeout
           detach = () => client.removeListener("error", ignore);
         }
         try {
-          if (!(await tryLock(tx))) {
+          const locking = tx.execute(sql`select pg_try_advisory_xact_lock(${key}::bigint) as locked`);
+          const [row] = rowsOf(await within(locking, timeout, "taking the reaper's lock"));
+          if (!isTrue(row?.locked)) {
             counts.skipped = true;
             return;
           }
@@ -346,15 +359,19 @@ async function round(target: ReapTarget, batchSize: number, key: string, timeout
       });
     } catch (error) {
       abandoned = true;
+      // A driver without transactions that drizzle's class marker did not tell (nothing was sent): remembered,
+      // and this round and the next go a statement at a time.
+      if (!inside && refusesTransactions(db, error)) refused = true;
       // The round's own error, not the rollback's that drizzle throws when the connection is gone; and when
       // the driver ended the transaction under the round (connection closed), say so.
-      throw failure ? failure.error : inside && error !== undefined ? lockLost(error) : error;
+      else throw failure ? failure.error : inside && error !== undefined ? lockLost(error) : error;
     } finally {
       abandoned = true;
       detach?.();
     }
+    if (refused) await statementAtATime();
   }
-  return { deleted: counts.deleted, ended: counts.ended, batches: counts.batches, durationMs: Math.round(performance.now() - started), skipped: counts.skipped };
+  return done();
 }
 
 async function phases(
@@ -363,6 +380,8 @@ async function phases(
   execute: Execute,
   counts: { deleted: number; ended: number; batches: number; skipped: boolean },
   { signal, onBatch }: RoundHooks,
+  /** The lock's key when each batch takes the lock itself ({@link batchStatement}); `execute` then returns null when it was not granted. */
+  lock?: string,
 ): Promise<void> {
   // The database's clock, never this server's: it is the one clock every app instance shares, so a server
   // whose clock runs minutes ahead cannot delete live sessions (or history) early, nor one behind keep them.
@@ -398,9 +417,9 @@ async function phases(
     let cursor: number | null = null;
     for (let i = 0; i < MAX_BATCHES_PER_PHASE; i++) {
       if (signal?.aborted) return;
-      const rows = await execute(batchStatement(t, phase, cursor, batchSize));
+      const rows = await execute(batchStatement(t, phase, cursor, batchSize, lock));
       if (rows === null) {
-        // Single-connection mode: another instance holds the lock. Before any work that is a skipped round;
+        // Each batch takes the lock: another instance holds it. Before any work that is a skipped round;
         // later, it took over and will finish what is left.
         if (first) counts.skipped = true;
         return;
@@ -424,20 +443,33 @@ async function phases(
   }
 }
 
-function batchStatement(t: SessionTable, phase: Phase, cursor: number | null, limit: number): SQL {
+/**
+ * One batch: changes up to `limit` rows of a phase from `cursor` on, in one statement, and returns one row
+ * `{ n, last }`. With `lock` (the advisory lock's key), the statement also takes the lock itself, for its own
+ * transaction, before it picks a row, and returns `locked` too: if another instance holds the lock it picks
+ * nothing. The try-lock is a CTE (volatile: run once, never inlined) read through a scalar subquery, which
+ * Postgres evaluates as an InitPlan and, referring to no column, applies as a One-Time Filter above the scan
+ * that picks the rows (`explain` shows it): when the lock is not granted the scan never runs, so no row is
+ * read, locked or changed.
+ */
+function batchStatement(t: SessionTable, phase: Phase, cursor: number | null, limit: number, lock?: string): SQL {
   const order = phase.order;
   const after = cursor === null ? sql`` : sql` and ${order} >= ${new Date(cursor).toISOString()}::timestamptz`;
+  const gate = lock === undefined ? sql`` : sql`(select locked from lock) and `;
   // skip locked: a row a request is writing right now is left for the next round instead of waited for.
   // Rows are found again by ctid (a TID scan), not by key: 4 to 5 times faster than 5,000 primary-key probes
   // (measured: 16 ms against 78 ms per batch of 5,000 on a 1M-row table). The ctid is stable: the row is locked
   // by this very statement. The condition is checked again on the row itself, so nothing else can ever match.
-  const picked = sql`ctid = any(array(select ctid from ${t} where ${phase.where}${after} order by ${order} limit ${limit} for update skip locked))`;
+  const picked = sql`ctid = any(array(select ctid from ${t} where ${gate}${phase.where}${after} order by ${order} limit ${limit} for update skip locked))`;
   const change =
     phase.action === "delete"
       ? sql`delete from ${t} where ${picked} and ${phase.where} returning ${order} as at`
       : sql`update ${t} set ${col(t.endedAt)} = ${t.expiresAt}, ${col(t.endReason)} = 'expired', ${col(t.data)} = '{}'::jsonb, ${col(t.version)} = ${t.version} + 1
           where ${picked} and ${phase.where} returning ${order} as at`;
-  return sql`with done as (${change}) select count(*)::int as n, (extract(epoch from max(at)) * 1000)::float8 as last from done`;
+  const report = sql`count(*)::int as n, (extract(epoch from max(at)) * 1000)::float8 as last`;
+  if (lock === undefined) return sql`with done as (${change}) select ${report} from done`;
+  return sql`with lock as materialized (select pg_try_advisory_xact_lock(${lock}::bigint) as locked), done as (${change})
+    select ${report}, (select locked from lock) as locked from done`;
 }
 
 const BATCH = "a batch (waiting for a lock on the table, or for a busy database?)";

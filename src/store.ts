@@ -142,11 +142,7 @@ export class SessionStore extends Store {
         probeError: (error) => databaseError(error, this.sql.tableName, "the cache's NOTIFY probe"),
         heard: (key) => this.evict([key]),
       });
-      if (!this.cache.start()) {
-        throw new TypeError(
-          "connect-drizzle: `cache` needs a node-postgres (pg) or PGlite database for LISTEN/NOTIFY; remove `cache` for other drivers",
-        );
-      }
+      this.cache.start();
     }
     if (this.options.reaper) {
       this.reaper = new Reaper((signal) => this.reapWith(signal), this.options.reaper, {
@@ -160,7 +156,9 @@ export class SessionStore extends Store {
   /**
    * Runs one reaper round now (whether or not the periodic reaper is on): deletes expired sessions, and
    * ended ones past `retainEnded`, in batches; `skipped: true` when another instance was reaping. Each
-   * statement of the round is bounded by the store's `timeout`.
+   * statement of the round is bounded by the store's `timeout`. On serverless platforms, where the timer never
+   * fires, create the store with `reaper: false` and call this from a cron route (README, "Serverless").
+   * @throws SessionStoreError when the round fails (`TIMEOUT`, `TABLE_MISSING`, `DATABASE`, ...)
    */
   reap(): Promise<ReapResult> {
     return this.reapWith();

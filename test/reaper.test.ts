@@ -229,7 +229,8 @@ async function fill(t: TestDb, prefix: string, count: number, columns: { expires
 const keysOf = async (t: TestDb) => (await t.raw<{ key: string }>(`select key from $table order by key`)).map((r) => r.key);
 const countOf = async (t: TestDb, where = "true") => Number((await t.raw<{ n: number }>(`select count(*)::int as n from $table where ${where}`))[0]!.n);
 
-describe.each(drivers)("reap() on %s", (driver) => {
+// pg-proxy: drizzle's HTTP proxy driver (no transactions: each batch takes the lock itself), see proxy.test.ts.
+describe.each([...drivers, ...(DATABASE_URL ? (["pg-proxy"] as const) : [])])("reap() on %s", (driver) => {
   let t: TestDb;
   beforeAll(async () => {
     t = await openDb(driver);

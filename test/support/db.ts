@@ -9,6 +9,7 @@ import pg from "pg";
 import postgres from "postgres";
 import { afterAll, beforeAll, beforeEach } from "vitest";
 import { createSessionTable, SessionStore, type AnyPgDatabase, type SessionTable } from "../../src/index.js";
+import { startProxy } from "./proxy.js";
 
 export const DATABASE_URL = process.env.DATABASE_URL;
 
@@ -33,7 +34,8 @@ export interface TestDb {
   close(): Promise<void>;
 }
 
-export type DriverName = "pglite" | "node-postgres" | "postgres.js";
+/** `pg-proxy`: drizzle's pg-proxy over a real HTTP endpoint (test/support/proxy.ts), not in `drivers` (no LISTEN). */
+export type DriverName = "pglite" | "node-postgres" | "postgres.js" | "pg-proxy";
 
 /** PGlite always; node-postgres and postgres.js when DATABASE_URL points at a server. */
 export const drivers: DriverName[] = DATABASE_URL ? ["pglite", "node-postgres", "postgres.js"] : ["pglite"];
@@ -76,6 +78,14 @@ export async function openDb(driver: DriverName, options: { pool?: number } = {}
       return (Array.isArray(result) ? result.at(-1) : result).rows ?? [];
     };
     end = () => pool.end();
+  } else if (driver === "pg-proxy") {
+    const proxy = await startProxy(DATABASE_URL!, { max: options.pool ?? 4, logger });
+    db = proxy.db;
+    exec = async (text) => {
+      const result: any = await proxy.pool.query(text);
+      return (Array.isArray(result) ? result.at(-1) : result).rows ?? [];
+    };
+    end = () => proxy.close();
   } else {
     const client = postgres(DATABASE_URL!, { max: options.pool ?? 4, onnotice: () => {} });
     db = drizzlePostgresJs(client, { logger });
