@@ -1,7 +1,7 @@
-export { SessionStore } from "./store.js";
-export type { EndReason, ExtendOptions, OwnerScope, RevokeOptions, SessionQuery, SessionRecord, SessionStatus } from "./records.js";
+export { SessionStore, type SessionStoreEvents, type SessionStoreListener } from "./store.js";
+export type { EndReason, ExtendOptions, OwnerScope, RevokeOptions, SessionQuery, SessionRecord, SessionStatus, UserId } from "./records.js";
 export type { AnyPgDatabase, CacheOptions, ReaperOptions, SessionStoreOptions, UserIdOf } from "./options.js";
-export { sessions, createSessionTable, type SessionTable, type SessionTableOptions } from "./schema.js";
+export { sessions, createSessionTable, type SessionColumns, type SessionTable, type SessionTableOptions, type UserIdColumnBuilders, type UserIdType } from "./schema.js";
 export { SessionStoreError, type SessionStoreErrorCode } from "./errors.js";
 export { reap, Reaper, type ReapArgs, type ReapProgress, type ReapResult } from "./reaper.js";
 export { sessionMiddleware, type IssuedToken, type SessionMiddleware, type SessionMiddlewareOptions } from "./middleware.js";

@@ -8,7 +8,7 @@ import { sessions, type SessionTable } from "./schema.js";
 export type AnyPgDatabase = PgDatabase<PgQueryResultHKT, any>;
 
 /** Finds the owner of a session in its data; return `undefined` or `null` for an anonymous session. */
-export type UserIdOf = (session: SessionData) => string | number | null | undefined;
+export type UserIdOf = (session: SessionData) => string | number | bigint | null | undefined;
 
 /** Options of `new SessionStore(options)`. Durations are in milliseconds, like express-session's `maxAge`. */
 export interface SessionStoreOptions {
@@ -53,7 +53,7 @@ export interface SessionStoreOptions {
   touchAfter?: number;
   /**
    * Finds the user id in the session data; it is stored in its own indexed column on every save, for
-   * listing and revoking a user's sessions. Numbers are stored as strings.
+   * listing and revoking a user's sessions (of the type `createSessionTable`'s `userIdType` gives the column).
    * @default session.passport.user, then session.userId
    */
   userId?: UserIdOf;

@@ -5,6 +5,12 @@ import type { EndReason, RecordRow, SessionStatus, Statements } from "./statemen
 
 export type { EndReason, SessionStatus } from "./statements.js";
 
+/**
+ * A user id as the records API takes it: what the store's `userId` option returns. It is matched by its
+ * string form (`42`, `42n` and `"42"` are one user), as saves store it.
+ */
+export type UserId = string | number | bigint;
+
 /** A session as a record, for a "your devices" page or an audit view. Never holds the session id. */
 export interface SessionRecord {
   /** Public, stable identifier, safe in a page or URL; pass it to `revoke` or `extend`. Not a session id. */
@@ -32,7 +38,7 @@ export interface SessionRecord {
  * for admin tools). There is no default: a `userId` that is `undefined` or `null` is a TypeError, never an
  * unscoped call.
  */
-export type OwnerScope = { userId: string | number; anyOwner?: never } | { anyOwner: true; userId?: never };
+export type OwnerScope = { userId: UserId; anyOwner?: never } | { anyOwner: true; userId?: never };
 
 /** Options of {@link SessionStore.revoke}. */
 export type RevokeOptions = OwnerScope & {
@@ -49,7 +55,7 @@ export type ExtendOptions = OwnerScope & {
 /** Which sessions `list` and `count` return. */
 export interface SessionQuery {
   /** The owner, as found by the store's `userId` option (numbers match their string form). Required. */
-  userId: string | number;
+  userId: UserId;
   /** @default "active" */
   status?: SessionStatus | "all";
   /** A session id (e.g. `req.sessionID`) whose record gets `current: true`. */
@@ -104,8 +110,8 @@ export class Records {
     return rows.length > 0;
   }
 
-  async revokeUser(userId: string | number, options: { except?: string | readonly string[]; reason?: EndReason } = {}): Promise<number> {
-    if (typeof userId !== "string" && typeof userId !== "number") throw new TypeError("connect-drizzle: revokeUser needs a user id");
+  async revokeUser(userId: UserId, options: { except?: string | readonly string[]; reason?: EndReason } = {}): Promise<number> {
+    if (!isUserId(userId)) throw new TypeError("connect-drizzle: revokeUser needs a user id (a string, number or bigint)");
     const kept = options.except === undefined ? [] : typeof options.except === "string" ? [options.except] : [...options.except];
     const keys = kept.flatMap((id) => this.s.keysOf(id));
     const rows = await this.s.run("revokeUser", () => this.s.write(this.s.statements.revokeUser(String(userId), options.reason ?? "revoked", keys, kept)));
@@ -124,8 +130,8 @@ export class Records {
 }
 
 function checkQuery(query: SessionQuery): { userId: string; limit: number; current?: string } {
-  if (!query || (typeof query.userId !== "string" && typeof query.userId !== "number")) {
-    throw new TypeError("connect-drizzle: list/count need { userId }");
+  if (!query || !isUserId(query.userId)) {
+    throw new TypeError("connect-drizzle: list/count need { userId } (a string, number or bigint)");
   }
   const limit = query.limit ?? 100;
   if (!Number.isInteger(limit) || limit < 1) throw new TypeError("connect-drizzle: `limit` must be a positive integer");
@@ -136,7 +142,7 @@ function checkQuery(query: SessionQuery): { userId: string; limit: number; curre
 function ownerOf(options: OwnerScope | undefined, method: string): string | undefined {
   const scope: any = options;
   if (scope !== null && typeof scope === "object" && "userId" in scope) {
-    if (typeof scope.userId !== "string" && typeof scope.userId !== "number") {
+    if (!isUserId(scope.userId)) {
       throw new TypeError(
         `connect-drizzle: ${method}(handle, { userId }) got userId ${String(scope.userId)}: pass the signed-in user's id, ` +
           "or { anyOwner: true } to act on any user's session",
@@ -148,6 +154,10 @@ function ownerOf(options: OwnerScope | undefined, method: string): string | unde
   throw new TypeError(
     `connect-drizzle: ${method} needs a scope: { userId } for the owner's own session, or { anyOwner: true } for any session (admin tools)`,
   );
+}
+
+function isUserId(value: unknown): value is UserId {
+  return typeof value === "string" || typeof value === "number" || typeof value === "bigint";
 }
 
 function toRecord(row: RecordRow): SessionRecord {

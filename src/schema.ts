@@ -1,5 +1,6 @@
 import { sql } from "drizzle-orm";
 import {
+  bigint,
   index,
   integer,
   jsonb,
@@ -8,19 +9,85 @@ import {
   text,
   timestamp,
   uniqueIndex,
-  type PgColumnBuilderBase,
+  uuid,
+  type AnyPgColumn,
+  type PgBigInt53BuilderInitial,
+  type PgIntegerBuilderInitial,
+  type PgJsonbBuilderInitial,
+  type PgTableWithColumns,
+  type PgTextBuilderInitial,
+  type PgTimestampBuilderInitial,
+  type PgUUIDBuilderInitial,
+  type UpdateDeleteAction,
 } from "drizzle-orm/pg-core";
+import type { BuildColumns, HasDefault, IsPrimaryKey, NotNull } from "drizzle-orm";
+
+/** The SQL type of the `user_id` column: the type of your users' primary key. */
+export type UserIdType = "text" | "integer" | "bigint" | "uuid";
+
+type Text<Name extends string> = PgTextBuilderInitial<Name, [string, ...string[]]>;
+type Instant<Name extends string> = PgTimestampBuilderInitial<Name>;
+
+/** The drizzle column builder of `user_id` for each {@link UserIdType} (`bigint` in drizzle's `mode: "number"`). */
+export interface UserIdColumnBuilders {
+  text: Text<"user_id">;
+  integer: PgIntegerBuilderInitial<"user_id">;
+  bigint: PgBigInt53BuilderInitial<"user_id">;
+  uuid: PgUUIDBuilderInitial<"user_id">;
+}
+
+/** The column builders of a sessions table whose `user_id` is of type `T`. */
+export type SessionColumns<T extends UserIdType = "text"> = {
+  key: IsPrimaryKey<NotNull<Text<"key">>>;
+  handle: NotNull<Text<"handle">>;
+  userId: UserIdColumnBuilders[T];
+  data: NotNull<PgJsonbBuilderInitial<"data">>;
+  expiresAt: NotNull<Instant<"expires_at">>;
+  absoluteExpiresAt: Instant<"absolute_expires_at">;
+  createdAt: HasDefault<NotNull<Instant<"created_at">>>;
+  lastSeenAt: HasDefault<NotNull<Instant<"last_seen_at">>>;
+  label: Text<"label">;
+  userAgent: Text<"user_agent">;
+  ip: Text<"ip">;
+  endedAt: Instant<"ended_at">;
+  endReason: Text<"end_reason">;
+  version: HasDefault<NotNull<PgIntegerBuilderInitial<"version">>>;
+};
+
+/**
+ * The sessions table of a {@link SessionStore}, as built by {@link createSessionTable}, whose `user_id` is
+ * of type `T`. Without `T`: any sessions table (what `new SessionStore({ table })` accepts).
+ */
+export type SessionTable<T extends UserIdType = UserIdType> = T extends UserIdType
+  ? PgTableWithColumns<{ name: string; schema: string | undefined; columns: BuildColumns<string, SessionColumns<T>, "pg">; dialect: "pg" }>
+  : never;
 
 const instant = (name: string) => timestamp(name, { withTimezone: true, precision: 3, mode: "date" });
 
-function sessionColumns() {
+function userIdColumn(options: SessionTableOptions<UserIdType>) {
+  const type = options.userIdType ?? "text";
+  const column =
+    type === "text" ? text("user_id")
+    : type === "integer" ? integer("user_id")
+    : type === "bigint" ? bigint("user_id", { mode: "number" })
+    : type === "uuid" ? uuid("user_id")
+    : undefined;
+  if (!column) throw new TypeError(`connect-drizzle: userIdType must be "text", "integer", "bigint" or "uuid" (got ${String(type)})`);
+  if (options.references === undefined) return column;
+  if (typeof options.references !== "function") {
+    throw new TypeError("connect-drizzle: `references` must be a function returning your users' id column, e.g. () => users.id");
+  }
+  return column.references(options.references, { onDelete: options.onDelete ?? "cascade" });
+}
+
+function sessionColumns(options: SessionTableOptions<UserIdType>) {
   return {
     /** Keyed hash of the session id (SHA-256, or HMAC-SHA-256 with `secrets`), base64url. The plain id is never stored. */
     key: text("key").primaryKey(),
     /** Random public identifier of the session, safe to show in a page or URL; stable for the session's life. */
     handle: text("handle").notNull(),
     /** Owner, found in the session data by the store's `userId` option. */
-    userId: text("user_id"),
+    userId: userIdColumn(options),
     /** The express-session data, cookie included. Emptied when the session ends. */
     data: jsonb("data").notNull(),
     /** Idle expiry: renewed by activity (rolling cookie, touch, `idleTimeout`). */
@@ -38,7 +105,7 @@ function sessionColumns() {
     endReason: text("end_reason"),
     /** Incremented on every write; lets a save detect a concurrent change. */
     version: integer("version").notNull().default(1),
-  } satisfies Record<string, PgColumnBuilderBase>;
+  };
 }
 
 function sessionIndexes(name: string) {
@@ -51,34 +118,50 @@ function sessionIndexes(name: string) {
 }
 
 /** Options of {@link createSessionTable}. */
-export interface SessionTableOptions {
+export interface SessionTableOptions<T extends UserIdType = "text"> {
   /**
    * Postgres schema (namespace) that holds the table.
    * @default undefined (the connection's search_path, normally `public`)
    */
   schema?: string;
+  /**
+   * The SQL type of `user_id`: the type of your users' id, so that it can reference it (`references`).
+   * The store's `userId` option then returns ids of that type (a number, a bigint, or a uuid string);
+   * `bigint` is drizzle's `mode: "number"` in your own queries.
+   * @default "text"
+   */
+  userIdType?: T;
+  /**
+   * Makes `user_id` a foreign key to your users' id, e.g. `() => users.id`, so deleting a user ends their
+   * sessions (with `onDelete: "cascade"`).
+   * @default undefined (no foreign key)
+   */
+  references?: () => AnyPgColumn;
+  /**
+   * What deleting (the id of) a referenced user does to their sessions; only with `references`.
+   * @default "cascade" (their session rows are deleted)
+   */
+  onDelete?: UpdateDeleteAction;
 }
 
 /**
- * Builds the sessions table under a custom name and/or Postgres schema. Import the result into
- * your own drizzle schema so drizzle-kit generates it, and pass it to `new SessionStore({ table })`.
+ * Builds the sessions table under a custom name and/or Postgres schema, optionally with a `user_id` of
+ * your users' id type referencing them. Import the result into your own drizzle schema so drizzle-kit
+ * generates it, and pass it to `new SessionStore({ table })`.
  *
  * @example
  * export const authSessions = createSessionTable("auth_sessions", { schema: "auth" });
+ * export const sessions = createSessionTable("sessions", { userIdType: "integer", references: () => users.id });
  */
-export function createSessionTable(name: string, options: SessionTableOptions = {}) {
+export function createSessionTable<T extends UserIdType = "text">(name: string, options: SessionTableOptions<T> = {}): SessionTable<T> {
   if (typeof name !== "string" || name.length === 0) {
     throw new TypeError("connect-drizzle: createSessionTable needs a non-empty table name");
   }
-  const table = options.schema
-    ? pgSchema(options.schema).table(name, sessionColumns(), sessionIndexes(name))
-    : pgTable(name, sessionColumns(), sessionIndexes(name));
-  // pgSchema(...).table and pgTable differ only in the literal type of `schema`; one type serves both.
-  return table as unknown as ReturnType<typeof pgTable<string, ReturnType<typeof sessionColumns>>>;
+  const columns = sessionColumns(options);
+  const table = options.schema ? pgSchema(options.schema).table(name, columns, sessionIndexes(name)) : pgTable(name, columns, sessionIndexes(name));
+  // The column of `user_id` is chosen at run time from `userIdType`; SessionTable<T> names the one it is.
+  return table as unknown as SessionTable<T>;
 }
 
-/** The sessions table of a {@link SessionStore}, as built by {@link createSessionTable}. */
-export type SessionTable = ReturnType<typeof createSessionTable>;
-
 /** The default table, `sessions`, created by the migrations in `drizzle/`. */
-export const sessions: SessionTable = createSessionTable("sessions");
+export const sessions: SessionTable<"text"> = createSessionTable("sessions");

@@ -57,6 +57,8 @@ export class Statements {
   /** The NOTIFY channel that evicts sessions from every instance's cache. */
   readonly channel: string;
   private readonly shapes = new Map<string, Shape>();
+  /** `user_id`'s SQL type (text, integer, bigint, uuid): user ids travel as text and are cast to it. */
+  private readonly userIdType: SQL;
 
   constructor(
     private readonly t: SessionTable,
@@ -65,6 +67,7 @@ export class Statements {
     const config = getTableConfig(t);
     this.tableName = config.schema ? `"${config.schema}"."${config.name}"` : `"${config.name}"`;
     this.channel = channelName(config.schema ? `${config.schema}_${config.name}` : config.name);
+    this.userIdType = sql.raw(t.userId.getSQLType());
   }
 
   // --- The express-session contract (shaped: values `k0`, `k1`, ... are the row keys of one session id)
@@ -107,7 +110,7 @@ export class Statements {
       const t = this.t;
       const absolute = this.settings.absoluteTimeout;
       const created = absolute === undefined ? sql`null::timestamptz` : lifetime(absolute);
-      const row = sql`${v("k0")}, ${v("handle")}, ${v("userId")}::text, ${v("label")}::text, ${v("text")}::jsonb,
+      const row = sql`${v("k0")}, ${v("handle")}, ${this.userId(v("userId"))}, ${v("label")}::text, ${v("text")}::jsonb,
         least(${lifetime(v("life"))}, ${created}), ${created}, ${NOW}, ${NOW}, ${v("ua")}::text, ${v("ip")}::text`;
       const columns = sql.join([t.key, t.handle, t.userId, t.label, t.data, t.expiresAt, t.absoluteExpiresAt, t.createdAt, t.lastSeenAt, t.userAgent, t.ip].map(col), sql`, `);
       const values = n === 1 ? sql`values (${row})` : sql`select ${row} where not exists (select 1 from ${t} where ${this.byKeys(keyParams(n, v).slice(1))})`;
@@ -207,18 +210,18 @@ export class Statements {
   list(userId: string, status: SessionStatus | "all" | undefined, current: string[] | undefined, limit: number): SQL {
     const t = this.t;
     const isCurrent = current === undefined ? sql`false` : this.byKeys(current);
-    return sql`select ${t.handle} as handle, ${t.userId} as user_id, ${msOf(t.createdAt)} as created_at,
+    return sql`select ${t.handle} as handle, ${t.userId}::text as user_id, ${msOf(t.createdAt)} as created_at,
         ${msOf(t.lastSeenAt)} as last_seen_at, ${msOf(this.effectiveExpiry())} as expires_at, ${msOf(this.absoluteExpiry())} as absolute_expires_at,
         ${t.label} as label, ${t.userAgent} as user_agent, ${t.ip} as ip, ${msOf(t.endedAt)} as ended_at, ${t.endReason} as end_reason,
         ${isCurrent} as current, ${this.statusOf()} as status
-      from ${t} where ${t.userId} = ${userId} and ${this.statusFilter(status)}
+      from ${t} where ${t.userId} = ${this.userId(userId)} and ${this.statusFilter(status)}
       order by ${this.newestFirst(status)}, ${t.handle} limit ${limit}`;
   }
 
   /** How many of a user's sessions match, as `n`. */
   count(userId: string, status: SessionStatus | "all" | undefined): SQL {
     const t = this.t;
-    return sql`select count(*)::int as n from ${t} where ${t.userId} = ${userId} and ${this.statusFilter(status)}`;
+    return sql`select count(*)::int as n from ${t} where ${t.userId} = ${this.userId(userId)} and ${this.statusFilter(status)}`;
   }
 
   /** The handle of a live session, by its keys. */
@@ -239,7 +242,7 @@ export class Statements {
       exceptHandles.length === 0
         ? sql``
         : sql` and not (${this.byKeys(exceptKeys)} or ${t.handle} in (${sql.join(exceptHandles.map((h) => sql`${h}`), sql`, `)}))`;
-    return this.ending(reason, sql`${t.userId} = ${userId}${except}`);
+    return this.ending(reason, sql`${t.userId} = ${this.userId(userId)}${except}`);
   }
 
   /**
@@ -306,7 +309,7 @@ export class Statements {
     const absoluteAt = this.absoluteExpiry();
     // The owner survives the user being removed from the data, so the record of a logout stays in the
     // user's history (passport's logout saves the session without the user, then regenerates it).
-    return sql`${col(t.data)} = ${v("text")}::jsonb, ${col(t.userId)} = coalesce(${v("userId")}::text, ${t.userId}),
+    return sql`${col(t.data)} = ${v("text")}::jsonb, ${col(t.userId)} = coalesce(${this.userId(v("userId"))}, ${t.userId}),
       ${col(t.label)} = coalesce(${v("label")}::text, ${t.label}), ${col(t.expiresAt)} = least(${lifetime(v("life"))}, ${absoluteAt}),
       ${col(t.absoluteExpiresAt)} = ${absoluteAt}, ${col(t.lastSeenAt)} = ${NOW},
       ${col(t.userAgent)} = coalesce(${v("ua")}::text, ${t.userAgent}), ${col(t.ip)} = coalesce(${v("ip")}::text, ${t.ip}), ${col(t.version)} = ${t.version} + 1`;
@@ -329,7 +332,15 @@ export class Statements {
 
   /** ` and user_id = ...`, or nothing for any owner. */
   private owned(owner: string | undefined): SQL {
-    return owner === undefined ? sql`` : sql` and ${this.t.userId} = ${owner}`;
+    return owner === undefined ? sql`` : sql` and ${this.t.userId} = ${this.userId(owner)}`;
+  }
+
+  /**
+   * A user id (sent as text) as a value of `user_id`'s type, so an integer, bigint or uuid column compares
+   * with its own type and the user index serves the lookup.
+   */
+  private userId(value: string | SQL): SQL {
+    return sql`${value}::${this.userIdType}`;
   }
 
   /**

@@ -7,7 +7,7 @@ import { databaseError, schemaOutdated, SessionStoreError, tableMissing } from "
 import { isValidId, keyDeriver, newHandle, type KeyDeriver } from "./hash.js";
 import { ownerOf, resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
 import { reap, Reaper, type ReapResult } from "./reaper.js";
-import { Records, type EndReason, type ExtendOptions, type RevokeOptions, type SessionQuery, type SessionRecord } from "./records.js";
+import { Records, type EndReason, type ExtendOptions, type RevokeOptions, type SessionQuery, type SessionRecord, type UserId } from "./records.js";
 import { parseSession, sameContent, serialize } from "./serialize.js";
 import { keyValues, Statements, type ExpiryRow, type SessionRow } from "./statements.js";
 
@@ -93,6 +93,37 @@ function kept<T>(session: unknown, pick: (value: any) => T | undefined): T | und
     if (found !== undefined) return found;
   }
   return undefined;
+}
+
+/**
+ * The events of a {@link SessionStore}, each with its listener's arguments:
+ * - `reap`: a reaper round finished (the periodic reaper's rounds; `store.reap()` resolves with its own);
+ * - `error`: a problem that did not fail a request (a corrupt row, a failed reaper round, a failing cache
+ *   probe). Without a listener it is written to the console instead;
+ * - `connect`, `disconnect`: express-session listens for them; this store never emits them (every
+ *   operation gets its connection from your database, and a failure fails only that operation);
+ * - `newListener`, `removeListener`: EventEmitter's own.
+ */
+export interface SessionStoreEvents {
+  reap: [result: ReapResult];
+  error: [error: Error];
+  connect: [];
+  disconnect: [];
+  newListener: [event: string | symbol, listener: (...args: any[]) => void];
+  removeListener: [event: string | symbol, listener: (...args: any[]) => void];
+}
+
+/** A listener of the {@link SessionStoreEvents} event `E`. */
+export type SessionStoreListener<E extends keyof SessionStoreEvents> = (...args: SessionStoreEvents[E]) => void;
+
+// Typed events: a misspelt event name, or a listener of the wrong arguments, is a type error.
+export interface SessionStore {
+  on<E extends keyof SessionStoreEvents>(event: E, listener: SessionStoreListener<E>): this;
+  once<E extends keyof SessionStoreEvents>(event: E, listener: SessionStoreListener<E>): this;
+  off<E extends keyof SessionStoreEvents>(event: E, listener: SessionStoreListener<E>): this;
+  addListener<E extends keyof SessionStoreEvents>(event: E, listener: SessionStoreListener<E>): this;
+  removeListener<E extends keyof SessionStoreEvents>(event: E, listener: SessionStoreListener<E>): this;
+  emit<E extends keyof SessionStoreEvents>(event: E, ...args: SessionStoreEvents[E]): boolean;
 }
 
 /**
@@ -290,7 +321,7 @@ export class SessionStore extends Store {
    * `except` ("log out other devices"): session ids or handles, one or a list.
    * @returns how many sessions were ended
    */
-  revokeUser(userId: string | number, options: { except?: string | readonly string[]; reason?: EndReason } = {}): Promise<number> {
+  revokeUser(userId: UserId, options: { except?: string | readonly string[]; reason?: EndReason } = {}): Promise<number> {
     return this.records.revokeUser(userId, options);
   }
 

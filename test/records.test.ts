@@ -45,6 +45,22 @@ describe.each(drivers)("sessions as records on %s", (driver) => {
     expect(await custom.count({ userId: "acct-9" })).toBe(1);
   });
 
+  it("a numeric user id (passport's user 7) lists, counts and revokes its sessions given as 7, 7n or \"7\"", async () => {
+    await store.set("n1", sessionData(HOUR, { passport: { user: 7 } }));
+    await store.set("n2", sessionData(HOUR, { passport: { user: 7 } }));
+    await store.set("other", sessionData(HOUR, { passport: { user: 70 } }));
+    expect((await store.list({ userId: 7 })).map((r) => r.userId)).toEqual(["7", "7"]);
+    expect(await store.count({ userId: 7n })).toBe(2);
+    expect(await store.count({ userId: "7" })).toBe(2);
+    const [first] = await store.list({ userId: 7n });
+    expect(await store.revoke(first!.handle, { userId: 7n })).toBe(true);
+    expect(await store.revokeUser(7)).toBe(1);
+    expect(await store.count({ userId: 7, status: "all" })).toBe(0);
+    expect(await store.get("n1")).toBeNull();
+    expect(await store.get("n2")).toBeNull();
+    expect(await store.count({ userId: 70 })).toBe(1);
+  });
+
   it("lists a user's sessions newest activity first, marks the current one, and never shows ids", async () => {
     for (const sid of ["laptop", "phone", "tablet"]) {
       await t.age(1000);
