@@ -2,7 +2,7 @@ import { is } from "drizzle-orm";
 import { PgDatabase, type PgQueryResultHKT } from "drizzle-orm/pg-core";
 import type { SessionData } from "express-session";
 import { SessionStoreError } from "./errors.js";
-import { sessions, type SessionTable } from "./schema.js";
+import { deletedByDatabase, sessions, type SessionTable } from "./schema.js";
 
 /** Any drizzle Postgres database: node-postgres, postgres.js, PGlite, Neon, ... */
 export type AnyPgDatabase = PgDatabase<PgQueryResultHKT, any>;
@@ -84,6 +84,8 @@ export interface SessionStoreOptions {
    * or PGlite (the store opens one extra connection of its own for LISTEN, and closes it on `close()`).
    * On any other driver, HTTP ones included (pg-proxy, neon-http, xata-http: no connection stays open to
    * LISTEN on), the constructor throws a `TypeError` naming the driver, rather than run without the cache.
+   * So does a table whose `user_id` references your users `on delete cascade` (`createSessionTable`'s
+   * `references`): the database's own deletes send no NOTIFY.
    * @default undefined (no cache: every read is one query)
    */
   cache?: CacheOptions;
@@ -285,6 +287,14 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
     throw new TypeError(
       "connect-drizzle: `cache` with `notify: false` cannot be correct (no instance would hear another's writes and " +
         "revokes, so a cache would serve ended sessions); remove `notify: false`, or the cache",
+    );
+  }
+  const cascades = options.cache === undefined ? [] : deletedByDatabase(options.table ?? sessions);
+  if (cascades.length > 0) {
+    throw new TypeError(
+      `connect-drizzle: \`cache\` cannot be correct on a table whose rows the database deletes itself (${cascades.join("; ")}, ` +
+        "on delete cascade): those ends send no NOTIFY, so another instance could serve its cached copy of an ended session. " +
+        'Create the table with onDelete: "set null" and call await store.revokeUser(id) before deleting a user, or remove `cache`',
     );
   }
   return {

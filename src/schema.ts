@@ -1,6 +1,7 @@
 import { sql } from "drizzle-orm";
 import {
   bigint,
+  getTableConfig,
   index,
   integer,
   jsonb,
@@ -139,6 +140,8 @@ export interface SessionTableOptions<T extends UserIdType = "text"> {
   references?: () => AnyPgColumn;
   /**
    * What deleting (the id of) a referenced user does to their sessions; only with `references`.
+   * A delete by the database sends no NOTIFY, so the store's read cache (`cache`) refuses a table with
+   * `"cascade"`: use `"set null"` and `await store.revokeUser(id)` before deleting the user there.
    * @default "cascade" (their session rows are deleted)
    */
   onDelete?: UpdateDeleteAction;
@@ -165,3 +168,16 @@ export function createSessionTable<T extends UserIdType = "text">(name: string, 
 
 /** The default table, `sessions`, created by the migrations in `drizzle/`. */
 export const sessions: SessionTable<"text"> = createSessionTable("sessions");
+
+/**
+ * The foreign keys by which the database deletes session rows itself (`on delete cascade`), as
+ * `user_id -> "users"`: such ends happen without the store, so they send no NOTIFY.
+ */
+export function deletedByDatabase(table: SessionTable): string[] {
+  return getTableConfig(table)
+    .foreignKeys.filter((fk) => fk.onDelete === "cascade")
+    .map((fk) => {
+      const { columns, foreignTable } = fk.reference();
+      return `${columns.map((c) => c.name).join(", ")} -> "${getTableConfig(foreignTable).name}"`;
+    });
+}

@@ -44,6 +44,25 @@ describe("createSessionTable with a user id type and a reference to the app's us
   });
 });
 
+describe("the read cache and a table the database deletes from itself", () => {
+  it("refuses `cache` on a table whose user_id references users on delete cascade (those ends send no NOTIFY), and accepts set null", async () => {
+    const t = await openDb("pglite");
+    try {
+      const users = pgSchema(t.schema).table("users", { id: integer("id").primaryKey() });
+      const cascading = createSessionTable("sessions", { schema: t.schema, userIdType: "integer", references: () => users.id });
+      expect(() => new SessionStore({ db: t.db, table: cascading, cache: {}, reaper: false })).toThrow(
+        /connect-drizzle: `cache` cannot be correct on a table whose rows the database deletes itself \(user_id -> "users", on delete cascade\).*onDelete: "set null".*revokeUser/,
+      );
+      // Without the cache the same table is fine: every instance reads the database.
+      await new SessionStore({ db: t.db, table: cascading, reaper: false }).close();
+      const nulling = createSessionTable("sessions", { schema: t.schema, userIdType: "integer", references: () => users.id, onDelete: "set null" });
+      await new SessionStore({ db: t.db, table: nulling, cache: {}, reaper: false }).close();
+    } finally {
+      await t.close();
+    }
+  });
+});
+
 describe.each(drivers)("a session table referencing the app's users, created by drizzle-kit, on %s", (driver) => {
   let t: TestDb;
   const schemas: string[] = [];
