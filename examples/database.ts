@@ -13,7 +13,7 @@ export async function openDatabase(dataDir: URL): Promise<{ db: AnyPgDatabase; c
     const { drizzle } = await import("drizzle-orm/node-postgres");
     const { migrate } = await import("drizzle-orm/node-postgres/migrator");
     const pool = new pg.Pool({ connectionString: url });
-    const db = drizzle(pool);
+    const db = drizzle({ client: pool });
     await migrate(db, { migrationsFolder, migrationsTable });
     return { db, close: () => pool.end() };
   }
@@ -21,7 +21,7 @@ export async function openDatabase(dataDir: URL): Promise<{ db: AnyPgDatabase; c
   const { drizzle } = await import("drizzle-orm/pglite");
   const { migrate } = await import("drizzle-orm/pglite/migrator");
   const client = new PGlite(fileURLToPath(dataDir));
-  const db = drizzle(client);
+  const db = drizzle({ client });
   await migrate(db, { migrationsFolder, migrationsTable });
   return { db, close: () => client.close() };
 }

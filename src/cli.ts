@@ -107,7 +107,7 @@ async function main(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
     // drizzle refuses pgSchema("public"): a table there is an unqualified one.
     const schema = values.schema === "public" ? undefined : values.schema;
     const table = createSessionTable(values.table ?? "sessions", schema ? { schema } : {});
-    const result = await reap({ db: drizzle(pool), table, retainEnded, batchSize, timeout });
+    const result = await reap({ db: drizzle({ client: pool }), table, retainEnded, batchSize, timeout });
     io.out(JSON.stringify(result));
     return 0;
   } catch (error) {

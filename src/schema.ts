@@ -8,7 +8,6 @@ import {
   text,
   timestamp,
   uniqueIndex,
-  type PgColumnBuilderBase,
 } from "drizzle-orm/pg-core";
 
 const instant = (name: string) => timestamp(name, { withTimezone: true, precision: 3, mode: "date" });
@@ -38,7 +37,7 @@ function sessionColumns() {
     endReason: text("end_reason"),
     /** Incremented on every write; lets a save detect a concurrent change. */
     version: integer("version").notNull().default(1),
-  } satisfies Record<string, PgColumnBuilderBase>;
+  };
 }
 
 function sessionIndexes(name: string) {

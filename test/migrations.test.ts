@@ -32,7 +32,7 @@ describe("shipped migrations", () => {
   it("apply with drizzle's migrator (as the README shows) and give a working store on the default table", async () => {
     const client = new PGlite();
     try {
-      const db = drizzle(client);
+      const db = drizzle({ client });
       await migrate(db, { migrationsFolder: join(root, "drizzle"), migrationsTable: "__connect_drizzle_migrations" });
       // Running them twice is a no-op, as it is on every app start.
       await migrate(db, { migrationsFolder: join(root, "drizzle"), migrationsTable: "__connect_drizzle_migrations" });
