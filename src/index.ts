@@ -5,3 +5,4 @@ export { sessions, createSessionTable, type SessionTable, type SessionTableOptio
 export { SessionStoreError, type SessionStoreErrorCode } from "./errors.js";
 export { reap, Reaper, type ReapArgs, type ReapProgress, type ReapResult } from "./reaper.js";
 export { sessionMiddleware, type IssuedToken, type SessionMiddleware, type SessionMiddlewareOptions } from "./middleware.js";
+export { migrate, migrationsFolder, type MigrateOptions } from "./migrations.js";
