@@ -1,6 +1,7 @@
 import { execFileSync } from "node:child_process";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { createRequire } from "node:module";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -57,5 +58,35 @@ describe("published package", () => {
     };
     for (const name of imports.keys()) visit(name, [name]);
     expect(cycles).toEqual([]);
+  });
+
+  it("finds its migrations from its own location in ESM and CommonJS, whatever the working directory, and exports the folder", () => {
+    const elsewhere = mkdtempSync(join(tmpdir(), "cd-cwd-"));
+    try {
+      const esm = pathToFileURL(join(root, pkg.exports["."].import.default)).href;
+      const cjs = join(root, pkg.exports["."].require.default);
+      const fromEsm = execFileSync("node", ["--input-type=module", "-e", `console.log((await import(${JSON.stringify(esm)})).migrationsFolder)`], {
+        cwd: elsewhere,
+        encoding: "utf8",
+      });
+      const fromCjs = execFileSync("node", ["-e", `console.log(require(${JSON.stringify(cjs)}).migrationsFolder)`], { cwd: elsewhere, encoding: "utf8" });
+      expect(fromEsm.trim()).toBe(join(root, "drizzle"));
+      expect(fromCjs.trim()).toBe(join(root, "drizzle"));
+    } finally {
+      rmSync(elsewhere, { recursive: true, force: true });
+    }
+    expect(existsSync(join(root, "drizzle/meta/_journal.json"))).toBe(true);
+    expect(createRequire(join(root, "package.json")).resolve("connect-drizzle/drizzle/meta/_journal.json")).toBe(join(root, "drizzle/meta/_journal.json"));
+  });
+
+  it("accepts exactly the drizzle-orm versions .ci/drizzle-matrix tests: from each, up to the next minor line (1.x for 1.0)", () => {
+    const script = readFileSync(join(root, ".ci/drizzle-matrix"), "utf8");
+    const versions = script.match(/^VERSIONS=\(([^)]*)\)$/m)![1]!.trim().split(/\s+/);
+    expect(versions.length).toBeGreaterThan(0);
+    const upTo = (version: string) => {
+      const [major, minor] = version.split(".").map(Number) as [number, number];
+      return major === 0 ? `0.${minor + 1}.0` : `${major + 1}`;
+    };
+    expect(pkg.peerDependencies["drizzle-orm"]).toBe(versions.map((v) => `>=${v} <${upTo(v)}`).join(" || "));
   });
 });
