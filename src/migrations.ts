@@ -52,7 +52,7 @@ export async function migrate(db: AnyPgDatabase, options: MigrateOptions = {}): 
     throw new TypeError("connect-drizzle: migrate(db) needs a drizzle Postgres database, e.g. migrate(drizzle({ client: pool }))");
   }
   const kinds = entityKinds(db);
-  const migrator = MIGRATORS[kinds[0]!];
+  const migrator = Object.hasOwn(MIGRATORS, kinds[0]!) ? MIGRATORS[kinds[0]!] : undefined;
   if (!migrator) {
     throw new TypeError(
       `connect-drizzle: migrate(db) knows the migrators of node-postgres, postgres.js and PGlite, not of ${kinds[0]}; ` +

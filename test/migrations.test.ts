@@ -6,6 +6,7 @@ import { PGlite } from "@electric-sql/pglite";
 import { sql } from "drizzle-orm";
 import { drizzle as drizzlePg } from "drizzle-orm/node-postgres";
 import { drizzle as drizzlePglite } from "drizzle-orm/pglite";
+import { drizzle as drizzlePgProxy } from "drizzle-orm/pg-proxy";
 import { drizzle as drizzlePostgresJs } from "drizzle-orm/postgres-js";
 import pg from "pg";
 import postgres from "postgres";
@@ -101,5 +102,10 @@ describe.each(drivers)("migrate(db) on %s", (driver) => {
 describe("migrate(db) refuses", () => {
   it("what is not a drizzle Postgres database, saying what to pass", async () => {
     await expect(migrate({} as AnyPgDatabase)).rejects.toThrow(/^connect-drizzle: migrate\(db\) needs a drizzle Postgres database/);
+  });
+
+  it("a driver it has no migrator for, naming the driver and what to run instead", async () => {
+    const proxy = drizzlePgProxy(async () => ({ rows: [] }));
+    await expect(migrate(proxy)).rejects.toThrow(/^connect-drizzle: migrate\(db\) knows the migrators of .*, not of PgRemoteDatabase; .*migrationsFolder/);
   });
 });
