@@ -29,15 +29,15 @@ export function databaseError(error: unknown, table: string, action: string): Se
   if (code === "42P01") {
     return new SessionStoreError(
       "TABLE_MISSING",
-      `table ${table} not found; run connect-drizzle's migrations with \`await migrate(db)\` (import { migrate } from "connect-drizzle"; ` +
-        `see the README, "Create the table") or add the table from connect-drizzle's schema to your drizzle-kit config`,
+      `table ${table} not found; run the migrations: \`await migrate(db)\`, with migrate from "connect-drizzle" ` +
+        `(see the README, "Create the table"), or add the table from connect-drizzle's schema to your drizzle-kit config`,
       { cause: safeCause(error) },
     );
   }
   if (code === "42703") {
     return new SessionStoreError(
       "SCHEMA_OUTDATED",
-      `table ${table} lacks a column this version needs; run connect-drizzle's latest migrations with \`await migrate(db)\``,
+      `table ${table} lacks a column this version needs; run the latest migrations: \`await migrate(db)\`, with migrate from "connect-drizzle"`,
       { cause: safeCause(error) },
     );
   }

@@ -235,7 +235,7 @@ describe.each(drivers)("SessionStore on %s", (driver) => {
     const err = await new Promise<any>((resolve) => missing.get("x", (e) => resolve(e)));
     expect(err).toBeInstanceOf(SessionStoreError);
     expect(err.code).toBe("TABLE_MISSING");
-    expect(err.message).toMatch(/table .*no_such_table.* not found; run connect-drizzle's migrations with `await migrate\(db\)`/);
+    expect(err.message).toMatch(/table .*no_such_table.* not found; run the migrations: `await migrate\(db\)`/);
     expect(err.cause).toBeDefined();
   });
 
