@@ -79,6 +79,30 @@ describe("published package", () => {
     expect(createRequire(join(root, "package.json")).resolve("connect-drizzle/drizzle/meta/_journal.json")).toBe(join(root, "drizzle/meta/_journal.json"));
   });
 
+  it("migrate(db) from the CommonJS build, run from another directory, creates the table with drizzle's migrator", () => {
+    const elsewhere = mkdtempSync(join(tmpdir(), "cd-cjs-"));
+    try {
+      const script = `
+        const need = require("node:module").createRequire(${JSON.stringify(join(root, "package.json"))});
+        const { migrate, SessionStore } = require(${JSON.stringify(join(root, pkg.exports["."].require.default))});
+        const { PGlite } = need("@electric-sql/pglite");
+        const { drizzle } = need("drizzle-orm/pglite");
+        (async () => {
+          const client = new PGlite();
+          const db = drizzle({ client });
+          await migrate(db);
+          const store = new SessionStore({ db, reaper: false });
+          await store.set("sid", { cookie: { originalMaxAge: 60000, expires: new Date(Date.now() + 60000).toISOString() }, ok: 1 });
+          console.log(JSON.stringify((await store.get("sid")).ok));
+          await store.close();
+          await client.close();
+        })().catch((error) => { console.error(error); process.exit(1); });`;
+      expect(execFileSync("node", ["-e", script], { cwd: elsewhere, encoding: "utf8" }).trim()).toBe("1");
+    } finally {
+      rmSync(elsewhere, { recursive: true, force: true });
+    }
+  });
+
   it("accepts exactly the drizzle-orm versions .ci/drizzle-matrix tests: from each, up to the next minor line (1.x for 1.0)", () => {
     const script = readFileSync(join(root, ".ci/drizzle-matrix"), "utf8");
     const versions = script.match(/^VERSIONS=\(([^)]*)\)$/m)![1]!.trim().split(/\s+/);
