@@ -7,5 +7,7 @@ export default defineConfig({
   clean: true,
   sourcemap: true,
   target: "node18",
+  // import.meta.url in the CommonJS build too (src/migrations.ts finds drizzle/ from its own location).
+  shims: true,
   external: ["drizzle-orm", "express-session", "pg"],
 });

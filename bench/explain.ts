@@ -162,7 +162,7 @@ async function main() {
   await createBenchSchema(admin, schema);
   const pool = new pg.Pool({ connectionString: DATABASE_URL, max: 10 });
   const table = createSessionTable("sessions", { schema });
-  const db = drizzle(pool);
+  const db = drizzle({ client: pool });
   const results: Result[] = [];
   try {
     // The table: SESSIONS sessions written by the store itself, OWNED of them with a user id.

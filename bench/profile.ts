@@ -42,7 +42,7 @@ async function child(variant: Variant, schema: string, out: string): Promise<voi
   if (variant === "drizzle-bare") {
     const pool = new pg.Pool({ connectionString: DATABASE_URL, max: POOL_SIZE });
     const t = createSessionTable("sessions", { schema });
-    const prepared = drizzle(pool)
+    const prepared = drizzle({ client: pool })
       .select({ key: t.key, data: sql<string>`${t.data}::text`, expires: sql<number>`(extract(epoch from ${t.expiresAt}) * 1000)::float8`, version: t.version })
       .from(t)
       .where(sql`${t.key} in (${sql.placeholder("k0")}) and ${t.endedAt} is null and ${t.expiresAt} > ${sql.placeholder("now")}::timestamptz`)

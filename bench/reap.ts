@@ -93,7 +93,7 @@ async function main() {
   await admin.query(`create schema "${schema}"; set search_path to "${schema}"; ${migrationScript()}; reset search_path;`);
   try {
     const table = createSessionTable("sessions", { schema });
-    const db = drizzle(pool);
+    const db = drizzle({ client: pool });
     const store = new SessionStore({ db, table });
 
     // 1. get on a small table.

@@ -194,7 +194,7 @@ async function main(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
   pool.on("acquire", (client) => busy.add(client));
   pool.on("release", (_error, client) => busy.delete(client));
   try {
-    io.out(JSON.stringify(await chosen.run(drizzle(pool), settings)));
+    io.out(JSON.stringify(await chosen.run(drizzle({ client: pool }), settings)));
     return 0;
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);

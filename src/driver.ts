@@ -136,7 +136,8 @@ export class Shape {
   compile(prepare: boolean): Compiled {
     if (!this.compiled) {
       const { sql: text, params } = DIALECT.sqlToQuery(this.build((name) => sql`${sql.placeholder(name)}`));
-      const slots = params.map((p) => (is(p, Placeholder) ? p.name : undefined));
+      // `name` is public before drizzle-orm 1.0 and protected from it; the value is there on every version.
+      const slots = params.map((p) => (is(p, Placeholder) ? (p as unknown as { name: string }).name : undefined));
       this.compiled = { text, params, slots, name: prepare ? statementName(text) : undefined };
     }
     return this.compiled;

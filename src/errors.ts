@@ -23,7 +23,7 @@ export type SessionStoreErrorCode =
   | "TIMEOUT"
   | "DATABASE";
 
-const MIGRATE = "await migrate(db) from connect-drizzle, or drizzle-kit with the migrations in node_modules/connect-drizzle/drizzle";
+const MIGRATE = "await migrate(db) from connect-drizzle, or your driver's drizzle migrator on its migrationsFolder";
 
 /**
  * The sessions table does not exist: what `store.ready()` rejects with, and what any statement on the

@@ -1,11 +1,44 @@
-import { is } from "drizzle-orm";
-import { PgDatabase, type PgQueryResultHKT } from "drizzle-orm/pg-core";
+import { entityKind } from "drizzle-orm";
 import type { SessionData } from "express-session";
 import { SessionStoreError } from "./errors.js";
 import { deletedByDatabase, sessions, type SessionTable } from "./schema.js";
 
-/** Any drizzle Postgres database: node-postgres, postgres.js, PGlite, Neon, ... */
-export type AnyPgDatabase = PgDatabase<PgQueryResultHKT, any>;
+/** drizzle's Postgres database class: `PgAsyncDatabase` from drizzle-orm 1.0, `PgDatabase` before it. */
+type PgDatabaseClass =
+  typeof import("drizzle-orm/pg-core") extends { PgAsyncDatabase: infer C }
+    ? C
+    : typeof import("drizzle-orm/pg-core") extends { PgDatabase: infer C }
+      ? C
+      : never;
+
+/**
+ * Any drizzle Postgres database: node-postgres, postgres.js, PGlite, Neon, ..., on drizzle-orm 0.44, 0.45
+ * and 1.0: the installed version's own database class, with any schema (so without the schema-typed
+ * relational `query` API).
+ */
+export type AnyPgDatabase = Omit<PgDatabaseClass extends abstract new (...args: any) => infer Db ? Db : never, "query" | "_">;
+
+/** The entity kinds of drizzle's Postgres database classes: `PgDatabase` (0.x), `PgAsyncDatabase` (1.0). */
+const PG_DATABASE_KINDS = new Set(["PgDatabase", "PgAsyncDatabase"]);
+
+/** The entity kinds of a drizzle object's class chain, most derived first (e.g. NodePgDatabase, PgDatabase). */
+export function entityKinds(value: unknown): string[] {
+  const kinds: string[] = [];
+  if (value === null || typeof value !== "object") return kinds;
+  for (let cls: any = value.constructor; cls; cls = Object.getPrototypeOf(cls)) {
+    if (Object.hasOwn(cls, entityKind)) kinds.push(String(cls[entityKind]));
+  }
+  return kinds;
+}
+
+/**
+ * Whether `db` is a drizzle Postgres database, on any supported drizzle-orm version: drizzle's own `is()`
+ * walk over the class chain (not `instanceof`, which two copies of drizzle break), by the kind's name
+ * instead of a class that only some versions export.
+ */
+export function isPgDatabase(db: unknown): db is AnyPgDatabase {
+  return entityKinds(db).some((kind) => PG_DATABASE_KINDS.has(kind));
+}
 
 /** Finds the owner of a session in its data; return `undefined` or `null` for an anonymous session. */
 export type UserIdOf = (session: SessionData) => string | number | bigint | null | undefined;
@@ -261,10 +294,10 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
   const { db } = options;
   if (db === undefined || db === null) {
     throw new TypeError(
-      "connect-drizzle: the `db` option is required: pass a drizzle Postgres database, e.g. new SessionStore({ db: drizzle(pool) })",
+      "connect-drizzle: the `db` option is required: pass a drizzle Postgres database, e.g. new SessionStore({ db: drizzle({ client: pool }) })",
     );
   }
-  if (!is(db, PgDatabase)) {
+  if (!isPgDatabase(db)) {
     throw new TypeError(
       "connect-drizzle: `db` is not a drizzle Postgres database; build it with drizzle-orm/node-postgres, drizzle-orm/postgres-js " +
         "or drizzle-orm/pglite (MySQL and SQLite databases are not supported)",

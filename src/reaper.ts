@@ -222,7 +222,7 @@ export async function reap(args: ReapArgs): Promise<ReapResult> {
   const { db, signal, onBatch } = args;
   if (onBatch !== undefined && typeof onBatch !== "function") throw new TypeError("connect-drizzle: reap's `onBatch` must be a function");
   if (db === undefined || db === null || typeof (db as any).execute !== "function" || typeof (db as any).transaction !== "function") {
-    throw new TypeError("connect-drizzle: reap needs `db`, a drizzle Postgres database, e.g. reap({ db: drizzle(pool) })");
+    throw new TypeError("connect-drizzle: reap needs `db`, a drizzle Postgres database, e.g. reap({ db: drizzle({ client: pool }) })");
   }
   const table = args.table ?? sessions;
   const retainEnded = numberOption(args, "retainEnded", 0, true);

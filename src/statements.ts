@@ -110,7 +110,9 @@ export class Statements {
       const t = this.t;
       const absolute = this.settings.absoluteTimeout;
       const created = absolute === undefined ? sql`null::timestamptz` : lifetime(absolute);
-      const row = sql`${v("k0")}, ${v("handle")}, ${this.userId(v("userId"))}, ${v("label")}::text, ${v("text")}::jsonb,
+      // JSON text goes in as text, then jsonb: postgres.js would JSON-encode a string sent as a jsonb
+      // parameter (again), and drizzle-orm 1.0 no longer tells it not to.
+      const row = sql`${v("k0")}, ${v("handle")}, ${this.userId(v("userId"))}, ${v("label")}::text, ${v("text")}::text::jsonb,
         least(${lifetime(v("life"))}, ${created}), ${created}, ${NOW}, ${NOW}, ${v("ua")}::text, ${v("ip")}::text`;
       const columns = sql.join([t.key, t.handle, t.userId, t.label, t.data, t.expiresAt, t.absoluteExpiresAt, t.createdAt, t.lastSeenAt, t.userAgent, t.ip].map(col), sql`, `);
       const values = n === 1 ? sql`values (${row})` : sql`select ${row} where not exists (select 1 from ${t} where ${this.byKeys(keyParams(n, v).slice(1))})`;
@@ -136,7 +138,7 @@ export class Statements {
       const t = this.t;
       const absoluteAt = this.absoluteExpiry();
       return sql`update ${t} set ${col(t.expiresAt)} = least(${lifetime(v("life"))}, ${absoluteAt}),
-          ${col(t.absoluteExpiresAt)} = ${absoluteAt}, ${col(t.lastSeenAt)} = ${NOW}, ${col(t.data)} = jsonb_set(${t.data}, '{cookie}', ${v("cookie")}::jsonb),
+          ${col(t.absoluteExpiresAt)} = ${absoluteAt}, ${col(t.lastSeenAt)} = ${NOW}, ${col(t.data)} = jsonb_set(${t.data}, '{cookie}', ${v("cookie")}::text::jsonb),
           ${col(t.userAgent)} = coalesce(${v("ua")}::text, ${t.userAgent}), ${col(t.ip)} = coalesce(${v("ip")}::text, ${t.ip})
         where ${this.byKeys(keyParams(n, v))} and ${this.live()}
           and jsonb_typeof(${t.data}->'cookie') = 'object' ${this.changed()}, ${this.expiryColumns()}`;
@@ -309,7 +311,7 @@ export class Statements {
     const absoluteAt = this.absoluteExpiry();
     // The owner survives the user being removed from the data, so the record of a logout stays in the
     // user's history (passport's logout saves the session without the user, then regenerates it).
-    return sql`${col(t.data)} = ${v("text")}::jsonb, ${col(t.userId)} = coalesce(${this.userId(v("userId"))}, ${t.userId}),
+    return sql`${col(t.data)} = ${v("text")}::text::jsonb, ${col(t.userId)} = coalesce(${this.userId(v("userId"))}, ${t.userId}),
       ${col(t.label)} = coalesce(${v("label")}::text, ${t.label}), ${col(t.expiresAt)} = least(${lifetime(v("life"))}, ${absoluteAt}),
       ${col(t.absoluteExpiresAt)} = ${absoluteAt}, ${col(t.lastSeenAt)} = ${NOW},
       ${col(t.userAgent)} = coalesce(${v("ua")}::text, ${t.userAgent}), ${col(t.ip)} = coalesce(${v("ip")}::text, ${t.ip}), ${col(t.version)} = ${t.version} + 1`;

@@ -1,6 +1,7 @@
 import { execFileSync } from "node:child_process";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { createRequire } from "node:module";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -73,5 +74,59 @@ describe("published package", () => {
     };
     for (const name of imports.keys()) visit(name, [name]);
     expect(cycles).toEqual([]);
+  });
+
+  it("finds its migrations from its own location in ESM and CommonJS, whatever the working directory, and exports the folder", () => {
+    const elsewhere = mkdtempSync(join(tmpdir(), "cd-cwd-"));
+    try {
+      const esm = pathToFileURL(join(root, pkg.exports["."].import.default)).href;
+      const cjs = join(root, pkg.exports["."].require.default);
+      const fromEsm = execFileSync("node", ["--input-type=module", "-e", `console.log((await import(${JSON.stringify(esm)})).migrationsFolder)`], {
+        cwd: elsewhere,
+        encoding: "utf8",
+      });
+      const fromCjs = execFileSync("node", ["-e", `console.log(require(${JSON.stringify(cjs)}).migrationsFolder)`], { cwd: elsewhere, encoding: "utf8" });
+      expect(fromEsm.trim()).toBe(join(root, "drizzle"));
+      expect(fromCjs.trim()).toBe(join(root, "drizzle"));
+    } finally {
+      rmSync(elsewhere, { recursive: true, force: true });
+    }
+    expect(existsSync(join(root, "drizzle/meta/_journal.json"))).toBe(true);
+    expect(createRequire(join(root, "package.json")).resolve("connect-drizzle/drizzle/meta/_journal.json")).toBe(join(root, "drizzle/meta/_journal.json"));
+  });
+
+  it("migrate(db) from the CommonJS build, run from another directory, creates the table with drizzle's migrator", () => {
+    const elsewhere = mkdtempSync(join(tmpdir(), "cd-cjs-"));
+    try {
+      const script = `
+        const need = require("node:module").createRequire(${JSON.stringify(join(root, "package.json"))});
+        const { migrate, SessionStore } = require(${JSON.stringify(join(root, pkg.exports["."].require.default))});
+        const { PGlite } = need("@electric-sql/pglite");
+        const { drizzle } = need("drizzle-orm/pglite");
+        (async () => {
+          const client = new PGlite();
+          const db = drizzle({ client });
+          await migrate(db);
+          const store = new SessionStore({ db, reaper: false });
+          await store.set("sid", { cookie: { originalMaxAge: 60000, expires: new Date(Date.now() + 60000).toISOString() }, ok: 1 });
+          console.log(JSON.stringify((await store.get("sid")).ok));
+          await store.close();
+          await client.close();
+        })().catch((error) => { console.error(error); process.exit(1); });`;
+      expect(execFileSync("node", ["-e", script], { cwd: elsewhere, encoding: "utf8" }).trim()).toBe("1");
+    } finally {
+      rmSync(elsewhere, { recursive: true, force: true });
+    }
+  });
+
+  it("accepts exactly the drizzle-orm versions .ci/drizzle-matrix tests: from each, up to the next minor line (1.x for 1.0)", () => {
+    const script = readFileSync(join(root, ".ci/drizzle-matrix"), "utf8");
+    const versions = script.match(/^VERSIONS=\(([^)]*)\)$/m)![1]!.trim().split(/\s+/);
+    expect(versions.length).toBeGreaterThan(0);
+    const upTo = (version: string) => {
+      const [major, minor] = version.split(".").map(Number) as [number, number];
+      return major === 0 ? `0.${minor + 1}.0` : `${major + 1}`;
+    };
+    expect(pkg.peerDependencies["drizzle-orm"]).toBe(versions.map((v) => `>=${v} <${upTo(v)}`).join(" || "));
   });
 });

@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it, vi } from "vitest";
 import { createSessionTable, SessionStore, SessionStoreError } from "../src/index.js";
 import { drivers, eventually, sessionData, type TestDb, useTestDb } from "./support/db.js";
 
-const MIGRATE = "run the migrations (await migrate(db) from connect-drizzle, or drizzle-kit with the migrations in node_modules/connect-drizzle/drizzle), or create it with createSessionTable in your drizzle schema";
+const MIGRATE = "run the migrations (await migrate(db) from connect-drizzle, or your driver's drizzle migrator on its migrationsFolder), or create it with createSessionTable in your drizzle schema";
 const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 
 describe.each(drivers)("store.ready() and a missing table on %s", (driver) => {
@@ -53,7 +53,7 @@ describe.each(drivers)("store.ready() and a missing table on %s", (driver) => {
     expect(error).toMatchObject({ code: "SCHEMA_OUTDATED" });
     expect((error as Error).message).toBe(
       `connect-drizzle: table "${t.schema}"."partial" lacks the column(s) "label", "version" this version of connect-drizzle needs; ` +
-        "run the latest migrations (await migrate(db) from connect-drizzle, or drizzle-kit with the migrations in node_modules/connect-drizzle/drizzle)",
+        "run the latest migrations (await migrate(db) from connect-drizzle, or your driver's drizzle migrator on its migrationsFolder)",
     );
   });
 

@@ -442,9 +442,9 @@ describe("singleConnection", () => {
     } finally {
       await t.close();
     }
-    expect(singleConnection(drizzle(new pg.Client()))).toBe(true);
-    expect(singleConnection(drizzle(new pg.Pool({ max: 1 })))).toBe(true);
-    expect(singleConnection(drizzle(new pg.Pool()))).toBe(false);
+    expect(singleConnection(drizzle({ client: new pg.Client() }))).toBe(true);
+    expect(singleConnection(drizzle({ client: new pg.Pool({ max: 1 }) }))).toBe(true);
+    expect(singleConnection(drizzle({ client: new pg.Pool() }))).toBe(false);
   });
 });
 
@@ -465,13 +465,13 @@ describe.skipIf(!DATABASE_URL)("reaper across instances, on a real Postgres", ()
     if (driver === "postgres.js") {
       const client = postgres(DATABASE_URL!, { max, onnotice: () => {} });
       pools.push({ end: () => client.end({ timeout: 5 }) });
-      return drizzlePostgresJs(client);
+      return drizzlePostgresJs({ client });
     }
     const pool = new pg.Pool({ connectionString: DATABASE_URL, max });
     // As every node-postgres app should: an idle connection that drops is reported here, not thrown.
     pool.on("error", () => {});
     pools.push(pool);
-    return drizzle(pool);
+    return drizzle({ client: pool });
   };
 
   beforeAll(async () => {
@@ -595,7 +595,7 @@ describe.skipIf(!DATABASE_URL)("reaper across instances, on a real Postgres", ()
     const pool = new pg.Pool({ connectionString: DATABASE_URL, max: 2 });
     pool.on("error", () => {});
     pools.push(pool);
-    const db = drizzle(pool);
+    const db = drizzle({ client: pool });
     // Every connection of the pool busy, e.g. with slow requests.
     const held = [await pool.connect(), await pool.connect()];
     try {

@@ -235,7 +235,7 @@ describe.each(drivers)("SessionStore on %s", (driver) => {
     const err = await new Promise<any>((resolve) => missing.get("x", (e) => resolve(e)));
     expect(err).toBeInstanceOf(SessionStoreError);
     expect(err.code).toBe("TABLE_MISSING");
-    expect(err.message).toMatch(/table .*no_such_table.* not found; run the migrations \(await migrate\(db\) from connect-drizzle, or drizzle-kit with the migrations in node_modules\/connect-drizzle\/drizzle\)/);
+    expect(err.message).toMatch(/table .*no_such_table.* not found; run the migrations \(await migrate\(db\) from connect-drizzle, or your driver's drizzle migrator on its migrationsFolder\)/);
     expect(err.cause).toBeDefined();
   });
 

@@ -111,7 +111,7 @@ export async function openStore(name: StoreName, options: OpenOptions): Promise<
       const pool = options.pool ?? newPool();
       const table = createSessionTable("sessions", { schema });
       const store = new SessionStore({
-        db: drizzle(pool),
+        db: drizzle({ client: pool }),
         table,
         ...(options.touchAfter === undefined ? {} : { touchAfter: options.touchAfter }),
         ...(options.notify === undefined ? {} : { notify: options.notify }),

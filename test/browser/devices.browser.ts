@@ -37,7 +37,7 @@ beforeAll(async () => {
   if (!haveBrowser) return;
   mkdirSync(outDir, { recursive: true });
   pglite = new PGlite(); // in memory: a fresh database on every run
-  const db = drizzle(pglite);
+  const db = drizzle({ client: pglite });
   await migrate(db, { migrationsFolder: `${root}drizzle`, migrationsTable: "__connect_drizzle_migrations" });
   devices = await createApp({ db, secret: "browser test secret" });
   server = createServer(devices.app);

@@ -31,13 +31,13 @@ describe.skipIf(!binary)(`through pgbouncer ${version} in transaction pooling mo
     const pool = new pg.Pool({ connectionString: bouncer.url, max });
     pool.on("error", () => {});
     closers.push(() => pool.end());
-    return drizzle(pool);
+    return drizzle({ client: pool });
   };
   /** A postgres.js client through pgbouncer, with the driver's own `prepare` option. */
   const postgresJsThrough = (prepare: boolean, max = 6): AnyPgDatabase => {
     const client = postgres(bouncer.url, { max, prepare, onnotice: () => {} });
     closers.push(() => client.end({ timeout: 5 }));
-    return drizzlePostgresJs(client);
+    return drizzlePostgresJs({ client });
   };
   const storeOn = (db: AnyPgDatabase, options: Partial<SessionStoreOptions> = {}) =>
     new SessionStore({ db, table: direct.table, timeout: 5_000, ...options });

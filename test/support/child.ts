@@ -24,7 +24,7 @@ const send = (message: ChildMessage) => process.send!(message);
 
 const pool = new pg.Pool({ connectionString: process.env.CHILD_DATABASE_URL, max: 3, application_name: `connect-drizzle child ${process.env.CHILD_NAME}` });
 pool.on("error", () => {});
-const db = drizzle(pool);
+const db = drizzle({ client: pool });
 const table = createSessionTable("sessions", { schema: process.env.CHILD_SCHEMA });
 const store = new SessionStore({ db, table, timeout: 5_000 });
 const server = testApp(store).listen(0, "127.0.0.1", () => {

@@ -62,7 +62,7 @@ export async function openDb(driver: DriverName, options: { pool?: number } = {}
   let end: () => Promise<void>;
   if (driver === "pglite") {
     const client = new PGlite();
-    db = drizzlePglite(client, { logger });
+    db = drizzlePglite({ client, logger });
     exec = async (text) => (await client.exec(text)).at(-1)?.rows ?? [];
     end = () => client.close();
   } else if (driver === "node-postgres") {
@@ -72,7 +72,7 @@ export async function openDb(driver: DriverName, options: { pool?: number } = {}
       statements.push(typeof config === "string" ? config : config.text);
       return query(config, ...rest);
     }) as typeof pool.query;
-    db = drizzlePg(pool);
+    db = drizzlePg({ client: pool });
     exec = async (text) => {
       const result: any = await pool.query(text);
       return (Array.isArray(result) ? result.at(-1) : result).rows ?? [];
@@ -88,7 +88,7 @@ export async function openDb(driver: DriverName, options: { pool?: number } = {}
     end = () => proxy.close();
   } else {
     const client = postgres(DATABASE_URL!, { max: options.pool ?? 4, onnotice: () => {} });
-    db = drizzlePostgresJs(client, { logger });
+    db = drizzlePostgresJs({ client, logger });
     exec = async (text) => [...(await client.unsafe(text))];
     end = () => client.end({ timeout: 5 });
   }
@@ -192,7 +192,7 @@ export async function openPeer(t: TestDb): Promise<Peer> {
   let db: AnyPgDatabase;
   let close: () => Promise<void>;
   if (t.driver === "pglite") {
-    db = drizzlePglite((t.db as any).$client);
+    db = drizzlePglite({ client: (t.db as any).$client });
     const execute = db.execute.bind(db);
     db.execute = ((query: any) => (hook ? held(execute(query)) : execute(query))) as typeof db.execute;
     close = async () => {};
@@ -201,11 +201,11 @@ export async function openPeer(t: TestDb): Promise<Peer> {
     pool.on("error", () => {}); // an idle client killed by a fault test must not crash the run
     const query = pool.query.bind(pool) as (...args: any[]) => any;
     pool.query = ((...args: any[]) => (hook ? held(query(...args)) : query(...args))) as typeof pool.query;
-    db = drizzlePg(pool);
+    db = drizzlePg({ client: pool });
     close = () => pool.end();
   } else {
     const client = postgres(DATABASE_URL!, { max: 4, onnotice: () => {} });
-    db = drizzlePostgresJs(client);
+    db = drizzlePostgresJs({ client });
     const execute = db.execute.bind(db);
     db.execute = ((query: any) => (hook ? held(execute(query)) : execute(query))) as typeof db.execute;
     close = () => client.end({ timeout: 5 });

@@ -78,7 +78,7 @@ export async function createFaultDb(label: string): Promise<FaultDb> {
       const poolErrors: Error[] = [];
       // What every node-postgres app must do: an idle client whose server went away emits 'error' on the pool.
       pool.on("error", (error) => void poolErrors.push(error));
-      const db = drizzle(pool);
+      const db = drizzle({ client: pool });
       const schema = `s${schemas++}`;
       await pool.query(`create schema "${schema}"; set search_path to "${schema}"; ${migrationScript()}; reset search_path;`);
       const qualified = `"${schema}"."sessions"`;
