@@ -1,67 +1,51 @@
 import { sql } from "drizzle-orm";
-import {
-  bigint,
-  getTableConfig,
-  index,
-  integer,
-  jsonb,
-  pgSchema,
-  pgTable,
-  text,
-  timestamp,
-  uniqueIndex,
-  uuid,
-  type AnyPgColumn,
-  type PgBigInt53BuilderInitial,
-  type PgIntegerBuilderInitial,
-  type PgJsonbBuilderInitial,
-  type PgTableWithColumns,
-  type PgTextBuilderInitial,
-  type PgTimestampBuilderInitial,
-  type PgUUIDBuilderInitial,
-  type UpdateDeleteAction,
-} from "drizzle-orm/pg-core";
-import type { BuildColumns, HasDefault, IsPrimaryKey, NotNull } from "drizzle-orm";
+import type { $Type, HasDefault, IsPrimaryKey, NotNull } from "drizzle-orm";
+import { bigint, getTableConfig, index, integer, jsonb, pgSchema, pgTable, text, timestamp, uniqueIndex, uuid, type AnyPgColumn } from "drizzle-orm/pg-core";
 
 /** The SQL type of the `user_id` column: the type of your users' primary key. */
 export type UserIdType = "text" | "integer" | "bigint" | "uuid";
 
-type Text<Name extends string> = PgTextBuilderInitial<Name, [string, ...string[]]>;
-type Instant<Name extends string> = PgTimestampBuilderInitial<Name>;
+/** What deleting a referenced user does to the rows that reference it (Postgres's referential actions). */
+export type UpdateDeleteAction = "cascade" | "restrict" | "no action" | "set null" | "set default";
+
+// Column builder types are taken from the column functions of the drizzle-orm the app has installed
+// (ReturnType of `text`, `integer`, ...), not named: drizzle-orm 1.0 renamed them (PgTextBuilderInitial is
+// PgTextBuilder there), and these declarations are the same for 0.44, 0.45 and 1.0.
+type Text = ReturnType<typeof text>;
+type Instant = ReturnType<typeof timestamp>;
+type Integer = ReturnType<typeof integer>;
 
 /** The drizzle column builder of `user_id` for each {@link UserIdType} (`bigint` in drizzle's `mode: "number"`). */
 export interface UserIdColumnBuilders {
-  text: Text<"user_id">;
-  integer: PgIntegerBuilderInitial<"user_id">;
-  bigint: PgBigInt53BuilderInitial<"user_id">;
-  uuid: PgUUIDBuilderInitial<"user_id">;
+  text: Text;
+  integer: Integer;
+  bigint: $Type<ReturnType<typeof bigint>, number>;
+  uuid: ReturnType<typeof uuid>;
 }
 
 /** The column builders of a sessions table whose `user_id` is of type `T`. */
 export type SessionColumns<T extends UserIdType = "text"> = {
-  key: IsPrimaryKey<NotNull<Text<"key">>>;
-  handle: NotNull<Text<"handle">>;
+  key: IsPrimaryKey<NotNull<Text>>;
+  handle: NotNull<Text>;
   userId: UserIdColumnBuilders[T];
-  data: NotNull<PgJsonbBuilderInitial<"data">>;
-  expiresAt: NotNull<Instant<"expires_at">>;
-  absoluteExpiresAt: Instant<"absolute_expires_at">;
-  createdAt: HasDefault<NotNull<Instant<"created_at">>>;
-  lastSeenAt: HasDefault<NotNull<Instant<"last_seen_at">>>;
-  label: Text<"label">;
-  userAgent: Text<"user_agent">;
-  ip: Text<"ip">;
-  endedAt: Instant<"ended_at">;
-  endReason: Text<"end_reason">;
-  version: HasDefault<NotNull<PgIntegerBuilderInitial<"version">>>;
+  data: NotNull<ReturnType<typeof jsonb>>;
+  expiresAt: NotNull<Instant>;
+  absoluteExpiresAt: Instant;
+  createdAt: HasDefault<NotNull<Instant>>;
+  lastSeenAt: HasDefault<NotNull<Instant>>;
+  label: Text;
+  userAgent: Text;
+  ip: Text;
+  endedAt: Instant;
+  endReason: Text;
+  version: HasDefault<NotNull<Integer>>;
 };
 
 /**
  * The sessions table of a {@link SessionStore}, as built by {@link createSessionTable}, whose `user_id` is
  * of type `T`. Without `T`: any sessions table (what `new SessionStore({ table })` accepts).
  */
-export type SessionTable<T extends UserIdType = UserIdType> = T extends UserIdType
-  ? PgTableWithColumns<{ name: string; schema: string | undefined; columns: BuildColumns<string, SessionColumns<T>, "pg">; dialect: "pg" }>
-  : never;
+export type SessionTable<T extends UserIdType = UserIdType> = T extends UserIdType ? ReturnType<typeof pgTable<string, SessionColumns<T>>> : never;
 
 const instant = (name: string) => timestamp(name, { withTimezone: true, precision: 3, mode: "date" });
 

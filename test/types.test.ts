@@ -105,16 +105,22 @@ describe("types of the packed package, in a consumer project (tsc --strict, skip
 
   beforeAll(() => {
     work = mkdtempSync(join(tmpdir(), "connect-drizzle-types-"));
-    // Built into a directory of its own, so a parallel build of dist/ (test/package.test.ts) cannot interfere.
-    const pkg = join(work, "pkg");
-    execFileSync(join(root, "node_modules", ".bin", "tsup"), ["--out-dir", join(pkg, "dist"), "--no-sourcemap"], { cwd: root, stdio: "pipe" });
-    for (const file of ["package.json", "README.md", "LICENSE", "drizzle"]) cpSync(join(root, file), join(pkg, file), { recursive: true });
-    const [packed] = JSON.parse(execFileSync("npm", ["pack", "--json", "--ignore-scripts", "--pack-destination", work], { cwd: pkg, encoding: "utf8" }));
+    // CONNECT_DRIZZLE_TARBALL: a package packed elsewhere (.ci/drizzle-matrix packs one build and checks it
+    // against each drizzle-orm version). Otherwise built into a directory of its own, so a parallel build of
+    // dist/ (test/package.test.ts) cannot interfere.
+    let tarball = process.env.CONNECT_DRIZZLE_TARBALL;
+    if (!tarball) {
+      const pkg = join(work, "pkg");
+      execFileSync(join(root, "node_modules", ".bin", "tsup"), ["--out-dir", join(pkg, "dist"), "--no-sourcemap"], { cwd: root, stdio: "pipe" });
+      for (const file of ["package.json", "README.md", "LICENSE", "drizzle"]) cpSync(join(root, file), join(pkg, file), { recursive: true });
+      const [packed] = JSON.parse(execFileSync("npm", ["pack", "--json", "--ignore-scripts", "--pack-destination", work], { cwd: pkg, encoding: "utf8" }));
+      tarball = join(work, packed.filename);
+    }
 
     const fixture = join(work, "fixture");
     const modules = join(fixture, "node_modules");
     mkdirSync(join(modules, "connect-drizzle"), { recursive: true });
-    execFileSync("tar", ["xzf", join(work, packed.filename), "-C", join(modules, "connect-drizzle"), "--strip-components=1"]);
+    execFileSync("tar", ["xzf", tarball, "-C", join(modules, "connect-drizzle"), "--strip-components=1"]);
     for (const name of installed) {
       mkdirSync(dirname(join(modules, name)), { recursive: true });
       symlinkSync(join(root, "node_modules", name), join(modules, name), "dir");

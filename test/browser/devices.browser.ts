@@ -7,10 +7,10 @@ import type { AddressInfo } from "node:net";
 import { fileURLToPath } from "node:url";
 import { PGlite } from "@electric-sql/pglite";
 import { drizzle } from "drizzle-orm/pglite";
-import { migrate } from "drizzle-orm/pglite/migrator";
 import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { createApp, type DevicesApp } from "../../examples/devices/app.js";
+import { migrate } from "../../src/index.js";
 
 const root = fileURLToPath(new URL("../../", import.meta.url));
 const outDir = `${root}test-output`;
@@ -38,7 +38,7 @@ beforeAll(async () => {
   mkdirSync(outDir, { recursive: true });
   pglite = new PGlite(); // in memory: a fresh database on every run
   const db = drizzle({ client: pglite });
-  await migrate(db, { migrationsFolder: `${root}drizzle`, migrationsTable: "__connect_drizzle_migrations" });
+  await migrate(db);
   devices = await createApp({ db, secret: "browser test secret" });
   server = createServer(devices.app);
   await new Promise<void>((resolve, reject) => {
