@@ -295,7 +295,7 @@ describe("CommonJS consumers (NestJS builds)", () => {
         async function bootstrap() {
           const client = new PGlite();
           await client.exec(require("fs").readFileSync(0, "utf8"));
-          const store = new SessionStore({ db: drizzle(client), reaper: false });
+          const store = new SessionStore({ db: drizzle({ client }), reaper: false });
           const cookie = { originalMaxAge: 60000, expires: new Date(Date.now() + 60000).toISOString() };
           await store.set("cjs", { cookie, userId: "ann" });
           const loaded = await store.get("cjs");

@@ -225,7 +225,7 @@ describe("importConnectPgSimple's arguments", () => {
     const { PGlite } = await import("@electric-sql/pglite");
     const client = new PGlite();
     try {
-      const db = drizzle(client);
+      const db = drizzle({ client });
       await expect(importConnectPgSimple({ db, secrets: [""] })).rejects.toThrow(/`secrets` must be a non-empty string/);
       await expect(importConnectPgSimple({ db, fromTable: "" })).rejects.toThrow(/`fromTable` must be a non-empty/);
       await expect(importConnectPgSimple({ db, batchSize: 0 })).rejects.toThrow(/`batchSize` must be a positive number/);

@@ -46,7 +46,7 @@ describe.skipIf(!DATABASE_URL)("on drizzle's pg-proxy over HTTP (no transactions
 
   it("is recognised as a driver without interactive transactions", () => {
     expect(interactiveTransactions(t.db)).toBe(false);
-    expect(interactiveTransactions(drizzle(new pg.Pool()))).toBe(true);
+    expect(interactiveTransactions(drizzle({ client: new pg.Pool() }))).toBe(true);
   });
 
   describe("the express-session contract", () => {
@@ -212,7 +212,7 @@ describe.skipIf(!DATABASE_URL)("a db.transaction that says transactions are not 
   it("makes the reaper go a statement at a time from then on", async () => {
     const t = await openDb("node-postgres");
     try {
-      const db = drizzle(new pg.Pool({ connectionString: DATABASE_URL, max: 2 }));
+      const db = drizzle({ client: new pg.Pool({ connectionString: DATABASE_URL, max: 2 }) });
       const refuse = vi.spyOn(db, "transaction").mockRejectedValue(new Error("Transactions are not supported by this driver"));
       await t.raw(`insert into $table (key, handle, data, expires_at) select 'k' || i, 'h' || i, '{}'::jsonb, now() - interval '1 minute' from generate_series(1, 5) i`);
       expect(await reap({ db, table: t.table })).toMatchObject({ deleted: 5, skipped: false });

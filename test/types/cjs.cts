@@ -16,7 +16,7 @@ expectTypeOf(table).toEqualTypeOf<SessionTable<"integer">>();
 expectTypeOf<typeof table.$inferSelect.userId>().toEqualTypeOf<number | null>();
 
 declare const pool: pg.Pool;
-const db = drizzle(pool);
+const db = drizzle({ client: pool });
 const store = new SessionStore({ db, table });
 expectTypeOf(store.list({ userId: 1 })).toEqualTypeOf<Promise<SessionRecord[]>>();
 expectTypeOf(store.revokeUser(1n)).toEqualTypeOf<Promise<number>>();

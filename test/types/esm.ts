@@ -75,9 +75,9 @@ byInteger.doesNotExist;
 
 // --- SessionStore options.
 declare const pool: pg.Pool;
-const db = drizzle(pool);
+const db = drizzle({ client: pool });
 const store = new SessionStore({ db, table: byInteger, userId: (session) => (session as { userId?: number }).userId });
-new SessionStore({ db: drizzlePglite(new PGlite()), table: byUuid, secrets: ["new", "old"], cache: { max: 100 }, reaper: false });
+new SessionStore({ db: drizzlePglite({ client: new PGlite() }), table: byUuid, secrets: ["new", "old"], cache: { max: 100 }, reaper: false });
 new SessionStore({ db, idleTimeout: 30 * 60_000, absoluteTimeout: 12 * 3_600_000, retainEnded: 86_400_000, versioned: true });
 // @ts-expect-error `db` is required
 new SessionStore({ table: sessions });
