@@ -135,7 +135,7 @@ describe.skipIf(!DATABASE_URL)("moving from connect-pg-simple (needs DATABASE_UR
       const { drizzle } = await import("drizzle-orm/node-postgres");
       const runs = await Promise.all([
         importConnectPgSimple({ db: t.db, table: t.table, fromSchema: t.schema, batchSize: 1 }),
-        importConnectPgSimple({ db: drizzle(other), table: t.table, fromSchema: t.schema, batchSize: 1 }),
+        importConnectPgSimple({ db: drizzle({ client: other }), table: t.table, fromSchema: t.schema, batchSize: 1 }),
       ]);
       expect(runs[0]!.imported + runs[1]!.imported).toBe(2);
       expect(runs[0]!.imported + runs[0]!.skipped).toBe(2);

@@ -295,7 +295,7 @@ describe("the read cache's probe", () => {
   it("a probe NOTIFY that fails is reported once, and the cache stays off (every read is a query)", async () => {
     const t = await openDb("pglite");
     try {
-      const db: any = drizzlePglite((t.db as any).$client);
+      const db: any = drizzlePglite({ client: (t.db as any).$client });
       const execute = db.execute.bind(db);
       db.execute = (query: any) => {
         const text = JSON.stringify(query);

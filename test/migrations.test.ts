@@ -13,10 +13,9 @@ import postgres from "postgres";
 import { afterAll, describe, expect, it } from "vitest";
 import { migrate, migrationsFolder, SessionStore, type AnyPgDatabase } from "../src/index.js";
 import { rowsOf } from "../src/driver.js";
-import { DATABASE_URL, drivers, sessionData, type DriverName } from "./support/db.js";
+import { DATABASE_URL, drivers, drizzleMajor, sessionData, type DriverName } from "./support/db.js";
 
 const root = join(import.meta.dirname, "..");
-const drizzleMajor = Number(JSON.parse(readFileSync(join(root, "node_modules/drizzle-orm/package.json"), "utf8")).version.split(".")[0]);
 const journal = JSON.parse(readFileSync(join(root, "drizzle/meta/_journal.json"), "utf8"));
 
 describe("shipped migrations", () => {

@@ -13,6 +13,11 @@ import { startProxy } from "./proxy.js";
 
 export const DATABASE_URL = process.env.DATABASE_URL;
 
+/** The major version of the installed drizzle-orm (0 or 1): .ci/drizzle-matrix runs the suite on each. */
+export const drizzleMajor = Number(
+  JSON.parse(readFileSync(join(import.meta.dirname, "..", "..", "node_modules", "drizzle-orm", "package.json"), "utf8")).version.split(".")[0],
+);
+
 /** A database with the migrations applied in a schema of its own, so test files never share rows. */
 export interface TestDb {
   driver: DriverName;
