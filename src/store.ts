@@ -76,8 +76,13 @@ function withLoaded<T extends object>(session: T, loaded: Loaded): T {
  * (express-session, and any session this store wrote), or carried in @fastify/session's cookie options.
  */
 function loadedOf(session: SessionData, sid: string): Loaded | undefined {
-  const loaded: Loaded | undefined = (session as any)?.[LOADED] ?? kept(session, (value) => value[LOADED]);
+  const loaded = loadedIn(session);
   return loaded?.sid === sid ? loaded : undefined;
+}
+
+/** What `get` attached to a session, whichever id it was read under. */
+function loadedIn(session: unknown): Loaded | undefined {
+  return (session as any)?.[LOADED] ?? kept(session, (value) => value[LOADED]);
 }
 
 /**
@@ -491,7 +496,7 @@ export class SessionStore extends Store {
     if (this.options.retainEnded === 0) return;
     const previous = requestOf(session)?.session;
     if (previous === session || previous === null || typeof previous !== "object") return;
-    const old: Loaded | undefined = previous[LOADED] ?? kept(previous, (value) => value[LOADED]);
+    const old = loadedIn(previous);
     if (old && old.sid !== sid && this.userIdOf(previous) !== null) await this.exec.query(this.sql.rotated(old.key));
   }
 
