@@ -1,4 +1,6 @@
 export { SessionStore, type SessionStoreEvents, type SessionStoreListener } from "./store.js";
+export type { LifecycleEvents, SessionEndedEvent, SessionEvent } from "./events.js";
+export { describeDevice } from "./device.js";
 export type { EndReason, ExtendOptions, OwnerScope, RevokeOptions, SessionQuery, SessionRecord, SessionStatus, UserId } from "./records.js";
 export type { AnyPgDatabase, CacheOptions, ReaperOptions, SessionStoreOptions, UserIdOf } from "./options.js";
 export { sessions, createSessionTable, type SessionColumns, type SessionTable, type SessionTableOptions, type UserIdColumnBuilders, type UserIdType } from "./schema.js";

@@ -1,4 +1,5 @@
 import type { SQL } from "drizzle-orm";
+import { describeDevice } from "./device.js";
 import { isTrue } from "./driver.js";
 import { isValidId, type KeyDeriver } from "./hash.js";
 import type { EndReason, RecordRow, SessionStatus, Statements } from "./statements.js";
@@ -25,6 +26,8 @@ export interface SessionRecord {
   /** The session's display name, from the store's `label` option (default: `session.label`). */
   label: string | null;
   userAgent: string | null;
+  /** "Firefox on Linux": the browser family and operating system of `userAgent` ({@link describeDevice}). */
+  device: string | null;
   ip: string | null;
   endedAt: Date | null;
   endReason: EndReason | null;
@@ -172,6 +175,7 @@ function toRecord(row: RecordRow): SessionRecord {
     absoluteExpiresAt: date(row.absolute_expires_at),
     label: row.label,
     userAgent: row.user_agent,
+    device: describeDevice(row.user_agent),
     ip: row.ip,
     endedAt: date(row.ended_at),
     endReason: row.end_reason,

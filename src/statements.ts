@@ -4,8 +4,13 @@ import { lifetime, millis, NOW } from "./clock.js";
 import { Shape } from "./driver.js";
 import type { SessionTable } from "./schema.js";
 
-/** Why a session ended, as recorded in `end_reason`. */
-export type EndReason = "logout" | "revoked" | "expired" | "rotated";
+/**
+ * Why a session ended, as recorded in `end_reason`: `logout` (destroy, or regenerate of an anonymous
+ * session), `revoked` (revoke, revokeUser), `expired` (reaped), `rotated` (regenerate of a logged-in
+ * session: the user goes on in a new one), `evicted` (ended by `maxSessionsPerUser` when its user signed
+ * in once more than the cap allows: the least recently used session goes).
+ */
+export type EndReason = "logout" | "revoked" | "expired" | "rotated" | "evicted";
 
 /**
  * Where a session stands: `active` (usable), `expired` (past its idle or absolute expiry, not yet reaped:

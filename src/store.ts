@@ -1,6 +1,7 @@
 import type { SQL } from "drizzle-orm";
 import { Store, type SessionData } from "express-session";
 import { ReadCache } from "./cache.js";
+import type { LifecycleEvent, LifecycleEvents } from "./events.js";
 import { settle, settled, type Callback } from "./callback.js";
 import { Executor, isTrue } from "./driver.js";
 import { databaseError, schemaOutdated, SessionStoreError, tableMissing } from "./errors.js";
@@ -108,8 +109,9 @@ function kept<T>(session: unknown, pick: (value: any) => T | undefined): T | und
  * - `connect`, `disconnect`: express-session listens for them; this store never emits them (every
  *   operation gets its connection from your database, and a failure fails only that operation);
  * - `newListener`, `removeListener`: EventEmitter's own.
+ * - `created`, `ended`, `newDevice`: the lifecycle events ({@link LifecycleEvents}).
  */
-export interface SessionStoreEvents {
+export interface SessionStoreEvents extends LifecycleEvents {
   reap: [result: ReapResult];
   error: [error: Error];
   connect: [];
@@ -563,6 +565,14 @@ export class SessionStore extends Store {
     const rows = await this.exec.query<{ key: string }>(statement);
     this.evict(rows.map((row) => row.key));
     return rows;
+  }
+
+  /**
+   * Emits a lifecycle event of a change this store made (the one place they are emitted from, so
+   * that broadcasting them to other instances is added here). @internal
+   */
+  protected announce<E extends LifecycleEvent>(event: E, ...args: LifecycleEvents[E]): void {
+    (this.emit as (event: string, ...args: unknown[]) => boolean)(event, ...args);
   }
 
   /** Runs an operation, turning driver errors into errors that say what to do. @internal */

@@ -143,7 +143,7 @@ export function devicesPage(ctx: PageContext, view: DevicesView): string {
       <td>${
         s.current
           ? html`<span class="tag">This device</span>`
-          : html`<form method="post" action="/devices/revoke">${hidden}<input type="hidden" name="handle" value="${s.handle}"><button class="danger" aria-label="Revoke ${label ?? describeDevice(s.userAgent)}">Revoke</button></form>`
+          : html`<form method="post" action="/devices/revoke">${hidden}<input type="hidden" name="handle" value="${s.handle}"><button class="danger" aria-label="Revoke ${label ?? (s.device ?? "Unknown device")}">Revoke</button></form>`
       }</td>
     </tr>`;
   });
@@ -218,37 +218,10 @@ const REASONS: Record<string, string> = {
 function deviceCell(s: SessionRecord, label: string | undefined): Html {
   if (label !== undefined) {
     // A token's user agent and IP are those of the client that last used it (none until then).
-    const used = s.userAgent ? html`<div class="muted">last used by ${describeDevice(s.userAgent)}</div>` : "";
+    const used = s.userAgent ? html`<div class="muted">last used by ${(s.device ?? "Unknown device")}</div>` : "";
     return html`<span class="tag token">API token</span> <strong>${label}</strong>${used}`;
   }
-  return html`<strong>${describeDevice(s.userAgent)}</strong>`;
-}
-
-/** "Chrome on Windows" from a user agent: a rough guess, good enough for a devices list. */
-export function describeDevice(userAgent: string | null): string {
-  if (!userAgent) return "Unknown device";
-  const ua = userAgent;
-  const browser =
-    /\bEdg(?:e|A|iOS)?\//.test(ua) ? "Edge"
-    : /\b(?:OPR|Opera)\//.test(ua) ? "Opera"
-    : /\b(?:Firefox|FxiOS)\//.test(ua) ? "Firefox"
-    : /\bHeadlessChrome\//.test(ua) ? "Headless Chrome"
-    : /\b(?:Chrome|CriOS)\//.test(ua) ? "Chrome"
-    : /\bVersion\/[\d.]+.*\bSafari\//.test(ua) ? "Safari"
-    : /^curl\//.test(ua) ? "curl"
-    : /^node\b|undici/i.test(ua) ? "Node.js"
-    : /^python-requests\//.test(ua) ? "Python requests"
-    : null;
-  const os =
-    /\b(?:iPhone|iPad|iPod)\b/.test(ua) ? "iOS"
-    : /\bAndroid\b/.test(ua) ? "Android"
-    : /\bWindows\b/.test(ua) ? "Windows"
-    : /\bCrOS\b/.test(ua) ? "ChromeOS"
-    : /\bMac OS X\b|\bMacintosh\b/.test(ua) ? "macOS"
-    : /\bLinux\b/.test(ua) ? "Linux"
-    : null;
-  if (browser && os) return `${browser} on ${os}`;
-  return browser ?? os ?? ua.slice(0, 40);
+  return html`<strong>${(s.device ?? "Unknown device")}</strong>`;
 }
 
 /** An IPv4 client on a dual-stack socket shows as ::ffff:1.2.3.4; show it as 1.2.3.4. */
