@@ -39,6 +39,7 @@ export type SessionColumns<T extends UserIdType = "text"> = {
   endedAt: Instant;
   endReason: Text;
   version: HasDefault<NotNull<Integer>>;
+  authenticatedAt: Instant;
 };
 
 /**
@@ -90,6 +91,13 @@ function sessionColumns(options: SessionTableOptions<UserIdType>) {
     endReason: text("end_reason"),
     /** Incremented on every write; lets a save detect a concurrent change. */
     version: integer("version").notNull().default(1),
+    /**
+     * When the user last proved who they are in this session (the database's clock): set by the write
+     * that gave the session its user (a login) and by `store.markAuthenticated` (a password re-entry, a
+     * WebAuthn assertion); kept by every other write. Null for an anonymous session. What
+     * `store.requireRecentLogin` checks.
+     */
+    authenticatedAt: instant("authenticated_at"),
   };
 }
 
