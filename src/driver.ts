@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { entityKind, is, Placeholder, sql, type SQL } from "drizzle-orm";
 import { PgDialect } from "drizzle-orm/pg-core";
-import { SessionStoreError } from "./errors.js";
+import { pgCode, safeCause, SessionStoreError } from "./errors.js";
 import type { AnyPgDatabase } from "./options.js";
 
 /**
@@ -182,19 +182,51 @@ export class Executor {
   }
 
   /**
+   * Runs `body` in one transaction (drizzle's `db.transaction`), its statements on the transaction's
+   * connection, the whole of it (the wait for a connection, BEGIN and COMMIT included) bounded by
+   * `timeout`. A body whose transaction begins only after that wait was given up on throws at once, so
+   * the driver rolls back. Given up on later, its statements go on unless they bound themselves in the
+   * database (a local `statement_timeout`, as {@link Statements.loginLock} sets); a statement the database
+   * cancelled so fails as `TIMEOUT` too.
+   */
+  transaction<T>(body: (tx: Pick<Executor, "query" | "run">) => Promise<T>): Promise<T> {
+    const { timeout } = this.settings;
+    let expired = false;
+    const work = this.db.transaction(async (tx) => {
+      if (expired) throw timeoutError(timeout);
+      const query = async <Row>(statement: SQL) => rowsOf<Row>(await tx.execute(statement));
+      return body({ query, run: (shape, values) => query(shape.with(values)) });
+    });
+    const cancelled = (error: unknown) => {
+      const code = pgCode(error);
+      // statement_timeout (57014), lock_timeout (55P03): the database gave up on it at the same deadline.
+      throw code === "57014" || code === "55P03" ? timeoutError(timeout, error) : error;
+    };
+    return this.bounded(work, (result) => result as T, () => (expired = true)).catch(cancelled);
+  }
+
+  /**
    * The rows of a statement's result, failing after `timeout` (a slow or unreachable database) instead of
    * hanging.
    */
   private timed<Row>(query: PromiseLike<unknown>): Promise<Row[]> {
-    return new Promise<Row[]>((resolve, reject) => {
-      const waiting = { deadline: performance.now() + this.settings.timeout, reject };
+    return this.bounded(query, rowsOf<Row>);
+  }
+
+  /** What `result` makes of the outcome of `work`, or a `TIMEOUT` error after `timeout` (`onTimeout` called first). */
+  private bounded<T>(work: PromiseLike<unknown>, result: (value: unknown) => T, onTimeout?: () => void): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const waiting = {
+        deadline: performance.now() + this.settings.timeout,
+        reject: onTimeout === undefined ? reject : (error: Error) => (onTimeout(), reject(error)),
+      };
       this.waiting.add(waiting);
       this.sweepTimeouts();
       // Drizzle's queries are lazy thenables that run on every then(): this is the only one.
-      query.then(
-        (result) => {
+      work.then(
+        (value) => {
           this.waiting.delete(waiting);
-          resolve(rowsOf<Row>(result));
+          resolve(result(value));
         },
         (error) => {
           this.waiting.delete(waiting);
@@ -217,7 +249,7 @@ export class Executor {
       for (const waiting of this.waiting) {
         if (waiting.deadline > now) continue;
         this.waiting.delete(waiting);
-        waiting.reject(new SessionStoreError("TIMEOUT", `the database did not answer within ${timeout} ms (the store's timeout option)`));
+        waiting.reject(timeoutError(timeout));
       }
       if (this.waiting.size === 0) {
         clearInterval(this.sweeper);
@@ -226,6 +258,14 @@ export class Executor {
     }, every);
     this.sweeper.unref();
   }
+}
+
+function timeoutError(timeout: number, cause?: unknown): SessionStoreError {
+  return new SessionStoreError(
+    "TIMEOUT",
+    `the database did not answer within ${timeout} ms (the store's timeout option)`,
+    cause === undefined ? undefined : { cause: safeCause(cause) },
+  );
 }
 
 const DIALECT = new PgDialect();

@@ -6,10 +6,13 @@ export class SessionStoreError extends Error {
   override name = "SessionStoreError";
   /** A stable, machine-readable reason. */
   readonly code: SessionStoreErrorCode;
+  /** The HTTP status Express's error handler answers with, on errors a client causes (`REAUTHENTICATION_REQUIRED`: 401). */
+  readonly status?: number;
 
-  constructor(code: SessionStoreErrorCode, message: string, options?: { cause?: unknown }) {
+  constructor(code: SessionStoreErrorCode, message: string, options?: { cause?: unknown; status?: number }) {
     super(`connect-drizzle: ${message}`, options);
     this.code = code;
+    if (options?.status !== undefined) this.status = options.status;
   }
 }
 
@@ -21,7 +24,8 @@ export type SessionStoreErrorCode =
   | "CORRUPT_ROW"
   | "CONFLICT"
   | "TIMEOUT"
-  | "DATABASE";
+  | "DATABASE"
+  | "REAUTHENTICATION_REQUIRED";
 
 const MIGRATE = "await migrate(db) from connect-drizzle, or your driver's drizzle migrator on its migrationsFolder";
 
@@ -49,6 +53,19 @@ export function schemaOutdated(table: string, missing: readonly string[] | undef
     "SCHEMA_OUTDATED",
     `table ${table} lacks ${what}; run the latest migrations (${MIGRATE})`,
     cause === undefined ? undefined : { cause: safeCause(cause) },
+  );
+}
+
+/**
+ * A sensitive route's `requireRecentLogin(maxAge)` found no sign-in recent enough in the session: a 401
+ * for Express's error handler.
+ */
+export function reauthenticationRequired(maxAge: number): SessionStoreError {
+  return new SessionStoreError(
+    "REAUTHENTICATION_REQUIRED",
+    `this route needs the user to have signed in within the last ${Math.round(maxAge / 1000)} s; ask them to sign in again ` +
+      "(their password, a passkey), then call store.markAuthenticated(req.sessionID) and retry",
+    { status: 401 },
   );
 }
 

@@ -1,4 +1,4 @@
-export { SessionStore, type SessionStoreEvents, type SessionStoreListener } from "./store.js";
+export { SessionStore, type RequireRecentLoginOptions, type SessionStoreEvents, type SessionStoreListener } from "./store.js";
 export type { LifecycleEvents, SessionEndedEvent, SessionEvent } from "./events.js";
 export { describeDevice } from "./device.js";
 export type { EndReason, ExtendOptions, OwnerScope, RevokeOptions, SessionQuery, SessionRecord, SessionStatus, UserId } from "./records.js";

@@ -154,6 +154,16 @@ export interface SessionStoreOptions {
    */
   reaper?: ReaperOptions | false;
   /**
+   * Most live sessions one user may have: the write that signs a user in (a login's new session, or a
+   * session that gains a user) ends that user's least recently used live sessions beyond it, as
+   * `evicted`, in the same statement (the `ended` event tells of each). Logins of one user are
+   * serialized by an advisory lock, so racing logins never leave more. Needs a driver with interactive
+   * transactions (node-postgres, postgres.js, PGlite, ...): on pg-proxy or neon-http the constructor
+   * throws a `TypeError`. A positive integer.
+   * @default undefined (no cap)
+   */
+  maxSessionsPerUser?: number;
+  /**
    * Use named prepared statements for the hot path. Turn off behind pgbouncer < 1.21 in transaction mode.
    * @default true
    */
@@ -194,6 +204,7 @@ export interface ResolvedOptions {
   versioned: boolean;
   timeout: number;
   reaper: ResolvedReaperOptions | false;
+  maxSessionsPerUser: number | undefined;
 }
 
 /** The store's `timeout`, and the reaper's when it runs on its own (`reap()`, the CLI). */
@@ -235,6 +246,7 @@ export const STORE_OPTIONS: Readonly<Record<keyof SessionStoreOptions, true>> = 
   versioned: true,
   timeout: true,
   reaper: true,
+  maxSessionsPerUser: true,
   prepare: true,
 };
 
@@ -348,7 +360,16 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
     versioned: options.versioned ?? false,
     timeout: numberOption(options, "timeout", DEFAULT_TIMEOUT),
     reaper: resolveReaperOptions(options.reaper),
+    maxSessionsPerUser: sessionCap(options.maxSessionsPerUser),
   };
+}
+
+function sessionCap(value: unknown): number | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== "number" || !Number.isInteger(value) || value < 1) {
+    throw new TypeError(`connect-drizzle: \`maxSessionsPerUser\` must be a positive whole number of sessions, e.g. 5 (got ${String(value)})`);
+  }
+  return value;
 }
 
 /** Reads a numeric option: positive (or, with allowZero, non-negative) and finite. */

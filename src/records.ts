@@ -2,6 +2,7 @@ import type { SQL } from "drizzle-orm";
 import { describeDevice } from "./device.js";
 import { isTrue } from "./driver.js";
 import { isValidId, type KeyDeriver } from "./hash.js";
+import type { SessionEvent } from "./events.js";
 import type { EndReason, RecordRow, SessionStatus, Statements } from "./statements.js";
 
 export type { EndReason, SessionStatus } from "./statements.js";
@@ -31,6 +32,11 @@ export interface SessionRecord {
   ip: string | null;
   endedAt: Date | null;
   endReason: EndReason | null;
+  /**
+   * When its user last proved who they are in it: the login that gave it the user, or the latest
+   * `store.markAuthenticated`. Null for a session that never had a user.
+   */
+  authenticatedAt: Date | null;
   /** Whether this is the session of `current` passed to `list` (mark "this device"). */
   current: boolean;
 }
@@ -163,6 +169,11 @@ function isUserId(value: unknown): value is UserId {
   return typeof value === "string" || typeof value === "number" || typeof value === "bigint";
 }
 
+/** A lifecycle event's description of the session in a row (`local` aside). */
+export function sessionEventOf(row: Pick<RecordRow, "handle" | "user_id" | "label" | "user_agent" | "ip">): Omit<SessionEvent, "local"> {
+  return { handle: row.handle, userId: row.user_id, label: row.label, userAgent: row.user_agent, ip: row.ip, device: describeDevice(row.user_agent) };
+}
+
 function toRecord(row: RecordRow): SessionRecord {
   const date = (ms: number | null) => (ms === null || ms === undefined ? null : new Date(Number(ms)));
   return {
@@ -179,6 +190,7 @@ function toRecord(row: RecordRow): SessionRecord {
     ip: row.ip,
     endedAt: date(row.ended_at),
     endReason: row.end_reason,
+    authenticatedAt: date(row.authenticated_at),
     current: isTrue(row.current),
   };
 }

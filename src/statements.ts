@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { sql, type SQL } from "drizzle-orm";
 import { getTableConfig } from "drizzle-orm/pg-core";
 import { lifetime, millis, NOW } from "./clock.js";
@@ -20,12 +21,46 @@ export type SessionStatus = "active" | "expired" | "ended";
 
 /**
  * What the statements that read or write a session return about its expiry: how long until it (its idle
- * expiry capped by the absolute one) and until the absolute expiry, in ms from the database's now.
+ * expiry capped by the absolute one) and until the absolute expiry, in ms from the database's now; and
+ * how long since its user last authenticated (`authenticated_at`, negative ms from now, null if never).
  */
 export interface ExpiryRow {
   expires: number;
   absolute: number | null;
+  authenticated?: number | null;
 }
+
+/** What a login write (a save that gives a session its user) does besides the write itself, in the same statement. */
+export interface LoginWrite {
+  /** `maxSessionsPerUser`: ends the user's least recently used live sessions beyond it (reason `evicted`). */
+  cap: number | undefined;
+  /** Returns the user agents of the user's other recent rows from the same IP (for the `newDevice` check). */
+  devices: boolean;
+}
+
+/**
+ * What a login write with a cap or the device check returns besides the written row: the sessions it
+ * ended, and the user agents of the user's other recent rows from the same IP, each as JSON text.
+ */
+export interface LoginRow {
+  handle?: string;
+  evicted?: string;
+  seen?: string;
+}
+
+/** A session a login write ended to keep its user within `maxSessionsPerUser`. */
+export interface EvictedRow {
+  key: string;
+  handle: string;
+  user_id: string | null;
+  label: string | null;
+  user_agent: string | null;
+  ip: string | null;
+}
+
+/** How far back the `newDevice` check looks for the user's rows from the same device, and how many it reads. */
+const DEVICE_WINDOW = "30 days";
+const DEVICE_ROWS = 50;
 
 /** A session's row as the lookup returns it (`key` only for several keys, `version` only with `versioned`). */
 export type SessionRow = { key?: string; data: string; version?: number; ua: string | null; ip: string | null } & ExpiryRow;
@@ -43,6 +78,7 @@ export interface RecordRow {
   ip: string | null;
   ended_at: number | null;
   end_reason: EndReason | null;
+  authenticated_at: number | null;
   current: boolean;
   status: SessionStatus;
 }
@@ -64,6 +100,8 @@ export class Statements {
   private readonly shapes = new Map<string, Shape>();
   /** `user_id`'s SQL type (text, integer, bigint, uuid): user ids travel as text and are cast to it. */
   private readonly userIdType: SQL;
+  /** The first key of the advisory lock that serializes one user's logins (the second is the user's). */
+  private readonly loginLockKey: number;
 
   constructor(
     private readonly t: SessionTable,
@@ -73,6 +111,7 @@ export class Statements {
     this.tableName = config.schema ? `"${config.schema}"."${config.name}"` : `"${config.name}"`;
     this.channel = channelName(config.schema ? `${config.schema}_${config.name}` : config.name);
     this.userIdType = sql.raw(t.userId.getSQLType());
+    this.loginLockKey = createHash("sha256").update(`login:${this.tableName}`).digest().readInt32BE(0);
   }
 
   // --- The express-session contract (shaped: values `k0`, `k1`, ... are the row keys of one session id)
@@ -97,11 +136,15 @@ export class Statements {
    * a request still in flight when its session ended (or expired, or was reaped) never brings it back.
    * `guarded` (the `versioned` option): only while the row's version is still `version`.
    */
-  saveLoaded(guarded: boolean): Shape {
-    return this.shape(`save:loaded:${guarded}`, (v) => {
+  saveLoaded(guarded: boolean, login?: LoginWrite): Shape {
+    return this.shape(`save:loaded:${guarded}${loginKey(login)}`, (v) => {
       const t = this.t;
       const guard = guarded ? sql` and ${t.version} = ${v("version")}::int` : sql``;
-      return sql`update ${t} set ${this.changes(v)} where ${t.key} = ${v("k0")} and ${this.live()}${guard} ${this.saved()}`;
+      // A login (the session gains a user): authenticated now.
+      const authenticated = login ? sql`, ${col(t.authenticatedAt)} = ${NOW}` : sql``;
+      const returning = login ? sql`${this.saved()}, ${t.handle} as handle` : this.saved();
+      const update = sql`update ${t} set ${this.changes(v)}${authenticated} where ${t.key} = ${v("k0")} and ${this.live()}${guard} ${returning}`;
+      return login ? this.login(update, v, login) : update;
     });
   }
 
@@ -110,20 +153,77 @@ export class Statements {
    * have cached a row that did not exist. Nothing is inserted when a row of the id exists (under any of
    * its `n` keys): then {@link saveExisting}.
    */
-  insert(n: number): Shape {
-    return this.shape(`insert:${n}`, (v) => {
+  insert(n: number, login?: LoginWrite): Shape {
+    return this.shape(`insert:${n}${loginKey(login)}`, (v) => {
       const t = this.t;
       const absolute = this.settings.absoluteTimeout;
       const created = absolute === undefined ? sql`null::timestamptz` : lifetime(absolute);
       // JSON text goes in as text, then jsonb: postgres.js would JSON-encode a string sent as a jsonb
       // parameter (again), and drizzle-orm 1.0 no longer tells it not to.
       const row = sql`${v("k0")}, ${v("handle")}, ${this.userId(v("userId"))}, ${v("label")}::text, ${v("text")}::text::jsonb,
-        least(${lifetime(v("life"))}, ${created}), ${created}, ${NOW}, ${NOW}, ${v("ua")}::text, ${v("ip")}::text`;
-      const columns = sql.join([t.key, t.handle, t.userId, t.label, t.data, t.expiresAt, t.absoluteExpiresAt, t.createdAt, t.lastSeenAt, t.userAgent, t.ip].map(col), sql`, `);
+        least(${lifetime(v("life"))}, ${created}), ${created}, ${NOW}, ${NOW}, ${v("ua")}::text, ${v("ip")}::text,
+        case when ${v("userId")}::text is null then null else ${NOW} end`;
+      const columns = sql.join(
+        [t.key, t.handle, t.userId, t.label, t.data, t.expiresAt, t.absoluteExpiresAt, t.createdAt, t.lastSeenAt, t.userAgent, t.ip, t.authenticatedAt].map(col),
+        sql`, `,
+      );
       const values = n === 1 ? sql`values (${row})` : sql`select ${row} where not exists (select 1 from ${t} where ${this.byKeys(keyParams(n, v).slice(1))})`;
-      // Only the key comes back: the new row's expiry and version are what was sent (see SessionStore.save).
-      return sql`insert into ${t} (${columns}) ${values} on conflict (${col(t.key)}) do nothing returning ${t.key} as key`;
+      // Only the key comes back: the new row's expiry and version are what was sent (see SessionStore.save),
+      // and it was authenticated now when it has a user.
+      const insert = sql`insert into ${t} (${columns}) ${values} on conflict (${col(t.key)}) do nothing returning ${t.key} as key`;
+      return login && (login.cap !== undefined || login.devices) ? this.login(insert, v, login) : insert;
     });
+  }
+
+  /**
+   * A login write (`write`, an insert or an update of the session's row `k0` that gives it the user
+   * `userId`, ending in `returning`) with what goes with it, in the same statement: with a `cap`, the
+   * user's least recently used other live sessions beyond it end as `evicted` (as a revoke ends them:
+   * deleted, or kept as history; NOTIFY with `notify`), only if the write wrote; with `devices`, the user
+   * agents of the user's other rows from the same `ip` active within the last 30 days (live, expired,
+   * or ended history), at most 50. The other rows are as they were before this statement, so the
+   * evictions are counted before the new row exists, and the device check sees the rows they end.
+   * Run with a cap under {@link loginLock}, so that two logins of one user see each other's rows.
+   */
+  private login(write: SQL, v: (name: string) => SQL, { cap, devices }: LoginWrite): SQL {
+    const t = this.t;
+    const user = sql`${t.userId} = ${this.userId(v("userId"))} and ${t.key} <> ${v("k0")}`;
+    const ctes = [sql`written as (${write})`];
+    const columns = [sql`written.*`];
+    if (cap !== undefined) {
+      const beyond = sql`${t.key} in (select ${t.key} from ${t} where ${user} and ${this.live()} order by ${t.lastSeenAt} desc, ${t.key} offset ${sql.raw(String(cap - 1))})
+        and exists (select 1 from written)`;
+      const details = sql`, ${t.handle} as handle, ${t.userId}::text as user_id, ${t.label} as label, ${t.userAgent} as user_agent, ${t.ip} as ip`;
+      ctes.push(sql`evicted as (${this.ending("evicted", beyond, details)})`);
+      columns.push(sql`(select coalesce(json_agg(json_build_object('key', key, 'handle', handle, 'user_id', user_id, 'label', label,
+        'user_agent', user_agent, 'ip', ip)), '[]')::text from evicted) as evicted`);
+    }
+    if (devices) {
+      ctes.push(sql`seen as (select ${t.userAgent} as ua from ${t} where ${user} and ${t.ip} = ${v("ip")}::text
+        and ${t.lastSeenAt} > ${NOW} - interval '${sql.raw(DEVICE_WINDOW)}' limit ${sql.raw(String(DEVICE_ROWS))})`);
+      columns.push(sql`(select coalesce(json_agg(ua), '[]')::text from seen) as seen`);
+    }
+    return sql`with ${sql.join(ctes, sql`, `)} select ${sql.join(columns, sql`, `)} from written`;
+  }
+
+  /**
+   * Takes the lock that serializes the login writes of one user (with `maxSessionsPerUser`), for the rest
+   * of the transaction, and bounds that transaction's waits in the database by `timeout` ms: a login
+   * given up on by the app never goes on to write.
+   */
+  loginLock(userId: string, timeout: number): SQL {
+    const ms = `${Math.ceil(timeout)}ms`;
+    return sql`with limits as materialized (select set_config('lock_timeout', ${ms}, true), set_config('statement_timeout', ${ms}, true))
+      select pg_advisory_xact_lock(${this.loginLockKey}::int4, hashtext(${userId}::text)) from limits`;
+  }
+
+  /**
+   * Records that the user of a live session just authenticated again (`authenticated_at` = now). Its data
+   * and version are untouched: a request that loaded the session before still saves it.
+   */
+  markAuthenticated(keys: string[]): SQL {
+    const t = this.t;
+    return sql`update ${t} set ${col(t.authenticatedAt)} = ${NOW} where ${this.byKeys(keys)} and ${this.live()} ${this.changed()}`;
   }
 
   /**
@@ -220,7 +320,7 @@ export class Statements {
     return sql`select ${t.handle} as handle, ${t.userId}::text as user_id, ${msOf(t.createdAt)} as created_at,
         ${msOf(t.lastSeenAt)} as last_seen_at, ${msOf(this.effectiveExpiry())} as expires_at, ${msOf(this.absoluteExpiry())} as absolute_expires_at,
         ${t.label} as label, ${t.userAgent} as user_agent, ${t.ip} as ip, ${msOf(t.endedAt)} as ended_at, ${t.endReason} as end_reason,
-        ${isCurrent} as current, ${this.statusOf()} as status
+        ${msOf(t.authenticatedAt)} as authenticated_at, ${isCurrent} as current, ${this.statusOf()} as status
       from ${t} where ${t.userId} = ${this.userId(userId)} and ${this.statusFilter(status)}
       order by ${this.newestFirst(status)}, ${t.handle} limit ${limit}`;
   }
@@ -292,22 +392,22 @@ export class Statements {
    * sends none (and does not take the commit-serializing NOTIFY lock), and one that does notifies in
    * its own transaction.
    */
-  private changed(): SQL {
+  private changed(columns: SQL = sql``): SQL {
     const t = this.t;
-    return this.settings.notify ? sql`returning ${t.key} as key, pg_notify(${this.channel}, ${t.key})` : sql`returning ${t.key} as key`;
+    return this.settings.notify ? sql`returning ${t.key} as key, pg_notify(${this.channel}, ${t.key})${columns}` : sql`returning ${t.key} as key${columns}`;
   }
 
   /**
    * Ends the not yet ended sessions matching `where`, now, for `reason`. Without history (`retainEnded`
    * 0) the row is deleted: a save of a loaded session only ever updates a live row, so no tombstone is
    * needed to keep a request in flight from bringing it back. With history it becomes a record of the
-   * end, its data dropped.
+   * end, its data dropped. `columns`: more columns returned (`, ...`).
    */
-  private ending(reason: SQL | EndReason, where: SQL): SQL {
+  private ending(reason: SQL | EndReason, where: SQL, columns?: SQL): SQL {
     const t = this.t;
-    if (this.settings.retainEnded === 0) return sql`delete from ${t} where ${where} and ${t.endedAt} is null ${this.changed()}`;
+    if (this.settings.retainEnded === 0) return sql`delete from ${t} where ${where} and ${t.endedAt} is null ${this.changed(columns)}`;
     return sql`update ${t} set ${col(t.endedAt)} = ${NOW}, ${col(t.endReason)} = ${reason}::text, ${col(t.data)} = '{}'::jsonb,
-        ${col(t.version)} = ${t.version} + 1 where ${where} and ${t.endedAt} is null ${this.changed()}`;
+        ${col(t.version)} = ${t.version} + 1 where ${where} and ${t.endedAt} is null ${this.changed(columns)}`;
   }
 
   /** What a save writes into an existing row. */
@@ -367,7 +467,7 @@ export class Statements {
 
   /** The {@link ExpiryRow} columns of a statement that reads or writes a session. */
   private expiryColumns(): SQL {
-    return sql`${msLeft(this.effectiveExpiry())} as expires, ${msLeft(this.absoluteExpiry())} as absolute`;
+    return sql`${msLeft(this.effectiveExpiry())} as expires, ${msLeft(this.absoluteExpiry())} as absolute, ${msLeft(this.t.authenticatedAt)} as authenticated`;
   }
 
   /** A record's status, decided in the database. */
@@ -411,6 +511,11 @@ export function channelName(qualified: string): string {
     name += char;
   }
   return name;
+}
+
+/** The part of a shape's cache key that tells its login variant. */
+function loginKey(login: LoginWrite | undefined): string {
+  return login ? `:login:${login.cap ?? ""}:${login.devices}` : "";
 }
 
 /** Adds a session's row keys to a shaped statement's values, as `k0`, `k1`, ... */

@@ -1,16 +1,27 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
 import type { SQL } from "drizzle-orm";
 import { Store, type SessionData } from "express-session";
 import { ReadCache } from "./cache.js";
-import type { LifecycleEvent, LifecycleEvents } from "./events.js";
+import { describeDevice } from "./device.js";
+import type { LifecycleEvent, LifecycleEvents, SessionEvent } from "./events.js";
 import { settle, settled, type Callback } from "./callback.js";
-import { Executor, isTrue } from "./driver.js";
-import { databaseError, schemaOutdated, SessionStoreError, tableMissing } from "./errors.js";
+import { driverName, Executor, interactiveTransactions, isTrue, type Shape } from "./driver.js";
+import { databaseError, reauthenticationRequired, schemaOutdated, SessionStoreError, tableMissing } from "./errors.js";
 import { isValidId, keyDeriver, newHandle, type KeyDeriver } from "./hash.js";
-import { ownerOf, resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
+import { checkOptionKeys, ownerOf, resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
 import { reap, Reaper, type ReapResult } from "./reaper.js";
-import { Records, type EndReason, type ExtendOptions, type RevokeOptions, type SessionQuery, type SessionRecord, type UserId } from "./records.js";
+import {
+  Records,
+  sessionEventOf,
+  type EndReason,
+  type ExtendOptions,
+  type RevokeOptions,
+  type SessionQuery,
+  type SessionRecord,
+  type UserId,
+} from "./records.js";
 import { parseSession, sameContent, serialize } from "./serialize.js";
-import { keyValues, Statements, type ExpiryRow, type SessionRow } from "./statements.js";
+import { keyValues, Statements, type EvictedRow, type ExpiryRow, type LoginRow, type LoginWrite, type SessionRow } from "./statements.js";
 
 /**
  * What a loaded session's row held when its request read it, under a symbol key: JSON.stringify,
@@ -41,6 +52,11 @@ interface Loaded {
   /** The device the row records: a touch is not skipped when the request comes from another one. */
   ua: string | null;
   ip: string | null;
+  /**
+   * When the row's user last authenticated (`authenticated_at`), on this server's clock (epoch ms),
+   * converted as `expires` is (so it errs early, never late); null when never.
+   */
+  authenticatedAt: number | null;
   /**
    * Until when the cache may serve it, on the monotonic clock (`performance.now()`): its expiry, or its
    * cache `ttl` from when it was read or written, whichever comes first. Monotonic, so that this server's
@@ -101,6 +117,19 @@ function kept<T>(session: unknown, pick: (value: any) => T | undefined): T | und
   return undefined;
 }
 
+/** Options of {@link SessionStore.requireRecentLogin}. */
+export interface RequireRecentLoginOptions<Req = IncomingMessage, Res = ServerResponse> {
+  /**
+   * Answers a request whose sign-in is not recent enough (or that has no signed-in session of this
+   * store) instead, e.g. with a redirect to a page that asks for the password again.
+   * @default undefined (`next(err)` with a `SessionStoreError` of code `REAUTHENTICATION_REQUIRED`, `status` 401)
+   */
+  onStale?: (req: Req, res: Res, next: (err?: unknown) => void) => void;
+}
+
+/** Every key of {@link RequireRecentLoginOptions}. */
+export const RECENT_LOGIN_OPTIONS: Readonly<Record<keyof RequireRecentLoginOptions, true>> = { onStale: true };
+
 /**
  * The events of a {@link SessionStore}, each with its listener's arguments:
  * - `reap`: a reaper round finished (the periodic reaper's rounds; `store.reap()` resolves with its own);
@@ -160,6 +189,13 @@ export class SessionStore extends Store {
     super();
     this.options = resolveOptions(options);
     const { db, table, absoluteTimeout, notify, retainEnded, versioned, timeout, prepare } = this.options;
+    if (this.options.maxSessionsPerUser !== undefined && !interactiveTransactions(db)) {
+      throw new TypeError(
+        `connect-drizzle: \`maxSessionsPerUser\` needs a transaction held open across statements (a login takes its user's lock, ` +
+          `then writes), which ${driverName(db)} cannot do (each statement is a request of its own); remove \`maxSessionsPerUser\`, ` +
+          "or give the store a drizzle-orm/node-postgres, drizzle-orm/postgres-js or drizzle-orm/pglite database",
+      );
+    }
     this.sql = new Statements(table, { absoluteTimeout, notify, retainEnded, versioned });
     this.exec = new Executor(db, { timeout, prepare });
     this.keysOf = keyDeriver(this.options.secrets);
@@ -345,6 +381,69 @@ export class SessionStore extends Store {
   }
 
   /**
+   * Records that the user of a live session just proved who they are again (a password re-entry, a
+   * WebAuthn assertion): its `authenticatedAt` becomes the database's now, for
+   * {@link requireRecentLogin}. Every instance's cache drops the session (with `notify`), so the next
+   * request sees it; the request in progress keeps what it read.
+   * @returns whether a live session was marked
+   */
+  markAuthenticated(sessionId: string): Promise<boolean> {
+    return this.run("markAuthenticated", async () => {
+      if (!isValidId(sessionId)) return false;
+      const rows = await this.write(this.sql.markAuthenticated(this.keysOf(sessionId)));
+      return rows.length > 0;
+    });
+  }
+
+  /**
+   * When the user of a session loaded by this store (express-session's `req.session`, @fastify/session's
+   * `request.session`) last proved who they are: their login, or the latest {@link markAuthenticated}.
+   * Read from what the request loaded (or its own last save), without a query. `null` for a session
+   * this store did not load, one without a user, or one whose user changed since it was loaded.
+   */
+  authenticatedAt(session: unknown): Date | null {
+    const loaded = loadedIn(session);
+    if (!loaded || loaded.authenticatedAt === null) return null;
+    const owner = this.userIdOf(session as SessionData);
+    return owner !== null && owner === this.ownerRead(loaded) ? new Date(loaded.authenticatedAt) : null;
+  }
+
+  /**
+   * Express middleware for sensitive routes (change email, create an API token, log out everywhere):
+   * passes when the request's session was loaded by this store, has a user, and that user signed in (or
+   * was {@link markAuthenticated}) within the last `maxAge` ms; otherwise `onStale`, or by default
+   * `next(err)` with a `SessionStoreError` of code `REAUTHENTICATION_REQUIRED` (`status` 401). Sends no
+   * query: it reads what the store loaded for the request.
+   * @throws TypeError when `maxAge` is not a positive number, or an option is unknown
+   */
+  requireRecentLogin<Req extends IncomingMessage = IncomingMessage, Res extends ServerResponse = ServerResponse>(
+    maxAge: number,
+    options: RequireRecentLoginOptions<Req, Res> = {},
+  ): (req: Req, res: Res, next: (err?: unknown) => void) => void {
+    if (typeof maxAge !== "number" || !(maxAge > 0) || !Number.isFinite(maxAge)) {
+      throw new TypeError(`connect-drizzle: requireRecentLogin(maxAge) needs a positive number of milliseconds, e.g. 600_000 (got ${String(maxAge)})`);
+    }
+    checkOptionKeys(options, RECENT_LOGIN_OPTIONS, "requireRecentLogin");
+    const { onStale } = options;
+    if (onStale !== undefined && typeof onStale !== "function") {
+      throw new TypeError("connect-drizzle: `onStale` must be a function (req, res, next) => void");
+    }
+    return (req, res, next) => {
+      let at: Date | null;
+      try {
+        const { session, sessionID, sessionStore } = req as { session?: SessionData; sessionID?: string; sessionStore?: unknown };
+        const ours = sessionStore === this && session !== undefined && typeof sessionID === "string" && loadedOf(session, sessionID) !== undefined;
+        at = ours ? this.authenticatedAt(session) : null;
+      } catch (error) {
+        return next(error);
+      }
+      if (at !== null && at.getTime() >= this.now() - maxAge) return next();
+      if (onStale) return onStale(req, res, next);
+      next(reauthenticationRequired(maxAge));
+    };
+  }
+
+  /**
    * Checks, with one query, that the sessions table exists and has every column this version uses.
    * Await it before `app.listen`: without it a missing migration shows only once visitors arrive, and
    * express-session saves a new session after the response is sent, so the first visitors get their
@@ -437,10 +536,13 @@ export class SessionStore extends Store {
 
     const keys = loaded ? [loaded.key] : this.keysOf(sid);
     const guarded = this.options.versioned && loaded !== undefined;
+    const userId = this.userIdOf(session);
+    // The login write: the session gains a user (a new session with one, or one whose user changed).
+    const login = userId !== null && (loaded === undefined || userId !== this.ownerRead(loaded)) ? this.loginWrite(ip) : undefined;
     const values = keyValues(keys, {
       // Only an insert gives the row a handle.
       handle: loaded ? undefined : newHandle(),
-      userId: this.userIdOf(session),
+      userId,
       label: this.labelOf(session),
       text,
       life: target - now,
@@ -450,14 +552,17 @@ export class SessionStore extends Store {
     });
     this.evict(keys);
     const since = this.cache?.evictions ?? 0;
-    type Saved = { key: string; version?: number } & ExpiryRow;
+    type Saved = { key: string; version?: number } & ExpiryRow & LoginRow;
     let written: Saved | undefined;
-    if (loaded) [written] = await this.exec.run<Saved>(this.sql.saveLoaded(guarded), values);
+    if (loaded) [written] = await this.saveRows<Saved>(this.sql.saveLoaded(guarded, login), values, login);
     else {
-      const [inserted] = await this.exec.run<{ key: string }>(this.sql.insert(keys.length), values);
+      // A plain insert of a session with a user is a login too (authenticated now), with nothing else to do.
+      const extras = login && (login.cap !== undefined || login.devices) ? login : undefined;
+      const [inserted] = await this.saveRows<{ key: string } & LoginRow>(this.sql.insert(keys.length, extras), values, extras);
       // A new row holds what was sent: the lifetime from the database's now (capped by absoluteTimeout), version 1.
       const absolute = this.options.absoluteTimeout ?? null;
-      if (inserted) written = { key: inserted.key, version: 1, expires: Math.min(target - now, absolute ?? Infinity), absolute };
+      const authenticated = userId === null ? null : 0;
+      if (inserted) written = { ...inserted, version: 1, expires: Math.min(target - now, absolute ?? Infinity), absolute, authenticated };
       // A set of an id the store did not load whose row exists: update it, unless it ended.
       else [written] = await this.exec.run<Saved>(this.sql.saveExisting(keys.length), values);
       if (inserted) await this.recordRotation(session, sid);
@@ -476,6 +581,49 @@ export class SessionStore extends Store {
       ...this.localExpiry(written, sent),
     };
     this.remember(session, next, since);
+    if (login) {
+      const userAgent = next.ua;
+      const handle = written.handle ?? (values.handle as string);
+      this.loggedIn(written, { handle, userId, label: values.label as string | null, userAgent, ip: next.ip, device: describeDevice(userAgent), local: true });
+    }
+  }
+
+  /** What a login write does besides the write: with `maxSessionsPerUser`, the cap; with a `newDevice` listener, the device check. */
+  private loginWrite(ip: string | null): LoginWrite {
+    return { cap: this.options.maxSessionsPerUser, devices: ip !== null && this.listenerCount("newDevice") > 0 };
+  }
+
+  /**
+   * Runs a save's statement; a login write with a cap in one transaction, after its user's lock, so that
+   * concurrent logins of one user each count the sessions the others left (in READ COMMITTED the write's
+   * snapshot is taken after the lock was granted).
+   */
+  private saveRows<Row>(shape: Shape, values: Record<string, unknown>, login: LoginWrite | undefined): Promise<Row[]> {
+    if (login?.cap === undefined) return this.exec.run<Row>(shape, values);
+    const userId = values.userId as string;
+    return this.exec.transaction(async (tx) => {
+      await tx.query(this.sql.loginLock(userId, this.options.timeout));
+      return tx.run<Row>(shape, values);
+    });
+  }
+
+  /**
+   * After a login write: the sessions it evicted leave this store's cache (other instances' with the
+   * NOTIFY of the same statement) and are announced as ended; the new session is announced as a new
+   * device when none of the user's recent rows from its IP was of its browser family and OS.
+   */
+  private loggedIn(row: LoginRow, session: SessionEvent): void {
+    const evicted: EvictedRow[] = row.evicted === undefined ? [] : JSON.parse(row.evicted);
+    if (evicted.length > 0) this.evict(evicted.map((r) => r.key));
+    for (const r of evicted) this.announce("ended", { ...sessionEventOf(r), reason: "evicted", local: true });
+    if (row.seen === undefined) return;
+    const seen: Array<string | null> = JSON.parse(row.seen);
+    if (!seen.some((ua) => describeDevice(ua) === session.device)) this.announce("newDevice", session);
+  }
+
+  /** The owner of the session a request read (or last saved), as the `user_id` column holds it. */
+  private ownerRead(loaded: Loaded): string | null {
+    return this.userIdOf(JSON.parse(loaded.text) as SessionData);
   }
 
   /**
@@ -636,11 +784,12 @@ export class SessionStore extends Store {
    * A row's expiries on this server's clocks. `sent` is when the statement was sent: the database's now
    * came later, so the conversion errs early (a cached session stops being served a round trip sooner).
    */
-  private localExpiry(row: ExpiryRow, sent: Sent): Pick<Loaded, "expires" | "absolute" | "servedUntil"> {
+  private localExpiry(row: ExpiryRow, sent: Sent): Pick<Loaded, "expires" | "absolute" | "authenticatedAt" | "servedUntil"> {
     const left = Number(row.expires);
     return {
       expires: sent.wall + left,
       absolute: row.absolute === null || row.absolute === undefined ? null : sent.wall + Number(row.absolute),
+      authenticatedAt: row.authenticated === null || row.authenticated === undefined ? null : sent.wall + Number(row.authenticated),
       servedUntil: sent.mono + Math.min(left, this.cache?.ttl ?? Infinity),
     };
   }
