@@ -1,0 +1,213 @@
+import { sql } from "drizzle-orm";
+import { drizzle as drizzlePgProxy } from "drizzle-orm/pg-proxy";
+import request from "supertest";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { SessionStore, type SessionEndedEvent, type SessionStoreOptions } from "../src/index.js";
+import { rowsOf } from "../src/driver.js";
+import { cookieOf, testApp } from "./support/app.js";
+import { cacheReady, drivers, eventually, openDb, openPeer, sessionData, sleep, type Peer, type TestDb } from "./support/db.js";
+
+const HOUR = 3_600_000;
+
+describe.each(drivers)("maxSessionsPerUser on %s", (driver) => {
+  let t: TestDb;
+  let peer: Peer;
+  const stores: SessionStore[] = [];
+  beforeAll(async () => {
+    t = await openDb(driver);
+    peer = await openPeer(t);
+  });
+  afterAll(async () => {
+    await Promise.all(stores.map((s) => s.close()));
+    await peer?.close();
+    await t?.close();
+  });
+  beforeEach(async () => {
+    await t.raw(`delete from $table`);
+  });
+
+  function storeWith(options: Partial<SessionStoreOptions> = {}): { store: SessionStore; ended: SessionEndedEvent[] } {
+    const store = new SessionStore({ db: t.db, table: t.table, reaper: false, maxSessionsPerUser: 3, ...options });
+    stores.push(store);
+    const ended: SessionEndedEvent[] = [];
+    store.on("ended", (event) => void ended.push(event));
+    return { store, ended };
+  }
+
+  const liveOf = async (user: string) =>
+    Number((await t.raw(`select count(*)::int as n from $table where user_id = '${user}' and ended_at is null and expires_at > statement_timestamp()`))[0].n);
+
+  async function login(app: any, user: string, agent = "Firefox/140"): Promise<string> {
+    const res = await request(app).post("/login").set("User-Agent", agent).send({ username: user, password: "pw" });
+    expect(res.status).toBe(200);
+    return cookieOf(res)!;
+  }
+
+  it("cap 3: the 4th login ends the least recently used session (evicted), announced as ended; the other three go on", async () => {
+    const { store, ended } = storeWith();
+    const app = testApp(store);
+    const cookies: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      cookies.push(await login(app, "ann", `Agent/${i}`));
+      // The first session is used after the second login: the second is then the least recently used.
+      if (i === 1) await t.raw(`update $table set last_seen_at = last_seen_at - interval '1 minute' where user_agent = 'Agent/1'`);
+    }
+    expect(await liveOf("ann")).toBe(3);
+    const status = await Promise.all(cookies.map(async (c) => (await request(app).get("/me").set("Cookie", c)).status));
+    expect(status).toEqual([200, 401, 200, 200]);
+    expect(ended).toHaveLength(1);
+    expect(ended[0]).toMatchObject({ reason: "evicted", userId: "ann", userAgent: "Agent/1", local: true });
+    const handles = (await store.list({ userId: "ann" })).map((r) => r.handle);
+    expect(handles).not.toContain(ended[0]!.handle);
+  });
+
+  it("with retainEnded, the evicted session is kept as history (end reason evicted); a login that gains a user without regenerate counts too", async () => {
+    const { store } = storeWith({ retainEnded: HOUR });
+    for (const sid of ["h1", "h2", "h3"]) {
+      await store.set(sid, sessionData(HOUR, { userId: "ann" }));
+      await sleep(5);
+    }
+    // An anonymous session that signs in (no new id): the login write is its update.
+    await store.set("h4", sessionData(HOUR, { views: 1 }));
+    const anonymous = (await store.get("h4"))!;
+    (anonymous as any).userId = "ann";
+    await store.set("h4", anonymous);
+    expect(await store.get("h1")).toBeNull();
+    expect(await liveOf("ann")).toBe(3);
+    const [history] = await store.list({ userId: "ann", status: "ended" });
+    expect(history).toMatchObject({ endReason: "evicted", status: "ended" });
+    // A save of a session that already had its user is no login: nothing more is evicted.
+    const again = (await store.get("h4"))!;
+    (again as any).views = 2;
+    await store.set("h4", again);
+    expect(await liveOf("ann")).toBe(3);
+    expect(await store.count({ userId: "ann", status: "ended" })).toBe(1);
+  });
+
+  it("10 racing logins of one user: a sampler on another connection never sees more than 3 live sessions, and exactly 3 remain", async () => {
+    const { store, ended } = storeWith();
+    let done = false;
+    let most = 0;
+    let samples = 0;
+    const count = sql.raw(
+      `select count(*)::int as n from "${t.schema}"."sessions" where user_id = 'ann' and ended_at is null and expires_at > statement_timestamp()`,
+    );
+    const sampler = (async () => {
+      while (!done) {
+        most = Math.max(most, Number(rowsOf<{ n: number }>(await peer.db.execute(count))[0]!.n));
+        samples++;
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    })();
+    const sids = Array.from({ length: 10 }, (_, i) => `race-${i}`);
+    await Promise.all(sids.map((sid) => store.set(sid, sessionData(HOUR, { passport: { user: "ann" } }))));
+    done = true;
+    await sampler;
+    expect(samples).toBeGreaterThan(0);
+    expect(most).toBeLessThanOrEqual(3);
+    expect(await liveOf("ann")).toBe(3);
+    expect(ended.map((e) => e.reason)).toEqual(Array(7).fill("evicted"));
+    const served = (await Promise.all(sids.map((sid) => store.get(sid)))).filter((s) => s !== null);
+    expect(served).toHaveLength(3);
+  });
+
+  it("anonymous sessions and other users' sessions are untouched", async () => {
+    const { store } = storeWith();
+    for (let i = 0; i < 4; i++) await store.set(`anon-${i}`, sessionData(HOUR, { views: i }));
+    for (let i = 0; i < 3; i++) await store.set(`bob-${i}`, sessionData(HOUR, { userId: "bob" }));
+    for (let i = 0; i < 5; i++) await store.set(`ann-${i}`, sessionData(HOUR, { userId: "ann" }));
+    expect(await liveOf("ann")).toBe(3);
+    expect(await liveOf("bob")).toBe(3);
+    expect(Number((await t.raw(`select count(*)::int as n from $table where user_id is null`))[0].n)).toBe(4);
+    for (let i = 0; i < 4; i++) expect(await store.get(`anon-${i}`)).not.toBeNull();
+  });
+
+  it("the login's wait for its user's lock is bounded by timeout: it fails with TIMEOUT and writes nothing", async () => {
+    // PGlite has one connection: a transaction holding the lock there would hold every statement.
+    if (driver === "pglite") return;
+    const { store } = storeWith({ timeout: 300 });
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let locked!: () => void;
+    const holding = new Promise<void>((resolve) => (locked = resolve));
+    const holder = peer.db.transaction(async (tx) => {
+      await tx.execute((store as any).sql.loginLock("ann", 60_000));
+      locked();
+      await released;
+    });
+    await holding;
+    const started = performance.now();
+    const error = await store.set("late", sessionData(HOUR, { userId: "ann" })).catch((e) => e);
+    expect(error).toMatchObject({ code: "TIMEOUT" });
+    expect(performance.now() - started).toBeLessThan(3_000);
+    release();
+    await holder;
+    await sleep(100);
+    expect(await liveOf("ann")).toBe(0);
+    // Another user's login does not wait for ann's lock.
+    await store.set("other", sessionData(HOUR, { userId: "bob" }));
+  });
+});
+
+describe.each(drivers.filter((d) => d !== "postgres.js"))("maxSessionsPerUser with the read cache on %s", (driver) => {
+  let t: TestDb;
+  let peer: Peer;
+  let a: SessionStore;
+  let b: SessionStore;
+  beforeAll(async () => {
+    t = await openDb(driver);
+    peer = await openPeer(t);
+  });
+  afterAll(async () => {
+    await a?.close();
+    await b?.close();
+    await peer?.close();
+    await t?.close();
+  });
+
+  it("an evicted session is never served again, by this instance or from another instance's cache", async () => {
+    a = new SessionStore({ db: t.db, table: t.table, reaper: false, cache: {}, maxSessionsPerUser: 2 });
+    b = new SessionStore({ db: peer.db, table: t.table, reaper: false, cache: {}, maxSessionsPerUser: 2 });
+    expect(await cacheReady(a)).toBe(true);
+    expect(await cacheReady(b)).toBe(true);
+    const app = testApp(a);
+    const first = await request(app).post("/login").send({ username: "ann", password: "pw" });
+    const cookie = cookieOf(first)!;
+    const sid = decodeURIComponent(cookie.split("=")[1]!).slice(2).split(".")[0]!;
+    // Both instances have it cached (a read served with no query).
+    expect(await a.get(sid)).not.toBeNull();
+    expect(await b.get(sid)).not.toBeNull();
+    t.statements.length = 0;
+    expect(await b.get(sid)).not.toBeNull();
+    expect(t.statements).toEqual([]);
+
+    await b.set("second", sessionData(HOUR, { passport: { user: "ann" } }));
+    await b.set("third", sessionData(HOUR, { passport: { user: "ann" } }));
+    // The instance that evicted it never serves it again, at once.
+    expect(await b.get(sid)).toBeNull();
+    // The other one stops once the NOTIFY of the same statement reaches it, and never serves it after.
+    expect(await eventually(async () => (await a.get(sid)) === null)).toBe(true);
+    expect((await request(app).get("/me").set("Cookie", cookie)).status).toBe(401);
+    for (let i = 0; i < 20; i++) expect(await a.get(sid)).toBeNull();
+  });
+});
+
+describe("maxSessionsPerUser refuses", () => {
+  it("what is not a positive whole number of sessions", () => {
+    const db = drizzlePgProxy(async () => ({ rows: [] }));
+    for (const bad of [0, -1, 2.5, "3", Number.NaN]) {
+      expect(() => new SessionStore({ db, reaper: false, maxSessionsPerUser: bad as any })).toThrow(
+        /^connect-drizzle: `maxSessionsPerUser` must be a positive whole number of sessions/,
+      );
+    }
+  });
+
+  it("a driver without interactive transactions (pg-proxy), naming it, at construction", () => {
+    const db = drizzlePgProxy(async () => ({ rows: [] }));
+    expect(() => new SessionStore({ db, reaper: false, maxSessionsPerUser: 3 })).toThrow(
+      /^connect-drizzle: `maxSessionsPerUser` needs a transaction held open across statements .*drizzle-orm\/pg-proxy cannot do.*remove `maxSessionsPerUser`/,
+    );
+    // Without the cap that database is fine.
+    expect(() => new SessionStore({ db, reaper: false })).not.toThrow();
+  });
+});
