@@ -245,8 +245,8 @@ export const STORE_OPTIONS: Readonly<Record<keyof SessionStoreOptions, true>> = 
   notify: true,
   versioned: true,
   timeout: true,
-  reaper: true,
   maxSessionsPerUser: true,
+  reaper: true,
   prepare: true,
 };
 

@@ -46,6 +46,7 @@ expectTypeOf<typeof sessions.$inferSelect>().toEqualTypeOf<{
   endedAt: Date | null;
   endReason: string | null;
   version: number;
+  authenticatedAt: Date | null;
 }>();
 // Which columns an insert needs: the defaults (created_at, last_seen_at, version) and nullable ones are optional.
 expectTypeOf<keyof typeof sessions.$inferInsert>().toEqualTypeOf<keyof typeof sessions.$inferSelect>();
