@@ -1,30 +1,27 @@
 import { sql } from "drizzle-orm";
 import { drizzle as drizzlePgProxy } from "drizzle-orm/pg-proxy";
 import request from "supertest";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { SessionStore, type SessionEndedEvent, type SessionStoreOptions } from "../src/index.js";
 import { rowsOf } from "../src/driver.js";
 import { cookieOf, testApp } from "./support/app.js";
-import { cacheReady, drivers, eventually, openDb, openPeer, sessionData, sleep, type Peer, type TestDb } from "./support/db.js";
+import { cacheReady, drivers, eventually, openDb, openPeer, sessionData, sleep, type Peer, type TestDb, useTestDb } from "./support/db.js";
 
 const HOUR = 3_600_000;
 
 describe.each(drivers)("maxSessionsPerUser on %s", (driver) => {
   let t: TestDb;
-  let peer: Peer;
+  let peer: Peer | undefined;
   const stores: SessionStore[] = [];
-  beforeAll(async () => {
-    t = await openDb(driver);
-    peer = await openPeer(t);
+  useTestDb(driver, (db) => void (t = db));
+  afterEach(async () => {
+    await Promise.all(stores.splice(0).map((s) => s.close()));
   });
   afterAll(async () => {
-    await Promise.all(stores.map((s) => s.close()));
     await peer?.close();
-    await t?.close();
   });
-  beforeEach(async () => {
-    await t.raw(`delete from $table`);
-  });
+  /** Another instance's connection (its own pool; PGlite's one connection). */
+  const other = async () => (peer ??= await openPeer(t));
 
   function storeWith(options: Partial<SessionStoreOptions> = {}): { store: SessionStore; ended: SessionEndedEvent[] } {
     const store = new SessionStore({ db: t.db, table: t.table, reaper: false, maxSessionsPerUser: 3, ...options });
@@ -86,6 +83,7 @@ describe.each(drivers)("maxSessionsPerUser on %s", (driver) => {
 
   it("10 racing logins of one user: a sampler on another connection never sees more than 3 live sessions, and exactly 3 remain", async () => {
     const { store, ended } = storeWith();
+    const sampling = (await other()).db;
     let done = false;
     let most = 0;
     let samples = 0;
@@ -94,7 +92,7 @@ describe.each(drivers)("maxSessionsPerUser on %s", (driver) => {
     );
     const sampler = (async () => {
       while (!done) {
-        most = Math.max(most, Number(rowsOf<{ n: number }>(await peer.db.execute(count))[0]!.n));
+        most = Math.max(most, Number(rowsOf<{ n: number }>(await sampling.execute(count))[0]!.n));
         samples++;
         await new Promise((resolve) => setImmediate(resolve));
       }
@@ -130,7 +128,7 @@ describe.each(drivers)("maxSessionsPerUser on %s", (driver) => {
     const released = new Promise<void>((resolve) => (release = resolve));
     let locked!: () => void;
     const holding = new Promise<void>((resolve) => (locked = resolve));
-    const holder = peer.db.transaction(async (tx) => {
+    const holder = (await other()).db.transaction(async (tx) => {
       await tx.execute((store as any).sql.loginLock("ann", 60_000));
       locked();
       await released;

@@ -1,8 +1,8 @@
 import request from "supertest";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it } from "vitest";
 import { SessionStore, type SessionEvent, type SessionStoreOptions } from "../src/index.js";
 import { cookieOf, testApp } from "./support/app.js";
-import { drivers, openDb, type TestDb } from "./support/db.js";
+import { drivers, type TestDb, useTestDb } from "./support/db.js";
 
 const HOUR = 3_600_000;
 const DAY = 86_400_000;
@@ -13,15 +13,9 @@ const CHROME_LINUX = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML,
 describe.each(drivers)("the newDevice event on %s", (driver) => {
   let t: TestDb;
   const stores: SessionStore[] = [];
-  beforeAll(async () => {
-    t = await openDb(driver);
-  });
-  afterAll(async () => {
-    await Promise.all(stores.map((s) => s.close()));
-    await t?.close();
-  });
-  beforeEach(async () => {
-    await t.raw(`delete from $table`);
+  useTestDb(driver, (db) => void (t = db));
+  afterEach(async () => {
+    await Promise.all(stores.splice(0).map((s) => s.close()));
   });
 
   function storeWith(options: Partial<SessionStoreOptions> = {}) {

@@ -5,10 +5,10 @@ import fastifySession from "@fastify/session";
 import type { Express } from "express";
 import Fastify from "fastify";
 import request from "supertest";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { SessionStore, SessionStoreError, type SessionStoreOptions } from "../src/index.js";
 import { cookieOf, testApp } from "./support/app.js";
-import { cacheReady, drivers, openDb, sessionData, sleep, type TestDb } from "./support/db.js";
+import { cacheReady, drivers, openDb, sessionData, sleep, type TestDb, useTestDb } from "./support/db.js";
 
 const HOUR = 3_600_000;
 
@@ -38,15 +38,9 @@ async function login(app: Express, user = "ann"): Promise<string> {
 describe.each(drivers)("re-authentication (sudo mode) on %s", (driver) => {
   let t: TestDb;
   const stores: SessionStore[] = [];
-  beforeAll(async () => {
-    t = await openDb(driver);
-  });
-  afterAll(async () => {
-    await Promise.all(stores.map((s) => s.close()));
-    await t?.close();
-  });
-  beforeEach(async () => {
-    await t.raw(`delete from $table`);
+  useTestDb(driver, (db) => void (t = db));
+  afterEach(async () => {
+    await Promise.all(stores.splice(0).map((s) => s.close()));
   });
 
   async function storeWith(options: Partial<SessionStoreOptions> = {}): Promise<SessionStore> {
