@@ -41,12 +41,22 @@ export function singleConnection(db: AnyPgDatabase): boolean {
   if (client === null || (typeof client !== "object" && typeof client !== "function")) return false;
   // PGlite and PGliteWorker.
   if (driverOf(db).kind === "pglite" || (typeof client.waitReady !== "undefined" && typeof client.exec === "function")) return true;
-  // A node-postgres Client (drizzle's own test for a pool is the same); Pools have totalCount.
-  const isPgLike = typeof client.query === "function" && typeof client.connect === "function";
-  const isPool = "totalCount" in client || String(Object.getPrototypeOf(client)?.constructor?.name ?? "").includes("Pool");
-  if (isPgLike && !isPool) return true;
+  if (loneClient(db)) return true;
   // pg.Pool ({ max }) and postgres.js (options.max).
   return client.options?.max === 1;
+}
+
+/**
+ * Whether the database is one node-postgres `Client`, not a pool (drizzle's own test for a pool is the
+ * same; Pools have totalCount). drizzle runs a transaction there on that connection itself, so every
+ * other statement sent meanwhile runs inside the transaction, and is rolled back with it.
+ */
+export function loneClient(db: AnyPgDatabase): boolean {
+  const client: any = (db as any).$client;
+  if (client === null || (typeof client !== "object" && typeof client !== "function")) return false;
+  const isPgLike = typeof client.query === "function" && typeof client.connect === "function";
+  const isPool = "totalCount" in client || String(Object.getPrototypeOf(client)?.constructor?.name ?? "").includes("Pool");
+  return isPgLike && !isPool && driverOf(db).kind !== "pglite";
 }
 
 /**

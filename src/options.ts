@@ -158,8 +158,8 @@ export interface SessionStoreOptions {
    * session that gains a user) ends that user's least recently used live sessions beyond it, as
    * `evicted`, in the same statement (the `ended` event tells of each). Logins of one user are
    * serialized by an advisory lock, so racing logins never leave more. Needs a driver with interactive
-   * transactions (node-postgres, postgres.js, PGlite, ...): on pg-proxy or neon-http the constructor
-   * throws a `TypeError`. A positive integer.
+   * transactions (node-postgres, postgres.js, PGlite, ...): on pg-proxy or neon-http, and on a single
+   * node-postgres `Client` rather than a pool, the constructor throws a `TypeError`. A positive integer.
    * @default undefined (no cap)
    */
   maxSessionsPerUser?: number;

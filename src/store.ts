@@ -5,7 +5,7 @@ import { ReadCache } from "./cache.js";
 import { describeDevice } from "./device.js";
 import type { LifecycleEvent, LifecycleEvents, SessionEvent } from "./events.js";
 import { settle, settled, type Callback } from "./callback.js";
-import { driverName, Executor, interactiveTransactions, isTrue, type Shape } from "./driver.js";
+import { driverName, Executor, interactiveTransactions, isTrue, loneClient, type Shape } from "./driver.js";
 import { databaseError, reauthenticationRequired, schemaOutdated, SessionStoreError, tableMissing } from "./errors.js";
 import { isValidId, keyDeriver, newHandle, type KeyDeriver } from "./hash.js";
 import { checkOptionKeys, ownerOf, resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
@@ -194,6 +194,13 @@ export class SessionStore extends Store {
         `connect-drizzle: \`maxSessionsPerUser\` needs a transaction held open across statements (a login takes its user's lock, ` +
           `then writes), which ${driverName(db)} cannot do (each statement is a request of its own); remove \`maxSessionsPerUser\`, ` +
           "or give the store a drizzle-orm/node-postgres, drizzle-orm/postgres-js or drizzle-orm/pglite database",
+      );
+    }
+    if (this.options.maxSessionsPerUser !== undefined && loneClient(db)) {
+      throw new TypeError(
+        "connect-drizzle: `maxSessionsPerUser` cannot be safe on a single node-postgres Client: a login's transaction would run on " +
+          "the connection every other request uses, so their statements would run inside it (and a logout be undone if it rolled " +
+          "back); give the store a pg.Pool (drizzle({ client: new pg.Pool(...) })), or remove `maxSessionsPerUser`",
       );
     }
     this.sql = new Statements(table, { absoluteTimeout, notify, retainEnded, versioned });

@@ -1,5 +1,7 @@
 import { sql } from "drizzle-orm";
+import { drizzle as drizzlePg } from "drizzle-orm/node-postgres";
 import { drizzle as drizzlePgProxy } from "drizzle-orm/pg-proxy";
+import pg from "pg";
 import request from "supertest";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { SessionStore, type SessionEndedEvent, type SessionStoreOptions } from "../src/index.js";
@@ -207,5 +209,14 @@ describe("maxSessionsPerUser refuses", () => {
     );
     // Without the cap that database is fine.
     expect(() => new SessionStore({ db, reaper: false })).not.toThrow();
+  });
+
+  it("a single node-postgres Client (other requests' statements would run inside a login's transaction), but not a pool", () => {
+    const client = drizzlePg({ client: new pg.Client({ connectionString: "postgres://127.0.0.1:1/none" }) });
+    expect(() => new SessionStore({ db: client, reaper: false, maxSessionsPerUser: 3 })).toThrow(
+      /^connect-drizzle: `maxSessionsPerUser` cannot be safe on a single node-postgres Client: .*give the store a pg\.Pool/,
+    );
+    const pool = drizzlePg({ client: new pg.Pool({ connectionString: "postgres://127.0.0.1:1/none" }) });
+    expect(() => new SessionStore({ db: pool, reaper: false, maxSessionsPerUser: 3 })).not.toThrow();
   });
 });
