@@ -94,6 +94,17 @@ describe.each(drivers)("the newDevice event on %s", (driver) => {
     expect(events.map((e) => e.device)).toEqual(["Firefox on Linux", "Chrome on Linux"]);
   });
 
+  it("with maxSessionsPerUser, the session a login evicts still tells its device (one statement does both)", async () => {
+    const { events, app, store } = storeWith({ maxSessionsPerUser: 1 });
+    const first = await login(app, "ann", FIREFOX_LINUX, "203.0.113.5");
+    await login(app, "ann", FIREFOX_LINUX_NEWER, "203.0.113.5");
+    expect((await request(app).get("/me").set("Cookie", first)).status).toBe(401);
+    expect(await store.count({ userId: "ann" })).toBe(1);
+    expect(events).toHaveLength(1);
+    await login(app, "ann", CHROME_LINUX, "203.0.113.5");
+    expect(events.map((e) => e.device)).toEqual(["Firefox on Linux", "Chrome on Linux"]);
+  });
+
   it("the check is part of the login write itself; without a listener the login write sends no extra CTE", async () => {
     const { app } = storeWith();
     t.statements.length = 0;
