@@ -184,7 +184,7 @@ describe.each(drivers)("saves merge by top-level key on %s (two tabs, one sessio
     const reader = request(tabs.app).get("/read?gate=reader").set("Cookie", cookie).then((res) => res);
     await gate.loaded;
     expect((await tabs.send(cookie, { set: { theme: "dark" } })).status).toBe(200);
-    const [{ version }] = await t.raw<{ version: number }>(`select version from $table`);
+    const [{ version }] = (await t.raw<{ version: number }>(`select version from $table`)) as [{ version: number }];
     t.statements.length = 0;
     gate.open();
     expect((await reader).body).toEqual({ theme: "light" });
