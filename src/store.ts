@@ -458,8 +458,8 @@ export class SessionStore extends Store {
     const since = this.cache?.evictions ?? 0;
     type Saved = { key: string; version?: number; data?: string } & ExpiryRow;
     let written: Saved | undefined;
-    const saveLoaded = merged ? this.sql.saveMerged(this.cache !== undefined) : this.sql.saveLoaded(guarded);
-    if (loaded) [written] = await this.exec.run<Saved>(saveLoaded, values);
+    // With the cache, a merge returns the merged row (the cache must hold what the row holds).
+    if (loaded) [written] = await this.exec.run<Saved>(merged ? this.sql.saveMerged(this.cache !== undefined) : this.sql.saveLoaded(guarded), values);
     else {
       const [inserted] = await this.exec.run<{ key: string }>(this.sql.insert(keys.length), values);
       // A new row holds what was sent: the lifetime from the database's now (capped by absoluteTimeout), version 1.
