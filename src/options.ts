@@ -132,10 +132,19 @@ export interface SessionStoreOptions {
    */
   notify?: boolean;
   /**
+   * Save only what a request changed: a save of a session the request loaded writes the top-level keys it
+   * set, changed or deleted (and the cookie), applied to the row as it is now, so two tabs that change
+   * different keys (a cart, a theme) both keep their change; for the same key the later save wins. A
+   * nested object is one key. `false`: the last save wins on the whole session. Not with `versioned`
+   * (choose one: together they are a `TypeError`).
+   * @default true, or false with `versioned: true`
+   */
+  merge?: boolean;
+  /**
    * Refuse to overwrite a session that another request changed since this request read it (two tabs
    * saving at once): the later save fails with a `CONFLICT` error instead of silently winning. Without
-   * it the last save wins on the whole session (as with every express-session store), except that an
-   * unchanged session is never written back, so a request that only read cannot undo another's change.
+   * it saves merge by top-level key (`merge`), except that an unchanged session is never written back,
+   * so a request that only read cannot undo another's change.
    * @default false
    */
   versioned?: boolean;
@@ -191,6 +200,7 @@ export interface ResolvedOptions {
   prepare: boolean;
   cache: Required<CacheOptions> | undefined;
   notify: boolean;
+  merge: boolean;
   versioned: boolean;
   timeout: number;
   reaper: ResolvedReaperOptions | false;
@@ -232,6 +242,7 @@ export const STORE_OPTIONS: Readonly<Record<keyof SessionStoreOptions, true>> = 
   maxSize: true,
   cache: true,
   notify: true,
+  merge: true,
   versioned: true,
   timeout: true,
   reaper: true,
@@ -322,6 +333,15 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
         "revokes, so a cache would serve ended sessions); remove `notify: false`, or the cache",
     );
   }
+  if (options.merge !== undefined && typeof options.merge !== "boolean") {
+    throw new TypeError(`connect-drizzle: \`merge\` must be true or false (got ${String(options.merge)})`);
+  }
+  if (options.merge === true && options.versioned) {
+    throw new TypeError(
+      "connect-drizzle: `merge: true` and `versioned: true` cannot both hold (merge writes a change over another " +
+        "request's, versioned refuses it with CONFLICT); pick one: remove `versioned` to merge, or remove `merge` to get conflicts",
+    );
+  }
   const cascades = options.cache === undefined ? [] : deletedByDatabase(options.table ?? sessions);
   if (cascades.length > 0) {
     throw new TypeError(
@@ -345,6 +365,7 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
     prepare: options.prepare ?? true,
     cache: resolveCache(options.cache),
     notify: options.notify ?? options.cache !== undefined,
+    merge: options.merge ?? !options.versioned,
     versioned: options.versioned ?? false,
     timeout: numberOption(options, "timeout", DEFAULT_TIMEOUT),
     reaper: resolveReaperOptions(options.reaper),

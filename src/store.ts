@@ -9,7 +9,7 @@ import { isValidId, keyDeriver, newHandle, type KeyDeriver } from "./hash.js";
 import { ownerOf, resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
 import { reap, Reaper, type ReapResult } from "./reaper.js";
 import { Records, type EndReason, type ExtendOptions, type RevokeOptions, type SessionQuery, type SessionRecord, type UserId } from "./records.js";
-import { parseSession, sameContent, serialize } from "./serialize.js";
+import { changesOf, parseSession, serialize } from "./serialize.js";
 import { keyValues, Statements, type ExpiryRow, type SessionRow } from "./statements.js";
 
 /**
@@ -220,6 +220,8 @@ export class SessionStore extends Store {
    * Saves a session. A session this request loaded (`req.session`, or what `get` returned) is updated in
    * place, and only while it is live: a save never brings back a session that ended or expired meanwhile.
    * A session the store did not load here (a new id) is inserted. Unchanged sessions are not rewritten.
+   * With `merge` (the default) a loaded session's save writes only the top-level keys its request changed
+   * or deleted, and the cookie, over what the row holds now.
    */
   set(sid: string, session: SessionData, callback?: Callback): Promise<void> {
     return settle(this.run("set", () => this.save(sid, session)), callback);
@@ -432,11 +434,14 @@ export class SessionStore extends Store {
     const target = this.expiry(session, now);
     const text = serialize(session, this.options.maxSize);
     const loaded = loadedOf(session, sid);
+    // What this request changed over what it read: whether to write at all, and with `merge` what to write.
+    const changes = loaded ? changesOf(loaded.text, text) : undefined;
     const { ua, ip } = requestMetadata(session);
-    if (loaded && sameDevice(loaded, ua, ip) && this.fresh(loaded, target, now) && sameContent(loaded.text, text)) return;
+    if (loaded && sameDevice(loaded, ua, ip) && this.fresh(loaded, target, now) && changes?.unchanged) return;
 
     const keys = loaded ? [loaded.key] : this.keysOf(sid);
     const guarded = this.options.versioned && loaded !== undefined;
+    const merged = this.options.merge && changes !== undefined;
     const values = keyValues(keys, {
       // Only an insert gives the row a handle.
       handle: loaded ? undefined : newHandle(),
@@ -448,11 +453,13 @@ export class SessionStore extends Store {
       ip,
       version: loaded?.version,
     });
+    if (merged) Object.assign(values, this.mergeValues(changes.patch, changes.removed));
     this.evict(keys);
     const since = this.cache?.evictions ?? 0;
-    type Saved = { key: string; version?: number } & ExpiryRow;
+    type Saved = { key: string; version?: number; data?: string } & ExpiryRow;
     let written: Saved | undefined;
-    if (loaded) [written] = await this.exec.run<Saved>(this.sql.saveLoaded(guarded), values);
+    // With the cache, a merge returns the merged row (the cache must hold what the row holds).
+    if (loaded) [written] = await this.exec.run<Saved>(merged ? this.sql.saveMerged(this.cache !== undefined) : this.sql.saveLoaded(guarded), values);
     else {
       const [inserted] = await this.exec.run<{ key: string }>(this.sql.insert(keys.length), values);
       // A new row holds what was sent: the lifetime from the database's now (capped by absoluteTimeout), version 1.
@@ -466,6 +473,8 @@ export class SessionStore extends Store {
       if (guarded) await this.checkConflict(keys);
       return;
     }
+    // The request's own view (what it read, plus what it wrote) is what its next save compares with; the
+    // row may also hold other requests' keys after a merge: the cache gets the row's own data.
     const next: Loaded = {
       sid,
       key: written.key,
@@ -475,18 +484,27 @@ export class SessionStore extends Store {
       ip: ip ?? loaded?.ip ?? null,
       ...this.localExpiry(written, sent),
     };
-    this.remember(session, next, since);
+    this.remember(session, next, since, merged ? written.data : text);
   }
 
   /**
-   * After a write: what the row now holds becomes what this request compares its next save or touch with,
-   * and is cached, unless an eviction came after `since` (another instance may have ended the session
-   * right after this write, its NOTIFY overtaking the reply).
+   * After a write: `next` becomes what this request compares its next save or touch with, and `row`, what
+   * the row now holds (undefined: not known), is cached, unless an eviction came after `since` (another
+   * instance may have ended the session right after this write, its NOTIFY overtaking the reply).
    */
-  private remember(session: SessionData, next: Loaded, since: number): void {
+  private remember(session: SessionData, next: Loaded, since: number, row: string | undefined): void {
     withLoaded(session, next);
     // Cached only if a read of the row would load it (a hit serves the text unchecked).
-    if (this.cache && parseSession(next.text)) this.cache.put(next, since);
+    if (this.cache && row !== undefined && parseSession(row)) this.cache.put(row === next.text ? next : { ...next, text: row }, since);
+  }
+
+  /**
+   * The values of a merge save ({@link Statements.saveMerged}) for the keys a request changed (`patch`,
+   * with the cookie) and those it deleted (`removed`): the one place they become what the statement
+   * sends. @internal
+   */
+  protected mergeValues(patch: Record<string, unknown>, removed: readonly string[]): { patch: string; removed: string } {
+    return { patch: JSON.stringify(patch), removed: JSON.stringify(removed) };
   }
 
   /**
@@ -532,7 +550,7 @@ export class SessionStore extends Store {
     this.evict(keys);
     const since = this.cache?.evictions ?? 0;
     const [written] = await this.exec.run<{ key: string } & ExpiryRow>(this.sql.touch(keys.length), values);
-    if (written && loaded) this.remember(session, { ...loaded, ua: ua ?? loaded.ua, ip: ip ?? loaded.ip, ...this.localExpiry(written, sent) }, since);
+    if (written && loaded) this.remember(session, { ...loaded, ua: ua ?? loaded.ua, ip: ip ?? loaded.ip, ...this.localExpiry(written, sent) }, since, loaded.text);
   }
 
   /** Ends the session of `sid` for `reason`. @internal */
