@@ -250,6 +250,7 @@ export const STORE_OPTIONS: Readonly<Record<keyof SessionStoreOptions, true>> = 
   db: true,
   table: true,
   secrets: true,
+  encrypt: true,
   ttl: true,
   idleTimeout: true,
   absoluteTimeout: true,
@@ -264,7 +265,6 @@ export const STORE_OPTIONS: Readonly<Record<keyof SessionStoreOptions, true>> = 
   timeout: true,
   reaper: true,
   prepare: true,
-  encrypt: true,
 };
 
 /** Every key of {@link EncryptOptions}. */
