@@ -259,6 +259,22 @@ describe.each(drivers)("encryption at rest on %s", (driver) => {
     expect((await request(web).get("/me").set("Cookie", cookie)).body).toEqual({ user: "ann" });
   });
 
+  it("a key stored under two secrets is read from the earliest-listed one's entry, and storedNames names both", async () => {
+    const store = encrypted([NEW, OLD]);
+    await store.set("sid-1", sessionData(60_000, { userId: "ann" }));
+    const { key, data } = await rowOf("ann");
+    const names = store["sealer"]!.storedNames("role");
+    expect(names).toEqual([sealer(NEW).storedNames("role")[0], sealer(OLD).storedNames("role")[0]]);
+    await setData(key, { ...data, ...sealer(OLD).seal(key, { role: "old" }), ...sealer(NEW).seal(key, { role: "new" }) });
+    expect(((await store.get("sid-1")) as any).role).toBe("new");
+    expect(((await encrypted([OLD, NEW]).get("sid-1")) as any).role).toBe("old");
+    // Not current (an entry under an older secret): the next save rewrites the row without the duplicate.
+    await store.set("sid-1", (await store.get("sid-1"))!);
+    const after = (await rowOf("ann")).data;
+    expect(names.filter((name) => name in after)).toEqual([names[0]]);
+    expect(sealer(NEW).current(after)).toBe(true);
+  });
+
   it("maxSize applies to the session's data, not to its larger encrypted form", async () => {
     const store = encrypted(OLD, { maxSize: 3_000 });
     await store.set("fits", sessionData(60_000, { blob: "x".repeat(2_800) }));
