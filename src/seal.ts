@@ -1,4 +1,5 @@
-import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomFillSync } from "node:crypto";
+import { createCipheriv, createDecipheriv, createHmac, createSecretKey, hkdfSync, type KeyObject } from "node:crypto";
+import { randomInto } from "./hash.js";
 
 /** `encrypt` with its defaults applied (see {@link EncryptOptions} in options.ts). */
 export interface SealSettings {
@@ -17,7 +18,7 @@ export interface Opened {
 /** The keys of one secret, from HKDF-SHA-256 with an info string of its own for each. */
 interface Keys {
   /** AES-256-GCM key of the entries' values. */
-  data: Buffer;
+  data: KeyObject;
   /** HMAC-SHA-256 key of the entries' names. */
   name: Buffer;
   /** A short public id of the secret, in front of each value it sealed. */
@@ -47,7 +48,7 @@ export class Sealer {
 
   constructor(private readonly settings: SealSettings) {
     this.keys = settings.secrets.map((secret) => ({
-      data: derive(secret, "data", 32),
+      data: createSecretKey(derive(secret, "data", 32)),
       name: derive(secret, "name", 32),
       kid: derive(secret, "kid", 6).toString("base64url"),
     }));
@@ -160,7 +161,8 @@ export class Sealer {
 
   private sealEntry(rowKey: string, name: string, plaintext: string): string {
     const keys = this.keys[0]!;
-    const iv = randomFillSync(Buffer.allocUnsafe(IV));
+    const iv = Buffer.allocUnsafe(IV);
+    randomInto(iv, 0, IV);
     const cipher = createCipheriv("aes-256-gcm", keys.data, iv, { authTagLength: TAG });
     cipher.setAAD(additionalData(rowKey, name));
     const sealed = Buffer.concat([iv, cipher.update(plaintext, "utf8"), cipher.final(), cipher.getAuthTag()]);
@@ -176,7 +178,9 @@ export class Sealer {
       const decipher = createDecipheriv("aes-256-gcm", this.keys[rank]!.data, sealed.subarray(0, IV), { authTagLength: TAG });
       decipher.setAAD(additionalData(rowKey, name));
       decipher.setAuthTag(sealed.subarray(sealed.length - TAG));
-      plaintext = Buffer.concat([decipher.update(sealed.subarray(IV, sealed.length - TAG)), decipher.final()]).toString("utf8");
+      const opened = decipher.update(sealed.subarray(IV, sealed.length - TAG));
+      decipher.final(); // throws unless the tag matches; GCM releases nothing more
+      plaintext = opened.toString("utf8");
     } catch {
       return undefined;
     }
