@@ -62,6 +62,13 @@ export interface SessionStoreOptions {
    */
   secrets?: string | readonly string[];
   /**
+   * Encryption at rest of the session data (AES-256-GCM), with secrets of its own: every key of a session but its cookie is stored
+   * encrypted, under a hashed name. A row that does not decrypt (altered, moved from another row, sealed
+   * under an unknown secret, or in plaintext) is a `CORRUPT_ROW` error event and a missing session.
+   * @default undefined (data stored as plain jsonb)
+   */
+  encrypt?: EncryptOptions;
+  /**
    * Lifetime of a session whose cookie has no expiry (a browser-session cookie, or an invalid `expires`).
    * @default 86_400_000 (one day)
    */
@@ -159,13 +166,6 @@ export interface SessionStoreOptions {
    * @default true
    */
   prepare?: boolean;
-  /**
-   * Encryption at rest of the session data (AES-256-GCM): every key of a session but its cookie is stored
-   * encrypted, under a hashed name. A row that does not decrypt (altered, moved from another row, sealed
-   * under an unknown secret, or in plaintext) is a `CORRUPT_ROW` error event and a missing session.
-   * @default undefined (data stored as plain jsonb)
-   */
-  encrypt?: EncryptOptions;
 }
 
 /** Options of encryption at rest (`new SessionStore({ encrypt })`). */
