@@ -42,8 +42,12 @@ export function parseSession(text: string): SessionData | null {
   } catch {
     return null;
   }
-  const valid = value !== null && typeof value === "object" && !Array.isArray(value) && validCookie(value.cookie);
-  return valid ? (value as SessionData) : null;
+  return isSession(value) ? value : null;
+}
+
+/** Whether a value read from the `data` column is a session express-session can load (an object with a valid cookie). */
+export function isSession(value: any): value is SessionData {
+  return value !== null && typeof value === "object" && !Array.isArray(value) && validCookie(value.cookie);
 }
 
 /** What `cookie.serialize` accepts for Domain and Path (RFC 6265 4.1.1), as express-session's cookie module checks them. */

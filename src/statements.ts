@@ -187,10 +187,10 @@ export class Statements {
     return sql`select ${this.live()} as live from ${this.t} where ${this.byKeys(keys)}`;
   }
 
-  /** Every live session's handle and data. */
+  /** Every live session's handle, data and key. */
   all(): SQL {
     const t = this.t;
-    return sql`select ${t.handle} as handle, ${t.data}::text as data from ${t} where ${this.live()}`;
+    return sql`select ${t.handle} as handle, ${t.data}::text as data, ${t.key} as key from ${t} where ${this.live()}`;
   }
 
   /** The number of live sessions, as `n`. */
