@@ -159,6 +159,21 @@ describe.each(drivers)("re-authentication (sudo mode) on %s", (driver) => {
     expect(store.authenticatedAt({ userId: "ann" })).toBeNull();
   });
 
+  it.each([
+    ["merged saves (the default)", {}],
+    ["whole-session saves (versioned)", { versioned: true }],
+    ["encrypted data", { encrypt: { secrets: "a data secret of at least 32 random characters" } }],
+  ])("a session that gains a user in place is authenticated, with %s", async (_, options) => {
+    const store = await storeWith(options);
+    await store.set("p1", sessionData(HOUR, { views: 1 }));
+    const session = (await store.get("p1"))!;
+    expect(store.authenticatedAt(session)).toBeNull();
+    (session as any).userId = "ann";
+    await store.set("p1", session);
+    expect(store.authenticatedAt(session)).not.toBeNull();
+    expect(store.authenticatedAt(await store.get("p1"))!.getTime()).toBeGreaterThan(Date.now() - 10_000);
+  });
+
   it("the guard sends no query: it reads what get loaded", async () => {
     const store = await storeWith();
     await store.set("g1", sessionData(HOUR, { userId: "ann" }));
