@@ -140,12 +140,21 @@ export class Statements {
     return this.shape(`save:loaded:${guarded}${loginKey(login)}`, (v) => {
       const t = this.t;
       const guard = guarded ? sql` and ${t.version} = ${v("version")}::int` : sql``;
-      // A login (the session gains a user): authenticated now.
-      const authenticated = login ? sql`, ${col(t.authenticatedAt)} = ${NOW}` : sql``;
-      const returning = login ? sql`${this.saved()}, ${t.handle} as handle` : this.saved();
-      const update = sql`update ${t} set ${this.changes(v)}${authenticated} where ${t.key} = ${v("k0")} and ${this.live()}${guard} ${returning}`;
-      return login ? this.login(update, v, login) : update;
+      return this.loadedUpdate(v, this.changes(v), guard, this.saved(), login);
     });
+  }
+
+  /**
+   * The update of a loaded session's row `k0` while it is live (and `where`); with `login` (the session
+   * gains a user) it is authenticated now, returns the handle too, and does what goes with a login
+   * ({@link login}).
+   */
+  private loadedUpdate(v: (name: string) => SQL, set: SQL, where: SQL, returning: SQL, login: LoginWrite | undefined): SQL {
+    const t = this.t;
+    const authenticated = login ? sql`, ${col(t.authenticatedAt)} = ${NOW}` : sql``;
+    const handle = login ? sql`, ${t.handle} as handle` : sql``;
+    const update = sql`update ${t} set ${set}${authenticated} where ${t.key} = ${v("k0")} and ${this.live()}${where} ${returning}${handle}`;
+    return login ? this.login(update, v, login) : update;
   }
 
   /**
@@ -155,14 +164,14 @@ export class Statements {
    * so two requests that change different keys of one session both keep their change. `withData` returns
    * the row's merged data (`data`) for the read cache, which must hold what the row holds.
    */
-  saveMerged(withData: boolean): Shape {
-    return this.shape(`save:merged:${withData}`, (v) => {
+  saveMerged(withData: boolean, login?: LoginWrite): Shape {
+    return this.shape(`save:merged:${withData}${loginKey(login)}`, (v) => {
       const t = this.t;
       const removed = sql`array(select jsonb_array_elements_text(${v("removed")}::text::jsonb))`;
       const data = sql`(${t.data} - ${removed}) || ${v("patch")}::text::jsonb`;
       const returned = withData ? sql`, ${t.data}::text as data` : sql``;
-      return sql`update ${t} set ${this.changes(v, data)} where ${t.key} = ${v("k0")} and ${this.live()}
-        and jsonb_typeof(${t.data}) = 'object' ${this.saved()}${returned}`;
+      return this.loadedUpdate(v, this.changes(v, data), sql`
+        and jsonb_typeof(${t.data}) = 'object'`, sql`${this.saved()}${returned}`, login);
     });
   }
 
