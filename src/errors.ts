@@ -21,7 +21,8 @@ export type SessionStoreErrorCode =
   | "CORRUPT_ROW"
   | "CONFLICT"
   | "TIMEOUT"
-  | "DATABASE";
+  | "DATABASE"
+  | "LISTENER";
 
 const MIGRATE = "await migrate(db) from connect-drizzle, or your driver's drizzle migrator on its migrationsFolder";
 

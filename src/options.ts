@@ -132,6 +132,17 @@ export interface SessionStoreOptions {
    */
   notify?: boolean;
   /**
+   * Send every lifecycle event (`created`, `ended`) to the other instances on the table too: the write
+   * that creates or ends a session NOTIFYs it in the same statement, and each store with `broadcast`
+   * LISTENs (node-postgres and PGlite: a connection of its own; postgres.js: its listen connection) and
+   * emits what the others did with `local: false`. Delivery is at most once: an event sent while an
+   * instance's LISTEN connection is down is lost to it (for an audit trail of record, keep history with
+   * `retainEnded` and read it with `list`). On a driver that cannot LISTEN (pg-proxy, neon-http) the
+   * events are still sent, and this store emits only its own. Call `close()` to stop listening.
+   * @default false
+   */
+  broadcast?: boolean;
+  /**
    * Refuse to overwrite a session that another request changed since this request read it (two tabs
    * saving at once): the later save fails with a `CONFLICT` error instead of silently winning. Without
    * it the last save wins on the whole session (as with every express-session store), except that an
@@ -191,6 +202,7 @@ export interface ResolvedOptions {
   prepare: boolean;
   cache: Required<CacheOptions> | undefined;
   notify: boolean;
+  broadcast: boolean;
   versioned: boolean;
   timeout: number;
   reaper: ResolvedReaperOptions | false;
@@ -232,6 +244,7 @@ export const STORE_OPTIONS: Readonly<Record<keyof SessionStoreOptions, true>> = 
   maxSize: true,
   cache: true,
   notify: true,
+  broadcast: true,
   versioned: true,
   timeout: true,
   reaper: true,
@@ -345,6 +358,7 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
     prepare: options.prepare ?? true,
     cache: resolveCache(options.cache),
     notify: options.notify ?? options.cache !== undefined,
+    broadcast: booleanOption(options, "broadcast"),
     versioned: options.versioned ?? false,
     timeout: numberOption(options, "timeout", DEFAULT_TIMEOUT),
     reaper: resolveReaperOptions(options.reaper),
@@ -376,6 +390,13 @@ function resolveCache(cache: CacheOptions | undefined): Required<CacheOptions> |
   }
   checkOptionKeys(cache, CACHE_OPTIONS, "`cache`");
   return { max: numberOption(cache, "max", 10_000, false, "sessions"), ttl: numberOption(cache, "ttl", 60_000) };
+}
+
+function booleanOption<K extends string>(options: Partial<Record<K, unknown>>, name: K): boolean {
+  const value = options[name];
+  if (value === undefined) return false;
+  if (typeof value !== "boolean") throw new TypeError(`connect-drizzle: \`${name}\` must be true or false (got ${String(value)})`);
+  return value;
 }
 
 function optionalNumber<K extends string>(options: Partial<Record<K, unknown>>, name: K): number | undefined {

@@ -1,16 +1,18 @@
 import type { SQL } from "drizzle-orm";
 import { Store, type SessionData } from "express-session";
 import { ReadCache } from "./cache.js";
-import type { LifecycleEvent, LifecycleEvents } from "./events.js";
+import { deliver, heardEvent, sessionEvent, type LifecycleEvent, type LifecycleEvents } from "./events.js";
 import { settle, settled, type Callback } from "./callback.js";
 import { Executor, isTrue } from "./driver.js";
 import { databaseError, schemaOutdated, SessionStoreError, tableMissing } from "./errors.js";
 import { isValidId, keyDeriver, newHandle, type KeyDeriver } from "./hash.js";
+import { listen, type Listening } from "./notify.js";
 import { ownerOf, resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
 import { reap, Reaper, type ReapResult } from "./reaper.js";
 import { Records, type EndReason, type ExtendOptions, type RevokeOptions, type SessionQuery, type SessionRecord, type UserId } from "./records.js";
 import { parseSession, sameContent, serialize } from "./serialize.js";
-import { keyValues, Statements, type ExpiryRow, type SessionRow } from "./statements.js";
+import { keyValues, Statements, type EventRow, type ExpiryRow, type SessionRow } from "./statements.js";
+import { traced, type TraceDetail } from "./trace.js";
 
 /**
  * What a loaded session's row held when its request read it, under a symbol key: JSON.stringify,
@@ -155,21 +157,28 @@ export class SessionStore extends Store {
   /** The read cache, with the `cache` option. */
   private readonly cache: ReadCache<Loaded> | undefined;
   private readonly reaper: Reaper | undefined;
+  /** This store's id among the instances on the table: its own `broadcast` NOTIFYs are skipped by it. */
+  private readonly instance = newHandle();
+  /** The LISTEN of the lifecycle events of other instances, with `broadcast`. */
+  private readonly hearing: Listening | undefined;
 
   constructor(options: SessionStoreOptions) {
     super();
     this.options = resolveOptions(options);
     const { db, table, absoluteTimeout, notify, retainEnded, versioned, timeout, prepare } = this.options;
-    this.sql = new Statements(table, { absoluteTimeout, notify, retainEnded, versioned });
+    const broadcast = this.options.broadcast ? this.instance : undefined;
+    this.sql = new Statements(table, { absoluteTimeout, notify, retainEnded, versioned, broadcast });
     this.exec = new Executor(db, { timeout, prepare });
     this.keysOf = keyDeriver(this.options.secrets);
     this.records = new Records({
       statements: this.sql,
       keysOf: this.keysOf,
-      run: (action, operation) => this.run(action, operation),
+      run: (action, operation, detail) => this.run(action, operation, detail),
       query: (statement) => this.exec.query(statement),
-      write: (statement) => this.write(statement),
+      write: <Row extends { key: string }>(statement: SQL) => this.write<Row>(statement),
       now: () => this.now(),
+      recordsEnds: () => this.listenerCount("ended") > 0,
+      ended: (rows, reason) => this.announceEnded(rows, reason),
     });
     if (this.options.cache) {
       this.cache = new ReadCache<Loaded>(this.options.cache, {
@@ -189,6 +198,22 @@ export class SessionStore extends Store {
       });
       this.reaper.start();
     }
+    if (this.options.broadcast) {
+      this.hearing = listen(
+        db,
+        this.sql.eventsChannel,
+        {
+          onMessage: (payload) => {
+            const heard = heardEvent(payload, this.instance, this.sql.tableName);
+            if (heard) this.announce(heard.event, ...heard.args);
+          },
+          onReady: () => {},
+          onLost: (error) =>
+            this.report(new SessionStoreError("DATABASE", `the LISTEN connection of \`broadcast\` was lost (${error.message}); other instances' events are missed until it is back`, { cause: error })),
+        },
+        { postgresJs: true },
+      );
+    }
   }
 
   /**
@@ -204,7 +229,7 @@ export class SessionStore extends Store {
 
   private reapWith(signal?: AbortSignal): Promise<ReapResult> {
     const { db, table, retainEnded, reaper, timeout } = this.options;
-    return reap({ db, table, retainEnded, batchSize: reaper ? reaper.batchSize : undefined, signal, timeout });
+    return traced("reap", this.sql.tableName, undefined, () => reap({ db, table, retainEnded, batchSize: reaper ? reaper.batchSize : undefined, signal, timeout }));
   }
 
   /** Loads a live session; `null` when it is missing, expired or ended. */
@@ -212,7 +237,7 @@ export class SessionStore extends Store {
     // A cache hit answers without an operation's promise chain (it costs what MemoryStore's get costs).
     const cached = this.cache && isValidId(sid) ? this.cache.get(sid, performance.now()) : undefined;
     // Cached text was checked when it was cached (parseSession on read, and on write in remember).
-    if (cached) return settled(withLoaded(JSON.parse(cached.text) as SessionData, { ...cached }), callback);
+    if (cached) return traced("get", this.sql.tableName, CACHED, () => settled(withLoaded(JSON.parse(cached.text) as SessionData, { ...cached }), callback));
     return settle(this.run("get", () => this.read(sid)), callback);
   }
 
@@ -242,7 +267,7 @@ export class SessionStore extends Store {
       return settle(this.run("touch", () => Promise.reject(error)), callback);
     }
     // A skipped touch (the common case) answers at once, without an operation's promise chain.
-    if (!touch) return settled(undefined, callback);
+    if (!touch) return traced("touch", this.sql.tableName, SKIPPED, () => settled(undefined, callback));
     const planned = touch;
     return settle(this.run("touch", () => this.renew(session, planned)), callback);
   }
@@ -367,12 +392,13 @@ export class SessionStore extends Store {
   private schemaReported = false;
 
   /**
-   * Stops the reaper (a round in progress ends after its current batch), the cache's LISTEN connection
-   * and every timer. Never closes the database you passed in.
+   * Stops the reaper (a round in progress ends after its current batch), the LISTEN connections (the
+   * cache's, `broadcast`'s) and every timer. Never closes the database you passed in.
    */
   async close(): Promise<void> {
     await this.reaper?.stop();
     await this.cache?.close();
+    await this.hearing?.close();
   }
 
   /**
@@ -460,6 +486,10 @@ export class SessionStore extends Store {
       if (inserted) written = { key: inserted.key, version: 1, expires: Math.min(target - now, absolute ?? Infinity), absolute };
       // A set of an id the store did not load whose row exists: update it, unless it ended.
       else [written] = await this.exec.run<Saved>(this.sql.saveExisting(keys.length), values);
+      if (inserted && this.listenerCount("created") > 0) {
+        const row: EventRow = { handle: values.handle as string, user_id: values.userId as string | null, label: values.label as string | null, user_agent: ua, ip };
+        this.announce("created", sessionEvent(row, true));
+      }
       if (inserted) await this.recordRotation(session, sid);
     }
     if (!written) {
@@ -540,9 +570,11 @@ export class SessionStore extends Store {
     if (!isValidId(sid)) return false;
     const keys = this.keysOf(sid);
     this.evict(keys);
-    const rows = await this.exec.run<{ key: string }>(this.sql.end(keys.length), keyValues(keys, { reason }));
+    const record = this.listenerCount("ended") > 0;
+    const rows = await this.exec.run<{ key: string } & EventRow>(this.sql.end(keys.length, record), keyValues(keys, { reason }));
     // Evict again: a read or write of this store that overlapped the end may have cached the session.
     this.evict(keys);
+    if (record) this.announceEnded(rows, reason);
     return rows.length > 0;
   }
 
@@ -561,22 +593,36 @@ export class SessionStore extends Store {
    * changed keys from every instance's cache in the same statement, and from this store's cache before
    * the promise resolves, so an end is seen here at once. Returns one row per changed row. @internal
    */
-  protected async write(statement: SQL): Promise<Array<{ key: string }>> {
-    const rows = await this.exec.query<{ key: string }>(statement);
+  protected async write<Row extends { key: string } = { key: string }>(statement: SQL): Promise<Row[]> {
+    const rows = await this.exec.query<Row>(statement);
     this.evict(rows.map((row) => row.key));
     return rows;
   }
 
   /**
-   * Emits a lifecycle event of a change this store made (the one place they are emitted from, so
-   * that broadcasting them to other instances is added here). @internal
+   * Emits a lifecycle event: of a change this store made (`local: true`; with `broadcast` its statement
+   * also sent it to the other instances), or of one heard from another instance (`local: false`). The one
+   * place they are emitted from. A listener that throws fails neither the operation nor the other
+   * listeners: its error is reported (see {@link deliver}). @internal
    */
   protected announce<E extends LifecycleEvent>(event: E, ...args: LifecycleEvents[E]): void {
-    (this.emit as (event: string, ...args: unknown[]) => boolean)(event, ...args);
+    deliver(this, event, args, (error) => this.report(error));
   }
 
-  /** Runs an operation, turning driver errors into errors that say what to do. @internal */
-  protected run<T>(action: string, operation: () => Promise<T>): Promise<T> {
+  /** Announces `ended` for each row a statement ended, as it returned them (see Statements' `end`). */
+  private announceEnded(rows: readonly EventRow[], reason: EndReason): void {
+    for (const row of rows) this.announce("ended", { ...sessionEvent(row, true), reason });
+  }
+
+  /**
+   * Runs an operation, turning driver errors into errors that say what to do, inside its tracing channel
+   * (`connect-drizzle:<action>`, with `detail` in the context). @internal
+   */
+  protected run<T>(action: string, operation: () => Promise<T>, detail?: TraceDetail): Promise<T> {
+    return traced(action, this.sql.tableName, detail, () => this.attempt(action, operation));
+  }
+
+  private attempt<T>(action: string, operation: () => Promise<T>): Promise<T> {
     let promise: Promise<T>;
     try {
       promise = operation();
@@ -679,6 +725,10 @@ function requestMetadata(session: SessionData): { ua: string | null; ip: string 
   const ip = typeof address === "string" ? address.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, "").slice(0, 64) : null;
   return { ua: typeof ua === "string" ? ua.slice(0, 512) : null, ip };
 }
+
+/** The trace details of the fast paths that answer without a query. */
+const CACHED: TraceDetail = Object.freeze({ cached: true });
+const SKIPPED: TraceDetail = Object.freeze({ skipped: true });
 
 /** The most an expiry can seem earlier than stored through clock conversion alone, ms (see `fresh`). */
 const CLOCK_ERROR = 1_000;
