@@ -2,7 +2,7 @@ import { drizzle as drizzlePg } from "drizzle-orm/node-postgres";
 import pg from "pg";
 import request from "supertest";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { SessionStore, type SessionEndedEvent, type SessionEvent, type SessionStoreOptions } from "../src/index.js";
+import { createSessionTable, SessionStore, type SessionEndedEvent, type SessionEvent, type SessionStoreOptions } from "../src/index.js";
 import { listen } from "../src/notify.js";
 import { cookieOf, testApp } from "./support/app.js";
 import { DATABASE_URL, drivers, eventually, openDb, openPeer, sessionData, sleep, type Peer, type TestDb, useTestDb } from "./support/db.js";
@@ -355,6 +355,26 @@ describe.each(drivers)("broadcast on %s", (driver) => {
     await sleep(50);
     expect(created(heardB).filter((e) => e.userId === "ann")).toEqual([]);
     expect(created(heardC).filter((e) => e.userId === "ann")).toHaveLength(1);
+  });
+
+  it("two tables whose cut channel names are the same do not hear each other's events", async () => {
+    const tables = [];
+    for (const suffix of ["a", "b"]) {
+      const name = `${"x".repeat(40)}_${suffix}`;
+      await t.raw(`create table "${t.schema}"."${name}" (like $table including all)`);
+      tables.push(createSessionTable(name, { schema: t.schema }));
+    }
+    const onA = localStore({ table: tables[0] });
+    const onB = localStore({ table: tables[1] });
+    const otherOnB = await peerStore({ table: tables[1] });
+    expect((onA as any).sql.eventsChannel).toBe((onB as any).sql.eventsChannel);
+    const heardB = record(otherOnB);
+    await flushed(onB, otherOnB);
+    await onA.set("on-a", user("ann"));
+    await onA.destroy("on-a");
+    await onB.set("on-b", user("bob"));
+    await flushed(onB, otherOnB);
+    expect(heardB.map((h) => [h.event, h.e.userId])).toEqual([["created", "bob"]]);
   });
 
   it("the NOTIFY payload holds the event and the instance, never a session id or row key", async () => {
