@@ -107,11 +107,13 @@ function kept<T>(session: unknown, pick: (value: any) => T | undefined): T | und
  * The events of a {@link SessionStore}, each with its listener's arguments:
  * - `reap`: a reaper round finished (the periodic reaper's rounds; `store.reap()` resolves with its own);
  * - `error`: a problem that did not fail a request (a corrupt row, a failed reaper round, a failing cache
- *   probe). Without a listener it is written to the console instead;
+ *   probe, a lifecycle listener that threw, a lost `broadcast` connection). Without a listener it is
+ *   written to the console instead;
  * - `connect`, `disconnect`: express-session listens for them; this store never emits them (every
  *   operation gets its connection from your database, and a failure fails only that operation);
  * - `newListener`, `removeListener`: EventEmitter's own.
- * - `created`, `ended`, `newDevice`: the lifecycle events ({@link LifecycleEvents}).
+ * - `created`, `ended`, `newDevice`: the lifecycle events ({@link LifecycleEvents}); with `broadcast`,
+ *   other instances' `created` and `ended` too.
  */
 export interface SessionStoreEvents extends LifecycleEvents {
   reap: [result: ReapResult];
