@@ -270,6 +270,10 @@ function render(
     goal("get-hit-vs-floor", "get (hit) ops/s ÷ raw-pg floor (c32)", ">=", 0.95, storeRatios("get-hit", "connect-drizzle", "raw-pg", "opsPerSec")),
     goal("get-hit-cpu-vs-floor", "get (hit) client CPU µs/op ÷ floor (c32)", "<=", 1.15, storeRatios("get-hit", "connect-drizzle", "raw-pg", "cpuUsPerOp")),
     goal("set-vs-pg-simple", "set (new session) ops/s ÷ connect-pg-simple (c32)", ">=", 1.1, storeRatios("set", "connect-drizzle", "connect-pg-simple", "opsPerSec")),
+    goal("save-merge-vs-whole", "save (one key changed) ops/s, merging changed keys ÷ whole-session saves (c32)", ">=", 0.95, storeRatios("save", "connect-drizzle", "connect-drizzle-whole", "opsPerSec")),
+    goal("get-encrypt-vs-plain", "get (hit) ops/s with `encrypt` ÷ without (c32)", ">=", 0.9, storeRatios("get-hit", "connect-drizzle-encrypt", "connect-drizzle", "opsPerSec")),
+    goal("set-encrypt-vs-plain", "set (new session) ops/s with `encrypt` ÷ without (c32)", ">=", 0.9, storeRatios("set", "connect-drizzle-encrypt", "connect-drizzle", "opsPerSec")),
+    goal("save-encrypt-vs-plain", "save (one key changed) ops/s with `encrypt` ÷ without (c32)", ">=", 0.9, storeRatios("save", "connect-drizzle-encrypt", "connect-drizzle", "opsPerSec")),
     goal("destroy-vs-pg-simple", "destroy ops/s ÷ connect-pg-simple (c32)", ">=", 1.1, storeRatios("destroy", "connect-drizzle", "connect-pg-simple", "opsPerSec")),
     goal("http-read-vs-pg-simple", "HTTP GET /read req/s ÷ connect-pg-simple", ">=", 1.5, httpRatios("read", "connect-drizzle", ["connect-pg-simple"])),
     goal("http-login-vs-pg-simple", "HTTP POST /login req/s ÷ connect-pg-simple", ">=", 1.0, httpRatios("login", "connect-drizzle", ["connect-pg-simple"])),
@@ -363,7 +367,7 @@ function render(
       `"touch (forced write)": connect-drizzle with touchAfter: 0, one UPDATE per touch (the other stores write on every touch, so their row repeats their touch). ` +
       `"connect-drizzle": its defaults (no cache, so notify: false). "connect-drizzle (notify: true)": writes only, with the pg_notify in every write that a deployment with the read cache needs on every instance. ` +
       `"connect-drizzle (cache)": cache: {} (max 10,000, ttl 60 s), get (hit) only, every pool session read once just before the cell (so the cell's reads are served from memory); its writes are notify: true's. ` +
-      "Interleaved repeats (for the goals), at c32: get (hit) connect-drizzle vs the floor, set and destroy connect-drizzle vs connect-pg-simple; their ops/s and CPU are not in these tables.",
+      "Interleaved repeats (for the goals), at c32: get (hit) connect-drizzle vs the floor, set and destroy connect-drizzle vs connect-pg-simple, save with merge vs whole, and get/set/save with `encrypt` vs without; their ops/s and CPU are not in these tables.",
     "",
     table(["operation", "c", ...ids.map(label), "drizzle ÷ pg-simple", "drizzle ÷ floor"], storeRows, ["l", "r", ...ids.map(() => "r" as const), "r", "r"]),
     "",

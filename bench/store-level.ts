@@ -12,11 +12,12 @@ import { countNotifyStatements, notifyChannel, NotifyListener } from "./support/
 import { Samples } from "./support/stats.js";
 import { openStore, type OpenStore, type Target } from "./support/stores.js";
 
-export const OPS = ["set", "get-hit", "get-miss", "touch", "touch-forced", "destroy"] as const;
+export const OPS = ["set", "save", "get-hit", "get-miss", "touch", "touch-forced", "destroy"] as const;
 export type OpName = (typeof OPS)[number];
 
 export const OP_LABELS: Record<OpName, string> = {
   set: "set (new session)",
+  save: "save (one key changed)",
   "get-hit": "get (hit)",
   "get-miss": "get (miss)",
   touch: "touch (steady state)",
@@ -109,9 +110,9 @@ interface Prepared {
 }
 
 async function prepare(target: Target, schema: string): Promise<Prepared> {
-  const main = await openStore(target.name, { schema, notify: target.notify, cache: target.cache });
+  const main = await openStore(target.name, { schema, notify: target.notify, cache: target.cache, options: target.options });
   const measuresForced = target.name === "connect-drizzle" && (target.ops ?? OPS).includes("touch-forced");
-  const forced = measuresForced ? await openStore(target.name, { schema, notify: target.notify, touchAfter: 0, pool: main.pool }) : undefined;
+  const forced = measuresForced ? await openStore(target.name, { schema, notify: target.notify, touchAfter: 0, pool: main.pool, options: target.options }) : undefined;
   const next = idMaker("pool");
   const sids = Array.from({ length: STORE_LEVEL.poolSessions }, next);
   const pool: Prepared["pool"] = [];
@@ -145,6 +146,13 @@ function operation(p: Prepared, op: OpName, newId: () => string, missId: () => s
         const id = newId();
         p.created.push(id);
         return main.ops.set(id, sessionData());
+      };
+    case "save":
+      // A request that changed one key of the session it loaded (a counter), as express-session saves it.
+      return () => {
+        const { sid, session } = pick();
+        (session as any).counter = ((session as any).counter ?? 0) + 1;
+        return main.ops.set(sid, session);
       };
     case "get-hit":
       return () => main.ops.get(pick().sid);
@@ -182,6 +190,10 @@ export interface Rounds {
 export const STORE_PAIRS = [
   { op: "get-hit", concurrency: 32, a: "connect-drizzle", b: "raw-pg" },
   { op: "set", concurrency: 32, a: "connect-drizzle", b: "connect-pg-simple" },
+  { op: "save", concurrency: 32, a: "connect-drizzle", b: "connect-drizzle-whole" },
+  { op: "get-hit", concurrency: 32, a: "connect-drizzle-encrypt", b: "connect-drizzle" },
+  { op: "set", concurrency: 32, a: "connect-drizzle-encrypt", b: "connect-drizzle" },
+  { op: "save", concurrency: 32, a: "connect-drizzle-encrypt", b: "connect-drizzle" },
   { op: "destroy", concurrency: 32, a: "connect-drizzle", b: "connect-pg-simple" },
 ] as const satisfies ReadonlyArray<{ op: OpName; concurrency: number; a: string; b: string }>;
 

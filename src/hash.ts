@@ -25,16 +25,31 @@ export function keyDeriver(secrets: readonly string[]): KeyDeriver {
   return (id) => secrets.map((secret) => createHmac("sha256", secret).update(id, "utf8").digest("base64url"));
 }
 
-/** Random bytes for handles, drawn 16 at a time (one call to the CSPRNG per 256 handles, as Node's randomUUID does). */
+/**
+ * Random bytes for handles and encryption IVs (both public), drawn 16 at a time (one call to the CSPRNG
+ * per 256 draws, as Node's randomUUID does).
+ */
 const POOL = Buffer.alloc(16 * 256);
 let drawn = POOL.length;
 
-/** A fresh public handle: 128 random bits, unrelated to the session id, so it can never be used as one. */
-export function newHandle(): string {
+/** Where the next 16 fresh bytes of the pool start. */
+function draw(): number {
   if (drawn === POOL.length) {
     randomFillSync(POOL);
     drawn = 0;
   }
   drawn += 16;
-  return POOL.toString("base64url", drawn - 16, drawn);
+  return drawn - 16;
+}
+
+/** A fresh public handle: 128 random bits, unrelated to the session id, so it can never be used as one. */
+export function newHandle(): string {
+  const at = draw();
+  return POOL.toString("base64url", at, at + 16);
+}
+
+/** Copies `length` (at most 16) fresh random bytes into `target` at `offset`: an IV. */
+export function randomInto(target: Buffer, offset: number, length: number): void {
+  const at = draw();
+  POOL.copy(target, offset, at, at + Math.min(length, 16));
 }

@@ -3,7 +3,7 @@ export type { LifecycleEvents, SessionEndedEvent, SessionEvent } from "./events.
 export type { TraceContext } from "./trace.js";
 export { describeDevice } from "./device.js";
 export type { EndReason, ExtendOptions, OwnerScope, RevokeOptions, SessionQuery, SessionRecord, SessionStatus, UserId } from "./records.js";
-export type { AnyPgDatabase, CacheOptions, ReaperOptions, SessionStoreOptions, UserIdOf } from "./options.js";
+export type { AnyPgDatabase, CacheOptions, EncryptOptions, ReaperOptions, SessionStoreOptions, UserIdOf } from "./options.js";
 export { sessions, createSessionTable, type SessionColumns, type SessionTable, type SessionTableOptions, type UserIdColumnBuilders, type UserIdType } from "./schema.js";
 export { SessionStoreError, type SessionStoreErrorCode } from "./errors.js";
 export { reap, Reaper, type ReapArgs, type ReapProgress, type ReapResult } from "./reaper.js";

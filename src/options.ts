@@ -2,6 +2,7 @@ import { entityKind } from "drizzle-orm";
 import type { SessionData } from "express-session";
 import { SessionStoreError } from "./errors.js";
 import { deletedByDatabase, sessions, type SessionTable } from "./schema.js";
+import type { SealSettings } from "./seal.js";
 
 /** drizzle's Postgres database class: `PgAsyncDatabase` from drizzle-orm 1.0, `PgDatabase` before it. */
 type PgDatabaseClass =
@@ -60,6 +61,13 @@ export interface SessionStoreOptions {
    * @default [] (SHA-256)
    */
   secrets?: string | readonly string[];
+  /**
+   * Encryption at rest of the session data (AES-256-GCM), with secrets of its own: every key of a session but its cookie is stored
+   * encrypted, under a hashed name. A row that does not decrypt (altered, moved from another row, sealed
+   * under an unknown secret, or in plaintext) is a `CORRUPT_ROW` error event and a missing session.
+   * @default undefined (data stored as plain jsonb)
+   */
+  encrypt?: EncryptOptions;
   /**
    * Lifetime of a session whose cookie has no expiry (a browser-session cookie, or an invalid `expires`).
    * @default 86_400_000 (one day)
@@ -143,10 +151,19 @@ export interface SessionStoreOptions {
    */
   broadcast?: boolean;
   /**
+   * Save only what a request changed: a save of a session the request loaded writes the top-level keys it
+   * set, changed or deleted (and the cookie), applied to the row as it is now, so two tabs that change
+   * different keys (a cart, a theme) both keep their change; for the same key the later save wins. A
+   * nested object is one key. `false`: the last save wins on the whole session. Not with `versioned`
+   * (choose one: together they are a `TypeError`).
+   * @default true, or false with `versioned: true`
+   */
+  merge?: boolean;
+  /**
    * Refuse to overwrite a session that another request changed since this request read it (two tabs
    * saving at once): the later save fails with a `CONFLICT` error instead of silently winning. Without
-   * it the last save wins on the whole session (as with every express-session store), except that an
-   * unchanged session is never written back, so a request that only read cannot undo another's change.
+   * it saves merge by top-level key (`merge`), except that an unchanged session is never written back,
+   * so a request that only read cannot undo another's change.
    * @default false
    */
   versioned?: boolean;
@@ -169,6 +186,25 @@ export interface SessionStoreOptions {
    * @default true
    */
   prepare?: boolean;
+}
+
+/** Options of encryption at rest (`new SessionStore({ encrypt })`). */
+export interface EncryptOptions {
+  /**
+   * Keys of the data, each at least 32 characters of random, e.g. from
+   * `node -e "console.log(require('crypto').randomBytes(32).toString('base64url'))"`. The first encrypts
+   * every save; all of them decrypt. To rotate, add the new secret second on every instance, then move it first.
+   * @default none (required)
+   */
+  secrets: string | readonly string[];
+  /**
+   * Read rows stored in plaintext (sessions from before `encrypt` was on, or imported from
+   * connect-pg-simple); each is encrypted by its next save. For the changeover only: turn it off again
+   * once your cookie maxAge has passed, since while it is on whoever can write to the table can put
+   * plaintext data in a session.
+   * @default false
+   */
+  acceptPlaintext?: boolean;
 }
 
 /** Options of the read cache. */
@@ -203,9 +239,11 @@ export interface ResolvedOptions {
   cache: Required<CacheOptions> | undefined;
   notify: boolean;
   broadcast: boolean;
+  merge: boolean;
   versioned: boolean;
   timeout: number;
   reaper: ResolvedReaperOptions | false;
+  encrypt: SealSettings | undefined;
 }
 
 /** The store's `timeout`, and the reaper's when it runs on its own (`reap()`, the CLI). */
@@ -234,6 +272,7 @@ export const STORE_OPTIONS: Readonly<Record<keyof SessionStoreOptions, true>> = 
   db: true,
   table: true,
   secrets: true,
+  encrypt: true,
   ttl: true,
   idleTimeout: true,
   absoluteTimeout: true,
@@ -245,11 +284,15 @@ export const STORE_OPTIONS: Readonly<Record<keyof SessionStoreOptions, true>> = 
   cache: true,
   notify: true,
   broadcast: true,
+  merge: true,
   versioned: true,
   timeout: true,
   reaper: true,
   prepare: true,
 };
+
+/** Every key of {@link EncryptOptions}. */
+export const ENCRYPT_OPTIONS: Readonly<Record<keyof EncryptOptions, true>> = { secrets: true, acceptPlaintext: true };
 
 /** Every key of {@link CacheOptions}. */
 export const CACHE_OPTIONS: Readonly<Record<keyof CacheOptions, true>> = { max: true, ttl: true };
@@ -335,6 +378,15 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
         "revokes, so a cache would serve ended sessions); remove `notify: false`, or the cache",
     );
   }
+  if (options.merge !== undefined && typeof options.merge !== "boolean") {
+    throw new TypeError(`connect-drizzle: \`merge\` must be true or false (got ${String(options.merge)})`);
+  }
+  if (options.merge === true && options.versioned) {
+    throw new TypeError(
+      "connect-drizzle: `merge: true` and `versioned: true` cannot both hold (merge writes a change over another " +
+        "request's, versioned refuses it with CONFLICT); pick one: remove `versioned` to merge, or remove `merge` to get conflicts",
+    );
+  }
   const cascades = options.cache === undefined ? [] : deletedByDatabase(options.table ?? sessions);
   if (cascades.length > 0) {
     throw new TypeError(
@@ -359,10 +411,35 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
     cache: resolveCache(options.cache),
     notify: options.notify ?? options.cache !== undefined,
     broadcast: booleanOption(options, "broadcast"),
+    merge: options.merge ?? !options.versioned,
     versioned: options.versioned ?? false,
     timeout: numberOption(options, "timeout", DEFAULT_TIMEOUT),
     reaper: resolveReaperOptions(options.reaper),
+    encrypt: resolveEncrypt(options.encrypt),
   };
+}
+
+/** The shortest encryption secret accepted, in characters. */
+const MIN_SECRET = 32;
+const MAKE_SECRET = `node -e "console.log(require('crypto').randomBytes(32).toString('base64url'))"`;
+
+function resolveEncrypt(encrypt: EncryptOptions | undefined): SealSettings | undefined {
+  if (encrypt === undefined) return undefined;
+  if (encrypt === null || typeof encrypt !== "object" || Array.isArray(encrypt)) {
+    throw new TypeError("connect-drizzle: `encrypt` must be an object such as { secrets: process.env.SESSION_DATA_SECRET! }");
+  }
+  checkOptionKeys(encrypt, ENCRYPT_OPTIONS, "`encrypt`");
+  const secrets = typeof encrypt.secrets === "string" ? [encrypt.secrets] : Array.isArray(encrypt.secrets) ? [...encrypt.secrets] : [];
+  if (secrets.length === 0 || !secrets.every((s) => typeof s === "string" && s.length >= MIN_SECRET)) {
+    throw new TypeError(
+      `connect-drizzle: \`encrypt.secrets\` must be a secret of at least ${MIN_SECRET} random characters, or a list of them ` +
+        `(the first encrypts, all decrypt); make one with ${MAKE_SECRET}`,
+    );
+  }
+  if (encrypt.acceptPlaintext !== undefined && typeof encrypt.acceptPlaintext !== "boolean") {
+    throw new TypeError(`connect-drizzle: \`encrypt.acceptPlaintext\` must be true or false (got ${String(encrypt.acceptPlaintext)})`);
+  }
+  return { secrets, acceptPlaintext: encrypt.acceptPlaintext ?? false };
 }
 
 /** Reads a numeric option: positive (or, with allowZero, non-negative) and finite. */

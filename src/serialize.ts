@@ -42,8 +42,12 @@ export function parseSession(text: string): SessionData | null {
   } catch {
     return null;
   }
-  const valid = value !== null && typeof value === "object" && !Array.isArray(value) && validCookie(value.cookie);
-  return valid ? (value as SessionData) : null;
+  return isSession(value) ? value : null;
+}
+
+/** Whether a value read from the `data` column is a session express-session can load (an object with a valid cookie). */
+export function isSession(value: any): value is SessionData {
+  return value !== null && typeof value === "object" && !Array.isArray(value) && validCookie(value.cookie);
 }
 
 /** What `cookie.serialize` accepts for Domain and Path (RFC 6265 4.1.1), as express-session's cookie module checks them. */
@@ -71,22 +75,60 @@ function validCookie(cookie: any): boolean {
 }
 
 /**
- * Whether two serialized sessions hold the same data, ignoring the cookie's expiry (it moves on every
- * request), @fastify/session's `originalExpires` (its copy of the stored expiry, never read back from
- * the row) and key order (jsonb reorders keys).
+ * What a save changes in a session over what its request read, by top-level key: the unit a save of a
+ * loaded session writes (two requests changing different keys of one session both keep their change).
  */
-export function sameContent(stored: string, next: string): boolean {
+export interface SessionChanges {
+  /** The keys the request set or changed, with their new values, and always `cookie` (it carries the expiry). */
+  patch: Record<string, unknown>;
+  /** The keys the request read and deleted. */
+  removed: string[];
+  /** Whether nothing changed but the cookie's expiry: then only a stale expiry or a new device is worth a write. */
+  unchanged: boolean;
+}
+
+/**
+ * The changes from `stored` (what the request read) to `next` (what it saves), both serialized sessions.
+ * Values are compared deeply, ignoring key order (jsonb reorders keys); in the cookie, its expiry (it
+ * moves on every request) and @fastify/session's `originalExpires` (its copy of the stored expiry, never
+ * read back from the row) are not changes. `undefined` when `stored` is not an object (nothing to patch).
+ */
+export function changesOf(stored: string, next: string): SessionChanges | undefined {
+  const before = asObject(JSON.parse(stored));
+  const after = asObject(JSON.parse(next));
+  if (!before || !after) return undefined;
+  // A null prototype: a key named __proto__ is data here, not the object's prototype.
+  const patch: Record<string, unknown> = Object.create(null);
+  let unchanged = true;
+  for (const key of Object.keys(after)) {
+    const value = after[key];
+    const same = Object.hasOwn(before, key) && (key === "cookie" ? sameCookie(before[key], value) : equal(before[key], value));
+    if (same && key !== "cookie") continue;
+    patch[key] = value;
+    if (!same) unchanged = false;
+  }
+  const removed = Object.keys(before).filter((key) => !Object.hasOwn(after, key));
+  return { patch, removed, unchanged: unchanged && removed.length === 0 };
+}
+
+function asObject(value: unknown): Record<string, unknown> | undefined {
+  return value !== null && typeof value === "object" && !Array.isArray(value) ? (value as Record<string, unknown>) : undefined;
+}
+
+function sameCookie(a: unknown, b: unknown): boolean {
+  const strip = (cookie: unknown) => {
+    if (!asObject(cookie)) return cookie;
+    const { expires: _expires, originalExpires: _originalExpires, ...rest } = cookie as Record<string, unknown>;
+    return rest;
+  };
+  return equal(strip(a), strip(b));
+}
+
+/** Deep equality of JSON values; a value too deeply nested to compare counts as changed (and is written). */
+function equal(a: unknown, b: unknown): boolean {
   try {
-    const a = JSON.parse(stored);
-    const b = JSON.parse(next);
-    for (const cookie of [a?.cookie, b?.cookie]) {
-      if (!cookie) continue;
-      delete cookie.expires;
-      delete cookie.originalExpires;
-    }
     return deepEqual(a, b);
   } catch {
-    // Too deeply nested to compare: treat as changed and write it.
     return false;
   }
 }

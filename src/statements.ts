@@ -129,6 +129,24 @@ export class Statements {
   }
 
   /**
+   * Saves the changes of a session a request loaded (`k0` is the row's key), applied to what the row holds
+   * now, in this one statement and only while the row is live, like {@link saveLoaded}: the top-level keys
+   * named in `removed` (a JSON array of names) are deleted, then those of `patch` (a JSON object) are set,
+   * so two requests that change different keys of one session both keep their change. `withData` returns
+   * the row's merged data (`data`) for the read cache, which must hold what the row holds.
+   */
+  saveMerged(withData: boolean): Shape {
+    return this.shape(`save:merged:${withData}`, (v) => {
+      const t = this.t;
+      const removed = sql`array(select jsonb_array_elements_text(${v("removed")}::text::jsonb))`;
+      const data = sql`(${t.data} - ${removed}) || ${v("patch")}::text::jsonb`;
+      const returned = withData ? sql`, ${t.data}::text as data` : sql``;
+      return sql`update ${t} set ${this.changes(v, data)} where ${t.key} = ${v("k0")} and ${this.live()}
+        and jsonb_typeof(${t.data}) = 'object' ${this.saved()}${returned}`;
+    });
+  }
+
+  /**
    * Inserts a session id this store did not load (a new session). It sends no cache NOTIFY: no instance
    * can have cached a row that did not exist (with `broadcast`, the `created` event's). Nothing is
    * inserted when a row of the id exists (under any of its `n` keys): then {@link saveExisting}.
@@ -195,10 +213,10 @@ export class Statements {
     return sql`select ${this.live()} as live from ${this.t} where ${this.byKeys(keys)}`;
   }
 
-  /** Every live session's handle and data. */
+  /** Every live session's handle, data and key. */
   all(): SQL {
     const t = this.t;
-    return sql`select ${t.handle} as handle, ${t.data}::text as data from ${t} where ${this.live()}`;
+    return sql`select ${t.handle} as handle, ${t.data}::text as data, ${t.key} as key from ${t} where ${this.live()}`;
   }
 
   /** The number of live sessions, as `n`. */
@@ -361,13 +379,13 @@ export class Statements {
     return sql`, pg_notify(${this.eventsChannel}, case when octet_length(${full}) < 8000 then ${full} else json_build_object(${bare})::text end)`;
   }
 
-  /** What a save writes into an existing row. */
-  private changes(v: (name: string) => SQL): SQL {
+  /** What a save writes into an existing row: `data` (the whole session sent as `text`, by default), and the columns. */
+  private changes(v: (name: string) => SQL, data: SQL = sql`${v("text")}::text::jsonb`): SQL {
     const t = this.t;
     const absoluteAt = this.absoluteExpiry();
     // The owner survives the user being removed from the data, so the record of a logout stays in the
     // user's history (passport's logout saves the session without the user, then regenerates it).
-    return sql`${col(t.data)} = ${v("text")}::text::jsonb, ${col(t.userId)} = coalesce(${this.userId(v("userId"))}, ${t.userId}),
+    return sql`${col(t.data)} = ${data}, ${col(t.userId)} = coalesce(${this.userId(v("userId"))}, ${t.userId}),
       ${col(t.label)} = coalesce(${v("label")}::text, ${t.label}), ${col(t.expiresAt)} = least(${lifetime(v("life"))}, ${absoluteAt}),
       ${col(t.absoluteExpiresAt)} = ${absoluteAt}, ${col(t.lastSeenAt)} = ${NOW},
       ${col(t.userAgent)} = coalesce(${v("ua")}::text, ${t.userAgent}), ${col(t.ip)} = coalesce(${v("ip")}::text, ${t.ip}), ${col(t.version)} = ${t.version} + 1`;

@@ -10,7 +10,8 @@ import { listen, type Listening } from "./notify.js";
 import { ownerOf, resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
 import { reap, Reaper, type ReapResult } from "./reaper.js";
 import { Records, type EndReason, type ExtendOptions, type RevokeOptions, type SessionQuery, type SessionRecord, type UserId } from "./records.js";
-import { parseSession, sameContent, serialize } from "./serialize.js";
+import { Sealer } from "./seal.js";
+import { changesOf, isSession, parseSession, serialize } from "./serialize.js";
 import { keyValues, Statements, type EventRow, type ExpiryRow, type SessionRow } from "./statements.js";
 import { traced, type TraceDetail } from "./trace.js";
 
@@ -36,8 +37,13 @@ interface Loaded {
   expires: number;
   /** The absolute expiry on this server's clock, or null when the session has none. */
   absolute: number | null;
-  /** The stored data. */
+  /** The stored data, as plain JSON text (opened, with `encrypt`). */
   text: string;
+  /**
+   * With `encrypt`: the row is not stored as a save would write it now (an entry sealed under an older
+   * secret, or in plaintext), so the next save rewrites it whole, changed or not.
+   */
+  reseal?: boolean;
   /** The row's version (read only with `versioned`; 0 otherwise). */
   version: number;
   /** The device the row records: a touch is not skipped when the request comes from another one. */
@@ -163,6 +169,8 @@ export class SessionStore extends Store {
   private readonly instance = newHandle();
   /** The LISTEN of the lifecycle events of other instances, with `broadcast`. */
   private readonly hearing: Listening | undefined;
+  /** Encryption at rest, with the `encrypt` option. */
+  private readonly sealer: Sealer | undefined;
 
   constructor(options: SessionStoreOptions) {
     super();
@@ -172,6 +180,7 @@ export class SessionStore extends Store {
     this.sql = new Statements(table, { absoluteTimeout, notify, retainEnded, versioned, broadcast });
     this.exec = new Executor(db, { timeout, prepare });
     this.keysOf = keyDeriver(this.options.secrets);
+    this.sealer = this.options.encrypt && new Sealer(this.options.encrypt);
     this.records = new Records({
       statements: this.sql,
       keysOf: this.keysOf,
@@ -247,6 +256,8 @@ export class SessionStore extends Store {
    * Saves a session. A session this request loaded (`req.session`, or what `get` returned) is updated in
    * place, and only while it is live: a save never brings back a session that ended or expired meanwhile.
    * A session the store did not load here (a new id) is inserted. Unchanged sessions are not rewritten.
+   * With `merge` (the default) a loaded session's save writes only the top-level keys its request changed
+   * or deleted, and the cookie, over what the row holds now.
    */
   set(sid: string, session: SessionData, callback?: Callback): Promise<void> {
     return settle(this.run("set", () => this.save(sid, session)), callback);
@@ -426,19 +437,32 @@ export class SessionStore extends Store {
     const since = this.cache?.evictions ?? 0;
     const [row] = await this.exec.run<SessionRow>(this.sql.get(keys.length), keyValues(keys, {}));
     if (!row) return null;
-    const session = parseSession(row.data);
-    if (!session) {
-      this.report(
-        new SessionStoreError(
-          "CORRUPT_ROW",
-          `session row ${keys[0]!.slice(0, 8)}… in ${this.sql.tableName} holds no valid session (its data or cookie is malformed); treated as missing`,
-        ),
-      );
+    const key = row.key ?? keys[0]!;
+    const opened = this.open(key, row.data);
+    if (typeof opened === "string") {
+      this.report(new SessionStoreError("CORRUPT_ROW", `session row ${key.slice(0, 8)}… in ${this.sql.tableName} holds no valid session (${opened}); treated as missing`));
       return null;
     }
-    const loaded: Loaded = { sid, key: row.key ?? keys[0]!, text: row.data, version: Number(row.version ?? 0), ua: row.ua, ip: row.ip, ...this.localExpiry(row, sent) };
+    const loaded: Loaded = { sid, key, text: opened.text, version: Number(row.version ?? 0), ua: row.ua, ip: row.ip, ...this.localExpiry(row, sent) };
+    if (opened.reseal) loaded.reseal = true;
     this.cache?.put(loaded, since);
-    return withLoaded(session, loaded);
+    return withLoaded(opened.session, loaded);
+  }
+
+  /** A row's `data` as a session and its plain JSON text (opened, with `encrypt`), or why it holds none. */
+  private open(key: string, data: string): { session: SessionData; text: string; reseal: boolean } | string {
+    if (!this.sealer) {
+      const session = parseSession(data);
+      return session ? { session, text: data, reseal: false } : "its data or cookie is malformed";
+    }
+    const opened = this.sealer.unseal(key, data);
+    if (typeof opened === "string") return opened;
+    return isSession(opened.value) ? { session: opened.value, text: opened.text, reseal: !opened.current } : "its cookie is malformed";
+  }
+
+  /** What a save writes into the `data` of the row `key`: the session's JSON text, or with `encrypt` its sealed form. */
+  private stored(key: string, session: SessionData, text: string): string {
+    return this.sealer ? JSON.stringify(this.sealer.seal(key, session)) : text;
   }
 
   /**
@@ -460,34 +484,40 @@ export class SessionStore extends Store {
     const target = this.expiry(session, now);
     const text = serialize(session, this.options.maxSize);
     const loaded = loadedOf(session, sid);
+    // What this request changed over what it read: whether to write at all, and with `merge` what to write.
+    const changes = loaded ? changesOf(loaded.text, text) : undefined;
     const { ua, ip } = requestMetadata(session);
-    if (loaded && sameDevice(loaded, ua, ip) && this.fresh(loaded, target, now) && sameContent(loaded.text, text)) return;
+    if (loaded && !loaded.reseal && sameDevice(loaded, ua, ip) && this.fresh(loaded, target, now) && changes?.unchanged) return;
 
     const keys = loaded ? [loaded.key] : this.keysOf(sid);
     const guarded = this.options.versioned && loaded !== undefined;
+    // A row not sealed as a save would seal it now (`encrypt`: an older secret, or plaintext) is rewritten whole.
+    const merged = this.options.merge && changes !== undefined && !loaded?.reseal;
     const values = keyValues(keys, {
       // Only an insert gives the row a handle.
       handle: loaded ? undefined : newHandle(),
       userId: this.userIdOf(session),
       label: this.labelOf(session),
-      text,
+      text: merged ? undefined : this.stored(keys[0]!, session, text),
       life: target - now,
       ua,
       ip,
       version: loaded?.version,
     });
+    if (merged) Object.assign(values, this.mergeValues(keys[0]!, changes.patch, changes.removed));
     this.evict(keys);
     const since = this.cache?.evictions ?? 0;
-    type Saved = { key: string; version?: number } & ExpiryRow;
+    type Saved = { key: string; version?: number; data?: string } & ExpiryRow;
     let written: Saved | undefined;
-    if (loaded) [written] = await this.exec.run<Saved>(this.sql.saveLoaded(guarded), values);
+    // With the cache, a merge returns the merged row (the cache must hold what the row holds).
+    if (loaded) [written] = await this.exec.run<Saved>(merged ? this.sql.saveMerged(this.cache !== undefined) : this.sql.saveLoaded(guarded), values);
     else {
       const [inserted] = await this.exec.run<{ key: string }>(this.sql.insert(keys.length), values);
       // A new row holds what was sent: the lifetime from the database's now (capped by absoluteTimeout), version 1.
       const absolute = this.options.absoluteTimeout ?? null;
       if (inserted) written = { key: inserted.key, version: 1, expires: Math.min(target - now, absolute ?? Infinity), absolute };
       // A set of an id the store did not load whose row exists: update it, unless it ended.
-      else [written] = await this.exec.run<Saved>(this.sql.saveExisting(keys.length), values);
+      else written = await this.saveExisting<Saved>(keys, values, session, text);
       if (inserted && this.listenerCount("created") > 0) {
         const row: EventRow = { handle: values.handle as string, user_id: values.userId as string | null, label: values.label as string | null, user_agent: ua, ip };
         this.announce("created", sessionEvent(row, true));
@@ -498,6 +528,8 @@ export class SessionStore extends Store {
       if (guarded) await this.checkConflict(keys);
       return;
     }
+    // The request's own view (what it read, plus what it wrote) is what its next save compares with; the
+    // row may also hold other requests' keys after a merge: the cache gets the row's own data.
     const next: Loaded = {
       sid,
       key: written.key,
@@ -507,18 +539,52 @@ export class SessionStore extends Store {
       ip: ip ?? loaded?.ip ?? null,
       ...this.localExpiry(written, sent),
     };
-    this.remember(session, next, since);
+    this.remember(session, next, since, merged ? this.rowText(written.key, written.data) : text);
   }
 
   /**
-   * After a write: what the row now holds becomes what this request compares its next save or touch with,
-   * and is cached, unless an eviction came after `since` (another instance may have ended the session
-   * right after this write, its NOTIFY overtaking the reply).
+   * Updates the existing row of a session id this store did not load. With `encrypt` and several keys the
+   * sealed data must name the row's own key, which is not known before: each key is tried in turn.
    */
-  private remember(session: SessionData, next: Loaded, since: number): void {
+  private async saveExisting<Row>(keys: string[], values: Record<string, unknown>, session: SessionData, text: string): Promise<Row | undefined> {
+    if (!this.sealer || keys.length === 1) return (await this.exec.run<Row>(this.sql.saveExisting(keys.length), values))[0];
+    for (const key of keys) {
+      const [written] = await this.exec.run<Row>(this.sql.saveExisting(1), { ...values, k0: key, text: this.stored(key, session, text) });
+      if (written) return written;
+    }
+    return undefined;
+  }
+
+  /**
+   * After a write: `next` becomes what this request compares its next save or touch with, and `row`, what
+   * the row now holds (undefined: not known), is cached, unless an eviction came after `since` (another
+   * instance may have ended the session right after this write, its NOTIFY overtaking the reply).
+   */
+  private remember(session: SessionData, next: Loaded, since: number, row: string | undefined): void {
     withLoaded(session, next);
     // Cached only if a read of the row would load it (a hit serves the text unchecked).
-    if (this.cache && parseSession(next.text)) this.cache.put(next, since);
+    if (this.cache && row !== undefined && parseSession(row)) this.cache.put(row === next.text ? next : { ...next, text: row }, since);
+  }
+
+  /**
+   * The values of a merge save ({@link Statements.saveMerged}) for the keys a request changed (`patch`,
+   * with the cookie) and those it deleted (`removed`): the one place they become what the statement
+   * sends. @internal
+   */
+  protected mergeValues(rowKey: string, patch: Record<string, unknown>, removed: readonly string[]): { patch: string; removed: string } {
+    if (!this.sealer) return { patch: JSON.stringify(patch), removed: JSON.stringify(removed) };
+    // Sealed: a removed key goes under every secret's name, a changed one under the others' (the patch
+    // holds it under the first secret's), so no older copy of either is left behind.
+    const names = removed.flatMap((key) => this.sealer!.storedNames(key));
+    for (const key of Object.keys(patch)) if (key !== "cookie") names.push(...this.sealer.storedNames(key).slice(1));
+    return { patch: JSON.stringify(this.sealer.seal(rowKey, patch)), removed: JSON.stringify(names) };
+  }
+
+  /** The plain JSON text of a row's `data` as a write returned it (opened, with `encrypt`), or undefined when it holds no session. */
+  private rowText(key: string, data: string | undefined): string | undefined {
+    if (data === undefined) return undefined;
+    const opened = this.open(key, data);
+    return typeof opened === "string" ? undefined : opened.text;
   }
 
   /**
@@ -564,7 +630,7 @@ export class SessionStore extends Store {
     this.evict(keys);
     const since = this.cache?.evictions ?? 0;
     const [written] = await this.exec.run<{ key: string } & ExpiryRow>(this.sql.touch(keys.length), values);
-    if (written && loaded) this.remember(session, { ...loaded, ua: ua ?? loaded.ua, ip: ip ?? loaded.ip, ...this.localExpiry(written, sent) }, since);
+    if (written && loaded) this.remember(session, { ...loaded, ua: ua ?? loaded.ua, ip: ip ?? loaded.ip, ...this.localExpiry(written, sent) }, since, loaded.text);
   }
 
   /** Ends the session of `sid` for `reason`. @internal */
@@ -581,11 +647,11 @@ export class SessionStore extends Store {
   }
 
   private async loadAll(): Promise<Record<string, SessionData>> {
-    const rows = await this.exec.query<{ handle: string; data: string }>(this.sql.all());
+    const rows = await this.exec.query<{ handle: string; data: string; key: string }>(this.sql.all());
     const result: Record<string, SessionData> = {};
     for (const row of rows) {
-      const session = parseSession(row.data);
-      if (session) result[row.handle] = session;
+      const opened = this.open(row.key, row.data);
+      if (typeof opened !== "string") result[row.handle] = opened.session;
     }
     return result;
   }

@@ -3,7 +3,7 @@ import { drizzle } from "drizzle-orm/node-postgres";
 import ts from "typescript";
 import { describe, expect, it } from "vitest";
 import { MIDDLEWARE_OPTIONS } from "../src/middleware.js";
-import { CACHE_OPTIONS, REAPER_OPTIONS, resolveOptions, resolveReaperOptions, STORE_OPTIONS } from "../src/options.js";
+import { CACHE_OPTIONS, ENCRYPT_OPTIONS, REAPER_OPTIONS, resolveOptions, resolveReaperOptions, STORE_OPTIONS } from "../src/options.js";
 import { REAP_ARGS } from "../src/reaper.js";
 import { reap, SessionStore, sessionMiddleware } from "../src/index.js";
 
@@ -38,6 +38,7 @@ describe("unknown options", () => {
   it.each([
     ["SessionStoreOptions", "src/options.ts", STORE_OPTIONS],
     ["CacheOptions", "src/options.ts", CACHE_OPTIONS],
+    ["EncryptOptions", "src/options.ts", ENCRYPT_OPTIONS],
     ["ReaperOptions", "src/options.ts", REAPER_OPTIONS],
     ["ReapArgs", "src/reaper.ts", REAP_ARGS],
     // Ours plus every option express-session documents (its SessionOptions), which are passed through.

@@ -21,11 +21,16 @@ export interface Target {
   notify?: boolean;
   /** connect-drizzle's `cache` option. */
   cache?: { max?: number; ttl?: number };
+  /** Further connect-drizzle options (`merge`, `encrypt`, ...) of this variant. */
+  options?: Record<string, unknown>;
   /** Store-level operations measured for this target (default: all). */
   ops?: readonly string[];
   /** HTTP routes measured for this target (default: all). */
   routes?: readonly string[];
 }
+
+/** The key of the encrypt variant (32 random bytes, base64url, as the README says to make one). */
+const ENCRYPTION_SECRET = "bench-0123456789abcdefghijklmnopqrstuvwxyz";
 
 export const TARGETS: Target[] = [
   { id: "raw-pg", name: "raw-pg", label: "raw pg floor" },
@@ -34,6 +39,10 @@ export const TARGETS: Target[] = [
   { id: "connect-drizzle-notify", name: "connect-drizzle", label: "connect-drizzle (notify: true)", notify: true, ops: ["set", "touch-forced", "destroy"], routes: ["login"] },
   // Its writes are the notify: true variant's; get (hit) is what the cache changes.
   { id: "connect-drizzle-cache", name: "connect-drizzle", label: "connect-drizzle (cache)", cache: {}, ops: ["get-hit"], routes: ["read", "login"] },
+  // Saves that rewrite the whole session (as before merging changed keys was the default): what the merge costs a save.
+  { id: "connect-drizzle-whole", name: "connect-drizzle", label: "connect-drizzle (merge: false)", options: { merge: false }, ops: ["save"], routes: [] },
+  // Encryption at rest: what sealing and opening the data costs the reads and the writes.
+  { id: "connect-drizzle-encrypt", name: "connect-drizzle", label: "connect-drizzle (encrypt)", options: { encrypt: { secrets: ENCRYPTION_SECRET } }, ops: ["set", "get-hit", "save"], routes: [] },
   { id: "connect-pg-simple", name: "connect-pg-simple", label: "connect-pg-simple" },
   { id: "connect-redis", name: "connect-redis", label: "connect-redis" },
   { id: "memory", name: "memory", label: "MemoryStore" },
@@ -79,6 +88,8 @@ export interface OpenOptions {
   cache?: { max?: number; ttl?: number };
   /** A pg Pool to share (not closed by this store's close); a new one otherwise. */
   pool?: pg.Pool;
+  /** Further connect-drizzle options (Target's `options`). */
+  options?: Record<string, unknown>;
   /** Prefix of the run's Redis keys. */
   redisPrefix?: string;
 }
@@ -116,6 +127,7 @@ export async function openStore(name: StoreName, options: OpenOptions): Promise<
         ...(options.touchAfter === undefined ? {} : { touchAfter: options.touchAfter }),
         ...(options.notify === undefined ? {} : { notify: options.notify }),
         ...(options.cache === undefined ? {} : { cache: options.cache }),
+        ...(options.options as object),
       });
       if (options.cache) await cacheLive(store);
       return { name, store, ops: callbackOps(store), pool, close: async () => (await store.close(), await endPool(pool, options)) };

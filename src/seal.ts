@@ -1,0 +1,208 @@
+import { createCipheriv, createDecipheriv, createHmac, createSecretKey, hkdfSync, type KeyObject } from "node:crypto";
+import { randomInto } from "./hash.js";
+
+/** `encrypt` with its defaults applied (see {@link EncryptOptions} in options.ts). */
+export interface SealSettings {
+  secrets: readonly string[];
+  acceptPlaintext: boolean;
+}
+
+/** A row's data opened: the session object, its plain JSON text, and whether a save would store it as it is. */
+export interface Opened {
+  value: Record<string, unknown>;
+  text: string;
+  /** Every entry sealed under the first secret and none in plaintext (see {@link Sealer.current}). */
+  current: boolean;
+}
+
+/** The keys of one secret, from HKDF-SHA-256 with an info string of its own for each. */
+interface Keys {
+  /** AES-256-GCM key of the entries' values. */
+  data: KeyObject;
+  /** HMAC-SHA-256 key of the entries' names. */
+  name: Buffer;
+  /** A short public id of the secret, in front of each value it sealed. */
+  kid: string;
+}
+
+const IV = 12;
+const TAG = 16;
+const NAME_LENGTH = 22;
+/** Distinct names remembered by {@link Sealer.storedNames} (a session's keys are few; the bound is for apps with dynamic ones). */
+const NAMES_KEPT = 10_000;
+
+/**
+ * Encryption at rest of a session's data (the `encrypt` option). The stored form keeps `cookie` in the
+ * clear (expiry and flags: touch and extend rewrite it in SQL) and turns every other top-level key K into
+ * an entry of its own, so a save can write only the keys it changed:
+ * - name: `~` and the first 22 characters of base64url(HMAC-SHA-256(name key, K));
+ * - value: `<kid>.<base64url(iv | ciphertext | tag)>`, AES-256-GCM of the JSON of `[K, value]`, with the
+ *   row key, a NUL and the name as additional data, so an entry cannot be moved to another row or name.
+ *
+ * The first secret seals; every secret opens (its `kid` says which).
+ */
+export class Sealer {
+  private readonly keys: Keys[];
+  private readonly byKid = new Map<string, number>();
+  private readonly names = new Map<string, string[]>();
+
+  constructor(private readonly settings: SealSettings) {
+    this.keys = settings.secrets.map((secret) => ({
+      data: createSecretKey(derive(secret, "data", 32)),
+      name: derive(secret, "name", 32),
+      kid: derive(secret, "kid", 6).toString("base64url"),
+    }));
+    // A secret listed twice keeps its first place.
+    this.keys.forEach((keys, i) => this.byKid.has(keys.kid) || this.byKid.set(keys.kid, i));
+  }
+
+  /**
+   * The stored form of a session's data for the row `rowKey`: `cookie` as it is, every other key sealed
+   * under the first secret. Keys whose value JSON leaves out (undefined, functions) are left out too.
+   */
+  seal(rowKey: string, data: object): Record<string, unknown> {
+    const stored: Record<string, unknown> = {};
+    for (const key of Object.keys(data)) {
+      const value = (data as Record<string, unknown>)[key];
+      if (key === "cookie") {
+        stored.cookie = value;
+        continue;
+      }
+      const json = JSON.stringify(value);
+      if (json === undefined) continue;
+      const name = this.storedNames(key)[0]!;
+      stored[name] = this.sealEntry(rowKey, name, `[${JSON.stringify(key)},${json}]`);
+    }
+    return stored;
+  }
+
+  /** A row's stored data opened, or `null` when it is corrupt, tampered with, or plaintext not accepted. */
+  open(rowKey: string, stored: unknown): Record<string, unknown> | null {
+    const opened = this.unseal(rowKey, stored);
+    return typeof opened === "string" ? null : opened.value;
+  }
+
+  /**
+   * The stored names of the key `key`, one per secret, the first secret's first: a save that removes or
+   * replaces a key removes it under all of them, so a rotation leaves no duplicate behind.
+   */
+  storedNames(key: string): string[] {
+    let names = this.names.get(key);
+    if (!names) {
+      names = this.keys.map((keys) => `~${createHmac("sha256", keys.name).update(key, "utf8").digest("base64url").slice(0, NAME_LENGTH)}`);
+      if (this.names.size >= NAMES_KEPT) this.names.clear();
+      this.names.set(key, names);
+    }
+    return names;
+  }
+
+  /**
+   * Whether stored data is as a save would write it now: every entry sealed under the first secret and
+   * none in plaintext. When it is not, the next save rewrites the whole row.
+   */
+  current(stored: object): boolean {
+    const prefix = `${this.keys[0]!.kid}.`;
+    return Object.entries(stored).every(([name, value]) => name === "cookie" || (name.startsWith("~") && typeof value === "string" && value.startsWith(prefix)));
+  }
+
+  /**
+   * A row's data (its JSON text as read, or already parsed) opened, or why it cannot be: the session
+   * object, and its plain JSON text put together from the entries' own (no second serialization).
+   */
+  unseal(rowKey: string, data: unknown): Opened | string {
+    let stored: unknown = data;
+    if (typeof data === "string") {
+      try {
+        stored = JSON.parse(data);
+      } catch {
+        return "its data is not JSON";
+      }
+    }
+    if (stored === null || typeof stored !== "object" || Array.isArray(stored)) return "its data is not an object";
+    const sealed = new Map<string, { rank: number; value: unknown; json: string }>();
+    const plain: Array<[string, unknown]> = [];
+    let current = true;
+    for (const [name, entry] of Object.entries(stored)) {
+      if (name === "cookie") continue;
+      if (!name.startsWith("~")) {
+        if (!this.settings.acceptPlaintext) return "it holds data in plaintext, not encrypted: a session stored before `encrypt` was on, imported, or written into the database by hand (set `encrypt.acceptPlaintext: true` while such sessions may still be live)";
+        plain.push([name, entry]);
+        current = false;
+        continue;
+      }
+      const dot = typeof entry === "string" ? entry.indexOf(".") : -1;
+      const rank = dot < 0 ? undefined : this.byKid.get((entry as string).slice(0, dot));
+      if (rank === undefined) return "an entry is sealed under a secret that is not in `encrypt.secrets` (keep an old secret listed until the sessions it sealed have expired)";
+      const opened = this.openEntry(rowKey, name, (entry as string).slice(dot + 1), rank);
+      if (opened === undefined) return "an entry fails authentication: altered, or copied from another row or another entry";
+      if (rank > 0) current = false;
+      const seen = sealed.get(opened.key);
+      if (!seen || rank < seen.rank) sealed.set(opened.key, { rank, value: opened.value, json: opened.json });
+    }
+    const value: Record<string, unknown> = {};
+    const parts: string[] = [];
+    const cookie = (stored as Record<string, unknown>).cookie;
+    if (cookie !== undefined) {
+      value.cookie = cookie;
+      parts.push(`"cookie":${JSON.stringify(cookie)}`);
+    }
+    for (const [key, entry] of sealed) {
+      define(value, key, entry.value);
+      parts.push(`${JSON.stringify(key)}:${entry.json}`);
+    }
+    // A sealed entry wins over a plaintext one of the same key (the changeover: see acceptPlaintext).
+    for (const [key, entry] of plain) {
+      if (sealed.has(key)) continue;
+      define(value, key, entry);
+      parts.push(`${JSON.stringify(key)}:${JSON.stringify(entry)}`);
+    }
+    return { value, text: `{${parts.join(",")}}`, current };
+  }
+
+  private sealEntry(rowKey: string, name: string, plaintext: string): string {
+    const keys = this.keys[0]!;
+    const iv = Buffer.allocUnsafe(IV);
+    randomInto(iv, 0, IV);
+    const cipher = createCipheriv("aes-256-gcm", keys.data, iv, { authTagLength: TAG });
+    cipher.setAAD(additionalData(rowKey, name));
+    const sealed = Buffer.concat([iv, cipher.update(plaintext, "utf8"), cipher.final(), cipher.getAuthTag()]);
+    return `${keys.kid}.${sealed.toString("base64url")}`;
+  }
+
+  /** An entry's key, value and the value's JSON text; undefined when it does not authenticate (or is not ours). */
+  private openEntry(rowKey: string, name: string, body: string, rank: number): { key: string; value: unknown; json: string } | undefined {
+    const sealed = Buffer.from(body, "base64url");
+    if (sealed.length < IV + TAG) return undefined;
+    let plaintext: string;
+    try {
+      const decipher = createDecipheriv("aes-256-gcm", this.keys[rank]!.data, sealed.subarray(0, IV), { authTagLength: TAG });
+      decipher.setAAD(additionalData(rowKey, name));
+      decipher.setAuthTag(sealed.subarray(sealed.length - TAG));
+      const opened = decipher.update(sealed.subarray(IV, sealed.length - TAG));
+      decipher.final(); // throws unless the tag matches; GCM releases nothing more
+      plaintext = opened.toString("utf8");
+    } catch {
+      return undefined;
+    }
+    // Authenticated, so written by seal(): the JSON of [key, value], exactly.
+    const [key, value] = JSON.parse(plaintext) as [string, unknown];
+    // The cookie is never sealed (it would shadow the clear one), and a name is always its key's own.
+    if (key === "cookie" || this.storedNames(key)[rank] !== name) return undefined;
+    const quoted = JSON.stringify(key);
+    return { key, value, json: plaintext.slice(quoted.length + 2, -1) };
+  }
+}
+
+function derive(secret: string, use: string, length: number): Buffer {
+  return Buffer.from(hkdfSync("sha256", secret, "connect-drizzle", `connect-drizzle encrypt ${use} v1`, length));
+}
+
+function additionalData(rowKey: string, name: string): Buffer {
+  return Buffer.from(`${rowKey}\u0000${name}`, "utf8");
+}
+
+/** Sets an own property, `__proto__` included (JSON.parse makes it an own key; an assignment would set the prototype). */
+function define(target: Record<string, unknown>, key: string, value: unknown): void {
+  if (key === "__proto__") Object.defineProperty(target, key, { value, enumerable: true, writable: true, configurable: true });
+  else target[key] = value;
+}
