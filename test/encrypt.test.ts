@@ -5,7 +5,7 @@ import { describe, expect, it } from "vitest";
 import { SessionStore, type SessionStoreOptions } from "../src/index.js";
 import { Sealer } from "../src/seal.js";
 import { cookieOf, testApp } from "./support/app.js";
-import { cacheReady, drivers, eventually, sessionData, type TestDb, useTestDb } from "./support/db.js";
+import { cacheReady, drivers, eventually, notifyBarrier, sessionData, type TestDb, useTestDb } from "./support/db.js";
 
 const OLD = randomBytes(32).toString("base64url");
 const NEW = randomBytes(32).toString("base64url");
@@ -296,6 +296,37 @@ describe.each(drivers)("encryption at rest on %s", (driver) => {
     expect(errors).toEqual([]);
   });
 
+  it("two tabs changing different keys both keep their change, sealed; a key one tab deletes stays deleted, under every secret's name", async () => {
+    const store = encrypted(OLD);
+    await store.set("sid-tabs", sessionData(60_000, { userId: "ann", cart: ["book"], theme: "light", note: MARKER }));
+    // Racing pairs of requests, each loading before either saves (as two tabs do).
+    for (let round = 0; round < 10; round++) {
+      const [a, b] = (await Promise.all([store.get("sid-tabs"), store.get("sid-tabs")])) as any[];
+      a.cart = [...a.cart, `item ${round}`];
+      b.theme = round % 2 ? "dark" : "light";
+      delete b.note;
+      await Promise.all([store.set("sid-tabs", a), store.set("sid-tabs", b)]);
+      const now = (await store.get("sid-tabs")) as any;
+      expect(now.cart).toHaveLength(round + 2);
+      expect(now.theme).toBe(round % 2 ? "dark" : "light");
+      expect(now).not.toHaveProperty("note");
+    }
+    const [row] = await t.raw(`select key, data::text as data from $table`);
+    expect(row.data).not.toContain("book");
+    expect(row.data).not.toContain(MARKER);
+    // One entry per key (cart, theme, userId) beside the cookie: nothing left behind under another name.
+    expect(Object.keys(JSON.parse(row.data)).sort()).toEqual(["cookie", ...sealer(OLD).storedNames("cart"), ...sealer(OLD).storedNames("theme"), ...sealer(OLD).storedNames("userId")].sort());
+    // After a rotation, a change to one key of a row sealed under the old secret re-seals the whole row.
+    const rotated = encrypted([NEW, OLD]);
+    const loaded = (await rotated.get("sid-tabs")) as any;
+    loaded.theme = "blue";
+    await rotated.set("sid-tabs", loaded);
+    const [after] = await t.raw(`select data::text as data from $table`);
+    expect(sealer(NEW).current(JSON.parse(after.data))).toBe(true);
+    expect(Object.keys(JSON.parse(after.data))).toHaveLength(4);
+    expect(((await rotated.get("sid-tabs")) as any).theme).toBe("blue");
+  });
+
   it.runIf(driver !== "postgres.js")("with the read cache, cached sessions are served as plain data and a change is read back", async () => {
     const store = encrypted(OLD, { cache: {} });
     try {
@@ -304,7 +335,8 @@ describe.each(drivers)("encryption at rest on %s", (driver) => {
       const cookie = await login(web, "ann");
       await request(web).post("/mark").set("Cookie", cookie);
       expect((await request(web).post("/count").set("Cookie", cookie)).body).toEqual({ views: 1 });
-      // The write's own NOTIFY may evict what it cached: one read caches the row again.
+      // Once the write's own NOTIFY has arrived (it evicts what the write cached), one read caches the row again.
+      await notifyBarrier(store);
       expect((await request(web).get("/count").set("Cookie", cookie)).body).toEqual({ views: 1 });
       t.statements.length = 0;
       expect((await request(web).get("/mark").set("Cookie", cookie)).body).toEqual({ note: MARKER });

@@ -170,6 +170,28 @@ export async function eventually(check: () => boolean | Promise<boolean>, ms = 3
   return check();
 }
 
+/**
+ * Resolves once `store`'s LISTEN has heard every NOTIFY committed before the call: a marker sent after
+ * them comes back on the same connection, and one connection hears notifications in commit order. So
+ * a write's own NOTIFY can no longer evict what a read caches after this.
+ */
+export async function notifyBarrier(store: SessionStore): Promise<void> {
+  const s = store as any;
+  const marker = `barrier ${Math.random().toString(36).slice(2)}`;
+  let heard = false;
+  const evict = s.evict;
+  s.evict = function (keys: readonly string[]) {
+    if (keys.includes(marker)) heard = true;
+    return evict.call(this, keys);
+  };
+  try {
+    await s.exec.query(s.sql.notify(marker));
+    if (!(await eventually(() => heard))) throw new Error("NOTIFY barrier: the store's LISTEN did not hear the marker within 3 s");
+  } finally {
+    delete s.evict;
+  }
+}
+
 /** Whether a store's read cache is on (its LISTEN heard its probe), within a few seconds. */
 export const cacheReady = (store: SessionStore) => eventually(() => (store as any).cache?.live === true);
 
