@@ -11,6 +11,7 @@ import type { AnyPgDatabase } from "./options.js";
 export type DriverClient =
   | { kind: "pglite"; client: any }
   | { kind: "node-postgres"; client: any }
+  | { kind: "postgres.js"; client: any }
   | { kind: "other"; client: any };
 
 export function driverOf(db: AnyPgDatabase): DriverClient {
@@ -19,6 +20,7 @@ export function driverOf(db: AnyPgDatabase): DriverClient {
   if (client && typeof client.connect === "function" && typeof client.query === "function" && (client.options || client.connectionParameters)) {
     return { kind: "node-postgres", client };
   }
+  if (client && typeof client.listen === "function" && typeof client.unsafe === "function") return { kind: "postgres.js", client };
   return { kind: "other", client };
 }
 

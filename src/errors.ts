@@ -25,6 +25,7 @@ export type SessionStoreErrorCode =
   | "CONFLICT"
   | "TIMEOUT"
   | "DATABASE"
+  | "LISTENER"
   | "REAUTHENTICATION_REQUIRED";
 
 const MIGRATE = "await migrate(db) from connect-drizzle, or your driver's drizzle migrator on its migrationsFolder";

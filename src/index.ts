@@ -1,5 +1,6 @@
 export { SessionStore, type RequireRecentLoginOptions, type SessionStoreEvents, type SessionStoreListener } from "./store.js";
 export type { LifecycleEvents, SessionEndedEvent, SessionEvent } from "./events.js";
+export type { TraceContext } from "./trace.js";
 export { describeDevice } from "./device.js";
 export type { EndReason, ExtendOptions, OwnerScope, RevokeOptions, SessionQuery, SessionRecord, SessionStatus, UserId } from "./records.js";
 export type { AnyPgDatabase, CacheOptions, EncryptOptions, ReaperOptions, SessionStoreOptions, UserIdOf } from "./options.js";

@@ -20,12 +20,39 @@ export interface ListenEvents {
  * node-postgres (a Pool or Client: a separate client with the same settings is opened, so the pool is
  * left as it was) and PGlite (in-process). Reconnects with backoff after a lost connection, on an
  * unref'd timer. Returns undefined when the driver is not one of these.
+ *
+ * With `postgresJs`, postgres.js too, through its own `listen` (its one listen connection, which it
+ * reconnects and listens on again by itself, ended with your `sql.end()`). It never says when that
+ * connection was lost (onLost comes only for a LISTEN that failed), so it is for listeners that can miss
+ * a notification (lifecycle events), not for the cache, which must know when it may have missed one.
  */
-export function listen(db: AnyPgDatabase, channel: string, events: ListenEvents): Listening | undefined {
+export function listen(db: AnyPgDatabase, channel: string, events: ListenEvents, options: { postgresJs?: boolean } = {}): Listening | undefined {
   const { kind, client } = driverOf(db);
   if (kind === "pglite") return listenPglite(client, channel, events);
   if (kind === "node-postgres") return listenNodePg(client, channel, events);
+  if (kind === "postgres.js" && options.postgresJs === true) return listenPostgresJs(client, channel, events);
   return undefined;
+}
+
+function listenPostgresJs(client: any, channel: string, events: ListenEvents): Listening {
+  let unlisten: (() => Promise<void>) | undefined;
+  let closed = false;
+  // No retry here: when its listen connection closes (a LISTEN that failed to connect included),
+  // postgres.js listens again for every listener it holds, by itself (a retry would add ours twice). Its
+  // unlisten then no longer finds the listener, hence `closed` checked on each message.
+  client.listen(channel, (payload: string) => !closed && events.onMessage(payload), () => !closed && events.onReady()).then(
+    (result: { unlisten(): Promise<void> }) => {
+      unlisten = () => result.unlisten();
+      if (closed) return unlisten().catch(() => {});
+    },
+    (error: Error) => !closed && events.onLost(error),
+  );
+  return {
+    async close() {
+      closed = true;
+      await unlisten?.().catch(() => {});
+    },
+  };
 }
 
 function listenPglite(client: any, channel: string, events: ListenEvents): Listening {

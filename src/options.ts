@@ -140,6 +140,17 @@ export interface SessionStoreOptions {
    */
   notify?: boolean;
   /**
+   * Send every lifecycle event (`created`, `ended`) to the other instances on the table too: the write
+   * that creates or ends a session NOTIFYs it in the same statement, and each store with `broadcast`
+   * LISTENs (node-postgres and PGlite: a connection of its own; postgres.js: its listen connection) and
+   * emits what the others did with `local: false`. Delivery is at most once: an event sent while an
+   * instance's LISTEN connection is down is lost to it (for an audit trail of record, keep history with
+   * `retainEnded` and read it with `list`). On a driver that cannot LISTEN (pg-proxy, neon-http) the
+   * events are still sent, and this store emits only its own. Call `close()` to stop listening.
+   * @default false
+   */
+  broadcast?: boolean;
+  /**
    * Save only what a request changed: a save of a session the request loaded writes the top-level keys it
    * set, changed or deleted (and the cookie), applied to the row as it is now, so two tabs that change
    * different keys (a cart, a theme) both keep their change; for the same key the later save wins. A
@@ -237,6 +248,7 @@ export interface ResolvedOptions {
   prepare: boolean;
   cache: Required<CacheOptions> | undefined;
   notify: boolean;
+  broadcast: boolean;
   merge: boolean;
   versioned: boolean;
   timeout: number;
@@ -282,6 +294,7 @@ export const STORE_OPTIONS: Readonly<Record<keyof SessionStoreOptions, true>> = 
   maxSize: true,
   cache: true,
   notify: true,
+  broadcast: true,
   merge: true,
   versioned: true,
   timeout: true,
@@ -409,6 +422,7 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
     prepare: options.prepare ?? true,
     cache: resolveCache(options.cache),
     notify: options.notify ?? options.cache !== undefined,
+    broadcast: booleanOption(options, "broadcast"),
     merge: options.merge ?? !options.versioned,
     versioned: options.versioned ?? false,
     timeout: numberOption(options, "timeout", DEFAULT_TIMEOUT),
@@ -474,6 +488,13 @@ function resolveCache(cache: CacheOptions | undefined): Required<CacheOptions> |
   }
   checkOptionKeys(cache, CACHE_OPTIONS, "`cache`");
   return { max: numberOption(cache, "max", 10_000, false, "sessions"), ttl: numberOption(cache, "ttl", 60_000) };
+}
+
+function booleanOption<K extends string>(options: Partial<Record<K, unknown>>, name: K): boolean {
+  const value = options[name];
+  if (value === undefined) return false;
+  if (typeof value !== "boolean") throw new TypeError(`connect-drizzle: \`${name}\` must be true or false (got ${String(value)})`);
+  return value;
 }
 
 function optionalNumber<K extends string>(options: Partial<Record<K, unknown>>, name: K): number | undefined {

@@ -2,8 +2,8 @@ import type { SQL } from "drizzle-orm";
 import { describeDevice } from "./device.js";
 import { isTrue } from "./driver.js";
 import { isValidId, type KeyDeriver } from "./hash.js";
-import type { SessionEvent } from "./events.js";
-import type { EndReason, RecordRow, SessionStatus, Statements } from "./statements.js";
+import type { EndReason, EventRow, RecordRow, SessionStatus, Statements } from "./statements.js";
+import type { TraceDetail } from "./trace.js";
 
 export type { EndReason, SessionStatus } from "./statements.js";
 
@@ -77,13 +77,17 @@ export interface SessionQuery {
 export interface RecordsContext {
   statements: Statements;
   keysOf: KeyDeriver;
-  /** Runs an operation, turning driver errors into errors that say what to do. */
-  run<T>(action: string, operation: () => Promise<T>): Promise<T>;
+  /** Runs an operation, turning driver errors into errors that say what to do (traced with `detail`). */
+  run<T>(action: string, operation: () => Promise<T>, detail?: TraceDetail): Promise<T>;
   query<Row>(statement: SQL): Promise<Row[]>;
   /** Runs a statement that changes sessions, evicting them from the caches; one row per changed row. */
-  write(statement: SQL): Promise<Array<{ key: string }>>;
+  write<Row extends { key: string } = { key: string }>(statement: SQL): Promise<Row[]>;
   /** The app server's wall clock, epoch ms. */
   now(): number;
+  /** Whether ends must return the ended rows' records (someone listens for `ended`). */
+  recordsEnds(): boolean;
+  /** Announces `ended` for each row an end returned with its record. */
+  ended(rows: readonly EventRow[], reason: EndReason): void;
 }
 
 /**
@@ -96,13 +100,13 @@ export class Records {
   async list(query: SessionQuery): Promise<SessionRecord[]> {
     const { userId, limit, current } = checkQuery(query);
     const keys = current === undefined ? undefined : this.s.keysOf(current);
-    const rows = await this.s.run("list", () => this.s.query<RecordRow>(this.s.statements.list(userId, query.status, keys, limit)));
+    const rows = await this.s.run("list", () => this.s.query<RecordRow>(this.s.statements.list(userId, query.status, keys, limit)), { userId });
     return rows.map(toRecord);
   }
 
   async count(query: SessionQuery): Promise<number> {
     const { userId } = checkQuery(query);
-    const [row] = await this.s.run("count", () => this.s.query<{ n: number }>(this.s.statements.count(userId, query.status)));
+    const [row] = await this.s.run("count", () => this.s.query<{ n: number }>(this.s.statements.count(userId, query.status)), { userId });
     return Number(row?.n ?? 0);
   }
 
@@ -115,7 +119,10 @@ export class Records {
   async revoke(handle: string, options: RevokeOptions): Promise<boolean> {
     const owner = ownerOf(options, "revoke");
     if (typeof handle !== "string" || handle.length === 0) return false;
-    const rows = await this.s.run("revoke", () => this.s.write(this.s.statements.revoke(handle, options.reason ?? "revoked", owner)));
+    const reason = options.reason ?? "revoked";
+    const record = this.s.recordsEnds();
+    const rows = await this.s.run("revoke", () => this.s.write<{ key: string } & EventRow>(this.s.statements.revoke(handle, reason, owner, record)), { handle });
+    if (record) this.s.ended(rows, reason);
     return rows.length > 0;
   }
 
@@ -123,7 +130,11 @@ export class Records {
     if (!isUserId(userId)) throw new TypeError("connect-drizzle: revokeUser needs a user id (a string, number or bigint)");
     const kept = options.except === undefined ? [] : typeof options.except === "string" ? [options.except] : [...options.except];
     const keys = kept.flatMap((id) => this.s.keysOf(id));
-    const rows = await this.s.run("revokeUser", () => this.s.write(this.s.statements.revokeUser(String(userId), options.reason ?? "revoked", keys, kept)));
+    const reason = options.reason ?? "revoked";
+    const record = this.s.recordsEnds();
+    const statement = this.s.statements.revokeUser(String(userId), reason, keys, kept, record);
+    const rows = await this.s.run("revokeUser", () => this.s.write<{ key: string } & EventRow>(statement), { userId: String(userId) });
+    if (record) this.s.ended(rows, reason);
     return rows.length;
   }
 
@@ -133,7 +144,7 @@ export class Records {
     const owner = ownerOf(options, "extend");
     if (typeof handle !== "string" || handle.length === 0) return false;
     const statement = this.s.statements.extend(handle, at - this.s.now(), new Date(at).toISOString(), options.beyondAbsolute === true, owner);
-    const rows = await this.s.run("extend", () => this.s.write(statement));
+    const rows = await this.s.run("extend", () => this.s.write(statement), { handle });
     return rows.length > 0;
   }
 }
@@ -167,11 +178,6 @@ function ownerOf(options: OwnerScope | undefined, method: string): string | unde
 
 function isUserId(value: unknown): value is UserId {
   return typeof value === "string" || typeof value === "number" || typeof value === "bigint";
-}
-
-/** A lifecycle event's description of the session in a row (`local` aside). */
-export function sessionEventOf(row: Pick<RecordRow, "handle" | "user_id" | "label" | "user_agent" | "ip">): Omit<SessionEvent, "local"> {
-  return { handle: row.handle, userId: row.user_id, label: row.label, userAgent: row.user_agent, ip: row.ip, device: describeDevice(row.user_agent) };
 }
 
 function toRecord(row: RecordRow): SessionRecord {

@@ -48,22 +48,24 @@ export interface LoginRow {
   seen?: string;
 }
 
-/** A session a login write ended to keep its user within `maxSessionsPerUser`. */
-export interface EvictedRow {
-  key: string;
-  handle: string;
-  user_id: string | null;
-  label: string | null;
-  user_agent: string | null;
-  ip: string | null;
-}
-
 /** How far back the `newDevice` check looks for the user's rows from the same device, and how many it reads. */
 const DEVICE_WINDOW = "30 days";
 const DEVICE_ROWS = 50;
 
 /** A session's row as the lookup returns it (`key` only for several keys, `version` only with `versioned`). */
 export type SessionRow = { key?: string; data: string; version?: number; ua: string | null; ip: string | null } & ExpiryRow;
+
+/**
+ * The record columns a statement that creates or ends sessions returns when its lifecycle event is wanted
+ * (a listener of it): what {@link SessionEvent}s are made of, never the key.
+ */
+export interface EventRow {
+  handle: string;
+  user_id: string | null;
+  label: string | null;
+  user_agent: string | null;
+  ip: string | null;
+}
 
 /** A record's row, as `list` returns it. */
 export interface RecordRow {
@@ -97,6 +99,8 @@ export class Statements {
   readonly tableName: string;
   /** The NOTIFY channel that evicts sessions from every instance's cache. */
   readonly channel: string;
+  /** The NOTIFY channel of the lifecycle events (`broadcast`). */
+  readonly eventsChannel: string;
   private readonly shapes = new Map<string, Shape>();
   /** `user_id`'s SQL type (text, integer, bigint, uuid): user ids travel as text and are cast to it. */
   private readonly userIdType: SQL;
@@ -105,11 +109,20 @@ export class Statements {
 
   constructor(
     private readonly t: SessionTable,
-    private readonly settings: { absoluteTimeout: number | undefined; notify: boolean; retainEnded: number; versioned: boolean },
+    private readonly settings: {
+      absoluteTimeout: number | undefined;
+      notify: boolean;
+      retainEnded: number;
+      versioned: boolean;
+      /** With `broadcast`: this store's instance id, sent with each lifecycle event's NOTIFY. */
+      broadcast?: string | undefined;
+    },
   ) {
     const config = getTableConfig(t);
     this.tableName = config.schema ? `"${config.schema}"."${config.name}"` : `"${config.name}"`;
-    this.channel = channelName(config.schema ? `${config.schema}_${config.name}` : config.name);
+    const qualified = config.schema ? `${config.schema}_${config.name}` : config.name;
+    this.channel = channelName(qualified);
+    this.eventsChannel = channelName(`events_${qualified}`);
     this.userIdType = sql.raw(t.userId.getSQLType());
     this.loginLockKey = createHash("sha256").update(`login:${this.tableName}`).digest().readInt32BE(0);
   }
@@ -176,9 +189,9 @@ export class Statements {
   }
 
   /**
-   * Inserts a session id this store did not load (a new session). It sends no NOTIFY: no instance can
-   * have cached a row that did not exist. Nothing is inserted when a row of the id exists (under any of
-   * its `n` keys): then {@link saveExisting}.
+   * Inserts a session id this store did not load (a new session). It sends no cache NOTIFY: no instance
+   * can have cached a row that did not exist (with `broadcast`, the `created` event's). Nothing is
+   * inserted when a row of the id exists (under any of its `n` keys): then {@link saveExisting}.
    */
   insert(n: number, login?: LoginWrite): Shape {
     return this.shape(`insert:${n}${loginKey(login)}`, (v) => {
@@ -197,7 +210,7 @@ export class Statements {
       const values = n === 1 ? sql`values (${row})` : sql`select ${row} where not exists (select 1 from ${t} where ${this.byKeys(keyParams(n, v).slice(1))})`;
       // Only the key comes back: the new row's expiry and version are what was sent (see SessionStore.save),
       // and it was authenticated now when it has a user.
-      const insert = sql`insert into ${t} (${columns}) ${values} on conflict (${col(t.key)}) do nothing returning ${t.key} as key`;
+      const insert = sql`insert into ${t} (${columns}) ${values} on conflict (${col(t.key)}) do nothing returning ${t.key} as key${this.broadcast("created")}`;
       return login && (login.cap !== undefined || login.devices) ? this.login(insert, v, login) : insert;
     });
   }
@@ -220,8 +233,7 @@ export class Statements {
     if (cap !== undefined) {
       const beyond = sql`${t.key} in (select ${t.key} from ${t} where ${user} and ${this.live()} order by ${t.lastSeenAt} desc, ${t.key} offset ${sql.raw(String(cap - 1))})
         and exists (select 1 from written)`;
-      const details = sql`, ${t.handle} as handle, ${t.userId}::text as user_id, ${t.label} as label, ${t.userAgent} as user_agent, ${t.ip} as ip`;
-      ctes.push(sql`evicted as (${this.ending("evicted", beyond, details)})`);
+      ctes.push(sql`evicted as (${this.ending("evicted", beyond, true)})`);
       columns.push(sql`(select coalesce(json_agg(json_build_object('key', key, 'handle', handle, 'user_id', user_id, 'label', label,
         'user_agent', user_agent, 'ip', ip)), '[]')::text from evicted) as evicted`);
     }
@@ -277,9 +289,12 @@ export class Statements {
     });
   }
 
-  /** Ends the session of a session id for `reason` (destroy, regenerate). */
-  end(n: number): Shape {
-    return this.shape(`end:${n}`, (v) => this.ending(v("reason"), this.byKeys(keyParams(n, v))));
+  /**
+   * Ends the session of a session id for `reason` (destroy, regenerate); `record`: it also returns the
+   * ended row's {@link EventRow} (a listener of `ended` wants it). Without, it is the plain statement.
+   */
+  end(n: number, record = false): Shape {
+    return this.shape(record ? `end:${n}:record` : `end:${n}`, (v) => this.ending(v("reason"), this.byKeys(keyParams(n, v)), record));
   }
 
   /**
@@ -364,19 +379,19 @@ export class Statements {
     return sql`select ${t.handle} as handle from ${t} where ${this.byKeys(keys)} and ${this.live()}`;
   }
 
-  /** Ends a session by handle; `owner` scopes it to a user (`undefined`: any owner). */
-  revoke(handle: string, reason: EndReason, owner: string | undefined): SQL {
-    return this.ending(reason, sql`${this.t.handle} = ${handle}${this.owned(owner)}`);
+  /** Ends a session by handle; `owner` scopes it to a user (`undefined`: any owner). `record`: as {@link end}. */
+  revoke(handle: string, reason: EndReason, owner: string | undefined, record = false): SQL {
+    return this.ending(reason, sql`${this.t.handle} = ${handle}${this.owned(owner)}`, record);
   }
 
-  /** Ends every session of a user but those whose keys or handles are in `except`. */
-  revokeUser(userId: string, reason: EndReason, exceptKeys: string[], exceptHandles: string[]): SQL {
+  /** Ends every session of a user but those whose keys or handles are in `except`. `record`: as {@link end}. */
+  revokeUser(userId: string, reason: EndReason, exceptKeys: string[], exceptHandles: string[], record = false): SQL {
     const t = this.t;
     const except =
       exceptHandles.length === 0
         ? sql``
         : sql` and not (${this.byKeys(exceptKeys)} or ${t.handle} in (${sql.join(exceptHandles.map((h) => sql`${h}`), sql`, `)}))`;
-    return this.ending(reason, sql`${t.userId} = ${this.userId(userId)}${except}`);
+    return this.ending(reason, sql`${t.userId} = ${this.userId(userId)}${except}`, record);
   }
 
   /**
@@ -419,22 +434,47 @@ export class Statements {
    * sends none (and does not take the commit-serializing NOTIFY lock), and one that does notifies in
    * its own transaction.
    */
-  private changed(columns: SQL = sql``): SQL {
+  private changed(): SQL {
     const t = this.t;
-    return this.settings.notify ? sql`returning ${t.key} as key, pg_notify(${this.channel}, ${t.key})${columns}` : sql`returning ${t.key} as key${columns}`;
+    return this.settings.notify ? sql`returning ${t.key} as key, pg_notify(${this.channel}, ${t.key})` : sql`returning ${t.key} as key`;
   }
 
   /**
    * Ends the not yet ended sessions matching `where`, now, for `reason`. Without history (`retainEnded`
    * 0) the row is deleted: a save of a loaded session only ever updates a live row, so no tombstone is
    * needed to keep a request in flight from bringing it back. With history it becomes a record of the
-   * end, its data dropped. `columns`: more columns returned (`, ...`).
+   * end, its data dropped.
    */
-  private ending(reason: SQL | EndReason, where: SQL, columns?: SQL): SQL {
+  private ending(reason: SQL | EndReason, where: SQL, record = false): SQL {
     const t = this.t;
-    if (this.settings.retainEnded === 0) return sql`delete from ${t} where ${where} and ${t.endedAt} is null ${this.changed(columns)}`;
+    const returning = sql`${this.changed()}${record ? sql`, ${this.eventColumns()}` : sql``}${this.broadcast("ended", reason)}`;
+    if (this.settings.retainEnded === 0) return sql`delete from ${t} where ${where} and ${t.endedAt} is null ${returning}`;
     return sql`update ${t} set ${col(t.endedAt)} = ${NOW}, ${col(t.endReason)} = ${reason}::text, ${col(t.data)} = '{}'::jsonb,
-        ${col(t.version)} = ${t.version} + 1 where ${where} and ${t.endedAt} is null ${this.changed(columns)}`;
+        ${col(t.version)} = ${t.version} + 1 where ${where} and ${t.endedAt} is null ${returning}`;
+  }
+
+  /** The {@link EventRow} columns, for a `returning`. */
+  private eventColumns(): SQL {
+    const t = this.t;
+    return sql`${t.handle} as handle, ${t.userId}::text as user_id, ${t.label} as label, ${t.userAgent} as user_agent, ${t.ip} as ip`;
+  }
+
+  /**
+   * With `broadcast`, the `returning` column that NOTIFYs the lifecycle event of each row the statement
+   * created or ended (RETURNING runs once per row changed, so a statement that changed none sends none);
+   * nothing without it. The payload is JSON built here, with this store's instance id (`i`), so that it
+   * skips its own, and the table (`t`), since two long table names can share a cut channel name. It must
+   * stay under Postgres's 8000 bytes: the store cuts user agents at 512 characters and labels at 200, but
+   * a huge user id or a row written by something else could pass it, and a NOTIFY refused would fail the
+   * write, so such an event goes out with its handle and reason only.
+   */
+  private broadcast(event: "created" | "ended", reason?: SQL | EndReason): SQL {
+    const instance = this.settings.broadcast;
+    if (instance === undefined) return sql``;
+    const t = this.t;
+    const bare = sql`'i', ${instance}::text, 't', ${this.tableName}::text, 'e', ${event}::text, 'handle', ${t.handle}${reason === undefined ? sql`` : sql`, 'reason', ${reason}::text`}`;
+    const full = sql`json_build_object(${bare}, 'userId', ${t.userId}::text, 'label', ${t.label}, 'userAgent', ${t.userAgent}, 'ip', ${t.ip})::text`;
+    return sql`, pg_notify(${this.eventsChannel}, case when octet_length(${full}) < 8000 then ${full} else json_build_object(${bare})::text end)`;
   }
 
   /** What a save writes into an existing row: `data` (the whole session sent as `text`, by default), and the columns. */

@@ -3,26 +3,19 @@ import type { SQL } from "drizzle-orm";
 import { Store, type SessionData } from "express-session";
 import { ReadCache } from "./cache.js";
 import { describeDevice } from "./device.js";
-import type { LifecycleEvent, LifecycleEvents, SessionEvent } from "./events.js";
+import { deliver, heardEvent, sessionEvent, type LifecycleEvent, type LifecycleEvents } from "./events.js";
 import { settle, settled, type Callback } from "./callback.js";
 import { driverName, Executor, interactiveTransactions, isTrue, loneClient, type Shape } from "./driver.js";
 import { databaseError, reauthenticationRequired, schemaOutdated, SessionStoreError, tableMissing } from "./errors.js";
 import { isValidId, keyDeriver, newHandle, type KeyDeriver } from "./hash.js";
+import { listen, type Listening } from "./notify.js";
 import { checkOptionKeys, ownerOf, resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
 import { reap, Reaper, type ReapResult } from "./reaper.js";
-import {
-  Records,
-  sessionEventOf,
-  type EndReason,
-  type ExtendOptions,
-  type RevokeOptions,
-  type SessionQuery,
-  type SessionRecord,
-  type UserId,
-} from "./records.js";
+import { Records, type EndReason, type ExtendOptions, type RevokeOptions, type SessionQuery, type SessionRecord, type UserId } from "./records.js";
 import { Sealer } from "./seal.js";
 import { changesOf, isSession, parseSession, serialize } from "./serialize.js";
-import { keyValues, Statements, type EvictedRow, type ExpiryRow, type LoginRow, type LoginWrite, type SessionRow } from "./statements.js";
+import { keyValues, Statements, type EventRow, type ExpiryRow, type LoginRow, type LoginWrite, type SessionRow } from "./statements.js";
+import { traced, type TraceDetail } from "./trace.js";
 
 /**
  * What a loaded session's row held when its request read it, under a symbol key: JSON.stringify,
@@ -140,11 +133,13 @@ export const RECENT_LOGIN_OPTIONS: Readonly<Record<keyof RequireRecentLoginOptio
  * The events of a {@link SessionStore}, each with its listener's arguments:
  * - `reap`: a reaper round finished (the periodic reaper's rounds; `store.reap()` resolves with its own);
  * - `error`: a problem that did not fail a request (a corrupt row, a failed reaper round, a failing cache
- *   probe). Without a listener it is written to the console instead;
+ *   probe, a lifecycle listener that threw, a lost `broadcast` connection). Without a listener it is
+ *   written to the console instead;
  * - `connect`, `disconnect`: express-session listens for them; this store never emits them (every
  *   operation gets its connection from your database, and a failure fails only that operation);
  * - `newListener`, `removeListener`: EventEmitter's own.
- * - `created`, `ended`, `newDevice`: the lifecycle events ({@link LifecycleEvents}).
+ * - `created`, `ended`, `newDevice`: the lifecycle events ({@link LifecycleEvents}); with `broadcast`,
+ *   other instances' `created` and `ended` too.
  */
 export interface SessionStoreEvents extends LifecycleEvents {
   reap: [result: ReapResult];
@@ -190,6 +185,10 @@ export class SessionStore extends Store {
   /** The read cache, with the `cache` option. */
   private readonly cache: ReadCache<Loaded> | undefined;
   private readonly reaper: Reaper | undefined;
+  /** This store's id among the instances on the table: its own `broadcast` NOTIFYs are skipped by it. */
+  private readonly instance = newHandle();
+  /** The LISTEN of the lifecycle events of other instances, with `broadcast`. */
+  private readonly hearing: Listening | undefined;
   /** Encryption at rest, with the `encrypt` option. */
   private readonly sealer: Sealer | undefined;
 
@@ -211,17 +210,20 @@ export class SessionStore extends Store {
           "back); give the store a pg.Pool (drizzle({ client: new pg.Pool(...) })), or remove `maxSessionsPerUser`",
       );
     }
-    this.sql = new Statements(table, { absoluteTimeout, notify, retainEnded, versioned });
+    const broadcast = this.options.broadcast ? this.instance : undefined;
+    this.sql = new Statements(table, { absoluteTimeout, notify, retainEnded, versioned, broadcast });
     this.exec = new Executor(db, { timeout, prepare });
     this.keysOf = keyDeriver(this.options.secrets);
     this.sealer = this.options.encrypt && new Sealer(this.options.encrypt);
     this.records = new Records({
       statements: this.sql,
       keysOf: this.keysOf,
-      run: (action, operation) => this.run(action, operation),
+      run: (action, operation, detail) => this.run(action, operation, detail),
       query: (statement) => this.exec.query(statement),
-      write: (statement) => this.write(statement),
+      write: <Row extends { key: string }>(statement: SQL) => this.write<Row>(statement),
       now: () => this.now(),
+      recordsEnds: () => this.listenerCount("ended") > 0,
+      ended: (rows, reason) => this.announceEnded(rows, reason),
     });
     if (this.options.cache) {
       this.cache = new ReadCache<Loaded>(this.options.cache, {
@@ -241,6 +243,22 @@ export class SessionStore extends Store {
       });
       this.reaper.start();
     }
+    if (this.options.broadcast) {
+      this.hearing = listen(
+        db,
+        this.sql.eventsChannel,
+        {
+          onMessage: (payload) => {
+            const heard = heardEvent(payload, this.instance, this.sql.tableName);
+            if (heard) this.announce(heard.event, ...heard.args);
+          },
+          onReady: () => {},
+          onLost: (error) =>
+            this.report(new SessionStoreError("DATABASE", `the LISTEN connection of \`broadcast\` was lost (${error.message}); other instances' events are missed until it is back`, { cause: error })),
+        },
+        { postgresJs: true },
+      );
+    }
   }
 
   /**
@@ -256,7 +274,7 @@ export class SessionStore extends Store {
 
   private reapWith(signal?: AbortSignal): Promise<ReapResult> {
     const { db, table, retainEnded, reaper, timeout } = this.options;
-    return reap({ db, table, retainEnded, batchSize: reaper ? reaper.batchSize : undefined, signal, timeout });
+    return traced("reap", this.sql.tableName, undefined, () => reap({ db, table, retainEnded, batchSize: reaper ? reaper.batchSize : undefined, signal, timeout }));
   }
 
   /** Loads a live session; `null` when it is missing, expired or ended. */
@@ -264,7 +282,7 @@ export class SessionStore extends Store {
     // A cache hit answers without an operation's promise chain (it costs what MemoryStore's get costs).
     const cached = this.cache && isValidId(sid) ? this.cache.get(sid, performance.now()) : undefined;
     // Cached text was checked when it was cached (parseSession on read, and on write in remember).
-    if (cached) return settled(withLoaded(JSON.parse(cached.text) as SessionData, { ...cached }), callback);
+    if (cached) return traced("get", this.sql.tableName, CACHED, () => settled(withLoaded(JSON.parse(cached.text) as SessionData, { ...cached }), callback));
     return settle(this.run("get", () => this.read(sid)), callback);
   }
 
@@ -296,7 +314,7 @@ export class SessionStore extends Store {
       return settle(this.run("touch", () => Promise.reject(error)), callback);
     }
     // A skipped touch (the common case) answers at once, without an operation's promise chain.
-    if (!touch) return settled(undefined, callback);
+    if (!touch) return traced("touch", this.sql.tableName, SKIPPED, () => settled(undefined, callback));
     const planned = touch;
     return settle(this.run("touch", () => this.renew(session, planned)), callback);
   }
@@ -484,12 +502,13 @@ export class SessionStore extends Store {
   private schemaReported = false;
 
   /**
-   * Stops the reaper (a round in progress ends after its current batch), the cache's LISTEN connection
-   * and every timer. Never closes the database you passed in.
+   * Stops the reaper (a round in progress ends after its current batch), the LISTEN connections (the
+   * cache's, `broadcast`'s) and every timer. Never closes the database you passed in.
    */
   async close(): Promise<void> {
     await this.reaper?.stop();
     await this.cache?.close();
+    await this.hearing?.close();
   }
 
   /**
@@ -604,6 +623,10 @@ export class SessionStore extends Store {
       if (inserted) written = { ...inserted, version: 1, expires: Math.min(target - now, absolute ?? Infinity), absolute, authenticated };
       // A set of an id the store did not load whose row exists: update it, unless it ended.
       else written = await this.saveExisting<Saved>(keys, values, session, text);
+      if (inserted && this.listenerCount("created") > 0) {
+        const row: EventRow = { handle: values.handle as string, user_id: values.userId as string | null, label: values.label as string | null, user_agent: ua, ip };
+        this.announce("created", sessionEvent(row, true));
+      }
       if (inserted) await this.recordRotation(session, sid);
     }
     if (!written) {
@@ -623,9 +646,8 @@ export class SessionStore extends Store {
     };
     this.remember(session, next, since, merged ? this.rowText(written.key, written.data) : text);
     if (login) {
-      const userAgent = next.ua;
       const handle = written.handle ?? (values.handle as string);
-      this.loggedIn(written, { handle, userId, label: values.label as string | null, userAgent, ip: next.ip, device: describeDevice(userAgent), local: true });
+      this.loggedIn(written, { handle, user_id: userId, label: values.label as string | null, user_agent: next.ua, ip: next.ip });
     }
   }
 
@@ -653,13 +675,14 @@ export class SessionStore extends Store {
    * NOTIFY of the same statement) and are announced as ended; the new session is announced as a new
    * device when none of the user's recent rows from its IP was of its browser family and OS.
    */
-  private loggedIn(row: LoginRow, session: SessionEvent): void {
-    const evicted: EvictedRow[] = row.evicted === undefined ? [] : JSON.parse(row.evicted);
+  private loggedIn(row: LoginRow, session: EventRow): void {
+    const evicted: Array<{ key: string } & EventRow> = row.evicted === undefined ? [] : JSON.parse(row.evicted);
     if (evicted.length > 0) this.evict(evicted.map((r) => r.key));
-    for (const r of evicted) this.announce("ended", { ...sessionEventOf(r), reason: "evicted", local: true });
+    this.announceEnded(evicted, "evicted");
     if (row.seen === undefined) return;
+    const device = describeDevice(session.user_agent);
     const seen: Array<string | null> = JSON.parse(row.seen);
-    if (!seen.some((ua) => describeDevice(ua) === session.device)) this.announce("newDevice", session);
+    if (!seen.some((ua) => describeDevice(ua) === device)) this.announce("newDevice", sessionEvent(session, true));
   }
 
   /** The owner of the session a request read (or last saved), as the `user_id` column holds it. */
@@ -763,9 +786,11 @@ export class SessionStore extends Store {
     if (!isValidId(sid)) return false;
     const keys = this.keysOf(sid);
     this.evict(keys);
-    const rows = await this.exec.run<{ key: string }>(this.sql.end(keys.length), keyValues(keys, { reason }));
+    const record = this.listenerCount("ended") > 0;
+    const rows = await this.exec.run<{ key: string } & EventRow>(this.sql.end(keys.length, record), keyValues(keys, { reason }));
     // Evict again: a read or write of this store that overlapped the end may have cached the session.
     this.evict(keys);
+    if (record) this.announceEnded(rows, reason);
     return rows.length > 0;
   }
 
@@ -784,22 +809,36 @@ export class SessionStore extends Store {
    * changed keys from every instance's cache in the same statement, and from this store's cache before
    * the promise resolves, so an end is seen here at once. Returns one row per changed row. @internal
    */
-  protected async write(statement: SQL): Promise<Array<{ key: string }>> {
-    const rows = await this.exec.query<{ key: string }>(statement);
+  protected async write<Row extends { key: string } = { key: string }>(statement: SQL): Promise<Row[]> {
+    const rows = await this.exec.query<Row>(statement);
     this.evict(rows.map((row) => row.key));
     return rows;
   }
 
   /**
-   * Emits a lifecycle event of a change this store made (the one place they are emitted from, so
-   * that broadcasting them to other instances is added here). @internal
+   * Emits a lifecycle event: of a change this store made (`local: true`; with `broadcast` its statement
+   * also sent it to the other instances), or of one heard from another instance (`local: false`). The one
+   * place they are emitted from. A listener that throws fails neither the operation nor the other
+   * listeners: its error is reported (see {@link deliver}). @internal
    */
   protected announce<E extends LifecycleEvent>(event: E, ...args: LifecycleEvents[E]): void {
-    (this.emit as (event: string, ...args: unknown[]) => boolean)(event, ...args);
+    deliver(this, event, args, (error) => this.report(error));
   }
 
-  /** Runs an operation, turning driver errors into errors that say what to do. @internal */
-  protected run<T>(action: string, operation: () => Promise<T>): Promise<T> {
+  /** Announces `ended` for each row a statement ended, as it returned them (see Statements' `end`). */
+  private announceEnded(rows: readonly EventRow[], reason: EndReason): void {
+    for (const row of rows) this.announce("ended", { ...sessionEvent(row, true), reason });
+  }
+
+  /**
+   * Runs an operation, turning driver errors into errors that say what to do, inside its tracing channel
+   * (`connect-drizzle:<action>`, with `detail` in the context). @internal
+   */
+  protected run<T>(action: string, operation: () => Promise<T>, detail?: TraceDetail): Promise<T> {
+    return traced(action, this.sql.tableName, detail, () => this.attempt(action, operation));
+  }
+
+  private attempt<T>(action: string, operation: () => Promise<T>): Promise<T> {
     let promise: Promise<T>;
     try {
       promise = operation();
@@ -903,6 +942,10 @@ function requestMetadata(session: SessionData): { ua: string | null; ip: string 
   const ip = typeof address === "string" ? address.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, "").slice(0, 64) : null;
   return { ua: typeof ua === "string" ? ua.slice(0, 512) : null, ip };
 }
+
+/** The trace details of the fast paths that answer without a query. */
+const CACHED: TraceDetail = Object.freeze({ cached: true });
+const SKIPPED: TraceDetail = Object.freeze({ skipped: true });
 
 /** The most an expiry can seem earlier than stored through clock conversion alone, ms (see `fresh`). */
 const CLOCK_ERROR = 1_000;
