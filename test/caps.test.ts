@@ -111,6 +111,22 @@ describe.each(drivers)("maxSessionsPerUser on %s", (driver) => {
     expect(served).toHaveLength(3);
   });
 
+  it("with broadcast, another instance hears each eviction as ended (evicted, local: false)", async () => {
+    const { store } = storeWith({ broadcast: true, maxSessionsPerUser: 1 });
+    const listener = new SessionStore({ db: (await other()).db, table: t.table, reaper: false, broadcast: true });
+    stores.push(listener);
+    const heard: SessionEndedEvent[] = [];
+    listener.on("ended", (event) => void heard.push(event));
+    let up = false;
+    listener.on("created", () => void (up = true));
+    // Until its LISTEN connection is up, what the other instance sends is not heard.
+    expect(await eventually(async () => (up || (await store.set(`warm-${Math.random()}`, sessionData(HOUR))), up), 10_000)).toBe(true);
+    await store.set("b1", sessionData(HOUR, { userId: "ann" }));
+    await store.set("b2", sessionData(HOUR, { userId: "ann" }));
+    expect(await eventually(() => heard.length > 0, 10_000)).toBe(true);
+    expect(heard).toEqual([expect.objectContaining({ reason: "evicted", userId: "ann", local: false })]);
+  });
+
   it("anonymous sessions and other users' sessions are untouched", async () => {
     const { store } = storeWith();
     for (let i = 0; i < 4; i++) await store.set(`anon-${i}`, sessionData(HOUR, { views: i }));
