@@ -45,7 +45,7 @@ export function sessionEvent(row: EventRow, local: boolean): SessionEvent {
 }
 
 /** A lifecycle event heard from another instance (`broadcast`), as its NOTIFY payload carries it. */
-export type HeardEvent = { event: "created"; args: [SessionEvent] } | { event: "ended"; args: [SessionEndedEvent] };
+export type HeardEvent = { event: "created" | "newDevice"; args: [SessionEvent] } | { event: "ended"; args: [SessionEndedEvent] };
 
 /**
  * The event of a `broadcast` NOTIFY payload (see Statements' `broadcast`), with `local: false`; undefined
@@ -62,7 +62,7 @@ export function heardEvent(payload: string, instance: string, table: string): He
   if (message === null || typeof message !== "object" || message.i === instance || message.t !== table || typeof message.handle !== "string") return undefined;
   const text = (value: unknown) => (typeof value === "string" ? value : null);
   const row: EventRow = { handle: message.handle, user_id: text(message.userId), label: text(message.label), user_agent: text(message.userAgent), ip: text(message.ip) };
-  if (message.e === "created") return { event: "created", args: [sessionEvent(row, false)] };
+  if (message.e === "created" || message.e === "newDevice") return { event: message.e, args: [sessionEvent(row, false)] };
   if (message.e === "ended" && typeof message.reason === "string") return { event: "ended", args: [{ ...sessionEvent(row, false), reason: message.reason as EndReason }] };
   return undefined;
 }

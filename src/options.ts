@@ -140,8 +140,9 @@ export interface SessionStoreOptions {
    */
   notify?: boolean;
   /**
-   * Send every lifecycle event (`created`, `ended`) to the other instances on the table too: the write
-   * that creates or ends a session NOTIFYs it in the same statement, and each store with `broadcast`
+   * Send every lifecycle event (`created`, `ended`, `newDevice`) to the other instances on the table too:
+   * the write that creates or ends a session NOTIFYs it in the same statement (a `newDevice`, decided
+   * after the login's write, in a statement of its own), and each store with `broadcast`
    * LISTENs (node-postgres and PGlite: a connection of its own; postgres.js: its listen connection) and
    * emits what the others did with `local: false`. Delivery is at most once: an event sent while an
    * instance's LISTEN connection is down is lost to it (for an audit trail of record, keep history with

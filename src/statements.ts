@@ -328,6 +328,16 @@ export class Statements {
     return this.settings.notify ? sql`with gone as (${deleteAll}) select pg_notify(${this.channel}, '*')` : deleteAll;
   }
 
+  /**
+   * With `broadcast`, the NOTIFY of a lifecycle event decided after its write (`newDevice`), with the
+   * payload the statements' own build (see {@link broadcast}), from the record `row`.
+   */
+  announceEvent(event: "newDevice", row: { handle: string; user_id: string | null; label: string | null; user_agent: string | null; ip: string | null }): SQL {
+    const bare = sql`'i', ${this.settings.broadcast ?? ""}::text, 't', ${this.tableName}::text, 'e', ${event}::text, 'handle', ${row.handle}::text`;
+    const full = sql`json_build_object(${bare}, 'userId', ${row.user_id}::text, 'label', ${row.label}::text, 'userAgent', ${row.user_agent}::text, 'ip', ${row.ip}::text)::text`;
+    return sql`select pg_notify(${this.eventsChannel}, case when octet_length(${full}) < 8000 then ${full} else json_build_object(${bare})::text end)`;
+  }
+
   /** A NOTIFY on the channel (the cache's probe). */
   notify(payload: string): SQL {
     return sql`select pg_notify(${this.channel}, ${payload})`;

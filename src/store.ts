@@ -139,7 +139,7 @@ export const RECENT_LOGIN_OPTIONS: Readonly<Record<keyof RequireRecentLoginOptio
  *   operation gets its connection from your database, and a failure fails only that operation);
  * - `newListener`, `removeListener`: EventEmitter's own.
  * - `created`, `ended`, `newDevice`: the lifecycle events ({@link LifecycleEvents}); with `broadcast`,
- *   other instances' `created` and `ended` too.
+ *   other instances' `created`, `ended` and `newDevice` too.
  */
 export interface SessionStoreEvents extends LifecycleEvents {
   reap: [result: ReapResult];
@@ -653,7 +653,7 @@ export class SessionStore extends Store {
 
   /** What a login write does besides the write: with `maxSessionsPerUser`, the cap; with a `newDevice` listener, the device check. */
   private loginWrite(ip: string | null): LoginWrite {
-    return { cap: this.options.maxSessionsPerUser, devices: ip !== null && this.listenerCount("newDevice") > 0 };
+    return { cap: this.options.maxSessionsPerUser, devices: ip !== null && (this.options.broadcast || this.listenerCount("newDevice") > 0) };
   }
 
   /**
@@ -682,7 +682,11 @@ export class SessionStore extends Store {
     if (row.seen === undefined) return;
     const device = describeDevice(session.user_agent);
     const seen: Array<string | null> = JSON.parse(row.seen);
-    if (!seen.some((ua) => describeDevice(ua) === device)) this.announce("newDevice", sessionEvent(session, true));
+    if (seen.some((ua) => describeDevice(ua) === device)) return;
+    this.announce("newDevice", sessionEvent(session, true));
+    // Decided here, after the write: with `broadcast`, its NOTIFY is a statement of its own, and one that
+    // fails is reported rather than failing the login that already happened.
+    if (this.options.broadcast) void this.exec.query(this.sql.announceEvent("newDevice", session)).catch((error) => this.report(databaseError(error, this.sql.tableName, "broadcast newDevice")));
   }
 
   /** The owner of the session a request read (or last saved), as the `user_id` column holds it. */

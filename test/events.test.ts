@@ -281,6 +281,28 @@ describe.each(drivers)("broadcast on %s", (driver) => {
     }
   }
 
+  it("a newDevice decided by the instance that logged the user in reaches the others with local: false, once", async () => {
+    const a = localStore();
+    const b = await peerStore();
+    const local: SessionEvent[] = [];
+    const remote: SessionEvent[] = [];
+    a.on("newDevice", (e) => void local.push(e));
+    b.on("newDevice", (e) => void remote.push(e));
+    await flushed(a, b);
+    await login(testApp(a), "ann");
+    const [row] = await a.list({ userId: "ann" });
+    const event = { handle: row!.handle, userId: "ann", label: null, userAgent: FIREFOX, ip: "127.0.0.1", device: "Firefox on Linux" };
+    expect(await eventually(() => remote.length > 0, 10_000)).toBe(true);
+    expect(remote).toEqual([{ ...event, local: false }]);
+    expect(local).toEqual([{ ...event, local: true }]);
+    // The same device again is no new device, on either instance.
+    await login(testApp(a), "ann");
+    await flushed(a, b);
+    await sleep(100);
+    expect(remote).toHaveLength(1);
+    expect(local).toHaveLength(1);
+  });
+
   it("another store on the table hears `ended` of a revoke with local: false; the acting store emits it exactly once", async () => {
     const a = localStore();
     const b = await peerStore();

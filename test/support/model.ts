@@ -73,6 +73,9 @@ export class TestStore extends SessionStore {
   }
 }
 
+/** The model's key for `encrypt` (a fixed test value, 32+ characters). */
+const ENCRYPTION_SECRET = "lifecycle model encryption secret, test only";
+
 export const keyOf = (sid: string) => createHash("sha256").update(sid, "utf8").digest("base64url");
 
 // ---------------------------------------------------------------------------------------------------
@@ -84,6 +87,8 @@ export interface Config {
   absolute: number | undefined;
   /** With `retainEnded`: ends are updates that keep the row as a record (without it they delete the row). */
   history: boolean;
+  /** With `encrypt`: every save seals its keys (merged saves included), every read opens them. */
+  encrypt: boolean;
   name: string;
 }
 
@@ -94,8 +99,10 @@ export function configurations(drivers: readonly DriverName[]): Config[] {
     for (const cache of driver === "postgres.js" ? [false] : [false, true]) {
       for (const absolute of [undefined, ABSOLUTE]) {
         for (const history of [false, true]) {
-          const name = `${driver} cache=${cache ? "both" : "none"} absolute=${absolute ?? "none"}${history ? " history" : ""}`;
-          list.push({ driver, cache, absolute, history, name });
+          // Encryption rides with the absolute timeout: half of the configurations, on every driver and cache setting.
+          const encrypt = absolute !== undefined;
+          const name = `${driver} cache=${cache ? "both" : "none"} absolute=${absolute ?? "none"}${history ? " history" : ""}${encrypt ? " encrypted" : ""}`;
+          list.push({ driver, cache, absolute, history, encrypt, name });
         }
       }
     }
@@ -853,6 +860,7 @@ async function openReal(config: Config, t: TestDb): Promise<Real> {
     const options: SessionStoreOptions = { db: conn.db, table: t.table, reaper: false };
     if (config.absolute !== undefined) options.absoluteTimeout = config.absolute;
     if (config.history) options.retainEnded = HISTORY;
+    if (config.encrypt) options.encrypt = { secrets: ENCRYPTION_SECRET };
     if (config.cache) Object.assign(options, { cache: { ...CACHE }, notify: true });
     let store: TestStore;
     try {
