@@ -316,6 +316,9 @@ export class SessionStore extends Store {
     // A skipped touch (the common case) answers at once, without an operation's promise chain.
     if (!touch) return traced("touch", this.sql.tableName, SKIPPED, () => settled(undefined, callback));
     const planned = touch;
+    // A row sealed under an older secret (or in plaintext, with `acceptPlaintext`) is rewritten by the
+    // first touch that writes, as a save rewrites it: a session that is only ever read is re-sealed too.
+    if (planned.loaded?.reseal) return settle(this.run("touch", () => this.save(sid, session)), callback);
     return settle(this.run("touch", () => this.renew(session, planned)), callback);
   }
 

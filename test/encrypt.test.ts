@@ -127,6 +127,21 @@ describe.each(drivers)("encryption at rest on %s", (driver) => {
     expect((await request(web).get("/me").set("Cookie", laptop)).status).toBe(401);
   });
 
+  it("rotation: a session that is only read is re-sealed under the new secret by its first touch that writes, so dropping the old secret later keeps it", async () => {
+    const cookie = await login(app(encrypted(OLD)), "ann");
+    await request(app(encrypted(OLD))).post("/mark").set("Cookie", cookie);
+    // touchAfter: 0, so the read's touch writes (as one does every touchAfter on a used session).
+    const rotated = encrypted([NEW, OLD], { touchAfter: 0 });
+    const errors = reported(rotated);
+    expect((await request(app(rotated)).get("/mark").set("Cookie", cookie)).body).toEqual({ note: MARKER });
+    const { data } = await rowOf("ann");
+    expect(sealer(NEW).current(data)).toBe(true);
+    expect(Object.keys(data)).toHaveLength(3); // cookie, passport, note
+    // The new secret alone reads it: nothing was left under the old one.
+    expect((await request(app(encrypted(NEW))).get("/mark").set("Cookie", cookie)).body).toEqual({ note: MARKER });
+    expect(errors).toEqual([]);
+  });
+
   it("rotation: rows sealed under the old secret are read after a new first secret is added, and the next save re-seals them under it", async () => {
     const before = app(encrypted(OLD));
     const changed = await login(before, "ann");
