@@ -15,7 +15,7 @@ import { Records, type EndReason, type ExtendOptions, type RevokeOptions, type S
 import { Sealer } from "./seal.js";
 import { changesOf, isSession, parseSession, serialize } from "./serialize.js";
 import { keyValues, Statements, type EventRow, type ExpiryRow, type LoginRow, type LoginWrite, type SessionRow } from "./statements.js";
-import { traced, type TraceDetail } from "./trace.js";
+import { isTraced, traced, type TraceDetail } from "./trace.js";
 
 /**
  * What a loaded session's row held when its request read it, under a symbol key: JSON.stringify,
@@ -282,7 +282,10 @@ export class SessionStore extends Store {
     // A cache hit answers without an operation's promise chain (it costs what MemoryStore's get costs).
     const cached = this.cache && isValidId(sid) ? this.cache.get(sid, performance.now()) : undefined;
     // Cached text was checked when it was cached (parseSession on read, and on write in remember).
-    if (cached) return traced("get", this.sql.tableName, CACHED, () => settled(withLoaded(JSON.parse(cached.text) as SessionData, { ...cached }), callback));
+    if (cached) {
+      const hit = () => settled(withLoaded(JSON.parse(cached.text) as SessionData, { ...cached }), callback);
+      return isTraced("get") ? traced("get", this.sql.tableName, CACHED, hit) : hit();
+    }
     return settle(this.run("get", () => this.read(sid)), callback);
   }
 
@@ -314,7 +317,7 @@ export class SessionStore extends Store {
       return settle(this.run("touch", () => Promise.reject(error)), callback);
     }
     // A skipped touch (the common case) answers at once, without an operation's promise chain.
-    if (!touch) return traced("touch", this.sql.tableName, SKIPPED, () => settled(undefined, callback));
+    if (!touch) return isTraced("touch") ? traced("touch", this.sql.tableName, SKIPPED, () => settled(undefined, callback)) : settled(undefined, callback);
     const planned = touch;
     // A row sealed under an older secret (or in plaintext, with `acceptPlaintext`) is rewritten by the
     // first touch that writes, as a save rewrites it: a session that is only ever read is re-sealed too.

@@ -42,6 +42,12 @@ function subscribed(channel: Tracing): boolean {
   return channel.start.hasSubscribers || channel.end.hasSubscribers || channel.asyncStart.hasSubscribers || channel.asyncEnd.hasSubscribers || channel.error.hasSubscribers;
 }
 
+/** Whether `operation`'s tracing channel has a subscriber: the fast paths build no closure for {@link traced} without one. */
+export function isTraced(operation: string): boolean {
+  const channel = channelOf(operation);
+  return channel !== null && subscribed(channel);
+}
+
 /**
  * Runs a store operation inside its tracing channel, as Node's `tracePromise` does (start around the
  * call, so AsyncLocalStorage stores bound to it apply; end after its synchronous part; error, asyncStart
