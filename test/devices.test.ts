@@ -53,21 +53,17 @@ function browser(app: App, userAgent: string, ip: string) {
   return { get, post };
 }
 
-async function signUp(app: App, userAgent: string, ip: string, email = "ada@example.com") {
+/** A new browser that signs up ("/signup") or logs in ("/login") as `email`, on its devices page. */
+async function signIn(app: App, path: "/signup" | "/login", userAgent: string, ip: string, email: string) {
   const b = browser(app, userAgent, ip);
-  await b.get("/signup");
-  expect((await b.post("/signup", { email, password: PASSWORD })).headers.location).toBe("/devices");
+  await b.get(path);
+  expect((await b.post(path, { email, password: PASSWORD })).headers.location).toBe("/devices");
   await b.get("/devices"); // the new session's CSRF token
   return b;
 }
 
-async function logIn(app: App, userAgent: string, ip: string, email = "ada@example.com") {
-  const b = browser(app, userAgent, ip);
-  await b.get("/login");
-  expect((await b.post("/login", { email, password: PASSWORD })).headers.location).toBe("/devices");
-  await b.get("/devices"); // the new session's CSRF token
-  return b;
-}
+const signUp = (app: App, userAgent: string, ip: string, email = "ada@example.com") => signIn(app, "/signup", userAgent, ip, email);
+const logIn = (app: App, userAgent: string, ip: string, email = "ada@example.com") => signIn(app, "/login", userAgent, ip, email);
 
 /** Moves every session's sign-in `ms` into the past, as if that time had passed. */
 async function ageSignIns(app: App, ms: number): Promise<void> {

@@ -72,8 +72,8 @@ export async function createApp(options: DevicesAppOptions): Promise<DevicesApp>
   // Users whose sign-up is in progress: their first session is news to nobody.
   const signingUp = new Set<string>();
   // A sign-in from a device (browser family and IP) that none of the user's recent sessions used becomes
-  // a notice on their devices page. Only where the sign-in happened (`local`): one notice per sign-in,
-  // however many instances hear of it.
+  // a notice on their devices page. Recorded only by the instance where the sign-in happened (`local`),
+  // so that each sign-in makes one notice even if other instances hear of it too.
   store.on("newDevice", (event) => {
     if (!event.local || event.userId === null || signingUp.has(event.userId)) return;
     return addSignInNotice(db, { userId: event.userId, sessionHandle: event.handle, device: event.device, ip: event.ip });
