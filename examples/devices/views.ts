@@ -163,7 +163,7 @@ export function devicesPage(ctx: PageContext, view: DevicesView): string {
       (s) => html`<tr>
       <td>${deviceCell(s, view.labels.get(s.handle))}</td>
       <td>${displayIp(s.ip)}</td>
-      <td>${time(s.createdAt)}</td>
+      <td>${time(s.authenticatedAt ?? s.createdAt)}</td>
       <td>${s.endedAt ? time(s.endedAt) : "–"}</td>
       <td><span class="tag ended">${REASONS[s.endReason ?? ""] ?? s.endReason ?? "Ended"}</span></td>
     </tr>`,
