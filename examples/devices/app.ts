@@ -1,15 +1,16 @@
 // A complete "your devices" app on connect-drizzle: sign up / log in / log out with passport-local, a
-// counter kept in the session, a devices page (list, revoke, log out other devices, recent activity),
-// and API tokens that are sessions too (`Authorization: Bearer`), listed and revoked on the same page.
+// counter kept in the session, a devices page (list, revoke, log out other devices, recent activity,
+// "new sign-in" notices), API tokens that are sessions too (`Authorization: Bearer`), listed and revoked
+// on the same page, and a password prompt before the sensitive actions when the sign-in is old.
 //
 // server.ts runs it; test/browser/devices.browser.ts drives it in a real browser.
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import express, { type Express, type NextFunction, type Request, type Response } from "express";
 import passport from "passport";
 import { Strategy as LocalStrategy } from "passport-local";
-import { SessionStore, sessionMiddleware, type AnyPgDatabase, type SessionMiddleware } from "connect-drizzle";
-import { createTables, createUser, EmailTakenError, findUser, verifyUser, type User } from "./users.js";
-import { authPage, counterPage, devicesPage, html, messagePage, type DevicesView, type PageContext } from "./views.js";
+import { SessionStore, sessionMiddleware, type AnyPgDatabase, type EncryptOptions, type SessionMiddleware } from "connect-drizzle";
+import { addSignInNotice, createTables, createUser, dismissSignInNotice, EmailTakenError, findUser, unreadSignInNotices, verifyUser, type User } from "./users.js";
+import { authPage, confirmPage, counterPage, devicesPage, html, messagePage, type DevicesView, type PageContext } from "./views.js";
 
 declare module "express-session" {
   interface SessionData {
@@ -21,6 +22,7 @@ declare module "express-session" {
   }
 }
 
+const MINUTE = 60_000;
 const DAY = 86_400_000;
 
 export interface DevicesAppOptions {
@@ -32,6 +34,16 @@ export interface DevicesAppOptions {
   trustProxy?: boolean | number | string;
   /** Lifetime of API tokens (idle: each use renews it). @default 90 days */
   tokenMaxAge?: number;
+  /**
+   * How recent a sign-in (or password confirmation) must be for "Log out other devices" and "Create API
+   * token"; an older one is asked for the password again first.
+   * @default 10 minutes
+   */
+  recentLoginMaxAge?: number;
+  /** Most signed-in sessions per user (API tokens included): a sign-in beyond it ends the least recently used one; `false`: no cap. @default 10 */
+  maxSessionsPerUser?: number | false;
+  /** Encrypts the session data at rest (see connect-drizzle's `encrypt`). @default off */
+  encrypt?: EncryptOptions;
 }
 
 export interface DevicesApp {
@@ -45,11 +57,33 @@ export interface DevicesApp {
 export async function createApp(options: DevicesAppOptions): Promise<DevicesApp> {
   const { db } = options;
   const tokenMaxAge = options.tokenMaxAge ?? 90 * DAY;
+  const recentLoginMaxAge = options.recentLoginMaxAge ?? 10 * MINUTE;
   await createTables(db);
 
-  // Ended sessions (logouts, revocations, expiries) are kept 30 days for "Recent activity".
-  const store = new SessionStore({ db, retainEnded: 30 * DAY });
+  // Ended sessions (logouts, revocations, evictions, expiries) are kept 30 days for "Recent activity".
+  const store = new SessionStore({
+    db,
+    retainEnded: 30 * DAY,
+    maxSessionsPerUser: options.maxSessionsPerUser === false ? undefined : (options.maxSessionsPerUser ?? 10),
+    encrypt: options.encrypt,
+  });
   const sessions = sessionMiddleware({ store, secret: options.secret, header: "authorization" });
+
+  // Users whose sign-up is in progress: their first session is news to nobody.
+  const signingUp = new Set<string>();
+  // A sign-in from a device (browser family and IP) that none of the user's recent sessions used becomes
+  // a notice on their devices page. Recorded only by the instance where the sign-in happened (`local`),
+  // so that each sign-in makes one notice even if other instances hear of it too.
+  store.on("newDevice", (event) => {
+    if (!event.local || event.userId === null || signingUp.has(event.userId)) return;
+    return addSignInNotice(db, { userId: event.userId, sessionHandle: event.handle, device: event.device, ip: event.ip });
+  });
+
+  // Sensitive actions need a sign-in (or password confirmation) younger than recentLoginMaxAge; an older
+  // one is sent to /confirm first. After CSRF, so a forged post is refused rather than redirected.
+  const recentLogin = store.requireRecentLogin<Request, Response>(recentLoginMaxAge, {
+    onStale: (_req, res) => res.redirect(303, `/confirm?next=${encodeURIComponent("/devices?done=confirmed")}`),
+  });
 
   // A passport instance of our own (not the global singleton), so several apps can live in one process.
   const auth = new passport.Passport();
@@ -106,7 +140,12 @@ export async function createApp(options: DevicesAppOptions): Promise<DevicesApp>
       return page(req, res, 409, authPage("signup", ctx(req), { error: "That email already has an account. Log in instead.", email }));
     }
     // passport 0.7 regenerates the session on login (no session fixation).
-    req.login(user, (err) => (err ? next(err) : res.redirect(303, "/devices")));
+    signingUp.add(user.id);
+    req.login(user, (err) => {
+      signingUp.delete(user.id);
+      if (err) next(err);
+      else res.redirect(303, "/devices");
+    });
   });
 
   app.get("/login", (req, res) => (userOf(req) ? res.redirect("/devices") : page(req, res, 200, authPage("login", ctx(req)))));
@@ -126,6 +165,20 @@ export async function createApp(options: DevicesAppOptions): Promise<DevicesApp>
     req.logout((err) => (err ? next(err) : res.redirect(303, "/login")));
   });
 
+  // Asks a signed-in user for their password again (see recentLogin), then goes on to `next`.
+  app.get("/confirm", requireUser, (req, res) => page(req, res, 200, confirmPage(ctx(req), { next: localPath(req.query.next) })));
+  app.post("/confirm", requireUser, checkCsrf, async (req, res) => {
+    const user = userOf(req)!;
+    const next = localPath(req.body?.next);
+    const password = typeof req.body?.password === "string" ? req.body.password : "";
+    if (!(await verifyUser(db, user.email, password))) {
+      return page(req, res, 401, confirmPage(ctx(req), { next, error: "Wrong password." }));
+    }
+    // False when this session ended meanwhile (revoked from another device): then sign in again.
+    const marked = await store.markAuthenticated(req.sessionID);
+    res.redirect(303, marked ? next : "/login");
+  });
+
   app.get("/counter", requireUser, (req, res) => page(req, res, 200, counterPage(ctx(req), req.session.counter ?? 0)));
   app.post("/counter", requireUser, checkCsrf, (req, res) => {
     req.session.counter = (req.session.counter ?? 0) + 1;
@@ -143,13 +196,19 @@ export async function createApp(options: DevicesAppOptions): Promise<DevicesApp>
     res.redirect(303, `/devices?done=${revoked ? "revoked" : "missing"}`);
   });
 
-  app.post("/devices/logout-others", requireUser, checkCsrf, async (req, res) => {
+  app.post("/devices/dismiss", requireUser, checkCsrf, async (req, res) => {
+    const id = typeof req.body?.notice === "string" ? req.body.notice : "";
+    await dismissSignInNotice(db, userOf(req)!.id, id); // only ever this user's own notice
+    res.redirect(303, "/devices");
+  });
+
+  app.post("/devices/logout-others", requireUser, checkCsrf, recentLogin, async (req, res) => {
     // Every other session of this user ends, API tokens included; this one stays.
     const count = await store.revokeUser(userOf(req)!.id, { except: req.sessionID });
     res.redirect(303, `/devices?done=others&count=${count}`);
   });
 
-  app.post("/devices/token", requireUser, checkCsrf, async (req, res) => {
+  app.post("/devices/token", requireUser, checkCsrf, recentLogin, async (req, res) => {
     const user = userOf(req)!;
     const label = cleanLabel(req.body?.label);
     // A session of its own, owned by the user like a login, with a token for header transport. Its
@@ -194,12 +253,23 @@ export async function createApp(options: DevicesAppOptions): Promise<DevicesApp>
 
   async function devicesView(req: Request, notice?: string): Promise<DevicesView> {
     const userId = userOf(req)!.id;
-    const [active, ended] = await Promise.all([
+    const [active, ended, notices] = await Promise.all([
       store.list({ userId, current: req.sessionID }), // newest activity first; "this device" marked
       store.list({ userId, status: "ended", limit: 20 }), // kept for retainEnded
+      unreadSignInNotices(db, userId),
     ]);
     const labels = new Map([...active, ...ended].flatMap((s) => (s.label ? [[s.handle, s.label] as const] : [])));
-    return { active, ended, labels, notice };
+    const here = active.find((s) => s.current)?.handle;
+    return {
+      active,
+      ended,
+      labels,
+      notice,
+      // This device's own sign-in is no news here.
+      signIns: notices.filter((n) => n.sessionHandle !== here),
+      signedInAt: store.authenticatedAt(req.session),
+      recentLoginMaxAge,
+    };
   }
 
   return { app, store, sessions, close: () => store.close() };
@@ -208,6 +278,7 @@ export async function createApp(options: DevicesAppOptions): Promise<DevicesApp>
 const NOTICES: Record<string, (query: Request["query"]) => string> = {
   revoked: () => "Revoked: that device is signed out (on its next request).",
   missing: () => "That session had already ended.",
+  confirmed: () => "Password confirmed: you can now log out other devices or create an API token.",
   others: (q) => {
     const n = Number.parseInt(String(q.count), 10) || 0;
     return n === 0 ? "There were no other sessions to end." : `Ended ${n} other session${n === 1 ? "" : "s"}.`;
@@ -237,6 +308,13 @@ function checkCsrf(req: Request, res: Response, next: NextFunction): void {
     .status(403)
     .type("html")
     .send(messagePage({ user: req.user as User | undefined, csrf: csrfToken(req) }, "Form expired", html`This form expired or did not come from this site. <a href="${back}">Reload it</a> and try again.`));
+}
+
+/** `value` if it is a path on this site ("/devices?done=confirmed"), else /devices: never a redirect elsewhere. */
+function localPath(value: unknown): string {
+  if (typeof value !== "string" || !value.startsWith("/")) return "/devices";
+  const url = new URL(value, "http://localhost"); // "//host" and "/\\host" resolve to another origin
+  return url.origin === "http://localhost" ? url.pathname + url.search : "/devices";
 }
 
 function normalizeEmail(value: unknown): string {

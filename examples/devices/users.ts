@@ -1,7 +1,8 @@
-// The example's own table: users (email + scrypt password hash). Created with `create table if not exists` at startup to keep the example self-contained; in
+// The example's own tables: users (email + scrypt password hash) and sign-in notices ("New sign-in from
+// Firefox on Linux"). Created with `create table if not exists` at startup to keep the example self-contained; in
 // your app they belong in your drizzle schema and migrations, next to `export { sessions } from "connect-drizzle"`.
 import { randomBytes, randomUUID, scrypt, timingSafeEqual, type BinaryLike } from "node:crypto";
-import { eq, sql } from "drizzle-orm";
+import { and, desc, eq, isNull, sql } from "drizzle-orm";
 import { pgTable, text, timestamp } from "drizzle-orm/pg-core";
 import type { AnyPgDatabase } from "connect-drizzle";
 
@@ -12,10 +13,24 @@ export const users = pgTable("users", {
   createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
 });
 
+/** One sign-in of a user from a device none of their sessions used before, until they dismiss it. */
+export const signInNotices = pgTable("sign_in_notices", {
+  id: text("id").primaryKey(),
+  userId: text("user_id").notNull().references(() => users.id, { onDelete: "cascade" }),
+  /** The handle of the session that signed in (as `store.list` shows it), never its id. */
+  sessionHandle: text("session_handle").notNull(),
+  device: text("device"),
+  ip: text("ip"),
+  createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
+  dismissedAt: timestamp("dismissed_at", { withTimezone: true }),
+});
+
 export interface User {
   id: string;
   email: string;
 }
+
+export type SignInNotice = Pick<typeof signInNotices.$inferSelect, "id" | "sessionHandle" | "device" | "ip" | "createdAt">;
 
 export async function createTables(db: AnyPgDatabase): Promise<void> {
   await db.execute(sql`create table if not exists users (
@@ -24,6 +39,16 @@ export async function createTables(db: AnyPgDatabase): Promise<void> {
     password_hash text not null,
     created_at timestamptz not null default now()
   )`);
+  await db.execute(sql`create table if not exists sign_in_notices (
+    id text primary key,
+    user_id text not null references users (id) on delete cascade,
+    session_handle text not null,
+    device text,
+    ip text,
+    created_at timestamptz not null default now(),
+    dismissed_at timestamptz
+  )`);
+  await db.execute(sql`create index if not exists sign_in_notices_unread on sign_in_notices (user_id, created_at) where dismissed_at is null`);
 }
 
 export class EmailTakenError extends Error {}
@@ -49,6 +74,30 @@ export async function verifyUser(db: AnyPgDatabase, email: string, password: str
 export async function findUser(db: AnyPgDatabase, id: string): Promise<User | null> {
   const [row] = await db.select({ id: users.id, email: users.email }).from(users).where(eq(users.id, id));
   return row ?? null;
+}
+
+export async function addSignInNotice(db: AnyPgDatabase, notice: { userId: string; sessionHandle: string; device: string | null; ip: string | null }): Promise<void> {
+  await db.insert(signInNotices).values({ id: randomUUID(), ...notice });
+}
+
+/** The user's notices not yet dismissed, newest first. */
+export async function unreadSignInNotices(db: AnyPgDatabase, userId: string, limit = 10): Promise<SignInNotice[]> {
+  return db
+    .select({ id: signInNotices.id, sessionHandle: signInNotices.sessionHandle, device: signInNotices.device, ip: signInNotices.ip, createdAt: signInNotices.createdAt })
+    .from(signInNotices)
+    .where(and(eq(signInNotices.userId, userId), isNull(signInNotices.dismissedAt)))
+    .orderBy(desc(signInNotices.createdAt))
+    .limit(limit);
+}
+
+/** Dismisses one of this user's notices; another user's id (or an unknown one) changes nothing. */
+export async function dismissSignInNotice(db: AnyPgDatabase, userId: string, id: string): Promise<boolean> {
+  const rows = await db
+    .update(signInNotices)
+    .set({ dismissedAt: sql`now()` })
+    .where(and(eq(signInNotices.id, id), eq(signInNotices.userId, userId), isNull(signInNotices.dismissedAt)))
+    .returning({ id: signInNotices.id });
+  return rows.length > 0;
 }
 
 // Passwords: scrypt with a random salt, stored as "scrypt$<salt>$<hash>" (hex).

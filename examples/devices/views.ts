@@ -1,7 +1,7 @@
 // Server-rendered HTML with template strings. `html` escapes every interpolated value unless it is
 // itself `html` output, so user-controlled text (emails, user agents, token labels) can never inject markup.
 import type { SessionRecord } from "connect-drizzle";
-import type { User } from "./users.js";
+import type { SignInNotice, User } from "./users.js";
 
 export class Html {
   constructor(readonly text: string) {}
@@ -54,6 +54,9 @@ const STYLE = `
   label { display: block; margin-bottom: 12px; font-weight: 600; font-size: 14px; }
   .row { display: flex; gap: 10px; align-items: center; flex-wrap: wrap; }
   .narrow { max-width: 380px; margin: 48px auto; }
+  .signin { display: flex; gap: 12px; align-items: center; justify-content: space-between; padding: 8px 0; border-bottom: 1px solid #eaeef2; }
+  .signin:last-child { border-bottom: 0; }
+  .signin form { margin: 0; }
   .notice { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px; padding: 10px 14px; margin-bottom: 16px; }
   .error { background: #ffebe9; border: 1px solid #ff8182; border-radius: 6px; padding: 10px 14px; margin-bottom: 16px; }
   code.token { display: block; word-break: break-all; background: #f6f8fa; border: 1px solid #d0d7de; padding: 8px; border-radius: 6px; margin: 8px 0; font-size: 13px; }
@@ -123,6 +126,12 @@ export interface DevicesView {
   active: SessionRecord[];
   ended: SessionRecord[];
   labels: Map<string, string>;
+  /** Sign-ins from new devices, not yet dismissed (this device's own left out). */
+  signIns: SignInNotice[];
+  /** When this device signed in or last confirmed the password. */
+  signedInAt: Date | null;
+  /** How recent that must be for the sensitive actions. */
+  recentLoginMaxAge: number;
   /** A token just created: shown once, never stored in plain. */
   newToken?: { token: string; label: string; apiUrl: string };
   notice?: string;
@@ -138,7 +147,7 @@ export function devicesPage(ctx: PageContext, view: DevicesView): string {
     return html`<tr data-handle="${s.handle}"${s.current ? html` data-current` : ""}>
       <td>${deviceCell(s, label)}</td>
       <td>${displayIp(s.ip)}</td>
-      <td>${time(s.createdAt)}</td>
+      <td>${time(s.authenticatedAt ?? s.createdAt)}</td>
       <td>${time(s.lastSeenAt)}</td>
       <td>${
         s.current
@@ -154,16 +163,37 @@ export function devicesPage(ctx: PageContext, view: DevicesView): string {
       (s) => html`<tr>
       <td>${deviceCell(s, view.labels.get(s.handle))}</td>
       <td>${displayIp(s.ip)}</td>
-      <td>${time(s.createdAt)}</td>
+      <td>${time(s.authenticatedAt ?? s.createdAt)}</td>
       <td>${s.endedAt ? time(s.endedAt) : "–"}</td>
       <td><span class="tag ended">${REASONS[s.endReason ?? ""] ?? s.endReason ?? "Ended"}</span></td>
     </tr>`,
     );
+  const live = new Set(view.active.map((s) => s.handle));
+  const signIns = view.signIns.map(
+    (n) => html`<div class="signin" data-notice="${n.id}">
+      <div><strong>New sign-in from ${n.device ?? "an unknown device"}${n.ip === null ? "" : ` (${displayIp(n.ip)})`}</strong> <span class="muted">${time(n.createdAt)}</span>
+        <div class="muted">${live.has(n.sessionHandle) ? "Still signed in. Not you? Revoke it below and change your password." : "That session has ended since."}</div></div>
+      <form method="post" action="/devices/dismiss">${hidden}<input type="hidden" name="notice" value="${n.id}"><button>Dismiss</button></form>
+    </div>`,
+  );
+  const recent = view.signedInAt !== null && view.signedInAt.getTime() >= Date.now() - view.recentLoginMaxAge;
+  const signedIn = view.signedInAt === null ? "" : html`You signed in on this device ${time(view.signedInAt)}. `;
+  const ask = recent
+    ? `Logging out other devices and creating an API token ask for your password again once that is over ${duration(view.recentLoginMaxAge)} ago.`
+    : "Logging out other devices and creating an API token will ask for your password first.";
   return layout(
     "Your devices",
     ctx,
     html`<h1>Your devices</h1>
 ${view.notice ? html`<div class="notice" role="status">${view.notice}</div>` : ""}
+${
+  signIns.length === 0
+    ? ""
+    : html`<section id="sign-ins" aria-label="New sign-ins" class="notice">
+  <h2>New sign-ins</h2>
+  ${signIns}
+</section>`
+}
 ${
   view.newToken
     ? html`<div class="notice" id="new-token"><strong>API token “${view.newToken.label}” created.</strong> Copy it now: it is shown only once.
@@ -181,6 +211,7 @@ ${
   <div class="row" style="margin-top:12px">
     <form method="post" action="/devices/logout-others">${hidden}<button class="danger"${others === 0 ? html` disabled` : ""}>Log out other devices</button></form>
   </div>
+  <p class="muted" data-testid="signed-in">${signedIn}${ask}</p>
 </section>
 <section id="token">
   <h2>Create an API token</h2>
@@ -204,6 +235,25 @@ ${
   );
 }
 
+export function confirmPage(ctx: PageContext, options: { next: string; error?: string }): string {
+  return layout(
+    "Confirm your password",
+    ctx,
+    html`<section class="narrow">
+  <h1>Confirm your password</h1>
+  <p>You signed in a while ago. To log out other devices or create an API token, enter your password again.</p>
+  ${options.error ? html`<div class="error" role="alert">${options.error}</div>` : ""}
+  <form method="post" action="/confirm">
+    <input type="hidden" name="_csrf" value="${ctx.csrf}">
+    <input type="hidden" name="next" value="${options.next}">
+    <label>Password <input type="password" name="password" required autocomplete="current-password" autofocus></label>
+    <button class="primary" type="submit">Confirm</button>
+  </form>
+  <p class="muted"><a href="/devices">Cancel</a></p>
+</section>`,
+  );
+}
+
 export function messagePage(ctx: PageContext, title: string, message: Html | string): string {
   return layout(title, ctx, html`<section class="narrow"><h1>${title}</h1><p>${message}</p></section>`);
 }
@@ -213,6 +263,7 @@ const REASONS: Record<string, string> = {
   revoked: "Revoked",
   rotated: "Signed in again",
   expired: "Expired",
+  evicted: "Signed out: too many devices",
 };
 
 function deviceCell(s: SessionRecord, label: string | undefined): Html {
@@ -232,6 +283,13 @@ function displayIp(ip: string | null): string {
 function time(date: Date): Html {
   const iso = date.toISOString();
   return html`<time datetime="${iso}" title="${iso.replace("T", " ").slice(0, 19)} UTC">${ago(date)}</time>`;
+}
+
+/** "10 minutes", "1 hour": a duration in ms, rounded to its largest unit. */
+function duration(ms: number): string {
+  const [unit, size] = ms >= 3_600_000 ? ["hour", 3_600_000] as const : ms >= 60_000 ? ["minute", 60_000] as const : ["second", 1000] as const;
+  const n = Math.max(1, Math.round(ms / size));
+  return `${n} ${unit}${n === 1 ? "" : "s"}`;
 }
 
 function ago(date: Date): string {

@@ -1,16 +1,17 @@
-// The devices example (examples/devices) in a real headless Chromium: sign up, two devices, revoke one,
-// API tokens by header, log out other devices. Run with `npm run test:browser` (needs /usr/bin/chromium,
+// The devices example (examples/devices) in a real headless Chromium: sign up, two devices, the new
+// sign-in notice, revoke one, API tokens by header, log out other devices, the password prompt of an old sign-in. Run with `npm run test:browser` (needs /usr/bin/chromium,
 // or CHROMIUM_PATH). Screenshots go to test-output/; UPDATE_SCREENSHOT=1 also writes docs/devices.png.
 import { existsSync, mkdirSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { fileURLToPath } from "node:url";
 import { PGlite } from "@electric-sql/pglite";
+import { sql } from "drizzle-orm";
 import { drizzle } from "drizzle-orm/pglite";
 import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { createApp, type DevicesApp } from "../../examples/devices/app.js";
-import { migrate } from "../../src/index.js";
+import { migrate, sessions } from "../../src/index.js";
 
 const root = fileURLToPath(new URL("../../", import.meta.url));
 const outDir = `${root}test-output`;
@@ -28,6 +29,7 @@ const EMAIL = "ada@example.com";
 const PASSWORD = "correct horse battery staple";
 
 let pglite: PGlite | undefined;
+let db: ReturnType<typeof drizzle> | undefined;
 let devices: DevicesApp | undefined;
 let server: Server | undefined;
 let browser: Browser | undefined;
@@ -37,7 +39,7 @@ beforeAll(async () => {
   if (!haveBrowser) return;
   mkdirSync(outDir, { recursive: true });
   pglite = new PGlite(); // in memory: a fresh database on every run
-  const db = drizzle({ client: pglite });
+  db = drizzle({ client: pglite });
   await migrate(db);
   devices = await createApp({ db, secret: "browser test secret" });
   server = createServer(devices.app);
@@ -77,6 +79,11 @@ async function logIn(page: Page): Promise<void> {
   await page.getByLabel("Password").fill(PASSWORD);
   await page.getByRole("button", { name: "Log in" }).click();
   await page.waitForURL(`${base}/devices`);
+}
+
+/** Moves every session's sign-in `ms` into the past, as if that time had passed. */
+async function ageSignIns(ms: number): Promise<void> {
+  await db!.update(sessions).set({ authenticatedAt: sql`${sessions.authenticatedAt} - ${ms} * interval '1 millisecond'` });
 }
 
 const rows = (page: Page) => page.locator("#active tbody tr");
@@ -128,6 +135,24 @@ describe.runIf(haveBrowser)("devices example in Chromium", () => {
     expect(await other.textContent()).toContain("Safari on iOS");
     expect(await other.textContent()).toContain("127.0.0.1");
     await laptop.screenshot({ path: `${outDir}/devices-two.png`, fullPage: true });
+  });
+
+  test("the phone's sign-in shows on the laptop as a new sign-in, and Dismiss removes it", async () => {
+    const signIns = laptop.locator("#sign-ins .signin");
+    // The notice is written by the store's newDevice listener, as the phone's login saves its session.
+    await expect.poll(async () => (await laptop.reload(), signIns.count())).toBe(1);
+    expect(await signIns.textContent()).toContain("New sign-in from Safari on iOS (127.0.0.1)");
+    expect(await signIns.textContent()).toContain("Still signed in");
+    // Not on the phone, whose own sign-in it is; and the laptop's sign-up made none.
+    await phone.reload();
+    expect(await phone.locator("#sign-ins").count()).toBe(0);
+    await laptop.screenshot({ path: `${outDir}/devices-new-sign-in.png`, fullPage: true });
+
+    await signIns.getByRole("button", { name: "Dismiss" }).click();
+    await expect.poll(() => laptop.locator("#sign-ins").count()).toBe(0);
+    await laptop.reload();
+    expect(await laptop.locator("#sign-ins").count()).toBe(0);
+    expect(await rows(laptop).count()).toBe(2); // dismissing ends nothing
   });
 
   test("revoking the phone sends it to the login page on its next click", async () => {
@@ -231,6 +256,46 @@ describe.runIf(haveBrowser)("devices example in Chromium", () => {
     // A post without the session's CSRF token (what a forged cross-site form would send) does nothing.
     const forged = await laptop.request.post(`${base}/devices/logout-others`, { form: { _csrf: "nope" }, maxRedirects: 0 });
     expect(forged.status()).toBe(403);
+  });
+});
+
+describe.runIf(haveBrowser)("devices example in Chromium: an old sign-in", () => {
+  test("asks for the password before logging out other devices or creating a token: a wrong one is refused, the right one lets it through", async () => {
+    const laptop = (await device(UA.laptop)).page;
+    await logIn(laptop);
+    const phone = (await device(UA.phone)).page;
+    await logIn(phone);
+    await ageSignIns(11 * 60_000); // past recentLoginMaxAge (10 minutes)
+    await laptop.reload();
+    const others = await rows(laptop).count();
+    expect(others).toBeGreaterThanOrEqual(2);
+    expect(await laptop.getByTestId("signed-in").textContent()).toContain("will ask for your password first");
+
+    await laptop.getByRole("button", { name: "Log out other devices" }).click();
+    await laptop.waitForURL(/\/confirm\?next=/);
+    expect(await laptop.getByRole("heading", { name: "Confirm your password" }).count()).toBe(1);
+    await laptop.screenshot({ path: `${outDir}/devices-confirm.png`, fullPage: true });
+    await laptop.getByLabel("Password").fill("not my password");
+    await laptop.getByRole("button", { name: "Confirm" }).click();
+    expect(await laptop.getByRole("alert").textContent()).toContain("Wrong password");
+
+    // Still old: creating a token asks too, and nothing was ended so far.
+    await laptop.goto(`${base}/devices`);
+    await laptop.getByRole("button", { name: "Create API token" }).click();
+    await laptop.waitForURL(/\/confirm\?next=/);
+    await laptop.getByLabel("Password").fill(PASSWORD);
+    await laptop.getByRole("button", { name: "Confirm" }).click();
+    await laptop.waitForURL(/\/devices\?done=confirmed$/);
+    expect(await laptop.getByRole("status").textContent()).toContain("Password confirmed");
+    expect(await rows(laptop).count()).toBe(others);
+    expect(await laptop.getByTestId("signed-in").textContent()).toContain("You signed in on this device just now");
+
+    await laptop.getByRole("button", { name: "Log out other devices" }).click();
+    await laptop.waitForURL(/done=others/);
+    expect(await rows(laptop).count()).toBe(1);
+    await phone.getByRole("link", { name: "Counter" }).click();
+    await phone.waitForURL(`${base}/login`);
+    expect(await newToken(laptop, "After confirming")).toMatch(/^[\w-]+\.[\w+/-]+$/);
   });
 });
 
