@@ -164,6 +164,16 @@ describe.each(drivers)("saves merge by top-level key on %s (two tabs, one sessio
     expect(await tabs.read(cookie)).toEqual({ theme: "dark" });
   });
 
+  it("a sign-out by deleting the user from the session stays signed out while another tab, which read the user, saves a change of its own", async () => {
+    const tabs = tabsApp(store);
+    const login = await request(tabs.app).post("/login").send({ username: "ann", password: "pw" });
+    const cookie = cookieOf(login)!;
+    expect((await request(tabs.app).get("/me").set("Cookie", cookie)).status).toBe(200);
+    await tabs.twoTabs(cookie, { remove: ["passport"] }, { set: { cart: ["book"] } });
+    expect(await tabs.read(cookie)).toEqual({ cart: ["book"] });
+    expect((await request(tabs.app).get("/me").set("Cookie", cookie)).status).toBe(401);
+  });
+
   it("20 concurrent requests on one session, each setting its own key, all keep their key", async () => {
     const tabs = tabsApp(store);
     const cookie = await tabs.browser({ seed: 1 });
