@@ -85,6 +85,8 @@ export interface SessionChanges {
   removed: string[];
   /** Whether nothing changed but the cookie's expiry: then only a stale expiry or a new device is worth a write. */
   unchanged: boolean;
+  /** What the request read, parsed (its owner decides whether this save signs a user in). */
+  before: Record<string, unknown>;
 }
 
 /**
@@ -108,7 +110,7 @@ export function changesOf(stored: string, next: string): SessionChanges | undefi
     if (!same) unchanged = false;
   }
   const removed = Object.keys(before).filter((key) => !Object.hasOwn(after, key));
-  return { patch, removed, unchanged: unchanged && removed.length === 0 };
+  return { patch, removed, unchanged: unchanged && removed.length === 0, before };
 }
 
 function asObject(value: unknown): Record<string, unknown> | undefined {

@@ -598,7 +598,7 @@ export class SessionStore extends Store {
     const merged = this.options.merge && changes !== undefined && !loaded?.reseal;
     const userId = this.userIdOf(session);
     // The login write: the session gains a user (a new session with one, or one whose user changed).
-    const login = userId !== null && (loaded === undefined || userId !== this.ownerRead(loaded)) ? this.loginWrite(ip) : undefined;
+    const login = userId !== null && (loaded === undefined || userId !== this.ownerRead(loaded, changes?.before)) ? this.loginWrite(ip) : undefined;
     const values = keyValues(keys, {
       // Only an insert gives the row a handle.
       handle: loaded ? undefined : newHandle(),
@@ -619,7 +619,7 @@ export class SessionStore extends Store {
     if (loaded) {
       const shape = merged ? this.sql.saveMerged(this.cache !== undefined, login) : this.sql.saveLoaded(guarded, login);
       [written] = await this.saveRows<Saved>(shape, values, login);
-    }    else {
+    } else {
       // A plain insert of a session with a user is a login too (authenticated now), with nothing else to do.
       const extras = login && (login.cap !== undefined || login.devices) ? login : undefined;
       const [inserted] = await this.saveRows<{ key: string } & LoginRow>(this.sql.insert(keys.length, extras), values, extras);
@@ -695,9 +695,12 @@ export class SessionStore extends Store {
     if (this.options.broadcast) void this.exec.query(this.sql.announceEvent("newDevice", session)).catch((error) => this.report(databaseError(error, this.sql.tableName, "broadcast newDevice")));
   }
 
-  /** The owner of the session a request read (or last saved), as the `user_id` column holds it. */
-  private ownerRead(loaded: Loaded): string | null {
-    return this.userIdOf(JSON.parse(loaded.text) as SessionData);
+  /**
+   * The owner of the session a request read (or last saved), as the `user_id` column holds it; `read` is
+   * its text already parsed, when the caller has it (a save's changesOf), so it is not parsed twice.
+   */
+  private ownerRead(loaded: Loaded, read?: Record<string, unknown>): string | null {
+    return this.userIdOf((read ?? JSON.parse(loaded.text)) as SessionData);
   }
 
   /**
