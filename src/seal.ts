@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, createHmac, createSecretKey, hkdfSync, type KeyObject } from "node:crypto";
+import { createCipheriv, createDecipheriv, createHmac, createSecretKey, hkdfSync, timingSafeEqual, type KeyObject } from "node:crypto";
 import { randomInto } from "./hash.js";
 
 /** `encrypt` with its defaults applied (see {@link EncryptOptions} in options.ts). */
@@ -7,13 +7,34 @@ export interface SealSettings {
   acceptPlaintext: boolean;
 }
 
-/** A row's data opened: the session object, its plain JSON text, and whether a save would store it as it is. */
+/** A row's data opened: the session object, its plain JSON text, and what a save must re-seal. */
 export interface Opened {
   value: Record<string, unknown>;
   text: string;
-  /** Every entry sealed under the first secret and none in plaintext (see {@link Sealer.current}). */
-  current: boolean;
+  /**
+   * The entries not stored as a save would store them now: sealed under an older secret, or in plaintext
+   * (with `acceptPlaintext`). Empty when the row is current (its cookie tag included).
+   */
+  stale: StaleEntry[];
+  /** Whether the cookie's tag is missing or under an older secret (rewritten by the next write of the cookie). */
+  staleTag: boolean;
 }
+
+/**
+ * An entry of a row that is not as a save would store it now: its stored name and value as read, the
+ * session key it holds, and, when it is the entry the session was read from (not shadowed by a newer one
+ * of the same key), that value's JSON, to be sealed again under the first secret. A re-seal replaces the
+ * entry only while the row still holds it exactly as read, so it never writes anything but the row as it is.
+ */
+export interface StaleEntry {
+  name: string;
+  stored: unknown;
+  key: string;
+  json?: string;
+}
+
+/** The name of the entry that authenticates the cookie (sealed entries' names are `~` and 22 characters). */
+export const COOKIE_TAG = "~cookie";
 
 /** The keys of one secret, from HKDF-SHA-256 with an info string of its own for each. */
 interface Keys {
@@ -23,6 +44,8 @@ interface Keys {
   name: Buffer;
   /** A short public id of the secret, in front of each value it sealed. */
   kid: string;
+  /** HMAC-SHA-256 key of the cookie's tag. */
+  cookie: Buffer;
 }
 
 const IV = 12;
@@ -39,6 +62,11 @@ const NAMES_KEPT = 10_000;
  * - value: `<kid>.<base64url(iv | ciphertext | tag)>`, AES-256-GCM of the JSON of `[K, value]`, with the
  *   row key, a NUL and the name as additional data, so an entry cannot be moved to another row or name.
  *
+ * The cookie itself is authenticated by a tag of its own ({@link COOKIE_TAG}): an HMAC of the row key and
+ * every field of the cookie but `expires` (extend rewrites it in SQL; the expiry columns, which a table
+ * writer controls as much, decide when the session ends), so a table writer cannot strip HttpOnly or
+ * Secure, or widen Domain, in the next Set-Cookie.
+ *
  * The first secret seals; every secret opens (its `kid` says which).
  */
 export class Sealer {
@@ -51,6 +79,7 @@ export class Sealer {
       data: createSecretKey(derive(secret, "data", 32)),
       name: derive(secret, "name", 32),
       kid: derive(secret, "kid", 6).toString("base64url"),
+      cookie: derive(secret, "cookie", 32),
     }));
     // A secret listed twice keeps its first place.
     this.keys.forEach((keys, i) => this.byKid.has(keys.kid) || this.byKid.set(keys.kid, i));
@@ -66,6 +95,7 @@ export class Sealer {
       const value = (data as Record<string, unknown>)[key];
       if (key === "cookie") {
         stored.cookie = value;
+        if (value !== null && typeof value === "object") stored[COOKIE_TAG] = this.cookieTag(rowKey, value);
         continue;
       }
       const json = JSON.stringify(value);
@@ -102,7 +132,33 @@ export class Sealer {
    */
   current(stored: object): boolean {
     const prefix = `${this.keys[0]!.kid}.`;
-    return Object.entries(stored).every(([name, value]) => name === "cookie" || (name.startsWith("~") && typeof value === "string" && value.startsWith(prefix)));
+    const tagged = typeof (stored as Record<string, unknown>)[COOKIE_TAG] === "string";
+    return tagged && Object.entries(stored).every(([name, value]) => name === "cookie" || (name.startsWith("~") && typeof value === "string" && value.startsWith(prefix)));
+  }
+
+  /**
+   * The tag of a cookie in the row `rowKey`, under the first secret: `<kid>.<base64url(HMAC)>` of the row
+   * key and the cookie's fields but `expires`, in a canonical JSON (sorted keys: jsonb reorders them).
+   */
+  cookieTag(rowKey: string, cookie: object, rank = 0): string {
+    const keys = this.keys[rank]!;
+    const fields = { ...(JSON.parse(JSON.stringify(cookie)) as Record<string, unknown>) };
+    delete fields.expires;
+    const mac = createHmac("sha256", keys.cookie).update(`${rowKey}\u0000${canonicalJson(fields)}`, "utf8").digest("base64url");
+    return `${keys.kid}.${mac}`;
+  }
+
+  /**
+   * The items of a re-seal of the row `rowKey` (see Statements' `resealed`): each stale entry, as read,
+   * and what replaces it while the row still holds it so: the same value sealed under the first secret,
+   * or nothing for an entry shadowed by a newer one of its key.
+   */
+  resealItems(rowKey: string, stale: readonly StaleEntry[]): Array<{ old: string; was: unknown; new: string | null; value: string | null }> {
+    return stale.map((entry) => {
+      if (entry.json === undefined) return { old: entry.name, was: entry.stored, new: null, value: null };
+      const name = this.storedNames(entry.key)[0]!;
+      return { old: entry.name, was: entry.stored, new: name, value: this.sealEntry(rowKey, name, `[${JSON.stringify(entry.key)},${entry.json}]`) };
+    });
   }
 
   /**
@@ -119,15 +175,19 @@ export class Sealer {
       }
     }
     if (stored === null || typeof stored !== "object" || Array.isArray(stored)) return "its data is not an object";
-    const sealed = new Map<string, { rank: number; value: unknown; json: string }>();
+    const sealed = new Map<string, { rank: number; value: unknown; json: string; name: string; stored: unknown }>();
     const plain: Array<[string, unknown]> = [];
-    let current = true;
+    const stale: StaleEntry[] = [];
+    let tag: string | undefined;
     for (const [name, entry] of Object.entries(stored)) {
       if (name === "cookie") continue;
+      if (name === COOKIE_TAG) {
+        tag = typeof entry === "string" ? entry : "";
+        continue;
+      }
       if (!name.startsWith("~")) {
         if (!this.settings.acceptPlaintext) return "it holds data in plaintext, not encrypted: a session stored before `encrypt` was on, imported, or written into the database by hand (set `encrypt.acceptPlaintext: true` while such sessions may still be live)";
         plain.push([name, entry]);
-        current = false;
         continue;
       }
       const dot = typeof entry === "string" ? entry.indexOf(".") : -1;
@@ -135,13 +195,18 @@ export class Sealer {
       if (rank === undefined) return "an entry is sealed under a secret that is not in `encrypt.secrets` (keep an old secret listed until the sessions it sealed have expired)";
       const opened = this.openEntry(rowKey, name, (entry as string).slice(dot + 1), rank);
       if (opened === undefined) return "an entry fails authentication: altered, or copied from another row or another entry";
-      if (rank > 0) current = false;
       const seen = sealed.get(opened.key);
-      if (!seen || rank < seen.rank) sealed.set(opened.key, { rank, value: opened.value, json: opened.json });
+      const next = { rank, value: opened.value, json: opened.json, name, stored: entry };
+      if (!seen || rank < seen.rank) {
+        if (seen && seen.rank > 0) stale.push({ name: seen.name, stored: seen.stored, key: opened.key });
+        sealed.set(opened.key, next);
+      } else if (rank > 0) stale.push({ name, stored: entry, key: opened.key });
     }
+    const cookie = (stored as Record<string, unknown>).cookie;
+    const staleTag = this.checkTag(rowKey, cookie, tag);
+    if (typeof staleTag === "string") return staleTag;
     const value: Record<string, unknown> = {};
     const parts: string[] = [];
-    const cookie = (stored as Record<string, unknown>).cookie;
     if (cookie !== undefined) {
       value.cookie = cookie;
       parts.push(`"cookie":${JSON.stringify(cookie)}`);
@@ -149,14 +214,34 @@ export class Sealer {
     for (const [key, entry] of sealed) {
       define(value, key, entry.value);
       parts.push(`${JSON.stringify(key)}:${entry.json}`);
+      if (entry.rank > 0) stale.push({ name: entry.name, stored: entry.stored, key, json: entry.json });
     }
     // A sealed entry wins over a plaintext one of the same key (the changeover: see acceptPlaintext).
     for (const [key, entry] of plain) {
-      if (sealed.has(key)) continue;
+      const json = JSON.stringify(entry);
+      if (sealed.has(key)) {
+        stale.push({ name: key, stored: entry, key });
+        continue;
+      }
       define(value, key, entry);
-      parts.push(`${JSON.stringify(key)}:${JSON.stringify(entry)}`);
+      parts.push(`${JSON.stringify(key)}:${json}`);
+      stale.push({ name: key, stored: entry, key, json });
     }
-    return { value, text: `{${parts.join(",")}}`, current };
+    return { value, text: `{${parts.join(",")}}`, stale, staleTag };
+  }
+
+  /**
+   * Checks a row's cookie tag: whether it is stale (under an older secret, or missing from a row that
+   * `acceptPlaintext` lets in), or why the row must not be read (a tag that does not authenticate).
+   */
+  private checkTag(rowKey: string, cookie: unknown, tag: string | undefined): boolean | string {
+    if (tag === undefined) {
+      return this.settings.acceptPlaintext ? true : "its cookie carries no tag: written into the database by hand, or by a version without cookie authentication (set `encrypt.acceptPlaintext: true` while such sessions may still be live)";
+    }
+    const dot = tag.indexOf(".");
+    const rank = dot < 0 ? undefined : this.byKid.get(tag.slice(0, dot));
+    const authentic = rank !== undefined && cookie !== null && typeof cookie === "object" && safeEqual(tag, this.cookieTag(rowKey, cookie, rank));
+    return authentic ? rank > 0 : "its cookie fails authentication: altered (HttpOnly, Secure, Domain, ...), or copied from another row";
   }
 
   private sealEntry(rowKey: string, name: string, plaintext: string): string {
@@ -191,6 +276,23 @@ export class Sealer {
     const quoted = JSON.stringify(key);
     return { key, value, json: plaintext.slice(quoted.length + 2, -1) };
   }
+}
+
+/** JSON with every object's keys sorted, so that a value reads back the same from jsonb, which reorders keys. */
+function canonicalJson(value: unknown): string {
+  if (value === null || typeof value !== "object") return JSON.stringify(value) ?? "null";
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
+  const entries = Object.keys(value)
+    .filter((key) => (value as Record<string, unknown>)[key] !== undefined)
+    .sort()
+    .map((key) => `${JSON.stringify(key)}:${canonicalJson((value as Record<string, unknown>)[key])}`);
+  return `{${entries.join(",")}}`;
+}
+
+function safeEqual(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
 }
 
 function derive(secret: string, use: string, length: number): Buffer {

@@ -3,6 +3,7 @@ import { sql, type SQL } from "drizzle-orm";
 import { getTableConfig } from "drizzle-orm/pg-core";
 import { lifetime, millis, NOW } from "./clock.js";
 import { Shape } from "./driver.js";
+import { COOKIE_TAG } from "./seal.js";
 import type { SessionTable } from "./schema.js";
 
 /**
@@ -51,6 +52,9 @@ export interface LoginRow {
 /** How far back the `newDevice` check looks for the user's rows from the same device, and how many it reads. */
 const DEVICE_WINDOW = "30 days";
 const DEVICE_ROWS = 50;
+
+/** Up to how many names a merged save removes keys with jsonb's own `-` (see Statements' withoutKeys). */
+const FEW_NAMES = 16;
 
 /** A session's row as the lookup returns it (`key` only for several keys, `version` only with `versioned`). */
 export type SessionRow = { key?: string; data: string; version?: number; ua: string | null; ip: string | null } & ExpiryRow;
@@ -177,15 +181,42 @@ export class Statements {
    * so two requests that change different keys of one session both keep their change. `withData` returns
    * the row's merged data (`data`) for the read cache, which must hold what the row holds.
    */
-  saveMerged(withData: boolean, login?: LoginWrite): Shape {
-    return this.shape(`save:merged:${withData}${loginKey(login)}`, (v) => {
+  saveMerged(withData: boolean, login?: LoginWrite, reseal = false): Shape {
+    return this.shape(`save:merged:${withData}:${reseal}${loginKey(login)}`, (v) => {
       const t = this.t;
-      const removed = sql`array(select jsonb_array_elements_text(${v("removed")}::text::jsonb))`;
-      const data = sql`(${t.data} - ${removed}) || ${v("patch")}::text::jsonb`;
+      const merged = sql`${this.withoutKeys(sql`${t.data}`, v("removed"))} || ${v("patch")}::text::jsonb`;
+      const data = reseal ? this.resealed(merged, v("reseal")) : merged;
       const returned = withData ? sql`, ${t.data}::text as data` : sql``;
       return this.loadedUpdate(v, this.changes(v, data), sql`
         and jsonb_typeof(${t.data}) = 'object'`, sql`${this.saved()}${returned}`, login);
     });
+  }
+
+  /**
+   * `data` without the top-level keys named in `names` (a JSON array parameter). jsonb's own `-` compares
+   * every key with every name, so a save that removes many keys of a large session would cost their
+   * product: past a few names, the keys left are gathered through a hashed lookup instead, in time linear
+   * in the session's size.
+   */
+  private withoutKeys(data: SQL, names: SQL): SQL {
+    const list = sql`jsonb_array_elements_text(${names}::text::jsonb)`;
+    return sql`(case when jsonb_array_length(${names}::text::jsonb) <= ${sql.raw(String(FEW_NAMES))} then ${data} - array(select ${list})
+      else (select coalesce(jsonb_object_agg(e.key, e.value), '{}'::jsonb) from jsonb_each(${data}) e where e.key not in (select ${list})) end)`;
+  }
+
+  /**
+   * `data` with the entries of `reseal` (a JSON array of `{ old, was, new, value }`: see StaleEntry in
+   * seal.ts) re-sealed: each entry `old` still holding exactly `was` is removed and, when `new` is given,
+   * stored again as `new` = `value`. An entry changed or removed since it was read is left as the row has it.
+   */
+  private resealed(data: SQL, reseal: SQL): SQL {
+    const items = sql`jsonb_to_recordset(${reseal}::text::jsonb) r(old text, was jsonb, new text, value jsonb)`;
+    // One pass over the row's keys (a rotation re-seals every entry of a session: no per-pair comparison).
+    return sql`(select coalesce(jsonb_object_agg(x.k, x.v), '{}'::jsonb) from (select ${data} as b) d, lateral (
+        select e.key as k, e.value as v from jsonb_each(d.b) e where not exists (select 1 from ${items} where r.old = e.key and r.was = e.value)
+        union all
+        select r.new, r.value from ${items} where r.new is not null and d.b -> r.old = r.was and d.b -> r.new is null
+      ) x)`;
   }
 
   /**
@@ -202,7 +233,7 @@ export class Statements {
       // parameter (again), and drizzle-orm 1.0 no longer tells it not to.
       const row = sql`${v("k0")}, ${v("handle")}, ${this.userId(v("userId"))}, ${v("label")}::text, ${v("text")}::text::jsonb,
         least(${lifetime(v("life"))}, ${created}), ${created}, ${NOW}, ${NOW}, ${v("ua")}::text, ${v("ip")}::text,
-        case when ${v("userId")}::text is null then null else ${NOW} end`;
+        case when ${v("userId")}::text is null then null when ${v("carried")}::boolean then ${lifetime(v("authenticated"))} else ${NOW} end`;
       const columns = sql.join(
         [t.key, t.handle, t.userId, t.label, t.data, t.expiresAt, t.absoluteExpiresAt, t.createdAt, t.lastSeenAt, t.userAgent, t.ip, t.authenticatedAt].map(col),
         sql`, `,
@@ -276,13 +307,18 @@ export class Statements {
     });
   }
 
-  /** Renews a live session's expiry and writes its cookie (`cookie`, JSON) and device, nothing else. */
-  touch(n: number): Shape {
-    return this.shape(`touch:${n}`, (v) => {
+  /**
+   * Renews a live session's expiry and writes its cookie (`cookie`, JSON) and device, nothing else. With
+   * `tagged` (`encrypt`), the cookie's tag too (`tags`: a JSON object of each row key's tag).
+   */
+  touch(n: number, tagged = false): Shape {
+    return this.shape(`touch:${n}:${tagged}`, (v) => {
       const t = this.t;
       const absoluteAt = this.absoluteExpiry();
+      const cookie = sql`jsonb_set(${t.data}, '{cookie}', ${v("cookie")}::text::jsonb)`;
+      const data = tagged ? sql`${cookie} || jsonb_build_object(${COOKIE_TAG}::text, ${v("tags")}::text::jsonb -> ${t.key})` : cookie;
       return sql`update ${t} set ${col(t.expiresAt)} = least(${lifetime(v("life"))}, ${absoluteAt}),
-          ${col(t.absoluteExpiresAt)} = ${absoluteAt}, ${col(t.lastSeenAt)} = ${NOW}, ${col(t.data)} = jsonb_set(${t.data}, '{cookie}', ${v("cookie")}::text::jsonb),
+          ${col(t.absoluteExpiresAt)} = ${absoluteAt}, ${col(t.lastSeenAt)} = ${NOW}, ${col(t.data)} = ${data},
           ${col(t.userAgent)} = coalesce(${v("ua")}::text, ${t.userAgent}), ${col(t.ip)} = coalesce(${v("ip")}::text, ${t.ip})
         where ${this.byKeys(keyParams(n, v))} and ${this.live()}
           and jsonb_typeof(${t.data}->'cookie') = 'object' ${this.changed()}, ${this.expiryColumns()}`;
@@ -487,7 +523,11 @@ export class Statements {
     return sql`, pg_notify(${this.eventsChannel}, case when octet_length(${full}) < 8000 then ${full} else json_build_object(${bare})::text end)`;
   }
 
-  /** What a save writes into an existing row: `data` (the whole session sent as `text`, by default), and the columns. */
+  /**
+   * What a save writes into an existing row: `data` (the whole session sent as `text`, by default), and the
+   * columns. A null `userId` or `label` leaves the column as it is (a merged save sends them only when its
+   * request changed them, so that the columns keep naming what the row's data names).
+   */
   private changes(v: (name: string) => SQL, data: SQL = sql`${v("text")}::text::jsonb`): SQL {
     const t = this.t;
     const absoluteAt = this.absoluteExpiry();

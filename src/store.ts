@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { inspect } from "node:util";
 import type { SQL } from "drizzle-orm";
 import { Store, type SessionData } from "express-session";
 import { ReadCache } from "./cache.js";
@@ -12,7 +13,7 @@ import { listen, type Listening } from "./notify.js";
 import { checkOptionKeys, ownerOf, resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
 import { reap, Reaper, type ReapResult } from "./reaper.js";
 import { Records, type EndReason, type ExtendOptions, type RevokeOptions, type SessionQuery, type SessionRecord, type UserId } from "./records.js";
-import { Sealer } from "./seal.js";
+import { Sealer, type StaleEntry } from "./seal.js";
 import { changesOf, isSession, parseSession, serialize } from "./serialize.js";
 import { keyValues, Statements, type EventRow, type ExpiryRow, type LoginRow, type LoginWrite, type SessionRow } from "./statements.js";
 import { isTraced, traced, type TraceDetail } from "./trace.js";
@@ -24,6 +25,16 @@ import { isTraced, traced, type TraceDetail } from "./trace.js";
  * it survives @fastify/session's restore, which spreads the stored cookie into options it keeps.
  */
 const LOADED = Symbol("connect-drizzle.loaded");
+
+/**
+ * On express-session's request, what its `regenerate` gave up: the session's owner and when that user last
+ * authenticated, for the new session the app fills (see SessionStore's carriedSignIn).
+ */
+const ROTATED = Symbol("connect-drizzle.rotated");
+interface Rotated {
+  owner: string;
+  at: number | null;
+}
 
 /** A session's row as read or last written: the skip decisions of touch and set, the version check, the cache. */
 interface Loaded {
@@ -42,10 +53,11 @@ interface Loaded {
   /** The stored data, as plain JSON text (opened, with `encrypt`). */
   text: string;
   /**
-   * With `encrypt`: the row is not stored as a save would write it now (an entry sealed under an older
-   * secret, or in plaintext), so the next save rewrites it whole, changed or not.
+   * With `encrypt`: the row is not stored as a save would write it now (entries sealed under an older
+   * secret, or in plaintext, or its cookie's tag), so the next write re-seals those entries, changed or
+   * not, each only while the row still holds it as read.
    */
-  reseal?: boolean;
+  stale?: readonly StaleEntry[];
   /** The row's version (read only with `versioned`; 0 otherwise). */
   version: number;
   /** The device the row records: a touch is not skipped when the request comes from another one. */
@@ -80,10 +92,29 @@ interface Touch {
   values: Record<string, unknown>;
 }
 
+/**
+ * What is attached to a session under LOADED: its {@link Loaded} state behind a private field, so that no
+ * inspection of the session (console.log, util.inspect with showHidden or without custom inspection)
+ * shows it, and with it the session's id.
+ */
+class Mark {
+  readonly #loaded: Loaded;
+  constructor(loaded: Loaded) {
+    this.#loaded = loaded;
+  }
+  static loaded(mark: unknown): Loaded | undefined {
+    return mark instanceof Mark ? mark.#loaded : undefined;
+  }
+  [inspect.custom](): string {
+    return "[connect-drizzle]";
+  }
+}
+
 function withLoaded<T extends object>(session: T, loaded: Loaded): T {
-  (session as any)[LOADED] = loaded;
+  const mark = new Mark(loaded);
+  (session as any)[LOADED] = mark;
   const cookie = (session as any).cookie;
-  if (cookie !== null && typeof cookie === "object") cookie[LOADED] = loaded;
+  if (cookie !== null && typeof cookie === "object") cookie[LOADED] = mark;
   return session;
 }
 
@@ -98,7 +129,7 @@ function loadedOf(session: SessionData, sid: string): Loaded | undefined {
 
 /** What `get` attached to a session, whichever id it was read under. */
 function loadedIn(session: unknown): Loaded | undefined {
-  return (session as any)?.[LOADED] ?? kept(session, (value) => value[LOADED]);
+  return Mark.loaded((session as any)?.[LOADED]) ?? kept(session, (value) => Mark.loaded(value[LOADED]));
 }
 
 /**
@@ -321,7 +352,7 @@ export class SessionStore extends Store {
     const planned = touch;
     // A row sealed under an older secret (or in plaintext, with `acceptPlaintext`) is rewritten by the
     // first touch that writes, as a save rewrites it: a session that is only ever read is re-sealed too.
-    if (planned.loaded?.reseal) return settle(this.run("touch", () => this.save(sid, session)), callback);
+    if (planned.loaded?.stale) return settle(this.run("touch", () => this.save(sid, session)), callback);
     return settle(this.run("touch", () => this.renew(session, planned)), callback);
   }
 
@@ -364,7 +395,12 @@ export class SessionStore extends Store {
   override regenerate(req: any, callback: (err?: any) => any): void {
     void settle(
       this.run("regenerate", async () => {
-        const reason: EndReason = req.session && this.userIdOf(req.session) !== null ? "rotated" : "logout";
+        const owner = req.session ? this.userIdOf(req.session) : null;
+        const old = req.session ? loadedOf(req.session, req.sessionID) : undefined;
+        // The new session the app fills for the same user carries this one's sign-in (see carriedSignIn).
+        const rotated: Rotated | undefined = owner !== null && old && this.ownerRead(old) === owner ? { owner, at: old.authenticatedAt } : undefined;
+        req[ROTATED] = rotated;
+        const reason: EndReason = owner !== null ? "rotated" : "logout";
         await this.end(req.sessionID, reason);
       }),
       (err) => {
@@ -547,20 +583,22 @@ export class SessionStore extends Store {
       return null;
     }
     const loaded: Loaded = { sid, key, text: opened.text, version: Number(row.version ?? 0), ua: row.ua, ip: row.ip, ...this.localExpiry(row, sent) };
-    if (opened.reseal) loaded.reseal = true;
+    if (opened.stale) loaded.stale = opened.stale;
     this.cache?.put(loaded, since);
     return withLoaded(opened.session, loaded);
   }
 
   /** A row's `data` as a session and its plain JSON text (opened, with `encrypt`), or why it holds none. */
-  private open(key: string, data: string): { session: SessionData; text: string; reseal: boolean } | string {
+  private open(key: string, data: string): { session: SessionData; text: string; stale?: readonly StaleEntry[] } | string {
     if (!this.sealer) {
       const session = parseSession(data);
-      return session ? { session, text: data, reseal: false } : "its data or cookie is malformed";
+      return session ? { session, text: data } : "its data or cookie is malformed";
     }
     const opened = this.sealer.unseal(key, data);
     if (typeof opened === "string") return opened;
-    return isSession(opened.value) ? { session: opened.value, text: opened.text, reseal: !opened.current } : "its cookie is malformed";
+    if (!isSession(opened.value)) return "its cookie is malformed";
+    const stale = opened.stale.length > 0 || opened.staleTag ? opened.stale : undefined;
+    return { session: opened.value, text: opened.text, stale };
   }
 
   /** What a save writes into the `data` of the row `key`: the session's JSON text, or with `encrypt` its sealed form. */
@@ -573,7 +611,7 @@ export class SessionStore extends Store {
    * never serialized), so this request's own touch and save compare against what this request read.
    */
   override createSession(req: any, data: SessionData): any {
-    const loaded: Loaded | undefined = (data as any)?.[LOADED];
+    const loaded = Mark.loaded((data as any)?.[LOADED]);
     const session = super.createSession(req, data);
     return loaded ? withLoaded(session, loaded) : session;
   }
@@ -589,35 +627,47 @@ export class SessionStore extends Store {
     const loaded = loadedOf(session, sid);
     // What this request changed over what it read: whether to write at all, and with `merge` what to write.
     const changes = loaded ? changesOf(loaded.text, text) : undefined;
+    // A save that changed nothing is a touch (never a write of this request's view over another's change),
+    // unless the row must be re-sealed (`encrypt`): then a merged save of the cookie alone does it.
+    if (loaded && changes?.unchanged && !loaded.stale) {
+      const touch = this.planTouch(sid, session);
+      if (touch) await this.renew(session, touch);
+      return;
+    }
     const { ua, ip } = requestMetadata(session);
-    if (loaded && !loaded.reseal && sameDevice(loaded, ua, ip) && this.fresh(loaded, target, now) && changes?.unchanged) return;
-
     const keys = loaded ? [loaded.key] : this.keysOf(sid);
-    const guarded = this.options.versioned && loaded !== undefined;
-    // A row not sealed as a save would seal it now (`encrypt`: an older secret, or plaintext) is rewritten whole.
-    const merged = this.options.merge && changes !== undefined && !loaded?.reseal;
+    const guarded = this.options.versioned && loaded !== undefined && !changes?.unchanged;
+    const merged = changes !== undefined && (this.options.merge || changes.unchanged);
     const userId = this.userIdOf(session);
+    const label = this.labelOf(session);
+    const ownerChanged = loaded === undefined || userId !== this.ownerRead(loaded, changes?.before);
+    // A session id rotated away from another that keeps its user is not a sign-in: it keeps the old time.
+    const carried = loaded === undefined && userId !== null ? this.carriedSignIn(session, userId) : undefined;
     // The login write: the session gains a user (a new session with one, or one whose user changed).
-    const login = userId !== null && (loaded === undefined || userId !== this.ownerRead(loaded, changes?.before)) ? this.loginWrite(ip) : undefined;
+    const login = userId !== null && ownerChanged ? this.loginWrite(ip, carried === undefined) : undefined;
     const values = keyValues(keys, {
       // Only an insert gives the row a handle.
       handle: loaded ? undefined : newHandle(),
-      userId,
-      label: this.labelOf(session),
+      // A merged save sets the owner and label columns only when its request changed them: another
+      // request's change since (a sign-in as someone else) stays named by the columns as by the data.
+      userId: merged && !ownerChanged ? null : userId,
+      label: merged && label === this.labelOf(changes.before as unknown as SessionData) ? null : label,
       text: merged ? undefined : this.stored(keys[0]!, session, text),
       life: target - now,
       ua,
       ip,
       version: loaded?.version,
+      carried: carried !== undefined,
+      authenticated: carried?.at == null ? null : carried.at - now,
     });
-    if (merged) Object.assign(values, this.mergeValues(keys[0]!, changes.patch, changes.removed));
+    if (merged) Object.assign(values, this.mergeValues(keys[0]!, changes.patch, changes.removed, loaded?.stale));
     this.evict(keys);
     const since = this.cache?.evictions ?? 0;
     type Saved = { key: string; version?: number; data?: string } & ExpiryRow & LoginRow;
     let written: Saved | undefined;
     // With the cache, a merge returns the merged row (the cache must hold what the row holds).
     if (loaded) {
-      const shape = merged ? this.sql.saveMerged(this.cache !== undefined, login) : this.sql.saveLoaded(guarded, login);
+      const shape = merged ? this.sql.saveMerged(this.cache !== undefined, login, values.reseal !== undefined) : this.sql.saveLoaded(guarded, login);
       [written] = await this.saveRows<Saved>(shape, values, login);
     } else {
       // A plain insert of a session with a user is a login too (authenticated now), with nothing else to do.
@@ -625,12 +675,12 @@ export class SessionStore extends Store {
       const [inserted] = await this.saveRows<{ key: string } & LoginRow>(this.sql.insert(keys.length, extras), values, extras);
       // A new row holds what was sent: the lifetime from the database's now (capped by absoluteTimeout), version 1.
       const absolute = this.options.absoluteTimeout ?? null;
-      const authenticated = userId === null ? null : 0;
+      const authenticated = userId === null ? null : carried ? (values.authenticated as number | null) : 0;
       if (inserted) written = { ...inserted, version: 1, expires: Math.min(target - now, absolute ?? Infinity), absolute, authenticated };
       // A set of an id the store did not load whose row exists: update it, unless it ended.
       else written = await this.saveExisting<Saved>(keys, values, session, text);
       if (inserted && this.listenerCount("created") > 0) {
-        const row: EventRow = { handle: values.handle as string, user_id: values.userId as string | null, label: values.label as string | null, user_agent: ua, ip };
+        const row: EventRow = { handle: values.handle as string, user_id: userId, label, user_agent: ua, ip };
         this.announce("created", sessionEvent(row, true));
       }
       if (inserted) await this.recordRotation(session, sid);
@@ -653,13 +703,33 @@ export class SessionStore extends Store {
     this.remember(session, next, since, merged ? this.rowText(written.key, written.data) : text);
     if (login) {
       const handle = written.handle ?? (values.handle as string);
-      this.loggedIn(written, { handle, user_id: userId, label: values.label as string | null, user_agent: next.ua, ip: next.ip });
+      this.loggedIn(written, { handle, user_id: userId, label, user_agent: next.ua, ip: next.ip });
     }
   }
 
-  /** What a login write does besides the write: with `maxSessionsPerUser`, the cap; with a `newDevice` listener, the device check. */
-  private loginWrite(ip: string | null): LoginWrite {
-    return { cap: this.options.maxSessionsPerUser, devices: ip !== null && (this.options.broadcast || this.listenerCount("newDevice") > 0) };
+  /**
+   * The sign-in a new session carries over from the session its request gave up for it (express-session's
+   * `regenerate`, then the data copied back; @fastify/session's `regenerate(keys)`): the time its user last
+   * authenticated (null: never), when that session had the same user. Undefined otherwise: a session that
+   * gains a user it did not have is a sign-in.
+   */
+  private carriedSignIn(session: SessionData, userId: string): { at: number | null } | undefined {
+    const req = requestOf(session);
+    const rotated: Rotated | undefined = req?.[ROTATED];
+    if (rotated !== undefined) return rotated.owner === userId ? { at: rotated.at } : undefined;
+    // @fastify/session saves the new session while request.session is still the old one.
+    const previous = req?.session;
+    if (previous === session || previous === null || typeof previous !== "object") return undefined;
+    const old = loadedIn(previous);
+    return old && this.ownerRead(old) === userId ? { at: old.authenticatedAt } : undefined;
+  }
+
+  /**
+   * What a login write does besides the write: with `maxSessionsPerUser`, the cap; with a `newDevice`
+   * listener, the device check (not for a rotation, `signIn` false: the device is the one it was).
+   */
+  private loginWrite(ip: string | null, signIn: boolean): LoginWrite {
+    return { cap: this.options.maxSessionsPerUser, devices: signIn && ip !== null && (this.options.broadcast || this.listenerCount("newDevice") > 0) };
   }
 
   /**
@@ -732,13 +802,21 @@ export class SessionStore extends Store {
    * with the cookie) and those it deleted (`removed`): the one place they become what the statement
    * sends. @internal
    */
-  protected mergeValues(rowKey: string, patch: Record<string, unknown>, removed: readonly string[]): { patch: string; removed: string } {
+  protected mergeValues(rowKey: string, patch: Record<string, unknown>, removed: readonly string[], stale?: readonly StaleEntry[]): { patch: string; removed: string; reseal?: string } {
     if (!this.sealer) return { patch: JSON.stringify(patch), removed: JSON.stringify(removed) };
     // Sealed: a removed key goes under every secret's name, a changed one under the others' (the patch
     // holds it under the first secret's), so no older copy of either is left behind.
-    const names = removed.flatMap((key) => this.sealer!.storedNames(key));
-    for (const key of Object.keys(patch)) if (key !== "cookie") names.push(...this.sealer.storedNames(key).slice(1));
-    return { patch: JSON.stringify(this.sealer.seal(rowKey, patch)), removed: JSON.stringify(names) };
+    const sealer = this.sealer;
+    // With `acceptPlaintext`, a key may also be in the row in plaintext, under its own name.
+    const plain = (key: string) => (this.options.encrypt!.acceptPlaintext ? [key] : []);
+    const names = removed.flatMap((key) => [...sealer.storedNames(key), ...plain(key)]);
+    for (const key of Object.keys(patch)) if (key !== "cookie") names.push(...sealer.storedNames(key).slice(1), ...plain(key));
+    const values = { patch: JSON.stringify(sealer.seal(rowKey, patch)), removed: JSON.stringify(names) };
+    // The entries this request read that are not sealed as a save would seal them now, and that it does
+    // not write itself: re-sealed as the row holds them (see Statements' resealed).
+    const skip = new Set([...Object.keys(patch), ...removed]);
+    const reseal = stale && sealer.resealItems(rowKey, stale.filter((entry) => !skip.has(entry.key)));
+    return reseal && reseal.length > 0 ? { ...values, reseal: JSON.stringify(reseal) } : values;
   }
 
   /** The plain JSON text of a row's `data` as a write returned it (opened, with `encrypt`), or undefined when it holds no session. */
@@ -784,14 +862,18 @@ export class SessionStore extends Store {
     // The touch writes only the cookie, but the row must stay within maxSize like any save.
     serialize(session, this.options.maxSize);
     const keys = loaded ? [loaded.key] : this.keysOf(sid);
-    return { sent, keys, loaded, ua, ip, values: keyValues(keys, { life: target - now, cookie: JSON.stringify(session.cookie ?? {}), ua, ip }) };
+    const cookie = session.cookie ?? {};
+    const values = keyValues(keys, { life: target - now, cookie: JSON.stringify(cookie), ua, ip });
+    if (this.sealer) values.tags = JSON.stringify(Object.fromEntries(keys.map((key) => [key, this.sealer!.cookieTag(key, cookie)])));
+    return { sent, keys, loaded, ua, ip, values };
   }
 
   private async renew(session: SessionData, { sent, keys, loaded, ua, ip, values }: Touch): Promise<void> {
     this.evict(keys);
-    const since = this.cache?.evictions ?? 0;
-    const [written] = await this.exec.run<{ key: string } & ExpiryRow>(this.sql.touch(keys.length), values);
-    if (written && loaded) this.remember(session, { ...loaded, ua: ua ?? loaded.ua, ip: ip ?? loaded.ip, ...this.localExpiry(written, sent) }, since, loaded.text);
+    const [written] = await this.exec.run<{ key: string } & ExpiryRow>(this.sql.touch(keys.length, this.sealer !== undefined), values);
+    // Not cached: the row may hold other requests' changes since this one read it, which a touch does not
+    // read back (the next get caches the row as it is); this request's own view moves on.
+    if (written && loaded) withLoaded(session, { ...loaded, ua: ua ?? loaded.ua, ip: ip ?? loaded.ip, ...this.localExpiry(written, sent) });
   }
 
   /** Ends the session of `sid` for `reason`. @internal */

@@ -97,8 +97,8 @@ describe.each(drivers)("encryption at rest on %s", (driver) => {
     for (const plain of [MARKER, "passport", "views", "note", '"ann"']) expect(row.text).not.toContain(plain);
     expect(row.path).toBe("/");
     const { data } = await rowOf("ann");
-    expect(Object.keys(data).filter((k) => k !== "cookie").every((k) => /^~[\w-]{22}$/.test(k))).toBe(true);
-    expect(Object.keys(data)).toHaveLength(4); // cookie, passport, note, views
+    expect(Object.keys(data).filter((k) => k !== "cookie" && k !== "~cookie").every((k) => /^~[\w-]{22}$/.test(k))).toBe(true);
+    expect(Object.keys(data)).toHaveLength(5); // cookie, its tag, passport, note, views
 
     expect((await request(web).post("/logout").set("Cookie", cookie)).status).toBe(200);
     expect((await request(web).get("/me").set("Cookie", cookie)).status).toBe(401);
@@ -136,7 +136,7 @@ describe.each(drivers)("encryption at rest on %s", (driver) => {
     expect((await request(app(rotated)).get("/mark").set("Cookie", cookie)).body).toEqual({ note: MARKER });
     const { data } = await rowOf("ann");
     expect(sealer(NEW).current(data)).toBe(true);
-    expect(Object.keys(data)).toHaveLength(3); // cookie, passport, note
+    expect(Object.keys(data)).toHaveLength(4); // cookie, its tag, passport, note
     // The new secret alone reads it: nothing was left under the old one.
     expect((await request(app(encrypted(NEW))).get("/mark").set("Cookie", cookie)).body).toEqual({ note: MARKER });
     expect(errors).toEqual([]);
@@ -159,7 +159,7 @@ describe.each(drivers)("encryption at rest on %s", (driver) => {
     expect((await request(after).post("/count").set("Cookie", changed)).body).toEqual({ views: 1 });
     const ann = await rowOf("ann");
     expect(sealer(NEW).current(ann.data)).toBe(true);
-    expect(Object.keys(ann.data)).toHaveLength(4); // cookie, passport, note, views
+    expect(Object.keys(ann.data)).toHaveLength(5); // cookie, its tag, passport, note, views
 
     // An unchanged save (express-session's resave, or a direct set) re-seals too.
     const sid = decodeURIComponent(unchanged.split("=")[1]!).slice(2).split(".")[0]!;
@@ -330,7 +330,7 @@ describe.each(drivers)("encryption at rest on %s", (driver) => {
     expect(row.data).not.toContain("book");
     expect(row.data).not.toContain(MARKER);
     // One entry per key (cart, theme, userId) beside the cookie: nothing left behind under another name.
-    expect(Object.keys(JSON.parse(row.data)).sort()).toEqual(["cookie", ...sealer(OLD).storedNames("cart"), ...sealer(OLD).storedNames("theme"), ...sealer(OLD).storedNames("userId")].sort());
+    expect(Object.keys(JSON.parse(row.data)).sort()).toEqual(["cookie", "~cookie", ...sealer(OLD).storedNames("cart"), ...sealer(OLD).storedNames("theme"), ...sealer(OLD).storedNames("userId")].sort());
     // After a rotation, a change to one key of a row sealed under the old secret re-seals the whole row.
     const rotated = encrypted([NEW, OLD]);
     const loaded = (await rotated.get("sid-tabs")) as any;
@@ -338,7 +338,7 @@ describe.each(drivers)("encryption at rest on %s", (driver) => {
     await rotated.set("sid-tabs", loaded);
     const [after] = await t.raw(`select data::text as data from $table`);
     expect(sealer(NEW).current(JSON.parse(after.data))).toBe(true);
-    expect(Object.keys(JSON.parse(after.data))).toHaveLength(4);
+    expect(Object.keys(JSON.parse(after.data))).toHaveLength(5);
     expect(((await rotated.get("sid-tabs")) as any).theme).toBe("blue");
   });
 
