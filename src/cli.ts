@@ -8,7 +8,7 @@ import { parseArgs, type ParseArgsConfig } from "node:util";
 import { DEFAULT_IMPORT_BATCH, importConnectPgSimple } from "./import.js";
 import { DEFAULT_TIMEOUT, type AnyPgDatabase, type UserIdOf } from "./options.js";
 import { reap } from "./reaper.js";
-import { createSessionTable, type SessionTable } from "./schema.js";
+import { createSessionTable, type SessionTable, type UserIdType } from "./schema.js";
 
 interface Io {
   out(line: string): void;
@@ -49,6 +49,7 @@ const FLAGS = {
   "from-schema": { type: "string" },
   secret: { type: "string", multiple: true },
   "user-id-path": { type: "string" },
+  "user-id-type": { type: "string" },
   "dry-run": { type: "boolean" },
   help: { type: "boolean", short: "h" },
 } as const satisfies NonNullable<ParseArgsConfig["options"]>;
@@ -79,8 +80,10 @@ the app moves to connect-drizzle: each keyed as your store keys it (give it the 
 its data, expiry and owner. A session already copied, or already in the sessions table, is never copied
 again nor overwritten, so running it twice is safe, and a run that stopped goes on where it stopped. It
 marks the rows it copied in a column it adds to the old table (connect_drizzle_imported_at), and never
-deletes the old table: drop it yourself once no instance runs connect-pg-simple. Prints one JSON line:
-{"imported":0,"skipped":0,"expired":0,"invalid":0,"batches":0,"durationMs":0,"dryRun":false}.
+deletes the old table: drop it yourself once no instance runs connect-pg-simple. A session it cannot
+store (its owner not of user_id's type, its data holding \u0000) is left out and counted as invalid, by
+reason; the others are copied. Prints one JSON line: {"imported":0,"skipped":0,"expired":0,"invalid":0,
+"invalidReasons":{"session":0,"owner":0,"data":0},"batches":0,"durationMs":0,"dryRun":false}.
 Exits 0, or 1 with a message on error.
 
 Options:
@@ -92,6 +95,8 @@ ${TABLE_FLAGS}
                           without secrets)
   --user-id-path <a.b.c>  where the owner is in the session data (default: passport.user, then userId,
                           as the store's default userId)
+  --user-id-type <type>   the type of the table's user_id: text, integer, bigint or uuid, as given to
+                          createSessionTable's userIdType (default: text)
   --batch-size <n>        rows read per batch, each copied by one statement (default: ${DEFAULT_IMPORT_BATCH})
   --dry-run               count what would be copied; change nothing
   -h, --help              this text
@@ -112,10 +117,10 @@ const COMMANDS: Record<string, Command> = {
   }),
   "import-pg-simple": command({
     usage: IMPORT_USAGE,
-    flags: ["from-table", "from-schema", "table", "schema", "secret", "user-id-path", "batch-size", "dry-run"],
+    flags: ["from-table", "from-schema", "table", "schema", "secret", "user-id-path", "user-id-type", "batch-size", "dry-run"],
     parse: (values, env) =>
       checked({
-        table: sessionTable(values),
+        table: sessionTable(values, values["user-id-type"]),
         fromTable: name(values, "from-table"),
         fromSchema: name(values, "from-schema"),
         secrets: secretsOf(values, env),
@@ -219,15 +224,20 @@ function name(values: Values, flag: string): string | undefined | Problem {
   return value === "" ? new Problem(`--${flag} needs a name`) : value;
 }
 
-/** The sessions table named by --table and --schema. */
-function sessionTable(values: Values): SessionTable | Problem {
+const USER_ID_TYPES: readonly UserIdType[] = ["text", "integer", "bigint", "uuid"];
+
+/** The sessions table named by --table and --schema, its user_id of the type --user-id-type names. */
+function sessionTable(values: Values, userIdType: unknown = undefined): SessionTable | Problem {
   const table = name(values, "table");
   const given = name(values, "schema");
   if (table instanceof Problem) return table;
   if (given instanceof Problem) return given;
+  if (userIdType !== undefined && !USER_ID_TYPES.includes(userIdType as UserIdType)) {
+    return new Problem(`--user-id-type must be text, integer, bigint or uuid, the table's userIdType (got "${String(userIdType)}")`);
+  }
   // drizzle refuses pgSchema("public"): a table there is an unqualified one.
   const schema = given === "public" ? undefined : given;
-  return createSessionTable(table ?? "sessions", schema ? { schema } : {});
+  return createSessionTable(table ?? "sessions", { ...(schema ? { schema } : {}), userIdType: (userIdType as UserIdType | undefined) ?? "text" });
 }
 
 /** The store's secrets: --secret (repeated), else SESSION_STORE_SECRETS, comma-separated. */

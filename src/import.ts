@@ -6,7 +6,7 @@ import { databaseError, pgCode, safeCause, SessionStoreError } from "./errors.js
 import { isValidId, keyDeriver, newHandle } from "./hash.js";
 import { batchSizeOption, ownerOf, resolveOptions, type AnyPgDatabase, type UserIdOf } from "./options.js";
 import type { SessionTable } from "./schema.js";
-import { parseSession } from "./serialize.js";
+import { jsonbRefuses, parseSession } from "./serialize.js";
 import { col } from "./statements.js";
 
 /**
@@ -67,14 +67,36 @@ export interface ImportResult {
   skipped: number;
   /** Sessions past their expiry: never copied. */
   expired: number;
-  /** Rows whose data is not an express-session session (no valid cookie), left out as the store would ignore them. */
+  /**
+   * Unexpired sessions not copied because they cannot be stored as they are: left out, counted by reason in
+   * {@link ImportResult.invalidReasons}. They stay in connect-pg-simple's table unmarked, so every run
+   * counts them again.
+   */
   invalid: number;
+  /** {@link ImportResult.invalid}, by reason; the three add up to it. */
+  invalidReasons: InvalidReasons;
   /** Batches read. */
   batches: number;
   /** Wall time, in milliseconds. */
   durationMs: number;
   /** True when nothing was changed (`dryRun`). */
   dryRun: boolean;
+}
+
+/** Why sessions were counted {@link ImportResult.invalid}: how many for each reason. */
+export interface InvalidReasons {
+  /** Its data is not an express-session session (no valid cookie, not JSON): the store would ignore it. */
+  session: number;
+  /**
+   * Its owner (found by `userId`) is not a value of `user_id`'s type (`userIdType`): an email for an
+   * `integer` column, an integer out of the column's range, a malformed `uuid`.
+   */
+  owner: number;
+  /**
+   * Its data holds what PostgreSQL jsonb cannot store: a NUL character (\u0000) or a lone surrogate (which
+   * connect-pg-simple's `json` column takes), or anything else the database refused in it.
+   */
+  data: number;
 }
 
 /** A row of connect-pg-simple's table, as a batch reads it. */
@@ -96,6 +118,10 @@ interface SourceRow {
  * copied by one statement, which also marks the rows it took in connect-pg-simple's table
  * ({@link IMPORTED_COLUMN}, added by the first run).
  *
+ * A session that cannot be stored as it is (its owner not of `user_id`'s type, its data holding what jsonb
+ * refuses, such as `\u0000`) is left out and counted in `invalid`, by reason in `invalidReasons`: the
+ * others are copied.
+ *
  * Safe to run again, and from several instances at once: a session already copied, or already in
  * connect-drizzle's table, is never copied again nor overwritten; a run that stopped halfway goes on
  * where it stopped. The old table and its rows are left in place: drop the table once you no longer run
@@ -107,7 +133,8 @@ interface SourceRow {
  * zone of the connection, as connect-pg-simple wrote it: run the import with the same `TimeZone` setting
  * as the app (both normally use the server's).
  *
- * @throws SessionStoreError (`TABLE_MISSING` when either table is not there, `DATABASE`, ...); TypeError for bad arguments
+ * @throws SessionStoreError (`TABLE_MISSING` when either table is not there, `DATABASE` when, for one,
+ * `user_id` is not of the type `table` gives it, ...); TypeError for bad arguments
  */
 export async function importConnectPgSimple(args: ImportConnectPgSimpleArgs): Promise<ImportResult> {
   if (args === null || typeof args !== "object") {
@@ -126,7 +153,13 @@ export async function importConnectPgSimple(args: ImportConnectPgSimpleArgs): Pr
   const dryRun = args.dryRun === true;
   const started = performance.now();
   const target = qualifiedName(table);
-  const result: ImportResult = { imported: 0, skipped: 0, expired: 0, invalid: 0, batches: 0, durationMs: 0, dryRun };
+  const reasons: InvalidReasons = { session: 0, owner: 0, data: 0 };
+  const result: ImportResult = { imported: 0, skipped: 0, expired: 0, invalid: 0, invalidReasons: reasons, batches: 0, durationMs: 0, dryRun };
+  const leftOut = (reason: keyof InvalidReasons) => {
+    result.invalid++;
+    reasons[reason]++;
+  };
+  const fits = ownerFits(table.userId.getSQLType());
   try {
     const marked = await prepareSource(db, source, dryRun);
     const keysOf = keyDeriver(secrets);
@@ -142,19 +175,34 @@ export async function importConnectPgSimple(args: ImportConnectPgSimpleArgs): Pr
         else if (isTrue(row.done)) result.skipped++;
         else {
           const session = row.sess === null || !isValidId(row.sid) ? null : parseSession(row.sess);
-          if (!session) result.invalid++;
-          else copies.push({ sid: row.sid, keys: keysOf(row.sid), owner: ownerOf(userId, session), sess: row.sess!, expires: Number(row.expires) });
+          // What the database would refuse is found here: in the copy, one such row fails its whole batch.
+          const owner = session ? ownerOf(userId, session) : null;
+          if (!session) leftOut("session");
+          else if (jsonbRefuses(row.sess!)) leftOut("data");
+          else if (owner !== null && !fits(owner)) leftOut("owner");
+          else copies.push({ sid: row.sid, keys: keysOf(row.sid), owner, sess: row.sess!, expires: Number(row.expires) });
         }
       }
       if (copies.length > 0) {
-        const copied = dryRun ? await countAbsent(db, table, copies) : await copyBatch(db, table, source, copies);
+        const { copied, refused } = dryRun ? { copied: await countAbsent(db, table, copies), refused: 0 } : await copyEach(db, table, source, copies);
+        for (let i = 0; i < refused; i++) leftOut("data");
         result.imported += copied;
-        result.skipped += copies.length - copied;
+        result.skipped += copies.length - copied - refused;
       }
       if (rows.length < batchSize) break;
     }
   } catch (error) {
-    throw error instanceof SessionStoreError ? error : databaseError(error, target, "the import from connect-pg-simple");
+    if (error instanceof SessionStoreError) throw error;
+    if (pgCode(error) === "42804") {
+      throw new SessionStoreError(
+        "DATABASE",
+        `the import from connect-pg-simple failed: a column of ${target} is not of the type the table passed gives it ` +
+          `(${String(safeCause(error).message)}, 42804); pass the table your store uses (for user_id, createSessionTable's ` +
+          "userIdType: --user-id-type for the CLI)",
+        { cause: safeCause(error) },
+      );
+    }
+    throw databaseError(error, target, "the import from connect-pg-simple");
   }
   result.durationMs = Math.round(performance.now() - started);
   return result;
@@ -246,6 +294,55 @@ function readBatch(source: Source, marked: boolean, after: string | undefined, l
     from ${sourceTable(source)}${cursor} order by sid limit ${limit}`;
 }
 
+/** Whether an owner (as text) is a value of `user_id`'s SQL type, so that the copy's cast cannot fail on it. */
+function ownerFits(type: string): (owner: string) => boolean {
+  const range = INTEGER_RANGES[type];
+  if (range) return (owner) => /^-?\d+$/.test(owner) && BigInt(owner) >= range[0] && BigInt(owner) <= range[1];
+  if (type === "uuid") return (owner) => UUID.test(owner);
+  return () => true;
+}
+
+const INTEGER_RANGES: Record<string, readonly [bigint, bigint]> = {
+  integer: [-(2n ** 31n), 2n ** 31n - 1n],
+  bigint: [-(2n ** 63n), 2n ** 63n - 1n],
+};
+
+/** A uuid in its canonical form (8-4-4-4-12 hex digits), in either case. */
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/**
+ * Whether the database refused a value in the statement (a data exception, SQLSTATE class 22): a row it
+ * cannot store, which the checks before the copy missed. Anything else (a missing table, a column of
+ * another type) fails every row alike.
+ */
+function refusedValue(error: unknown): boolean {
+  return pgCode(error)?.startsWith("22") === true;
+}
+
+/**
+ * {@link copyBatch}, and when the database refuses a value in it, the batch again row by row, so that only
+ * the rows it refuses are left out. Returns how many were copied, and how many were refused.
+ */
+async function copyEach(db: AnyPgDatabase, t: SessionTable, source: Source, copies: Copy[]): Promise<{ copied: number; refused: number }> {
+  try {
+    return { copied: await copyBatch(db, t, source, copies), refused: 0 };
+  } catch (error) {
+    if (!refusedValue(error)) throw error;
+    if (copies.length === 1) return { copied: 0, refused: 1 };
+  }
+  let copied = 0;
+  let refused = 0;
+  for (const copy of copies) {
+    try {
+      copied += await copyBatch(db, t, source, [copy]);
+    } catch (error) {
+      if (!refusedValue(error)) throw error;
+      refused++;
+    }
+  }
+  return { copied, refused };
+}
+
 /** The batch as one JSON parameter: the session data goes in as read. */
 function batchJson(copies: Copy[], handles: boolean): string {
   const item = (c: Copy) =>
@@ -258,6 +355,7 @@ function batchJson(copies: Copy[], handles: boolean): string {
 /**
  * Copies a batch in one statement: marks the rows in connect-pg-simple's table (those no other run marked
  * first) and inserts those, unless their session is in connect-drizzle's table under any of its keys.
+ * The owner travels as text and is cast to `user_id`'s type, as the store's statements cast it.
  * Returns how many were inserted.
  */
 async function copyBatch(db: AnyPgDatabase, t: SessionTable, source: Source, copies: Copy[]): Promise<number> {
@@ -272,7 +370,7 @@ async function copyBatch(db: AnyPgDatabase, t: SessionTable, source: Source, cop
         where s.sid = batch.sid and s.${marker} is null returning batch.*
       ), copied as (
         insert into ${t} (${columns})
-        select key, handle, owner, data, to_timestamp(expires / 1000), ${NOW}, ${NOW} from claimed
+        select key, handle, owner::${sql.raw(t.userId.getSQLType())}, data, to_timestamp(expires / 1000), ${NOW}, ${NOW} from claimed
         where not exists (select 1 from ${t} where ${t.key} in (select json_array_elements_text(claimed.others)))
         on conflict (${col(t.key)}) do nothing returning 1
       )

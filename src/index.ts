@@ -8,5 +8,5 @@ export { sessions, createSessionTable, type SessionColumns, type SessionTable, t
 export { SessionStoreError, type SessionStoreErrorCode } from "./errors.js";
 export { reap, Reaper, type ReapArgs, type ReapProgress, type ReapResult } from "./reaper.js";
 export { sessionMiddleware, type IssuedToken, type SessionMiddleware, type SessionMiddlewareOptions } from "./middleware.js";
-export { importConnectPgSimple, IMPORTED_COLUMN, type ImportConnectPgSimpleArgs, type ImportResult } from "./import.js";
+export { importConnectPgSimple, IMPORTED_COLUMN, type ImportConnectPgSimpleArgs, type ImportResult, type InvalidReasons } from "./import.js";
 export { migrate, migrationsFolder, type MigrateOptions } from "./migrations.js";

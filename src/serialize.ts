@@ -17,8 +17,7 @@ export function serialize(session: SessionData, maxSize: number): string {
   if (text === undefined || !text.startsWith("{")) {
     throw new SessionStoreError("UNSERIALIZABLE", "a session must be an object to be saved");
   }
-  // JSON.stringify escapes lone surrogates (\udXXX), which jsonb refuses like NUL (\u0000): say so up front.
-  if (text.includes("\\u") && /(?<!\\)(?:\\\\)*\\u(?:0000|d[89a-f][0-9a-f]{2})/i.test(text)) {
+  if (jsonbRefuses(text)) {
     throw new SessionStoreError(
       "UNSERIALIZABLE",
       "session data holds a NUL character (\\u0000) or a lone surrogate, which PostgreSQL jsonb cannot store; remove or encode it",
@@ -32,6 +31,36 @@ export function serialize(session: SessionData, maxSize: number): string {
     );
   }
   return text;
+}
+
+/** An escaped NUL or surrogate in JSON text (an escaped backslash before it is no escape). */
+const REFUSED_ESCAPE = /(?<!\\)(?:\\\\)*\\u(?:0000|d[89a-f][0-9a-f]{2})/i;
+
+/** A NUL or a lone surrogate (with the `u` flag, half of a pair is never matched on its own). */
+const REFUSED_CHARACTER = /\0|[\ud800-\udfff]/u;
+
+/**
+ * Whether JSON text holds a string PostgreSQL jsonb refuses: one with a NUL character (\u0000) or a lone
+ * surrogate, which JSON can hold only as escapes (JSON.stringify escapes lone surrogates; a `json` column
+ * keeps them).
+ */
+export function jsonbRefuses(text: string): boolean {
+  if (!text.includes("\\u") || !REFUSED_ESCAPE.test(text)) return false;
+  // An escaped surrogate pair is one character, which jsonb takes: JSON.stringify never writes one, but
+  // another writer of connect-pg-simple's `json` column may, so the strings decide.
+  try {
+    return !storable(JSON.parse(text));
+  } catch {
+    // Not JSON, or nested too deeply to walk: as refused as the escape found says.
+    return true;
+  }
+}
+
+function storable(value: unknown): boolean {
+  if (typeof value === "string") return !REFUSED_CHARACTER.test(value);
+  if (value === null || typeof value !== "object") return true;
+  if (Array.isArray(value)) return value.every(storable);
+  return Object.entries(value).every(([key, item]) => !REFUSED_CHARACTER.test(key) && storable(item));
 }
 
 /** A session read from the `data` column, or `null` when the row does not hold one express-session can load. */

@@ -8,9 +8,9 @@ import session from "express-session";
 import pg from "pg";
 import request from "supertest";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { createSessionTable, IMPORTED_COLUMN, importConnectPgSimple, SessionStore, sessionMiddleware } from "../src/index.js";
+import { createSessionTable, IMPORTED_COLUMN, importConnectPgSimple, SessionStore, SessionStoreError, sessionMiddleware, type UserIdType } from "../src/index.js";
 import { cookieOf, testApp } from "./support/app.js";
-import { DATABASE_URL, openDb, type TestDb } from "./support/db.js";
+import { DATABASE_URL, drivers, openDb, type TestDb } from "./support/db.js";
 
 const require = createRequire(import.meta.url);
 
@@ -204,6 +204,30 @@ describe.skipIf(!DATABASE_URL)("moving from connect-pg-simple (needs DATABASE_UR
       expect(columns.map((c: any) => c.column_name)).toEqual(["expire", "sess", "sid"]);
     });
 
+    it("--user-id-type integer copies into a table whose user_id is integer, and prints the sessions it left out, by reason", async () => {
+      await t.raw(`create table "${t.schema}"."sessions_int" (like $table including all)`);
+      await t.raw(`alter table "${t.schema}"."sessions_int" alter column user_id type integer using null`);
+      const cookie = { originalMaxAge: 3_600_000, expires: new Date(Date.now() + 3_600_000).toISOString(), httpOnly: true, path: "/" };
+      const put = (sid: string, sess: object) => new Promise<void>((resolve, reject) => legacy.set(sid, sess as any, (e) => (e ? reject(e) : resolve())));
+      await put("seven-sid", { cookie, passport: { user: 7 } });
+      await put("nul-sid", { cookie, note: "a\u0000b" });
+      const args = ["import-pg-simple", "--from-schema", t.schema, "--schema", t.schema, "--table", "sessions_int"];
+
+      // Without the flag the table is taken as text: the copy fails as a whole, saying what to pass.
+      const untyped = await runCli(args);
+      expect(untyped).toMatchObject({ code: 1, stdout: "" });
+      expect(untyped.stderr).toMatch(/connect-drizzle: .*"user_id" is of type integer.*--user-id-type/);
+      expect(untyped.stderr).not.toMatch(/ann|seven/);
+      expect((await runCli([...args, "--user-id-type", "varchar"])).stderr).toMatch(/--user-id-type must be text, integer, bigint or uuid/);
+
+      const out = await runCli([...args, "--user-id-type", "integer"]);
+      expect(out.stderr).toBe("");
+      expect(JSON.parse(out.stdout)).toMatchObject({ imported: 2, skipped: 0, expired: 1, invalid: 2, invalidReasons: { session: 0, owner: 1, data: 1 } });
+      // ann's owner is not an integer: her session is left out; the anonymous one and user 7's are copied.
+      expect(await t.raw(`select user_id from "${t.schema}"."sessions_int" order by user_id nulls last`)).toEqual([{ user_id: 7 }, { user_id: null }]);
+      expect(out.stdout).not.toMatch(/ann|seven|nul-sid/);
+    });
+
     it("exits 1 with what to do when the old table is not there, or with a bad flag", async () => {
       const missing = await runCli(["import-pg-simple", "--from-schema", t.schema, "--from-table", "sessions_old", "--schema", t.schema]);
       expect(missing).toMatchObject({ code: 1, stdout: "" });
@@ -214,6 +238,137 @@ describe.skipIf(!DATABASE_URL)("moving from connect-pg-simple (needs DATABASE_UR
       const badBatch = await runCli(["import-pg-simple", "--batch-size", "0"]);
       expect(badBatch.stderr).toMatch(/--batch-size must be a positive whole number \(got "0"\)/);
     });
+  });
+});
+
+/** connect-pg-simple's own table.sql, as its createTableIfMissing runs it, as `qualified`. */
+const pgSimpleTable = (qualified: string) => readFileSync(require.resolve("connect-pg-simple/table.sql"), "utf8").replaceAll('"session"', qualified);
+
+/** A session as connect-pg-simple's `sess` column holds it (JSON text), unexpired, with `extra` JSON members (`,"a":1`). */
+const sessText = (extra = "") =>
+  `{"cookie":{"originalMaxAge":3600000,"expires":"${new Date(Date.now() + 3_600_000).toISOString()}","httpOnly":true,"path":"/"}${extra}}`;
+
+describe.each(drivers)("importing connect-pg-simple rows that do not fit the sessions table, on %s", (driver) => {
+  let t: TestDb;
+  const old = () => `"${t.schema}"."session"`;
+  const store = (table = t.table) => new SessionStore({ db: t.db, table, reaper: false });
+
+  beforeAll(async () => {
+    t = await openDb(driver);
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+  beforeEach(async () => {
+    await t.raw(`delete from $table`);
+    await t.raw(`drop table if exists ${old()}`);
+    for (const statement of pgSimpleTable(old()).split(";").filter((s) => s.trim())) await t.raw(statement);
+  });
+
+  /** Rows of connect-pg-simple's table: [sid, sess JSON text as stored (escapes and all)], unexpired. */
+  async function oldRows(rows: Array<[string, string]>): Promise<void> {
+    const values = rows.map(([sid, sess]) => `('${sid}', '${sess.replaceAll("'", "''")}', now() + interval '1 hour')`);
+    await t.raw(`insert into ${old()} (sid, sess, expire) values ${values.join(", ")}`);
+  }
+
+  /**
+   * A sessions table of the same columns as the shipped one but for `user_id`, of `type`, and its
+   * drizzle definition (createSessionTable with that userIdType).
+   */
+  async function typedTable(type: UserIdType) {
+    const name = `sessions_${type}`;
+    const qualified = `"${t.schema}"."${name}"`;
+    await t.raw(`drop table if exists ${qualified}`);
+    await t.raw(`create table ${qualified} (like $table including all)`);
+    await t.raw(`alter table ${qualified} alter column user_id type ${type} using null`);
+    return { table: createSessionTable(name, { schema: t.schema, userIdType: type }), qualified };
+  }
+
+  const owners: Record<Exclude<UserIdType, "text">, { good: string; json: string; bad: string[] }> = {
+    integer: { good: "7", json: "7", bad: ['"ann@example.com"', "2147483648", '"7.5"'] },
+    bigint: { good: String(2 ** 40 + 1), json: String(2 ** 40 + 1), bad: ['"ann@example.com"', '"9223372036854775808"'] },
+    uuid: { good: "6f1c7c0e-3b1a-4d7e-9c55-0a8e2f3b9d21", json: '"6F1C7C0E-3B1A-4D7E-9C55-0A8E2F3B9D21"', bad: ['"6f1c7c0e3b1a4d7e9c550a8e2f3b9d21"', '"not-a-uuid"'] },
+  };
+
+  it.each(Object.keys(owners) as Array<keyof typeof owners>)("imports sessions into a table whose user_id is %s, casting the owner", async (type) => {
+    const { table, qualified } = await typedTable(type);
+    await oldRows([
+      ["owned", sessText(`,"passport":{"user":${owners[type].json}}`)],
+      ["anonymous", sessText(`,"views":3`)],
+    ]);
+    const result = await importConnectPgSimple({ db: t.db, table, fromSchema: t.schema });
+    expect(result).toMatchObject({ imported: 2, skipped: 0, expired: 0, invalid: 0 });
+    expect(await t.raw(`select user_id::text as user_id from ${qualified} order by user_id nulls last`)).toEqual([{ user_id: owners[type].good }, { user_id: null }]);
+    const s = store(table);
+    expect(await s.get("owned")).toMatchObject({ passport: { user: JSON.parse(owners[type].json) } });
+    expect((await s.list({ userId: owners[type].good })).map((r) => r.userId)).toEqual([owners[type].good]);
+    await s.close();
+    expect(await importConnectPgSimple({ db: t.db, table, fromSchema: t.schema })).toMatchObject({ imported: 0, skipped: 2, invalid: 0 });
+  });
+
+  it.each(Object.keys(owners) as Array<keyof typeof owners>)("a session whose owner does not fit userIdType (%s) is counted invalid and the rest are copied", async (type) => {
+    const { table, qualified } = await typedTable(type);
+    const bad = owners[type].bad;
+    await oldRows([
+      ["a-good", sessText(`,"passport":{"user":${owners[type].json}}`)],
+      ...bad.map((owner, i): [string, string] => [`b-bad-${i}`, sessText(`,"passport":{"user":${owner}}`)]),
+      ["c-anonymous", sessText()],
+    ]);
+    // In one batch, and in batches of one.
+    for (const batchSize of [1_000, 1]) {
+      if (batchSize === 1) {
+        await t.raw(`delete from ${qualified}`);
+        await t.raw(`update ${old()} set ${IMPORTED_COLUMN} = null`);
+      }
+      const result = await importConnectPgSimple({ db: t.db, table, fromSchema: t.schema, batchSize });
+      expect(result).toMatchObject({ imported: 2, skipped: 0, invalid: bad.length, invalidReasons: { owner: bad.length, session: 0, data: 0 } });
+      expect(await t.raw(`select count(*)::int as n from ${qualified}`)).toEqual([{ n: 2 }]);
+    }
+    // The rows left out are not marked as copied; a second run counts them again, and copies nothing more.
+    expect(await t.raw(`select count(${IMPORTED_COLUMN})::int as marked from ${old()}`)).toEqual([{ marked: 2 }]);
+    expect(await importConnectPgSimple({ db: t.db, table, fromSchema: t.schema })).toMatchObject({ imported: 0, skipped: 2, invalid: bad.length });
+  });
+
+  it("a connect-pg-simple session holding \\u0000 is counted invalid, the rest of the batch is copied, and a second run succeeds", async () => {
+    await oldRows([
+      ["a-good", sessText(`,"views":1`)],
+      ["b-nul", sessText(`,"note":"a\\u0000b"`)],
+      ["c-surrogate", sessText(`,"note":"\\ud800"`)],
+      ["d-good", sessText(`,"views":2,"emoji":"\\ud83d\\ude00"`)],
+    ]);
+    const result = await importConnectPgSimple({ db: t.db, table: t.table, fromSchema: t.schema });
+    expect(result).toMatchObject({ imported: 2, skipped: 0, invalid: 2, invalidReasons: { data: 2, session: 0, owner: 0 } });
+    const s = store();
+    expect(await s.get("a-good")).toMatchObject({ views: 1 });
+    // An escaped surrogate pair is a character jsonb stores: that session is copied.
+    expect(await s.get("d-good")).toMatchObject({ views: 2, emoji: "\u{1F600}" });
+    expect(await s.get("b-nul")).toBeNull();
+    await s.close();
+    const again = await importConnectPgSimple({ db: t.db, table: t.table, fromSchema: t.schema });
+    expect(again).toMatchObject({ imported: 0, skipped: 2, invalid: 2 });
+  });
+
+  it("a row the database refuses for a reason not checked up front is counted invalid, and the rest of its batch is copied", async () => {
+    // JSON allows a number jsonb's numeric cannot hold (22003): only the database finds out.
+    await oldRows([
+      ["a-good", sessText(`,"views":1`)],
+      ["b-huge", sessText(`,"n":1e200000`)],
+      ["c-good", sessText(`,"views":2`)],
+    ]);
+    const result = await importConnectPgSimple({ db: t.db, table: t.table, fromSchema: t.schema });
+    expect(result).toMatchObject({ imported: 2, invalid: 1, invalidReasons: { data: 1 } });
+    expect(await t.raw(`select count(${IMPORTED_COLUMN})::int as marked from ${old()}`)).toEqual([{ marked: 2 }]);
+    expect(await importConnectPgSimple({ db: t.db, table: t.table, fromSchema: t.schema })).toMatchObject({ imported: 0, skipped: 2, invalid: 1 });
+  });
+
+  it("into a table whose user_id is not of the type its definition gives, fails saying so, with no value in the message", async () => {
+    await typedTable("integer");
+    await oldRows([["owned", sessText(`,"passport":{"user":"secret-owner"}`)]]);
+    const wrong = createSessionTable("sessions_integer", { schema: t.schema });
+    const error = await importConnectPgSimple({ db: t.db, table: wrong, fromSchema: t.schema }).catch((e) => e);
+    expect(error).toBeInstanceOf(SessionStoreError);
+    expect(error.message).toMatch(/connect-drizzle: .*user_id.*userIdType.*--user-id-type/);
+    expect(`${error.message} ${String(error.cause?.message)}`).not.toMatch(/secret-owner|owned/);
   });
 });
 
