@@ -26,6 +26,7 @@ export type SessionStoreErrorCode =
   | "TIMEOUT"
   | "DATABASE"
   | "LISTENER"
+  | "UNTRUSTED_EVENT"
   | "REAUTHENTICATION_REQUIRED";
 
 const MIGRATE = "await migrate(db) from connect-drizzle, or your driver's drizzle migrator on its migrationsFolder";

@@ -1,6 +1,8 @@
+import { createCipheriv, createDecipheriv, createSecretKey, hkdfSync, type KeyObject } from "node:crypto";
 import type { EventEmitter } from "node:events";
 import { describeDevice } from "./device.js";
 import { SessionStoreError } from "./errors.js";
+import { newHandle, randomInto } from "./hash.js";
 import type { EndReason, EventRow } from "./statements.js";
 
 /**
@@ -44,26 +46,147 @@ export function sessionEvent(row: EventRow, local: boolean): SessionEvent {
   return { handle: row.handle, userId: row.user_id ?? null, label: row.label ?? null, userAgent, ip: row.ip ?? null, device: describeDevice(userAgent), local };
 }
 
-/** A lifecycle event heard from another instance (`broadcast`), as its NOTIFY payload carries it. */
-export type HeardEvent = { event: "created" | "newDevice"; args: [SessionEvent] } | { event: "ended"; args: [SessionEndedEvent] };
+/** A lifecycle event with its listeners' arguments: one this store announces, or one heard from another instance. */
+export type Announcement = { event: "created" | "newDevice"; args: [SessionEvent] } | { event: "ended"; args: [SessionEndedEvent] };
+
+// TODO(merge): use END_REASONS (another branch adds it to statements.ts).
+const END_REASON_VALUES: ReadonlySet<string> = new Set<EndReason>(["logout", "revoked", "expired", "rotated", "evicted"]);
 
 /**
- * The event of a `broadcast` NOTIFY payload (see Statements' `broadcast`), with `local: false`; undefined
- * for this instance's own (`instance`), another table's (`table`: cut channel names can be shared), and
- * anything that is not such a payload.
+ * How far a heard event's send time may be from this server's clock, either way, ms: an older one is a
+ * replay (or the instances' clocks disagree by that much), and within it a replay is caught by its nonce.
  */
-export function heardEvent(payload: string, instance: string, table: string): HeardEvent | undefined {
-  let message: any;
+const REPLAY_WINDOW = 60_000;
+/** Nonces of accepted events remembered at most (the events of one window, on a busy table, fit). */
+const NONCES_KEPT = 100_000;
+/** Postgres refuses a NOTIFY payload of 8000 bytes or more. */
+const NOTIFY_LIMIT = 8000;
+const IV = 12;
+const TAG = 16;
+
+/**
+ * The `broadcast` channel's payloads, sealed so that only instances holding the store's `secrets` can read
+ * or write them: anyone who can connect to the database can LISTEN and NOTIFY on any channel, whatever
+ * their privileges on the table. A payload is `<kid>.<base64url(iv | ciphertext | tag)>`, AES-256-GCM
+ * under a key derived with HKDF-SHA-256 from a secret (the first seals, every one opens: rotation), of
+ * the JSON of the event with the table, the sender's instance id, its send time and a random nonce, so
+ * that an altered, forged or replayed payload is refused.
+ */
+export class EventSeal {
+  private readonly keys: Array<{ key: KeyObject; kid: string }>;
+  private readonly byKid = new Map<string, KeyObject>();
+  /** The nonces of the events accepted within the window, with their send times, oldest first. */
+  private readonly accepted = new Map<string, number>();
+  private prunedAt = 0;
+
+  constructor(
+    secrets: readonly string[],
+    private readonly table: string,
+    /** This store's instance id: its own events, heard back, are skipped. */
+    private readonly instance: string,
+  ) {
+    this.keys = secrets.map((secret) => ({
+      key: createSecretKey(derive(secret, "key", 32)),
+      kid: derive(secret, "kid", 6).toString("base64url"),
+    }));
+    for (const { key, kid } of this.keys) if (!this.byKid.has(kid)) this.byKid.set(kid, key);
+  }
+
+  /**
+   * The payload of an event this store announces, sent at `now` (epoch ms). An event too large for a
+   * NOTIFY (a huge user id, or a row written by something else) goes with its handle and reason only.
+   */
+  seal({ event, args: [e] }: Announcement, now: number): string {
+    const head: Record<string, unknown> = { e: event, t: this.table, i: this.instance, s: now, n: newHandle(), handle: e.handle };
+    if ("reason" in e) head.reason = e.reason;
+    const full = this.sealText(JSON.stringify({ ...head, userId: e.userId, label: e.label, userAgent: e.userAgent, ip: e.ip }));
+    return full.length < NOTIFY_LIMIT ? full : this.sealText(JSON.stringify(head));
+  }
+
+  /**
+   * The event of a payload heard at `now`, with `local: false`; undefined for this instance's own and
+   * another table's (cut channel names can be shared); or why it was refused.
+   */
+  open(payload: string, now: number): Announcement | undefined | string {
+    const dot = payload.indexOf(".");
+    const key = dot < 0 ? undefined : this.byKid.get(payload.slice(0, dot));
+    if (!key) return "it is not sealed under any of this store's `secrets`: forged by someone who can connect to the database, or sent by an instance with other `secrets` (set the same `secrets` on every instance)";
+    const text = openText(key, payload.slice(dot + 1));
+    if (text === undefined) return "it fails authentication: altered, or forged";
+    let m: any;
+    try {
+      m = JSON.parse(text);
+    } catch {
+      m = undefined;
+    }
+    const announcement = m !== null && typeof m === "object" ? announcementOf(m) : undefined;
+    if (!announcement || typeof m.t !== "string" || typeof m.i !== "string" || typeof m.s !== "number" || typeof m.n !== "string") {
+      return "it is not a lifecycle event of this version of connect-drizzle (run one version on every instance)";
+    }
+    if (m.t !== this.table || m.i === this.instance) return undefined;
+    if (!(Math.abs(now - m.s) <= REPLAY_WINDOW)) {
+      return `it was sent more than ${REPLAY_WINDOW / 1000} s from this server's clock: replayed, or the instances' clocks disagree (keep them in sync with NTP)`;
+    }
+    if (this.accepted.has(m.n)) return "it was heard before: replayed";
+    this.remember(m.n, m.s, now);
+    return announcement;
+  }
+
+  private sealText(plaintext: string): string {
+    const { key, kid } = this.keys[0]!;
+    const iv = Buffer.allocUnsafe(IV);
+    randomInto(iv, 0, IV);
+    const cipher = createCipheriv("aes-256-gcm", key, iv, { authTagLength: TAG });
+    const sealed = Buffer.concat([iv, cipher.update(plaintext, "utf8"), cipher.final(), cipher.getAuthTag()]);
+    return `${kid}.${sealed.toString("base64url")}`;
+  }
+
+  /**
+   * Keeps an accepted nonce for the window; older ones go. Beyond the bound the oldest go first, which
+   * would let a replay of one of them through within the window: the bound is far above the events one
+   * table sees in a minute, and only authenticated events take a place, so no forger can fill it.
+   */
+  private remember(nonce: string, sent: number, now: number): void {
+    if (now - this.prunedAt > REPLAY_WINDOW || this.accepted.size >= NONCES_KEPT) {
+      this.prunedAt = now;
+      for (const [n, s] of this.accepted) if (now - s > REPLAY_WINDOW) this.accepted.delete(n);
+      for (const n of this.accepted.keys()) {
+        if (this.accepted.size < NONCES_KEPT * 0.9) break;
+        this.accepted.delete(n);
+      }
+    }
+    this.accepted.set(nonce, sent);
+  }
+}
+
+function derive(secret: string, use: string, length: number): Buffer {
+  return Buffer.from(hkdfSync("sha256", secret, "connect-drizzle", `connect-drizzle broadcast ${use} v1`, length));
+}
+
+/** The plaintext of a sealed body, or undefined when it does not authenticate. */
+function openText(key: KeyObject, body: string): string | undefined {
+  const sealed = Buffer.from(body, "base64url");
+  if (sealed.length < IV + TAG) return undefined;
   try {
-    message = JSON.parse(payload);
+    const decipher = createDecipheriv("aes-256-gcm", key, sealed.subarray(0, IV), { authTagLength: TAG });
+    decipher.setAuthTag(sealed.subarray(sealed.length - TAG));
+    const opened = decipher.update(sealed.subarray(IV, sealed.length - TAG));
+    decipher.final(); // throws unless the tag matches
+    return opened.toString("utf8");
   } catch {
     return undefined;
   }
-  if (message === null || typeof message !== "object" || message.i === instance || message.t !== table || typeof message.handle !== "string") return undefined;
+}
+
+/** The event of an opened payload, with `local: false`, or undefined when it holds none. */
+function announcementOf(m: Record<string, unknown>): Announcement | undefined {
+  if (typeof m.handle !== "string") return undefined;
   const text = (value: unknown) => (typeof value === "string" ? value : null);
-  const row: EventRow = { handle: message.handle, user_id: text(message.userId), label: text(message.label), user_agent: text(message.userAgent), ip: text(message.ip) };
-  if (message.e === "created" || message.e === "newDevice") return { event: message.e, args: [sessionEvent(row, false)] };
-  if (message.e === "ended" && typeof message.reason === "string") return { event: "ended", args: [{ ...sessionEvent(row, false), reason: message.reason as EndReason }] };
+  const row: EventRow = { handle: m.handle, user_id: text(m.userId), label: text(m.label), user_agent: text(m.userAgent), ip: text(m.ip) };
+  if (m.e === "created" || m.e === "newDevice") return { event: m.e, args: [sessionEvent(row, false)] };
+  if (m.e === "ended" && typeof m.reason === "string" && END_REASON_VALUES.has(m.reason)) {
+    return { event: "ended", args: [{ ...sessionEvent(row, false), reason: m.reason as EndReason }] };
+  }
   return undefined;
 }
 

@@ -58,6 +58,7 @@ export interface SessionStoreOptions {
    * still opens no session). The first secret keys new rows; the others are still accepted on read, and
    * rows created under them keep their key until they end, so keep an old secret listed until the
    * sessions created under it have expired (your cookie maxAge), as you do for express-session's secret.
+   * With `broadcast` (which needs them), the keys that seal its events are derived from them too.
    * @default [] (SHA-256)
    */
   secrets?: string | readonly string[];
@@ -140,14 +141,19 @@ export interface SessionStoreOptions {
    */
   notify?: boolean;
   /**
-   * Send every lifecycle event (`created`, `ended`, `newDevice`) to the other instances on the table too:
-   * the write that creates or ends a session NOTIFYs it in the same statement (a `newDevice`, decided
-   * after the login's write, in a statement of its own), and each store with `broadcast`
-   * LISTENs (node-postgres and PGlite: a connection of its own; postgres.js: its listen connection) and
-   * emits what the others did with `local: false`. Delivery is at most once: an event sent while an
-   * instance's LISTEN connection is down is lost to it (for an audit trail of record, keep history with
-   * `retainEnded` and read it with `list`). On a driver that cannot LISTEN (pg-proxy, neon-http) the
-   * events are still sent, and this store emits only its own. Call `close()` to stop listening.
+   * Send every lifecycle event (`created`, `ended`, `newDevice`) to the other instances on the table too,
+   * and emit theirs with `local: false`. After the write that created or ended sessions, the store sends
+   * that operation's events in one NOTIFY statement of its own (failures are reported, never fail the
+   * operation), each sealed with AES-256-GCM under a key derived from `secrets`, which it needs: the
+   * channel carries no user id, IP or user agent in the clear, and an event that anyone else who can
+   * connect to the database NOTIFYs (forged, altered, replayed, or sent more than 60 s from this server's
+   * clock) is dropped and reported as an `UNTRUSTED_EVENT` error event, never emitted. Each store with
+   * `broadcast` LISTENs (node-postgres and PGlite: a connection of its own; postgres.js: its listen
+   * connection). Delivery is at most once: an event sent while an instance's LISTEN connection is down is
+   * lost to it (for an audit trail of record, keep history with `retainEnded` and read it with `list`). On
+   * a driver that cannot LISTEN (pg-proxy, neon-http) the events are still sent, and this store emits only
+   * its own. Call `close()` to stop listening.
+   * @throws TypeError at construction without `secrets` (the same on every instance, 32 characters or more)
    * @default false
    */
   broadcast?: boolean;
@@ -376,6 +382,14 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
   if (!secrets.every((s) => typeof s === "string" && s.length > 0)) {
     throw new TypeError("connect-drizzle: `secrets` must be a non-empty string or an array of non-empty strings");
   }
+  const broadcast = booleanOption(options, "broadcast");
+  if (broadcast && (secrets.length === 0 || !secrets.every((s) => s.length >= MIN_SECRET))) {
+    throw new TypeError(
+      `connect-drizzle: \`broadcast\` needs \`secrets\` (the same on every instance), each of at least ${MIN_SECRET} random characters: ` +
+        "its events are sealed with keys derived from them, so that nobody else who can connect to the database can read or forge them; " +
+        `make one with ${MAKE_SECRET} (a store that ran without \`secrets\` no longer finds the sessions it stored before: add them before going live)`,
+    );
+  }
   if (options.userId !== undefined && typeof options.userId !== "function") {
     throw new TypeError("connect-drizzle: `userId` must be a function (session) => string | undefined");
   }
@@ -423,7 +437,7 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
     prepare: options.prepare ?? true,
     cache: resolveCache(options.cache),
     notify: options.notify ?? options.cache !== undefined,
-    broadcast: booleanOption(options, "broadcast"),
+    broadcast,
     merge: options.merge ?? !options.versioned,
     versioned: options.versioned ?? false,
     timeout: numberOption(options, "timeout", DEFAULT_TIMEOUT),

@@ -84,9 +84,9 @@ export interface RecordsContext {
   write<Row extends { key: string } = { key: string }>(statement: SQL): Promise<Row[]>;
   /** The app server's wall clock, epoch ms. */
   now(): number;
-  /** Whether ends must return the ended rows' records (someone listens for `ended`). */
+  /** Whether ends must return the ended rows' records (someone listens for `ended`, or `broadcast` sends it). */
   recordsEnds(): boolean;
-  /** Announces `ended` for each row an end returned with its record. */
+  /** Announces `ended` for each row an end returned with its record (and with `broadcast`, sends them). */
   ended(rows: readonly EventRow[], reason: EndReason): void;
 }
 

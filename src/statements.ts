@@ -118,8 +118,6 @@ export class Statements {
       notify: boolean;
       retainEnded: number;
       versioned: boolean;
-      /** With `broadcast`: this store's instance id, sent with each lifecycle event's NOTIFY. */
-      broadcast?: string | undefined;
     },
   ) {
     const config = getTableConfig(t);
@@ -221,7 +219,7 @@ export class Statements {
 
   /**
    * Inserts a session id this store did not load (a new session). It sends no cache NOTIFY: no instance
-   * can have cached a row that did not exist (with `broadcast`, the `created` event's). Nothing is
+   * can have cached a row that did not exist. Nothing is
    * inserted when a row of the id exists (under any of its `n` keys): then {@link saveExisting}.
    */
   insert(n: number, login?: LoginWrite): Shape {
@@ -241,7 +239,7 @@ export class Statements {
       const values = n === 1 ? sql`values (${row})` : sql`select ${row} where not exists (select 1 from ${t} where ${this.byKeys(keyParams(n, v).slice(1))})`;
       // Only the key comes back: the new row's expiry and version are what was sent (see SessionStore.save),
       // and it was authenticated now when it has a user.
-      const insert = sql`insert into ${t} (${columns}) ${values} on conflict (${col(t.key)}) do nothing returning ${t.key} as key${this.broadcast("created")}`;
+      const insert = sql`insert into ${t} (${columns}) ${values} on conflict (${col(t.key)}) do nothing returning ${t.key} as key`;
       return login && (login.cap !== undefined || login.devices) ? this.login(insert, v, login) : insert;
     });
   }
@@ -327,7 +325,7 @@ export class Statements {
 
   /**
    * Ends the session of a session id for `reason` (destroy, regenerate); `record`: it also returns the
-   * ended row's {@link EventRow} (a listener of `ended` wants it). Without, it is the plain statement.
+   * ended row's {@link EventRow} (a listener of `ended`, or `broadcast`, wants it). Without, it is the plain statement.
    */
   end(n: number, record = false): Shape {
     return this.shape(record ? `end:${n}:record` : `end:${n}`, (v) => this.ending(v("reason"), this.byKeys(keyParams(n, v)), record));
@@ -365,13 +363,12 @@ export class Statements {
   }
 
   /**
-   * With `broadcast`, the NOTIFY of a lifecycle event decided after its write (`newDevice`), with the
-   * payload the statements' own build (see {@link broadcast}), from the record `row`.
+   * With `broadcast`, the NOTIFY of an operation's lifecycle events, sealed by the store (SQL cannot seal
+   * them, so they leave after the write, in this one statement), one notification per payload in order.
+   * The payloads go as one JSON array text parameter, which every driver sends alike.
    */
-  announceEvent(event: "newDevice", row: { handle: string; user_id: string | null; label: string | null; user_agent: string | null; ip: string | null }): SQL {
-    const bare = sql`'i', ${this.settings.broadcast ?? ""}::text, 't', ${this.tableName}::text, 'e', ${event}::text, 'handle', ${row.handle}::text`;
-    const full = sql`json_build_object(${bare}, 'userId', ${row.user_id}::text, 'label', ${row.label}::text, 'userAgent', ${row.user_agent}::text, 'ip', ${row.ip}::text)::text`;
-    return sql`select pg_notify(${this.eventsChannel}, case when octet_length(${full}) < 8000 then ${full} else json_build_object(${bare})::text end)`;
+  broadcast(payloads: readonly string[]): SQL {
+    return sql`select pg_notify(${this.eventsChannel}, p) from json_array_elements_text(${JSON.stringify(payloads)}::text::json) p`;
   }
 
   /** A NOTIFY on the channel (the cache's probe). */
@@ -493,7 +490,7 @@ export class Statements {
    */
   private ending(reason: SQL | EndReason, where: SQL, record = false): SQL {
     const t = this.t;
-    const returning = sql`${this.changed()}${record ? sql`, ${this.eventColumns()}` : sql``}${this.broadcast("ended", reason)}`;
+    const returning = sql`${this.changed()}${record ? sql`, ${this.eventColumns()}` : sql``}`;
     if (this.settings.retainEnded === 0) return sql`delete from ${t} where ${where} and ${t.endedAt} is null ${returning}`;
     return sql`update ${t} set ${col(t.endedAt)} = ${NOW}, ${col(t.endReason)} = ${reason}::text, ${col(t.data)} = '{}'::jsonb,
         ${col(t.version)} = ${t.version} + 1 where ${where} and ${t.endedAt} is null ${returning}`;
@@ -503,24 +500,6 @@ export class Statements {
   private eventColumns(): SQL {
     const t = this.t;
     return sql`${t.handle} as handle, ${t.userId}::text as user_id, ${t.label} as label, ${t.userAgent} as user_agent, ${t.ip} as ip`;
-  }
-
-  /**
-   * With `broadcast`, the `returning` column that NOTIFYs the lifecycle event of each row the statement
-   * created or ended (RETURNING runs once per row changed, so a statement that changed none sends none);
-   * nothing without it. The payload is JSON built here, with this store's instance id (`i`), so that it
-   * skips its own, and the table (`t`), since two long table names can share a cut channel name. It must
-   * stay under Postgres's 8000 bytes: the store cuts user agents at 512 characters and labels at 200, but
-   * a huge user id or a row written by something else could pass it, and a NOTIFY refused would fail the
-   * write, so such an event goes out with its handle and reason only.
-   */
-  private broadcast(event: "created" | "ended", reason?: SQL | EndReason): SQL {
-    const instance = this.settings.broadcast;
-    if (instance === undefined) return sql``;
-    const t = this.t;
-    const bare = sql`'i', ${instance}::text, 't', ${this.tableName}::text, 'e', ${event}::text, 'handle', ${t.handle}${reason === undefined ? sql`` : sql`, 'reason', ${reason}::text`}`;
-    const full = sql`json_build_object(${bare}, 'userId', ${t.userId}::text, 'label', ${t.label}, 'userAgent', ${t.userAgent}, 'ip', ${t.ip})::text`;
-    return sql`, pg_notify(${this.eventsChannel}, case when octet_length(${full}) < 8000 then ${full} else json_build_object(${bare})::text end)`;
   }
 
   /**

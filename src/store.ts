@@ -4,7 +4,7 @@ import type { SQL } from "drizzle-orm";
 import { Store, type SessionData } from "express-session";
 import { ReadCache } from "./cache.js";
 import { describeDevice } from "./device.js";
-import { deliver, heardEvent, sessionEvent, type LifecycleEvent, type LifecycleEvents } from "./events.js";
+import { deliver, EventSeal, sessionEvent, type Announcement, type LifecycleEvent, type LifecycleEvents } from "./events.js";
 import { settle, settled, type Callback } from "./callback.js";
 import { driverName, Executor, interactiveTransactions, isTrue, loneClient, type Shape } from "./driver.js";
 import { databaseError, reauthenticationRequired, schemaOutdated, SessionStoreError, tableMissing } from "./errors.js";
@@ -164,7 +164,8 @@ export const RECENT_LOGIN_OPTIONS: Readonly<Record<keyof RequireRecentLoginOptio
  * The events of a {@link SessionStore}, each with its listener's arguments:
  * - `reap`: a reaper round finished (the periodic reaper's rounds; `store.reap()` resolves with its own);
  * - `error`: a problem that did not fail a request (a corrupt row, a failed reaper round, a failing cache
- *   probe, a lifecycle listener that threw, a lost `broadcast` connection). Without a listener it is
+ *   probe, a lifecycle listener that threw, a lost `broadcast` connection, an event refused on the
+ *   `broadcast` channel: `UNTRUSTED_EVENT`). Without a listener it is
  *   written to the console instead;
  * - `connect`, `disconnect`: express-session listens for them; this store never emits them (every
  *   operation gets its connection from your database, and a failure fails only that operation);
@@ -218,6 +219,8 @@ export class SessionStore extends Store {
   private readonly reaper: Reaper | undefined;
   /** This store's id among the instances on the table: its own `broadcast` NOTIFYs are skipped by it. */
   private readonly instance = newHandle();
+  /** What seals this store's lifecycle events and opens the others', with `broadcast`. */
+  private readonly herald: EventSeal | undefined;
   /** The LISTEN of the lifecycle events of other instances, with `broadcast`. */
   private readonly hearing: Listening | undefined;
   /** Encryption at rest, with the `encrypt` option. */
@@ -241,8 +244,8 @@ export class SessionStore extends Store {
           "back); give the store a pg.Pool (drizzle({ client: new pg.Pool(...) })), or remove `maxSessionsPerUser`",
       );
     }
-    const broadcast = this.options.broadcast ? this.instance : undefined;
-    this.sql = new Statements(table, { absoluteTimeout, notify, retainEnded, versioned, broadcast });
+    this.sql = new Statements(table, { absoluteTimeout, notify, retainEnded, versioned });
+    this.herald = this.options.broadcast ? new EventSeal(this.options.secrets, this.sql.tableName, this.instance) : undefined;
     this.exec = new Executor(db, { timeout, prepare });
     this.keysOf = keyDeriver(this.options.secrets);
     this.sealer = this.options.encrypt && new Sealer(this.options.encrypt);
@@ -253,8 +256,8 @@ export class SessionStore extends Store {
       query: (statement) => this.exec.query(statement),
       write: <Row extends { key: string }>(statement: SQL) => this.write<Row>(statement),
       now: () => this.now(),
-      recordsEnds: () => this.listenerCount("ended") > 0,
-      ended: (rows, reason) => this.announceEnded(rows, reason),
+      recordsEnds: () => this.recordsEnds(),
+      ended: (rows, reason) => this.announceOwn(endedEvents(rows, reason)),
     });
     if (this.options.cache) {
       this.cache = new ReadCache<Loaded>(this.options.cache, {
@@ -279,10 +282,7 @@ export class SessionStore extends Store {
         db,
         this.sql.eventsChannel,
         {
-          onMessage: (payload) => {
-            const heard = heardEvent(payload, this.instance, this.sql.tableName);
-            if (heard) this.announce(heard.event, ...heard.args);
-          },
+          onMessage: (payload) => this.heard(payload),
           onReady: () => {},
           onLost: (error) =>
             this.report(new SessionStoreError("DATABASE", `the LISTEN connection of \`broadcast\` was lost (${error.message}); other instances' events are missed until it is back`, { cause: error })),
@@ -616,7 +616,17 @@ export class SessionStore extends Store {
     return loaded ? withLoaded(session, loaded) : session;
   }
 
+  /** Saves a session; the lifecycle events of its write are announced once it is done, even when a later step fails. */
   private async save(sid: string, session: SessionData): Promise<void> {
+    const events: Announcement[] = [];
+    try {
+      await this.saveWith(sid, session, events);
+    } finally {
+      this.announceOwn(events);
+    }
+  }
+
+  private async saveWith(sid: string, session: SessionData, events: Announcement[]): Promise<void> {
     if (!isValidId(sid)) {
       throw new TypeError("connect-drizzle: a session id must be a well-formed string (express-session's ids always are)");
     }
@@ -679,9 +689,9 @@ export class SessionStore extends Store {
       if (inserted) written = { ...inserted, version: 1, expires: Math.min(target - now, absolute ?? Infinity), absolute, authenticated };
       // A set of an id the store did not load whose row exists: update it, unless it ended.
       else written = await this.saveExisting<Saved>(keys, values, session, text);
-      if (inserted && this.listenerCount("created") > 0) {
+      if (inserted && (this.herald || this.listenerCount("created") > 0)) {
         const row: EventRow = { handle: values.handle as string, user_id: userId, label, user_agent: ua, ip };
-        this.announce("created", sessionEvent(row, true));
+        events.push({ event: "created", args: [sessionEvent(row, true)] });
       }
       if (inserted) await this.recordRotation(session, sid);
     }
@@ -703,7 +713,7 @@ export class SessionStore extends Store {
     this.remember(session, next, since, merged ? this.rowText(written.key, written.data) : text);
     if (login) {
       const handle = written.handle ?? (values.handle as string);
-      this.loggedIn(written, { handle, user_id: userId, label, user_agent: next.ua, ip: next.ip });
+      events.push(...this.loggedIn(written, { handle, user_id: userId, label, user_agent: next.ua, ip: next.ip }));
     }
   }
 
@@ -748,21 +758,18 @@ export class SessionStore extends Store {
 
   /**
    * After a login write: the sessions it evicted leave this store's cache (other instances' with the
-   * NOTIFY of the same statement) and are announced as ended; the new session is announced as a new
-   * device when none of the user's recent rows from its IP was of its browser family and OS.
+   * NOTIFY of the same statement); returned are their `ended` events, and the new session's `newDevice`
+   * when none of the user's recent rows from its IP was of its browser family and OS.
    */
-  private loggedIn(row: LoginRow, session: EventRow): void {
+  private loggedIn(row: LoginRow, session: EventRow): Announcement[] {
     const evicted: Array<{ key: string } & EventRow> = row.evicted === undefined ? [] : JSON.parse(row.evicted);
     if (evicted.length > 0) this.evict(evicted.map((r) => r.key));
-    this.announceEnded(evicted, "evicted");
-    if (row.seen === undefined) return;
+    const events = endedEvents(evicted, "evicted");
+    if (row.seen === undefined) return events;
     const device = describeDevice(session.user_agent);
     const seen: Array<string | null> = JSON.parse(row.seen);
-    if (seen.some((ua) => describeDevice(ua) === device)) return;
-    this.announce("newDevice", sessionEvent(session, true));
-    // Decided here, after the write: with `broadcast`, its NOTIFY is a statement of its own, and one that
-    // fails is reported rather than failing the login that already happened.
-    if (this.options.broadcast) void this.exec.query(this.sql.announceEvent("newDevice", session)).catch((error) => this.report(databaseError(error, this.sql.tableName, "broadcast newDevice")));
+    if (!seen.some((ua) => describeDevice(ua) === device)) events.push({ event: "newDevice", args: [sessionEvent(session, true)] });
+    return events;
   }
 
   /**
@@ -881,11 +888,11 @@ export class SessionStore extends Store {
     if (!isValidId(sid)) return false;
     const keys = this.keysOf(sid);
     this.evict(keys);
-    const record = this.listenerCount("ended") > 0;
+    const record = this.recordsEnds();
     const rows = await this.exec.run<{ key: string } & EventRow>(this.sql.end(keys.length, record), keyValues(keys, { reason }));
     // Evict again: a read or write of this store that overlapped the end may have cached the session.
     this.evict(keys);
-    if (record) this.announceEnded(rows, reason);
+    if (record) this.announceOwn(endedEvents(rows, reason));
     return rows.length > 0;
   }
 
@@ -911,18 +918,40 @@ export class SessionStore extends Store {
   }
 
   /**
-   * Emits a lifecycle event: of a change this store made (`local: true`; with `broadcast` its statement
-   * also sent it to the other instances), or of one heard from another instance (`local: false`). The one
-   * place they are emitted from. A listener that throws fails neither the operation nor the other
-   * listeners: its error is reported (see {@link deliver}). @internal
+   * Emits a lifecycle event: of a change this store made (`local: true`, from {@link announceOwn}), or of
+   * one heard from another instance (`local: false`, with `broadcast`). The one place they are emitted
+   * from. A listener that throws fails neither the operation nor the other listeners: its error is
+   * reported (see {@link deliver}). @internal
    */
   protected announce<E extends LifecycleEvent>(event: E, ...args: LifecycleEvents[E]): void {
     deliver(this, event, args, (error) => this.report(error));
   }
 
-  /** Announces `ended` for each row a statement ended, as it returned them (see Statements' `end`). */
-  private announceEnded(rows: readonly EventRow[], reason: EndReason): void {
-    for (const row of rows) this.announce("ended", { ...sessionEvent(row, true), reason });
+  /**
+   * Announces the events of one operation of this store, after its write: with `broadcast` they go to the
+   * other instances first, sealed (SQL cannot seal them), in one NOTIFY statement that is not awaited: one
+   * that fails is reported, and never fails the operation that already happened.
+   */
+  private announceOwn(events: readonly Announcement[]): void {
+    if (events.length === 0) return;
+    if (this.herald) {
+      const now = this.now();
+      const payloads = events.map((event) => this.herald!.seal(event, now));
+      void this.exec.query(this.sql.broadcast(payloads)).catch((error) => this.report(databaseError(error, this.sql.tableName, "broadcast")));
+    }
+    for (const { event, args } of events) this.announce(event, ...args);
+  }
+
+  /** A payload heard on the `broadcast` channel: emitted if another instance sealed it, reported if it was refused. */
+  private heard(payload: string): void {
+    const opened = this.herald!.open(payload, this.now());
+    if (typeof opened === "string") this.report(new SessionStoreError("UNTRUSTED_EVENT", `an event heard on the \`broadcast\` channel was dropped, never emitted: ${opened}`));
+    else if (opened) this.announce(opened.event, ...opened.args);
+  }
+
+  /** Whether ends must return the ended rows' records: someone listens for `ended`, or `broadcast` sends it. */
+  private recordsEnds(): boolean {
+    return this.herald !== undefined || this.listenerCount("ended") > 0;
   }
 
   /**
@@ -1036,6 +1065,11 @@ function requestMetadata(session: SessionData): { ua: string | null; ip: string 
   // A dual-stack server sees IPv4 clients as ::ffff:a.b.c.d; record the address people know.
   const ip = typeof address === "string" ? address.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, "").slice(0, 64) : null;
   return { ua: typeof ua === "string" ? ua.slice(0, 512) : null, ip };
+}
+
+/** The `ended` events of the rows an end returned with their records. */
+function endedEvents(rows: readonly EventRow[], reason: EndReason): Announcement[] {
+  return rows.map((row) => ({ event: "ended", args: [{ ...sessionEvent(row, true), reason }] }));
 }
 
 /** The trace details of the fast paths that answer without a query. */

@@ -112,8 +112,10 @@ describe.each(drivers)("maxSessionsPerUser on %s", (driver) => {
   });
 
   it("with broadcast, another instance hears each eviction as ended (evicted, local: false)", async () => {
-    const { store } = storeWith({ broadcast: true, maxSessionsPerUser: 1 });
-    const listener = new SessionStore({ db: (await other()).db, table: t.table, reaper: false, broadcast: true });
+    // Events are sealed under keys derived from `secrets`, the same on every instance.
+    const secrets = "caps-test-secret-0123456789abcdefghij";
+    const { store } = storeWith({ broadcast: true, secrets, maxSessionsPerUser: 1 });
+    const listener = new SessionStore({ db: (await other()).db, table: t.table, reaper: false, broadcast: true, secrets });
     stores.push(listener);
     const heard: SessionEndedEvent[] = [];
     listener.on("ended", (event) => void heard.push(event));

@@ -1,4 +1,5 @@
 import { drizzle as drizzlePg } from "drizzle-orm/node-postgres";
+import { randomBytes } from "node:crypto";
 import pg from "pg";
 import request from "supertest";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -8,6 +9,9 @@ import { cookieOf, testApp } from "./support/app.js";
 import { DATABASE_URL, drivers, eventually, openDb, openPeer, sessionData, sleep, type Peer, type TestDb, useTestDb } from "./support/db.js";
 
 const HOUR = 3_600_000;
+/** `broadcast` seals its events under keys derived from `secrets`, the same on every instance. */
+const SECRET = "events-test-secret-0123456789abcdefghij";
+const OTHER_SECRET = "another-deployment-secret-0123456789abcdef";
 const FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
 
 /** What a store emitted, in order: every `created` and `ended` event. */
@@ -246,14 +250,14 @@ describe.each(drivers)("broadcast on %s", (driver) => {
 
   async function peerStore(options: Partial<SessionStoreOptions> = {}): Promise<SessionStore> {
     const peer: Peer = await openPeer(t);
-    const s = new SessionStore({ db: peer.db, table: t.table, reaper: false, broadcast: true, ...options });
+    const s = new SessionStore({ db: peer.db, table: t.table, reaper: false, broadcast: true, secrets: SECRET, ...options });
     cleanup.push(() => peer.close());
     cleanup.push(() => s.close());
     return s;
   }
 
   function localStore(options: Partial<SessionStoreOptions> = {}): SessionStore {
-    const s = new SessionStore({ db: t.db, table: t.table, reaper: false, broadcast: true, ...options });
+    const s = new SessionStore({ db: t.db, table: t.table, reaper: false, broadcast: true, secrets: SECRET, ...options });
     cleanup.push(() => s.close());
     return s;
   }
@@ -403,23 +407,203 @@ describe.each(drivers)("broadcast on %s", (driver) => {
     expect(heardB.map((h) => [h.event, h.e.userId])).toEqual([["created", "bob"]]);
   });
 
-  it("the NOTIFY payload holds the event and the instance, never a session id or row key", async () => {
-    const a = localStore();
+  /** Every payload on the events channel of `store`'s table, from a LISTEN of its own (what anyone who can connect sees). */
+  async function tap(store: SessionStore): Promise<string[]> {
     const payloads: string[] = [];
     let ready = false;
-    const hearing = listen(t.db, (a as any).sql.eventsChannel, { onMessage: (p) => void payloads.push(p), onReady: () => void (ready = true), onLost: () => {} }, { postgresJs: true })!;
+    const hearing = listen(t.db, channelOf(store), { onMessage: (p) => void payloads.push(p), onReady: () => void (ready = true), onLost: () => {} }, { postgresJs: true })!;
     cleanup.push(() => hearing.close());
     expect(await eventually(() => ready, 10_000)).toBe(true);
-    await a.set("payload-sid", user("ann", { label: "Laptop" }));
-    await a.destroy("payload-sid");
-    expect(await eventually(() => payloads.length === 2)).toBe(true);
-    const keys: string[] = (a as any).keysOf("payload-sid");
-    for (const payload of payloads) {
-      expect(payload).not.toContain("payload-sid");
-      for (const key of keys) expect(payload).not.toContain(key);
-      expect(Object.keys(JSON.parse(payload)).sort()).toEqual(expect.arrayContaining(["e", "handle", "i", "ip", "label", "t", "userAgent", "userId"]));
+    return payloads;
+  }
+
+  const channelOf = (store: SessionStore): string => (store as any).sql.eventsChannel;
+
+  /** NOTIFYs `payload` on `store`'s events channel with raw SQL, outside any store. */
+  const notifyRaw = (store: SessionStore, payload: string) => t.raw(`select pg_notify('${channelOf(store)}', '${payload.replaceAll("'", "''")}')`);
+
+  /** Keeps the stores a test is not about from writing what they refuse to the console. */
+  const quiet = (...stores: SessionStore[]) => stores.forEach((s) => s.on("error", () => {}));
+
+  /** The messages of the `UNTRUSTED_EVENT` errors `store` reports. */
+  function untrusted(store: SessionStore): string[] {
+    const messages: string[] = [];
+    store.on("error", (error) => void ((error as any).code === "UNTRUSTED_EVENT" && messages.push(error.message)));
+    return messages;
+  }
+
+  /** An old-style (plain JSON) event payload, as anyone who can connect could NOTIFY it. */
+  const forgedJson = (store: SessionStore, e: string) =>
+    JSON.stringify({ i: "forger", t: (store as any).sql.tableName, e, handle: "forged-handle", userId: "ann", label: null, userAgent: FIREFOX, ip: "203.0.113.9", reason: "revoked" });
+
+  it("`broadcast` without `secrets` (or with a short one) is a TypeError at construction that says to set them", () => {
+    expect(() => new SessionStore({ db: t.db, table: t.table, reaper: false, broadcast: true })).toThrow(
+      expect.objectContaining({ name: "TypeError", message: expect.stringMatching(/^connect-drizzle: `broadcast` needs `secrets` \(the same on every instance\)/) }),
+    );
+    expect(() => new SessionStore({ db: t.db, table: t.table, reaper: false, broadcast: true, secrets: ["short"] })).toThrow(TypeError);
+    expect(() => new SessionStore({ db: t.db, table: t.table, reaper: false, broadcast: true, secrets: [SECRET, "short"] })).toThrow(TypeError);
+  });
+
+  it("an event NOTIFYed by someone without the secrets (raw SQL, old-style JSON or sealed-looking) is dropped and reported, never emitted", async () => {
+    const a = localStore();
+    const b = await peerStore();
+    quiet(a);
+    const payloads = await tap(a);
+    const heardB = record(b);
+    const rejected = untrusted(b);
+    await flushed(a, b);
+    const kid = payloads[0]!.split(".")[0]!;
+    const forged = [
+      forgedJson(a, "ended"),
+      forgedJson(a, "created"),
+      forgedJson(a, "newDevice"),
+      `${kid}.${randomBytes(200).toString("base64url")}`,
+      `${randomBytes(6).toString("base64url")}.${randomBytes(200).toString("base64url")}`,
+      "",
+    ];
+    for (const payload of forged) await notifyRaw(a, payload);
+    let newDevices = 0;
+    b.on("newDevice", () => void newDevices++);
+    await flushed(a, b);
+    expect(heardB).toEqual([]);
+    expect(newDevices).toBe(0);
+    expect(rejected).toHaveLength(forged.length);
+    for (const message of rejected) expect(message).toMatch(/^connect-drizzle: an event heard on the `broadcast` channel was dropped, never emitted: /);
+  });
+
+  it.skipIf(driver === "pglite")("a role with no privilege on the sessions table can NOTIFY on the events channel, and its event is dropped and reported", async () => {
+    const a = localStore();
+    const b = await peerStore();
+    quiet(a);
+    const heardB = record(b);
+    const rejected = untrusted(b);
+    await flushed(a, b);
+    const role = `cd_forger_${process.pid}_${Date.now().toString(36)}`;
+    await t.raw(`create role "${role}" login`);
+    const url = new URL(DATABASE_URL!);
+    url.username = role;
+    url.password = "";
+    const forger = new pg.Client({ connectionString: url.toString() });
+    try {
+      await forger.connect();
+      await expect(forger.query(`select count(*) from $table`.replace("$table", `"${t.schema}"."sessions"`))).rejects.toThrow(/permission denied/);
+      await forger.query("select pg_notify($1, $2)", [channelOf(a), forgedJson(a, "ended")]);
+    } finally {
+      await forger.end().catch(() => {});
+      await t.raw(`drop role "${role}"`);
     }
-    expect(JSON.parse(payloads[1]!)).toMatchObject({ e: "ended", reason: "logout", userId: "ann", label: "Laptop" });
+    await flushed(a, b);
+    expect(heardB).toEqual([]);
+    expect(rejected).toHaveLength(1);
+  });
+
+  it("a replayed event (the same sealed payload sent again) is dropped and reported", async () => {
+    const a = localStore();
+    const b = await peerStore();
+    quiet(a);
+    const payloads = await tap(a);
+    const heardB = record(b);
+    const rejected = untrusted(b);
+    await flushed(a, b);
+    payloads.length = 0;
+    await a.set("replayed", user("ann"));
+    expect(await eventually(() => created(heardB).length === 1)).toBe(true);
+    expect(payloads).toHaveLength(1);
+    await notifyRaw(a, payloads[0]!);
+    await notifyRaw(a, payloads[0]!);
+    await flushed(a, b);
+    expect(created(heardB).map((e) => e.userId)).toEqual(["ann"]);
+    expect(rejected).toEqual([expect.stringContaining("replayed"), expect.stringContaining("replayed")]);
+  });
+
+  it("an altered payload is dropped and reported", async () => {
+    const a = localStore();
+    const payloads = await tap(a);
+    const b = await peerStore();
+    quiet(a);
+    const heardB = record(b);
+    const rejected = untrusted(b);
+    await flushed(a, b);
+    payloads.length = 0;
+    await a.set("altered", user("ann"));
+    expect(await eventually(() => payloads.length === 1)).toBe(true);
+    await flushed(a, b);
+    heardB.length = 0;
+    const [original] = payloads;
+    const flip = (text: string, at: number) => text.slice(0, at) + (text[at] === "A" ? "B" : "A") + text.slice(at + 1);
+    const body = original!.indexOf(".") + 1;
+    const altered = [flip(original!, body + 20), flip(original!, original!.length - 2), original!.slice(0, -4), flip(original!, 0)];
+    for (const payload of altered) await notifyRaw(a, payload);
+    await flushed(a, b);
+    expect(heardB).toEqual([]);
+    expect(rejected).toHaveLength(altered.length);
+  });
+
+  it("the channel carries no personal data in the clear: no user id, IP, user agent, label, handle, session id or key", async () => {
+    const a = localStore({ retainEnded: HOUR });
+    const payloads = await tap(a);
+    const userId = "user@example.com";
+    const app = testApp(a);
+    const cookie = await login(app, userId);
+    await a.set("labelled-sid", sessionData(HOUR, { passport: { user: userId }, label: "Work laptop" }));
+    const records = await a.list({ userId, status: "all" });
+    await request(app).post("/logout").set("Cookie", cookie).set("User-Agent", FIREFOX);
+    await a.revokeUser(userId);
+    // created, newDevice (express login), created (set), ended (logout), created (anonymous), ended (revokeUser)
+    expect(await eventually(() => payloads.length >= 6)).toBe(true);
+    const secrets = [userId, "user%40example.com", "127.0.0.1", "Firefox", "Work laptop", "labelled-sid", ...records.map((r) => r.handle), ...(a as any).keysOf("labelled-sid")];
+    for (const payload of payloads) {
+      expect(payload).toMatch(/^[\w-]+\.[\w-]+$/);
+      for (const secret of secrets) expect(payload).not.toContain(secret);
+    }
+  });
+
+  it("an event sealed under another deployment's secrets is dropped and reported; during a rotation both secrets open", async () => {
+    const a = localStore();
+    const stranger = localStore({ secrets: OTHER_SECRET });
+    const b = await peerStore();
+    quiet(a, stranger);
+    const heardB = record(b);
+    const rejected = untrusted(b);
+    await flushed(a, b);
+    await stranger.set("stranger", user("eve"));
+    await flushed(a, b);
+    expect(heardB).toEqual([]);
+    expect(rejected).toEqual([expect.stringContaining("set the same `secrets` on every instance")]);
+    // A new secret first on one instance, second on the other: each hears the other.
+    const next = localStore({ secrets: [OTHER_SECRET, SECRET] });
+    const during = await peerStore({ secrets: [SECRET, OTHER_SECRET] });
+    quiet(next, during);
+    const heardNext = record(next);
+    const heardDuring = record(during);
+    await flushed(next, during);
+    await flushed(during, next);
+    await next.set("rotating-1", user("ann"));
+    await during.set("rotating-2", user("bob"));
+    await flushed(next, during);
+    await flushed(during, next);
+    expect(created(heardDuring).filter((e) => !e.local).map((e) => e.userId)).toEqual(["ann"]);
+    expect(created(heardNext).filter((e) => !e.local).map((e) => e.userId)).toEqual(["bob"]);
+  });
+
+  it("an event sent more than a minute from the receiver's clock is dropped and reported (a replay after the nonces are forgotten)", async () => {
+    class Skewed extends SessionStore {
+      protected override now(): number {
+        return Date.now() - 2 * 60_000;
+      }
+    }
+    const a = localStore();
+    const skewed = new Skewed({ db: t.db, table: t.table, reaper: false, broadcast: true, secrets: SECRET });
+    cleanup.push(() => skewed.close());
+    const b = await peerStore();
+    quiet(a, skewed);
+    const heardB = record(b);
+    const rejected = untrusted(b);
+    await flushed(a, b);
+    await skewed.set("stale", user("eve"));
+    await flushed(a, b);
+    expect(heardB).toEqual([]);
+    expect(rejected).toEqual([expect.stringContaining("from this server's clock")]);
   });
 
   it("an event too large for a NOTIFY (a row written by something else) goes out with its handle and reason only, and the end succeeds", async () => {
@@ -450,8 +634,8 @@ describe.skipIf(!DATABASE_URL)("broadcast through pg-proxy (no LISTEN)", () => {
   });
 
   it("sends its events to the instances that listen, and emits only its own", async () => {
-    const proxied = new SessionStore({ db: t.db, table: t.table, reaper: false, broadcast: true });
-    const listener = new SessionStore({ db: drizzlePg({ client: pool }), table: t.table, reaper: false, broadcast: true });
+    const proxied = new SessionStore({ db: t.db, table: t.table, reaper: false, broadcast: true, secrets: SECRET });
+    const listener = new SessionStore({ db: drizzlePg({ client: pool }), table: t.table, reaper: false, broadcast: true, secrets: SECRET });
     try {
       const heardProxied = record(proxied);
       const heardListener = record(listener);
