@@ -1,4 +1,5 @@
 import { sql } from "drizzle-orm";
+import { checkOptions, is, type OptionChecks } from "./check.js";
 import type { $Type, HasDefault, IsPrimaryKey, NotNull } from "drizzle-orm";
 import { bigint, getTableConfig, index, integer, jsonb, pgSchema, pgTable, text, timestamp, uniqueIndex, uuid, type AnyPgColumn } from "drizzle-orm/pg-core";
 
@@ -52,17 +53,13 @@ const instant = (name: string) => timestamp(name, { withTimezone: true, precisio
 
 function userIdColumn(options: SessionTableOptions<UserIdType>) {
   const type = options.userIdType ?? "text";
+  // `userIdType` is one of the four (TABLE_OPTIONS).
   const column =
-    type === "text" ? text("user_id")
-    : type === "integer" ? integer("user_id")
+    type === "integer" ? integer("user_id")
     : type === "bigint" ? bigint("user_id", { mode: "number" })
     : type === "uuid" ? uuid("user_id")
-    : undefined;
-  if (!column) throw new TypeError(`connect-drizzle: userIdType must be "text", "integer", "bigint" or "uuid" (got ${String(type)})`);
+    : text("user_id");
   if (options.references === undefined) return column;
-  if (typeof options.references !== "function") {
-    throw new TypeError("connect-drizzle: `references` must be a function returning your users' id column, e.g. () => users.id");
-  }
   return column.references(options.references, { onDelete: options.onDelete ?? "cascade" });
 }
 
@@ -139,6 +136,17 @@ export interface SessionTableOptions<T extends UserIdType = "text"> {
   onDelete?: UpdateDeleteAction;
 }
 
+/** The referential actions of `onDelete`. */
+const UPDATE_DELETE_ACTIONS: readonly UpdateDeleteAction[] = ["cascade", "restrict", "no action", "set null", "set default"];
+
+/** Every option of {@link SessionTableOptions} with its check. */
+export const TABLE_OPTIONS: OptionChecks<SessionTableOptions<UserIdType>> = {
+  schema: is.name("Postgres schema name"),
+  userIdType: is.oneOf(["text", "integer", "bigint", "uuid"] satisfies UserIdType[]),
+  references: is.function("returning your users' id column, e.g. () => users.id"),
+  onDelete: is.oneOf(UPDATE_DELETE_ACTIONS),
+};
+
 /**
  * Builds the sessions table under a custom name and/or Postgres schema, optionally with a `user_id` of
  * your users' id type referencing them. Import the result into your own drizzle schema so drizzle-kit
@@ -152,6 +160,10 @@ export function createSessionTable<T extends UserIdType = "text">(name: string, 
   if (typeof name !== "string" || name.length === 0) {
     throw new TypeError("connect-drizzle: createSessionTable needs a non-empty table name");
   }
+  if (options === null || typeof options !== "object") {
+    throw new TypeError("connect-drizzle: createSessionTable(name, options) takes an options object such as { schema: \"auth\" }");
+  }
+  checkOptions(options, TABLE_OPTIONS, "createSessionTable");
   const columns = sessionColumns(options);
   const table = options.schema ? pgSchema(options.schema).table(name, columns, sessionIndexes(name)) : pgTable(name, columns, sessionIndexes(name));
   // The column of `user_id` is chosen at run time from `userIdType`; SessionTable<T> names the one it is.

@@ -9,7 +9,8 @@ import { driverName, Executor, interactiveTransactions, isTrue, loneClient, type
 import { databaseError, reauthenticationRequired, schemaOutdated, SessionStoreError, tableMissing } from "./errors.js";
 import { isValidId, keyDeriver, newHandle, type KeyDeriver } from "./hash.js";
 import { listen, type Listening } from "./notify.js";
-import { checkOptionKeys, ownerOf, resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
+import { checkOptions, is, type OptionChecks } from "./check.js";
+import { ownerOf, resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
 import { reap, Reaper, type ReapResult } from "./reaper.js";
 import { Records, type EndReason, type ExtendOptions, type RevokeOptions, type SessionQuery, type SessionRecord, type UserId } from "./records.js";
 import { Sealer } from "./seal.js";
@@ -126,8 +127,8 @@ export interface RequireRecentLoginOptions<Req = IncomingMessage, Res = ServerRe
   onStale?: (req: Req, res: Res, next: (err?: unknown) => void) => void;
 }
 
-/** Every key of {@link RequireRecentLoginOptions}. */
-export const RECENT_LOGIN_OPTIONS: Readonly<Record<keyof RequireRecentLoginOptions, true>> = { onStale: true };
+/** Every option of {@link RequireRecentLoginOptions} with its check. */
+export const RECENT_LOGIN_OPTIONS: OptionChecks<RequireRecentLoginOptions> = { onStale: is.function("(req, res, next) => void") };
 
 /**
  * The events of a {@link SessionStore}, each with its listener's arguments:
@@ -465,11 +466,8 @@ export class SessionStore extends Store {
     if (typeof maxAge !== "number" || !(maxAge > 0) || !Number.isFinite(maxAge)) {
       throw new TypeError(`connect-drizzle: requireRecentLogin(maxAge) needs a positive number of milliseconds, e.g. 600_000 (got ${String(maxAge)})`);
     }
-    checkOptionKeys(options, RECENT_LOGIN_OPTIONS, "requireRecentLogin");
+    checkOptions(options, RECENT_LOGIN_OPTIONS, "requireRecentLogin");
     const { onStale } = options;
-    if (onStale !== undefined && typeof onStale !== "function") {
-      throw new TypeError("connect-drizzle: `onStale` must be a function (req, res, next) => void");
-    }
     return (req, res, next) => {
       let at: Date | null;
       try {
