@@ -1,7 +1,8 @@
 import { sql } from "drizzle-orm";
 import { checkOptions, is, type OptionChecks } from "./check.js";
+import { END_REASONS } from "./statements.js";
 import type { $Type, HasDefault, IsPrimaryKey, NotNull } from "drizzle-orm";
-import { bigint, getTableConfig, index, integer, jsonb, pgSchema, pgTable, text, timestamp, uniqueIndex, uuid, type AnyPgColumn } from "drizzle-orm/pg-core";
+import { bigint, check, getTableConfig, index, integer, jsonb, pgSchema, pgTable, text, timestamp, uniqueIndex, uuid, type AnyPgColumn } from "drizzle-orm/pg-core";
 
 /** The SQL type of the `user_id` column: the type of your users' primary key. */
 export type UserIdType = "text" | "integer" | "bigint" | "uuid";
@@ -85,6 +86,7 @@ function sessionColumns(options: SessionTableOptions<UserIdType>) {
     ip: text("ip"),
     /** Set when the session ends (logout, revoked, expired, rotated) with `retainEnded`: the row is then a record kept for history (without it the row is deleted). */
     endedAt: instant("ended_at"),
+    /** Why it ended: one of END_REASONS (a CHECK constraint, `<table>_end_reason_check`, refuses others). */
     endReason: text("end_reason"),
     /** Incremented on every write; lets a save detect a concurrent change. */
     version: integer("version").notNull().default(1),
@@ -98,12 +100,17 @@ function sessionColumns(options: SessionTableOptions<UserIdType>) {
   };
 }
 
+/** The reasons as SQL literals: DDL takes no parameters, and the list is ours, never input. */
+const endReasonList = sql.raw(END_REASONS.map((reason) => `'${reason}'`).join(", "));
+
 function sessionIndexes(name: string) {
-  return (t: { handle: any; userId: any; lastSeenAt: any; expiresAt: any; endedAt: any }) => [
+  return (t: { handle: any; userId: any; lastSeenAt: any; expiresAt: any; endedAt: any; endReason: any }) => [
     uniqueIndex(`${name}_handle_idx`).on(t.handle),
     index(`${name}_user_idx`).on(t.userId, t.lastSeenAt.desc()).where(sql`${t.userId} is not null`),
     index(`${name}_expires_idx`).on(t.expiresAt),
     index(`${name}_ended_idx`).on(t.endedAt).where(sql`${t.endedAt} is not null`),
+    // The database refuses a reason outside the list, whoever writes it (a raw update, another client).
+    check(`${name}_end_reason_check`, sql`${t.endReason} in (${endReasonList})`),
   ];
 }
 

@@ -396,7 +396,7 @@ export class SessionStore extends Store {
    * no instance reads it from the database again. Scoped to an owner (`{ userId }`, so a user can never
    * end someone else's session by guessing a handle) or explicitly to any owner (`{ anyOwner: true }`).
    * @returns whether a session was ended
-   * @throws TypeError when the scope is missing, or `userId` is `undefined` or `null`
+   * @throws TypeError when the scope is missing, `userId` is `undefined` or `null`, or `reason` is not an {@link EndReason}
    */
   revoke(handle: string, options: RevokeOptions): Promise<boolean> {
     return this.records.revoke(handle, options);
@@ -406,6 +406,7 @@ export class SessionStore extends Store {
    * Ends every session of a user ("log out everywhere", e.g. after a password change), or every one but
    * `except` ("log out other devices"): session ids or handles, one or a list.
    * @returns how many sessions were ended
+   * @throws TypeError when `userId` is not a string, number or bigint, or `reason` is not an {@link EndReason}
    */
   revokeUser(userId: UserId, options: { except?: string | readonly string[]; reason?: EndReason } = {}): Promise<number> {
     return this.records.revokeUser(userId, options);
