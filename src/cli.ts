@@ -5,6 +5,7 @@
  * Connects with node-postgres (`pg`), imported only here and only when run: the package itself needs no driver.
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
+import { closest } from "./check.js";
 import { DEFAULT_IMPORT_BATCH, importConnectPgSimple } from "./import.js";
 import { DEFAULT_TIMEOUT, type AnyPgDatabase, type UserIdOf } from "./options.js";
 import { reap } from "./reaper.js";
@@ -141,14 +142,12 @@ ${Object.values(COMMANDS)
   .join("\n")}`;
 
 async function main(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({ args: argv, allowPositionals: true, options: FLAGS });
-  } catch (error) {
-    io.err(`connect-drizzle: ${(error as Error).message}\n\n${USAGE}`);
+  const parsed = parseFlags(argv);
+  if (parsed instanceof Problem) {
+    io.err(`connect-drizzle: ${parsed.message}`);
     return 1;
   }
-  const { values, positionals } = parsed as { values: Values; positionals: string[] };
+  const { values, positionals } = parsed;
   const name = positionals.length === 1 ? positionals[0]! : undefined;
   const chosen = name !== undefined && Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
   if (values.help) {
@@ -212,6 +211,35 @@ async function main(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
   }
 }
 
+/**
+ * The flags and the command, or the CLI's own message for a flag that no command takes (`--batch-sise`,
+ * `--dryrun`: with the flag it most likely meant and the flags of the command, of every command when none
+ * is named), a flag without its value, or a value given to a switch; never parseArgs's own error text.
+ */
+function parseFlags(argv: string[]): { values: Values; positionals: string[] } | Problem {
+  // Not strict, so that each of these is a token to judge here instead of parseArgs's error.
+  const { values, positionals, tokens } = parseArgs({ args: argv, allowPositionals: true, strict: false, tokens: true, options: FLAGS });
+  const name = positionals.find((p) => Object.hasOwn(COMMANDS, p));
+  for (const token of tokens) {
+    if (token.kind !== "option") continue;
+    if (!Object.hasOwn(FLAGS, token.name)) {
+      const flags = name === undefined ? Object.keys(FLAGS) : [...COMMANDS[name]!.flags, "help"];
+      const near = closest(token.name, flags);
+      return new Problem(
+        `unknown flag ${token.rawName}${near === undefined ? "" : ` (did you mean --${near}?)`}; ` +
+          `the flags${name === undefined ? "" : ` of "${name}"`} are ${flags.map((f) => `--${f}`).join(", ")} (see --help)`,
+      );
+    }
+    const takesValue = FLAGS[token.name as keyof typeof FLAGS].type === "string";
+    // `--table --schema s` would otherwise name the table "--schema".
+    if (takesValue && (token.value === undefined || (!token.inlineValue && token.value.startsWith("--")))) {
+      return new Problem(`--${token.name} needs a value (see --help)`);
+    }
+    if (!takesValue && token.value !== undefined) return new Problem(`--${token.name} takes no value (see --help)`);
+  }
+  return { values: values as Values, positionals };
+}
+
 /** The settings, or the first flag's problem. */
 function checked<T extends Record<string, unknown>>(settings: T): { [K in keyof T]: Exclude<T[K], Problem> } | Problem {
   const problem = Object.values(settings).find((value) => value instanceof Problem);
@@ -257,12 +285,12 @@ function userIdAt(path: unknown): UserIdOf | undefined | Problem {
   return (session) => parts.reduce<any>((at, part) => (at === null || at === undefined ? undefined : at[part]), session);
 }
 
-/** Parses a flag holding a whole number. */
+/** Parses a flag holding a whole number, in decimal digits (not "1e3", "0x10" or "5s"). */
 function wholeNumber(value: unknown, flag: string, fallback: number, allowZero: boolean, unit = ""): number | Problem {
   if (value === undefined) return fallback;
   const text = String(value);
   const n = Number(text);
-  if (text.trim() === "" || !Number.isSafeInteger(n) || n < 0 || (n === 0 && !allowZero)) {
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(n) || (n === 0 && !allowZero)) {
     return new Problem(`${flag} must be a ${allowZero ? "non-negative" : "positive"} whole number${unit} (got "${text}")`);
   }
   return n;

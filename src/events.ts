@@ -3,7 +3,7 @@ import type { EventEmitter } from "node:events";
 import { describeDevice } from "./device.js";
 import { SessionStoreError } from "./errors.js";
 import { newHandle, randomInto } from "./hash.js";
-import type { EndReason, EventRow } from "./statements.js";
+import { END_REASONS, type EndReason, type EventRow } from "./statements.js";
 
 /**
  * The session a lifecycle event is about, as a record (never its id): for audit logs, "new sign-in"
@@ -49,8 +49,8 @@ export function sessionEvent(row: EventRow, local: boolean): SessionEvent {
 /** A lifecycle event with its listeners' arguments: one this store announces, or one heard from another instance. */
 export type Announcement = { event: "created" | "newDevice"; args: [SessionEvent] } | { event: "ended"; args: [SessionEndedEvent] };
 
-// TODO(merge): use END_REASONS (another branch adds it to statements.ts).
-const END_REASON_VALUES: ReadonlySet<string> = new Set<EndReason>(["logout", "revoked", "expired", "rotated", "evicted"]);
+/** The end reasons a heard `ended` event may carry: the one list ({@link END_REASONS}). */
+const END_REASON_VALUES: ReadonlySet<string> = new Set<string>(END_REASONS);
 
 /**
  * How far a heard event's send time may be from this server's clock, either way, ms: an older one is a

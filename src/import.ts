@@ -4,7 +4,8 @@ import { NOW } from "./clock.js";
 import { isTrue, rowsOf } from "./driver.js";
 import { databaseError, pgCode, safeCause, SessionStoreError } from "./errors.js";
 import { isValidId, keyDeriver, newHandle } from "./hash.js";
-import { batchSizeOption, ownerOf, resolveOptions, type AnyPgDatabase, type UserIdOf } from "./options.js";
+import { checkOptions, is, type OptionChecks } from "./check.js";
+import { batchSizeOption, ownerOf, resolveOptions, secretList, sessionTable, STORE_OPTIONS, type AnyPgDatabase, type UserIdOf } from "./options.js";
 import type { SessionTable } from "./schema.js";
 import { jsonbRefuses, parseSession } from "./serialize.js";
 import { col } from "./statements.js";
@@ -58,6 +59,18 @@ export interface ImportConnectPgSimpleArgs {
    */
   dryRun?: boolean;
 }
+
+/** Every argument of {@link ImportConnectPgSimpleArgs} with its check: the store's own for what it shares with it. */
+export const IMPORT_ARGS: OptionChecks<ImportConnectPgSimpleArgs> = {
+  db: STORE_OPTIONS.db,
+  fromTable: is.name("table name"),
+  fromSchema: is.name("schema name"),
+  table: sessionTable,
+  secrets: secretList,
+  userId: STORE_OPTIONS.userId,
+  batchSize: (args, name) => void batchSizeOption(args[name]),
+  dryRun: is.boolean,
+};
 
 /** What {@link importConnectPgSimple} did (or, with `dryRun`, would do). */
 export interface ImportResult {
@@ -140,17 +153,12 @@ export async function importConnectPgSimple(args: ImportConnectPgSimpleArgs): Pr
   if (args === null || typeof args !== "object") {
     throw new TypeError("connect-drizzle: importConnectPgSimple(args) needs an object such as { db }");
   }
-  // The store's own rules for db, table, secrets and userId, so the rows are the ones it would find.
+  checkOptions(args, IMPORT_ARGS, "importConnectPgSimple");
+  // The store's own defaults for db, table, secrets and userId, so the rows are the ones it would find.
   const { db, table, secrets, userId } = resolveOptions({ db: args.db, table: args.table, secrets: args.secrets, userId: args.userId, reaper: false });
-  const batchSize = batchSizeOption(args.batchSize ?? DEFAULT_IMPORT_BATCH);
-  const fromTable = args.fromTable ?? "session";
-  for (const [name, value] of [["fromTable", fromTable], ["fromSchema", args.fromSchema]] as const) {
-    if (value !== undefined && (typeof value !== "string" || value.length === 0)) {
-      throw new TypeError(`connect-drizzle: \`${name}\` must be a non-empty table or schema name`);
-    }
-  }
-  const source: Source = { schema: args.fromSchema, name: fromTable };
-  const dryRun = args.dryRun === true;
+  const batchSize = args.batchSize ?? DEFAULT_IMPORT_BATCH;
+  const source: Source = { schema: args.fromSchema, name: args.fromTable ?? "session" };
+  const dryRun = args.dryRun ?? false;
   const started = performance.now();
   const target = qualifiedName(table);
   const reasons: InvalidReasons = { session: 0, owner: 0, data: 0 };

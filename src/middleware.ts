@@ -1,7 +1,8 @@
 import { createHmac, randomBytes } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import session, { type CookieOptions, type SessionData, type SessionOptions } from "express-session";
-import { checkOptionKeys } from "./options.js";
+import { checkOptions, is, kindOf, numberOption, type OptionCheck, type OptionChecks } from "./check.js";
+import { secretList } from "./options.js";
 import { SessionStore } from "./store.js";
 
 /** Options of {@link sessionMiddleware}: express-session's options with secure defaults, plus header transport. */
@@ -80,23 +81,76 @@ export interface SessionMiddleware {
   issueToken(data: Partial<SessionData> & Record<string, unknown>, options?: { maxAge?: number }): Promise<IssuedToken>;
 }
 
+/** A header name, as `header` and `responseHeader` take it. */
+const headerName: OptionCheck = (options, name) => {
+  const value = options[name];
+  if (typeof value !== "string" || !/^[A-Za-z0-9-]+$/.test(value)) {
+    throw new TypeError(`connect-drizzle: \`${name}\` must be a header name such as "authorization" or "x-session-token" (got ${kindOf(value)})`);
+  }
+};
+
+/** One of `values` (strings compared in any case, as the cookie serializer does), or a boolean when `booleans`. */
+const cookieChoice =
+  (values: readonly string[], booleans: boolean): OptionCheck =>
+  (options, name) => {
+    const value = options[name];
+    if (booleans && typeof value === "boolean") return;
+    if (typeof value !== "string" || !values.includes(value.toLowerCase())) {
+      const allowed = [...(booleans ? ["true", "false"] : []), ...values.map((v) => `"${v}"`)].join(", ");
+      throw new TypeError(`connect-drizzle: \`${name}\` must be one of ${allowed} (got ${kindOf(value)})`);
+    }
+  };
+
+/** Every cookie attribute of express-session's CookieOptions with its check: a misspelt one would be dropped. */
+export const COOKIE_OPTIONS: OptionChecks<CookieOptions> = {
+  // null: a browser-session cookie (express-session's own meaning).
+  maxAge: (options, name) => void (options[name] === null || numberOption(options, name, 0)),
+  partitioned: is.boolean,
+  priority: cookieChoice(["low", "medium", "high"], false),
+  signed: is.boolean,
+  expires: (options, name) => {
+    const value = options[name];
+    if (value !== null && !(value instanceof Date && Number.isFinite(value.getTime()))) {
+      throw new TypeError(`connect-drizzle: \`${name}\` must be a valid Date, or null (got ${kindOf(value)}); prefer maxAge`);
+    }
+  },
+  httpOnly: is.boolean,
+  path: is.name('path such as "/"'),
+  domain: is.name('domain such as "example.com"'),
+  secure: (options, name) => {
+    const value = options[name];
+    // express-session compares "auto" as it is; any other string would read as Secure.
+    if (typeof value !== "boolean" && value !== "auto") {
+      throw new TypeError(`connect-drizzle: \`${name}\` must be one of true, false, "auto" (got ${kindOf(value)})`);
+    }
+  },
+  encode: is.function("(value) => string"),
+  sameSite: cookieChoice(["lax", "strict", "none"], true),
+};
+
 /**
- * Every key of {@link SessionMiddlewareOptions}: ours and express-session's (`genid`, `proxy`, `unset`, ...).
- * The compiler keeps it complete; a key not in it is refused.
+ * Every option of {@link SessionMiddlewareOptions} with its check: ours and express-session's (`genid`,
+ * `proxy`, `unset`, ...). The compiler keeps it complete; a key not in it is refused.
  */
-export const MIDDLEWARE_OPTIONS: Readonly<Record<keyof SessionMiddlewareOptions, true>> = {
-  store: true,
-  secret: true,
-  cookie: true,
-  name: true,
-  header: true,
-  responseHeader: true,
-  rolling: true,
-  resave: true,
-  saveUninitialized: true,
-  genid: true,
-  proxy: true,
-  unset: true,
+export const MIDDLEWARE_OPTIONS: OptionChecks<SessionMiddlewareOptions> = {
+  // Required, so checked before the table.
+  store: is.own,
+  secret: secretList,
+  cookie: (options, name) => {
+    const cookie = options[name];
+    if (cookie === false) return;
+    is.object("{ maxAge: 86_400_000 }", true)(options, name);
+    checkOptions(cookie as object, COOKIE_OPTIONS, "`cookie`", "cookie.");
+  },
+  name: is.name("cookie name"),
+  header: (options, name) => void (options[name] === false || headerName(options, name)),
+  responseHeader: headerName,
+  rolling: is.boolean,
+  resave: is.boolean,
+  saveUninitialized: is.boolean,
+  genid: is.function("(req) => string"),
+  proxy: is.boolean,
+  unset: is.oneOf(["destroy", "keep"]),
 };
 
 const DEV_SECRET = randomBytes(32).toString("base64url");
@@ -112,18 +166,18 @@ const DEV_SECRET = randomBytes(32).toString("base64url");
  *
  * @example
  * app.use(sessionMiddleware({ store, secret: process.env.SESSION_SECRET, header: "authorization" }));
- * @throws TypeError for an unknown option, a missing secret in production, no transport, or a cookie name
- * and attributes that browsers would reject
+ * @throws TypeError for an unknown option or one of the wrong type (a `cookie` attribute included), a missing
+ * secret in production, no transport, or a cookie name and attributes that browsers would reject
  */
 export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMiddleware {
   if (!options || !(options.store instanceof SessionStore)) {
     throw new TypeError("connect-drizzle: sessionMiddleware needs { store: new SessionStore({ db }) }");
   }
-  checkOptionKeys(options, MIDDLEWARE_OPTIONS, "sessionMiddleware");
+  checkOptions(options, MIDDLEWARE_OPTIONS, "sessionMiddleware");
   const production = process.env.NODE_ENV === "production";
   const { store, header = false, cookie, secret: givenSecret, responseHeader: givenResponseHeader, ...rest } = options;
   const secrets = givenSecret === undefined ? [] : Array.isArray(givenSecret) ? givenSecret : [givenSecret];
-  if (secrets.length === 0 || secrets.some((s) => typeof s !== "string" || s.length === 0)) {
+  if (secrets.length === 0) {
     if (production || givenSecret !== undefined) {
       throw new TypeError(
         "connect-drizzle: sessionMiddleware needs a `secret` (a long random string, e.g. from process.env.SESSION_SECRET); " +
@@ -132,9 +186,6 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
     }
     console.warn("connect-drizzle: no session secret given; using a random one, so sessions end when this process restarts");
     secrets.push(DEV_SECRET);
-  }
-  if (header !== false && (typeof header !== "string" || !/^[A-Za-z0-9-]+$/.test(header))) {
-    throw new TypeError('connect-drizzle: `header` must be a header name such as "authorization" or "x-session-token"');
   }
   if (cookie === false && header === false) {
     throw new TypeError("connect-drizzle: with `cookie: false` set a `header`, or sessions have no transport");

@@ -1,5 +1,6 @@
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { checkOptions, is, type OptionChecks } from "./check.js";
 import { entityKinds, isPgDatabase, type AnyPgDatabase } from "./options.js";
 
 /**
@@ -28,6 +29,12 @@ export interface MigrateOptions {
   migrationsSchema?: string;
 }
 
+/** Every option of {@link MigrateOptions} with its check. */
+export const MIGRATE_OPTIONS: OptionChecks<MigrateOptions> = {
+  migrationsTable: is.name("table name"),
+  migrationsSchema: is.name("Postgres schema name"),
+};
+
 /** drizzle's migrator for each database class, by entity kind; imported only when used. */
 const MIGRATORS: Record<string, () => Promise<{ migrate: (db: never, config: never) => Promise<unknown> }>> = {
   NodePgDatabase: () => import("drizzle-orm/node-postgres/migrator"),
@@ -45,12 +52,17 @@ const MIGRATORS: Record<string, () => Promise<{ migrate: (db: never, config: nev
  * await migrate(db);
  *
  * @throws TypeError when `db` is not a drizzle Postgres database, or its driver has no migrator here
- * (then run drizzle's migrator yourself with {@link migrationsFolder}).
+ * (then run drizzle's migrator yourself with {@link migrationsFolder}); for an unknown option, or one
+ * that is not a non-empty string.
  */
 export async function migrate(db: AnyPgDatabase, options: MigrateOptions = {}): Promise<void> {
   if (!isPgDatabase(db)) {
     throw new TypeError("connect-drizzle: migrate(db) needs a drizzle Postgres database, e.g. migrate(drizzle({ client: pool }))");
   }
+  if (options === null || typeof options !== "object") {
+    throw new TypeError('connect-drizzle: migrate(db, options) takes an options object such as { migrationsSchema: "drizzle" }');
+  }
+  checkOptions(options, MIGRATE_OPTIONS, "migrate()");
   const kinds = entityKinds(db);
   const migrator = Object.hasOwn(MIGRATORS, kinds[0]!) ? MIGRATORS[kinds[0]!] : undefined;
   if (!migrator) {

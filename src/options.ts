@@ -1,5 +1,6 @@
 import { entityKind } from "drizzle-orm";
 import type { SessionData } from "express-session";
+import { booleanOption, checkOptions, is, kindOf, numberOption, type OptionCheck, type OptionChecks } from "./check.js";
 import { SessionStoreError } from "./errors.js";
 import { deletedByDatabase, sessions, type SessionTable } from "./schema.js";
 import type { SealSettings } from "./seal.js";
@@ -285,104 +286,93 @@ export function ownerOf(userId: UserIdOf, session: SessionData): string | null {
 }
 const defaultLabel = (session: any) => (typeof session?.label === "string" ? session.label : undefined);
 
-/** Every key of {@link SessionStoreOptions}: the compiler keeps it complete, and a key not in it is refused. */
-export const STORE_OPTIONS: Readonly<Record<keyof SessionStoreOptions, true>> = {
-  db: true,
-  table: true,
-  secrets: true,
-  encrypt: true,
-  ttl: true,
-  idleTimeout: true,
-  absoluteTimeout: true,
-  touchAfter: true,
-  userId: true,
-  label: true,
-  retainEnded: true,
-  maxSize: true,
-  cache: true,
-  notify: true,
-  broadcast: true,
-  merge: true,
-  versioned: true,
-  timeout: true,
-  maxSessionsPerUser: true,
-  reaper: true,
-  prepare: true,
-};
-
-/** Every key of {@link EncryptOptions}. */
-export const ENCRYPT_OPTIONS: Readonly<Record<keyof EncryptOptions, true>> = { secrets: true, acceptPlaintext: true };
-
-/** Every key of {@link CacheOptions}. */
-export const CACHE_OPTIONS: Readonly<Record<keyof CacheOptions, true>> = { max: true, ttl: true };
-
-/**
- * Refuses an options object with a key not in `known` (a misspelt option would otherwise be ignored
- * silently), naming the closest known key when one is near and listing them all.
- * @param what where the options go, for the message: "SessionStore", "`reaper`", "sessionMiddleware"
- * @throws TypeError
- */
-export function checkOptionKeys(options: object, known: Readonly<Record<string, unknown>>, what: string): void {
-  const names = Object.keys(known);
-  for (const key of Object.keys(options)) {
-    if (Object.hasOwn(known, key)) continue;
-    const near = closest(key, names);
+/** `db`: a drizzle Postgres database of any driver and supported drizzle-orm version. */
+const database: OptionCheck = (options, name) => {
+  if (!isPgDatabase(options[name])) {
     throw new TypeError(
-      `connect-drizzle: unknown ${what} option \`${key}\`${near === undefined ? "" : ` (did you mean \`${near}\`?)`}; ` +
-        `the known options are ${names.join(", ")}`,
+      `connect-drizzle: \`${name}\` is not a drizzle Postgres database; build it with drizzle-orm/node-postgres, drizzle-orm/postgres-js ` +
+        "or drizzle-orm/pglite (MySQL and SQLite databases are not supported)",
     );
   }
-}
+};
 
-/** The known name a misspelling most likely meant: a case-insensitive match, else within a few edits. */
-function closest(key: string, names: readonly string[]): string | undefined {
-  const lower = key.toLowerCase();
-  let best: string | undefined;
-  let bestDistance = Infinity;
-  for (const name of names) {
-    const distance = editDistance(lower, name.toLowerCase());
-    if (distance < bestDistance) [best, bestDistance] = [name, distance];
+/** `table`: a table built by createSessionTable. */
+export const sessionTable: OptionCheck = (options, name) => {
+  const table = options[name];
+  if (table === null || typeof table !== "object" || !("key" in table)) {
+    throw new TypeError(`connect-drizzle: \`${name}\` must be a table from connect-drizzle's createSessionTable() (got ${kindOf(table)})`);
   }
-  return bestDistance <= Math.max(1, Math.min(3, Math.floor(key.length / 3))) ? best : undefined;
-}
+};
 
-/** Levenshtein distance, with a swap of two neighbours counted as one edit ("intreval"). */
-function editDistance(a: string, b: string): number {
-  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array<number>(b.length).fill(0)]);
-  for (let j = 1; j <= b.length; j++) d[0]![j] = j;
-  for (let i = 1; i <= a.length; i++) {
-    for (let j = 1; j <= b.length; j++) {
-      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
-      let best = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + cost);
-      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) best = Math.min(best, d[i - 2]![j - 2]! + 1);
-      d[i]![j] = best;
+/** `secrets`: a non-empty string, or a list of them. */
+export const secretList: OptionCheck = (options, name) => {
+  const value = options[name];
+  const list = typeof value === "string" ? [value] : Array.isArray(value) ? value : undefined;
+  if (list === undefined || !list.every((s) => typeof s === "string" && s.length > 0)) {
+    throw new TypeError(`connect-drizzle: \`${name}\` must be a non-empty string or an array of non-empty strings (got ${kindOf(value)})`);
+  }
+};
+
+/**
+ * Every option of {@link SessionStoreOptions} with its check: the one place that says what each accepts.
+ * The compiler keeps it complete; a key not in it is refused.
+ */
+export const STORE_OPTIONS: OptionChecks<SessionStoreOptions> = {
+  db: database,
+  table: sessionTable,
+  secrets: secretList,
+  encrypt: (options, name) => void resolveEncrypt(options[name] as EncryptOptions),
+  ttl: is.positive(),
+  idleTimeout: is.positive(),
+  absoluteTimeout: is.positive(),
+  touchAfter: is.nonNegative(),
+  userId: is.function("(session) => string | number | undefined"),
+  label: is.function("(session) => string | undefined"),
+  retainEnded: is.nonNegative(),
+  maxSize: is.positive("bytes"),
+  cache: (options, name) => void resolveCache(options[name] as CacheOptions),
+  notify: is.boolean,
+  broadcast: is.boolean,
+  merge: is.boolean,
+  versioned: is.boolean,
+  timeout: is.positive(),
+  maxSessionsPerUser: is.positive("sessions, e.g. 5", true),
+  reaper: (options, name) => void resolveReaperOptions(options[name] as ReaperOptions),
+  prepare: is.boolean,
+};
+
+/** Every option of {@link EncryptOptions} with its check. */
+export const ENCRYPT_OPTIONS: OptionChecks<EncryptOptions> = {
+  secrets: (options, name) => {
+    const value = options[name];
+    const secrets = typeof value === "string" ? [value] : Array.isArray(value) ? value : [];
+    if (secrets.length === 0 || !secrets.every((s) => typeof s === "string" && s.length >= MIN_SECRET)) {
+      throw new TypeError(
+        `connect-drizzle: \`encrypt.secrets\` must be a secret of at least ${MIN_SECRET} random characters, or a list of them ` +
+          `(the first encrypts, all decrypt); make one with ${MAKE_SECRET}`,
+      );
     }
-  }
-  return d[a.length]![b.length]!;
-}
+  },
+  acceptPlaintext: is.boolean,
+};
+
+/** Every option of {@link CacheOptions} with its check. */
+export const CACHE_OPTIONS: OptionChecks<CacheOptions> = { max: is.positive("sessions", true), ttl: is.positive() };
 
 export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
   if (options === null || typeof options !== "object") {
     throw new TypeError("connect-drizzle: new SessionStore(options) needs an options object, e.g. new SessionStore({ db })");
   }
-  checkOptionKeys(options, STORE_OPTIONS, "SessionStore");
+  checkOptions(options, STORE_OPTIONS, "SessionStore");
+  // Every option given is checked above, so what follows reads them as their types say.
   const { db } = options;
   if (db === undefined || db === null) {
     throw new TypeError(
       "connect-drizzle: the `db` option is required: pass a drizzle Postgres database, e.g. new SessionStore({ db: drizzle({ client: pool }) })",
     );
   }
-  if (!isPgDatabase(db)) {
-    throw new TypeError(
-      "connect-drizzle: `db` is not a drizzle Postgres database; build it with drizzle-orm/node-postgres, drizzle-orm/postgres-js " +
-        "or drizzle-orm/pglite (MySQL and SQLite databases are not supported)",
-    );
-  }
   const secrets = options.secrets === undefined ? [] : typeof options.secrets === "string" ? [options.secrets] : [...options.secrets];
-  if (!secrets.every((s) => typeof s === "string" && s.length > 0)) {
-    throw new TypeError("connect-drizzle: `secrets` must be a non-empty string or an array of non-empty strings");
-  }
-  const broadcast = booleanOption(options, "broadcast");
+  const broadcast = options.broadcast ?? false;
   if (broadcast && (secrets.length === 0 || !secrets.every((s) => s.length >= MIN_SECRET))) {
     throw new TypeError(
       `connect-drizzle: \`broadcast\` needs \`secrets\` (the same on every instance), each of at least ${MIN_SECRET} random characters: ` +
@@ -390,23 +380,11 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
         `make one with ${MAKE_SECRET} (a store that ran without \`secrets\` no longer finds the sessions it stored before: add them before going live)`,
     );
   }
-  if (options.userId !== undefined && typeof options.userId !== "function") {
-    throw new TypeError("connect-drizzle: `userId` must be a function (session) => string | undefined");
-  }
-  if (options.label !== undefined && typeof options.label !== "function") {
-    throw new TypeError("connect-drizzle: `label` must be a function (session) => string | undefined");
-  }
-  if (options.table !== undefined && (typeof options.table !== "object" || !("key" in options.table))) {
-    throw new TypeError("connect-drizzle: `table` must be a table from connect-drizzle's createSessionTable()");
-  }
   if (options.cache !== undefined && options.notify === false) {
     throw new TypeError(
       "connect-drizzle: `cache` with `notify: false` cannot be correct (no instance would hear another's writes and " +
         "revokes, so a cache would serve ended sessions); remove `notify: false`, or the cache",
     );
-  }
-  if (options.merge !== undefined && typeof options.merge !== "boolean") {
-    throw new TypeError(`connect-drizzle: \`merge\` must be true or false (got ${String(options.merge)})`);
   }
   if (options.merge === true && options.versioned) {
     throw new TypeError(
@@ -426,24 +404,24 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
     db,
     table: options.table ?? sessions,
     secrets,
-    ttl: numberOption(options, "ttl", 86_400_000),
-    idleTimeout: optionalNumber(options, "idleTimeout"),
-    absoluteTimeout: optionalNumber(options, "absoluteTimeout"),
-    touchAfter: numberOption(options, "touchAfter", 60_000, true),
+    ttl: options.ttl ?? 86_400_000,
+    idleTimeout: options.idleTimeout,
+    absoluteTimeout: options.absoluteTimeout,
+    touchAfter: options.touchAfter ?? 60_000,
     userId: options.userId ?? defaultUserId,
     label: options.label ?? defaultLabel,
-    retainEnded: numberOption(options, "retainEnded", 0, true),
-    maxSize: numberOption(options, "maxSize", 1_048_576, false, "bytes"),
+    retainEnded: options.retainEnded ?? 0,
+    maxSize: options.maxSize ?? 1_048_576,
     prepare: options.prepare ?? true,
     cache: resolveCache(options.cache),
     notify: options.notify ?? options.cache !== undefined,
     broadcast,
     merge: options.merge ?? !options.versioned,
     versioned: options.versioned ?? false,
-    timeout: numberOption(options, "timeout", DEFAULT_TIMEOUT),
+    timeout: options.timeout ?? DEFAULT_TIMEOUT,
     reaper: resolveReaperOptions(options.reaper),
     encrypt: resolveEncrypt(options.encrypt),
-    maxSessionsPerUser: sessionCap(options.maxSessionsPerUser),
+    maxSessionsPerUser: options.maxSessionsPerUser,
   };
 }
 
@@ -456,44 +434,11 @@ function resolveEncrypt(encrypt: EncryptOptions | undefined): SealSettings | und
   if (encrypt === null || typeof encrypt !== "object" || Array.isArray(encrypt)) {
     throw new TypeError("connect-drizzle: `encrypt` must be an object such as { secrets: process.env.SESSION_DATA_SECRET! }");
   }
-  checkOptionKeys(encrypt, ENCRYPT_OPTIONS, "`encrypt`");
-  const secrets = typeof encrypt.secrets === "string" ? [encrypt.secrets] : Array.isArray(encrypt.secrets) ? [...encrypt.secrets] : [];
-  if (secrets.length === 0 || !secrets.every((s) => typeof s === "string" && s.length >= MIN_SECRET)) {
-    throw new TypeError(
-      `connect-drizzle: \`encrypt.secrets\` must be a secret of at least ${MIN_SECRET} random characters, or a list of them ` +
-        `(the first encrypts, all decrypt); make one with ${MAKE_SECRET}`,
-    );
-  }
-  if (encrypt.acceptPlaintext !== undefined && typeof encrypt.acceptPlaintext !== "boolean") {
-    throw new TypeError(`connect-drizzle: \`encrypt.acceptPlaintext\` must be true or false (got ${String(encrypt.acceptPlaintext)})`);
-  }
+  checkOptions(encrypt, ENCRYPT_OPTIONS, "`encrypt`", "encrypt.");
+  // Required: checkOptions passes over a missing option.
+  if (encrypt.secrets === undefined) ENCRYPT_OPTIONS.secrets({}, "secrets");
+  const secrets = typeof encrypt.secrets === "string" ? [encrypt.secrets] : [...encrypt.secrets];
   return { secrets, acceptPlaintext: encrypt.acceptPlaintext ?? false };
-}
-
-function sessionCap(value: unknown): number | undefined {
-  if (value === undefined) return undefined;
-  if (typeof value !== "number" || !Number.isInteger(value) || value < 1) {
-    throw new TypeError(`connect-drizzle: \`maxSessionsPerUser\` must be a positive whole number of sessions, e.g. 5 (got ${String(value)})`);
-  }
-  return value;
-}
-
-/** Reads a numeric option: positive (or, with allowZero, non-negative) and finite. */
-export function numberOption<K extends string>(
-  options: Partial<Record<K, unknown>>,
-  name: K,
-  fallback: number,
-  allowZero = false,
-  unit = "milliseconds",
-): number {
-  const value = options[name];
-  if (value === undefined) return fallback;
-  if (typeof value !== "number" || !Number.isFinite(value) || value < 0 || (value === 0 && !allowZero)) {
-    throw new TypeError(
-      `connect-drizzle: \`${name}\` must be a ${allowZero ? "non-negative" : "positive"} number of ${unit} (got ${String(value)})`,
-    );
-  }
-  return value;
 }
 
 function resolveCache(cache: CacheOptions | undefined): Required<CacheOptions> | undefined {
@@ -501,19 +446,8 @@ function resolveCache(cache: CacheOptions | undefined): Required<CacheOptions> |
   if (cache === null || typeof cache !== "object") {
     throw new TypeError("connect-drizzle: `cache` must be an object such as { max: 10_000, ttl: 60_000 }");
   }
-  checkOptionKeys(cache, CACHE_OPTIONS, "`cache`");
-  return { max: numberOption(cache, "max", 10_000, false, "sessions"), ttl: numberOption(cache, "ttl", 60_000) };
-}
-
-function booleanOption<K extends string>(options: Partial<Record<K, unknown>>, name: K): boolean {
-  const value = options[name];
-  if (value === undefined) return false;
-  if (typeof value !== "boolean") throw new TypeError(`connect-drizzle: \`${name}\` must be true or false (got ${String(value)})`);
-  return value;
-}
-
-function optionalNumber<K extends string>(options: Partial<Record<K, unknown>>, name: K): number | undefined {
-  return options[name] === undefined ? undefined : numberOption(options, name, 0);
+  checkOptions(cache, CACHE_OPTIONS, "`cache`");
+  return { max: cache.max ?? 10_000, ttl: cache.ttl ?? 60_000 };
 }
 
 /**
@@ -549,11 +483,25 @@ export interface ResolvedReaperOptions {
 
 export const REAPER_DEFAULTS: Readonly<ResolvedReaperOptions> = Object.freeze({ interval: 900_000, batchSize: 5_000, jitter: 0.1 });
 
-/** Every key of {@link ReaperOptions}. */
-export const REAPER_OPTIONS: Readonly<Record<keyof ReaperOptions, true>> = { interval: true, batchSize: true, jitter: true };
-
 /** Node's timers overflow (and then fire after 1 ms) past this delay; so does Postgres's statement_timeout. */
 export const MAX_DELAY = 2_147_483_647;
+
+/** Every option of {@link ReaperOptions} with its check. */
+export const REAPER_OPTIONS: OptionChecks<ReaperOptions> = {
+  interval: (options, name) => {
+    const interval = numberOption(options, name, 0);
+    if (interval > MAX_DELAY / 2) {
+      throw new TypeError(`connect-drizzle: \`interval\` must be at most ${MAX_DELAY / 2} milliseconds (about 12 days) (got ${interval})`);
+    }
+  },
+  batchSize: (options, name) => void batchSizeOption(options[name]),
+  jitter: (options, name) => {
+    const value = options[name];
+    if (typeof value !== "number" || !Number.isFinite(value) || value < 0 || value > 1) {
+      throw new TypeError(`connect-drizzle: \`jitter\` must be a fraction of the interval between 0 and 1, e.g. 0.1 (got ${kindOf(value)})`);
+    }
+  },
+};
 
 /**
  * Validates the `reaper` option. `false` turns the periodic reaper off; `undefined` is every default.
@@ -564,31 +512,20 @@ export function resolveReaperOptions(options: ReaperOptions | false | undefined)
   if (options === undefined) return { ...REAPER_DEFAULTS };
   if (options === null || typeof options !== "object" || Array.isArray(options)) {
     throw new TypeError(
-      `connect-drizzle: \`reaper\` must be an options object such as { interval: 900_000 }, or false to turn the reaper off (got ${String(options)})`,
+      `connect-drizzle: \`reaper\` must be an options object such as { interval: 900_000 }, or false to turn the reaper off (got ${kindOf(options)})`,
     );
   }
-  checkOptionKeys(options, REAPER_OPTIONS, "`reaper`");
-  const interval = numberOption(options, "interval", REAPER_DEFAULTS.interval);
-  if (interval > MAX_DELAY / 2) {
-    throw new TypeError(`connect-drizzle: \`interval\` must be at most ${MAX_DELAY / 2} milliseconds (about 12 days) (got ${interval})`);
-  }
+  checkOptions(options, REAPER_OPTIONS, "`reaper`");
   return {
-    interval,
-    batchSize: batchSizeOption(options.batchSize),
-    jitter: jitterOption(options.jitter),
+    interval: options.interval ?? REAPER_DEFAULTS.interval,
+    batchSize: options.batchSize ?? REAPER_DEFAULTS.batchSize,
+    jitter: options.jitter ?? REAPER_DEFAULTS.jitter,
   };
 }
 
-export function batchSizeOption(value: unknown): number {
-  const size = numberOption({ batchSize: value }, "batchSize", REAPER_DEFAULTS.batchSize, false, "rows");
+/** Reads a `batchSize`: a positive whole number of rows. */
+export function batchSizeOption(value: unknown, fallback: number = REAPER_DEFAULTS.batchSize): number {
+  const size = numberOption({ batchSize: value }, "batchSize", fallback, false, "rows");
   if (!Number.isInteger(size)) throw new TypeError(`connect-drizzle: \`batchSize\` must be a whole number of rows (got ${size})`);
   return size;
-}
-
-function jitterOption(value: unknown): number {
-  if (value === undefined) return REAPER_DEFAULTS.jitter;
-  if (typeof value !== "number" || !Number.isFinite(value) || value < 0 || value > 1) {
-    throw new TypeError(`connect-drizzle: \`jitter\` must be a fraction of the interval between 0 and 1, e.g. 0.1 (got ${String(value)})`);
-  }
-  return value;
 }

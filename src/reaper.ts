@@ -4,7 +4,8 @@ import { getTableConfig, type PgColumn } from "drizzle-orm/pg-core";
 import { millis, NOW } from "./clock.js";
 import { interactiveTransactions, isTrue, refusesTransactions, rowsOf, singleConnection } from "./driver.js";
 import { databaseError, pgCode, safeCause, SessionStoreError } from "./errors.js";
-import { batchSizeOption, checkOptionKeys, DEFAULT_TIMEOUT, MAX_DELAY, numberOption, type AnyPgDatabase, type ResolvedReaperOptions } from "./options.js";
+import { checkOptions, is, kindOf, type OptionChecks } from "./check.js";
+import { batchSizeOption, DEFAULT_TIMEOUT, MAX_DELAY, REAPER_DEFAULTS, sessionTable, type AnyPgDatabase, type ResolvedReaperOptions } from "./options.js";
 import { sessions, type SessionTable } from "./schema.js";
 import { col } from "./statements.js";
 
@@ -60,15 +61,26 @@ export interface ReapArgs {
   onBatch?: (progress: ReapProgress) => void | Promise<void>;
 }
 
-/** Every key of {@link ReapArgs}. */
-export const REAP_ARGS: Readonly<Record<keyof ReapArgs, true>> = {
-  db: true,
-  table: true,
-  retainEnded: true,
-  batchSize: true,
-  signal: true,
-  timeout: true,
-  onBatch: true,
+/** Every argument of {@link ReapArgs} with its check. */
+export const REAP_ARGS: OptionChecks<ReapArgs> = {
+  db: (args, name) => {
+    const db = args[name] as { execute?: unknown; transaction?: unknown };
+    if (typeof db.execute !== "function" || typeof db.transaction !== "function") {
+      throw new TypeError("connect-drizzle: reap needs `db`, a drizzle Postgres database, e.g. reap({ db: drizzle({ client: pool }) })");
+    }
+  },
+  table: sessionTable,
+  retainEnded: is.nonNegative(),
+  batchSize: (args, name) => void batchSizeOption(args[name]),
+  signal: (args, name) => {
+    // By its shape, not instanceof: a signal from another realm (a test environment, a polyfill) is one too.
+    const signal = args[name] as { aborted?: unknown; addEventListener?: unknown };
+    if (typeof signal !== "object" || signal === null || typeof signal.aborted !== "boolean" || typeof signal.addEventListener !== "function") {
+      throw new TypeError(`connect-drizzle: reap's \`signal\` must be an AbortSignal, e.g. from new AbortController() (got ${kindOf(args[name])})`);
+    }
+  },
+  timeout: is.positive(),
+  onBatch: is.function("(progress) => void | Promise<void>"),
 };
 
 /** The counts of a round in progress, given to {@link ReapArgs.onBatch}. */
@@ -218,18 +230,16 @@ export class Reaper {
  */
 export async function reap(args: ReapArgs): Promise<ReapResult> {
   if (args === null || typeof args !== "object") throw new TypeError("connect-drizzle: reap(args) needs an object such as { db }");
-  checkOptionKeys(args, REAP_ARGS, "reap()");
+  checkOptions(args, REAP_ARGS, "reap()");
   const { db, signal, onBatch } = args;
-  if (onBatch !== undefined && typeof onBatch !== "function") throw new TypeError("connect-drizzle: reap's `onBatch` must be a function");
-  if (db === undefined || db === null || typeof (db as any).execute !== "function" || typeof (db as any).transaction !== "function") {
-    throw new TypeError("connect-drizzle: reap needs `db`, a drizzle Postgres database, e.g. reap({ db: drizzle({ client: pool }) })");
-  }
+  // Required: checkOptions passes over a missing argument.
+  if (db === undefined || db === null) REAP_ARGS.db({ db: {} }, "db");
   const table = args.table ?? sessions;
-  const retainEnded = numberOption(args, "retainEnded", 0, true);
-  const batchSize = batchSizeOption(args.batchSize);
+  const retainEnded = args.retainEnded ?? 0;
+  const batchSize = args.batchSize ?? REAPER_DEFAULTS.batchSize;
   // Longer than a timer can wait is no different from waiting that long: clamp rather than refuse, since the
   // store passes its own `timeout` here.
-  const timeout = Math.min(numberOption(args, "timeout", DEFAULT_TIMEOUT), MAX_DELAY);
+  const timeout = Math.min(args.timeout ?? DEFAULT_TIMEOUT, MAX_DELAY);
   const config = getTableConfig(table);
   const qualified = `${config.schema ? `"${config.schema}".` : ""}"${config.name}"`;
   try {

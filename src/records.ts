@@ -2,7 +2,7 @@ import type { SQL } from "drizzle-orm";
 import { describeDevice } from "./device.js";
 import { isTrue } from "./driver.js";
 import { isValidId, type KeyDeriver } from "./hash.js";
-import type { EndReason, EventRow, RecordRow, SessionStatus, Statements } from "./statements.js";
+import { checkEndReason, type EndReason, type EventRow, type RecordRow, type SessionStatus, type Statements } from "./statements.js";
 import type { TraceDetail } from "./trace.js";
 
 export type { EndReason, SessionStatus } from "./statements.js";
@@ -51,7 +51,7 @@ export type OwnerScope = { userId: UserId; anyOwner?: never } | { anyOwner: true
 
 /** Options of {@link SessionStore.revoke}. */
 export type RevokeOptions = OwnerScope & {
-  /** Recorded as the end reason. @default "revoked" */
+  /** Recorded as the end reason; one of the {@link EndReason}s (another is a TypeError). @default "revoked" */
   reason?: EndReason;
 };
 
@@ -118,8 +118,9 @@ export class Records {
 
   async revoke(handle: string, options: RevokeOptions): Promise<boolean> {
     const owner = ownerOf(options, "revoke");
-    if (typeof handle !== "string" || handle.length === 0) return false;
     const reason = options.reason ?? "revoked";
+    checkEndReason(reason, "revoke's `reason`");
+    if (typeof handle !== "string" || handle.length === 0) return false;
     const record = this.s.recordsEnds();
     const rows = await this.s.run("revoke", () => this.s.write<{ key: string } & EventRow>(this.s.statements.revoke(handle, reason, owner, record)), { handle });
     if (record) this.s.ended(rows, reason);
@@ -128,9 +129,10 @@ export class Records {
 
   async revokeUser(userId: UserId, options: { except?: string | readonly string[]; reason?: EndReason } = {}): Promise<number> {
     if (!isUserId(userId)) throw new TypeError("connect-drizzle: revokeUser needs a user id (a string, number or bigint)");
+    const reason = options.reason ?? "revoked";
+    checkEndReason(reason, "revokeUser's `reason`");
     const kept = options.except === undefined ? [] : typeof options.except === "string" ? [options.except] : [...options.except];
     const keys = kept.flatMap((id) => this.s.keysOf(id));
-    const reason = options.reason ?? "revoked";
     const record = this.s.recordsEnds();
     const statement = this.s.statements.revokeUser(String(userId), reason, keys, kept, record);
     const rows = await this.s.run("revokeUser", () => this.s.write<{ key: string } & EventRow>(statement), { userId: String(userId) });

@@ -1,6 +1,8 @@
 import { sql } from "drizzle-orm";
+import { checkOptions, is, type OptionChecks } from "./check.js";
+import { END_REASONS } from "./statements.js";
 import type { $Type, HasDefault, IsPrimaryKey, NotNull } from "drizzle-orm";
-import { bigint, getTableConfig, index, integer, jsonb, pgSchema, pgTable, text, timestamp, uniqueIndex, uuid, type AnyPgColumn } from "drizzle-orm/pg-core";
+import { bigint, check, getTableConfig, index, integer, jsonb, pgSchema, pgTable, text, timestamp, uniqueIndex, uuid, type AnyPgColumn } from "drizzle-orm/pg-core";
 
 /** The SQL type of the `user_id` column: the type of your users' primary key. */
 export type UserIdType = "text" | "integer" | "bigint" | "uuid";
@@ -52,17 +54,13 @@ const instant = (name: string) => timestamp(name, { withTimezone: true, precisio
 
 function userIdColumn(options: SessionTableOptions<UserIdType>) {
   const type = options.userIdType ?? "text";
+  // `userIdType` is one of the four (TABLE_OPTIONS).
   const column =
-    type === "text" ? text("user_id")
-    : type === "integer" ? integer("user_id")
+    type === "integer" ? integer("user_id")
     : type === "bigint" ? bigint("user_id", { mode: "number" })
     : type === "uuid" ? uuid("user_id")
-    : undefined;
-  if (!column) throw new TypeError(`connect-drizzle: userIdType must be "text", "integer", "bigint" or "uuid" (got ${String(type)})`);
+    : text("user_id");
   if (options.references === undefined) return column;
-  if (typeof options.references !== "function") {
-    throw new TypeError("connect-drizzle: `references` must be a function returning your users' id column, e.g. () => users.id");
-  }
   return column.references(options.references, { onDelete: options.onDelete ?? "cascade" });
 }
 
@@ -88,6 +86,7 @@ function sessionColumns(options: SessionTableOptions<UserIdType>) {
     ip: text("ip"),
     /** Set when the session ends (logout, revoked, expired, rotated) with `retainEnded`: the row is then a record kept for history (without it the row is deleted). */
     endedAt: instant("ended_at"),
+    /** Why it ended: one of END_REASONS (a CHECK constraint, `<table>_end_reason_check`, refuses others). */
     endReason: text("end_reason"),
     /** Incremented on every write; lets a save detect a concurrent change. */
     version: integer("version").notNull().default(1),
@@ -101,12 +100,17 @@ function sessionColumns(options: SessionTableOptions<UserIdType>) {
   };
 }
 
+/** The reasons as SQL literals: DDL takes no parameters, and the list is ours, never input. */
+const endReasonList = sql.raw(END_REASONS.map((reason) => `'${reason}'`).join(", "));
+
 function sessionIndexes(name: string) {
-  return (t: { handle: any; userId: any; lastSeenAt: any; expiresAt: any; endedAt: any }) => [
+  return (t: { handle: any; userId: any; lastSeenAt: any; expiresAt: any; endedAt: any; endReason: any }) => [
     uniqueIndex(`${name}_handle_idx`).on(t.handle),
     index(`${name}_user_idx`).on(t.userId, t.lastSeenAt.desc()).where(sql`${t.userId} is not null`),
     index(`${name}_expires_idx`).on(t.expiresAt),
     index(`${name}_ended_idx`).on(t.endedAt).where(sql`${t.endedAt} is not null`),
+    // The database refuses a reason outside the list, whoever writes it (a raw update, another client).
+    check(`${name}_end_reason_check`, sql`${t.endReason} in (${endReasonList})`),
   ];
 }
 
@@ -139,6 +143,17 @@ export interface SessionTableOptions<T extends UserIdType = "text"> {
   onDelete?: UpdateDeleteAction;
 }
 
+/** The referential actions of `onDelete`. */
+const UPDATE_DELETE_ACTIONS: readonly UpdateDeleteAction[] = ["cascade", "restrict", "no action", "set null", "set default"];
+
+/** Every option of {@link SessionTableOptions} with its check. */
+export const TABLE_OPTIONS: OptionChecks<SessionTableOptions<UserIdType>> = {
+  schema: is.name("Postgres schema name"),
+  userIdType: is.oneOf(["text", "integer", "bigint", "uuid"] satisfies UserIdType[]),
+  references: is.function("returning your users' id column, e.g. () => users.id"),
+  onDelete: is.oneOf(UPDATE_DELETE_ACTIONS),
+};
+
 /**
  * Builds the sessions table under a custom name and/or Postgres schema, optionally with a `user_id` of
  * your users' id type referencing them. Import the result into your own drizzle schema so drizzle-kit
@@ -152,6 +167,10 @@ export function createSessionTable<T extends UserIdType = "text">(name: string, 
   if (typeof name !== "string" || name.length === 0) {
     throw new TypeError("connect-drizzle: createSessionTable needs a non-empty table name");
   }
+  if (options === null || typeof options !== "object") {
+    throw new TypeError("connect-drizzle: createSessionTable(name, options) takes an options object such as { schema: \"auth\" }");
+  }
+  checkOptions(options, TABLE_OPTIONS, "createSessionTable");
   const columns = sessionColumns(options);
   const table = options.schema ? pgSchema(options.schema).table(name, columns, sessionIndexes(name)) : pgTable(name, columns, sessionIndexes(name));
   // The column of `user_id` is chosen at run time from `userIdType`; SessionTable<T> names the one it is.

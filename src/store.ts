@@ -10,7 +10,8 @@ import { driverName, Executor, interactiveTransactions, isTrue, loneClient, type
 import { databaseError, reauthenticationRequired, schemaOutdated, SessionStoreError, tableMissing } from "./errors.js";
 import { isValidId, keyDeriver, newHandle, type KeyDeriver } from "./hash.js";
 import { listen, type Listening } from "./notify.js";
-import { checkOptionKeys, ownerOf, resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
+import { checkOptions, is, type OptionChecks } from "./check.js";
+import { ownerOf, resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
 import { reap, Reaper, type ReapResult } from "./reaper.js";
 import { Records, type EndReason, type ExtendOptions, type RevokeOptions, type SessionQuery, type SessionRecord, type UserId } from "./records.js";
 import { Sealer, type StaleEntry } from "./seal.js";
@@ -157,8 +158,8 @@ export interface RequireRecentLoginOptions<Req = IncomingMessage, Res = ServerRe
   onStale?: (req: Req, res: Res, next: (err?: unknown) => void) => void;
 }
 
-/** Every key of {@link RequireRecentLoginOptions}. */
-export const RECENT_LOGIN_OPTIONS: Readonly<Record<keyof RequireRecentLoginOptions, true>> = { onStale: true };
+/** Every option of {@link RequireRecentLoginOptions} with its check. */
+export const RECENT_LOGIN_OPTIONS: OptionChecks<RequireRecentLoginOptions> = { onStale: is.function("(req, res, next) => void") };
 
 /**
  * The events of a {@link SessionStore}, each with its listener's arguments:
@@ -431,7 +432,7 @@ export class SessionStore extends Store {
    * no instance reads it from the database again. Scoped to an owner (`{ userId }`, so a user can never
    * end someone else's session by guessing a handle) or explicitly to any owner (`{ anyOwner: true }`).
    * @returns whether a session was ended
-   * @throws TypeError when the scope is missing, or `userId` is `undefined` or `null`
+   * @throws TypeError when the scope is missing, `userId` is `undefined` or `null`, or `reason` is not an {@link EndReason}
    */
   revoke(handle: string, options: RevokeOptions): Promise<boolean> {
     return this.records.revoke(handle, options);
@@ -441,6 +442,7 @@ export class SessionStore extends Store {
    * Ends every session of a user ("log out everywhere", e.g. after a password change), or every one but
    * `except` ("log out other devices"): session ids or handles, one or a list.
    * @returns how many sessions were ended
+   * @throws TypeError when `userId` is not a string, number or bigint, or `reason` is not an {@link EndReason}
    */
   revokeUser(userId: UserId, options: { except?: string | readonly string[]; reason?: EndReason } = {}): Promise<number> {
     return this.records.revokeUser(userId, options);
@@ -501,11 +503,8 @@ export class SessionStore extends Store {
     if (typeof maxAge !== "number" || !(maxAge > 0) || !Number.isFinite(maxAge)) {
       throw new TypeError(`connect-drizzle: requireRecentLogin(maxAge) needs a positive number of milliseconds, e.g. 600_000 (got ${String(maxAge)})`);
     }
-    checkOptionKeys(options, RECENT_LOGIN_OPTIONS, "requireRecentLogin");
+    checkOptions(options, RECENT_LOGIN_OPTIONS, "requireRecentLogin");
     const { onStale } = options;
-    if (onStale !== undefined && typeof onStale !== "function") {
-      throw new TypeError("connect-drizzle: `onStale` must be a function (req, res, next) => void");
-    }
     return (req, res, next) => {
       let at: Date | null;
       try {

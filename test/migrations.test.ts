@@ -98,6 +98,37 @@ describe.each(drivers)("migrate(db) on %s", (driver) => {
   });
 });
 
+describe.each(drivers)("the end_reason check (migration 0002) on %s", (driver) => {
+  it("applies to a table that already holds live sessions and ended ones of every reason, and then refuses others", async () => {
+    const { db, close } = await openFresh(driver);
+    const run = async (text: string) => rowsOf(await db.execute(sql.raw(text)));
+    const script = (tags: string[]) =>
+      tags.map((tag) => readFileSync(join(root, "drizzle", `${tag}.sql`), "utf8").split("--> statement-breakpoint")).flat();
+    try {
+      const tags: string[] = journal.entries.map((entry: { tag: string }) => entry.tag);
+      const at = tags.indexOf("0002_end_reason_check");
+      expect(at).toBeGreaterThan(0);
+      // The table as the migrations before the check left it, with rows in it.
+      for (const statement of script(tags.slice(0, at))) await run(statement);
+      const reasons = ["logout", "revoked", "expired", "rotated", "evicted"];
+      const rows = [null, ...reasons].map(
+        (reason, i) => `('k${i}', 'h${i}', '{}'::jsonb, now() + interval '1 hour', ${reason === null ? "null, null" : `now(), '${reason}'`})`,
+      );
+      await run(`insert into sessions (key, handle, data, expires_at, ended_at, end_reason) values ${rows.join(", ")}`);
+      for (const statement of script(tags.slice(at))) await run(statement);
+      const kept = await run(`select end_reason from sessions order by key`);
+      expect(kept.map((row: any) => row.end_reason)).toEqual([null, ...reasons]);
+      const refused = await run(`update sessions set end_reason = 'password-changed' where key = 'k0'`).then(
+        () => undefined,
+        (error: any) => error,
+      );
+      expect(refused?.code ?? refused?.cause?.code).toBe("23514");
+    } finally {
+      await close();
+    }
+  });
+});
+
 describe("migrate(db) refuses", () => {
   it("what is not a drizzle Postgres database, saying what to pass", async () => {
     await expect(migrate({} as AnyPgDatabase)).rejects.toThrow(/^connect-drizzle: migrate\(db\) needs a drizzle Postgres database/);

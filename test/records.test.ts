@@ -228,6 +228,43 @@ describe.each(drivers)("sessions as records on %s", (driver) => {
     expect(ended.map((r) => r.userAgent)).toEqual(["UA of old-active", "UA of newer"]);
   });
 
+  it("revoke and revokeUser refuse a reason outside the list, and end nothing", async () => {
+    withHistory();
+    await login("a1", "ann");
+    const handle = (await store.handleOf("a1"))!;
+    const allowed = '"logout", "revoked", "expired", "rotated", "evicted"';
+    for (const reason of ["password-changed", "Revoked", "", 42] as any[]) {
+      await expect(store.revoke(handle, { anyOwner: true, reason })).rejects.toThrow(
+        new RegExp(`^connect-drizzle: revoke's \`reason\` must be one of ${allowed} \\(got `),
+      );
+      await expect(store.revokeUser("ann", { reason })).rejects.toThrow(TypeError);
+      await expect(store.revokeUser("ann", { reason })).rejects.toThrow(/^connect-drizzle: revokeUser's `reason` must be one of "logout", /);
+    }
+    // Not even an unknown handle gets past the check: the mistake shows on the first call, not the first hit.
+    await expect(store.revoke("no-such-handle", { anyOwner: true, reason: "password-changed" as any })).rejects.toThrow(TypeError);
+    expect(await store.get("a1")).not.toBeNull();
+    expect(await t.raw(`select end_reason from $table`)).toEqual([{ end_reason: null }]);
+    // Every listed reason is accepted.
+    expect(await store.revoke(handle, { anyOwner: true, reason: "logout" })).toBe(true);
+    await login("a2", "ann");
+    expect(await store.revokeUser("ann", { reason: "evicted" })).toBe(1);
+    expect((await store.list({ userId: "ann", status: "ended" })).map((r) => r.endReason).sort()).toEqual(["evicted", "logout"]);
+  });
+
+  it("the end_reason column refuses a reason outside the list (a CHECK constraint, SQLSTATE 23514), whoever writes it", async () => {
+    withHistory();
+    await login("a1", "ann");
+    const refused = await t.raw(`update $table set ended_at = now(), end_reason = 'password-changed'`).then(
+      () => undefined,
+      (error: any) => error,
+    );
+    expect(refused?.code ?? refused?.cause?.code).toBe("23514");
+    expect(await store.get("a1")).not.toBeNull();
+    // The listed reasons, and no reason at all (a live session), pass.
+    await t.raw(`update $table set end_reason = 'rotated'`);
+    await t.raw(`update $table set end_reason = null`);
+  });
+
   it("list and count reject a query without userId or with an unknown status", async () => {
     await expect(store.list({} as any)).rejects.toThrow(/userId/);
     await expect(store.count({ userId: "a", status: "gone" as any })).rejects.toThrow(/status/);

@@ -47,7 +47,7 @@ describe("createSessionTable with a user id type and a reference to the app's us
   });
 
   it("rejects an unknown user id type and a reference that is not a function, saying what to pass", () => {
-    expect(() => createSessionTable("sessions", { userIdType: "varchar" as any })).toThrow(/connect-drizzle: userIdType must be "text", "integer", "bigint" or "uuid"/);
+    expect(() => createSessionTable("sessions", { userIdType: "varchar" as any })).toThrow(/connect-drizzle: `userIdType` must be "text", "integer", "bigint" or "uuid" \(got a string\)/);
     const users = pgSchema("app").table("users", { id: integer("id").primaryKey() });
     expect(() => createSessionTable("sessions", { userIdType: "integer", references: users.id as any })).toThrow(/connect-drizzle: `references` must be a function/);
   });
