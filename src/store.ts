@@ -9,6 +9,7 @@ import { driverName, Executor, interactiveTransactions, isTrue, loneClient, type
 import { databaseError, reauthenticationRequired, schemaOutdated, SessionStoreError, tableMissing } from "./errors.js";
 import { isValidId, keyDeriver, newHandle, type KeyDeriver } from "./hash.js";
 import { listen, type Listening } from "./notify.js";
+import { checkUserId } from "./owner.js";
 import { checkOptionKeys, ownerOf, resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
 import { reap, Reaper, type ReapResult } from "./reaper.js";
 import { Records, type EndReason, type ExtendOptions, type RevokeOptions, type SessionQuery, type SessionRecord, type UserId } from "./records.js";
@@ -224,6 +225,10 @@ export class SessionStore extends Store {
       now: () => this.now(),
       recordsEnds: () => this.listenerCount("ended") > 0,
       ended: (rows, reason) => this.announceEnded(rows, reason),
+      cap: this.options.maxSessionsPerUser,
+      timeout,
+      transaction: (body) => this.exec.transaction(body),
+      afterEvictions: (keys, evicted) => this.afterEvictions(keys, evicted),
     });
     if (this.options.cache) {
       this.cache = new ReadCache<Loaded>(this.options.cache, {
@@ -292,7 +297,10 @@ export class SessionStore extends Store {
   /**
    * Saves a session. A session this request loaded (`req.session`, or what `get` returned) is updated in
    * place, and only while it is live: a save never brings back a session that ended or expired meanwhile.
-   * A session the store did not load here (a new id) is inserted. Unchanged sessions are not rewritten.
+   * A session the store did not load here (a new id) is inserted; one whose row exists is updated (an
+   * expired row is live again; with `maxSessionsPerUser`, as a login, its user's sessions beyond the cap
+   * end). A user id (the `userId` option) that does not fit the `user_id` column's type fails the save
+   * with a `SessionStoreError` of code `INVALID_USER_ID`. Unchanged sessions are not rewritten.
    * With `merge` (the default) a loaded session's save writes only the top-level keys its request changed
    * or deleted, and the cookie, over what the row holds now.
    */
@@ -375,12 +383,18 @@ export class SessionStore extends Store {
     );
   }
 
-  /** A user's sessions as records, newest activity first. */
+  /**
+   * A user's sessions as records, newest activity first.
+   * @throws SessionStoreError `INVALID_USER_ID` when `userId` does not fit the `user_id` column's type
+   */
   list(query: SessionQuery): Promise<SessionRecord[]> {
     return this.records.list(query);
   }
 
-  /** How many sessions of a user match (same filter as `list`, without the limit). */
+  /**
+   * How many sessions of a user match (same filter as `list`, without the limit).
+   * @throws SessionStoreError `INVALID_USER_ID` when `userId` does not fit the `user_id` column's type
+   */
   count(query: SessionQuery): Promise<number> {
     return this.records.count(query);
   }
@@ -396,6 +410,7 @@ export class SessionStore extends Store {
    * end someone else's session by guessing a handle) or explicitly to any owner (`{ anyOwner: true }`).
    * @returns whether a session was ended
    * @throws TypeError when the scope is missing, or `userId` is `undefined` or `null`
+   * @throws SessionStoreError `INVALID_USER_ID` when `userId` does not fit the `user_id` column's type
    */
   revoke(handle: string, options: RevokeOptions): Promise<boolean> {
     return this.records.revoke(handle, options);
@@ -405,6 +420,7 @@ export class SessionStore extends Store {
    * Ends every session of a user ("log out everywhere", e.g. after a password change), or every one but
    * `except` ("log out other devices"): session ids or handles, one or a list.
    * @returns how many sessions were ended
+   * @throws SessionStoreError `INVALID_USER_ID` when `userId` does not fit the `user_id` column's type
    */
   revokeUser(userId: UserId, options: { except?: string | readonly string[]; reason?: EndReason } = {}): Promise<number> {
     return this.records.revokeUser(userId, options);
@@ -415,8 +431,14 @@ export class SessionStore extends Store {
    * revalidates a session that expired but is not yet reaped; an ended session stays ended. The expiry
    * never passes the absolute expiry unless `beyondAbsolute` is set, which moves the absolute expiry too.
    * `until` is read on this server's clock, as a lifetime from now.
+   *
+   * With `maxSessionsPerUser`, revalidating an expired session is a login for the cap: the session is
+   * kept, and its owner's least recently used other live sessions beyond the cap end as `evicted` (each
+   * announced as `ended`, and dropped from every instance's cache), under the owner's login lock, in the
+   * same transaction. Extending a live session ends nothing.
    * @returns whether a session was changed
    * @throws TypeError when `until` is not a valid Date, or the scope is missing
+   * @throws SessionStoreError `INVALID_USER_ID` when `userId` does not fit the `user_id` column's type
    */
   extend(handle: string, until: Date, options: ExtendOptions): Promise<boolean> {
     return this.records.extend(handle, until, options);
@@ -597,6 +619,7 @@ export class SessionStore extends Store {
     // A row not sealed as a save would seal it now (`encrypt`: an older secret, or plaintext) is rewritten whole.
     const merged = this.options.merge && changes !== undefined && !loaded?.reseal;
     const userId = this.userIdOf(session);
+    if (userId !== null) checkUserId(userId, this.sql.userIdType, "userId");
     // The login write: the session gains a user (a new session with one, or one whose user changed).
     const login = userId !== null && (loaded === undefined || userId !== this.ownerRead(loaded, changes?.before)) ? this.loginWrite(ip) : undefined;
     const values = keyValues(keys, {
@@ -627,8 +650,9 @@ export class SessionStore extends Store {
       const absolute = this.options.absoluteTimeout ?? null;
       const authenticated = userId === null ? null : 0;
       if (inserted) written = { ...inserted, version: 1, expires: Math.min(target - now, absolute ?? Infinity), absolute, authenticated };
-      // A set of an id the store did not load whose row exists: update it, unless it ended.
-      else written = await this.saveExisting<Saved>(keys, values, session, text);
+      // A set of an id the store did not load whose row exists: update it, unless it ended. That may make
+      // an expired row of the user live again (or give a row its user): under a cap, as a login.
+      else written = await this.saveExisting<Saved>(keys, values, session, text, userId === null ? undefined : this.existingLogin());
       if (inserted && this.listenerCount("created") > 0) {
         const row: EventRow = { handle: values.handle as string, user_id: values.userId as string | null, label: values.label as string | null, user_agent: ua, ip };
         this.announce("created", sessionEvent(row, true));
@@ -663,6 +687,15 @@ export class SessionStore extends Store {
   }
 
   /**
+   * What a save of an existing row this store did not load does, with a user, besides the write: the cap
+   * (it may make an expired row live again), not the device check (it may be no sign-in at all).
+   */
+  private existingLogin(): LoginWrite | undefined {
+    const cap = this.options.maxSessionsPerUser;
+    return cap === undefined ? undefined : { cap, devices: false };
+  }
+
+  /**
    * Runs a save's statement; a login write with a cap in one transaction, after its user's lock, so that
    * concurrent logins of one user each count the sessions the others left (in READ COMMITTED the write's
    * snapshot is taken after the lock was granted).
@@ -682,9 +715,7 @@ export class SessionStore extends Store {
    * device when none of the user's recent rows from its IP was of its browser family and OS.
    */
   private loggedIn(row: LoginRow, session: EventRow): void {
-    const evicted: Array<{ key: string } & EventRow> = row.evicted === undefined ? [] : JSON.parse(row.evicted);
-    if (evicted.length > 0) this.evict(evicted.map((r) => r.key));
-    this.announceEnded(evicted, "evicted");
+    this.afterEvictions([], row.evicted);
     if (row.seen === undefined) return;
     const device = describeDevice(session.user_agent);
     const seen: Array<string | null> = JSON.parse(row.seen);
@@ -696,6 +727,18 @@ export class SessionStore extends Store {
   }
 
   /**
+   * After a statement that made sessions live (`keys`) under `maxSessionsPerUser`: they and the sessions it
+   * evicted (`evicted`, the JSON array of their keys and records) leave this store's cache (other
+   * instances' with the NOTIFY of the same statement), and the evicted ones are announced as ended.
+   */
+  private afterEvictions(keys: readonly string[], evicted: string | undefined): void {
+    const rows: Array<{ key: string } & EventRow> = evicted === undefined ? [] : JSON.parse(evicted);
+    const gone = [...keys, ...rows.map((r) => r.key)];
+    if (gone.length > 0) this.evict(gone);
+    this.announceEnded(rows, "evicted");
+  }
+
+  /**
    * The owner of the session a request read (or last saved), as the `user_id` column holds it; `read` is
    * its text already parsed, when the caller has it (a save's changesOf), so it is not parsed twice.
    */
@@ -704,13 +747,14 @@ export class SessionStore extends Store {
   }
 
   /**
-   * Updates the existing row of a session id this store did not load. With `encrypt` and several keys the
-   * sealed data must name the row's own key, which is not known before: each key is tried in turn.
+   * Updates the existing row of a session id this store did not load (with `login`, as a login write: see
+   * {@link saveRows}). With `encrypt` and several keys the sealed data must name the row's own key, which
+   * is not known before: each key is tried in turn.
    */
-  private async saveExisting<Row>(keys: string[], values: Record<string, unknown>, session: SessionData, text: string): Promise<Row | undefined> {
-    if (!this.sealer || keys.length === 1) return (await this.exec.run<Row>(this.sql.saveExisting(keys.length), values))[0];
+  private async saveExisting<Row>(keys: string[], values: Record<string, unknown>, session: SessionData, text: string, login: LoginWrite | undefined): Promise<Row | undefined> {
+    if (!this.sealer || keys.length === 1) return (await this.saveRows<Row>(this.sql.saveExisting(keys.length, login), values, login))[0];
     for (const key of keys) {
-      const [written] = await this.exec.run<Row>(this.sql.saveExisting(1), { ...values, k0: key, text: this.stored(key, session, text) });
+      const [written] = await this.saveRows<Row>(this.sql.saveExisting(1, login), { ...values, k0: key, text: this.stored(key, session, text) }, login);
       if (written) return written;
     }
     return undefined;
