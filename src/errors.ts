@@ -27,7 +27,8 @@ export type SessionStoreErrorCode =
   | "DATABASE"
   | "LISTENER"
   | "UNTRUSTED_EVENT"
-  | "REAUTHENTICATION_REQUIRED";
+  | "REAUTHENTICATION_REQUIRED"
+  | "INVALID_USER_ID";
 
 const MIGRATE = "await migrate(db) from connect-drizzle, or your driver's drizzle migrator on its migrationsFolder";
 
@@ -71,29 +72,48 @@ export function reauthenticationRequired(maxAge: number): SessionStoreError {
   );
 }
 
-/** Wraps a driver error with a message that says what to do, keeping the original as `cause`. */
+/** Wraps a driver error with a message that says what to do, keeping the original as `cause` (without the values it quotes). */
 export function databaseError(error: unknown, table: string, action: string): SessionStoreError {
   const code = pgCode(error);
   if (code === "42P01") return tableMissing(table, error);
   if (code === "42703") return schemaOutdated(table, undefined, error);
-  if (code === "22P05" || code === "22P02") {
+  const reason = messageOf(error);
+  // Data the jsonb column refuses (NUL, a lone surrogate); any other 22P02 is a value another column's
+  // type refuses, which is no problem of the session data.
+  if (code === "22P05" || (code === "22P02" && /\btype jsonb?\b/.test(reason))) {
     return new SessionStoreError(
       "UNSERIALIZABLE",
-      `${action} failed: PostgreSQL refused the session data (${driverError(error).message}, ${code}); ` +
+      `${action} failed: PostgreSQL refused the session data (${reason}, ${code}); ` +
         "jsonb cannot hold NUL characters (\\u0000) or lone surrogates in strings",
       { cause: safeCause(error) },
     );
   }
-  const inner = driverError(error);
-  const reason = inner instanceof Error ? inner.message : String(inner);
   return new SessionStoreError("DATABASE", `${action} failed: ${reason}${code ? ` (${code})` : ""}`, { cause: safeCause(error) });
+}
+
+/** The driver error's message, without the values a data exception quotes (see {@link withoutValues}). */
+function messageOf(error: unknown): string {
+  const inner = driverError(error);
+  return withoutValues(inner instanceof Error ? inner.message : String(inner), pgCode(error));
+}
+
+/**
+ * A Postgres message without the values it quotes: the data exceptions (SQLSTATE class 22) quote the
+ * value refused (`invalid input syntax for type integer: "..."`, `value "..." is out of range ...`),
+ * which may be a user id or session data. Everything from the first double quote to the last is
+ * replaced (a value may hold quotes itself). Other classes quote names (tables, constraints), not values:
+ * their values are in `detail`, which is never copied.
+ */
+function withoutValues(message: string, code: string | undefined): string {
+  return code?.startsWith("22") ? message.replace(/".*"/s, "(value left out)").replace(/: 0x[0-9a-f ]+$/i, "") : message;
 }
 
 /** Fields of a Postgres error that name what failed, never the values involved. */
 const SAFE_FIELDS = ["code", "severity", "routine", "schema", "table", "column", "constraint", "errno", "syscall", "address", "port"] as const;
 
 /**
- * A copy of the driver's error that is safe to log: its message and the fields that name what failed.
+ * A copy of the driver's error that is safe to log: its message (without the values a data exception
+ * quotes) and the fields that name what failed.
  * Left out: drizzle's wrapper (its message quotes the query's parameters), and the driver's own query,
  * parameters, `detail` and `where` (postgres.js and PGlite keep the parameters on the error; `detail`
  * quotes key values), since they hold session keys, handles, user ids and the session data, which an
@@ -101,7 +121,7 @@ const SAFE_FIELDS = ["code", "severity", "routine", "schema", "table", "column",
  */
 export function safeCause(error: unknown): Error {
   const inner = driverError(error);
-  const copy = new Error(inner instanceof Error ? inner.message : String(inner));
+  const copy = new Error(messageOf(error));
   if (inner instanceof Error) copy.name = inner.name;
   for (const field of SAFE_FIELDS) {
     const value = (inner as any)?.[field];

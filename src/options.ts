@@ -192,8 +192,10 @@ export interface SessionStoreOptions {
   /**
    * Most live sessions one user may have: the write that signs a user in (a login's new session, or a
    * session that gains a user) ends that user's least recently used live sessions beyond it, as
-   * `evicted`, in the same statement (the `ended` event tells of each). Logins of one user are
-   * serialized by an advisory lock, so racing logins never leave more. Needs a driver with interactive
+   * `evicted`, in the same statement (the `ended` event tells of each). So does every other write that
+   * makes a session of the user live again: `extend` of an expired session, and a `set` of an id whose
+   * row exists but was not loaded for the request. Logins of one user are serialized by an advisory lock
+   * on the id as a value of the column's type, so racing logins never leave more. Needs a driver with interactive
    * transactions (node-postgres, postgres.js, PGlite, ...): on pg-proxy or neon-http, and on a single
    * node-postgres `Client` rather than a pool, the constructor throws a `TypeError`. A positive integer.
    * @default undefined (no cap)

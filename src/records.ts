@@ -2,6 +2,7 @@ import type { SQL } from "drizzle-orm";
 import { describeDevice } from "./device.js";
 import { isTrue } from "./driver.js";
 import { isValidId, type KeyDeriver } from "./hash.js";
+import { checkUserId } from "./owner.js";
 import { checkEndReason, type EndReason, type EventRow, type RecordRow, type SessionStatus, type Statements } from "./statements.js";
 import type { TraceDetail } from "./trace.js";
 
@@ -9,7 +10,8 @@ export type { EndReason, SessionStatus } from "./statements.js";
 
 /**
  * A user id as the records API takes it: what the store's `userId` option returns. It is matched by its
- * string form (`42`, `42n` and `"42"` are one user), as saves store it.
+ * string form (`42`, `42n` and `"42"` are one user), as saves store it, and must fit the `user_id`
+ * column's type (else a `SessionStoreError` of code `INVALID_USER_ID`).
  */
 export type UserId = string | number | bigint;
 
@@ -88,6 +90,17 @@ export interface RecordsContext {
   recordsEnds(): boolean;
   /** Announces `ended` for each row an end returned with its record (and with `broadcast`, sends them). */
   ended(rows: readonly EventRow[], reason: EndReason): void;
+  /** `maxSessionsPerUser`, if set. */
+  cap: number | undefined;
+  /** The store's `timeout`, ms: how long a transaction may wait for a user's lock. */
+  timeout: number;
+  /** Runs `body` in one transaction, bounded by the store's `timeout`. */
+  transaction<T>(body: (tx: { query<Row>(statement: SQL): Promise<Row[]> }) => Promise<T>): Promise<T>;
+  /**
+   * After a statement that made sessions live (`keys`) under the cap: they and those it evicted
+   * (`evicted`, JSON) leave the caches, and the evicted are announced as ended.
+   */
+  afterEvictions(keys: readonly string[], evicted: string | undefined): void;
 }
 
 /**
@@ -98,14 +111,14 @@ export class Records {
   constructor(private readonly s: RecordsContext) {}
 
   async list(query: SessionQuery): Promise<SessionRecord[]> {
-    const { userId, limit, current } = checkQuery(query);
+    const { userId, limit, current } = this.checkQuery(query, "list");
     const keys = current === undefined ? undefined : this.s.keysOf(current);
     const rows = await this.s.run("list", () => this.s.query<RecordRow>(this.s.statements.list(userId, query.status, keys, limit)), { userId });
     return rows.map(toRecord);
   }
 
   async count(query: SessionQuery): Promise<number> {
-    const { userId } = checkQuery(query);
+    const { userId } = this.checkQuery(query, "count");
     const [row] = await this.s.run("count", () => this.s.query<{ n: number }>(this.s.statements.count(userId, query.status)), { userId });
     return Number(row?.n ?? 0);
   }
@@ -117,7 +130,7 @@ export class Records {
   }
 
   async revoke(handle: string, options: RevokeOptions): Promise<boolean> {
-    const owner = ownerOf(options, "revoke");
+    const owner = this.ownerOf(options, "revoke");
     const reason = options.reason ?? "revoked";
     checkEndReason(reason, "revoke's `reason`");
     if (typeof handle !== "string" || handle.length === 0) return false;
@@ -131,11 +144,12 @@ export class Records {
     if (!isUserId(userId)) throw new TypeError("connect-drizzle: revokeUser needs a user id (a string, number or bigint)");
     const reason = options.reason ?? "revoked";
     checkEndReason(reason, "revokeUser's `reason`");
+    const owner = this.checked(String(userId), "revokeUser");
     const kept = options.except === undefined ? [] : typeof options.except === "string" ? [options.except] : [...options.except];
     const keys = kept.flatMap((id) => this.s.keysOf(id));
     const record = this.s.recordsEnds();
-    const statement = this.s.statements.revokeUser(String(userId), reason, keys, kept, record);
-    const rows = await this.s.run("revokeUser", () => this.s.write<{ key: string } & EventRow>(statement), { userId: String(userId) });
+    const statement = this.s.statements.revokeUser(owner, reason, keys, kept, record);
+    const rows = await this.s.run("revokeUser", () => this.s.write<{ key: string } & EventRow>(statement), { userId: owner });
     if (record) this.s.ended(rows, reason);
     return rows.length;
   }
@@ -143,39 +157,58 @@ export class Records {
   async extend(handle: string, until: Date, options: ExtendOptions): Promise<boolean> {
     const at = until instanceof Date ? until.getTime() : NaN;
     if (!Number.isFinite(at)) throw new TypeError("connect-drizzle: extend(handle, until, { userId }) needs a valid Date");
-    const owner = ownerOf(options, "extend");
+    const owner = this.ownerOf(options, "extend");
     if (typeof handle !== "string" || handle.length === 0) return false;
-    const statement = this.s.statements.extend(handle, at - this.s.now(), new Date(at).toISOString(), options.beyondAbsolute === true, owner);
-    const rows = await this.s.run("extend", () => this.s.write(statement), { handle });
-    return rows.length > 0;
+    const { statements, cap, timeout } = this.s;
+    const extend = (capped?: { cap: number; owner: string | null }) =>
+      statements.extend(handle, at - this.s.now(), new Date(at).toISOString(), options.beyondAbsolute === true, owner, capped);
+    if (cap === undefined) return (await this.s.run("extend", () => this.s.write(extend()), { handle })).length > 0;
+    // Revalidating an expired session makes it live again, as a login does: under its owner's lock, so
+    // that the cap counts what that user's logins leave, and they count it.
+    const [row] = await this.s.run(
+      "extend",
+      () =>
+        this.s.transaction(async (tx) => {
+          const [locked] = await tx.query<{ owner: string }>(statements.ownerLock(handle, owner, timeout));
+          return tx.query<{ key: string; evicted: string }>(extend({ cap, owner: locked?.owner ?? null }));
+        }),
+      { handle },
+    );
+    this.s.afterEvictions(row ? [row.key] : [], row?.evicted);
+    return row !== undefined;
   }
-}
 
-function checkQuery(query: SessionQuery): { userId: string; limit: number; current?: string } {
-  if (!query || !isUserId(query.userId)) {
-    throw new TypeError("connect-drizzle: list/count need { userId } (a string, number or bigint)");
-  }
-  const limit = query.limit ?? 100;
-  if (!Number.isInteger(limit) || limit < 1) throw new TypeError("connect-drizzle: `limit` must be a positive integer");
-  return { userId: String(query.userId), limit, current: typeof query.current === "string" ? query.current : undefined };
-}
-
-/** The owner a scoped call is limited to, or `undefined` for `{ anyOwner: true }`. */
-function ownerOf(options: OwnerScope | undefined, method: string): string | undefined {
-  const scope: any = options;
-  if (scope !== null && typeof scope === "object" && "userId" in scope) {
-    if (!isUserId(scope.userId)) {
-      throw new TypeError(
-        `connect-drizzle: ${method}(handle, { userId }) got userId ${String(scope.userId)}: pass the signed-in user's id, ` +
-          "or { anyOwner: true } to act on any user's session",
-      );
+  private checkQuery(query: SessionQuery, method: string): { userId: string; limit: number; current?: string } {
+    if (!query || !isUserId(query.userId)) {
+      throw new TypeError("connect-drizzle: list/count need { userId } (a string, number or bigint)");
     }
-    return String(scope.userId);
+    const limit = query.limit ?? 100;
+    if (!Number.isInteger(limit) || limit < 1) throw new TypeError("connect-drizzle: `limit` must be a positive integer");
+    return { userId: this.checked(String(query.userId), method), limit, current: typeof query.current === "string" ? query.current : undefined };
   }
-  if (scope?.anyOwner === true) return undefined;
-  throw new TypeError(
-    `connect-drizzle: ${method} needs a scope: { userId } for the owner's own session, or { anyOwner: true } for any session (admin tools)`,
-  );
+
+  /** The owner a scoped call is limited to, or `undefined` for `{ anyOwner: true }`. */
+  private ownerOf(options: OwnerScope | undefined, method: string): string | undefined {
+    const scope: any = options;
+    if (scope !== null && typeof scope === "object" && "userId" in scope) {
+      if (!isUserId(scope.userId)) {
+        throw new TypeError(
+          `connect-drizzle: ${method}(handle, { userId }) got userId ${String(scope.userId)}: pass the signed-in user's id, ` +
+            "or { anyOwner: true } to act on any user's session",
+        );
+      }
+      return this.checked(String(scope.userId), method);
+    }
+    if (scope?.anyOwner === true) return undefined;
+    throw new TypeError(
+      `connect-drizzle: ${method} needs a scope: { userId } for the owner's own session, or { anyOwner: true } for any session (admin tools)`,
+    );
+  }
+
+  /** A user id passed to `method`, checked against `user_id`'s type before any statement sends it. */
+  private checked(userId: string, method: string): string {
+    return checkUserId(userId, this.s.statements.userIdType, method);
+  }
 }
 
 function isUserId(value: unknown): value is UserId {

@@ -123,8 +123,9 @@ export interface SessionTableOptions<T extends UserIdType = "text"> {
   schema?: string;
   /**
    * The SQL type of `user_id`: the type of your users' id, so that it can reference it (`references`).
-   * The store's `userId` option then returns ids of that type (a number, a bigint, or a uuid string);
-   * `bigint` is drizzle's `mode: "number"` in your own queries.
+   * The store's `userId` option then returns ids of that type (a number, a bigint, or a uuid string in
+   * its canonical 8-4-4-4-12 form, any case): one that does not fit fails the save with a
+   * `SessionStoreError` of code `INVALID_USER_ID`. `bigint` is drizzle's `mode: "number"` in your own queries.
    * @default "text"
    */
   userIdType?: T;

@@ -11,7 +11,8 @@ import type { SessionTable } from "./schema.js";
  * Why a session ended, as recorded in `end_reason`: `logout` (destroy, or regenerate of an anonymous
  * session), `revoked` (revoke, revokeUser), `expired` (reaped), `rotated` (regenerate of a logged-in
  * session: the user goes on in a new one), `evicted` (ended by `maxSessionsPerUser` when its user signed
- * in once more than the cap allows: the least recently used session goes).
+ * in once more than the cap allows, or had an expired session revalidated by `extend`: the least
+ * recently used session goes).
  */
 export type EndReason = (typeof END_REASONS)[number];
 
@@ -126,7 +127,7 @@ export class Statements {
   readonly eventsChannel: string;
   private readonly shapes = new Map<string, Shape>();
   /** `user_id`'s SQL type (text, integer, bigint, uuid): user ids travel as text and are cast to it. */
-  private readonly userIdType: SQL;
+  readonly userIdType: string;
   /** The first key of the advisory lock that serializes one user's logins (the second is the user's). */
   private readonly loginLockKey: number;
 
@@ -144,7 +145,7 @@ export class Statements {
     const qualified = config.schema ? `${config.schema}_${config.name}` : config.name;
     this.channel = channelName(qualified);
     this.eventsChannel = channelName(`events_${qualified}`);
-    this.userIdType = sql.raw(t.userId.getSQLType());
+    this.userIdType = t.userId.getSQLType();
     this.loginLockKey = createHash("sha256").update(`login:${this.tableName}`).digest().readInt32BE(0);
   }
 
@@ -275,15 +276,13 @@ export class Statements {
    */
   private login(write: SQL, v: (name: string) => SQL, { cap, devices }: LoginWrite): SQL {
     const t = this.t;
-    const user = sql`${t.userId} = ${this.userId(v("userId"))} and ${t.key} <> ${v("k0")}`;
+    // The written row (under whichever of the session's keys) is never one of the user's others.
+    const user = sql`${t.userId} = ${this.userId(v("userId"))} and ${t.key} not in (select key from written)`;
     const ctes = [sql`written as (${write})`];
     const columns = [sql`written.*`];
     if (cap !== undefined) {
-      const beyond = sql`${t.key} in (select ${t.key} from ${t} where ${user} and ${this.live()} order by ${t.lastSeenAt} desc, ${t.key} offset ${sql.raw(String(cap - 1))})
-        and exists (select 1 from written)`;
-      ctes.push(sql`evicted as (${this.ending("evicted", beyond, true)})`);
-      columns.push(sql`(select coalesce(json_agg(json_build_object('key', key, 'handle', handle, 'user_id', user_id, 'label', label,
-        'user_agent', user_agent, 'ip', ip)), '[]')::text from evicted) as evicted`);
+      ctes.push(this.evictions(user, cap, sql`exists (select 1 from written)`));
+      columns.push(this.evictedColumn());
     }
     if (devices) {
       ctes.push(sql`seen as (select ${t.userAgent} as ua from ${t} where ${user} and ${t.ip} = ${v("ip")}::text
@@ -294,14 +293,48 @@ export class Statements {
   }
 
   /**
+   * The CTE `evicted`, which ends (as `evicted`) the live rows of `others` (a user's sessions but the one
+   * made live) beyond the `cap - 1` most recently used, when `when` holds.
+   */
+  private evictions(others: SQL, cap: number, when: SQL): SQL {
+    const t = this.t;
+    const beyond = sql`${t.key} in (select ${t.key} from ${t} where ${others} and ${this.live()} order by ${t.lastSeenAt} desc, ${t.key} offset ${sql.raw(String(cap - 1))})
+        and ${when}`;
+    return sql`evicted as (${this.ending("evicted", beyond, true)})`;
+  }
+
+  /** The rows {@link evictions} ended, as a JSON array of their keys and {@link EventRow}s (`evicted`). */
+  private evictedColumn(): SQL {
+    return sql`(select coalesce(json_agg(json_build_object('key', key, 'handle', handle, 'user_id', user_id, 'label', label,
+        'user_agent', user_agent, 'ip', ip)), '[]')::text from evicted) as evicted`;
+  }
+
+  /**
    * Takes the lock that serializes the login writes of one user (with `maxSessionsPerUser`), for the rest
    * of the transaction, and bounds that transaction's waits in the database by `timeout` ms: a login
-   * given up on by the app never goes on to write.
+   * given up on by the app never goes on to write. The lock is keyed on the id as a value of `user_id`'s
+   * type, written back as text (its canonical form), so that every spelling Postgres reads as one id
+   * (`007` and `7`, a uuid in upper or lower case) takes one lock, as the count compares typed values.
    */
   loginLock(userId: string, timeout: number): SQL {
+    return sql`${this.limits(timeout)} select pg_advisory_xact_lock(${this.loginLockKey}::int4, hashtext((${this.userId(userId)})::text)) from limits`;
+  }
+
+  /**
+   * {@link loginLock} for the owner of the not yet ended session `handle` (`owner`: only if it is that
+   * user's), if it has one; returns the owner (`owner`, as text) of the row it locked for. The row's
+   * `user_id` written as text is the canonical form a login locks on.
+   */
+  ownerLock(handle: string, owner: string | undefined, timeout: number): SQL {
+    const t = this.t;
+    return sql`${this.limits(timeout)} select ${t.userId}::text as owner, pg_advisory_xact_lock(${this.loginLockKey}::int4, hashtext(${t.userId}::text))
+      from ${t}, limits where ${t.handle} = ${handle} and ${t.endedAt} is null and ${t.userId} is not null${this.owned(owner)}`;
+  }
+
+  /** The `with` that bounds the rest of the transaction's waits in the database by `timeout` ms (as a CTE `limits`). */
+  private limits(timeout: number): SQL {
     const ms = `${Math.ceil(timeout)}ms`;
-    return sql`with limits as materialized (select set_config('lock_timeout', ${ms}, true), set_config('statement_timeout', ${ms}, true))
-      select pg_advisory_xact_lock(${this.loginLockKey}::int4, hashtext(${userId}::text)) from limits`;
+    return sql`with limits as materialized (select set_config('lock_timeout', ${ms}, true), set_config('statement_timeout', ${ms}, true))`;
   }
 
   /**
@@ -315,12 +348,17 @@ export class Statements {
 
   /**
    * Saves a session id this store did not load whose row exists (a direct `store.set` of a known id, or
-   * a row keyed under an older secret): an update, unless the row ended, which is never revived.
+   * a row keyed under an older secret): an update, unless the row ended, which is never revived (an
+   * expired one is: it is live again). With `login` (a session with a user, under `maxSessionsPerUser`)
+   * it also does what goes with a login ({@link login}), the handle returned, since it may make a session
+   * of the user live.
    */
-  saveExisting(n: number): Shape {
-    return this.shape(`save:existing:${n}`, (v) => {
+  saveExisting(n: number, login?: LoginWrite): Shape {
+    return this.shape(`save:existing:${n}${loginKey(login)}`, (v) => {
       const t = this.t;
-      return sql`update ${t} set ${this.changes(v)} where ${this.byKeys(keyParams(n, v))} and ${t.endedAt} is null ${this.saved()}`;
+      const handle = login ? sql`, ${t.handle} as handle` : sql``;
+      const update = sql`update ${t} set ${this.changes(v)} where ${this.byKeys(keyParams(n, v))} and ${t.endedAt} is null ${this.saved()}${handle}`;
+      return login ? this.login(update, v, login) : update;
     });
   }
 
@@ -459,18 +497,31 @@ export class Statements {
   /**
    * Sets a session's idle expiry to `life` ms from now (capped by the absolute expiry, or moving it with
    * `beyondAbsolute`) and its cookie's `expires` to `cookieExpires`; revalidates an expired row, never an
-   * ended one.
+   * ended one. With `capped` (`maxSessionsPerUser`, run under {@link ownerLock} of the row's owner
+   * `capped.owner`): only the row of that owner (null: of none), and when it revalidates an expired row,
+   * the owner's least recently used other live sessions beyond the cap end as `evicted`, as a login ends
+   * them; returns them as `evicted` ({@link evictedColumn}).
    */
-  extend(handle: string, life: number, cookieExpires: string, beyondAbsolute: boolean, owner: string | undefined): SQL {
+  extend(handle: string, life: number, cookieExpires: string, beyondAbsolute: boolean, owner: string | undefined, capped?: { cap: number; owner: string | null }): SQL {
     const t = this.t;
     const target = lifetime(life);
     const absolute = this.absoluteExpiry();
     const expiry = beyondAbsolute
       ? sql`${col(t.expiresAt)} = ${target}, ${col(t.absoluteExpiresAt)} = greatest(${absolute}, ${target})`
       : sql`${col(t.expiresAt)} = least(${target}, ${absolute}), ${col(t.absoluteExpiresAt)} = ${absolute}`;
-    return sql`update ${t} set ${expiry}, ${col(t.version)} = ${t.version} + 1,
-        ${col(t.data)} = case when jsonb_typeof(${t.data}->'cookie') = 'object' then jsonb_set(${t.data}, '{cookie,expires}', to_jsonb(${cookieExpires}::text)) else ${t.data} end
-      where ${t.handle} = ${handle} and ${t.endedAt} is null${this.owned(owner)} ${this.changed()}`;
+    const set = sql`${expiry}, ${col(t.version)} = ${t.version} + 1,
+        ${col(t.data)} = case when jsonb_typeof(${t.data}->'cookie') = 'object' then jsonb_set(${t.data}, '{cookie,expires}', to_jsonb(${cookieExpires}::text)) else ${t.data} end`;
+    const row = sql`${t.handle} = ${handle} and ${t.endedAt} is null${this.owned(owner)}`;
+    if (!capped) return sql`update ${t} set ${set} where ${row} ${this.changed()}`;
+    const locked = capped.owner === null ? sql`${t.userId} is null` : sql`${t.userId} = ${this.userId(capped.owner)}`;
+    // Whether the row was live before (`target`, this statement's snapshot) and is after (the update's
+    // `returning` sees the new row): only a row made live counts against the cap.
+    const others = sql`${t.userId} = (select owner_id from written) and ${t.key} not in (select key from written)`;
+    return sql`with target as (select ${t.key} as key, ${this.live()} as was_live from ${t} where ${row} and ${locked}),
+      written as (update ${t} set ${set} from target where ${t.key} = target.key ${this.changed()}, ${t.userId} as owner_id,
+        target.was_live as was_live, ${this.live()} as is_live),
+      ${this.evictions(others, capped.cap, sql`exists (select 1 from written where not written.was_live and written.is_live)`)}
+      select written.key, ${this.evictedColumn()} from written`;
   }
 
   // --- Pieces
@@ -562,7 +613,7 @@ export class Statements {
    * with its own type and the user index serves the lookup.
    */
   private userId(value: string | SQL): SQL {
-    return sql`${value}::${this.userIdType}`;
+    return sql`${value}::${sql.raw(this.userIdType)}`;
   }
 
   /**

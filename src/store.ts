@@ -12,6 +12,7 @@ import { isValidId, keyDeriver, newHandle, type KeyDeriver } from "./hash.js";
 import { listen, type Listening } from "./notify.js";
 import { checkOptions, is, type OptionChecks } from "./check.js";
 import { ownerOf, resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
+import { checkUserId } from "./owner.js";
 import { reap, Reaper, type ReapResult } from "./reaper.js";
 import { Records, type EndReason, type ExtendOptions, type RevokeOptions, type SessionQuery, type SessionRecord, type UserId } from "./records.js";
 import { Sealer, type StaleEntry } from "./seal.js";
@@ -259,6 +260,10 @@ export class SessionStore extends Store {
       now: () => this.now(),
       recordsEnds: () => this.recordsEnds(),
       ended: (rows, reason) => this.announceOwn(endedEvents(rows, reason)),
+      cap: this.options.maxSessionsPerUser,
+      timeout,
+      transaction: (body) => this.exec.transaction(body),
+      afterEvictions: (keys, evicted) => this.announceOwn(this.afterEvictions(keys, evicted)),
     });
     if (this.options.cache) {
       this.cache = new ReadCache<Loaded>(this.options.cache, {
@@ -324,7 +329,10 @@ export class SessionStore extends Store {
   /**
    * Saves a session. A session this request loaded (`req.session`, or what `get` returned) is updated in
    * place, and only while it is live: a save never brings back a session that ended or expired meanwhile.
-   * A session the store did not load here (a new id) is inserted. Unchanged sessions are not rewritten.
+   * A session the store did not load here (a new id) is inserted; one whose row exists is updated (an
+   * expired row is live again; with `maxSessionsPerUser`, as a login, its user's sessions beyond the cap
+   * end). A user id (the `userId` option) that does not fit the `user_id` column's type fails the save
+   * with a `SessionStoreError` of code `INVALID_USER_ID`. Unchanged sessions are not rewritten.
    * With `merge` (the default) a loaded session's save writes only the top-level keys its request changed
    * or deleted, and the cookie, over what the row holds now.
    */
@@ -412,12 +420,18 @@ export class SessionStore extends Store {
     );
   }
 
-  /** A user's sessions as records, newest activity first. */
+  /**
+   * A user's sessions as records, newest activity first.
+   * @throws SessionStoreError `INVALID_USER_ID` when `userId` does not fit the `user_id` column's type
+   */
   list(query: SessionQuery): Promise<SessionRecord[]> {
     return this.records.list(query);
   }
 
-  /** How many sessions of a user match (same filter as `list`, without the limit). */
+  /**
+   * How many sessions of a user match (same filter as `list`, without the limit).
+   * @throws SessionStoreError `INVALID_USER_ID` when `userId` does not fit the `user_id` column's type
+   */
   count(query: SessionQuery): Promise<number> {
     return this.records.count(query);
   }
@@ -433,6 +447,7 @@ export class SessionStore extends Store {
    * end someone else's session by guessing a handle) or explicitly to any owner (`{ anyOwner: true }`).
    * @returns whether a session was ended
    * @throws TypeError when the scope is missing, `userId` is `undefined` or `null`, or `reason` is not an {@link EndReason}
+   * @throws SessionStoreError `INVALID_USER_ID` when `userId` does not fit the `user_id` column's type
    */
   revoke(handle: string, options: RevokeOptions): Promise<boolean> {
     return this.records.revoke(handle, options);
@@ -443,6 +458,7 @@ export class SessionStore extends Store {
    * `except` ("log out other devices"): session ids or handles, one or a list.
    * @returns how many sessions were ended
    * @throws TypeError when `userId` is not a string, number or bigint, or `reason` is not an {@link EndReason}
+   * @throws SessionStoreError `INVALID_USER_ID` when `userId` does not fit the `user_id` column's type
    */
   revokeUser(userId: UserId, options: { except?: string | readonly string[]; reason?: EndReason } = {}): Promise<number> {
     return this.records.revokeUser(userId, options);
@@ -453,8 +469,14 @@ export class SessionStore extends Store {
    * revalidates a session that expired but is not yet reaped; an ended session stays ended. The expiry
    * never passes the absolute expiry unless `beyondAbsolute` is set, which moves the absolute expiry too.
    * `until` is read on this server's clock, as a lifetime from now.
+   *
+   * With `maxSessionsPerUser`, revalidating an expired session is a login for the cap: the session is
+   * kept, and its owner's least recently used other live sessions beyond the cap end as `evicted` (each
+   * announced as `ended`, and dropped from every instance's cache), under the owner's login lock, in the
+   * same transaction. Extending a live session ends nothing.
    * @returns whether a session was changed
    * @throws TypeError when `until` is not a valid Date, or the scope is missing
+   * @throws SessionStoreError `INVALID_USER_ID` when `userId` does not fit the `user_id` column's type
    */
   extend(handle: string, until: Date, options: ExtendOptions): Promise<boolean> {
     return this.records.extend(handle, until, options);
@@ -648,6 +670,7 @@ export class SessionStore extends Store {
     const guarded = this.options.versioned && loaded !== undefined && !changes?.unchanged;
     const merged = changes !== undefined && (this.options.merge || changes.unchanged);
     const userId = this.userIdOf(session);
+    if (userId !== null) checkUserId(userId, this.sql.userIdType, "userId");
     const label = this.labelOf(session);
     const ownerChanged = loaded === undefined || userId !== this.ownerRead(loaded, changes?.before);
     // A session id rotated away from another that keeps its user is not a sign-in: it keeps the old time.
@@ -686,8 +709,9 @@ export class SessionStore extends Store {
       const absolute = this.options.absoluteTimeout ?? null;
       const authenticated = userId === null ? null : carried ? (values.authenticated as number | null) : 0;
       if (inserted) written = { ...inserted, version: 1, expires: Math.min(target - now, absolute ?? Infinity), absolute, authenticated };
-      // A set of an id the store did not load whose row exists: update it, unless it ended.
-      else written = await this.saveExisting<Saved>(keys, values, session, text);
+      // A set of an id the store did not load whose row exists: update it, unless it ended. That may make
+      // an expired row of the user live again (or give a row its user): under a cap, as a login.
+      else written = await this.saveExisting<Saved>(keys, values, session, text, userId === null ? undefined : this.existingLogin());
       if (inserted && (this.herald || this.listenerCount("created") > 0)) {
         const row: EventRow = { handle: values.handle as string, user_id: userId, label, user_agent: ua, ip };
         events.push({ event: "created", args: [sessionEvent(row, true)] });
@@ -742,6 +766,15 @@ export class SessionStore extends Store {
   }
 
   /**
+   * What a save of an existing row this store did not load does, with a user, besides the write: the cap
+   * (it may make an expired row live again), not the device check (it may be no sign-in at all).
+   */
+  private existingLogin(): LoginWrite | undefined {
+    const cap = this.options.maxSessionsPerUser;
+    return cap === undefined ? undefined : { cap, devices: false };
+  }
+
+  /**
    * Runs a save's statement; a login write with a cap in one transaction, after its user's lock, so that
    * concurrent logins of one user each count the sessions the others left (in READ COMMITTED the write's
    * snapshot is taken after the lock was granted).
@@ -761,14 +794,24 @@ export class SessionStore extends Store {
    * when none of the user's recent rows from its IP was of its browser family and OS.
    */
   private loggedIn(row: LoginRow, session: EventRow): Announcement[] {
-    const evicted: Array<{ key: string } & EventRow> = row.evicted === undefined ? [] : JSON.parse(row.evicted);
-    if (evicted.length > 0) this.evict(evicted.map((r) => r.key));
-    const events = endedEvents(evicted, "evicted");
+    const events = this.afterEvictions([], row.evicted);
     if (row.seen === undefined) return events;
     const device = describeDevice(session.user_agent);
     const seen: Array<string | null> = JSON.parse(row.seen);
     if (!seen.some((ua) => describeDevice(ua) === device)) events.push({ event: "newDevice", args: [sessionEvent(session, true)] });
     return events;
+  }
+
+  /**
+   * After a statement that made sessions live (`keys`) under `maxSessionsPerUser`: they and the sessions it
+   * evicted (`evicted`, the JSON array of their keys and records) leave this store's cache (other
+   * instances' with the NOTIFY of the same statement); returned are the evicted ones' `ended` events.
+   */
+  private afterEvictions(keys: readonly string[], evicted: string | undefined): Announcement[] {
+    const rows: Array<{ key: string } & EventRow> = evicted === undefined ? [] : JSON.parse(evicted);
+    const gone = [...keys, ...rows.map((r) => r.key)];
+    if (gone.length > 0) this.evict(gone);
+    return endedEvents(rows, "evicted");
   }
 
   /**
@@ -780,13 +823,14 @@ export class SessionStore extends Store {
   }
 
   /**
-   * Updates the existing row of a session id this store did not load. With `encrypt` and several keys the
-   * sealed data must name the row's own key, which is not known before: each key is tried in turn.
+   * Updates the existing row of a session id this store did not load (with `login`, as a login write: see
+   * {@link saveRows}). With `encrypt` and several keys the sealed data must name the row's own key, which
+   * is not known before: each key is tried in turn.
    */
-  private async saveExisting<Row>(keys: string[], values: Record<string, unknown>, session: SessionData, text: string): Promise<Row | undefined> {
-    if (!this.sealer || keys.length === 1) return (await this.exec.run<Row>(this.sql.saveExisting(keys.length), values))[0];
+  private async saveExisting<Row>(keys: string[], values: Record<string, unknown>, session: SessionData, text: string, login: LoginWrite | undefined): Promise<Row | undefined> {
+    if (!this.sealer || keys.length === 1) return (await this.saveRows<Row>(this.sql.saveExisting(keys.length, login), values, login))[0];
     for (const key of keys) {
-      const [written] = await this.exec.run<Row>(this.sql.saveExisting(1), { ...values, k0: key, text: this.stored(key, session, text) });
+      const [written] = await this.saveRows<Row>(this.sql.saveExisting(1, login), { ...values, k0: key, text: this.stored(key, session, text) }, login);
       if (written) return written;
     }
     return undefined;

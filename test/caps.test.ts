@@ -1,13 +1,15 @@
+import { randomUUID } from "node:crypto";
 import { sql } from "drizzle-orm";
+import { getTableConfig } from "drizzle-orm/pg-core";
 import { drizzle as drizzlePg } from "drizzle-orm/node-postgres";
 import { drizzle as drizzlePgProxy } from "drizzle-orm/pg-proxy";
 import pg from "pg";
 import request from "supertest";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { SessionStore, type SessionEndedEvent, type SessionStoreOptions } from "../src/index.js";
+import { SessionStore, type SessionEndedEvent, type SessionStoreOptions, type UserIdType } from "../src/index.js";
 import { rowsOf } from "../src/driver.js";
 import { cookieOf, testApp } from "./support/app.js";
-import { cacheReady, drivers, eventually, openDb, openPeer, sessionData, sleep, type Peer, type TestDb, useTestDb } from "./support/db.js";
+import { cacheReady, drivers, eventually, openDb, openPeer, sessionData, sleep, typedTable, type Peer, type TestDb, useTestDb } from "./support/db.js";
 
 const HOUR = 3_600_000;
 
@@ -138,6 +140,83 @@ describe.each(drivers)("maxSessionsPerUser on %s", (driver) => {
     expect(await liveOf("bob")).toBe(3);
     expect(Number((await t.raw(`select count(*)::int as n from $table where user_id is null`))[0].n)).toBe(4);
     for (let i = 0; i < 4; i++) expect(await store.get(`anon-${i}`)).not.toBeNull();
+  });
+
+  /**
+   * Rounds of racing logins of one user, each spelling the id differently (Postgres reads them all as one
+   * value of the column's type), through two instances: the most live sessions seen after a round.
+   */
+  async function raceSpellings(type: UserIdType, spellings: string[], canonical: string): Promise<number> {
+    const table = await typedTable(t, type);
+    const options = { table, reaper: false, maxSessionsPerUser: 2, userId: (s: any) => s.uid } as const;
+    const instances = [new SessionStore({ db: t.db, ...options }), new SessionStore({ db: (await other()).db, ...options })];
+    stores.push(...instances);
+    const { name } = getTableConfig(table);
+    let most = 0;
+    for (let round = 0; round < 8; round++) {
+      await Promise.all(spellings.map((uid, i) => instances[(round + i) % 2]!.set(`${type}-${round}-${i}`, sessionData(HOUR, { uid }))));
+      const [row] = await t.raw(
+        `select count(*)::int as n from "${t.schema}"."${name}" where user_id = '${canonical}' and ended_at is null and expires_at > statement_timestamp()`,
+      );
+      most = Math.max(most, Number(row.n));
+    }
+    return most;
+  }
+
+  it("racing logins of one uuid user spelt differently never leave more than the cap", async () => {
+    const id = randomUUID();
+    const mixed = [...id].map((c, i) => (i % 2 ? c.toUpperCase() : c)).join("");
+    expect(await raceSpellings("uuid", [id, id.toUpperCase(), mixed], id)).toBe(2);
+  });
+
+  it("racing logins of one integer user spelt differently (7, 07, 007) never leave more than the cap", async () => {
+    expect(await raceSpellings("integer", ["7", "07", "007"], "7")).toBe(2);
+  });
+
+  it("extend of an expired session never leaves its user over the cap: it evicts the least recently used other one, announced as ended", async () => {
+    const cases = [
+      ["ann", { userId: "ann" }, 0],
+      ["bob", { anyOwner: true }, 0],
+      ["cyd", { userId: "cyd" }, HOUR],
+    ] as const;
+    for (const [user, scope, retainEnded] of cases) {
+      const { store, ended } = storeWith({ maxSessionsPerUser: 2, retainEnded });
+      await store.set(`${user}-old`, sessionData(HOUR, { userId: user }));
+      // It expires, and is not reaped yet.
+      await t.raw(`update $table set expires_at = statement_timestamp() - interval '1 minute' where user_id = '${user}'`);
+      await store.set(`${user}-2`, sessionData(HOUR, { userId: user }));
+      await t.raw(`update $table set last_seen_at = last_seen_at - interval '1 minute' where user_id = '${user}' and expires_at > statement_timestamp()`);
+      await store.set(`${user}-3`, sessionData(HOUR, { userId: user }));
+      expect(await liveOf(user)).toBe(2);
+      expect(await store.get(`${user}-2`)).not.toBeNull();
+      const [old] = await store.list({ userId: user, status: "expired" });
+      expect(await store.extend(old!.handle, new Date(Date.now() + HOUR), scope)).toBe(true);
+      expect(await liveOf(user)).toBe(2);
+      expect(await store.get(`${user}-old`)).not.toBeNull();
+      expect(await store.get(`${user}-2`)).toBeNull();
+      expect(await store.get(`${user}-3`)).not.toBeNull();
+      expect(ended).toEqual([expect.objectContaining({ reason: "evicted", userId: user, local: true })]);
+      if (retainEnded) expect(await store.list({ userId: user, status: "ended" })).toEqual([expect.objectContaining({ endReason: "evicted" })]);
+      // Extending a live session makes no session live: nothing more ends.
+      expect(await store.extend(old!.handle, new Date(Date.now() + 2 * HOUR), scope)).toBe(true);
+      expect(await liveOf(user)).toBe(2);
+      expect(ended).toHaveLength(1);
+    }
+  });
+
+  it("a set of an expired session's id that this store did not load never leaves its user over the cap", async () => {
+    const { store, ended } = storeWith({ maxSessionsPerUser: 2 });
+    await store.set("old", sessionData(HOUR, { userId: "ann" }));
+    await t.raw(`update $table set expires_at = statement_timestamp() - interval '1 minute'`);
+    await store.set("s2", sessionData(HOUR, { userId: "ann" }));
+    await t.raw(`update $table set last_seen_at = last_seen_at - interval '1 minute' where expires_at > statement_timestamp()`);
+    await store.set("s3", sessionData(HOUR, { userId: "ann" }));
+    // A direct set of the old id (not loaded here): its row exists, so it is updated, and live again.
+    await store.set("old", sessionData(HOUR, { userId: "ann" }));
+    expect(await store.get("old")).not.toBeNull();
+    expect(await liveOf("ann")).toBe(2);
+    expect(await store.get("s2")).toBeNull();
+    expect(ended).toEqual([expect.objectContaining({ reason: "evicted", userId: "ann" })]);
   });
 
   it("the login's wait for its user's lock is bounded by timeout: it fails with TIMEOUT and writes nothing", async () => {

@@ -8,7 +8,7 @@ import { drizzle as drizzlePostgresJs } from "drizzle-orm/postgres-js";
 import pg from "pg";
 import postgres from "postgres";
 import { afterAll, beforeAll, beforeEach } from "vitest";
-import { createSessionTable, SessionStore, type AnyPgDatabase, type SessionTable } from "../../src/index.js";
+import { createSessionTable, SessionStore, type AnyPgDatabase, type SessionTable, type UserIdType } from "../../src/index.js";
 import { startProxy } from "./proxy.js";
 
 export const DATABASE_URL = process.env.DATABASE_URL;
@@ -137,6 +137,17 @@ function inSchema(driver: DriverName, db: AnyPgDatabase, schema: string, stateme
     },
     close,
   };
+}
+
+/**
+ * A new, empty sessions table in `t`'s schema whose `user_id` is of `userIdType` (the shipped table with
+ * its column retyped), and its drizzle table as createSessionTable builds it.
+ */
+export async function typedTable(t: TestDb, userIdType: UserIdType): Promise<SessionTable> {
+  const name = `sessions_${userIdType}_${counter++}`;
+  await t.raw(`create table "${t.schema}"."${name}" (like $table including all)`);
+  await t.raw(`alter table "${t.schema}"."${name}" alter column user_id type ${userIdType} using user_id::${userIdType}`);
+  return createSessionTable(name, { schema: t.schema, userIdType });
 }
 
 /**
