@@ -7,6 +7,7 @@ import { isValidId, keyDeriver, newHandle } from "./hash.js";
 import { checkOptions, is, type OptionChecks } from "./check.js";
 import { batchSizeOption, ownerOf, resolveOptions, secretList, sessionTable, STORE_OPTIONS, type AnyPgDatabase, type UserIdOf } from "./options.js";
 import type { SessionTable } from "./schema.js";
+import { fitsUserIdType } from "./owner.js";
 import { jsonbRefuses, parseSession } from "./serialize.js";
 import { col } from "./statements.js";
 
@@ -167,7 +168,7 @@ export async function importConnectPgSimple(args: ImportConnectPgSimpleArgs): Pr
     result.invalid++;
     reasons[reason]++;
   };
-  const fits = ownerFits(table.userId.getSQLType());
+  const userIdType = table.userId.getSQLType();
   try {
     const marked = await prepareSource(db, source, dryRun);
     const keysOf = keyDeriver(secrets);
@@ -187,7 +188,7 @@ export async function importConnectPgSimple(args: ImportConnectPgSimpleArgs): Pr
           const owner = session ? ownerOf(userId, session) : null;
           if (!session) leftOut("session");
           else if (jsonbRefuses(row.sess!)) leftOut("data");
-          else if (owner !== null && !fits(owner)) leftOut("owner");
+          else if (owner !== null && !fitsUserIdType(owner, userIdType)) leftOut("owner");
           else copies.push({ sid: row.sid, keys: keysOf(row.sid), owner, sess: row.sess!, expires: Number(row.expires) });
         }
       }
@@ -301,22 +302,6 @@ function readBatch(source: Source, marked: boolean, after: string | undefined, l
       date_part('epoch', expire::timestamptz) * 1000 as expires, ${live} as live, ${done} as done
     from ${sourceTable(source)}${cursor} order by sid limit ${limit}`;
 }
-
-/** Whether an owner (as text) is a value of `user_id`'s SQL type, so that the copy's cast cannot fail on it. */
-function ownerFits(type: string): (owner: string) => boolean {
-  const range = INTEGER_RANGES[type];
-  if (range) return (owner) => /^-?\d+$/.test(owner) && BigInt(owner) >= range[0] && BigInt(owner) <= range[1];
-  if (type === "uuid") return (owner) => UUID.test(owner);
-  return () => true;
-}
-
-const INTEGER_RANGES: Record<string, readonly [bigint, bigint]> = {
-  integer: [-(2n ** 31n), 2n ** 31n - 1n],
-  bigint: [-(2n ** 63n), 2n ** 63n - 1n],
-};
-
-/** A uuid in its canonical form (8-4-4-4-12 hex digits), in either case. */
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /**
  * Whether the database refused a value in the statement (a data exception, SQLSTATE class 22): a row it
