@@ -95,8 +95,11 @@ export interface SessionStoreOptions {
    */
   touchAfter?: number;
   /**
-   * Finds the user id in the session data; it is stored in its own indexed column on every save, for
-   * listing and revoking a user's sessions (of the type `createSessionTable`'s `userIdType` gives the column).
+   * Finds the user id in the session data; it is stored in its own indexed column (of the type
+   * `createSessionTable`'s `userIdType` gives it), for listing and revoking a user's sessions, by every save
+   * that changes it (a merged save of a request that did not change the user leaves the column as another
+   * request may have set it). Read it from one top-level key, so that two tabs cannot each change half of
+   * what decides it. An id that does not fit the column's type fails the save with `INVALID_USER_ID`.
    * @default session.passport.user, then session.userId
    */
   userId?: UserIdOf;
