@@ -9,5 +9,5 @@ import { lifecycleTests, seedOf } from "./support/model.js";
  */
 // Side by side: a run spends most of its time waiting for sessions to expire.
 describe.concurrent("session lifecycle under racing calls (model-based)", () => {
-  lifecycleTests(drivers, { seed: (config) => seedOf(config.name), runs: 20, maxCommands: 40, budgetMs: 5_000, shrinkMs: 10_000 });
+  lifecycleTests(drivers, { seed: (config) => seedOf(config.name), runs: 20, maxCommands: 30, budgetMs: 5_000, shrinkMs: 10_000 });
 });
