@@ -35,6 +35,7 @@ const LOADED = Symbol("connect-drizzle.loaded");
 const ROTATED = Symbol("connect-drizzle.rotated");
 interface Rotated {
   owner: string;
+  /** As Loaded's `authenticatedAt`: on the monotonic clock. */
   at: number | null;
 }
 
@@ -66,8 +67,10 @@ interface Loaded {
   ua: string | null;
   ip: string | null;
   /**
-   * When the row's user last authenticated (`authenticated_at`), on this server's clock (epoch ms),
-   * converted as `expires` is (so it errs early, never late); null when never.
+   * When the row's user last authenticated (`authenticated_at`), on the monotonic clock
+   * (`performance.now()`), converted with the statement's send time (so it errs early, never late): a
+   * wall clock stepped after the read (NTP, a resumed VM) never makes a cached sign-in look more recent.
+   * Null when never.
    */
   authenticatedAt: number | null;
   /**
@@ -507,7 +510,7 @@ export class SessionStore extends Store {
     const loaded = loadedIn(session);
     if (!loaded || loaded.authenticatedAt === null) return null;
     const owner = this.userIdOf(session as SessionData);
-    return owner !== null && owner === this.ownerRead(loaded) ? new Date(loaded.authenticatedAt) : null;
+    return owner !== null && owner === this.ownerRead(loaded) ? new Date(this.now() - (performance.now() - loaded.authenticatedAt)) : null;
   }
 
   /**
@@ -690,7 +693,7 @@ export class SessionStore extends Store {
       ip,
       version: loaded?.version,
       carried: carried !== undefined,
-      authenticated: carried?.at == null ? null : carried.at - now,
+      authenticated: carried?.at == null ? null : carried.at - sent.mono,
     });
     if (merged) Object.assign(values, this.mergeValues(keys[0]!, changes.patch, changes.removed, loaded?.stale));
     this.evict(keys);
@@ -1070,7 +1073,7 @@ export class SessionStore extends Store {
     return {
       expires: sent.wall + left,
       absolute: row.absolute === null || row.absolute === undefined ? null : sent.wall + Number(row.absolute),
-      authenticatedAt: row.authenticated === null || row.authenticated === undefined ? null : sent.wall + Number(row.authenticated),
+      authenticatedAt: row.authenticated === null || row.authenticated === undefined ? null : sent.mono + Number(row.authenticated),
       servedUntil: sent.mono + Math.min(left, this.cache?.ttl ?? Infinity),
     };
   }

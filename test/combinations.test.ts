@@ -5,7 +5,7 @@ import fastifyCookie from "@fastify/cookie";
 import fastifySession from "@fastify/session";
 import Fastify from "fastify";
 import request from "supertest";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { SessionStore, type SessionStoreOptions } from "../src/index.js";
 import { cacheReady, drivers, notifyBarrier, sessionData, type TestDb, useTestDb } from "./support/db.js";
 
@@ -175,6 +175,25 @@ describe.each(drivers)("features combined on %s", (driver) => {
         await app.close();
       }
     });
+  });
+
+  it("a sign-in read before this server's clock was stepped back stays as old as it is (a cached session's included)", async () => {
+    const store = storeWith(driver === "postgres.js" ? {} : { cache: {} });
+    if (driver !== "postgres.js") expect(await cacheReady(store)).toBe(true);
+    await storeWith().set("stepped", sessionData(HOUR, { passport: { user: "ann" } }));
+    await t.raw(`update $table set authenticated_at = authenticated_at - interval '2 hours'`);
+    const loaded = (await store.get("stepped"))!;
+    expect(Date.now() - store.authenticatedAt(loaded)!.getTime()).toBeGreaterThan(2 * HOUR - 60_000);
+    const real = Date.now.bind(Date);
+    const spy = vi.spyOn(Date, "now").mockImplementation(() => real() - 3 * HOUR);
+    try {
+      // NTP (or a resumed VM) stepped the wall clock back: the sign-in is still two hours old.
+      for (const session of [loaded, (await store.get("stepped"))!]) {
+        expect(Date.now() - store.authenticatedAt(session)!.getTime()).toBeGreaterThan(2 * HOUR - 60_000);
+      }
+    } finally {
+      spy.mockRestore();
+    }
   });
 
   it("inspecting or logging a loaded session never shows its id", async () => {
