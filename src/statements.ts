@@ -49,6 +49,8 @@ export interface ExpiryRow {
   expires: number;
   absolute: number | null;
   authenticated?: number | null;
+  /** `authenticated_at` itself, epoch ms on the database's clock (exact: a rotation carries it to the new id). */
+  authenticated_at?: number | null;
 }
 
 /** What a login write (a save that gives a session its user) does besides the write itself, in the same statement. */
@@ -251,7 +253,7 @@ export class Statements {
       // parameter (again), and drizzle-orm 1.0 no longer tells it not to.
       const row = sql`${v("k0")}, ${v("handle")}, ${this.userId(v("userId"))}, ${v("label")}::text, ${v("text")}::text::jsonb,
         least(${lifetime(v("life"))}, ${created}), ${created}, ${NOW}, ${NOW}, ${v("ua")}::text, ${v("ip")}::text,
-        case when ${v("userId")}::text is null then null when ${v("carried")}::boolean then ${lifetime(v("authenticated"))} else ${NOW} end`;
+        case when ${v("userId")}::text is null then null when ${v("carried")}::boolean then to_timestamp(${v("authenticated")}::float8 / 1000) else ${NOW} end`;
       const columns = sql.join(
         [t.key, t.handle, t.userId, t.label, t.data, t.expiresAt, t.absoluteExpiresAt, t.createdAt, t.lastSeenAt, t.userAgent, t.ip, t.authenticatedAt].map(col),
         sql`, `,
@@ -259,7 +261,7 @@ export class Statements {
       const values = n === 1 ? sql`values (${row})` : sql`select ${row} where not exists (select 1 from ${t} where ${this.byKeys(keyParams(n, v).slice(1))})`;
       // Only the key comes back: the new row's expiry and version are what was sent (see SessionStore.save),
       // and it was authenticated now when it has a user.
-      const insert = sql`insert into ${t} (${columns}) ${values} on conflict (${col(t.key)}) do nothing returning ${t.key} as key`;
+      const insert = sql`insert into ${t} (${columns}) ${values} on conflict (${col(t.key)}) do nothing returning ${t.key} as key, ${msOf(t.authenticatedAt)} as authenticated_at`;
       return login && (login.cap !== undefined || login.devices) ? this.login(insert, v, login) : insert;
     });
   }
@@ -633,7 +635,9 @@ export class Statements {
 
   /** The {@link ExpiryRow} columns of a statement that reads or writes a session. */
   private expiryColumns(): SQL {
-    return sql`${msLeft(this.effectiveExpiry())} as expires, ${msLeft(this.absoluteExpiry())} as absolute, ${msLeft(this.t.authenticatedAt)} as authenticated`;
+    const t = this.t;
+    return sql`${msLeft(this.effectiveExpiry())} as expires, ${msLeft(this.absoluteExpiry())} as absolute, ${msLeft(t.authenticatedAt)} as authenticated,
+      ${msOf(t.authenticatedAt)} as authenticated_at`;
   }
 
   /** A record's status, decided in the database. */

@@ -35,8 +35,13 @@ const LOADED = Symbol("connect-drizzle.loaded");
 const ROTATED = Symbol("connect-drizzle.rotated");
 interface Rotated {
   owner: string;
-  /** As Loaded's `authenticatedAt`: on the monotonic clock. */
-  at: number | null;
+  at: SignIn | null;
+}
+
+/** When a user last authenticated: on this server's monotonic clock (Loaded's `authenticatedAt`) and exactly, on the database's. */
+interface SignIn {
+  mono: number;
+  db: number;
 }
 
 /** A session's row as read or last written: the skip decisions of touch and set, the version check, the cache. */
@@ -73,6 +78,8 @@ interface Loaded {
    * Null when never.
    */
   authenticatedAt: number | null;
+  /** `authenticated_at` exactly, epoch ms on the database's clock (what a rotation carries to the new id). */
+  authenticatedDb: number | null;
   /**
    * Until when the cache may serve it, on the monotonic clock (`performance.now()`): its expiry, or its
    * cache `ttl` from when it was read or written, whichever comes first. Monotonic, so that this server's
@@ -410,7 +417,7 @@ export class SessionStore extends Store {
         const owner = req.session ? this.userIdOf(req.session) : null;
         const old = req.session ? loadedOf(req.session, req.sessionID) : undefined;
         // The new session the app fills for the same user carries this one's sign-in (see carriedSignIn).
-        const rotated: Rotated | undefined = owner !== null && old && this.ownerRead(old) === owner ? { owner, at: old.authenticatedAt } : undefined;
+        const rotated: Rotated | undefined = owner !== null && old && this.ownerRead(old) === owner ? { owner, at: signInOf(old) } : undefined;
         req[ROTATED] = rotated;
         const reason: EndReason = owner !== null ? "rotated" : "logout";
         await this.end(req.sessionID, reason);
@@ -693,7 +700,7 @@ export class SessionStore extends Store {
       ip,
       version: loaded?.version,
       carried: carried !== undefined,
-      authenticated: carried?.at == null ? null : carried.at - sent.mono,
+      authenticated: carried?.at == null ? null : carried.at.db,
     });
     if (merged) Object.assign(values, this.mergeValues(keys[0]!, changes.patch, changes.removed, loaded?.stale));
     this.evict(keys);
@@ -707,10 +714,10 @@ export class SessionStore extends Store {
     } else {
       // A plain insert of a session with a user is a login too (authenticated now), with nothing else to do.
       const extras = login && (login.cap !== undefined || login.devices) ? login : undefined;
-      const [inserted] = await this.saveRows<{ key: string } & LoginRow>(this.sql.insert(keys.length, extras), values, extras);
+      const [inserted] = await this.saveRows<{ key: string; authenticated_at?: number | null } & LoginRow>(this.sql.insert(keys.length, extras), values, extras);
       // A new row holds what was sent: the lifetime from the database's now (capped by absoluteTimeout), version 1.
       const absolute = this.options.absoluteTimeout ?? null;
-      const authenticated = userId === null ? null : carried ? (values.authenticated as number | null) : 0;
+      const authenticated = userId === null || carried?.at === null ? null : carried ? carried.at.mono - sent.mono : 0;
       if (inserted) written = { ...inserted, version: 1, expires: Math.min(target - now, absolute ?? Infinity), absolute, authenticated };
       // A set of an id the store did not load whose row exists: update it, unless it ended. That may make
       // an expired row of the user live again (or give a row its user): under a cap, as a login.
@@ -749,7 +756,7 @@ export class SessionStore extends Store {
    * authenticated (null: never), when that session had the same user. Undefined otherwise: a session that
    * gains a user it did not have is a sign-in.
    */
-  private carriedSignIn(session: SessionData, userId: string): { at: number | null } | undefined {
+  private carriedSignIn(session: SessionData, userId: string): { at: SignIn | null } | undefined {
     const req = requestOf(session);
     const rotated: Rotated | undefined = req?.[ROTATED];
     if (rotated !== undefined) return rotated.owner === userId ? { at: rotated.at } : undefined;
@@ -757,7 +764,7 @@ export class SessionStore extends Store {
     const previous = req?.session;
     if (previous === session || previous === null || typeof previous !== "object") return undefined;
     const old = loadedIn(previous);
-    return old && this.ownerRead(old) === userId ? { at: old.authenticatedAt } : undefined;
+    return old && this.ownerRead(old) === userId ? { at: signInOf(old) } : undefined;
   }
 
   /**
@@ -1068,12 +1075,13 @@ export class SessionStore extends Store {
    * A row's expiries on this server's clocks. `sent` is when the statement was sent: the database's now
    * came later, so the conversion errs early (a cached session stops being served a round trip sooner).
    */
-  private localExpiry(row: ExpiryRow, sent: Sent): Pick<Loaded, "expires" | "absolute" | "authenticatedAt" | "servedUntil"> {
+  private localExpiry(row: ExpiryRow, sent: Sent): Pick<Loaded, "expires" | "absolute" | "authenticatedAt" | "authenticatedDb" | "servedUntil"> {
     const left = Number(row.expires);
     return {
       expires: sent.wall + left,
       absolute: row.absolute === null || row.absolute === undefined ? null : sent.wall + Number(row.absolute),
       authenticatedAt: row.authenticated === null || row.authenticated === undefined ? null : sent.mono + Number(row.authenticated),
+      authenticatedDb: row.authenticated_at === null || row.authenticated_at === undefined ? null : Number(row.authenticated_at),
       servedUntil: sent.mono + Math.min(left, this.cache?.ttl ?? Infinity),
     };
   }
@@ -1095,6 +1103,11 @@ export class SessionStore extends Store {
  */
 function requestOf(session: SessionData): any {
   return (session as any)?.req ?? kept(session, (value) => (value.headers !== null && typeof value.headers === "object" && "ip" in value ? value : undefined));
+}
+
+/** When a loaded session's user last authenticated, on both clocks; null when never (or not known). */
+function signInOf(loaded: Loaded): SignIn | null {
+  return loaded.authenticatedAt === null || loaded.authenticatedDb === null ? null : { mono: loaded.authenticatedAt, db: loaded.authenticatedDb };
 }
 
 /** Whether a request comes from the device a row records (a device not known on either side counts as the same). */
