@@ -34,7 +34,7 @@
  * inapplicable, never wrong; when a window is uncertain (calls racing on one session) the check is skipped
  * or widened to every outcome.
  */
-import { createHash, randomBytes } from "node:crypto";
+import { createHash, createHmac, randomBytes } from "node:crypto";
 import fc from "fast-check";
 import { afterAll, beforeAll, it } from "vitest";
 import { SessionStore, type AnyPgDatabase, type RevokeOptions, type SessionStoreOptions } from "../../src/index.js";
@@ -121,7 +121,13 @@ const ENCRYPTION_SECRET = "lifecycle model encryption secret, test only";
 /** The secret a rotation brings in: C seals with it, A and B open it (listed second). */
 const NEW_SECRET = "lifecycle model encryption secret, rotated in";
 
-export const keyOf = (sid: string) => createHash("sha256").update(sid, "utf8").digest("base64url");
+/**
+ * The store's `secrets` in every configuration (as the same on every instance): the row keys are
+ * HMAC-SHA-256 of the ids, and `broadcast` seals its events under keys derived from them.
+ */
+const ID_SECRET = "lifecycle model id secret, 32+ characters, test only";
+
+export const keyOf = (sid: string) => createHmac("sha256", ID_SECRET).update(sid, "utf8").digest("base64url");
 
 // ---------------------------------------------------------------------------------------------------
 // Configurations and databases
@@ -1383,7 +1389,7 @@ async function until(check: () => boolean, ms: number, what: string): Promise<vo
 
 /** The options of instance `name` in `config` (the reader: `R`). */
 function optionsOf(config: Config, db: AnyPgDatabase, table: TestDb["table"], name: Inst | "R"): SessionStoreOptions {
-  const options: SessionStoreOptions = { db, table, reaper: false };
+  const options: SessionStoreOptions = { db, table, reaper: false, secrets: ID_SECRET };
   if (config.absolute !== undefined) options.absoluteTimeout = config.absolute;
   if (config.history) options.retainEnded = HISTORY;
   if (!config.merge) options.merge = false;
