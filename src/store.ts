@@ -677,8 +677,11 @@ export class SessionStore extends Store {
     }
     const { ua, ip } = requestMetadata(session);
     const keys = loaded ? [loaded.key] : this.keysOf(sid);
-    const guarded = this.options.versioned && loaded !== undefined && !changes?.unchanged;
-    const merged = changes !== undefined && (this.options.merge || changes.unchanged);
+    // A save that changed the cookie alone (a new maxAge) writes it alone, in every mode: it cannot be
+    // a conflict, and must not write this request's view of the other keys over another request's.
+    const cookieOnly = changes !== undefined && changes.removed.length === 0 && Object.keys(changes.patch).every((key) => key === "cookie");
+    const guarded = this.options.versioned && loaded !== undefined && !cookieOnly;
+    const merged = changes !== undefined && (this.options.merge || cookieOnly);
     const userId = this.userIdOf(session);
     if (userId !== null) checkUserId(userId, this.sql.userIdType, "userId");
     const label = this.labelOf(session);

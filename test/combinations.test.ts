@@ -196,6 +196,26 @@ describe.each(drivers)("features combined on %s", (driver) => {
     }
   });
 
+  it.each([
+    ["merge: false", { merge: false }],
+    ["versioned", { versioned: true }],
+    ["merged saves", {}],
+  ] as const)("with %s, a save that changed only the cookie's maxAge does not write its stale view over another tab's change", async (_, options) => {
+    const store = storeWith(options);
+    await store.set("maxage", sessionData(HOUR, { passport: { user: "ann" } }));
+    const tab1: any = await store.get("maxage");
+    const tab2: any = await store.get("maxage");
+    tab1.cart = ["book"];
+    await store.set("maxage", tab1);
+    // "Remember me" turned off in the other tab: a shorter maxAge, nothing else.
+    tab2.cookie.originalMaxAge = 60_000;
+    tab2.cookie.expires = new Date(Date.now() + 60_000).toISOString();
+    await store.set("maxage", tab2);
+    const now: any = await store.get("maxage");
+    expect(now.cart).toEqual(["book"]);
+    expect(now.cookie.originalMaxAge).toBe(60_000);
+  });
+
   it("inspecting or logging a loaded session never shows its id", async () => {
     const sid = "inspect-me-3bd1f0a6c2";
     const store = storeWith();
