@@ -3,7 +3,8 @@ import type { EventEmitter } from "node:events";
 import { describeDevice } from "./device.js";
 import { SessionStoreError } from "./errors.js";
 import { newHandle, randomInto } from "./hash.js";
-import { END_REASONS, type EndReason, type EventRow } from "./statements.js";
+import { END_REASONS, type EndReason } from "./reasons.js";
+import type { EventRow } from "./statements.js";
 
 /**
  * The session a lifecycle event is about, as a record (never its id): for audit logs, "new sign-in"

@@ -3,10 +3,12 @@ import { describeDevice } from "./device.js";
 import { isTrue } from "./driver.js";
 import { isValidId, type KeyDeriver } from "./hash.js";
 import { checkUserId } from "./owner.js";
-import { checkEndReason, type EndReason, type EventRow, type RecordRow, type SessionStatus, type Statements } from "./statements.js";
+import { checkEndReason, type EndReason } from "./reasons.js";
+import type { EventRow, RecordRow, SessionStatus, Statements } from "./statements.js";
 import type { TraceDetail } from "./trace.js";
 
-export type { EndReason, SessionStatus } from "./statements.js";
+export type { EndReason } from "./reasons.js";
+export type { SessionStatus } from "./statements.js";
 
 /**
  * A user id as the records API takes it: what the store's `userId` option returns. It is matched by its

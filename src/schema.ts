@@ -1,6 +1,6 @@
 import { sql } from "drizzle-orm";
 import { checkOptions, is, type OptionChecks } from "./check.js";
-import { END_REASONS } from "./statements.js";
+import { END_REASONS } from "./reasons.js";
 import type { $Type, HasDefault, IsPrimaryKey, NotNull } from "drizzle-orm";
 import { bigint, check, getTableConfig, index, integer, jsonb, pgSchema, pgTable, text, timestamp, uniqueIndex, uuid, type AnyPgColumn } from "drizzle-orm/pg-core";
 
