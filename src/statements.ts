@@ -490,10 +490,12 @@ export class Statements {
     if (!capped) return sql`update ${t} set ${set} where ${row} ${this.changed()}`;
     const locked = capped.owner === null ? sql`${t.userId} is null` : sql`${t.userId} = ${this.userId(capped.owner)}`;
     // Whether the row was live before (`target`, this statement's snapshot) and is after (the update's
-    // `returning` sees the new row): only a row made live counts against the cap.
+    // `returning` sees the new row): only a row made live counts against the cap. The update checks `row`
+    // again: a row the reaper (or a revoke) ended after this statement's snapshot was taken is re-read
+    // once its lock is released, and must not be extended (nor counted extended) then.
     const others = sql`${t.userId} = (select owner_id from written) and ${t.key} not in (select key from written)`;
     return sql`with target as (select ${t.key} as key, ${this.live()} as was_live from ${t} where ${row} and ${locked}),
-      written as (update ${t} set ${set} from target where ${t.key} = target.key ${this.changed()}, ${t.userId} as owner_id,
+      written as (update ${t} set ${set} from target where ${t.key} = target.key and ${row} ${this.changed()}, ${t.userId} as owner_id,
         target.was_live as was_live, ${this.live()} as is_live),
       ${this.evictions(others, capped.cap, sql`exists (select 1 from written where not written.was_live and written.is_live)`)}
       select written.key, ${this.evictedColumn()} from written`;

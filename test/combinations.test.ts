@@ -7,7 +7,8 @@ import Fastify from "fastify";
 import request from "supertest";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { SessionStore, type SessionStoreOptions } from "../src/index.js";
-import { cacheReady, drivers, notifyBarrier, sessionData, type TestDb, useTestDb } from "./support/db.js";
+import pg from "pg";
+import { cacheReady, DATABASE_URL, drivers, notifyBarrier, sessionData, sleep, type TestDb, useTestDb } from "./support/db.js";
 
 const HOUR = 3_600_000;
 const OLD = "an old data secret, 32 characters or more";
@@ -214,6 +215,29 @@ describe.each(drivers)("features combined on %s", (driver) => {
     const now: any = await store.get("maxage");
     expect(now.cart).toEqual(["book"]);
     expect(now.cookie.originalMaxAge).toBe(60_000);
+  });
+
+  it.runIf(driver !== "pglite")("under a cap, extend of an expired session that another connection ends meanwhile neither extends it nor says it did", async () => {
+    const store = storeWith({ maxSessionsPerUser: 2, retainEnded: HOUR });
+    await store.set("raced", sessionData(HOUR, { passport: { user: "ann" } }));
+    const [record] = await store.list({ userId: "ann" });
+    await t.age(2 * HOUR);
+    // The reaper (or a revoke on another instance) ends it in a transaction still open when extend runs.
+    const other = new pg.Client({ connectionString: DATABASE_URL });
+    await other.connect();
+    try {
+      await other.query("begin");
+      await other.query(`update "${t.schema}"."sessions" set ended_at = now(), end_reason = 'expired' where handle = $1`, [record!.handle]);
+      const extending = store.extend(record!.handle, new Date(Date.now() + HOUR), { userId: "ann" });
+      // Give extend the time to take its snapshot and wait for the row (either way the answer must be false).
+      await sleep(300);
+      await other.query("commit");
+      expect(await extending).toBe(false);
+    } finally {
+      await other.end();
+    }
+    const [row] = await t.raw(`select ended_at is not null as ended, end_reason, expires_at < now() as expired from $table`);
+    expect(row).toEqual({ ended: true, end_reason: "expired", expired: true });
   });
 
   it("inspecting or logging a loaded session never shows its id", async () => {
