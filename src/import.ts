@@ -356,7 +356,7 @@ async function copyBatch(db: AnyPgDatabase, t: SessionTable, source: Source, cop
   const columns = sql.join([t.key, t.handle, t.userId, t.data, t.expiresAt, t.createdAt, t.lastSeenAt].map(col), sql`, `);
   const [row] = rowsOf<{ n: number | string }>(
     await db.execute(sql`with batch as (
-        select * from json_to_recordset(${batchJson(copies, true)}::json)
+        select * from json_to_recordset(${batchJson(copies, true)}::text::json)
           as r(sid text, key text, others json, handle text, owner text, expires float8, data jsonb)
       ), claimed as (
         update ${sourceTable(source)} as s set ${marker} = ${NOW} from batch
@@ -375,7 +375,7 @@ async function copyBatch(db: AnyPgDatabase, t: SessionTable, source: Source, cop
 /** For a dry run: how many of a batch have no row in connect-drizzle's table under any of their keys. */
 async function countAbsent(db: AnyPgDatabase, t: SessionTable, copies: Copy[]): Promise<number> {
   const [row] = rowsOf<{ n: number | string }>(
-    await db.execute(sql`select count(*)::int as n from json_to_recordset(${batchJson(copies, false)}::json) as r(sid text, key text, others json)
+    await db.execute(sql`select count(*)::int as n from json_to_recordset(${batchJson(copies, false)}::text::json) as r(sid text, key text, others json)
       where not exists (select 1 from ${t} where ${t.key} = r.key or ${t.key} in (select json_array_elements_text(r.others)))`),
   );
   return Number(row?.n ?? 0);
