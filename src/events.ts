@@ -1,8 +1,9 @@
-import { createCipheriv, createDecipheriv, createSecretKey, hkdfSync, type KeyObject } from "node:crypto";
+import { createSecretKey, type KeyObject } from "node:crypto";
 import type { EventEmitter } from "node:events";
 import { describeDevice } from "./device.js";
 import { SessionStoreError } from "./errors.js";
-import { newHandle, randomInto } from "./hash.js";
+import { derive, openText, sealText } from "./aead.js";
+import { newHandle } from "./hash.js";
 import { END_REASONS, type EndReason } from "./reasons.js";
 import type { EventRow } from "./statements.js";
 
@@ -62,8 +63,6 @@ const REPLAY_WINDOW = 60_000;
 const NONCES_KEPT = 100_000;
 /** Postgres refuses a NOTIFY payload of 8000 bytes or more. */
 const NOTIFY_LIMIT = 8000;
-const IV = 12;
-const TAG = 16;
 
 /**
  * The `broadcast` channel's payloads, sealed so that only instances holding the store's `secrets` can read
@@ -87,8 +86,8 @@ export class EventSeal {
     private readonly instance: string,
   ) {
     this.keys = secrets.map((secret) => ({
-      key: createSecretKey(derive(secret, "key", 32)),
-      kid: derive(secret, "kid", 6).toString("base64url"),
+      key: createSecretKey(deriveFor(secret, "key", 32)),
+      kid: deriveFor(secret, "kid", 6).toString("base64url"),
     }));
     for (const { key, kid } of this.keys) if (!this.byKid.has(kid)) this.byKid.set(kid, key);
   }
@@ -135,11 +134,7 @@ export class EventSeal {
 
   private sealText(plaintext: string): string {
     const { key, kid } = this.keys[0]!;
-    const iv = Buffer.allocUnsafe(IV);
-    randomInto(iv, 0, IV);
-    const cipher = createCipheriv("aes-256-gcm", key, iv, { authTagLength: TAG });
-    const sealed = Buffer.concat([iv, cipher.update(plaintext, "utf8"), cipher.final(), cipher.getAuthTag()]);
-    return `${kid}.${sealed.toString("base64url")}`;
+    return sealText(key, kid, plaintext);
   }
 
   /**
@@ -160,23 +155,8 @@ export class EventSeal {
   }
 }
 
-function derive(secret: string, use: string, length: number): Buffer {
-  return Buffer.from(hkdfSync("sha256", secret, "connect-drizzle", `connect-drizzle broadcast ${use} v1`, length));
-}
-
-/** The plaintext of a sealed body, or undefined when it does not authenticate. */
-function openText(key: KeyObject, body: string): string | undefined {
-  const sealed = Buffer.from(body, "base64url");
-  if (sealed.length < IV + TAG) return undefined;
-  try {
-    const decipher = createDecipheriv("aes-256-gcm", key, sealed.subarray(0, IV), { authTagLength: TAG });
-    decipher.setAuthTag(sealed.subarray(sealed.length - TAG));
-    const opened = decipher.update(sealed.subarray(IV, sealed.length - TAG));
-    decipher.final(); // throws unless the tag matches
-    return opened.toString("utf8");
-  } catch {
-    return undefined;
-  }
+function deriveFor(secret: string, use: string, length: number): Buffer {
+  return derive(secret, `connect-drizzle broadcast ${use} v1`, length);
 }
 
 /** The event of an opened payload, with `local: false`, or undefined when it holds none. */

@@ -1,5 +1,5 @@
-import { createCipheriv, createDecipheriv, createHmac, createSecretKey, hkdfSync, timingSafeEqual, type KeyObject } from "node:crypto";
-import { randomInto } from "./hash.js";
+import { createHmac, createSecretKey, timingSafeEqual, type KeyObject } from "node:crypto";
+import { derive, openText, sealText } from "./aead.js";
 
 /** `encrypt` with its defaults applied (see {@link EncryptOptions} in options.ts). */
 export interface SealSettings {
@@ -48,8 +48,6 @@ interface Keys {
   cookie: Buffer;
 }
 
-const IV = 12;
-const TAG = 16;
 const NAME_LENGTH = 22;
 /** Distinct names remembered by {@link Sealer.storedNames} (a session's keys are few; the bound is for apps with dynamic ones). */
 const NAMES_KEPT = 10_000;
@@ -76,10 +74,10 @@ export class Sealer {
 
   constructor(private readonly settings: SealSettings) {
     this.keys = settings.secrets.map((secret) => ({
-      data: createSecretKey(derive(secret, "data", 32)),
-      name: derive(secret, "name", 32),
-      kid: derive(secret, "kid", 6).toString("base64url"),
-      cookie: derive(secret, "cookie", 32),
+      data: createSecretKey(deriveFor(secret, "data", 32)),
+      name: deriveFor(secret, "name", 32),
+      kid: deriveFor(secret, "kid", 6).toString("base64url"),
+      cookie: deriveFor(secret, "cookie", 32),
     }));
     // A secret listed twice keeps its first place.
     this.keys.forEach((keys, i) => this.byKid.has(keys.kid) || this.byKid.set(keys.kid, i));
@@ -142,8 +140,9 @@ export class Sealer {
    */
   cookieTag(rowKey: string, cookie: object, rank = 0): string {
     const keys = this.keys[rank]!;
-    const fields = { ...(JSON.parse(JSON.stringify(cookie)) as Record<string, unknown>) };
-    delete fields.expires;
+    // A cookie read from a row is plain JSON already; express-session's Cookie is what its toJSON gives.
+    const json = typeof (cookie as { toJSON?: unknown }).toJSON === "function" ? (cookie as { toJSON(): unknown }).toJSON() : cookie;
+    const { expires: _expires, ...fields } = json as Record<string, unknown>;
     const mac = createHmac("sha256", keys.cookie).update(`${rowKey}\u0000${canonicalJson(fields)}`, "utf8").digest("base64url");
     return `${keys.kid}.${mac}`;
   }
@@ -246,29 +245,13 @@ export class Sealer {
 
   private sealEntry(rowKey: string, name: string, plaintext: string): string {
     const keys = this.keys[0]!;
-    const iv = Buffer.allocUnsafe(IV);
-    randomInto(iv, 0, IV);
-    const cipher = createCipheriv("aes-256-gcm", keys.data, iv, { authTagLength: TAG });
-    cipher.setAAD(additionalData(rowKey, name));
-    const sealed = Buffer.concat([iv, cipher.update(plaintext, "utf8"), cipher.final(), cipher.getAuthTag()]);
-    return `${keys.kid}.${sealed.toString("base64url")}`;
+    return sealText(keys.data, keys.kid, plaintext, additionalData(rowKey, name));
   }
 
   /** An entry's key, value and the value's JSON text; undefined when it does not authenticate (or is not ours). */
   private openEntry(rowKey: string, name: string, body: string, rank: number): { key: string; value: unknown; json: string } | undefined {
-    const sealed = Buffer.from(body, "base64url");
-    if (sealed.length < IV + TAG) return undefined;
-    let plaintext: string;
-    try {
-      const decipher = createDecipheriv("aes-256-gcm", this.keys[rank]!.data, sealed.subarray(0, IV), { authTagLength: TAG });
-      decipher.setAAD(additionalData(rowKey, name));
-      decipher.setAuthTag(sealed.subarray(sealed.length - TAG));
-      const opened = decipher.update(sealed.subarray(IV, sealed.length - TAG));
-      decipher.final(); // throws unless the tag matches; GCM releases nothing more
-      plaintext = opened.toString("utf8");
-    } catch {
-      return undefined;
-    }
+    const plaintext = openText(this.keys[rank]!.data, body, additionalData(rowKey, name));
+    if (plaintext === undefined) return undefined;
     // Authenticated, so written by seal(): the JSON of [key, value], exactly.
     const [key, value] = JSON.parse(plaintext) as [string, unknown];
     // The cookie is never sealed (it would shadow the clear one), and a name is always its key's own.
@@ -280,6 +263,7 @@ export class Sealer {
 
 /** JSON with every object's keys sorted, so that a value reads back the same from jsonb, which reorders keys. */
 function canonicalJson(value: unknown): string {
+  if (value !== null && typeof (value as { toJSON?: unknown }).toJSON === "function") return canonicalJson((value as { toJSON(): unknown }).toJSON());
   if (value === null || typeof value !== "object") return JSON.stringify(value) ?? "null";
   if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
   const entries = Object.keys(value)
@@ -295,8 +279,8 @@ function safeEqual(a: string, b: string): boolean {
   return x.length === y.length && timingSafeEqual(x, y);
 }
 
-function derive(secret: string, use: string, length: number): Buffer {
-  return Buffer.from(hkdfSync("sha256", secret, "connect-drizzle", `connect-drizzle encrypt ${use} v1`, length));
+function deriveFor(secret: string, use: string, length: number): Buffer {
+  return derive(secret, `connect-drizzle encrypt ${use} v1`, length);
 }
 
 function additionalData(rowKey: string, name: string): Buffer {
