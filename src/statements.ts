@@ -292,7 +292,7 @@ export class Statements {
    * (`007` and `7`, a uuid in upper or lower case) takes one lock, as the count compares typed values.
    */
   loginLock(userId: string, timeout: number): SQL {
-    return sql`${this.limits(timeout)} select pg_advisory_xact_lock(${this.loginLockKey}::int4, hashtext((${this.userId(userId)})::text)) from limits`;
+    return sql`${this.limits(timeout)} select ${this.userLock(this.userId(userId))} from limits`;
   }
 
   /**
@@ -302,8 +302,16 @@ export class Statements {
    */
   ownerLock(handle: string, owner: string | undefined, timeout: number): SQL {
     const t = this.t;
-    return sql`${this.limits(timeout)} select ${t.userId}::text as owner, pg_advisory_xact_lock(${this.loginLockKey}::int4, hashtext(${t.userId}::text))
+    return sql`${this.limits(timeout)} select ${t.userId}::text as owner, ${this.userLock(sql`${t.userId}`)}
       from ${t}, limits where ${t.handle} = ${handle} and ${t.endedAt} is null and ${t.userId} is not null${this.owned(owner)}`;
+  }
+
+  /**
+   * Takes one user's lock for the rest of the transaction, from a value of `user_id`'s type: keyed on its
+   * canonical text, so that every spelling of one id ("A0EE..." and "a0ee...", "7" and "007") is one lock.
+   */
+  private userLock(typedUserId: SQL): SQL {
+    return sql`pg_advisory_xact_lock(${this.loginLockKey}::int4, hashtext((${typedUserId})::text))`;
   }
 
   /** The `with` that bounds the rest of the transaction's waits in the database by `timeout` ms (as a CTE `limits`). */
