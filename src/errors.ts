@@ -105,7 +105,7 @@ function messageOf(error: unknown): string {
  * their values are in `detail`, which is never copied.
  */
 function withoutValues(message: string, code: string | undefined): string {
-  return code?.startsWith("22") ? message.replace(/".*"/s, "(value left out)").replace(/: 0x[0-9a-f ]+$/i, "") : message;
+  return isDataException(code) ? message.replace(/".*"/s, "(value left out)").replace(/: 0x[0-9a-f ]+$/i, "") : message;
 }
 
 /** Fields of a Postgres error that name what failed, never the values involved. */
@@ -143,4 +143,9 @@ export function pgCode(error: unknown): string | undefined {
     if (typeof e.code === "string" && /^[0-9A-Z]{5}$/.test(e.code)) return e.code;
   }
   return undefined;
+}
+
+/** Whether a SQLSTATE is a data exception (class 22): the database refused a value (and its message may quote it). */
+export function isDataException(code: string | undefined): boolean {
+  return code?.startsWith("22") === true;
 }

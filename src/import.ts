@@ -2,7 +2,7 @@ import { sql, type SQL } from "drizzle-orm";
 import { getTableConfig } from "drizzle-orm/pg-core";
 import { NOW } from "./clock.js";
 import { isTrue, rowsOf } from "./driver.js";
-import { databaseError, pgCode, safeCause, SessionStoreError } from "./errors.js";
+import { databaseError, isDataException, pgCode, safeCause, SessionStoreError } from "./errors.js";
 import { isValidId, keyDeriver, newHandle } from "./hash.js";
 import { checkOptions, is, type OptionChecks } from "./check.js";
 import { batchSizeOption, ownerOf, resolveOptions, secretList, sessionTable, STORE_OPTIONS, type AnyPgDatabase, type UserIdOf } from "./options.js";
@@ -309,7 +309,7 @@ function readBatch(source: Source, marked: boolean, after: string | undefined, l
  * another type) fails every row alike.
  */
 function refusedValue(error: unknown): boolean {
-  return pgCode(error)?.startsWith("22") === true;
+  return isDataException(pgCode(error));
 }
 
 /**

@@ -351,7 +351,7 @@ export const ENCRYPT_OPTIONS: OptionChecks<EncryptOptions> = {
   secrets: (options, name) => {
     const value = options[name];
     const secrets = typeof value === "string" ? [value] : Array.isArray(value) ? value : [];
-    if (secrets.length === 0 || !secrets.every((s) => typeof s === "string" && s.length >= MIN_SECRET)) {
+    if (!keySecrets(secrets)) {
       throw new TypeError(
         `connect-drizzle: \`encrypt.secrets\` must be a secret of at least ${MIN_SECRET} random characters, or a list of them ` +
           `(the first encrypts, all decrypt); make one with ${MAKE_SECRET}`,
@@ -378,7 +378,7 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
   }
   const secrets = options.secrets === undefined ? [] : typeof options.secrets === "string" ? [options.secrets] : [...options.secrets];
   const broadcast = options.broadcast ?? false;
-  if (broadcast && (secrets.length === 0 || !secrets.every((s) => s.length >= MIN_SECRET))) {
+  if (broadcast && !keySecrets(secrets)) {
     throw new TypeError(
       `connect-drizzle: \`broadcast\` needs \`secrets\` (the same on every instance), each of at least ${MIN_SECRET} random characters: ` +
         "its events are sealed with keys derived from them, so that nobody else who can connect to the database can read or forge them; " +
@@ -432,6 +432,11 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
 
 /** The shortest encryption secret accepted, in characters. */
 const MIN_SECRET = 32;
+
+/** Whether secrets can key a cipher (`encrypt`, `broadcast`): at least one, each of MIN_SECRET characters or more. */
+function keySecrets(secrets: readonly unknown[]): boolean {
+  return secrets.length > 0 && secrets.every((s) => typeof s === "string" && s.length >= MIN_SECRET);
+}
 const MAKE_SECRET = `node -e "console.log(require('crypto').randomBytes(32).toString('base64url'))"`;
 
 function resolveEncrypt(encrypt: EncryptOptions | undefined): SealSettings | undefined {
