@@ -122,7 +122,8 @@ export interface SessionChanges {
  * The changes from `stored` (what the request read) to `next` (what it saves), both serialized sessions.
  * Values are compared deeply, ignoring key order (jsonb reorders keys); in the cookie, its expiry (it
  * moves on every request) and @fastify/session's `originalExpires` (its copy of the stored expiry, never
- * read back from the row) are not changes. `undefined` when `stored` is not an object (nothing to patch).
+ * read back from the row) are not changes, nor is `originalMaxAge` moving by clock jitter. `undefined`
+ * when `stored` is not an object (nothing to patch).
  */
 export function changesOf(stored: string, next: string): SessionChanges | undefined {
   const before = asObject(JSON.parse(stored));
@@ -149,10 +150,21 @@ function asObject(value: unknown): Record<string, unknown> | undefined {
 function sameCookie(a: unknown, b: unknown): boolean {
   const strip = (cookie: unknown) => {
     if (!asObject(cookie)) return cookie;
-    const { expires: _expires, originalExpires: _originalExpires, ...rest } = cookie as Record<string, unknown>;
+    const { expires: _expires, originalExpires: _originalExpires, originalMaxAge: _originalMaxAge, ...rest } = cookie as Record<string, unknown>;
     return rest;
   };
-  return equal(strip(a), strip(b));
+  return equal(strip(a), strip(b)) && sameMaxAge(asObject(a)?.originalMaxAge, asObject(b)?.originalMaxAge);
+}
+
+/**
+ * express-session recomputes `originalMaxAge` from the clock on every touch (`expires - Date.now()`, read a
+ * moment after `expires` was set), so an unchanged cookie reads a few milliseconds short now and then. A
+ * move under 1% of the value and under a second is that jitter; a new maxAge (remember-me, a shorter life
+ * after sign-in) moves it by more.
+ */
+function sameMaxAge(a: unknown, b: unknown): boolean {
+  if (typeof a !== "number" || typeof b !== "number") return equal(a, b);
+  return Math.abs(a - b) < Math.min(1_000, Math.max(Math.abs(a), Math.abs(b)) / 100);
 }
 
 /** Deep equality of JSON values; a value too deeply nested to compare counts as changed (and is written). */

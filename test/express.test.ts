@@ -1,5 +1,5 @@
 import request from "supertest";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { SessionStore } from "../src/index.js";
 import { cookieOf, testApp } from "./support/app.js";
 import { drivers, sleep, type TestDb, useTestDb } from "./support/db.js";
@@ -106,6 +106,26 @@ describe.each(drivers)("express-session + passport on %s", (driver) => {
       for (let i = 0; i < 5; i++) expect((await request(app).get("/me").set("Cookie", cookie)).status).toBe(200);
       expect(t.statements, JSON.stringify({ options, statements: t.statements })).toHaveLength(5);
       expect(t.statements.every((s) => /^select/i.test(s))).toBe(true);
+    }
+  });
+
+  it("a read-only request writes nothing when express-session's touch moves originalMaxAge by a millisecond", async () => {
+    // express-session recomputes originalMaxAge from the clock on every touch (expires - Date.now()), so it
+    // reads a millisecond short whenever the clock ticks between its two readings: not a change worth a write.
+    for (const options of [{ rolling: true }, { resave: true }, {}]) {
+      const app = testApp(new SessionStore({ db: t.db, table: t.table }), options);
+      const cookie = await login(app);
+      await sleep(50);
+      t.statements.length = 0;
+      const realNow = Date.now;
+      let clock = realNow();
+      const ticking = vi.spyOn(Date, "now").mockImplementation(() => (clock += 1));
+      try {
+        for (let i = 0; i < 3; i++) expect((await request(app).get("/me").set("Cookie", cookie)).status).toBe(200);
+      } finally {
+        ticking.mockRestore();
+      }
+      expect(t.statements.filter((s) => !/^select/i.test(s)), JSON.stringify(options)).toEqual([]);
     }
   });
 
