@@ -842,6 +842,9 @@ function apply(m: Model, r: Real, observed: Ev[]): { fails: string[]; ended: Ses
   }
   const absolute = m.config.absolute;
   const revokedUsers = new Set(observed.flatMap((e) => (e.t === "revokeUser" ? [e.user] : [])));
+  // A session whose owner column may name a revoked user or another (racing sign-ins) was no target of the
+  // revokeUser: ended or not, either is right, so it becomes uncertain. One certainly the user's was a target or kept.
+  for (const s of m.sessions) if (s.col.size > 1 && [...s.col].some((u) => u !== null && revokedUsers.has(u as User))) s.uncertain = true;
   // Sessions whose owner a login write of this command may have changed: a scoped end racing it may or may not have found them.
   const logins = new Map<Sess, Set<string>>();
   for (const e of observed) if (e.t === "write" && e.login) logins.set(e.s, new Set([...(logins.get(e.s) ?? []), e.login]));
