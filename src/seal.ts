@@ -263,7 +263,7 @@ export class Sealer {
 
 /** JSON with every object's keys sorted, so that a value reads back the same from jsonb, which reorders keys. */
 function canonicalJson(value: unknown): string {
-  if (value !== null && typeof (value as { toJSON?: unknown }).toJSON === "function") return canonicalJson((value as { toJSON(): unknown }).toJSON());
+  if (value != null && typeof (value as { toJSON?: unknown }).toJSON === "function") return canonicalJson((value as { toJSON(): unknown }).toJSON());
   if (value === null || typeof value !== "object") return JSON.stringify(value) ?? "null";
   if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
   const entries = Object.keys(value)

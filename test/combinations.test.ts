@@ -332,6 +332,14 @@ describe.each(drivers)("features combined on %s", (driver) => {
       expect(errors.map((e: any) => e.code)).toContain("CORRUPT_ROW");
     });
 
+    it("a cookie holding an array with an undefined entry (JSON's null) saves and loads, as without encrypt", async () => {
+      const store = storeWith({ encrypt: { secrets: NEW } });
+      const data: any = sessionData(HOUR, { passport: { user: "ann" } });
+      data.cookie.extra = [1, undefined, { gone: undefined }];
+      await store.set("holes", data);
+      expect(await store.get("holes")).toMatchObject({ passport: { user: "ann" }, cookie: { extra: [1, null, {}] } });
+    });
+
     it("touch and extend keep the cookie authentic (the session still loads after each)", async () => {
       const store = storeWith({ encrypt: { secrets: NEW }, touchAfter: 0 });
       await store.set("kept", sessionData(HOUR, { passport: { user: "ann" } }));
