@@ -75,10 +75,16 @@ export interface SessionMiddleware {
    * Creates a session outside a request and returns its token for header transport (show it once: only
    * a hash of it is stored), with the session's public handle (to list, label or revoke it) and expiry.
    * Use it for "create API token" on a devices page.
+   *
+   * A token is never a fresh sign-in: it passes `store.requireRecentLogin` only as long as the session it
+   * was minted `from` would (it keeps that session's sign-in time), and never without `from`. So a token
+   * cannot mint a token that passes where its owner's password is asked.
    * @param data what the session holds, e.g. `{ passport: { user: id }, label: "CLI" }`
    * @param options.maxAge lifetime in ms; defaults to the cookie maxAge
+   * @param options.from the session minting it (`req.session`): the token keeps its sign-in time when it has
+   *   the same user. Default: none, so the token has no sign-in time
    */
-  issueToken(data: Partial<SessionData> & Record<string, unknown>, options?: { maxAge?: number }): Promise<IssuedToken>;
+  issueToken(data: Partial<SessionData> & Record<string, unknown>, options?: { maxAge?: number; from?: unknown }): Promise<IssuedToken>;
 }
 
 /** A header name, as `header` and `responseHeader` take it. */
@@ -256,7 +262,8 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
     const maxAge = tokenOptions.maxAge ?? cookieOptions.maxAge ?? 86_400_000;
     const sid = randomBytes(24).toString("base64url");
     const expires = new Date(Date.now() + maxAge);
-    await store.set(sid, { ...data, cookie: { ...cookieOptions, originalMaxAge: maxAge, expires } } as unknown as SessionData);
+    const session = store.mintedFrom({ ...data, cookie: { ...cookieOptions, originalMaxAge: maxAge, expires } }, tokenOptions.from);
+    await store.set(sid, session as unknown as SessionData);
     const handle = await store.handleOf(sid);
     if (handle === null) throw new Error("connect-drizzle: the token's session was not stored (is maxAge positive?)");
     return { token: sign(sid, secrets[0]!), handle, expiresAt: expires };

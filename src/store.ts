@@ -38,6 +38,13 @@ interface Rotated {
   at: SignIn | null;
 }
 
+/**
+ * On the data of a session minted from another (`issueToken`): the sign-in it carries, from the session
+ * that minted it when that session has the same user, else null. A session made from another is never a
+ * fresh proof of identity: only a login or {@link SessionStore.markAuthenticated} is.
+ */
+const MINTED = Symbol("connect-drizzle.minted");
+
 /** When a user last authenticated: on this server's monotonic clock (Loaded's `authenticatedAt`) and exactly, on the database's. */
 interface SignIn {
   mono: number;
@@ -521,6 +528,20 @@ export class SessionStore extends Store {
   }
 
   /**
+   * Marks `data`, about to be stored under a new id by `issueToken`, as minted from `from` (the request's
+   * session, or nothing): the new session keeps the sign-in time of `from` when it has the same user and
+   * this store loaded it, and has none otherwise, so it never passes {@link requireRecentLogin} as a fresh
+   * sign-in. @internal
+   */
+  mintedFrom<Data extends object>(data: Data, from: unknown): Data {
+    const loaded = from === undefined || from === null ? undefined : loadedIn(from);
+    const owner = loaded ? this.userIdOf(from as SessionData) : null;
+    const minted: Rotated | null = loaded && owner !== null && this.ownerRead(loaded) === owner ? { owner, at: signInOf(loaded) } : null;
+    Object.defineProperty(data, MINTED, { value: minted, enumerable: false });
+    return data;
+  }
+
+  /**
    * Express middleware for sensitive routes (change email, create an API token, log out everywhere):
    * passes when the request's session was loaded by this store, has a user, and that user signed in (or
    * was {@link markAuthenticated}) within the last `maxAge` ms; otherwise `onStale`, or by default
@@ -760,6 +781,8 @@ export class SessionStore extends Store {
    * gains a user it did not have is a sign-in.
    */
   private carriedSignIn(session: SessionData, userId: string): { at: SignIn | null } | undefined {
+    const minted: Rotated | null | undefined = (session as any)[MINTED];
+    if (minted !== undefined) return { at: minted !== null && minted.owner === userId ? minted.at : null };
     const req = requestOf(session);
     const rotated: Rotated | undefined = req?.[ROTATED];
     if (rotated !== undefined) return rotated.owner === userId ? { at: rotated.at } : undefined;

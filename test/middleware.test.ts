@@ -125,6 +125,49 @@ describe.each(drivers)("sessionMiddleware on %s", (driver) => {
       expect((await request(a).get("/me").set("Cookie", cookie)).status).toBe(200);
     });
 
+    it("a token is never a fresh sign-in: it passes requireRecentLogin only while the session that minted it would, and a token minting a token gains nothing", async () => {
+      const { app: a, sessions } = app({ header: "authorization" });
+      a.post("/tokens", async (req, res, next) => {
+        try {
+          const from = req.query.from === "session" ? req.session : undefined;
+          res.json(await sessions.issueToken({ userId: req.session.userId }, { from }));
+        } catch (error) {
+          next(error);
+        }
+      });
+      a.get("/sensitive", store.requireRecentLogin(60_000, { onStale: (_req, res) => void res.writeHead(403).end() }), (_req, res) =>
+        res.json({ ok: true }),
+      );
+      const bearer = (token: string) => `Bearer ${token}`;
+      const cookie = cookieOf(await request(a).post("/login/ann"), "sid")!;
+      expect((await request(a).get("/sensitive").set("Cookie", cookie)).status).toBe(200);
+
+      // Minted with no session to carry from: no sign-in time at all.
+      const bare = (await sessions.issueToken({ userId: "ann" })).token;
+      expect((await request(a).get("/me").set("Authorization", bearer(bare))).body).toEqual({ user: "ann" });
+      expect((await request(a).get("/sensitive").set("Authorization", bearer(bare))).status).toBe(403);
+
+      // Minted from the browser session just signed in: it keeps that sign-in time, not a new one.
+      const carried = (await request(a).post("/tokens?from=session").set("Cookie", cookie)).body.token as string;
+      expect((await request(a).get("/sensitive").set("Authorization", bearer(carried))).status).toBe(200);
+      // A token minted by that token keeps the same time; one minted without `from` by a token has none.
+      const chained = (await request(a).post("/tokens?from=session").set("Authorization", bearer(carried))).body.token as string;
+      const chainedBare = (await request(a).post("/tokens").set("Authorization", bearer(carried))).body.token as string;
+      expect((await request(a).get("/sensitive").set("Authorization", bearer(chained))).status).toBe(200);
+      expect((await request(a).get("/sensitive").set("Authorization", bearer(chainedBare))).status).toBe(403);
+
+      // Two minutes later the sign-in is stale everywhere: no token minted since renews it.
+      await t.age(120_000);
+      const late = (await request(a).post("/tokens?from=session").set("Authorization", bearer(chained))).body.token as string;
+      for (const token of [carried, chained, late]) {
+        expect((await request(a).get("/sensitive").set("Authorization", bearer(token))).status, [carried, chained, late].indexOf(token).toString()).toBe(403);
+      }
+      expect((await request(a).get("/sensitive").set("Cookie", cookie)).status).toBe(403);
+      // A token carries a sign-in only of its own user.
+      const other = (await sessions.issueToken({ userId: "bob" }, { from: undefined })).token;
+      expect((await request(a).get("/sensitive").set("Authorization", bearer(other))).status).toBe(403);
+    });
+
     it("the header wins over a cookie on the same request", async () => {
       const { app: a, sessions } = app({ header: "authorization" });
       const cookie = cookieOf(await request(a).post("/login/ann"), "sid")!;

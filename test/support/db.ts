@@ -132,7 +132,7 @@ function inSchema(driver: DriverName, db: AnyPgDatabase, schema: string, stateme
     raw,
     age: async (ms) => {
       const by = `${ms} * interval '1 millisecond'`;
-      const columns = ["created_at", "last_seen_at", "expires_at", "absolute_expires_at", "ended_at"];
+      const columns = ["created_at", "last_seen_at", "expires_at", "absolute_expires_at", "ended_at", "authenticated_at"];
       await raw(`update $table set ${columns.map((c) => `${c} = ${c} - ${by}`).join(", ")}`);
     },
     close,
