@@ -1,7 +1,5 @@
-import { listen, type Listening } from "./notify.js";
+import { hear, type Hearing } from "./notify.js";
 import type { AnyPgDatabase } from "./options.js";
-import { newHandle } from "./hash.js";
-import { SessionStoreError } from "./errors.js";
 import { driverName } from "./driver.js";
 
 /**
@@ -32,14 +30,16 @@ export class ReadCache<Entry extends CacheEntry> {
   private readonly bySid = new Map<string, Entry>();
   /** Row key to session id, for evictions (NOTIFY payloads are row keys). */
   private readonly sidOfKey = new Map<string, string>();
-  private listening: Listening | undefined;
-  private stopProbing: () => void = () => {};
+  private hearing: Hearing | undefined;
 
   constructor(
     private readonly settings: { max: number; ttl: number },
     private readonly io: {
-      db: AnyPgDatabase;
+      /** The database the LISTEN connection is opened on: the store's `listen`, else its `db`. */
+      listenDb: AnyPgDatabase;
       channel: string;
+      /** How long a probe may take to come back, ms (the store's `timeout`). */
+      deadline: number;
       /** Sends a NOTIFY with this payload through the app's database. */
       notify(payload: string): Promise<unknown>;
       /** Reports a problem that does not fail a request. */
@@ -89,77 +89,60 @@ export class ReadCache<Entry extends CacheEntry> {
   }
 
   /**
-   * Opens the LISTEN connection and starts probing. Probes repeat; one that does not return turns the
-   * cache off again.
+   * Opens the LISTEN connection (on `listenDb`) and proves it hears the app's writes ({@link hear}): the
+   * cache is served only while it does, and is emptied whenever it may have missed a notification.
    * @throws TypeError when the driver cannot LISTEN (nothing is opened then): a cache that could never be
    *   told of another instance's writes must not start, and a cache that stays off for good is a setting
    *   that silently does nothing
    */
   start(): void {
-    let pending: string | undefined;
-    let timer: NodeJS.Timeout | undefined;
-    let probeFailed = false;
-    const off = (error: Error) => {
-      this.live = false;
-      this.evict(["*"]);
-      this.io.report(error);
-    };
-    const probe = () => {
-      if (pending !== undefined && this.live) off(new SessionStoreError("DATABASE", "the cache's NOTIFY probe did not come back; cache off until one does"));
-      pending = `?probe:${newHandle()}`;
-      this.io.notify(pending).then(
-        () => void (probeFailed = false),
-        (error) => {
-          // Said once per outage, not on every probe; the cache stays off meanwhile (the probe cannot return).
-          if (probeFailed) return;
-          probeFailed = true;
-          this.io.report(this.io.probeError(error));
-        },
-      );
-    };
-    const listening = listen(this.io.db, this.io.channel, {
-      onMessage: (payload) => {
-        if (!payload.startsWith("?probe:")) return this.io.heard(payload);
-        if (payload !== pending) return;
-        pending = undefined;
-        if (!this.live) {
-          // Anything cached before this point may have missed notifications.
-          this.evict(["*"]);
-          this.live = true;
-        }
+    const hearing = hear(this.io.listenDb, this.io.channel, {
+      name: "the read cache",
+      meanwhile: "the cache is off (every read goes to the database) until it hears again",
+      notify: this.io.notify,
+      deadline: Math.min(this.io.deadline, this.probeInterval),
+      interval: this.probeInterval,
+      onMessage: (payload) => this.io.heard(payload),
+      onLive: () => {
+        // Anything cached before this point may have missed notifications.
+        this.evict(["*"]);
+        this.live = true;
       },
-      onReady: () => {
-        probe();
-        clearInterval(timer);
-        timer = setInterval(probe, Math.max(1_000, Math.min(this.settings.ttl / 2, 30_000)));
-        timer.unref();
-        this.stopProbing = () => clearInterval(timer);
+      onDeaf: () => {
+        this.live = false;
+        this.evict(["*"]);
       },
-      onLost: (error) => {
-        this.stopProbing();
-        pending = undefined;
-        off(new SessionStoreError("DATABASE", `the cache's LISTEN connection was lost (${error.message}); cache off until it is back`, { cause: error }));
-      },
+      report: this.io.report,
+      probeError: this.io.probeError,
     });
-    if (listening === undefined) {
+    if (hearing === undefined) {
       throw new TypeError(
-        `connect-drizzle: the read cache needs LISTEN/NOTIFY, which ${driverName(this.io.db)} cannot do here (the cache listens ` +
+        `connect-drizzle: the read cache needs LISTEN/NOTIFY, which ${driverName(this.io.listenDb)} cannot do here (the cache listens ` +
           "through drizzle-orm/node-postgres or drizzle-orm/pglite only; an HTTP driver such as pg-proxy or neon-http keeps no " +
           "connection open to listen on); remove `cache` (every read then goes to the database, one query each), or give the " +
-          "store a drizzle-orm/node-postgres database",
+          "store a drizzle-orm/node-postgres database (as `db`, or as `listen` beside an HTTP `db`)",
       );
     }
-    this.listening = listening;
+    this.hearing = hearing;
+  }
+
+  /** Resolves once the cache hears the app's writes; rejects when it cannot (see {@link Hearing.proven}). */
+  proven(): Promise<void> {
+    return this.hearing?.proven() ?? Promise.resolve();
+  }
+
+  /** How often the LISTEN is proven again, ms: well within the ttl, from 1 to 30 s. */
+  private get probeInterval(): number {
+    return Math.max(1_000, Math.min(this.settings.ttl / 2, 30_000));
   }
 
   /** Stops probing, empties the cache and closes the LISTEN connection. */
   async close(): Promise<void> {
-    this.stopProbing();
     this.live = false;
     this.evict(["*"]);
-    const listening = this.listening;
-    this.listening = undefined;
-    await listening?.close();
+    const hearing = this.hearing;
+    this.hearing = undefined;
+    await hearing?.close();
   }
 
   private remove(sid: string): void {

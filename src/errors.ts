@@ -27,6 +27,7 @@ export type SessionStoreErrorCode =
   | "DATABASE"
   | "LISTENER"
   | "UNTRUSTED_EVENT"
+  | "LISTEN_DEAF"
   | "REAUTHENTICATION_REQUIRED"
   | "INVALID_USER_ID";
 

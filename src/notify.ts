@@ -1,4 +1,6 @@
 import { driverOf } from "./driver.js";
+import { SessionStoreError } from "./errors.js";
+import { newHandle } from "./hash.js";
 import type { AnyPgDatabase } from "./options.js";
 
 /** A live LISTEN on one channel; `close()` ends it (and only the connection it opened itself). */
@@ -56,12 +58,14 @@ function listenPostgresJs(client: any, channel: string, events: ListenEvents): L
 }
 
 function listenPglite(client: any, channel: string, events: ListenEvents): Listening {
-  let unlisten: (() => Promise<void>) | undefined;
+  // PGlite sends `LISTEN <name>` as given and keys its listeners by the name Postgres would read: quoted,
+  // the channel keeps its case and may hold any character (channelName leaves out double quotes).
+  const name = `"${channel}"`;
   let closed = false;
-  const ready = client.listen(channel, (payload: string) => events.onMessage(payload)).then(
-    (stop: () => Promise<void>) => {
-      unlisten = stop;
-      if (closed) return stop();
+  const onMessage = (payload: string) => !closed && events.onMessage(payload);
+  const ready = client.listen(name, onMessage).then(
+    () => {
+      if (closed) return client.unlisten(name, onMessage);
       events.onReady();
     },
     (error: Error) => events.onLost(error),
@@ -70,7 +74,8 @@ function listenPglite(client: any, channel: string, events: ListenEvents): Liste
     async close() {
       closed = true;
       await ready;
-      await unlisten?.().catch(() => {});
+      // Not the function listen returned: it names the channel unquoted, so it would miss a capital letter.
+      await client.unlisten(name, onMessage).catch(() => {});
     },
   };
 }
@@ -125,6 +130,159 @@ function listenNodePg(poolOrClient: any, channel: string, events: ListenEvents):
       client = undefined;
       current?.removeAllListeners?.("end");
       await current?.end?.().catch?.(() => {});
+    },
+  };
+}
+
+/** A LISTEN proven to hear what the app's database NOTIFYs: see {@link hear}. */
+export interface Hearing extends Listening {
+  /** Whether a probe came back on the LISTEN connection since it was (re)opened, and none was missed since. */
+  readonly live: boolean;
+  /**
+   * Resolves once {@link live}; rejects with a `LISTEN_DEAF` error when it is not within the deadline
+   * (`store.ready()` awaits it, so a LISTEN that cannot hear fails the start, not the first request).
+   */
+  proven(): Promise<void>;
+}
+
+export interface HearOptions {
+  /** What listens, in its reports: "the read cache", "`broadcast`". */
+  name: string;
+  /** What is lost while it cannot hear, in its reports: "the cache is off until it hears again". */
+  meanwhile: string;
+  /** Sends a NOTIFY with this payload on the channel through the app's database, as every write does. */
+  notify(payload: string): Promise<unknown>;
+  /** How long a probe may take to come back before the LISTEN counts as deaf, ms. */
+  deadline: number;
+  /** How often to probe, ms. */
+  interval: number;
+  /** A notification other than a probe arrived. */
+  onMessage(payload: string): void;
+  /** A probe came back while not live: every NOTIFY committed through the app's database from now on is heard. */
+  onLive(): void;
+  /** It was live and may have missed notifications since (its connection was lost, or a probe did not come back). */
+  onDeaf(): void;
+  /** Reports a problem, which fails no request. */
+  report(error: Error): void;
+  /** Describes a probe that could not be sent. */
+  probeError(error: unknown): Error;
+  /** Listen through postgres.js too (see {@link listen}). */
+  postgresJs?: boolean;
+}
+
+/**
+ * Listens on `channel` of `db` (see {@link listen}) and proves that the LISTEN hears what the app writes:
+ * a probe NOTIFY with a random payload, sent through the app's own database, must come back on the
+ * LISTEN connection within the deadline, at the start and then every `interval`. A LISTEN can be up and
+ * still hear nothing: behind pgbouncer in transaction mode it ran on a server connection that was then
+ * handed to other clients, and the notifications go there. Until a probe comes back it is not live; a
+ * probe that does not come back, or a lost connection, makes it deaf again. Each outage is reported
+ * once. Probe payloads (`?probe:` and random) are never passed on. Undefined when the driver cannot LISTEN.
+ */
+export function hear(db: AnyPgDatabase, channel: string, o: HearOptions): Hearing | undefined {
+  let live = false;
+  /** The payload of the probe on its way, if any. */
+  let pending: string | undefined;
+  let reported = false;
+  let sendFailed = false;
+  let closed = false;
+  let interval: NodeJS.Timeout | undefined;
+  let watchdog: NodeJS.Timeout | undefined;
+  const waiters = new Set<{ resolve(): void; reject(error: Error): void }>();
+
+  const deafError = () =>
+    new SessionStoreError(
+      "LISTEN_DEAF",
+      `${o.name} cannot hear the database: a NOTIFY sent through \`db\` did not come back on its LISTEN connection within ${o.deadline} ms. ` +
+        "Behind a pooler that hands server connections to other clients between transactions (pgbouncer in transaction mode) a LISTEN hears " +
+        `nothing: give the store a \`listen\` database connected straight to Postgres; ${o.meanwhile}`,
+    );
+  const lose = (error: Error) => {
+    pending = undefined;
+    clearTimeout(watchdog);
+    if (live) {
+      live = false;
+      o.onDeaf();
+    }
+    if (!reported) o.report(error);
+    reported = true;
+  };
+  const probe = () => {
+    if (closed) return;
+    const payload = `?probe:${newHandle()}`;
+    pending = payload;
+    clearTimeout(watchdog);
+    watchdog = setTimeout(() => {
+      if (pending !== payload) return;
+      lose(live ? new SessionStoreError("LISTEN_DEAF", `${o.name}'s NOTIFY probe did not come back within ${o.deadline} ms; ${o.meanwhile}`) : deafError());
+    }, o.deadline);
+    watchdog.unref?.();
+    o.notify(payload).then(
+      () => void (sendFailed = false),
+      (error) => {
+        // Said once per outage, not on every probe (it cannot come back meanwhile).
+        if (sendFailed) return;
+        sendFailed = true;
+        o.report(o.probeError(error));
+      },
+    );
+  };
+  const listening = listen(
+    db,
+    channel,
+    {
+      onMessage(payload) {
+        if (!payload.startsWith("?probe:")) return o.onMessage(payload);
+        if (payload !== pending) return;
+        pending = undefined;
+        clearTimeout(watchdog);
+        reported = false;
+        if (live) return;
+        live = true;
+        o.onLive();
+        for (const waiter of waiters) waiter.resolve();
+        waiters.clear();
+      },
+      onReady() {
+        probe();
+        clearInterval(interval);
+        interval = setInterval(probe, o.interval);
+        interval.unref?.();
+      },
+      onLost(error) {
+        clearInterval(interval);
+        reported = false; // a lost connection is news of its own
+        lose(new SessionStoreError("DATABASE", `${o.name}'s LISTEN connection was lost (${error.message}); ${o.meanwhile}`, { cause: error }));
+      },
+    },
+    { postgresJs: o.postgresJs },
+  );
+  if (listening === undefined) return undefined;
+  return {
+    get live() {
+      return live;
+    },
+    proven() {
+      if (live) return Promise.resolve();
+      return new Promise<void>((resolve, reject) => {
+        const waiter = {
+          resolve: () => (clearTimeout(timer), resolve()),
+          reject: (error: Error) => (clearTimeout(timer), reject(error)),
+        };
+        const timer = setTimeout(() => {
+          waiters.delete(waiter);
+          waiter.reject(deafError());
+        }, o.deadline);
+        timer.unref?.();
+        waiters.add(waiter);
+      });
+    },
+    async close() {
+      closed = true;
+      clearInterval(interval);
+      clearTimeout(watchdog);
+      live = false;
+      await listening.close();
     },
   };
 }

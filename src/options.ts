@@ -131,7 +131,9 @@ export interface SessionStoreOptions {
    * On any other driver, HTTP ones included (pg-proxy, neon-http, xata-http: no connection stays open to
    * LISTEN on), the constructor throws a `TypeError` naming the driver, rather than run without the cache.
    * So does a table whose `user_id` references your users `on delete cascade` (`createSessionTable`'s
-   * `references`): the database's own deletes send no NOTIFY.
+   * `references`): the database's own deletes send no NOTIFY. It is served only while a probe NOTIFY
+   * sent through `db` comes back on its LISTEN: behind pgbouncer in transaction mode it stays off,
+   * `ready()` rejects and a `LISTEN_DEAF` error event says so (give the store `listen`).
    * @default undefined (no cache: every read is one query)
    */
   cache?: CacheOptions;
@@ -156,11 +158,25 @@ export interface SessionStoreOptions {
    * connection). Delivery is at most once: an event sent while an instance's LISTEN connection is down is
    * lost to it (for an audit trail of record, keep history with `retainEnded` and read it with `list`). On
    * a driver that cannot LISTEN (pg-proxy, neon-http) the events are still sent, and this store emits only
-   * its own. Call `close()` to stop listening.
+   * its own (give it `listen` to hear the others). Its LISTEN is proven by a probe NOTIFY sent through `db`
+   * (at the start and every 30 s): when the probe does not come back (pgbouncer in transaction mode),
+   * `ready()` rejects and a `LISTEN_DEAF` error event says to give the store `listen`. Call `close()` to
+   * stop listening.
    * @throws TypeError at construction without `secrets` (the same on every instance, 32 characters or more)
    * @default false
    */
   broadcast?: boolean;
+  /**
+   * A database connected straight to Postgres, used only to LISTEN (for `cache` and `broadcast`), when
+   * `db` cannot: behind pgbouncer in transaction mode a LISTEN runs on a server connection that is then
+   * handed to other clients, so it hears nothing, and an HTTP driver (pg-proxy, neon-http) keeps no
+   * connection open. Writes, and the probes that prove the LISTEN hears them, still go through `db`.
+   * The store opens its LISTEN connections on it and never closes the database itself. Without it, a
+   * LISTEN that hears nothing is reported (a `LISTEN_DEAF` error event, and `ready()` rejects).
+   * @example listen: drizzle({ client: new pg.Pool({ connectionString: process.env.DIRECT_DATABASE_URL, max: 1 }) })
+   * @default undefined (LISTEN on `db`)
+   */
+  listen?: AnyPgDatabase;
   /**
    * Save only what a request changed: a save of a session the request loaded writes the top-level keys it
    * set, changed or deleted (and the cookie), applied to the row as it is now, so two tabs that change
@@ -262,6 +278,7 @@ export interface ResolvedOptions {
   cache: Required<CacheOptions> | undefined;
   notify: boolean;
   broadcast: boolean;
+  listen: AnyPgDatabase | undefined;
   merge: boolean;
   versioned: boolean;
   timeout: number;
@@ -338,6 +355,7 @@ export const STORE_OPTIONS: OptionChecks<SessionStoreOptions> = {
   cache: (options, name) => void resolveCache(options[name] as CacheOptions),
   notify: is.boolean,
   broadcast: is.boolean,
+  listen: database,
   merge: is.boolean,
   versioned: is.boolean,
   timeout: is.positive(),
@@ -378,6 +396,9 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
   }
   const secrets = options.secrets === undefined ? [] : typeof options.secrets === "string" ? [options.secrets] : [...options.secrets];
   const broadcast = options.broadcast ?? false;
+  if (options.listen !== undefined && !broadcast && options.cache === undefined) {
+    throw new TypeError("connect-drizzle: `listen` is used only by `cache` and `broadcast`, and neither is on; remove `listen`, or turn one of them on");
+  }
   if (broadcast && !keySecrets(secrets)) {
     throw new TypeError(
       `connect-drizzle: \`broadcast\` needs \`secrets\` (the same on every instance), each of at least ${MIN_SECRET} random characters: ` +
@@ -421,6 +442,7 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
     cache: resolveCache(options.cache),
     notify: options.notify ?? options.cache !== undefined,
     broadcast,
+    listen: options.listen,
     merge: options.merge ?? !options.versioned,
     versioned: options.versioned ?? false,
     timeout: options.timeout ?? DEFAULT_TIMEOUT,

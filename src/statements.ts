@@ -411,9 +411,9 @@ export class Statements {
     return sql`select pg_notify(${this.eventsChannel}, p) from json_array_elements_text(${JSON.stringify(payloads)}::text::json) p`;
   }
 
-  /** A NOTIFY on the channel (the cache's probe). */
-  notify(payload: string): SQL {
-    return sql`select pg_notify(${this.channel}, ${payload})`;
+  /** A NOTIFY on a channel: the cache's (the default), or `broadcast`'s (a LISTEN's probe). */
+  notify(payload: string, channel: string = this.channel): SQL {
+    return sql`select pg_notify(${channel}, ${payload})`;
   }
 
   /**
@@ -652,13 +652,16 @@ export class Statements {
 }
 
 /**
- * The NOTIFY channel of a table. Postgres cuts identifiers at 63 bytes (not characters) and pg_notify
- * refuses longer names, so a long or non-ASCII table name is cut at a character boundary within 63 bytes.
+ * The NOTIFY channel of a table, LISTENed to in quotes on every driver (so case, dots, dashes and any
+ * character but `"`, which becomes `_`, are kept). Postgres cuts identifiers at 63 bytes (not characters)
+ * and pg_notify refuses longer names, so a long or non-ASCII table name is cut at a character boundary
+ * within 63 bytes.
  */
 export function channelName(qualified: string): string {
   let name = "";
   let bytes = 0;
-  for (const char of `connect_drizzle_${qualified}`) {
+  // No double quote: PGlite's listen reads a name in quotes as written, and cannot take one inside.
+  for (const char of `connect_drizzle_${qualified.replaceAll('"', "_")}`) {
     bytes += Buffer.byteLength(char, "utf8");
     if (bytes > 63) break;
     name += char;

@@ -9,7 +9,7 @@ import { settle, settled, type Callback } from "./callback.js";
 import { driverName, Executor, interactiveTransactions, isTrue, loneClient, type Shape } from "./driver.js";
 import { databaseError, reauthenticationRequired, schemaOutdated, SessionStoreError, tableMissing } from "./errors.js";
 import { isValidId, keyDeriver, newHandle, type KeyDeriver } from "./hash.js";
-import { listen, type Listening } from "./notify.js";
+import { hear, type Hearing } from "./notify.js";
 import { checkOptions, is, type OptionChecks } from "./check.js";
 import { ownerOf, resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
 import { checkUserId } from "./owner.js";
@@ -240,8 +240,8 @@ export class SessionStore extends Store {
   private readonly instance = newHandle();
   /** What seals this store's lifecycle events and opens the others', with `broadcast`. */
   private readonly herald: EventSeal | undefined;
-  /** The LISTEN of the lifecycle events of other instances, with `broadcast`. */
-  private readonly hearing: Listening | undefined;
+  /** The LISTEN of the lifecycle events of other instances, with `broadcast` (undefined on a driver that cannot LISTEN). */
+  private readonly hearing: Hearing | undefined;
   /** Encryption at rest, with the `encrypt` option. */
   private readonly sealer: Sealer | undefined;
 
@@ -284,8 +284,9 @@ export class SessionStore extends Store {
     });
     if (this.options.cache) {
       this.cache = new ReadCache<Loaded>(this.options.cache, {
-        db,
+        listenDb: this.options.listen ?? db,
         channel: this.sql.channel,
+        deadline: timeout,
         notify: (payload) => this.exec.query(this.sql.notify(payload)),
         report: (error) => this.report(error),
         probeError: (error) => databaseError(error, this.sql.tableName, "the cache's NOTIFY probe"),
@@ -301,17 +302,19 @@ export class SessionStore extends Store {
       this.reaper.start();
     }
     if (this.options.broadcast) {
-      this.hearing = listen(
-        db,
-        this.sql.eventsChannel,
-        {
-          onMessage: (payload) => this.heard(payload),
-          onReady: () => {},
-          onLost: (error) =>
-            this.report(new SessionStoreError("DATABASE", `the LISTEN connection of \`broadcast\` was lost (${error.message}); other instances' events are missed until it is back`, { cause: error })),
-        },
-        { postgresJs: true },
-      );
+      this.hearing = hear(this.options.listen ?? db, this.sql.eventsChannel, {
+        name: "`broadcast`",
+        meanwhile: "other instances' events are missed until it hears again",
+        notify: (payload) => this.exec.query(this.sql.notify(payload, this.sql.eventsChannel)),
+        deadline: Math.min(timeout, BROADCAST_PROBE_INTERVAL),
+        interval: BROADCAST_PROBE_INTERVAL,
+        onMessage: (payload) => this.heard(payload),
+        onLive: () => {},
+        onDeaf: () => {},
+        report: (error) => this.report(error),
+        probeError: (error) => databaseError(error, this.sql.tableName, "the `broadcast` NOTIFY probe"),
+        postgresJs: true,
+      });
     }
   }
 
@@ -578,8 +581,11 @@ export class SessionStore extends Store {
    * Await it before `app.listen`: without it a missing migration shows only once visitors arrive, and
    * express-session saves a new session after the response is sent, so the first visitors get their
    * page while their sessions are lost (the error then also goes once to the `error` event or console).
+   * With `cache` or `broadcast` it also waits (up to `timeout`) until their LISTEN hears what this store
+   * NOTIFYs, proven by a probe.
    * @throws SessionStoreError `TABLE_MISSING` (no table) or `SCHEMA_OUTDATED` (missing columns), saying
-   * what to run; `DATABASE` or `TIMEOUT` when the database cannot answer
+   * what to run; `DATABASE` or `TIMEOUT` when the database cannot answer; `LISTEN_DEAF` when the LISTEN of
+   * `cache` or `broadcast` hears nothing (behind pgbouncer in transaction mode: give the store `listen`)
    */
   ready(): Promise<void> {
     return this.run("ready", async () => {
@@ -589,6 +595,8 @@ export class SessionStore extends Store {
       if (!rows.some((row) => row.column !== null)) throw tableMissing(table);
       const missing = this.sql.columnNames().filter((column) => !found.has(column));
       if (missing.length > 0) throw schemaOutdated(table, missing);
+      // A cache or `broadcast` that cannot hear the database fails the start, not silently later.
+      await Promise.all([this.cache?.proven(), this.hearing?.proven()]);
     });
   }
 
@@ -1163,3 +1171,5 @@ const SKIPPED: TraceDetail = Object.freeze({ skipped: true });
 
 /** The most an expiry can seem earlier than stored through clock conversion alone, ms (see `fresh`). */
 const CLOCK_ERROR = 1_000;
+/** How often `broadcast` proves its LISTEN still hears the database, ms (see notify.ts `hear`). */
+const BROADCAST_PROBE_INTERVAL = 30_000;

@@ -409,10 +409,12 @@ describe.each(drivers)("broadcast on %s", (driver) => {
   });
 
   /** Every payload on the events channel of `store`'s table, from a LISTEN of its own (what anyone who can connect sees). */
+  /** The events `store` sends on its channel, as sealed payloads (the LISTEN probes, random and event-free, left out). */
   async function tap(store: SessionStore): Promise<string[]> {
     const payloads: string[] = [];
     let ready = false;
-    const hearing = listen(t.db, channelOf(store), { onMessage: (p) => void payloads.push(p), onReady: () => void (ready = true), onLost: () => {} }, { postgresJs: true })!;
+    const onMessage = (p: string) => void (p.startsWith("?probe:") ? expect(p).toMatch(/^\?probe:[\w-]{22}$/) : payloads.push(p));
+    const hearing = listen(t.db, channelOf(store), { onMessage, onReady: () => void (ready = true), onLost: () => {} }, { postgresJs: true })!;
     cleanup.push(() => hearing.close());
     expect(await eventually(() => ready, 10_000)).toBe(true);
     return payloads;

@@ -66,6 +66,15 @@ describe("unknown options", () => {
     }
   });
 
+  it("`listen` must be a drizzle database, and is refused when neither `cache` nor `broadcast` would use it", () => {
+    expect(() => resolveOptions({ db, listen: "postgres://direct" as any, cache: {} })).toThrow(/^connect-drizzle: `listen` is not a drizzle Postgres database/);
+    expect(() => resolveOptions({ db, listen: db })).toThrow(
+      "connect-drizzle: `listen` is used only by `cache` and `broadcast`, and neither is on; remove `listen`, or turn one of them on",
+    );
+    expect(() => resolveOptions({ db, listen: db, cache: {} })).not.toThrow();
+    expect(() => resolveOptions({ db, listen: db, broadcast: true, secrets: "s".repeat(32) })).not.toThrow();
+  });
+
   it("every documented reaper and cache option is accepted", () => {
     for (const key of Object.keys(REAPER_OPTIONS)) expect(() => resolveReaperOptions({ [key]: undefined }), key).not.toThrow();
     for (const key of Object.keys(CACHE_OPTIONS)) expect(() => resolveOptions({ db, cache: { [key]: undefined } }), key).not.toThrow();
