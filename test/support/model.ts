@@ -730,6 +730,45 @@ function rotateStep(slot: number): Step {
   };
 }
 
+/**
+ * issueToken from the request of `slot` (sessionMiddleware's, with `from: req.session`): a new session with
+ * a copy of the request's data under a new id, the request's session left as it is. Its authentication
+ * time is the one the request read, when the user is the one it read; none otherwise. Never now: a
+ * session made from another is no proof of identity (invariant 8).
+ */
+function mintStep(slot: number): Step {
+  return {
+    kind: "mint",
+    label: `mint(slot${slot})`,
+    slot,
+    check: (m) => m.slots[slot] !== undefined,
+    exec: async (m, r) => {
+      const held = m.slots[slot]!;
+      const { s, obj, inst } = held;
+      const store = on(r, inst).store;
+      const sid = newSid();
+      const data: any = {};
+      for (const key of Object.keys(obj)) if (key !== "cookie") data[key] = structuredClone(obj[key]);
+      const life: number = obj.cookie.originalMaxAge;
+      data.cookie = { originalMaxAge: life, expires: new Date(store.clock() + life), httpOnly: true, path: "/" };
+      data.tag = keyOf(sid).slice(0, 12);
+      store.mintedFrom(data, obj);
+      const vals = valsOf(data);
+      const user = userOfVal(vals.passport) as User;
+      const start = real();
+      await store.set(sid, data);
+      const end = real();
+      const handle = await handleOf(r, sid);
+      const carried = user !== null && user === userOfVal(held.view.passport);
+      let auth: Auth = carried ? authUnion(held.authSeen, s.auth) : NO_AUTH;
+      if (auth.win) auth = { ...auth, win: { lo: auth.win.lo - AUTH_EARLY, hi: auth.win.hi } };
+      trace(r, start, `mint(${inst}, slot${slot}) from ${sname(s)} → new key ${keyOf(sid).slice(0, 6)} handle ${handle?.slice(0, 6)} ${showData(data)} [${Math.round(end - start)} ms]`);
+      const c: NewSession = { sid, user, life, handle, start, end, vals, auth, from: carried ? s : undefined };
+      return [{ t: "create", c }];
+    },
+  };
+}
+
 /** markAuthenticated(sid): the user proved who they are again; its authentication time becomes now. */
 function markAuthStep(inst: Inst, k: number): Step {
   return {
@@ -1282,6 +1321,7 @@ export const KINDS = [
   "signout",
   "data",
   "rotate",
+  "mint",
   "markAuth",
   "destroy",
   "revoke",
@@ -1332,6 +1372,7 @@ export function lifecycleCommands(options: { maxCommands: number; without?: Read
     ["signout", 2, S.map((s) => signOutStep(s))],
     ["data", 3, fc.tuple(S, fc.constantFrom("cart", "theme") as fc.Arbitrary<"cart" | "theme">, fc.constantFrom("set", "delete") as fc.Arbitrary<"set" | "delete">).map(([s, k, a]) => dataStep(s, k, a))],
     ["rotate", 1, S.map((s) => rotateStep(s))],
+    ["mint", 1, S.map((s) => mintStep(s))],
     ["markAuth", 1, fc.tuple(I, K).map(([i, k]) => markAuthStep(i, k))],
     ["destroy", 2, fc.tuple(I, K).map(([i, k]) => destroyStep(i, k))],
     ["revoke", 2, fc.tuple(I, K, fc.constantFrom("any", "owner", "other") as fc.Arbitrary<"any" | "owner" | "other">).map(([i, k, as]) => revokeStep(i, k, as))],
