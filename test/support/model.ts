@@ -684,6 +684,15 @@ function generate(req: any): void {
   req.session = session;
 }
 
+/** Copies a request's session data (not its cookie) into `target`, the session of the new id `sid`, with a fresh cookie of the same life. */
+function copyInto(target: any, obj: any, sid: string, store: { clock(): number }): any {
+  for (const key of Object.keys(obj)) if (key !== "cookie") target[key] = structuredClone(obj[key]);
+  const life: number = obj.cookie.originalMaxAge;
+  target.cookie = { originalMaxAge: life, expires: new Date(store.clock() + life), httpOnly: true, path: "/" };
+  target.tag = keyOf(sid).slice(0, 12);
+  return target;
+}
+
 /**
  * A rotation keeping the user, as express-session and passport (keepSessionInfo) do it: the request's
  * req.session.regenerate ends the old session and links a new one to the request; the old data (the
@@ -708,11 +717,8 @@ function rotateStep(slot: number): Step {
       const ended = real();
       const checks = checkEnded(r, inst, [s]);
       const sid: string = req.sessionID;
-      const next = req.session;
-      for (const key of Object.keys(obj)) if (key !== "cookie") next[key] = structuredClone(obj[key]);
+      const next = copyInto(req.session, obj, sid, store);
       const life: number = obj.cookie.originalMaxAge;
-      next.cookie = { originalMaxAge: life, expires: new Date(store.clock() + life), httpOnly: true, path: "/" };
-      next.tag = keyOf(sid).slice(0, 12);
       const vals = valsOf(next);
       const user = userOfVal(vals.passport) as User;
       const setStart = real();
@@ -747,12 +753,8 @@ function mintStep(slot: number): Step {
       const { s, obj, inst } = held;
       const store = on(r, inst).store;
       const sid = newSid();
-      const data: any = {};
-      for (const key of Object.keys(obj)) if (key !== "cookie") data[key] = structuredClone(obj[key]);
+      const data = store.mintedFrom(copyInto({}, obj, sid, store), obj);
       const life: number = obj.cookie.originalMaxAge;
-      data.cookie = { originalMaxAge: life, expires: new Date(store.clock() + life), httpOnly: true, path: "/" };
-      data.tag = keyOf(sid).slice(0, 12);
-      store.mintedFrom(data, obj);
       const vals = valsOf(data);
       const user = userOfVal(vals.passport) as User;
       const start = real();
