@@ -197,14 +197,15 @@ export function hear(db: AnyPgDatabase, channel: string, o: HearOptions): Hearin
         "Behind a pooler that hands server connections to other clients between transactions (pgbouncer in transaction mode) a LISTEN hears " +
         `nothing: give the store a \`listen\` database connected straight to Postgres; ${o.meanwhile}`,
     );
-  const lose = (error: Error) => {
+  /** Not live any more; `error` says why, unless it was said already (a probe that could not be sent). */
+  const lose = (error: Error | undefined) => {
     pending = undefined;
     clearTimeout(watchdog);
     if (live) {
       live = false;
       o.onDeaf();
     }
-    if (!reported) o.report(error);
+    if (!reported && error) o.report(error);
     reported = true;
   };
   const probe = () => {
@@ -212,14 +213,17 @@ export function hear(db: AnyPgDatabase, channel: string, o: HearOptions): Hearin
     const payload = `?probe:${newHandle()}`;
     pending = payload;
     clearTimeout(watchdog);
+    let sent = true;
     watchdog = setTimeout(() => {
       if (pending !== payload) return;
+      if (!sent) return lose(undefined); // reported as a failed probe, not as a LISTEN that cannot hear
       lose(live ? new SessionStoreError("LISTEN_DEAF", `${o.name}'s NOTIFY probe did not come back within ${o.deadline} ms; ${o.meanwhile}`) : deafError());
     }, o.deadline);
     watchdog.unref?.();
     o.notify(payload).then(
       () => void (sendFailed = false),
       (error) => {
+        sent = false;
         // Said once per outage, not on every probe (it cannot come back meanwhile).
         if (sendFailed) return;
         sendFailed = true;
