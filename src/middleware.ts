@@ -41,6 +41,15 @@ export interface SessionMiddlewareOptions extends Omit<SessionOptions, "store" |
    */
   header?: string | false;
   /**
+   * The routes that take the `header` transport: path prefixes (`["/api"]` takes `/api` and `/api/...`,
+   * compared as sent, case included), a function of the request, or `"all"`. On any other route the header
+   * is ignored, as if not sent: the request gets its cookie's session, or none, so an API token cannot
+   * drive the browser pages (read their CSRF token, revoke devices, mint tokens). Required when both
+   * transports are on (a TypeError at startup without it); with `cookie: false` every route takes it.
+   * @default none with cookie transport on (required); "all" with `cookie: false`
+   */
+  headerRoutes?: readonly string[] | ((req: IncomingMessage) => boolean) | "all";
+  /**
    * Response header that carries the token when a header-transport session is created or rotated (and
    * for every new session when cookie transport is off). Added to `Access-Control-Expose-Headers` when
    * the response is a CORS one. Such a response is sent with `Cache-Control: no-store`, replacing the app's.
@@ -150,6 +159,15 @@ export const MIDDLEWARE_OPTIONS: OptionChecks<SessionMiddlewareOptions> = {
   },
   name: is.name("cookie name"),
   header: (options, name) => void (options[name] === false || headerName(options, name)),
+  headerRoutes: (options, name) => {
+    const value = options[name];
+    if (value === "all" || typeof value === "function") return;
+    if (!Array.isArray(value) || value.length === 0 || !value.every((p) => typeof p === "string" && p.startsWith("/"))) {
+      throw new TypeError(
+        `connect-drizzle: \`${name}\` must be a list of path prefixes such as ["/api"], a function (req) => boolean, or "all" (got ${kindOf(value)})`,
+      );
+    }
+  },
   responseHeader: headerName,
   rolling: is.boolean,
   resave: is.boolean,
@@ -171,7 +189,7 @@ const DEV_SECRET = randomBytes(32).toString("base64url");
  * `CONNECT_DRIZZLE_TRUST_PROXY`).
  *
  * @example
- * app.use(sessionMiddleware({ store, secret: process.env.SESSION_SECRET, header: "authorization" }));
+ * app.use(sessionMiddleware({ store, secret: process.env.SESSION_SECRET, header: "authorization", headerRoutes: ["/api"] }));
  * @throws TypeError for an unknown option or one of the wrong type (a `cookie` attribute included), a missing
  * secret in production, no transport, or a cookie name and attributes that browsers would reject
  */
@@ -181,7 +199,7 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
   }
   checkOptions(options, MIDDLEWARE_OPTIONS, "sessionMiddleware");
   const production = process.env.NODE_ENV === "production";
-  const { store, header = false, cookie, secret: givenSecret, responseHeader: givenResponseHeader, ...rest } = options;
+  const { store, header = false, headerRoutes, cookie, secret: givenSecret, responseHeader: givenResponseHeader, ...rest } = options;
   const secrets = givenSecret === undefined ? [] : Array.isArray(givenSecret) ? givenSecret : [givenSecret];
   if (secrets.length === 0) {
     if (production || givenSecret !== undefined) {
@@ -196,6 +214,16 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
   if (cookie === false && header === false) {
     throw new TypeError("connect-drizzle: with `cookie: false` set a `header`, or sessions have no transport");
   }
+  if (header !== false && cookie !== false && headerRoutes === undefined) {
+    throw new TypeError(
+      "connect-drizzle: with both cookie and `header` transport, say which routes take the header, e.g. `headerRoutes: [\"/api\"]` " +
+        '(path prefixes), a function of the request, or "all": otherwise a token sent to a browser page is that page\'s session',
+    );
+  }
+  if (header === false && headerRoutes !== undefined) {
+    throw new TypeError("connect-drizzle: `headerRoutes` says which routes take the `header` transport, and no `header` is set; set `header`, or remove `headerRoutes`");
+  }
+  const takesHeader = routeMatcher(headerRoutes ?? "all");
   const headerName = header === false ? undefined : header.toLowerCase();
   const bearer = headerName === "authorization";
   const responseHeader = givenResponseHeader ?? (bearer ? "X-Session-Token" : header || undefined);
@@ -224,7 +252,7 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
   });
 
   const middleware = ((req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void) => {
-    const sent = headerName === undefined ? undefined : req.headers[headerName];
+    const sent = headerName === undefined || !takesHeader(req) ? undefined : req.headers[headerName];
     const token = sent === undefined ? undefined : tokenOf(sent, bearer);
     // Sending the header at all decides the transport: falling back to the cookie when the value is
     // malformed would answer a header request with whatever session the cookie holds.
@@ -325,6 +353,23 @@ function trustProxyTrap(secure: true | "auto"): (req: IncomingMessage) => void {
         "proxy hop (or the proxy's address), before the session middleware",
       { code: "CONNECT_DRIZZLE_TRUST_PROXY" },
     );
+  };
+}
+
+/**
+ * Whether a request's route takes the header transport ({@link SessionMiddlewareOptions.headerRoutes}). A
+ * prefix matches at a segment boundary, against the path as sent (Express routes on it undecoded, so
+ * `/%61pi` or `/API` never reaches a header route by way of this check: at worst the header is ignored).
+ */
+function routeMatcher(routes: NonNullable<SessionMiddlewareOptions["headerRoutes"]>): (req: IncomingMessage) => boolean {
+  if (routes === "all") return () => true;
+  if (typeof routes === "function") return routes;
+  const prefixes = routes.map((p) => (p.length > 1 && p.endsWith("/") ? p.slice(0, -1) : p));
+  return (req) => {
+    const url = (req as { originalUrl?: string }).originalUrl ?? req.url ?? "";
+    const end = url.search(/[?#]/);
+    const path = end < 0 ? url : url.slice(0, end);
+    return prefixes.some((p) => p === "/" || path === p || path.startsWith(`${p}/`));
   };
 }
 

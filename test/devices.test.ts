@@ -139,6 +139,54 @@ describe("the devices example", () => {
     expect((await phone.get("/devices")).headers.location).toBe("/login");
   });
 
+  it("an old sign-in is asked for the password before revoking one device too; after it, the revoke works", async () => {
+    const app = await open();
+    const laptop = await signUp(app, CHROME_WINDOWS, "203.0.113.7");
+    const phone = await logIn(app, SAFARI_IOS, "203.0.113.7");
+    const phoneHandle = (await app.store.list({ userId: await userIdOf(app) })).find((s) => s.device === "Safari on iOS")!.handle;
+    await laptop.get("/devices");
+    await ageSignIns(app, 11 * MINUTE);
+
+    const stale = await laptop.post("/devices/revoke", { handle: phoneHandle });
+    expect(stale.headers.location).toBe(`/confirm?next=${encodeURIComponent("/devices?done=confirmed")}`);
+    expect((await phone.get("/devices")).status).toBe(200); // not revoked
+
+    await laptop.post("/confirm", { password: PASSWORD, next: "/devices?done=confirmed" });
+    expect((await laptop.post("/devices/revoke", { handle: phoneHandle })).headers.location).toBe("/devices?done=revoked");
+    expect((await phone.get("/devices")).headers.location).toBe("/login");
+  });
+
+  it("an API token opens its session on /api only: on the pages it is no session (no CSRF token, no revoke, no token minting), and it is never a fresh sign-in", async () => {
+    const app = await open();
+    const laptop = await signUp(app, CHROME_WINDOWS, "203.0.113.7");
+    const phone = await logIn(app, SAFARI_IOS, "203.0.113.7");
+    const created = await laptop.post("/devices/token", { label: "CI" });
+    expect(created.status).toBe(201);
+    const token = /data-testid="token">([^<]+)</.exec(created.text)![1]!;
+    const bearer = { Authorization: `Bearer ${token}` };
+    expect((await request(app.app).get("/api/me").set(bearer)).body).toMatchObject({ email: "ada@example.com", token: { label: "CI" } });
+
+    // The pages treat a token-only request as signed out: nothing to read, no form to post.
+    const devices = await request(app.app).get("/devices").set(bearer);
+    expect(devices.headers.location).toBe("/login");
+    expect(devices.text).not.toMatch(/_csrf/);
+    const phoneHandle = (await app.store.list({ userId: await userIdOf(app) })).find((s) => s.device === "Safari on iOS")!.handle;
+    for (const [path, form] of [["/devices/revoke", { handle: phoneHandle }], ["/devices/logout-others", {}], ["/devices/token", { label: "chain" }]] as const) {
+      const res = await request(app.app).post(path).set(bearer).type("form").send(form);
+      expect(res.status, path).not.toBe(201);
+      expect([303, 403], path).toContain(res.status);
+      expect(res.headers.location ?? "/login", path).toBe("/login");
+    }
+    expect((await phone.get("/devices")).status).toBe(200);
+    expect(await app.store.count({ userId: await userIdOf(app) })).toBe(3); // laptop, phone, the token: none ended, none minted
+
+    // The token keeps the laptop's sign-in time: once that is old, the token is no fresher than it.
+    await ageSignIns(app, 11 * MINUTE);
+    const [record] = (await app.store.list({ userId: await userIdOf(app) })).filter((s) => s.label === "CI");
+    const [laptopRecord] = (await app.store.list({ userId: await userIdOf(app) })).filter((s) => s.device === "Chrome on Windows");
+    expect(record!.authenticatedAt!.getTime()).toBe(laptopRecord!.authenticatedAt!.getTime());
+  });
+
   it("recentLoginMaxAge sets how recent the sign-in must be", async () => {
     const app = await open({ recentLoginMaxAge: 1 });
     const laptop = await signUp(app, CHROME_WINDOWS, "203.0.113.7");

@@ -224,7 +224,7 @@ describe.each(drivers)("bad input on %s", (driver) => {
     let cookie: string;
 
     beforeEach(async () => {
-      app = middlewareApp(store, { secret, header: "authorization" }).app;
+      app = middlewareApp(store, { secret, header: "authorization", headerRoutes: "all" }).app;
       const viaHeader = await request(app).post("/login/ann").set("Authorization", "Bearer new");
       token = viaHeader.headers["x-session-token"] as string;
       expect(token).toMatch(/\./);

@@ -19,7 +19,9 @@ describe.each(drivers)("sessionMiddleware on %s", (driver) => {
     vi.restoreAllMocks();
   });
 
-  const app = (options: Partial<SessionMiddlewareOptions> = {}, setup?: (app: Express) => void) => middlewareApp(store, options, setup);
+  /** The test app; header transport (with cookies too) on every route unless a test says which routes take it. */
+  const app = (options: Partial<SessionMiddlewareOptions> = {}, setup?: (app: Express) => void) =>
+    middlewareApp(store, options.header && options.cookie !== false ? { headerRoutes: "all", ...options } : options, setup);
 
   it("sets a cookie with secure defaults: httpOnly, SameSite=Lax, a non-default name, rolling expiry", async () => {
     const { app: a } = app();
@@ -92,6 +94,41 @@ describe.each(drivers)("sessionMiddleware on %s", (driver) => {
       // An unchanged session sends no token back, and never a cookie.
       expect(me.headers["x-session-token"]).toBeUndefined();
       expect(me.headers["set-cookie"]).toBeUndefined();
+    });
+
+    it("headerRoutes: a token opens its session only on the routes named; elsewhere the header is ignored and the cookie's session (or none) is used", async () => {
+      const { app: a, sessions } = app({ header: "authorization", headerRoutes: ["/api"] });
+      a.get("/api/me", (req, res) => res.json({ user: req.session.userId ?? null }));
+      const bearer = `Bearer ${(await sessions.issueToken({ userId: "bob" })).token}`;
+      const cookie = cookieOf(await request(a).post("/login/ann"), "sid")!;
+      // A header route: the token is the session, even beside a cookie.
+      expect((await request(a).get("/api/me").set("Authorization", bearer).set("Cookie", cookie)).body).toEqual({ user: "bob" });
+      // Any other route: the header does nothing (no session from it, and the cookie is this request's session).
+      expect((await request(a).get("/me").set("Authorization", bearer)).status).toBe(401);
+      expect((await request(a).get("/me").set("Authorization", bearer).set("Cookie", cookie)).body).toEqual({ user: "ann" });
+      expect((await request(a).get("/devices").set("Authorization", bearer).set("Cookie", cookie)).body).toHaveLength(1); // ann's, not bob's
+      // Lookalike paths are no header routes: another segment, another case, percent-encoded, dot segments, a query.
+      for (const path of ["/apix/me", "/API/me", "/%61pi/me", "/me?x=/api/", "/me#/api"]) {
+        const res = await request(a).get(path).set("Authorization", bearer);
+        expect(res.body?.user ?? null, path).toBeNull();
+      }
+      // A function decides per request; "all" takes the header everywhere.
+      const byFunction = app({ header: "authorization", headerRoutes: (req) => req.headers["x-client"] === "cli" }).app;
+      expect((await request(byFunction).get("/me").set("Authorization", bearer)).status).toBe(401);
+      expect((await request(byFunction).get("/me").set("Authorization", bearer).set("X-Client", "cli")).body).toEqual({ user: "bob" });
+    });
+
+    it("with both transports on, headerRoutes is required: a TypeError at startup names it; a malformed one or one without a header is refused", () => {
+      expect(() => sessionMiddleware({ store, secret: "s", header: "authorization" })).toThrow(
+        /^connect-drizzle: with both cookie and `header` transport, say which routes take the header, e\.g\. `headerRoutes: \["\/api"\]`/,
+      );
+      expect(() => sessionMiddleware({ store, secret: "s", header: "authorization", cookie: false })).not.toThrow();
+      for (const bad of [[], ["api"], "/api", [1], "none"]) {
+        expect(() => sessionMiddleware({ store, secret: "s", header: "authorization", headerRoutes: bad as any }), JSON.stringify(bad)).toThrow(
+          /`headerRoutes` must be a list of path prefixes such as \["\/api"\], a function \(req\) => boolean, or "all"/,
+        );
+      }
+      expect(() => sessionMiddleware({ store, secret: "s", headerRoutes: ["/api"] })).toThrow(/no `header` is set/);
     });
 
     it("a token that is forged, tampered or unknown opens nothing", async () => {
@@ -359,7 +396,7 @@ describe("sessionMiddleware: settings that cannot work fail at startup", () => {
 
   it("a misspelt option is a TypeError naming it, the likely one and the known ones; express-session's own options pass", () => {
     expect(() => sessionMiddleware({ store, secret, saveUnitialized: true } as any)).toThrow(
-      /unknown sessionMiddleware option `saveUnitialized` \(did you mean `saveUninitialized`\?\); the known options are store, secret, cookie, name, header, responseHeader, rolling, resave, saveUninitialized, genid, proxy, unset$/,
+      /unknown sessionMiddleware option `saveUnitialized` \(did you mean `saveUninitialized`\?\); the known options are store, secret, cookie, name, header, headerRoutes, responseHeader, rolling, resave, saveUninitialized, genid, proxy, unset$/,
     );
     expect(() => sessionMiddleware({ store, secret, Header: "authorization" } as any)).toThrow(/`Header` \(did you mean `header`\?\)/);
     expect(() => sessionMiddleware({ store, secret, maxAge: 1000 } as any)).toThrow(/unknown sessionMiddleware option `maxAge`; the known/);
@@ -367,6 +404,7 @@ describe("sessionMiddleware: settings that cannot work fail at startup", () => {
       store,
       secret,
       name: "app.sid",
+      headerRoutes: ["/api"],
       responseHeader: "X-Token",
       rolling: false,
       resave: false,

@@ -35,8 +35,8 @@ export interface DevicesAppOptions {
   /** Lifetime of API tokens (idle: each use renews it). @default 90 days */
   tokenMaxAge?: number;
   /**
-   * How recent a sign-in (or password confirmation) must be for "Log out other devices" and "Create API
-   * token"; an older one is asked for the password again first.
+   * How recent a sign-in (or password confirmation) must be for "Revoke", "Log out other devices" and
+   * "Create API token"; an older one is asked for the password again first.
    * @default 10 minutes
    */
   recentLoginMaxAge?: number;
@@ -67,7 +67,9 @@ export async function createApp(options: DevicesAppOptions): Promise<DevicesApp>
     maxSessionsPerUser: options.maxSessionsPerUser === false ? undefined : (options.maxSessionsPerUser ?? 10),
     encrypt: options.encrypt,
   });
-  const sessions = sessionMiddleware({ store, secret: options.secret, header: "authorization" });
+  // Browsers carry their session in a cookie; API tokens (`Authorization: Bearer`) open a session on the
+  // /api routes only, so a token can never drive the pages (read their CSRF token, revoke, mint tokens).
+  const sessions = sessionMiddleware({ store, secret: options.secret, header: "authorization", headerRoutes: ["/api"] });
 
   // Users whose sign-up is in progress: their first session is news to nobody.
   const signingUp = new Set<string>();
@@ -189,7 +191,7 @@ export async function createApp(options: DevicesAppOptions): Promise<DevicesApp>
     page(req, res, 200, devicesPage(ctx(req), await devicesView(req, NOTICES[String(req.query.done)]?.(req.query))));
   });
 
-  app.post("/devices/revoke", requireUser, checkCsrf, async (req, res) => {
+  app.post("/devices/revoke", requireUser, checkCsrf, recentLogin, async (req, res) => {
     const handle = typeof req.body?.handle === "string" ? req.body.handle : "";
     // With userId the store only ends a session this user owns: a guessed handle ends nothing.
     const revoked = await store.revoke(handle, { userId: userOf(req)!.id });
@@ -213,7 +215,8 @@ export async function createApp(options: DevicesAppOptions): Promise<DevicesApp>
     const label = cleanLabel(req.body?.label);
     // A session of its own, owned by the user like a login, with a token for header transport. Its
     // `label` is kept in the session record, so the devices list and its history show the name.
-    const { token } = await sessions.issueToken({ passport: { user: user.id }, label }, { maxAge: tokenMaxAge });
+    // `from`: the token keeps this sign-in's time, so it is never a fresh sign-in of its own.
+    const { token } = await sessions.issueToken({ passport: { user: user.id }, label }, { maxAge: tokenMaxAge, from: req.session });
     const apiUrl = `${req.protocol}://${req.get("host") ?? "localhost"}/api/me`;
     // Rendered in the POST response, never stored: this is the only time the token is shown.
     page(req, res, 201, devicesPage(ctx(req), { ...(await devicesView(req)), newToken: { token, label, apiUrl } }));
@@ -278,7 +281,7 @@ export async function createApp(options: DevicesAppOptions): Promise<DevicesApp>
 const NOTICES: Record<string, (query: Request["query"]) => string> = {
   revoked: () => "Revoked: that device is signed out (on its next request).",
   missing: () => "That session had already ended.",
-  confirmed: () => "Password confirmed: you can now log out other devices or create an API token.",
+  confirmed: () => "Password confirmed: you can now revoke devices, log out other devices or create an API token.",
   others: (q) => {
     const n = Number.parseInt(String(q.count), 10) || 0;
     return n === 0 ? "There were no other sessions to end." : `Ended ${n} other session${n === 1 ? "" : "s"}.`;

@@ -152,7 +152,7 @@ await reap({ table: sessions });
 
 // --- sessionMiddleware.
 const app = express();
-const middleware = sessionMiddleware({ store, secret: "s", header: "authorization", cookie: { maxAge: 60_000 } });
+const middleware = sessionMiddleware({ store, secret: "s", header: "authorization", headerRoutes: ["/api"], cookie: { maxAge: 60_000 } });
 app.use(middleware);
 expectTypeOf(middleware.store).toEqualTypeOf<SessionStore>();
 expectTypeOf(middleware.issueToken).returns.toEqualTypeOf<Promise<IssuedToken>>();
