@@ -218,7 +218,10 @@ export class Reaper {
  * batch, and the round ends if another instance took it in between (`skipped` if it had done nothing). So
  * on a client with a single connection (PGlite, one `pg.Client`, a pool of `max: 1`), which cannot run a
  * statement while a transaction holds its only connection, each batch in a transaction of its own (which
- * first sets its `statement_timeout`); and on drivers without transactions (drizzle's pg-proxy, neon-http,
+ * first sets its `statement_timeout`). So too behind a pooler with one server connection (pgbouncer's
+ * `default_pool_size = 1`), which the client cannot see: after taking the lock the round sends a `select 1`
+ * beside it, and when that gets no answer within `CANARY_WAIT` it lets the lock transaction go and runs its
+ * batches that way. And on drivers without transactions (drizzle's pg-proxy, neon-http,
  * xata-http, or any whose `db.transaction` rejects with "not supported"), each batch as a statement alone;
  * `db.transaction` is not called there.
  *
@@ -296,14 +299,12 @@ async function round(target: ReapTarget, batchSize: number, key: string, timeout
   // Each statement is a transaction of its own (HTTP drivers): each batch takes the lock itself.
   const statementAtATime = () => phases(target, batchSize, (statement) => lockedBatch(db, statement), counts, hooks, key);
 
-  if (!interactiveTransactions(db)) {
-    await statementAtATime();
-  } else if (singleConnection(db)) {
-    // No statement can run beside an open transaction here: each batch takes the lock itself, in a transaction
-    // of its own. The database enforces the timeout there too (statement_timeout, for that transaction alone):
-    // giving up on a blocked batch client-side only would leave its transaction and the only connection held
-    // until whatever blocks it goes away. Cancelled, the batch fails, the transaction rolls back and the lock
-    // (if the batch had taken it) is free.
+  // No statement can run beside an open transaction (a single connection, or a pooler's only server
+  // connection): each batch takes the lock itself, in a transaction of its own. The database enforces the
+  // timeout there too (statement_timeout, for that transaction alone): giving up on a blocked batch
+  // client-side only would leave its transaction and the only connection held until whatever blocks it goes
+  // away. Cancelled, the batch fails, the transaction rolls back and the lock (if the batch had taken it) is free.
+  const batchAtATime = () => {
     const execute: Execute = (statement) =>
       transaction(db, timeout, async (tx) => {
         const setting = sql`select set_config('statement_timeout', ${`${Math.ceil(timeout)}ms`}, true)`;
@@ -316,7 +317,13 @@ async function round(target: ReapTarget, batchSize: number, key: string, timeout
           throw pgCode(error) === "57014" && performance.now() - sent >= timeout - 1 ? timeoutError(timeout, BATCH, error) : error;
         }
       });
-    await phases(target, batchSize, execute, counts, hooks, key);
+    return phases(target, batchSize, execute, counts, hooks, key);
+  };
+
+  if (!interactiveTransactions(db)) {
+    await statementAtATime();
+  } else if (singleConnection(db)) {
+    await batchAtATime();
   } else {
     let detach: (() => void) | undefined;
     let failure: { error: unknown } | undefined;
@@ -327,6 +334,8 @@ async function round(target: ReapTarget, batchSize: number, key: string, timeout
     let abandoned = false;
     let inside = false;
     let refused = false;
+    /** No statement could run beside the lock's transaction: the batches go one transaction at a time. */
+    let crowded = false;
     const unlessAbandoned = async () => {
       await macrotask(); // lets a driver's close handling (and the rejection of the transaction) run first
       if (abandoned) await new Promise<never>(() => {});
@@ -347,6 +356,16 @@ async function round(target: ReapTarget, batchSize: number, key: string, timeout
           const [row] = rowsOf(await within(locking, timeout, "taking the reaper's lock"));
           if (!isTrue(row?.locked)) {
             counts.skipped = true;
+            return;
+          }
+          // Can a statement run beside this transaction? Behind a pooler with one server connection
+          // (pgbouncer's default_pool_size = 1) this transaction holds it, and the batches would wait for it
+          // until the timeout while every read of the app waits too. A `select 1` that gets no answer in a
+          // short while says so: the lock goes (this transaction ends) and the batches run as on a single
+          // connection. One that was only slow costs no more than that; it completes harmlessly later.
+          const canary = Math.min(CANARY_WAIT, timeout / 4);
+          if (!(await within(db.execute(sql`select 1`), canary, "a statement beside the lock").then(() => true, () => false))) {
+            crowded = true;
             return;
           }
           const execute: Execute = async (statement) => {
@@ -380,6 +399,7 @@ async function round(target: ReapTarget, batchSize: number, key: string, timeout
       detach?.();
     }
     if (refused) await statementAtATime();
+    else if (crowded) await batchAtATime();
   }
   return done();
 }
@@ -483,6 +503,8 @@ function batchStatement(t: SessionTable, phase: Phase, cursor: number | null, li
 }
 
 const BATCH = "a batch (waiting for a lock on the table, or for a busy database?)";
+/** Longest wait for a `select 1` beside the lock's transaction before the round takes its batches one transaction at a time, ms. */
+const CANARY_WAIT = 1_000;
 
 function timeoutError(timeout: number, what: string, cause?: unknown): SessionStoreError {
   return new SessionStoreError(

@@ -226,3 +226,81 @@ describe.skipIf(!binary)(`through pgbouncer ${version} in transaction pooling mo
     expect(await a.get("cached")).toBeNull();
   });
 });
+
+/**
+ * pgbouncer with ONE server connection: while the round's lock transaction holds it, nothing else runs,
+ * the round's own batches included. The reaper sees that (a `select 1` beside the lock transaction gets no
+ * answer), lets the lock transaction go and runs each batch in a transaction that takes the lock itself,
+ * as on a single connection: the round completes, and reads wait only for one batch at a time.
+ */
+describe.skipIf(!binary)(`a reaper round through pgbouncer ${version} with default_pool_size = 1`, () => {
+  let f: FaultDb;
+  let direct: OpenedDb;
+  let bouncer: Pgbouncer;
+  const closers: Array<() => Promise<unknown>> = [];
+
+  beforeAll(async () => {
+    f = await createFaultDb("bouncer1");
+    direct = await f.open({ max: 2 });
+    bouncer = await startPgbouncer({ dbname: f.name, poolSize: 1 });
+  });
+  afterAll(async () => {
+    await Promise.all(closers.map((close) => close().catch(() => {})));
+    await bouncer?.stop();
+    await f?.drop();
+  });
+  beforeEach(async () => {
+    await direct.raw(`delete from $table`);
+    await direct.raw(`insert into $table (key, handle, data, expires_at)
+      select 'old' || i, 'h' || i, '{"cookie":{}}', now() - interval '1 hour' + i * interval '1 millisecond' from generate_series(1, 1200) i`);
+  });
+
+  describe.each([
+    [
+      "node-postgres",
+      (): AnyPgDatabase => {
+        const pool = new pg.Pool({ connectionString: bouncer.url, max: 4 });
+        pool.on("error", () => {});
+        closers.push(() => pool.end());
+        return drizzle({ client: pool });
+      },
+    ],
+    [
+      "postgres.js",
+      (): AnyPgDatabase => {
+        const client = postgres(bouncer.url, { max: 4, prepare: false, onnotice: () => {} });
+        closers.push(() => client.end({ timeout: 5 }));
+        return drizzlePostgresJs({ client });
+      },
+    ],
+  ] as const)("on %s", (_, makeDb) => {
+    it("reap() deletes every expired row and does not end in TIMEOUT; the live session survives", async () => {
+      const db = makeDb();
+      const store = new SessionStore({ db, table: direct.table, prepare: false, reaper: false, timeout: 2_000 });
+      await store.set("live", sessionData(60_000, { n: 1 }));
+      const result = await reap({ db, table: direct.table, batchSize: 500, timeout: 2_000 });
+      expect(result).toMatchObject({ deleted: 1200, skipped: false });
+      expect(await direct.raw(`select count(*)::int as n from $table`)).toEqual([{ n: 1 }]);
+      expect(await store.get("live")).toMatchObject({ n: 1 });
+    });
+
+    it("store.reap() completes while reads of the app go on, and every read is answered", async () => {
+      const db = makeDb();
+      const store = new SessionStore({ db, table: direct.table, prepare: false, reaper: false, timeout: 2_000 });
+      await store.set("live", sessionData(60_000, { n: 1 }));
+      let reading = true;
+      let answered = 0;
+      const reads = (async () => {
+        while (reading) {
+          expect(await store.get("live")).toMatchObject({ n: 1 });
+          answered++;
+        }
+      })();
+      const result = await store.reap();
+      reading = false;
+      await reads;
+      expect(result).toMatchObject({ deleted: 1200, skipped: false });
+      expect(answered).toBeGreaterThan(0);
+    });
+  });
+});
