@@ -4,7 +4,7 @@ import { isTrue } from "./driver.js";
 import { isValidId, type KeyDeriver } from "./hash.js";
 import { checkUserId } from "./owner.js";
 import { checkEndReason, type EndReason } from "./reasons.js";
-import type { EventRow, RecordRow, SessionStatus, Statements } from "./statements.js";
+import type { EventRow, ListCursor, RecordRow, SessionStatus, Statements } from "./statements.js";
 import type { TraceDetail } from "./trace.js";
 
 export type { EndReason } from "./reasons.js";
@@ -43,6 +43,8 @@ export interface SessionRecord {
   authenticatedAt: Date | null;
   /** Whether this is the session of `current` passed to `list` (mark "this device"). */
   current: boolean;
+  /** Its place in `list`'s order: pass the last record's as `after` for the next page. Opaque. */
+  cursor: string;
 }
 
 /**
@@ -73,9 +75,20 @@ export interface SessionQuery {
   status?: SessionStatus | "all";
   /** A session id (e.g. `req.sessionID`) whose record gets `current: true`. */
   current?: string;
-  /** Most records returned, newest activity first. @default 100 */
+  /** Most records returned, newest activity first (ended ones: newest end first), at most 1,000. @default 100 */
   limit?: number;
+  /**
+   * The next page: the records after this one in the order, given as the `cursor` of the last record of
+   * the previous page (`list` only). Keyset paging: no record is ever on two pages. A session used (or
+   * ended) between two pages moves ahead in the order, to a page already shown, so the later pages leave
+   * it out; every other session that stays in the query is on exactly one page.
+   * @default undefined (the first page)
+   */
+  after?: string;
 }
+
+/** The most records one `list` call returns; page with `after` for more. */
+export const MAX_LIST_LIMIT = 1_000;
 
 /** What the records API needs of its store. */
 export interface RecordsContext {
@@ -114,8 +127,9 @@ export class Records {
 
   async list(query: SessionQuery): Promise<SessionRecord[]> {
     const { userId, limit, current } = this.checkQuery(query, "list");
+    const after = query.after === undefined ? undefined : cursorOf(query.after);
     const keys = current === undefined ? undefined : this.s.keysOf(current);
-    const rows = await this.s.run("list", () => this.s.query<RecordRow>(this.s.statements.list(userId, query.status, keys, limit)), { userId });
+    const rows = await this.s.run("list", () => this.s.query<RecordRow>(this.s.statements.list(userId, query.status, keys, limit, after)), { userId });
     return rows.map(toRecord);
   }
 
@@ -185,7 +199,9 @@ export class Records {
       throw new TypeError("connect-drizzle: list/count need { userId } (a string, number or bigint)");
     }
     const limit = query.limit ?? 100;
-    if (!Number.isInteger(limit) || limit < 1) throw new TypeError("connect-drizzle: `limit` must be a positive integer");
+    if (!Number.isInteger(limit) || limit < 1 || limit > MAX_LIST_LIMIT) {
+      throw new TypeError(`connect-drizzle: \`limit\` must be an integer from 1 to ${MAX_LIST_LIMIT}; for more records, page with \`after\` (the last record's \`cursor\`)`);
+    }
     return { userId: this.checked(String(query.userId), method), limit, current: typeof query.current === "string" ? query.current : undefined };
   }
 
@@ -217,6 +233,20 @@ function isUserId(value: unknown): value is UserId {
   return typeof value === "string" || typeof value === "number" || typeof value === "bigint";
 }
 
+/** The position a record's `cursor` names; a TypeError for anything that is not one. */
+function cursorOf(cursor: unknown): ListCursor {
+  let position: unknown;
+  try {
+    position = typeof cursor === "string" && cursor.length <= 200 ? JSON.parse(Buffer.from(cursor, "base64url").toString("utf8")) : undefined;
+  } catch {
+    position = undefined;
+  }
+  if (!Array.isArray(position) || position.length !== 2 || !Number.isSafeInteger(position[0]) || typeof position[1] !== "string" || !/^[\w-]{1,64}$/.test(position[1])) {
+    throw new TypeError("connect-drizzle: `after` is not a record's `cursor`; pass the `cursor` of the last record of the previous page");
+  }
+  return { at: position[0], handle: position[1] };
+}
+
 function toRecord(row: RecordRow): SessionRecord {
   const date = (ms: number | null) => (ms === null || ms === undefined ? null : new Date(Number(ms)));
   return {
@@ -235,5 +265,6 @@ function toRecord(row: RecordRow): SessionRecord {
     endReason: row.end_reason,
     authenticatedAt: date(row.authenticated_at),
     current: isTrue(row.current),
+    cursor: Buffer.from(JSON.stringify([Number(row.sort_at), row.handle])).toString("base64url"),
   };
 }

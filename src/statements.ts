@@ -82,6 +82,14 @@ export interface RecordRow {
   authenticated_at: number | null;
   current: boolean;
   status: SessionStatus;
+  /** Where the row stands in `list`'s order (epoch ms of its activity, or of its end): its page cursor, with the handle. */
+  sort_at: number;
+}
+
+/** A position in `list`'s order: after the row of this sort time and handle. */
+export interface ListCursor {
+  at: number;
+  handle: string;
 }
 
 /**
@@ -439,15 +447,19 @@ export class Statements {
   // --- The records API
 
   /** A user's records, newest activity first; `current` is the keys of the session to mark. */
-  list(userId: string, status: SessionStatus | "all" | undefined, current: string[] | undefined, limit: number): SQL {
+  list(userId: string, status: SessionStatus | "all" | undefined, current: string[] | undefined, limit: number, after?: ListCursor): SQL {
     const t = this.t;
     const isCurrent = current === undefined ? sql`false` : this.byKeys(current);
+    const sortAt = this.newestFirst(status);
+    // Keyset: the rows after the cursor's in the order below (newest first, then by handle).
+    const at = after && sql`to_timestamp(${after.at}::float8 / 1000)`;
+    const page = after ? sql` and (${sortAt} < ${at} or (${sortAt} = ${at} and ${t.handle} > ${after.handle}))` : sql``;
     return sql`select ${t.handle} as handle, ${t.userId}::text as user_id, ${msOf(t.createdAt)} as created_at,
         ${msOf(t.lastSeenAt)} as last_seen_at, ${msOf(this.effectiveExpiry())} as expires_at, ${msOf(this.absoluteExpiry())} as absolute_expires_at,
         ${t.label} as label, ${t.userAgent} as user_agent, ${t.ip} as ip, ${msOf(t.endedAt)} as ended_at, ${t.endReason} as end_reason,
-        ${msOf(t.authenticatedAt)} as authenticated_at, ${isCurrent} as current, ${this.statusOf()} as status
-      from ${t} where ${t.userId} = ${this.userId(userId)} and ${this.statusFilter(status)}
-      order by ${this.newestFirst(status)}, ${t.handle} limit ${limit}`;
+        ${msOf(t.authenticatedAt)} as authenticated_at, ${isCurrent} as current, ${this.statusOf()} as status, ${msOf(sortAt)} as sort_at
+      from ${t} where ${t.userId} = ${this.userId(userId)} and ${this.statusFilter(status)}${page}
+      order by ${sortAt} desc, ${t.handle} limit ${limit}`;
   }
 
   /** How many of a user's sessions match, as `n`. */
@@ -583,9 +595,10 @@ export class Statements {
    * The order of `list`: by last activity, or for ended records by when they ended. Active sessions are
    * never ended, so their order is the user index's own (`user_id, last_seen_at desc`): no sort.
    */
+  /** What `list` orders by, newest first: the last activity of live sessions, the end (or last activity) of the others. */
   private newestFirst(status: SessionStatus | "all" | undefined): SQL {
     const t = this.t;
-    return (status ?? "active") === "active" ? sql`${t.lastSeenAt} desc` : sql`coalesce(${t.endedAt}, ${t.lastSeenAt}) desc`;
+    return (status ?? "active") === "active" ? sql`${t.lastSeenAt}` : sql`coalesce(${t.endedAt}, ${t.lastSeenAt})`;
   }
 
   /** ` and user_id = ...`, or nothing for any owner. */

@@ -265,6 +265,93 @@ describe.each(drivers)("sessions as records on %s", (driver) => {
     await t.raw(`update $table set end_reason = null`);
   });
 
+  /** Every page of `ann`'s sessions, `limit` at a time, following each page's last cursor; `between` runs after each page. */
+  async function pages(limit: number, between: (page: number) => Promise<void> = async () => {}, query: { current?: string; status?: "all" } = {}) {
+    const all: Array<Awaited<ReturnType<SessionStore["list"]>>> = [];
+    let after: string | undefined;
+    for (let i = 0; i < 100; i++) {
+      const page = await store.list({ userId: "ann", limit, after, ...query });
+      if (page.length === 0) return all;
+      all.push(page);
+      after = page.at(-1)!.cursor;
+      await between(i);
+    }
+    throw new Error("more than 100 pages");
+  }
+
+  it("list pages with `after` (the last record's cursor): 25 sessions 10 at a time come each exactly once, in list's order, the current one marked", async () => {
+    for (let i = 0; i < 25; i++) await login(`s${i}`, "ann");
+    for (let i = 0; i < 3; i++) await login(`b${i}`, "bob");
+    const whole = await store.list({ userId: "ann", current: "s7" });
+    expect(whole).toHaveLength(25);
+    const paged = await pages(10, undefined, { current: "s7" });
+    expect(paged.map((p) => p.length)).toEqual([10, 10, 5]);
+    expect(paged.flat().map((r) => r.handle)).toEqual(whole.map((r) => r.handle));
+    expect(paged.flat().filter((r) => r.current).map((r) => r.handle)).toEqual([await store.handleOf("s7")]);
+  });
+
+  it("paging while sessions are created, used and ended between pages: no record is on two pages, and every session left alone is on one", async () => {
+    for (let i = 0; i < 25; i++) await login(`s${i}`, "ann");
+    await t.age(MINUTE); // everything a minute old: a use now moves a session to the front
+    const before = await store.list({ userId: "ann" });
+    const sidOf = new Map(await Promise.all(Array.from({ length: 25 }, async (_, i) => [(await store.handleOf(`s${i}`))!, `s${i}`] as const)));
+    const touched = new Set<string>();
+    const ended = new Set<string>();
+    const paged = await pages(7, async (page) => {
+      if (page !== 0) return;
+      // After the first page: a new session, two not yet shown used, two not yet shown and one shown ended.
+      await login("late", "ann");
+      const unseen = before.slice(7).map((r) => sidOf.get(r.handle)!);
+      for (const sid of unseen.slice(0, 2)) {
+        await store.set(sid, withRequest(sessionData(HOUR, { passport: { user: "ann" }, used: true }), `UA of ${sid}`, "203.0.113.7"));
+        touched.add(sid);
+      }
+      for (const sid of [...unseen.slice(5, 7), sidOf.get(before[0]!.handle)!]) {
+        await store.destroy(sid);
+        ended.add(sid);
+      }
+    });
+    const handles = paged.flat().map((r) => r.handle);
+    expect(new Set(handles).size).toBe(handles.length); // never twice
+    const used = await store.list({ userId: "ann", limit: 3 });
+    expect(used.slice(0, 3).map((r) => sidOf.get(r.handle) ?? "late").sort()).toEqual([...touched, "late"].sort()); // they did move ahead
+    const leftAlone = before.filter((r) => !touched.has(sidOf.get(r.handle)!) && !ended.has(sidOf.get(r.handle)!));
+    for (const r of leftAlone) expect(handles, sidOf.get(r.handle)).toContain(r.handle);
+    for (const sid of ended) if (sid !== sidOf.get(before[0]!.handle)) expect(handles).not.toContain(before.find((r) => sidOf.get(r.handle) === sid)!.handle);
+  });
+
+  it("a cursor moves only within the query's own user: one from another user's list shows none of that user's sessions", async () => {
+    for (let i = 0; i < 5; i++) await login(`a${i}`, "ann");
+    for (let i = 0; i < 5; i++) await login(`b${i}`, "bob");
+    const [first] = await store.list({ userId: "bob", limit: 1 });
+    const next = await store.list({ userId: "ann", after: first!.cursor });
+    expect(next.every((r) => r.userId === "ann")).toBe(true);
+  });
+
+  it("list's limit is at most 1,000, and an `after` that is not a record's cursor is a TypeError, never a database error", async () => {
+    await login("s1", "ann");
+    for (const limit of [1e6, 1001, 0, 1.5, -1]) {
+      await expect(store.list({ userId: "ann", limit }), String(limit)).rejects.toThrow(
+        "connect-drizzle: `limit` must be an integer from 1 to 1000; for more records, page with `after` (the last record's `cursor`)",
+      );
+    }
+    expect(await store.list({ userId: "ann", limit: 1000 })).toHaveLength(1);
+    const [record] = await store.list({ userId: "ann" });
+    const tampered = [
+      "",
+      "not a cursor",
+      Buffer.from("[1,2]").toString("base64url"),
+      Buffer.from(`["1","x"]`).toString("base64url"),
+      Buffer.from(`[1e300,"x"]`).toString("base64url"),
+      Buffer.from(`[1,"x' or true --"]`).toString("base64url"),
+      record!.cursor.slice(0, -3),
+      "x".repeat(10_000),
+    ];
+    for (const after of tampered) {
+      await expect(store.list({ userId: "ann", after }), after.slice(0, 20)).rejects.toThrow(/^connect-drizzle: `after` is not a record's `cursor`/);
+    }
+  });
+
   it("list and count reject a query without userId or with an unknown status", async () => {
     await expect(store.list({} as any)).rejects.toThrow(/userId/);
     await expect(store.count({ userId: "a", status: "gone" as any })).rejects.toThrow(/status/);
