@@ -87,7 +87,9 @@ export interface SessionMiddleware {
    *
    * A token is never a fresh sign-in: it passes `store.requireRecentLogin` only as long as the session it
    * was minted `from` would (it keeps that session's sign-in time), and never without `from`. So a token
-   * cannot mint a token that passes where its owner's password is asked.
+   * cannot mint a token that passes where its owner's password is asked. And a session that ended while
+   * its request was minting (revoked from another device) mints nothing: the call fails with a
+   * `REAUTHENTICATION_REQUIRED` error (status 401) and no token exists.
    * @param data what the session holds, e.g. `{ passport: { user: id }, label: "CLI" }`
    * @param options.maxAge lifetime in ms; defaults to the cookie maxAge
    * @param options.from the session minting it (`req.session`): the token keeps its sign-in time when it has
@@ -290,10 +292,7 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
     const maxAge = tokenOptions.maxAge ?? cookieOptions.maxAge ?? 86_400_000;
     const sid = randomBytes(24).toString("base64url");
     const expires = new Date(Date.now() + maxAge);
-    const session = store.mintedFrom({ ...data, cookie: { ...cookieOptions, originalMaxAge: maxAge, expires } }, tokenOptions.from);
-    await store.set(sid, session as unknown as SessionData);
-    const handle = await store.handleOf(sid);
-    if (handle === null) throw new Error("connect-drizzle: the token's session was not stored (is maxAge positive?)");
+    const handle = await store.mint(sid, { ...data, cookie: { ...cookieOptions, originalMaxAge: maxAge, expires } }, tokenOptions.from);
     return { token: sign(sid, secrets[0]!), handle, expiresAt: expires };
   };
   return middleware;

@@ -531,17 +531,32 @@ export class SessionStore extends Store {
   }
 
   /**
-   * Marks `data`, about to be stored under a new id by `issueToken`, as minted from `from` (the request's
-   * session, or nothing): the new session keeps the sign-in time of `from` when it has the same user and
-   * this store loaded it, and has none otherwise, so it never passes {@link requireRecentLogin} as a fresh
-   * sign-in. @internal
+   * Stores `data` under the new id `sid` as a session minted from the session `from` (`issueToken`). The
+   * new session keeps the sign-in time of `from` when it has the same user and this store loaded it, and
+   * has none otherwise: it never passes {@link requireRecentLogin} as a fresh sign-in. And it outlives
+   * this call only if `from` (when this store loaded it) was still live once the new one was stored: a
+   * session ended while its request was minting (signed out, revoked) ends the new one too, before its id
+   * has left this call. @internal
+   * @returns the new session's handle
+   * @throws SessionStoreError `REAUTHENTICATION_REQUIRED` (status 401) when `from` had ended or expired
    */
-  mintedFrom<Data extends object>(data: Data, from: unknown): Data {
+  async mint(sid: string, data: object, from: unknown): Promise<string> {
     const loaded = from === undefined || from === null ? undefined : loadedIn(from);
     const owner = loaded ? this.userIdOf(from as SessionData) : null;
     const minted: Rotated | null = loaded && owner !== null && this.ownerRead(loaded) === owner ? { owner, at: signInOf(loaded) } : null;
     Object.defineProperty(data, MINTED, { value: minted, enumerable: false });
-    return data;
+    await this.set(sid, data as SessionData);
+    if (loaded && (await this.handleOf(loaded.sid)) === null) {
+      await this.run("mint", () => this.end(sid, "revoked"));
+      throw new SessionStoreError(
+        "REAUTHENTICATION_REQUIRED",
+        "the session minting a new one has ended (signed out, revoked or expired meanwhile), so nothing was minted; sign in again",
+        { status: 401 },
+      );
+    }
+    const handle = await this.handleOf(sid);
+    if (handle === null) throw new Error("connect-drizzle: the minted session was not stored (is its maxAge positive?)");
+    return handle;
   }
 
   /**

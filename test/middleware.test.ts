@@ -205,6 +205,25 @@ describe.each(drivers)("sessionMiddleware on %s", (driver) => {
       expect((await request(a).get("/sensitive").set("Authorization", bearer(other))).status).toBe(403);
     });
 
+    it("a session revoked while its request mints a token mints nothing: issueToken fails with REAUTHENTICATION_REQUIRED (401), and no token is live", async () => {
+      const { app: a, sessions } = app({ header: "authorization" });
+      const errors: unknown[] = [];
+      a.post("/tokens", async (req, res, next) => {
+        try {
+          // Another device signs this user out everywhere while this request is on its way.
+          await store.revokeUser(req.session.userId!);
+          res.json(await sessions.issueToken({ userId: req.session.userId }, { from: req.session }));
+        } catch (error) {
+          errors.push(error);
+          next(error);
+        }
+      });
+      const cookie = cookieOf(await request(a).post("/login/ann"), "sid")!;
+      expect((await request(a).post("/tokens").set("Cookie", cookie)).status).toBe(401);
+      expect(errors).toEqual([expect.objectContaining({ code: "REAUTHENTICATION_REQUIRED", status: 401 })]);
+      expect(await store.count({ userId: "ann" })).toBe(0);
+    });
+
     it("the header wins over a cookie on the same request", async () => {
       const { app: a, sessions } = app({ header: "authorization" });
       const cookie = cookieOf(await request(a).post("/login/ann"), "sid")!;

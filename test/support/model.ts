@@ -27,6 +27,9 @@
  *     the user (regenerate, then the data copied into the new id) keeps the old time; nothing else moves
  *     it. Checked in the table and through `store.authenticatedAt` of what gets returned.
  *  9. With `maxSessionsPerUser`, no user has more live rows than the cap, whatever the path.
+ * 10. A user's sessions, paged through `list` (`after` each page's last cursor), are each on one page: no
+ *     ended session and no session whose owner column cannot name the user is listed, and every session
+ *     certainly the user's and certainly live is.
  *
  * Time is real time (the test's clock; the database runs on this host, on the same clock), never an
  * instance's skewed app clock. Every bound has a margin (150 ms before an expiry, 50 ms after one) taken
@@ -263,7 +266,7 @@ const on = (r: Real, inst: Inst): Instance => {
   return i;
 };
 
-type Invariant = 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9;
+type Invariant = 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 | 10;
 const checked = (r: Real, invariant: Invariant) => void r.checks.set(`${invariant}`, (r.checks.get(`${invariant}`) ?? 0) + 1);
 
 /** Bounds of a time (epoch ms): the expiry lies in [lo, hi]. ±Infinity: unknown. */
@@ -740,7 +743,8 @@ function rotateStep(slot: number): Step {
  * issueToken from the request of `slot` (sessionMiddleware's, with `from: req.session`): a new session with
  * a copy of the request's data under a new id, the request's session left as it is. Its authentication
  * time is the one the request read, when the user is the one it read; none otherwise. Never now: a
- * session made from another is no proof of identity (invariant 8).
+ * session made from another is no proof of identity (invariant 8). A session that had ended mints none
+ * (invariant 1), and one certainly live is never refused (invariant 3).
  */
 function mintStep(slot: number): Step {
   return {
@@ -753,20 +757,77 @@ function mintStep(slot: number): Step {
       const { s, obj, inst } = held;
       const store = on(r, inst).store;
       const sid = newSid();
-      const data = store.mintedFrom(copyInto({}, obj, sid, store), obj);
+      const data = copyInto({}, obj, sid, store);
       const life: number = obj.cookie.originalMaxAge;
       const vals = valsOf(data);
       const user = userOfVal(vals.passport) as User;
       const start = real();
-      await store.set(sid, data);
+      let refused = false;
+      try {
+        await store.mint(sid, data, obj);
+      } catch (error: any) {
+        if (error?.code !== "REAUTHENTICATION_REQUIRED") throw error;
+        refused = true;
+      }
       const end = real();
       const handle = await handleOf(r, sid);
+      if (refused) {
+        trace(r, start, `mint(${inst}, slot${slot}) from ${sname(s)} → refused, the session had ended [${Math.round(end - start)} ms]`);
+        const evs: Ev[] = [{ t: "miss", s, inst, start, end, op: "mint" }];
+        if ((await store.handleOf(sid)) !== null) evs.push({ t: "fail", message: `invariant 2: mint(${inst}) from ${sname(s)} was refused, yet its new session ${keyOf(sid).slice(0, 6)} is live` });
+        return evs;
+      }
+      // Minted: the session it came from was live after the new one was stored, so no end resolved before it started.
+      if (s.ended && !s.uncertain) {
+        return [{ t: "fail", message: `invariant 1 (an ended session minted a new one): mint(${inst}) from ${sname(s)}, ended ${Math.round(start - s.endAt)} ms before` }];
+      }
       const carried = user !== null && user === userOfVal(held.view.passport);
       let auth: Auth = carried ? authUnion(held.authSeen, s.auth) : NO_AUTH;
       if (auth.win) auth = { ...auth, win: { lo: auth.win.lo - AUTH_EARLY, hi: auth.win.hi } };
       trace(r, start, `mint(${inst}, slot${slot}) from ${sname(s)} → new key ${keyOf(sid).slice(0, 6)} handle ${handle?.slice(0, 6)} ${showData(data)} [${Math.round(end - start)} ms]`);
       const c: NewSession = { sid, user, life, handle, start, end, vals, auth, from: carried ? s : undefined };
       return [{ t: "create", c }];
+    },
+  };
+}
+
+/**
+ * A "your devices" page of `user` paged two records at a time through `list`, following each page's
+ * cursor (invariant 10). Run alone (no step beside it), so the model's state is the table's.
+ */
+function listStep(inst: Inst, user: "ann" | "bob"): Step {
+  return {
+    kind: "list",
+    label: `list(${inst}, ${user})`,
+    check: () => true,
+    exec: async (m, r) => {
+      const store = on(r, inst).store;
+      const start = real();
+      const listed: string[] = [];
+      let after: string | undefined;
+      for (let pages = 0; pages < 100; pages++) {
+        const page = await store.list({ userId: user, limit: 2, after });
+        if (page.length === 0) break;
+        listed.push(...page.map((record) => record.handle));
+        after = page.at(-1)!.cursor;
+      }
+      const end = real();
+      trace(r, start, `list(${inst}, ${user}) → ${listed.length} records [${Math.round(end - start)} ms]`);
+      const evs: Ev[] = [];
+      const failed = (message: string) => evs.push({ t: "fail", message: `invariant 10 (list): list(${inst}, ${user}) ${message}` });
+      checked(r, 10);
+      if (new Set(listed).size !== listed.length) failed(`put a record on two pages (${listed.map((h) => h.slice(0, 6)).join(" ")})`);
+      for (const s of m.sessions) {
+        const shown = [...s.handles].some((h) => listed.includes(h));
+        if (s.ended && shown) failed(`listed ${sname(s)}, ended ${Math.round(start - s.endAt)} ms before`);
+        if (s.ended || s.uncertain) continue;
+        if (shown && !s.col.has(user)) failed(`listed ${sname(s)}, whose owner column can only name ${[...s.col].join(" or ")}`);
+        const certain = s.col.size === 1 && s.col.has(user);
+        if (certain && !shown && start >= s.created && end + LOST_MARGIN <= Math.min(s.win.lo, s.abs.lo)) {
+          failed(`left out ${sname(s)}, certainly ${user}'s and live for ${Math.round(Math.min(s.win.lo, s.abs.lo) - end)} ms more`);
+        }
+      }
+      return evs;
     },
   };
 }
@@ -1324,6 +1385,7 @@ export const KINDS = [
   "data",
   "rotate",
   "mint",
+  "list",
   "markAuth",
   "destroy",
   "revoke",
@@ -1386,6 +1448,7 @@ export function lifecycleCommands(options: { maxCommands: number; without?: Read
   const solo: Array<[string, number, fc.Arbitrary<Step>]> = [
     ["wait", 10, fc.constantFrom(0, 50, 200, 600).map((w) => waitStep(w))],
     ["skew", 1, fc.tuple(I, fc.constantFrom(-SKEW, 0, SKEW)).map(([i, v]) => skewStep(i, v))],
+    ["list", 1, fc.tuple(I, named).map(([i, u]) => listStep(i, u))],
   ];
   const weighted = (list: Array<[string, number, fc.Arbitrary<Step>]>) =>
     fc.oneof(...list.filter(([kind]) => !without.has(kind)).map(([, weight, arbitrary]) => ({ arbitrary, weight })));
@@ -1581,7 +1644,7 @@ export async function runLifecycle(config: Config, t: TestDb, options: Lifecycle
   } finally {
     const commands = [...totals.values()].reduce((a, b) => a + b, 0) - (totals.get("concurrent") ?? 0);
     const kinds = KINDS.filter((k) => totals.has(k)).map((k) => `${k} ${totals.get(k)}`).join(", ");
-    const applied = ["1", "2", "3", "4", "5", "6", "7", "8", "9"].map((i) => `${i}: ${checks.get(i) ?? 0}`).join(", ");
+    const applied = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"].map((i) => `${i}: ${checks.get(i) ?? 0}`).join(", ");
     (options.log ?? console.log)(
       `[lifecycle] ${config.name}: ${runs} runs${failures ? ` (${failures} failing, shrinking included)` : ""}, ${commands} commands (${kinds}), invariants checked (${applied}), seed ${options.seed}, ${((Date.now() - started) / 1000).toFixed(1)} s`,
     );
