@@ -782,7 +782,9 @@ function mintStep(slot: number): Step {
         return [{ t: "fail", message: `invariant 1 (an ended session minted a new one): mint(${inst}) from ${sname(s)}, ended ${Math.round(start - s.endAt)} ms before` }];
       }
       const carried = user !== null && user === userOfVal(held.view.passport);
-      let auth: Auth = carried ? authUnion(held.authSeen, s.auth) : NO_AUTH;
+      // An uncertain session (a save that may have revived it, or an end racing its owner's change) may have
+      // had a sign-in the model did not follow: the token carries some time before the mint, or none; never the mint's own.
+      let auth: Auth = s.uncertain ? { nul: true, win: { lo: -Infinity, hi: start } } : carried ? authUnion(held.authSeen, s.auth) : NO_AUTH;
       if (auth.win) auth = { ...auth, win: { lo: auth.win.lo - AUTH_EARLY, hi: auth.win.hi } };
       trace(r, start, `mint(${inst}, slot${slot}) from ${sname(s)} → new key ${keyOf(sid).slice(0, 6)} handle ${handle?.slice(0, 6)} ${showData(data)} [${Math.round(end - start)} ms]`);
       const c: NewSession = { sid, user, life, handle, start, end, vals, auth, from: carried ? s : undefined };
