@@ -1,3 +1,4 @@
+import { availableParallelism } from "node:os";
 import { fileURLToPath } from "node:url";
 import { configDefaults, defineConfig } from "vitest/config";
 
@@ -10,6 +11,9 @@ export default defineConfig({
     include: ["test/**/*.test.ts"],
     // The fault tests (outages, pgbouncer, processes) run in their own script: npm run test:faults.
     exclude: [...configDefaults.exclude, "test/faults/**"],
+    // Every file opens its own database (a schema of its own on a server): two at a time on two cores.
+    maxWorkers: Math.max(2, availableParallelism() - 1),
+    reporters: ["default", "./test/support/skipped.ts"],
     testTimeout: 30_000,
     hookTimeout: 60_000,
   },

@@ -1,15 +1,18 @@
 #!/usr/bin/env node
 /**
- * `npx connect-drizzle <command>`: one reaper round from cron (with `reaper: false` in the app), or a copy
- * of connect-pg-simple's sessions; then exit. A thin parser: each command's work is a function of the package.
+ * `npx connect-drizzle <command>`: the migrations, one reaper round from cron (with `reaper: false` in the
+ * app), or a copy of connect-pg-simple's sessions; then exit. A thin parser: each command's work is a function of the package.
  * Connects with node-postgres (`pg`), imported only here and only when run: the package itself needs no driver.
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { closest } from "./check.js";
-import { DEFAULT_IMPORT_BATCH, importConnectPgSimple } from "./import.js";
+import { DEFAULT_IMPORT_BATCH, importConnectPgSimple, sourceSession } from "./import.js";
+import { sign } from "./middleware.js";
+import { migrate } from "./migrations.js";
 import { DEFAULT_TIMEOUT, type AnyPgDatabase, type UserIdOf } from "./options.js";
 import { reap } from "./reaper.js";
 import { createSessionTable, type SessionTable, type UserIdType } from "./schema.js";
+import { SessionStore } from "./store.js";
 
 interface Io {
   out(line: string): void;
@@ -27,6 +30,8 @@ interface Command<Settings = unknown> {
   flags: ReadonlyArray<keyof typeof FLAGS>;
   /** Reads the flags (and the environment): the settings to run with, or an error message. */
   parse(values: Values, env: NodeJS.ProcessEnv): Settings | Problem;
+  /** What to tell the user before it runs (on stderr), e.g. a setting that is easy to get wrong. */
+  notes?(settings: Settings): string[];
   /** Runs on the database; what it resolves to is printed as one JSON line. */
   run(db: AnyPgDatabase, settings: Settings): Promise<unknown>;
 }
@@ -52,11 +57,27 @@ const FLAGS = {
   "user-id-path": { type: "string" },
   "user-id-type": { type: "string" },
   "dry-run": { type: "boolean" },
+  redo: { type: "boolean" },
+  "check-cookie": { type: "string" },
+  "migrations-table": { type: "string" },
+  "migrations-schema": { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const satisfies NonNullable<ParseArgsConfig["options"]>;
 
 const TABLE_FLAGS = `  --table <name>          the sessions table (default: sessions)
   --schema <name>         its Postgres schema (default: the connection's search_path, normally public)`;
+
+const MIGRATE_USAGE = `Usage: DATABASE_URL=postgres://... npx connect-drizzle migrate [options]
+
+Creates the sessions table, or brings it up to date: applies the migrations this package ships, as
+await migrate(db) does. Idempotent: what already ran is skipped. Prints {"migrated":true,"durationMs":0}.
+Exits 0, or 1 with a message on error.
+
+Options:
+  --migrations-table <name>   where drizzle records which of these ran (default: __connect_drizzle_migrations)
+  --migrations-schema <name>  its schema (default: drizzle)
+  -h, --help                  this text
+`;
 
 const REAP_USAGE = `Usage: DATABASE_URL=postgres://... npx connect-drizzle reap [options]
 
@@ -75,6 +96,7 @@ ${TABLE_FLAGS}
 `;
 
 const IMPORT_USAGE = `Usage: DATABASE_URL=postgres://... [SESSION_STORE_SECRETS=s1,s2] npx connect-drizzle import-pg-simple [options]
+       DATABASE_URL=postgres://... SESSION_SECRET=... [SESSION_STORE_SECRETS=s1,s2] npx connect-drizzle import-pg-simple --check-cookie <cookie>
 
 Copies connect-pg-simple's unexpired sessions into the sessions table, so that no one is logged out when
 the app moves to connect-drizzle: each keyed as your store keys it (give it the store's secrets), with
@@ -100,10 +122,27 @@ ${TABLE_FLAGS}
                           createSessionTable's userIdType (default: text)
   --batch-size <n>        rows read per batch, each copied by one statement (default: ${DEFAULT_IMPORT_BATCH})
   --dry-run               count what would be copied; change nothing
+  --redo                  copy again what an earlier run copied (its marks are cleared first): for an
+                          import run with the wrong secrets, before the app has served from connect-drizzle
+  --check-cookie <value>  change nothing; say whether the app would find the session of this cookie (the
+                          connect.sid value from a browser): signed with SESSION_SECRET (the app's cookie
+                          secret, express-session's secret), keyed with the store's secrets as above.
+                          Prints {"cookie":"valid","inOldTable":true,"copied":true,"found":true}
   -h, --help              this text
 `;
 
 const COMMANDS: Record<string, Command> = {
+  migrate: command({
+    usage: MIGRATE_USAGE,
+    flags: ["migrations-table", "migrations-schema"],
+    parse: (values) => checked({ migrationsTable: name(values, "migrations-table"), migrationsSchema: name(values, "migrations-schema") }),
+    run: async (db, settings) => {
+      const started = performance.now();
+      const options = Object.fromEntries(Object.entries(settings).filter(([, value]) => value !== undefined));
+      await migrate(db, options);
+      return { migrated: true, durationMs: Math.round(performance.now() - started) };
+    },
+  }),
   reap: command({
     usage: REAP_USAGE,
     flags: ["table", "schema", "retain-ended", "batch-size", "timeout"],
@@ -118,7 +157,7 @@ const COMMANDS: Record<string, Command> = {
   }),
   "import-pg-simple": command({
     usage: IMPORT_USAGE,
-    flags: ["from-table", "from-schema", "table", "schema", "secret", "user-id-path", "user-id-type", "batch-size", "dry-run"],
+    flags: ["from-table", "from-schema", "table", "schema", "secret", "user-id-path", "user-id-type", "batch-size", "dry-run", "redo", "check-cookie"],
     parse: (values, env) =>
       checked({
         table: sessionTable(values, values["user-id-type"]),
@@ -128,8 +167,17 @@ const COMMANDS: Record<string, Command> = {
         userId: userIdAt(values["user-id-path"]),
         batchSize: wholeNumber(values["batch-size"], "--batch-size", DEFAULT_IMPORT_BATCH, false),
         dryRun: values["dry-run"] === true,
+        redo: values.redo === true,
+        check: cookieToCheck(values, env),
       }),
-    run: (db, settings) => importConnectPgSimple({ db, ...settings }),
+    notes: ({ secrets }) =>
+      secrets.length > 0
+        ? []
+        : [
+            "connect-drizzle: no --secret and no SESSION_STORE_SECRETS: sessions are keyed with SHA-256, as a store without `secrets` keys them. " +
+              "If your SessionStore has `secrets`, give the import the same ones, or the app finds none of the sessions (see --check-cookie; --redo copies again).",
+          ],
+    run: async (db, { check, ...settings }) => (check ? checkCookie(db, settings, check) : importConnectPgSimple({ db, ...settings })),
   }),
 };
 
@@ -165,6 +213,7 @@ async function main(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
     io.err(`connect-drizzle: ${settings.message}`);
     return 1;
   }
+  for (const note of chosen.notes?.(settings) ?? []) io.err(note);
   const url = env.DATABASE_URL;
   if (!url) {
     io.err(`connect-drizzle: set DATABASE_URL to your database, e.g. DATABASE_URL=postgres://user:password@host:5432/db npx connect-drizzle ${name}`);
@@ -273,6 +322,50 @@ function secretsOf(values: Values, env: NodeJS.ProcessEnv): string[] | Problem {
   const listed = env.SESSION_STORE_SECRETS;
   const secrets = (values.secret as string[] | undefined) ?? (listed === undefined || listed === "" ? [] : listed.split(","));
   return secrets.some((secret) => secret === "") ? new Problem("--secret and SESSION_STORE_SECRETS need non-empty secrets") : secrets;
+}
+
+/** What --check-cookie checks: the cookie's value, and the app's cookie secret from SESSION_SECRET. */
+interface CookieToCheck {
+  cookie: string;
+  cookieSecrets: string[];
+}
+
+function cookieToCheck(values: Values, env: NodeJS.ProcessEnv): CookieToCheck | undefined | Problem {
+  const cookie = values["check-cookie"] as string | undefined;
+  if (cookie === undefined) return undefined;
+  if (values["dry-run"] === true || values.redo === true) return new Problem("--check-cookie changes nothing by itself: give it without --dry-run and --redo");
+  const secret = env.SESSION_SECRET;
+  if (!secret) return new Problem("--check-cookie needs the app's cookie secret (express-session's `secret`) in SESSION_SECRET, to verify the cookie's signature");
+  return { cookie, cookieSecrets: [secret] };
+}
+
+/**
+ * --check-cookie: whether the app would find the session of a cookie after the import. The cookie is
+ * verified as express-session verifies it, then looked up with a store keyed by the secrets given, as the
+ * app's store would look it up.
+ */
+async function checkCookie(
+  db: AnyPgDatabase,
+  settings: { table: SessionTable; secrets: string[]; fromTable?: string; fromSchema?: string; userId?: UserIdOf },
+  { cookie, cookieSecrets }: CookieToCheck,
+): Promise<{ cookie: string; inOldTable: boolean; copied: boolean; found: boolean }> {
+  // As copied from a browser's devtools (URL-encoded), or with its name ("connect.sid=s%3A...").
+  let value = cookie.trim().replace(/^[^=;]+=(?=s(:|%3A))/i, "");
+  try {
+    value = decodeURIComponent(value);
+  } catch {}
+  const sid = value.startsWith("s:") ? value.slice(2, value.lastIndexOf(".")) : undefined;
+  if (sid === undefined) return { cookie: "not signed (an express-session cookie starts with s: or s%3A)", inOldTable: false, copied: false, found: false };
+  if (!cookieSecrets.some((secret) => `s:${sign(sid, secret)}` === value)) {
+    return { cookie: "bad signature (SESSION_SECRET is not the secret that signed it)", inOldTable: false, copied: false, found: false };
+  }
+  const { inOldTable, copied } = await sourceSession(db, settings, sid);
+  const store = new SessionStore({ db, table: settings.table, secrets: settings.secrets, reaper: false, ...(settings.userId ? { userId: settings.userId } : {}) });
+  try {
+    return { cookie: "valid", inOldTable, copied, found: (await store.get(sid)) !== null };
+  } finally {
+    await store.close();
+  }
 }
 
 /** --user-id-path: the owner at a dotted path of the session data, instead of the store's default. */

@@ -59,6 +59,14 @@ export interface ImportConnectPgSimpleArgs {
    * @default false
    */
   dryRun?: boolean;
+  /**
+   * Copy again what an earlier run copied: its marks are cleared first, so every unexpired session is
+   * copied unless connect-drizzle's table holds it under the keys of the `secrets` given now. For an
+   * import that ran with the wrong `secrets` (its copies are keyed so the store finds none of them), before
+   * the app serves from connect-drizzle: once it does, a session signed out there since could come back.
+   * @default false
+   */
+  redo?: boolean;
 }
 
 /** Every argument of {@link ImportConnectPgSimpleArgs} with its check: the store's own for what it shares with it. */
@@ -71,6 +79,7 @@ export const IMPORT_ARGS: OptionChecks<ImportConnectPgSimpleArgs> = {
   userId: STORE_OPTIONS.userId,
   batchSize: (args, name) => void batchSizeOption(args[name]),
   dryRun: is.boolean,
+  redo: is.boolean,
 };
 
 /** What {@link importConnectPgSimple} did (or, with `dryRun`, would do). */
@@ -171,10 +180,12 @@ export async function importConnectPgSimple(args: ImportConnectPgSimpleArgs): Pr
   const userIdType = table.userId.getSQLType();
   try {
     const marked = await prepareSource(db, source, dryRun);
+    // A redo reads every row as not yet copied; a dry run only counts as if the marks were gone.
+    if (args.redo && marked && !dryRun) await db.execute(sql`update ${sourceTable(source)} set ${sql.identifier(IMPORTED_COLUMN)} = null`);
     const keysOf = keyDeriver(secrets);
     let after: string | undefined;
     for (;;) {
-      const rows = rowsOf<SourceRow>(await db.execute(readBatch(source, marked, after, batchSize)));
+      const rows = rowsOf<SourceRow>(await db.execute(readBatch(source, marked && !args.redo, after, batchSize)));
       if (rows.length === 0) break;
       result.batches++;
       after = rows.at(-1)!.sid;
@@ -215,6 +226,18 @@ export async function importConnectPgSimple(args: ImportConnectPgSimpleArgs): Pr
   }
   result.durationMs = Math.round(performance.now() - started);
   return result;
+}
+
+/**
+ * Whether connect-pg-simple's table holds the unexpired session `sid` (`--check-cookie`), and whether an
+ * import copied it.
+ */
+export async function sourceSession(db: AnyPgDatabase, from: { fromTable?: string; fromSchema?: string }, sid: string): Promise<{ inOldTable: boolean; copied: boolean }> {
+  const source: Source = { schema: from.fromSchema, name: from.fromTable ?? "session" };
+  const marked = await prepareSource(db, source, true);
+  const done = marked ? sql`${sql.identifier(IMPORTED_COLUMN)} is not null` : sql`false`;
+  const [row] = rowsOf<{ done: unknown }>(await db.execute(sql`select ${done} as done from ${sourceTable(source)} where sid = ${sid}::text and expire::timestamptz > ${NOW}`));
+  return { inOldTable: row !== undefined, copied: isTrue(row?.done) };
 }
 
 /** The default `batchSize` of {@link importConnectPgSimple}. */

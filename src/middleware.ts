@@ -398,7 +398,7 @@ function withoutCookie(header: string | undefined, name: string): string | undef
 }
 
 /** Signs an id the way express-session signs its cookie (cookie-signature), so express-session verifies it. */
-function sign(value: string, secret: string): string {
+export function sign(value: string, secret: string): string {
   return `${value}.${createHmac("sha256", secret).update(value).digest("base64").replace(/=+$/, "")}`;
 }
 

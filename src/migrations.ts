@@ -1,6 +1,7 @@
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { checkOptions, is, type OptionChecks } from "./check.js";
+import { pgCode, safeCause, SessionStoreError } from "./errors.js";
 import { entityKinds, isPgDatabase, type AnyPgDatabase } from "./options.js";
 
 /**
@@ -54,6 +55,8 @@ const MIGRATORS: Record<string, () => Promise<{ migrate: (db: never, config: nev
  * @throws TypeError when `db` is not a drizzle Postgres database, or its driver has no migrator here
  * (then run drizzle's migrator yourself with {@link migrationsFolder}); for an unknown option, or one
  * that is not a non-empty string.
+ * @throws SessionStoreError `DATABASE` when the database refused a migration, saying what to do (the
+ * driver's error, without its values, as `cause`)
  */
 export async function migrate(db: AnyPgDatabase, options: MigrateOptions = {}): Promise<void> {
   if (!isPgDatabase(db)) {
@@ -75,5 +78,23 @@ export async function migrate(db: AnyPgDatabase, options: MigrateOptions = {}): 
   const { migrate: run } = await migrator();
   const folder = kinds.includes("PgAsyncDatabase") ? join(migrationsFolder, "v1") : migrationsFolder;
   const config = { migrationsFolder: folder, migrationsTable: options.migrationsTable ?? "__connect_drizzle_migrations" };
-  await run(db as never, (options.migrationsSchema === undefined ? config : { ...config, migrationsSchema: options.migrationsSchema }) as never);
+  try {
+    await run(db as never, (options.migrationsSchema === undefined ? config : { ...config, migrationsSchema: options.migrationsSchema }) as never);
+  } catch (error) {
+    throw migrationFailed(error);
+  }
+}
+
+/** What the database said when a migration failed, and what to do about it; never the statement's text. */
+function migrationFailed(error: unknown): SessionStoreError {
+  const cause = safeCause(error);
+  const code = pgCode(error);
+  const todo =
+    code === "42501"
+      ? "the database user may not create schemas or tables here: run the migrations once as the database's owner " +
+        "(DATABASE_URL=postgres://owner@... npx connect-drizzle migrate), then the app's user needs only select, insert, update and delete on the table"
+      : code === undefined
+        ? "check that DATABASE_URL reaches the database and that its server is up, then run them again (they are idempotent)"
+        : "fix what the database reports, then run them again (they are idempotent: what already ran is skipped)";
+  return new SessionStoreError("DATABASE", `the migrations failed: ${cause.message}${code ? ` (${code})` : ""}; ${todo}`, { cause });
 }

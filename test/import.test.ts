@@ -21,6 +21,8 @@ function sidOf(cookie: string): string {
 }
 
 const cli = join(import.meta.dirname, "..", "src", "cli.ts");
+/** What the CLI says on stderr when an import is given no secrets: the easiest way to log everyone out. */
+const NO_SECRETS_NOTE = /^connect-drizzle: no --secret and no SESSION_STORE_SECRETS: sessions are keyed with SHA-256, as a store without `secrets` keys them\. If your SessionStore has `secrets`, give the import the same ones.*\n$/;
 const tsx = join(import.meta.dirname, "..", "node_modules", ".bin", "tsx");
 const runCli = (args: string[], env: Record<string, string | undefined> = {}) =>
   new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
@@ -181,6 +183,65 @@ describe.skipIf(!DATABASE_URL)("moving from connect-pg-simple (needs DATABASE_UR
       expect(JSON.parse(again.stdout)).toMatchObject({ imported: 0, skipped: 2, expired: 1 });
     });
 
+    it("--check-cookie says whether the app would find a browser's session; an import run with the wrong secrets is found out, and --redo copies again", async () => {
+      const check = (cookie: string, env: Record<string, string> = {}) =>
+        runCli(["import-pg-simple", "--from-schema", t.schema, "--schema", t.schema, "--check-cookie", cookie], { SESSION_SECRET: "test secret", ...env });
+      // Before any import: the session is in the old table only.
+      const before = await check(ann, { SESSION_STORE_SECRETS: "s1" });
+      expect(before.code).toBe(0);
+      expect(JSON.parse(before.stdout)).toEqual({ cookie: "valid", inOldTable: true, copied: false, found: false });
+
+      // The import forgot the store's secrets: the app (secrets ["s1"]) finds none of the copies, and the check says so.
+      const wrong = await runCli(["import-pg-simple", "--from-schema", t.schema, "--schema", t.schema]);
+      expect(wrong.stderr).toMatch(NO_SECRETS_NOTE);
+      expect(JSON.parse(wrong.stdout)).toMatchObject({ imported: 2 });
+      expect(JSON.parse((await check(ann, { SESSION_STORE_SECRETS: "s1" })).stdout)).toEqual({ cookie: "valid", inOldTable: true, copied: true, found: false });
+      // A plain rerun copies nothing more: the rows are marked as copied.
+      const rerun = await runCli(["import-pg-simple", "--from-schema", t.schema, "--schema", t.schema, "--secret", "s1"]);
+      expect(JSON.parse(rerun.stdout)).toMatchObject({ imported: 0, skipped: 2 });
+
+      // --redo with the right secrets: the app finds them, under the cookie as the browser holds it (URL-encoded, with its name, or decoded).
+      const redo = await runCli(["import-pg-simple", "--from-schema", t.schema, "--schema", t.schema, "--secret", "s1", "--redo"]);
+      expect(redo.stderr).toBe("");
+      expect(JSON.parse(redo.stdout)).toMatchObject({ imported: 2, skipped: 0, expired: 1 });
+      const value = ann.slice(ann.indexOf("=") + 1);
+      for (const cookie of [ann, value, decodeURIComponent(value)]) {
+        expect(JSON.parse((await check(cookie, { SESSION_STORE_SECRETS: "s1" })).stdout)).toEqual({ cookie: "valid", inOldTable: true, copied: true, found: true });
+      }
+      const app = store(["s1"]);
+      expect((await request(testApp(app)).get("/me").set("Cookie", ann)).body).toEqual({ user: "ann" });
+      await app.close();
+
+      // A cookie signed with another secret, or no signed cookie at all, is no session: said as such.
+      expect(JSON.parse((await check(ann, { SESSION_SECRET: "another secret", SESSION_STORE_SECRETS: "s1" })).stdout)).toMatchObject({ cookie: expect.stringMatching(/^bad signature/), found: false });
+      expect(JSON.parse((await check("not-a-cookie", { SESSION_STORE_SECRETS: "s1" })).stdout)).toMatchObject({ cookie: expect.stringMatching(/^not signed/), found: false });
+      // Without the cookie secret the check cannot verify anything: refused, saying what to set.
+      const unsigned = await runCli(["import-pg-simple", "--from-schema", t.schema, "--check-cookie", ann], { SESSION_SECRET: "" });
+      expect(unsigned.code).toBe(1);
+      expect(unsigned.stderr).toMatch(/--check-cookie needs the app's cookie secret .* in SESSION_SECRET/);
+    });
+
+    it("npx connect-drizzle migrate creates the sessions table where the connection's search_path points, and a rerun changes nothing", async () => {
+      const schema = `${t.schema}_cli`;
+      await t.raw(`create schema "${schema}"`);
+      try {
+        const url = new URL(DATABASE_URL!);
+        url.searchParams.set("options", `-c search_path=${schema}`);
+        for (let run = 0; run < 2; run++) {
+          const out = await runCli(["migrate", "--migrations-schema", schema], { DATABASE_URL: url.toString() });
+          expect(out.stderr).toBe("");
+          expect(JSON.parse(out.stdout)).toMatchObject({ migrated: true, durationMs: expect.any(Number) });
+        }
+        const [found] = await t.raw(`select count(*)::int as n from information_schema.columns where table_schema = '${schema}' and table_name = 'sessions'`);
+        expect(found.n).toBeGreaterThan(10);
+        const bad = await runCli(["migrate", "--schema", "x"]);
+        expect(bad.code).toBe(1);
+        expect(bad.stderr).toMatch(/--schema is not an option of "migrate"/);
+      } finally {
+        await t.raw(`drop schema "${schema}" cascade`);
+      }
+    });
+
     it("takes the secrets from SESSION_STORE_SECRETS, and the owner from --user-id-path", async () => {
       await t.raw(`delete from ${old()}`);
       const cookie = { originalMaxAge: 3_600_000, expires: new Date(Date.now() + 3_600_000).toISOString(), httpOnly: true, path: "/" };
@@ -197,7 +258,7 @@ describe.skipIf(!DATABASE_URL)("moving from connect-pg-simple (needs DATABASE_UR
 
     it("--dry-run counts and changes nothing, not even the old table", async () => {
       const out = await runCli(["import-pg-simple", "--from-schema", t.schema, "--schema", t.schema, "--dry-run"]);
-      expect(out.stderr).toBe("");
+      expect(out.stderr).toMatch(NO_SECRETS_NOTE);
       expect(JSON.parse(out.stdout)).toMatchObject({ imported: 2, skipped: 0, expired: 1, dryRun: true });
       expect(await t.raw(`select count(*)::int as n from $table`)).toEqual([{ n: 0 }]);
       const columns = await t.raw(`select column_name from information_schema.columns where table_schema = '${t.schema}' and table_name = 'session' order by 1`);
@@ -221,7 +282,7 @@ describe.skipIf(!DATABASE_URL)("moving from connect-pg-simple (needs DATABASE_UR
       expect((await runCli([...args, "--user-id-type", "varchar"])).stderr).toMatch(/--user-id-type must be text, integer, bigint or uuid/);
 
       const out = await runCli([...args, "--user-id-type", "integer"]);
-      expect(out.stderr).toBe("");
+      expect(out.stderr).toMatch(NO_SECRETS_NOTE);
       expect(JSON.parse(out.stdout)).toMatchObject({ imported: 2, skipped: 0, expired: 1, invalid: 2, invalidReasons: { session: 0, owner: 1, data: 1 } });
       // ann's owner is not an integer: her session is left out; the anonymous one and user 7's are copied.
       expect(await t.raw(`select user_id from "${t.schema}"."sessions_int" order by user_id nulls last`)).toEqual([{ user_id: 7 }, { user_id: null }]);

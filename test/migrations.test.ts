@@ -11,7 +11,7 @@ import { drizzle as drizzlePostgresJs } from "drizzle-orm/postgres-js";
 import pg from "pg";
 import postgres from "postgres";
 import { afterAll, describe, expect, it } from "vitest";
-import { migrate, migrationsFolder, SessionStore, type AnyPgDatabase } from "../src/index.js";
+import { migrate, migrationsFolder, SessionStore, SessionStoreError, type AnyPgDatabase } from "../src/index.js";
 import { rowsOf } from "../src/driver.js";
 import { DATABASE_URL, drivers, drizzleMajor, sessionData, type DriverName } from "./support/db.js";
 
@@ -137,5 +137,20 @@ describe("migrate(db) refuses", () => {
   it("a driver it has no migrator for, naming the driver and what to run instead", async () => {
     const proxy = drizzlePgProxy(async () => ({ rows: [] }));
     await expect(migrate(proxy)).rejects.toThrow(/^connect-drizzle: migrate\(db\) knows the migrators of .*, not of PgRemoteDatabase; .*migrationsFolder/);
+  });
+
+  it("fails, when the database refuses a migration, with what it said and what to do: never drizzle's 'Failed query' with its SQL", async () => {
+    const client = new PGlite();
+    try {
+      // A user who may not create the migrations' schema: what a least-privileged app user meets.
+      await client.exec("create role app_user; set role app_user");
+      const failure = await migrate(drizzlePglite({ client })).catch((error: unknown) => error);
+      expect(failure).toBeInstanceOf(SessionStoreError);
+      expect((failure as SessionStoreError).code).toBe("DATABASE");
+      expect((failure as Error).message).toMatch(/^connect-drizzle: the migrations failed: permission denied .*\(42501\); .*run the migrations once as the database's owner/);
+      expect((failure as Error).message).not.toMatch(/Failed query|CREATE SCHEMA/);
+    } finally {
+      await client.close();
+    }
   });
 });
