@@ -58,6 +58,23 @@ describe("published package", () => {
     for (const f of declarations) expect(f.size).toBeGreaterThan(1_000);
   });
 
+  it("packs the build and nothing unused: no source maps (they would point at unshipped sources), one ESM CLI, and npm pack builds first", () => {
+    expect(pkg.scripts.prepack).toBe("npm run build");
+    const packed = JSON.parse(execFileSync("npm", ["pack", "--dry-run", "--json", "--ignore-scripts"], { cwd: root, encoding: "utf8" }));
+    const files: string[] = packed[0].files.map((f: { path: string }) => f.path);
+    expect(files.filter((f) => f.endsWith(".map"))).toEqual([]);
+    expect(files.filter((f) => /^dist\/cli\./.test(f))).toEqual(["dist/cli.js"]);
+    expect(files).toEqual(expect.arrayContaining(["dist/index.js", "dist/index.cjs", "dist/index.d.ts", "dist/index.d.cts", "package.json", "README.md", "LICENSE"]));
+  });
+
+  it("publishes no internals in its types: what is @internal (the store's seams for its own modules) is stripped", () => {
+    const types = readFileSync(join(root, pkg.exports["."].import.types), "utf8");
+    expect(types).not.toMatch(/@internal/);
+    expect(types).not.toMatch(/\bmint\(|\bkeysOf\b|\bmergeValues\(/);
+    // What users call is still there.
+    expect(types).toMatch(/\brequireRecentLogin</);
+  });
+
   it("src/ has no import cycle (a cycle changes module init order in CommonJS builds and bundlers)", () => {
     const dir = join(root, "src");
     const imports = new Map(
