@@ -1,13 +1,13 @@
-import { defineConfig } from "tsup";
+import { defineConfig, type Options } from "tsup";
 
-const shared = {
+const shared: Options = {
   target: "node18",
   // import.meta.url in the CommonJS build too (src/migrations.ts finds drizzle/ from its own location).
   shims: true,
   external: ["drizzle-orm", "express-session", "pg"],
   // No source maps: they would point at sources the package does not ship.
   sourcemap: false,
-} as const;
+};
 
 // `npm run build` empties dist/ first (the two builds run at once, so neither may clean it).
 export default defineConfig([

@@ -131,7 +131,7 @@ function figures(lines: string[]): Figures {
 
 /** A parameter as shown: strings and numbers as JSON, long ones cut. */
 function showValue(v: unknown): string {
-  const s = v instanceof Date ? JSON.stringify(v.toISOString()) : JSON.stringify(v) ?? String(v);
+  const s = v instanceof Date ? JSON.stringify(v.toISOString()) : (JSON.stringify(v) ?? String(v));
   return s.length > 160 ? `${s.slice(0, 157)}…` : s;
 }
 
@@ -148,9 +148,8 @@ async function main() {
   const schema = `bench_explain_${process.pid}_${Date.now().toString(36)}`;
   const pgVersion = (await admin.query("show server_version")).rows[0].server_version as string;
   const preload = (await admin.query("show shared_preload_libraries")).rows[0].shared_preload_libraries as string;
-  const statStatements = (await admin.query("select default_version, installed_version from pg_available_extensions where name = 'pg_stat_statements'")).rows[0] as
-    | { default_version: string; installed_version: string | null }
-    | undefined;
+  const statStatements = (await admin.query("select default_version, installed_version from pg_available_extensions where name = 'pg_stat_statements'"))
+    .rows[0] as { default_version: string; installed_version: string | null } | undefined;
   const commit = (() => {
     try {
       return execFileSync("git", ["rev-parse", "--short", "HEAD"], { cwd: import.meta.dirname, encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim();
@@ -277,7 +276,14 @@ async function main() {
 }
 
 function render(
-  run: { pgVersion: string; preload: string; statStatements: { default_version: string; installed_version: string | null } | undefined; commit: string | null; schema: string; seconds: number },
+  run: {
+    pgVersion: string;
+    preload: string;
+    statStatements: { default_version: string; installed_version: string | null } | undefined;
+    commit: string | null;
+    schema: string;
+    seconds: number;
+  },
   results: Result[],
 ): string {
   const sum = (r: Result, k: keyof Omit<Figures, "indexes">) => r.statements.reduce((n, s) => n + (s.figures?.[k] ?? 0), 0);
@@ -317,8 +323,7 @@ function render(
     return `### ${r.op}: ${r.variant}\n\n${body.length ? body.join("\n\n") : "No statement sent (served without a query)."}`;
   });
 
-  const table = (header: string[], rows: string[][]) =>
-    [header, header.map(() => "---"), ...rows].map((row) => `| ${row.join(" | ")} |`).join("\n");
+  const table = (header: string[], rows: string[][]) => [header, header.map(() => "---"), ...rows].map((row) => `| ${row.join(" | ")} |`).join("\n");
   return [
     "# EXPLAIN of connect-drizzle's statements",
     "",

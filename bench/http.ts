@@ -194,7 +194,13 @@ async function startTarget(target: Target, schema: string, listener: NotifyListe
   }
 }
 
-async function measure(running: Running, route: Route, log: (line: string) => void, durationS = HTTP_LEVEL.durationS, warmupS = HTTP_LEVEL.warmupS): Promise<HttpCell> {
+async function measure(
+  running: Running,
+  route: Route,
+  log: (line: string) => void,
+  durationS = HTTP_LEVEL.durationS,
+  warmupS = HTTP_LEVEL.warmupS,
+): Promise<HttpCell> {
   const { target, server, redis, listener, base, cookies } = running;
   let next = 0;
   const options: Partial<autocannon.Options> =
@@ -256,7 +262,11 @@ export const HTTP_PAIRS: ReadonlyArray<{ route: Route; a: string; b: readonly st
  * Every target's server runs at once (idle but for its own cell); the cells run route by route, every
  * store back to back, as at the store level.
  */
-export async function benchHttp(targets: Target[], schema: string, log: (line: string) => void): Promise<{ cells: HttpCell[]; rounds: HttpRounds[]; failures: string[] }> {
+export async function benchHttp(
+  targets: Target[],
+  schema: string,
+  log: (line: string) => void,
+): Promise<{ cells: HttpCell[]; rounds: HttpRounds[]; failures: string[] }> {
   // Every connect-drizzle server writes to the same table, so one channel; one cell runs at a time.
   const listener = targets.some((t) => t.name === "connect-drizzle") ? await NotifyListener.open(notifyChannel(schema, "sessions")) : undefined;
   const settled = await Promise.allSettled(targets.map((t) => startTarget(t, schema, listener)));
@@ -264,7 +274,9 @@ export async function benchHttp(targets: Target[], schema: string, log: (line: s
   const cells: HttpCell[] = [];
   const rounds: HttpRounds[] = [];
   // A store whose server could not start is left out of the HTTP table (with a note), not the whole run.
-  const failures = settled.flatMap((s, i) => (s.status === "rejected" ? [`HTTP level: ${targets[i]!.label} left out: ${(s.reason as Error)?.message ?? s.reason}`] : []));
+  const failures = settled.flatMap((s, i) =>
+    s.status === "rejected" ? [`HTTP level: ${targets[i]!.label} left out: ${(s.reason as Error)?.message ?? s.reason}`] : [],
+  );
   for (const failure of failures) log(`  ${failure}`);
   try {
     for (const route of ["read", "login"] as const) {

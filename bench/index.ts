@@ -104,7 +104,10 @@ async function machine(admin: pg.Client, redisOk: boolean): Promise<string> {
     redisVersion = /redis_version:(\S+)/.exec(await client.info("server"))?.[1] ?? "?";
     client.destroy();
   }
-  const load = os.loadavg().map((l) => l.toFixed(1)).join(" / ");
+  const load = os
+    .loadavg()
+    .map((l) => l.toFixed(1))
+    .join(" / ");
   return (
     `${os.cpus().length} cores, ${os.cpus()[0]?.model.trim() ?? "unknown CPU"}, ${Math.round(os.totalmem() / 2 ** 30)} GiB; ` +
     `Node ${process.version}; PostgreSQL ${pgVersion} (same host, loopback); Redis ${redisVersion}; ` +
@@ -118,7 +121,10 @@ async function main() {
   const schema = `bench_${process.pid}_${Date.now().toString(36)}`;
   const redisOk = await redisAvailable();
   const notes: string[] = [];
-  if (!redisOk) notes.push(`connect-redis skipped: Redis does not answer on ${REDIS_URL} (start it: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no).`);
+  if (!redisOk)
+    notes.push(
+      `connect-redis skipped: Redis does not answer on ${REDIS_URL} (start it: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no).`,
+    );
   const targets = TARGETS.filter((t) => t.name !== "connect-redis" || redisOk);
   let machineLine = await machine(admin, redisOk);
   log(`connect-drizzle benchmark${QUICK ? " (BENCH_QUICK=1: short cells, smoke run only)" : ""}`);
@@ -136,7 +142,9 @@ async function main() {
     log(`  [${elapsed()}]`);
 
     await truncateBenchSchema(admin, schema);
-    log(`\nHTTP level (autocannon, ${HTTP_LEVEL.connections} connections, ${HTTP_LEVEL.durationS} s per cell after ${HTTP_LEVEL.warmupS} s warm-up; server in a child process)`);
+    log(
+      `\nHTTP level (autocannon, ${HTTP_LEVEL.connections} connections, ${HTTP_LEVEL.durationS} s per cell after ${HTTP_LEVEL.warmupS} s warm-up; server in a child process)`,
+    );
     let failures: string[];
     ({ cells: httpCells, rounds: httpRounds, failures } = await benchHttp(targets, schema, log));
     notes.push(...failures);
@@ -147,7 +155,10 @@ async function main() {
   }
 
   // Other work on the machine (a test run, a build) skews a run: the load average says whether there was any.
-  machineLine += `, at end ${os.loadavg().map((l) => l.toFixed(1)).join(" / ")}; run took ${elapsed()}`;
+  machineLine += `, at end ${os
+    .loadavg()
+    .map((l) => l.toFixed(1))
+    .join(" / ")}; run took ${elapsed()}`;
   const previous = readPrevious();
   const srcStatus = git("status", "--porcelain", "--", join(import.meta.dirname, "..", "src"));
   const results: Results = {
@@ -186,10 +197,14 @@ function render(
   const cell = (target: string, op: string, c: number) => {
     const found = storeCells.find((x) => x.target === target && x.op === op && x.concurrency === c);
     // Only connect-drizzle has a forced-touch variant; every other store writes on every touch anyway.
-    return found ?? (op === "touch-forced" && !target.startsWith("connect-drizzle") ? storeCells.find((x) => x.target === target && x.op === "touch" && x.concurrency === c) : undefined);
+    return (
+      found ??
+      (op === "touch-forced" && !target.startsWith("connect-drizzle")
+        ? storeCells.find((x) => x.target === target && x.op === "touch" && x.concurrency === c)
+        : undefined)
+    );
   };
-  const show = (x: StoreCell | undefined) =>
-    x ? `${fmtInt(x.opsPerSec)} (${fmtMs(x.p50)} / ${fmtMs(x.p99)})${x.errors ? ` ⚠ ${x.errors} errors` : ""}` : "—";
+  const show = (x: StoreCell | undefined) => (x ? `${fmtInt(x.opsPerSec)} (${fmtMs(x.p50)} / ${fmtMs(x.p99)})${x.errors ? ` ⚠ ${x.errors} errors` : ""}` : "—");
   const ratio = (a?: { opsPerSec?: number; reqPerSec?: number }, b?: { opsPerSec?: number; reqPerSec?: number }) =>
     a && b ? fmtRatio((a.opsPerSec ?? a.reqPerSec!) / (b.opsPerSec ?? b.reqPerSec!)) : "—";
   const label = (id: string) => targets.find((t) => t.id === id)?.label ?? id;
@@ -269,12 +284,48 @@ function render(
   const goals: GoalRow[] = [
     goal("get-hit-vs-floor", "get (hit) ops/s ÷ raw-pg floor (c32)", ">=", 0.95, storeRatios("get-hit", "connect-drizzle", "raw-pg", "opsPerSec")),
     goal("get-hit-cpu-vs-floor", "get (hit) client CPU µs/op ÷ floor (c32)", "<=", 1.15, storeRatios("get-hit", "connect-drizzle", "raw-pg", "cpuUsPerOp")),
-    goal("set-vs-pg-simple", "set (new session) ops/s ÷ connect-pg-simple (c32)", ">=", 1.1, storeRatios("set", "connect-drizzle", "connect-pg-simple", "opsPerSec")),
-    goal("save-merge-vs-whole", "save (one key changed) ops/s, merging changed keys ÷ whole-session saves (c32)", ">=", 0.95, storeRatios("save", "connect-drizzle", "connect-drizzle-whole", "opsPerSec")),
-    goal("get-encrypt-vs-plain", "get (hit) ops/s with `encrypt` ÷ without (c32)", ">=", 0.9, storeRatios("get-hit", "connect-drizzle-encrypt", "connect-drizzle", "opsPerSec")),
-    goal("set-encrypt-vs-plain", "set (new session) ops/s with `encrypt` ÷ without (c32)", ">=", 0.9, storeRatios("set", "connect-drizzle-encrypt", "connect-drizzle", "opsPerSec")),
-    goal("save-encrypt-vs-plain", "save (one key changed) ops/s with `encrypt` ÷ without (c32)", ">=", 0.9, storeRatios("save", "connect-drizzle-encrypt", "connect-drizzle", "opsPerSec")),
-    goal("destroy-vs-pg-simple", "destroy ops/s ÷ connect-pg-simple (c32)", ">=", 1.1, storeRatios("destroy", "connect-drizzle", "connect-pg-simple", "opsPerSec")),
+    goal(
+      "set-vs-pg-simple",
+      "set (new session) ops/s ÷ connect-pg-simple (c32)",
+      ">=",
+      1.1,
+      storeRatios("set", "connect-drizzle", "connect-pg-simple", "opsPerSec"),
+    ),
+    goal(
+      "save-merge-vs-whole",
+      "save (one key changed) ops/s, merging changed keys ÷ whole-session saves (c32)",
+      ">=",
+      0.95,
+      storeRatios("save", "connect-drizzle", "connect-drizzle-whole", "opsPerSec"),
+    ),
+    goal(
+      "get-encrypt-vs-plain",
+      "get (hit) ops/s with `encrypt` ÷ without (c32)",
+      ">=",
+      0.9,
+      storeRatios("get-hit", "connect-drizzle-encrypt", "connect-drizzle", "opsPerSec"),
+    ),
+    goal(
+      "set-encrypt-vs-plain",
+      "set (new session) ops/s with `encrypt` ÷ without (c32)",
+      ">=",
+      0.9,
+      storeRatios("set", "connect-drizzle-encrypt", "connect-drizzle", "opsPerSec"),
+    ),
+    goal(
+      "save-encrypt-vs-plain",
+      "save (one key changed) ops/s with `encrypt` ÷ without (c32)",
+      ">=",
+      0.9,
+      storeRatios("save", "connect-drizzle-encrypt", "connect-drizzle", "opsPerSec"),
+    ),
+    goal(
+      "destroy-vs-pg-simple",
+      "destroy ops/s ÷ connect-pg-simple (c32)",
+      ">=",
+      1.1,
+      storeRatios("destroy", "connect-drizzle", "connect-pg-simple", "opsPerSec"),
+    ),
     goal("http-read-vs-pg-simple", "HTTP GET /read req/s ÷ connect-pg-simple", ">=", 1.5, httpRatios("read", "connect-drizzle", ["connect-pg-simple"])),
     goal("http-login-vs-pg-simple", "HTTP POST /login req/s ÷ connect-pg-simple", ">=", 1.0, httpRatios("login", "connect-drizzle", ["connect-pg-simple"])),
     goal(
@@ -284,7 +335,13 @@ function render(
       0.95,
       httpRatios("read", "connect-drizzle-cache", ["memory", "connect-redis"]),
     ),
-    goal("http-login-cache-vs-no-cache", "HTTP POST /login with `cache` ÷ connect-drizzle without cache", ">=", 0.9, httpRatios("login", "connect-drizzle-cache", ["connect-drizzle"])),
+    goal(
+      "http-login-cache-vs-no-cache",
+      "HTTP POST /login with `cache` ÷ connect-drizzle without cache",
+      ">=",
+      0.9,
+      httpRatios("login", "connect-drizzle-cache", ["connect-drizzle"]),
+    ),
   ];
   const writesPer1000 = readD ? readD.writesPerReq * 1000 : NaN;
   // Statements per read with the cache: the main cell, and every cell of the cache's read (main and repeats) together.
@@ -332,7 +389,15 @@ function render(
       return [x.figure, x.goal, x.shown, p && p.value !== null ? `${fmtNum(p.value, x.digits)}${prevTag}` : "—", verdict(x.met)];
     }),
   ];
-  results.goals = goals.map(({ id, figure, goal, median, min, max, n }) => ({ id, figure, goal, median: finite(median), min: finite(min), max: finite(max), n }));
+  results.goals = goals.map(({ id, figure, goal, median, min, max, n }) => ({
+    id,
+    figure,
+    goal,
+    median: finite(median),
+    min: finite(min),
+    max: finite(max),
+    n,
+  }));
   results.extra = extras.map(({ id, figure, value }) => ({ id, figure, value: finite(value) }));
   const getC1 = cell("connect-drizzle-cache", "get-hit", 1);
   const getC32 = cell("connect-drizzle-cache", "get-hit", 32);
@@ -397,7 +462,23 @@ function render(
       "All servers run at once (idle but the one loaded); cells run route by route, store after store. MemoryStore, with no I/O at all, is the ceiling of this app on this machine.",
     "",
     table(
-      ["route", "store", "req/s", "p50 ms", "p99 ms", "stmts/req", "writes/req", "writes/1,000 req", "server CPU µs/req", "× pg-simple", "× floor", "pg_notify stmts/req", "notifications/req", "statements by verb, per req", "errors"],
+      [
+        "route",
+        "store",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "stmts/req",
+        "writes/req",
+        "writes/1,000 req",
+        "server CPU µs/req",
+        "× pg-simple",
+        "× floor",
+        "pg_notify stmts/req",
+        "notifications/req",
+        "statements by verb, per req",
+        "errors",
+      ],
       httpRows,
       ["l", "l", "r", "r", "r", "r", "r", "r", "r", "r", "r", "r", "r", "l", "r"],
     ),

@@ -54,9 +54,17 @@ async function profile(spec: string, schema: string, dir: string): Promise<strin
   return [
     `### ${spec}: ${fmtInt(result.requests.average)} req/s, ${perReq(busyMs)} µs busy per request`,
     "",
-    table(["group", "µs/req"], groups.slice(0, 10).map((g) => [g.name, perReq(g.ms)]), ["l", "r"]),
+    table(
+      ["group", "µs/req"],
+      groups.slice(0, 10).map((g) => [g.name, perReq(g.ms)]),
+      ["l", "r"],
+    ),
     "",
-    table(["function", "where", "µs/req"], functions.map((f) => [`\`${f.name}\``, f.where ? `\`${f.where}\`` : "", perReq(f.ms)]), ["l", "l", "r"]),
+    table(
+      ["function", "where", "µs/req"],
+      functions.map((f) => [`\`${f.name}\``, f.where ? `\`${f.where}\`` : "", perReq(f.ms)]),
+      ["l", "l", "r"],
+    ),
     "",
   ];
 }
@@ -70,7 +78,10 @@ async function main() {
     `# Where the server's time goes: ${route === "read" ? "GET /read" : "POST /login"}`,
     "",
     `${os.cpus().length} cores, ${os.cpus()[0]?.model.trim()}; Node ${process.version}; ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC; ` +
-      `load average at start ${os.loadavg().map((l) => l.toFixed(1)).join(" / ")}. \`npx tsx bench/profile-http.ts\`: the benchmark's server under \`--cpu-prof\`, ` +
+      `load average at start ${os
+        .loadavg()
+        .map((l) => l.toFixed(1))
+        .join(" / ")}. \`npx tsx bench/profile-http.ts\`: the benchmark's server under \`--cpu-prof\`, ` +
       `${CONNECTIONS} connections for ${SECONDS} s; self time per request in the server process (the store's database or Redis work is not in it).`,
     "",
   ];

@@ -87,7 +87,7 @@ async function child(variant: Variant, schema: string, out: string): Promise<voi
   inspector.disconnect();
   writeFileSync(out, JSON.stringify(profile));
   await close();
-  process.stdout.write(JSON.stringify({ ops, opsPerSec: ops / seconds, cpuUsPerOp: (cpu.user + cpu.system) / ops }) + "\n");
+  process.stdout.write(`${JSON.stringify({ ops, opsPerSec: ops / seconds, cpuUsPerOp: (cpu.user + cpu.system) / ops })}\n`);
 }
 
 async function parent(): Promise<void> {
@@ -99,7 +99,10 @@ async function parent(): Promise<void> {
     "# Where the time goes: get (hit), concurrency 32",
     "",
     `${os.cpus().length} cores, ${os.cpus()[0]?.model.trim()}; Node ${process.version}; ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC; ` +
-      `load average at start ${os.loadavg().map((l) => l.toFixed(1)).join(" / ")}. \`npx tsx bench/profile.ts\`: ${SECONDS} s per variant after 1 s warm-up, ` +
+      `load average at start ${os
+        .loadavg()
+        .map((l) => l.toFixed(1))
+        .join(" / ")}. \`npx tsx bench/profile.ts\`: ${SECONDS} s per variant after 1 s warm-up, ` +
       "V8 sampling profiler at 200 µs over the measured loop only (so ops/s are a little below an unprofiled run's); " +
       "self time in the client process only (Postgres runs on the same 2 cores). µs/op = self time / operations.",
   ];
@@ -123,11 +126,19 @@ async function parent(): Promise<void> {
         "",
         "By package (self time, µs per get, share of busy time; idle excluded):",
         "",
-        table(["group", "µs/op", "share"], groups.slice(0, 8).map((g) => [g.name, perOp(g.ms), `${(g.share * 100).toFixed(0)}%`]), ["l", "r", "r"]),
+        table(
+          ["group", "µs/op", "share"],
+          groups.slice(0, 8).map((g) => [g.name, perOp(g.ms), `${(g.share * 100).toFixed(0)}%`]),
+          ["l", "r", "r"],
+        ),
         "",
         "Top functions by self time:",
         "",
-        table(["function", "where", "µs/op", "share"], functions.map((f) => [`\`${f.name}\``, f.where ? `\`${f.where}\`` : "", perOp(f.ms), `${(f.share * 100).toFixed(1)}%`]), ["l", "l", "r", "r"]),
+        table(
+          ["function", "where", "µs/op", "share"],
+          functions.map((f) => [`\`${f.name}\``, f.where ? `\`${f.where}\`` : "", perOp(f.ms), `${(f.share * 100).toFixed(1)}%`]),
+          ["l", "l", "r", "r"],
+        ),
         "",
       );
       console.error(`${variant}: ${Math.round(result.opsPerSec)} ops/s, ${result.cpuUsPerOp.toFixed(1)} µs CPU/op`);

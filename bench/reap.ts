@@ -100,7 +100,8 @@ async function main() {
     await fillLive(admin, 1, SMALL);
     await admin.query(`vacuum analyze "${schema}".sessions`);
     const probe = `live-${SMALL}`;
-    if ((await store.get(probe)) === null) throw new Error(`the SQL key of ${probe} differs from the store's (${createHash("sha256").update(probe).digest("base64url")})`);
+    if ((await store.get(probe)) === null)
+      throw new Error(`the SQL key of ${probe} differs from the store's (${createHash("sha256").update(probe).digest("base64url")})`);
     await readLoop(store, SMALL, 500);
     const small = stats(await readLoop(store, SMALL, SAMPLE_MS));
     log(`get on ${int(SMALL)} rows: p50 ${ms(small.p50)} ms, p99 ${ms(small.p99)} ms (${int(small.n)} gets)`);
@@ -119,7 +120,9 @@ async function main() {
     const during = stats(await readLoop(store, LIVE, round));
     const result: ReapResult = await round;
     const rate = (result.deleted / result.durationMs) * 1000;
-    log(`reaped ${int(result.deleted)} rows in ${int(result.durationMs)} ms (${int(rate)} rows/s, ${result.batches} batches); readers p50 ${ms(during.p50)} ms, p99 ${ms(during.p99)} ms (${int(during.n)} gets)`);
+    log(
+      `reaped ${int(result.deleted)} rows in ${int(result.durationMs)} ms (${int(rate)} rows/s, ${result.batches} batches); readers p50 ${ms(during.p50)} ms, p99 ${ms(during.p99)} ms (${int(during.n)} gets)`,
+    );
     const left = Number((await admin.query(`select count(*) as n from "${schema}".sessions`)).rows[0].n);
     if (left !== LIVE) throw new Error(`expected ${LIVE} live rows after the round, found ${left}`);
 
@@ -133,7 +136,9 @@ async function main() {
       unboundedMs = performance.now() - t0;
     })();
     const duringUnbounded = stats(await readLoop(store, LIVE, unbounded));
-    log(`unbounded DELETE: ${int(unboundedMs)} ms (${int((EXPIRED / unboundedMs) * 1000)} rows/s); readers p50 ${ms(duringUnbounded.p50)} ms, p99 ${ms(duringUnbounded.p99)} ms`);
+    log(
+      `unbounded DELETE: ${int(unboundedMs)} ms (${int((EXPIRED / unboundedMs) * 1000)} rows/s); readers p50 ${ms(duringUnbounded.p50)} ms, p99 ${ms(duringUnbounded.p99)} ms`,
+    );
 
     const cpu = os.cpus();
     const machine = `${cpu.length} cores, ${cpu[0]?.model.trim() ?? "unknown CPU"}, ${Math.round(os.totalmem() / 2 ** 30)} GiB; Node ${process.version}; PostgreSQL ${pgVersion} (same host, loopback); load average ${loadAtStart.toFixed(1)} at start, ${os.loadavg()[0]!.toFixed(1)} at end; ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC`;

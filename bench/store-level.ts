@@ -112,7 +112,9 @@ interface Prepared {
 async function prepare(target: Target, schema: string): Promise<Prepared> {
   const main = await openStore(target.name, { schema, notify: target.notify, cache: target.cache, options: target.options });
   const measuresForced = target.name === "connect-drizzle" && (target.ops ?? OPS).includes("touch-forced");
-  const forced = measuresForced ? await openStore(target.name, { schema, notify: target.notify, touchAfter: 0, pool: main.pool, options: target.options }) : undefined;
+  const forced = measuresForced
+    ? await openStore(target.name, { schema, notify: target.notify, touchAfter: 0, pool: main.pool, options: target.options })
+    : undefined;
   const next = idMaker("pool");
   const sids = Array.from({ length: STORE_LEVEL.poolSessions }, next);
   const pool: Prepared["pool"] = [];
@@ -232,7 +234,13 @@ export async function benchStoreLevel(targets: Target[], schema: string, log: (l
           let r: Awaited<ReturnType<typeof runCell>>;
           let notify: Pick<StoreCell, "notifyStatementsPerOp" | "notificationsPerOp"> = {};
           try {
-            r = await runCell(fn, concurrency, durationMs, op === "destroy" ? 0 : warmupMs, counter && (async () => (await listener!.reset(), counter.reset())));
+            r = await runCell(
+              fn,
+              concurrency,
+              durationMs,
+              op === "destroy" ? 0 : warmupMs,
+              counter && (async () => (await listener!.reset(), counter.reset())),
+            );
             if (counter) {
               const statements = counter.count();
               notify = { notifyStatementsPerOp: statements / r.ops, notificationsPerOp: (await listener!.count()) / r.ops };
@@ -266,7 +274,15 @@ export async function benchStoreLevel(targets: Target[], schema: string, log: (l
         const { op, concurrency } = round;
         const ops: [number, number] = [0, 0];
         const cpu: [number, number] = [0, 0];
-        for (const [k, p] of (i % 2 ? [[1, b], [0, a]] : [[0, a], [1, b]]) as Array<[0 | 1, Prepared]>) {
+        for (const [k, p] of (i % 2
+          ? [
+              [1, b],
+              [0, a],
+            ]
+          : [
+              [0, a],
+              [1, b],
+            ]) as Array<[0 | 1, Prepared]>) {
           if (op === "destroy") {
             // Enough sessions for the cell: 1.5× what the store's main cell would end in this time.
             const main = cells.find((c) => c.target === p.target.id && c.op === "destroy" && c.concurrency === concurrency);

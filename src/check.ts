@@ -30,7 +30,7 @@ export function kindOf(value: unknown): string {
  * @param what where the options go, for the message: "SessionStore", "`reaper`", "sessionMiddleware"
  * @throws TypeError
  */
-export function checkOptionKeys(options: object, known: Readonly<Record<string, unknown>>, what: string): void {
+function checkOptionKeys(options: object, known: Readonly<Record<string, unknown>>, what: string): void {
   const names = Object.keys(known);
   for (const key of Object.keys(options)) {
     if (Object.hasOwn(known, key)) continue;
@@ -113,7 +113,7 @@ export function numberOption<K extends string>(
  * is refused rather than read as true.
  * @throws TypeError
  */
-export function booleanOption<K extends string>(options: Partial<Record<K, unknown>>, name: K, fallback = false): boolean {
+function booleanOption<K extends string>(options: Partial<Record<K, unknown>>, name: K, fallback = false): boolean {
   const value = options[name];
   if (value === undefined) return fallback;
   if (typeof value !== "boolean") {
@@ -128,39 +128,53 @@ export function booleanOption<K extends string>(options: Partial<Record<K, unkno
 export const is = {
   boolean: ((options, name) => void booleanOption(options, name)) as OptionCheck,
   /** A positive finite number of `unit`. */
-  positive: (unit = "milliseconds", whole = false): OptionCheck => (options, name) => void numberOption(options, name, 0, false, unit, whole),
+  positive:
+    (unit = "milliseconds", whole = false): OptionCheck =>
+    (options, name) =>
+      void numberOption(options, name, 0, false, unit, whole),
   /** A non-negative finite number of `unit`. */
-  nonNegative: (unit = "milliseconds"): OptionCheck => (options, name) => void numberOption(options, name, 0, true, unit),
+  nonNegative:
+    (unit = "milliseconds"): OptionCheck =>
+    (options, name) =>
+      void numberOption(options, name, 0, true, unit),
   /** A function; `signature` shows what it is called with and returns. */
-  function: (signature: string): OptionCheck => (options, name) => {
-    if (typeof options[name] !== "function") {
-      throw new TypeError(`connect-drizzle: \`${name}\` must be a function ${signature} (got ${kindOf(options[name])})`);
-    }
-  },
+  function:
+    (signature: string): OptionCheck =>
+    (options, name) => {
+      if (typeof options[name] !== "function") {
+        throw new TypeError(`connect-drizzle: \`${name}\` must be a function ${signature} (got ${kindOf(options[name])})`);
+      }
+    },
   /** A non-empty string; `what` says what it names. */
-  name: (what: string): OptionCheck => (options, name) => {
-    const value = options[name];
-    if (typeof value !== "string" || value.length === 0) {
-      throw new TypeError(`connect-drizzle: \`${name}\` must be a non-empty ${what} (got ${kindOf(value)})`);
-    }
-  },
+  name:
+    (what: string): OptionCheck =>
+    (options, name) => {
+      const value = options[name];
+      if (typeof value !== "string" || value.length === 0) {
+        throw new TypeError(`connect-drizzle: \`${name}\` must be a non-empty ${what} (got ${kindOf(value)})`);
+      }
+    },
   /** One of a few strings. */
-  oneOf: (values: readonly string[]): OptionCheck => (options, name) => {
-    const value = options[name];
-    if (typeof value !== "string" || !values.includes(value)) {
-      const quoted = values.map((v) => `"${v}"`);
-      const list = quoted.length > 1 ? `${quoted.slice(0, -1).join(", ")} or ${quoted.at(-1)}` : quoted.join("");
-      throw new TypeError(`connect-drizzle: \`${name}\` must be ${list} (got ${kindOf(value)})`);
-    }
-  },
+  oneOf:
+    (values: readonly string[]): OptionCheck =>
+    (options, name) => {
+      const value = options[name];
+      if (typeof value !== "string" || !values.includes(value)) {
+        const quoted = values.map((v) => `"${v}"`);
+        const list = quoted.length > 1 ? `${quoted.slice(0, -1).join(", ")} or ${quoted.at(-1)}` : quoted.join("");
+        throw new TypeError(`connect-drizzle: \`${name}\` must be ${list} (got ${kindOf(value)})`);
+      }
+    },
   /** An object, checked further by the entry point (nested options have tables of their own). */
-  object: (example: string, orFalse = false): OptionCheck => (options, name) => {
-    const value = options[name];
-    if (orFalse && value === false) return;
-    if (value === null || typeof value !== "object" || Array.isArray(value)) {
-      throw new TypeError(`connect-drizzle: \`${name}\` must be an object such as ${example}${orFalse ? ", or false" : ""} (got ${kindOf(value)})`);
-    }
-  },
+  object:
+    (example: string, orFalse = false): OptionCheck =>
+    (options, name) => {
+      const value = options[name];
+      if (orFalse && value === false) return;
+      if (value === null || typeof value !== "object" || Array.isArray(value)) {
+        throw new TypeError(`connect-drizzle: \`${name}\` must be an object such as ${example}${orFalse ? ", or false" : ""} (got ${kindOf(value)})`);
+      }
+    },
   /** Anything: the entry point checks it itself (a required option, or one with a message of its own). */
   own: (() => {}) as OptionCheck,
 };

@@ -208,7 +208,8 @@ async function main(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
     return 1;
   }
   const foreign = Object.keys(values).filter((flag) => flag !== "help" && !chosen.flags.includes(flag as keyof typeof FLAGS));
-  const settings = foreign.length > 0 ? new Problem(`${foreign.map((f) => `--${f}`).join(", ")} is not an option of "${name}" (see --help)`) : chosen.parse(values, env);
+  const settings =
+    foreign.length > 0 ? new Problem(`${foreign.map((f) => `--${f}`).join(", ")} is not an option of "${name}" (see --help)`) : chosen.parse(values, env);
   if (settings instanceof Problem) {
     io.err(`connect-drizzle: ${settings.message}`);
     return 1;
@@ -335,7 +336,8 @@ function cookieToCheck(values: Values, env: NodeJS.ProcessEnv): CookieToCheck | 
   if (cookie === undefined) return undefined;
   if (values["dry-run"] === true || values.redo === true) return new Problem("--check-cookie changes nothing by itself: give it without --dry-run and --redo");
   const secret = env.SESSION_SECRET;
-  if (!secret) return new Problem("--check-cookie needs the app's cookie secret (express-session's `secret`) in SESSION_SECRET, to verify the cookie's signature");
+  if (!secret)
+    return new Problem("--check-cookie needs the app's cookie secret (express-session's `secret`) in SESSION_SECRET, to verify the cookie's signature");
   return { cookie, cookieSecrets: [secret] };
 }
 
@@ -360,7 +362,13 @@ async function checkCookie(
     return { cookie: "bad signature (SESSION_SECRET is not the secret that signed it)", inOldTable: false, copied: false, found: false };
   }
   const { inOldTable, copied } = await sourceSession(db, settings, sid);
-  const store = new SessionStore({ db, table: settings.table, secrets: settings.secrets, reaper: false, ...(settings.userId ? { userId: settings.userId } : {}) });
+  const store = new SessionStore({
+    db,
+    table: settings.table,
+    secrets: settings.secrets,
+    reaper: false,
+    ...(settings.userId ? { userId: settings.userId } : {}),
+  });
   try {
     return { cookie: "valid", inOldTable, copied, found: (await store.get(sid)) !== null };
   } finally {
@@ -397,7 +405,7 @@ main(process.argv.slice(2), process.env, {
     process.exitCode = code;
   },
   (error) => {
-    process.stderr.write(`connect-drizzle: ${error instanceof Error ? error.stack ?? error.message : String(error)}\n`);
+    process.stderr.write(`connect-drizzle: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
     process.exitCode = 1;
   },
 );

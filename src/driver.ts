@@ -53,7 +53,7 @@ export function singleConnection(db: AnyPgDatabase): boolean {
  * same; Pools have totalCount). drizzle runs a transaction there on that connection itself, so every
  * other statement sent meanwhile runs inside the transaction, and is rolled back with it.
  */
-export function loneClient(db: AnyPgDatabase): boolean {
+function loneClient(db: AnyPgDatabase): boolean {
   const client: any = (db as any).$client;
   if (client === null || (typeof client !== "object" && typeof client !== "function")) return false;
   const isPgLike = typeof client.query === "function" && typeof client.connect === "function";
@@ -94,6 +94,28 @@ export function refusesTransactions(db: AnyPgDatabase, error: unknown): boolean 
   const refused = (error as any)?.code === undefined && /transactions? (are )?not supported|no transactions? support/i.test(message);
   if (refused) refusing.add(db);
   return refused;
+}
+
+/**
+ * Whether `maxSessionsPerUser` can be kept on this database: a login takes its user's lock, then writes, in
+ * one transaction held open across statements, on a connection of its own.
+ * @throws TypeError naming the driver and what to do instead, when it cannot
+ */
+export function checkCanCap(db: AnyPgDatabase): void {
+  if (!interactiveTransactions(db)) {
+    throw new TypeError(
+      `connect-drizzle: \`maxSessionsPerUser\` needs a transaction held open across statements (a login takes its user's lock, ` +
+        `then writes), which ${driverName(db)} cannot do (each statement is a request of its own); remove \`maxSessionsPerUser\`, ` +
+        "or give the store a drizzle-orm/node-postgres, drizzle-orm/postgres-js or drizzle-orm/pglite database",
+    );
+  }
+  if (loneClient(db)) {
+    throw new TypeError(
+      "connect-drizzle: `maxSessionsPerUser` cannot be safe on a single node-postgres Client: a login's transaction would run on " +
+        "the connection every other request uses, so their statements would run inside it (and a logout be undone if it rolled " +
+        "back); give the store a pg.Pool (drizzle({ client: new pg.Pool(...) })), or remove `maxSessionsPerUser`",
+    );
+  }
 }
 
 /**
@@ -204,17 +226,40 @@ export class Executor {
   transaction<T>(body: (tx: Pick<Executor, "query" | "run">) => Promise<T>): Promise<T> {
     const { timeout } = this.settings;
     let expired = false;
-    const work = this.db.transaction(async (tx) => {
+    let committing = false;
+    // Once the caller was told TIMEOUT, nothing of the transaction may commit: each statement checks, and
+    // so does the end of the body. Once the body is done, the outcome is the commit's, and no TIMEOUT may
+    // claim that what it wrote was not written (a lock granted just after the deadline, say).
+    const live = () => {
       if (expired) throw timeoutError(timeout);
-      const query = async <Row>(statement: SQL) => rowsOf<Row>(await tx.execute(statement));
-      return body({ query, run: (shape, values) => query(shape.with(values)) });
+    };
+    const work = this.db.transaction(async (tx) => {
+      live();
+      const query = async <Row>(statement: SQL) => {
+        live();
+        const rows = rowsOf<Row>(await tx.execute(statement));
+        live();
+        return rows;
+      };
+      const result = await body({ query, run: (shape, values) => query(shape.with(values)) });
+      live();
+      committing = true;
+      return result;
     });
     const cancelled = (error: unknown) => {
       const code = pgCode(error);
       // statement_timeout (57014), lock_timeout (55P03): the database gave up on it at the same deadline.
       throw code === "57014" || code === "55P03" ? timeoutError(timeout, error) : error;
     };
-    return this.bounded(work, (result) => result as T, () => (expired = true)).catch(cancelled);
+    return this.bounded(
+      work,
+      (result) => result as T,
+      () => {
+        if (committing) return false;
+        expired = true;
+        return true;
+      },
+    ).catch(cancelled);
   }
 
   /**
@@ -225,12 +270,15 @@ export class Executor {
     return this.bounded(query, rowsOf<Row>);
   }
 
-  /** What `result` makes of the outcome of `work`, or a `TIMEOUT` error after `timeout` (`onTimeout` called first). */
-  private bounded<T>(work: PromiseLike<unknown>, result: (value: unknown) => T, onTimeout?: () => void): Promise<T> {
+  /**
+   * What `result` makes of the outcome of `work`, or a `TIMEOUT` error after `timeout`. `onTimeout` is
+   * called first, and may refuse it (false: the outcome is `work`'s, whenever it comes).
+   */
+  private bounded<T>(work: PromiseLike<unknown>, result: (value: unknown) => T, onTimeout?: () => boolean): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const waiting = {
         deadline: performance.now() + this.settings.timeout,
-        reject: onTimeout === undefined ? reject : (error: Error) => (onTimeout(), reject(error)),
+        reject: onTimeout === undefined ? reject : (error: Error) => onTimeout() && reject(error),
       };
       this.waiting.add(waiting);
       this.sweepTimeouts();

@@ -52,7 +52,10 @@ export function tableMissing(table: string, cause?: unknown): SessionStoreError 
  * @param missing the columns found missing, when known
  */
 export function schemaOutdated(table: string, missing: readonly string[] | undefined, cause?: unknown): SessionStoreError {
-  const what = missing === undefined ? `a column this version of connect-drizzle needs (${driverError(cause)?.message ?? "unknown"})` : `the column(s) ${missing.map((c) => `"${c}"`).join(", ")} this version of connect-drizzle needs`;
+  const what =
+    missing === undefined
+      ? `a column this version of connect-drizzle needs (${driverError(cause)?.message ?? "unknown"})`
+      : `the column(s) ${missing.map((c) => `"${c}"`).join(", ")} this version of connect-drizzle needs`;
   return new SessionStoreError(
     "SCHEMA_OUTDATED",
     `table ${table} lacks ${what}; run the latest migrations (${MIGRATE})`,
@@ -149,4 +152,25 @@ export function pgCode(error: unknown): string | undefined {
 /** Whether a SQLSTATE is a data exception (class 22): the database refused a value (and its message may quote it). */
 export function isDataException(code: string | undefined): boolean {
   return code?.startsWith("22") === true;
+}
+
+/**
+ * Runs an operation of the store, turning driver errors into errors that say what to do (see
+ * {@link databaseError}); a missing table or column is also given to `schemaProblem`. The store's and
+ * connect-drizzle's own errors pass as they are.
+ */
+export function attempt<T>(action: string, table: string, operation: () => Promise<T>, schemaProblem: (error: SessionStoreError) => void): Promise<T> {
+  let promise: Promise<T>;
+  try {
+    promise = operation();
+  } catch (error) {
+    promise = Promise.reject(error);
+  }
+  return promise.catch((error) => {
+    const ours = error instanceof SessionStoreError || (error instanceof TypeError && error.message.startsWith("connect-drizzle:"));
+    if (ours) throw error;
+    const wrapped = databaseError(error, table, action);
+    if (wrapped.code === "TABLE_MISSING" || wrapped.code === "SCHEMA_OUTDATED") schemaProblem(wrapped);
+    throw wrapped;
+  });
 }

@@ -5,6 +5,7 @@ import { SessionStoreError } from "./errors.js";
 import { derive, openText, sealText } from "./aead.js";
 import { newHandle } from "./hash.js";
 import { END_REASONS, type EndReason } from "./reasons.js";
+import type { ReapResult } from "./reaper.js";
 import type { EventRow } from "./statements.js";
 
 /**
@@ -110,7 +111,8 @@ export class EventSeal {
   open(payload: string, now: number): Announcement | undefined | string {
     const dot = payload.indexOf(".");
     const key = dot < 0 ? undefined : this.byKid.get(payload.slice(0, dot));
-    if (!key) return "it is not sealed under any of this store's `secrets`: forged by someone who can connect to the database, or sent by an instance with other `secrets` (set the same `secrets` on every instance)";
+    if (!key)
+      return "it is not sealed under any of this store's `secrets`: forged by someone who can connect to the database, or sent by an instance with other `secrets` (set the same `secrets` on every instance)";
     const text = openText(key, payload.slice(dot + 1));
     if (text === undefined) return "it fails authentication: altered, or forged";
     let m: any;
@@ -200,3 +202,28 @@ export function deliver(emitter: EventEmitter, event: string, args: readonly unk
     }
   }
 }
+
+/**
+ * The events of a {@link SessionStore}, each with its listener's arguments:
+ * - `reap`: a reaper round finished (the periodic reaper's rounds; `store.reap()` resolves with its own);
+ * - `error`: a problem that did not fail a request (a corrupt row, a failed reaper round, a failing cache
+ *   probe, a lifecycle listener that threw, a lost `broadcast` connection, an event refused on the
+ *   `broadcast` channel: `UNTRUSTED_EVENT`). Without a listener it is
+ *   written to the console instead;
+ * - `connect`, `disconnect`: express-session listens for them; this store never emits them (every
+ *   operation gets its connection from your database, and a failure fails only that operation);
+ * - `newListener`, `removeListener`: EventEmitter's own.
+ * - `created`, `ended`, `newDevice`: the lifecycle events ({@link LifecycleEvents}); with `broadcast`,
+ *   other instances' `created`, `ended` and `newDevice` too.
+ */
+export interface SessionStoreEvents extends LifecycleEvents {
+  reap: [result: ReapResult];
+  error: [error: Error];
+  connect: [];
+  disconnect: [];
+  newListener: [event: string | symbol, listener: (...args: any[]) => void];
+  removeListener: [event: string | symbol, listener: (...args: any[]) => void];
+}
+
+/** A listener of the {@link SessionStoreEvents} event `E`. */
+export type SessionStoreListener<E extends keyof SessionStoreEvents> = (...args: SessionStoreEvents[E]) => void;

@@ -232,11 +232,17 @@ export async function importConnectPgSimple(args: ImportConnectPgSimpleArgs): Pr
  * Whether connect-pg-simple's table holds the unexpired session `sid` (`--check-cookie`), and whether an
  * import copied it.
  */
-export async function sourceSession(db: AnyPgDatabase, from: { fromTable?: string; fromSchema?: string }, sid: string): Promise<{ inOldTable: boolean; copied: boolean }> {
+export async function sourceSession(
+  db: AnyPgDatabase,
+  from: { fromTable?: string; fromSchema?: string },
+  sid: string,
+): Promise<{ inOldTable: boolean; copied: boolean }> {
   const source: Source = { schema: from.fromSchema, name: from.fromTable ?? "session" };
   const marked = await prepareSource(db, source, true);
   const done = marked ? sql`${sql.identifier(IMPORTED_COLUMN)} is not null` : sql`false`;
-  const [row] = rowsOf<{ done: unknown }>(await db.execute(sql`select ${done} as done from ${sourceTable(source)} where sid = ${sid}::text and expire::timestamptz > ${NOW}`));
+  const [row] = rowsOf<{ done: unknown }>(
+    await db.execute(sql`select ${done} as done from ${sourceTable(source)} where sid = ${sid}::text and expire::timestamptz > ${NOW}`),
+  );
   return { inOldTable: row !== undefined, copied: isTrue(row?.done) };
 }
 
@@ -278,7 +284,10 @@ function qualifiedName(table: SessionTable): string {
  * a dry run. Returns whether the column is there (a dry run on a table never imported from has none).
  */
 async function prepareSource(db: AnyPgDatabase, source: Source, dryRun: boolean): Promise<boolean> {
-  const regclass = source.schema === undefined ? sql`to_regclass(format('%I', ${source.name}::text))` : sql`to_regclass(format('%I.%I', ${source.schema}::text, ${source.name}::text))`;
+  const regclass =
+    source.schema === undefined
+      ? sql`to_regclass(format('%I', ${source.name}::text))`
+      : sql`to_regclass(format('%I.%I', ${source.schema}::text, ${source.name}::text))`;
   const [found] = rowsOf<{ present: unknown; marked: unknown }>(
     await db.execute(sql`select ${regclass} is not null as present,
       exists (select 1 from pg_attribute where attrelid = ${regclass} and attname = ${IMPORTED_COLUMN} and not attisdropped) as marked`),

@@ -1,10 +1,19 @@
-export { SessionStore, type RequireRecentLoginOptions, type SessionStoreEvents, type SessionStoreListener } from "./store.js";
-export type { LifecycleEvents, SessionEndedEvent, SessionEvent } from "./events.js";
+export { SessionStore } from "./store.js";
+export type { RequireRecentLoginOptions } from "./reauth.js";
+export type { LifecycleEvents, SessionEndedEvent, SessionEvent, SessionStoreEvents, SessionStoreListener } from "./events.js";
 export type { TraceContext } from "./trace.js";
 export { describeDevice } from "./device.js";
 export type { EndReason, ExtendOptions, OwnerScope, RevokeOptions, SessionQuery, SessionRecord, SessionStatus, UserId } from "./records.js";
 export type { AnyPgDatabase, CacheOptions, EncryptOptions, ReaperOptions, SessionStoreOptions, UserIdOf } from "./options.js";
-export { sessions, createSessionTable, type SessionColumns, type SessionTable, type SessionTableOptions, type UserIdColumnBuilders, type UserIdType } from "./schema.js";
+export {
+  sessions,
+  createSessionTable,
+  type SessionColumns,
+  type SessionTable,
+  type SessionTableOptions,
+  type UserIdColumnBuilders,
+  type UserIdType,
+} from "./schema.js";
 export { SessionStoreError, type SessionStoreErrorCode } from "./errors.js";
 export { reap, Reaper, type ReapArgs, type ReapProgress, type ReapResult } from "./reaper.js";
 export { sessionMiddleware, type IssuedToken, type SessionMiddleware, type SessionMiddlewareOptions } from "./middleware.js";

@@ -218,12 +218,14 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
   }
   if (header !== false && cookie !== false && headerRoutes === undefined) {
     throw new TypeError(
-      "connect-drizzle: with both cookie and `header` transport, say which routes take the header, e.g. `headerRoutes: [\"/api\"]` " +
+      'connect-drizzle: with both cookie and `header` transport, say which routes take the header, e.g. `headerRoutes: ["/api"]` ' +
         '(path prefixes), a function of the request, or "all": otherwise a token sent to a browser page is that page\'s session',
     );
   }
   if (header === false && headerRoutes !== undefined) {
-    throw new TypeError("connect-drizzle: `headerRoutes` says which routes take the `header` transport, and no `header` is set; set `header`, or remove `headerRoutes`");
+    throw new TypeError(
+      "connect-drizzle: `headerRoutes` says which routes take the `header` transport, and no `header` is set; set `header`, or remove `headerRoutes`",
+    );
   }
   const takesHeader = routeMatcher(headerRoutes ?? "all");
   const headerName = header === false ? undefined : header.toLowerCase();
@@ -339,7 +341,7 @@ function trustProxyTrap(secure: true | "auto"): (req: IncomingMessage) => void {
   return (req) => {
     if (warned || (req.socket as { encrypted?: boolean }).encrypted) return;
     const forwarded = req.headers["x-forwarded-proto"];
-    const proto = (Array.isArray(forwarded) ? forwarded[0] : forwarded)?.split(",", 1)[0]!.trim().toLowerCase();
+    const proto = (Array.isArray(forwarded) ? forwarded[0] : forwarded)?.split(",", 1)[0]?.trim().toLowerCase();
     if (proto !== "https" || (req as { secure?: boolean }).secure === true) return;
     warned = true;
     const effect =
@@ -421,7 +423,13 @@ function takeSessionCookie(res: ServerResponse, name: string): string | undefine
 function exposeHeader(res: ServerResponse, header: string): void {
   if (res.getHeader("access-control-allow-origin") === undefined) return;
   const current = res.getHeader("access-control-expose-headers");
-  const list = current === undefined ? [] : String(current).split(",").map((h) => h.trim()).filter(Boolean);
+  const list =
+    current === undefined
+      ? []
+      : String(current)
+          .split(",")
+          .map((h) => h.trim())
+          .filter(Boolean);
   if (!list.some((h) => h.toLowerCase() === header.toLowerCase() || h === "*")) list.push(header);
   res.setHeader("access-control-expose-headers", list.join(", "));
 }

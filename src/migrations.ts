@@ -71,7 +71,7 @@ export async function migrate(db: AnyPgDatabase, options: MigrateOptions = {}): 
   if (!migrator) {
     throw new TypeError(
       `connect-drizzle: migrate(db) knows the migrators of node-postgres, postgres.js and PGlite, not of ${kinds[0]}; ` +
-        'run your driver\'s drizzle migrator with connect-drizzle\'s migrationsFolder (join(migrationsFolder, "v1") on drizzle-orm 1.0) ' +
+        "run your driver's drizzle migrator with connect-drizzle's migrationsFolder (join(migrationsFolder, \"v1\") on drizzle-orm 1.0) " +
         'and migrationsTable: "__connect_drizzle_migrations"',
     );
   }

@@ -42,13 +42,19 @@ function listenPostgresJs(client: any, channel: string, events: ListenEvents): L
   // No retry here: when its listen connection closes (a LISTEN that failed to connect included),
   // postgres.js listens again for every listener it holds, by itself (a retry would add ours twice). Its
   // unlisten then no longer finds the listener, hence `closed` checked on each message.
-  client.listen(channel, (payload: string) => !closed && events.onMessage(payload), () => !closed && events.onReady()).then(
-    (result: { unlisten(): Promise<void> }) => {
-      unlisten = () => result.unlisten();
-      if (closed) return unlisten().catch(() => {});
-    },
-    (error: Error) => !closed && events.onLost(error),
-  );
+  client
+    .listen(
+      channel,
+      (payload: string) => !closed && events.onMessage(payload),
+      () => !closed && events.onReady(),
+    )
+    .then(
+      (result: { unlisten(): Promise<void> }) => {
+        unlisten = () => result.unlisten();
+        if (closed) return unlisten().catch(() => {});
+      },
+      (error: Error) => !closed && events.onLost(error),
+    );
   return {
     async close() {
       closed = true;

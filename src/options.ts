@@ -1,17 +1,16 @@
 import { entityKind } from "drizzle-orm";
 import type { SessionData } from "express-session";
-import { booleanOption, checkOptions, is, kindOf, numberOption, type OptionCheck, type OptionChecks } from "./check.js";
+import { checkOptions, is, kindOf, numberOption, type OptionCheck, type OptionChecks } from "./check.js";
 import { SessionStoreError } from "./errors.js";
 import { deletedByDatabase, sessions, type SessionTable } from "./schema.js";
 import type { SealSettings } from "./seal.js";
 
 /** drizzle's Postgres database class: `PgAsyncDatabase` from drizzle-orm 1.0, `PgDatabase` before it. */
-type PgDatabaseClass =
-  typeof import("drizzle-orm/pg-core") extends { PgAsyncDatabase: infer C }
+type PgDatabaseClass = typeof import("drizzle-orm/pg-core") extends { PgAsyncDatabase: infer C }
+  ? C
+  : typeof import("drizzle-orm/pg-core") extends { PgDatabase: infer C }
     ? C
-    : typeof import("drizzle-orm/pg-core") extends { PgDatabase: infer C }
-      ? C
-      : never;
+    : never;
 
 /**
  * Any drizzle Postgres database: node-postgres, postgres.js, PGlite, Neon, ..., on drizzle-orm 0.44, 0.45

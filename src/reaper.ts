@@ -24,7 +24,7 @@ export interface ReapResult {
 }
 
 /** The table a round works on. */
-export interface ReapTarget {
+interface ReapTarget {
   db: AnyPgDatabase;
   table: SessionTable;
   /** The store's `retainEnded`, in milliseconds: how long ended sessions are kept as history. */
@@ -265,7 +265,11 @@ class HookFailure {
  * An unqualified table is keyed as in `public`.
  */
 export function lockKey(schema: string | undefined, name: string): string {
-  return createHash("sha256").update(`connect-drizzle reaper ${schema ?? "public"}.${name}`).digest().readBigInt64BE(0).toString();
+  return createHash("sha256")
+    .update(`connect-drizzle reaper ${schema ?? "public"}.${name}`)
+    .digest()
+    .readBigInt64BE(0)
+    .toString();
 }
 
 /** One statement of a phase: changes up to `limit` rows and reports how many, and the last ordering value. */
@@ -364,7 +368,12 @@ async function round(target: ReapTarget, batchSize: number, key: string, timeout
           // short while says so: the lock goes (this transaction ends) and the batches run as on a single
           // connection. One that was only slow costs no more than that; it completes harmlessly later.
           const canary = Math.min(CANARY_WAIT, timeout / 4);
-          if (!(await within(db.execute(sql`select 1`), canary, "a statement beside the lock").then(() => true, () => false))) {
+          if (
+            !(await within(db.execute(sql`select 1`), canary, "a statement beside the lock").then(
+              () => true,
+              () => false,
+            ))
+          ) {
             crowded = true;
             return;
           }
@@ -587,4 +596,3 @@ function lockLost(cause: unknown): SessionStoreError {
 }
 
 const macrotask = () => new Promise<void>((resolve) => (typeof setImmediate === "function" ? setImmediate(resolve) : setTimeout(resolve, 0)));
-

@@ -1,11 +1,10 @@
-import type { SQL } from "drizzle-orm";
 import { describeDevice } from "./device.js";
 import { isTrue } from "./driver.js";
-import { isValidId, type KeyDeriver } from "./hash.js";
+import type { StoreContext } from "./context.js";
+import { isValidId } from "./hash.js";
 import { checkUserId } from "./owner.js";
 import { checkEndReason, type EndReason } from "./reasons.js";
-import type { EventRow, ListCursor, RecordRow, SessionStatus, Statements } from "./statements.js";
-import type { TraceDetail } from "./trace.js";
+import type { EventRow, ListCursor, RecordRow, SessionStatus } from "./statements.js";
 
 export type { EndReason } from "./reasons.js";
 export type { SessionStatus } from "./statements.js";
@@ -88,60 +87,32 @@ export interface SessionQuery {
 }
 
 /** The most records one `list` call returns; page with `after` for more. */
-export const MAX_LIST_LIMIT = 1_000;
-
-/** What the records API needs of its store. */
-export interface RecordsContext {
-  statements: Statements;
-  keysOf: KeyDeriver;
-  /** Runs an operation, turning driver errors into errors that say what to do (traced with `detail`). */
-  run<T>(action: string, operation: () => Promise<T>, detail?: TraceDetail): Promise<T>;
-  query<Row>(statement: SQL): Promise<Row[]>;
-  /** Runs a statement that changes sessions, evicting them from the caches; one row per changed row. */
-  write<Row extends { key: string } = { key: string }>(statement: SQL): Promise<Row[]>;
-  /** The app server's wall clock, epoch ms. */
-  now(): number;
-  /** Whether ends must return the ended rows' records (someone listens for `ended`, or `broadcast` sends it). */
-  recordsEnds(): boolean;
-  /** Announces `ended` for each row an end returned with its record (and with `broadcast`, sends them). */
-  ended(rows: readonly EventRow[], reason: EndReason): void;
-  /** `maxSessionsPerUser`, if set. */
-  cap: number | undefined;
-  /** The store's `timeout`, ms: how long a transaction may wait for a user's lock. */
-  timeout: number;
-  /** Runs `body` in one transaction, bounded by the store's `timeout`. */
-  transaction<T>(body: (tx: { query<Row>(statement: SQL): Promise<Row[]> }) => Promise<T>): Promise<T>;
-  /**
-   * After a statement that made sessions live (`keys`) under the cap: they and those it evicted
-   * (`evicted`, JSON) leave the caches, and the evicted are announced as ended.
-   */
-  afterEvictions(keys: readonly string[], evicted: string | undefined): void;
-}
+const MAX_LIST_LIMIT = 1_000;
 
 /**
  * The records API of {@link SessionStore} (list, count, handleOf, revoke, revokeUser, extend): argument
  * checks and scoping here, the SQL in {@link Statements}. Documented on the store's methods.
  */
 export class Records {
-  constructor(private readonly s: RecordsContext) {}
+  constructor(private readonly s: StoreContext) {}
 
   async list(query: SessionQuery): Promise<SessionRecord[]> {
     const { userId, limit, current } = this.checkQuery(query, "list");
     const after = query.after === undefined ? undefined : cursorOf(query.after);
     const keys = current === undefined ? undefined : this.s.keysOf(current);
-    const rows = await this.s.run("list", () => this.s.query<RecordRow>(this.s.statements.list(userId, query.status, keys, limit, after)), { userId });
+    const rows = await this.s.run("list", () => this.s.exec.query<RecordRow>(this.s.sql.list(userId, query.status, keys, limit, after)), { userId });
     return rows.map(toRecord);
   }
 
   async count(query: SessionQuery): Promise<number> {
     const { userId } = this.checkQuery(query, "count");
-    const [row] = await this.s.run("count", () => this.s.query<{ n: number }>(this.s.statements.count(userId, query.status)), { userId });
+    const [row] = await this.s.run("count", () => this.s.exec.query<{ n: number }>(this.s.sql.count(userId, query.status)), { userId });
     return Number(row?.n ?? 0);
   }
 
   async handleOf(sessionId: string): Promise<string | null> {
     if (!isValidId(sessionId)) return null;
-    const [row] = await this.s.run("handleOf", () => this.s.query<{ handle: string }>(this.s.statements.handleOf(this.s.keysOf(sessionId))));
+    const [row] = await this.s.run("handleOf", () => this.s.exec.query<{ handle: string }>(this.s.sql.handleOf(this.s.keysOf(sessionId))));
     return row?.handle ?? null;
   }
 
@@ -150,9 +121,11 @@ export class Records {
     const reason = options.reason ?? "revoked";
     checkEndReason(reason, "revoke's `reason`");
     if (typeof handle !== "string" || handle.length === 0) return false;
-    const record = this.s.recordsEnds();
-    const rows = await this.s.run("revoke", () => this.s.write<{ key: string } & EventRow>(this.s.statements.revoke(handle, reason, owner, record)), { handle });
-    if (record) this.s.ended(rows, reason);
+    const record = this.s.events.recordsEnds();
+    const rows = await this.s.run("revoke", () => this.s.write<{ key: string } & EventRow>(this.s.sql.revoke(handle, reason, owner, record)), {
+      handle,
+    });
+    if (record) this.s.events.ended(rows, reason);
     return rows.length > 0;
   }
 
@@ -163,10 +136,10 @@ export class Records {
     const owner = this.checked(String(userId), "revokeUser");
     const kept = options.except === undefined ? [] : typeof options.except === "string" ? [options.except] : [...options.except];
     const keys = kept.flatMap((id) => this.s.keysOf(id));
-    const record = this.s.recordsEnds();
-    const statement = this.s.statements.revokeUser(owner, reason, keys, kept, record);
+    const record = this.s.events.recordsEnds();
+    const statement = this.s.sql.revokeUser(owner, reason, keys, kept, record);
     const rows = await this.s.run("revokeUser", () => this.s.write<{ key: string } & EventRow>(statement), { userId: owner });
-    if (record) this.s.ended(rows, reason);
+    if (record) this.s.events.ended(rows, reason);
     return rows.length;
   }
 
@@ -175,7 +148,8 @@ export class Records {
     if (!Number.isFinite(at)) throw new TypeError("connect-drizzle: extend(handle, until, { userId }) needs a valid Date");
     const owner = this.ownerOf(options, "extend");
     if (typeof handle !== "string" || handle.length === 0) return false;
-    const { statements, cap, timeout } = this.s;
+    const { sql: statements } = this.s;
+    const { maxSessionsPerUser: cap, timeout } = this.s.options;
     const extend = (capped?: { cap: number; owner: string | null }) =>
       statements.extend(handle, at - this.s.now(), new Date(at).toISOString(), options.beyondAbsolute === true, owner, capped);
     if (cap === undefined) return (await this.s.run("extend", () => this.s.write(extend()), { handle })).length > 0;
@@ -184,13 +158,13 @@ export class Records {
     const [row] = await this.s.run(
       "extend",
       () =>
-        this.s.transaction(async (tx) => {
+        this.s.exec.transaction(async (tx) => {
           const [locked] = await tx.query<{ owner: string }>(statements.ownerLock(handle, owner, timeout));
           return tx.query<{ key: string; evicted: string }>(extend({ cap, owner: locked?.owner ?? null }));
         }),
       { handle },
     );
-    this.s.afterEvictions(row ? [row.key] : [], row?.evicted);
+    this.s.events.own(this.s.events.afterEvictions(row ? [row.key] : [], row?.evicted));
     return row !== undefined;
   }
 
@@ -200,7 +174,9 @@ export class Records {
     }
     const limit = query.limit ?? 100;
     if (!Number.isInteger(limit) || limit < 1 || limit > MAX_LIST_LIMIT) {
-      throw new TypeError(`connect-drizzle: \`limit\` must be an integer from 1 to ${MAX_LIST_LIMIT}; for more records, page with \`after\` (the last record's \`cursor\`)`);
+      throw new TypeError(
+        `connect-drizzle: \`limit\` must be an integer from 1 to ${MAX_LIST_LIMIT}; for more records, page with \`after\` (the last record's \`cursor\`)`,
+      );
     }
     return { userId: this.checked(String(query.userId), method), limit, current: typeof query.current === "string" ? query.current : undefined };
   }
@@ -225,7 +201,7 @@ export class Records {
 
   /** A user id passed to `method`, checked against `user_id`'s type before any statement sends it. */
   private checked(userId: string, method: string): string {
-    return checkUserId(userId, this.s.statements.userIdType, method);
+    return checkUserId(userId, this.s.sql.userIdType, method);
   }
 }
 
@@ -241,7 +217,13 @@ function cursorOf(cursor: unknown): ListCursor {
   } catch {
     position = undefined;
   }
-  if (!Array.isArray(position) || position.length !== 2 || !Number.isSafeInteger(position[0]) || typeof position[1] !== "string" || !/^[\w-]{1,64}$/.test(position[1])) {
+  if (
+    !Array.isArray(position) ||
+    position.length !== 2 ||
+    !Number.isSafeInteger(position[0]) ||
+    typeof position[1] !== "string" ||
+    !/^[\w-]{1,64}$/.test(position[1])
+  ) {
     throw new TypeError("connect-drizzle: `after` is not a record's `cursor`; pass the `cursor` of the last record of the previous page");
   }
   return { at: position[0], handle: position[1] };

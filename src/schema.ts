@@ -2,7 +2,21 @@ import { sql } from "drizzle-orm";
 import { checkOptions, is, type OptionChecks } from "./check.js";
 import { END_REASONS } from "./reasons.js";
 import type { $Type, HasDefault, IsPrimaryKey, NotNull } from "drizzle-orm";
-import { bigint, check, getTableConfig, index, integer, jsonb, pgSchema, pgTable, text, timestamp, uniqueIndex, uuid, type AnyPgColumn } from "drizzle-orm/pg-core";
+import {
+  bigint,
+  check,
+  getTableConfig,
+  index,
+  integer,
+  jsonb,
+  pgSchema,
+  pgTable,
+  text,
+  timestamp,
+  uniqueIndex,
+  uuid,
+  type AnyPgColumn,
+} from "drizzle-orm/pg-core";
 
 /** The SQL type of the `user_id` column: the type of your users' primary key. */
 export type UserIdType = "text" | "integer" | "bigint" | "uuid";
@@ -56,10 +70,7 @@ function userIdColumn(options: SessionTableOptions<UserIdType>) {
   const type = options.userIdType ?? "text";
   // `userIdType` is one of the four (TABLE_OPTIONS).
   const column =
-    type === "integer" ? integer("user_id")
-    : type === "bigint" ? bigint("user_id", { mode: "number" })
-    : type === "uuid" ? uuid("user_id")
-    : text("user_id");
+    type === "integer" ? integer("user_id") : type === "bigint" ? bigint("user_id", { mode: "number" }) : type === "uuid" ? uuid("user_id") : text("user_id");
   if (options.references === undefined) return column;
   return column.references(options.references, { onDelete: options.onDelete ?? "cascade" });
 }
@@ -169,7 +180,7 @@ export function createSessionTable<T extends UserIdType = "text">(name: string, 
     throw new TypeError("connect-drizzle: createSessionTable needs a non-empty table name");
   }
   if (options === null || typeof options !== "object") {
-    throw new TypeError("connect-drizzle: createSessionTable(name, options) takes an options object such as { schema: \"auth\" }");
+    throw new TypeError('connect-drizzle: createSessionTable(name, options) takes an options object such as { schema: "auth" }');
   }
   checkOptions(options, TABLE_OPTIONS, "createSessionTable");
   const columns = sessionColumns(options);

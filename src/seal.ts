@@ -1,5 +1,7 @@
 import { createHmac, createSecretKey, timingSafeEqual, type KeyObject } from "node:crypto";
+import type { SessionData } from "express-session";
 import { derive, openText, sealText } from "./aead.js";
+import { isSession, parseSession } from "./serialize.js";
 
 /** `encrypt` with its defaults applied (see {@link EncryptOptions} in options.ts). */
 export interface SealSettings {
@@ -80,7 +82,7 @@ export class Sealer {
       cookie: deriveFor(secret, "cookie", 32),
     }));
     // A secret listed twice keeps its first place.
-    this.keys.forEach((keys, i) => this.byKid.has(keys.kid) || this.byKid.set(keys.kid, i));
+    for (const [i, keys] of this.keys.entries()) if (!this.byKid.has(keys.kid)) this.byKid.set(keys.kid, i);
   }
 
   /**
@@ -131,7 +133,10 @@ export class Sealer {
   current(stored: object): boolean {
     const prefix = `${this.keys[0]!.kid}.`;
     const tagged = typeof (stored as Record<string, unknown>)[COOKIE_TAG] === "string";
-    return tagged && Object.entries(stored).every(([name, value]) => name === "cookie" || (name.startsWith("~") && typeof value === "string" && value.startsWith(prefix)));
+    return (
+      tagged &&
+      Object.entries(stored).every(([name, value]) => name === "cookie" || (name.startsWith("~") && typeof value === "string" && value.startsWith(prefix)))
+    );
   }
 
   /**
@@ -143,7 +148,9 @@ export class Sealer {
     // A cookie read from a row is plain JSON already; express-session's Cookie is what its toJSON gives.
     const json = typeof (cookie as { toJSON?: unknown }).toJSON === "function" ? (cookie as { toJSON(): unknown }).toJSON() : cookie;
     const { expires: _expires, ...fields } = json as Record<string, unknown>;
-    const mac = createHmac("sha256", keys.cookie).update(`${rowKey}\u0000${canonicalJson(fields)}`, "utf8").digest("base64url");
+    const mac = createHmac("sha256", keys.cookie)
+      .update(`${rowKey}\u0000${canonicalJson(fields)}`, "utf8")
+      .digest("base64url");
     return `${keys.kid}.${mac}`;
   }
 
@@ -185,13 +192,15 @@ export class Sealer {
         continue;
       }
       if (!name.startsWith("~")) {
-        if (!this.settings.acceptPlaintext) return "it holds data in plaintext, not encrypted: a session stored before `encrypt` was on, imported, or written into the database by hand (set `encrypt.acceptPlaintext: true` while such sessions may still be live)";
+        if (!this.settings.acceptPlaintext)
+          return "it holds data in plaintext, not encrypted: a session stored before `encrypt` was on, imported, or written into the database by hand (set `encrypt.acceptPlaintext: true` while such sessions may still be live)";
         plain.push([name, entry]);
         continue;
       }
       const dot = typeof entry === "string" ? entry.indexOf(".") : -1;
       const rank = dot < 0 ? undefined : this.byKid.get((entry as string).slice(0, dot));
-      if (rank === undefined) return "an entry is sealed under a secret that is not in `encrypt.secrets` (keep an old secret listed until the sessions it sealed have expired)";
+      if (rank === undefined)
+        return "an entry is sealed under a secret that is not in `encrypt.secrets` (keep an old secret listed until the sessions it sealed have expired)";
       const opened = this.openEntry(rowKey, name, (entry as string).slice(dot + 1), rank);
       if (opened === undefined) return "an entry fails authentication: altered, or copied from another row or another entry";
       const seen = sealed.get(opened.key);
@@ -235,7 +244,9 @@ export class Sealer {
    */
   private checkTag(rowKey: string, cookie: unknown, tag: string | undefined): boolean | string {
     if (tag === undefined) {
-      return this.settings.acceptPlaintext ? true : "its cookie carries no tag: written into the database by hand, or by a version without cookie authentication (set `encrypt.acceptPlaintext: true` while such sessions may still be live)";
+      return this.settings.acceptPlaintext
+        ? true
+        : "its cookie carries no tag: written into the database by hand, or by a version without cookie authentication (set `encrypt.acceptPlaintext: true` while such sessions may still be live)";
     }
     const dot = tag.indexOf(".");
     const rank = dot < 0 ? undefined : this.byKid.get(tag.slice(0, dot));
@@ -291,4 +302,62 @@ function additionalData(rowKey: string, name: string): Buffer {
 function define(target: Record<string, unknown>, key: string, value: unknown): void {
   if (key === "__proto__") Object.defineProperty(target, key, { value, enumerable: true, writable: true, configurable: true });
   else target[key] = value;
+}
+
+/** A row's `data` as a session and its plain JSON text (opened, with `encrypt`: `sealer`), or why it holds none. */
+export function openRow(sealer: Sealer | undefined, key: string, data: string): { session: SessionData; text: string; stale?: readonly StaleEntry[] } | string {
+  if (!sealer) {
+    const session = parseSession(data);
+    return session ? { session, text: data } : "its data or cookie is malformed";
+  }
+  const opened = sealer.unseal(key, data);
+  if (typeof opened === "string") return opened;
+  if (!isSession(opened.value)) return "its cookie is malformed";
+  const stale = opened.stale.length > 0 || opened.staleTag ? opened.stale : undefined;
+  return { session: opened.value, text: opened.text, stale };
+}
+
+/** What a save writes into the `data` of the row `key`: the session's JSON text, or with `encrypt` its sealed form. */
+export function sealRow(sealer: Sealer | undefined, key: string, session: SessionData, text: string): string {
+  return sealer ? JSON.stringify(sealer.seal(key, session)) : text;
+}
+
+/** The plain JSON text of a row's `data` as a write returned it (opened, with `encrypt`), or undefined when it holds no session. */
+export function rowText(sealer: Sealer | undefined, key: string, data: string | undefined): string | undefined {
+  if (data === undefined) return undefined;
+  const opened = openRow(sealer, key, data);
+  return typeof opened === "string" ? undefined : opened.text;
+}
+
+/**
+ * The values of a merge save ({@link Statements.saveMerged}) for the keys a request changed (`patch`,
+ * with the cookie) and those it deleted (`removed`): the one place they become what the statement
+ * sends.
+ */
+export function mergeValues(
+  sealer: Sealer | undefined,
+  acceptPlaintext: boolean,
+  rowKey: string,
+  patch: Record<string, unknown>,
+  removed: readonly string[],
+  stale?: readonly StaleEntry[],
+): { patch: string; removed: string; reseal?: string } {
+  if (!sealer) return { patch: JSON.stringify(patch), removed: JSON.stringify(removed) };
+  // Sealed: a removed key goes under every secret's name, a changed one under the others' (the patch
+  // holds it under the first secret's), so no older copy of either is left behind.
+  // With `acceptPlaintext`, a key may also be in the row in plaintext, under its own name.
+  const plain = (key: string) => (acceptPlaintext ? [key] : []);
+  const names = removed.flatMap((key) => [...sealer.storedNames(key), ...plain(key)]);
+  for (const key of Object.keys(patch)) if (key !== "cookie") names.push(...sealer.storedNames(key).slice(1), ...plain(key));
+  const values = { patch: JSON.stringify(sealer.seal(rowKey, patch)), removed: JSON.stringify(names) };
+  // The entries this request read that are not sealed as a save would seal them now, and that it does
+  // not write itself: re-sealed as the row holds them (see Statements' resealed).
+  const skip = new Set([...Object.keys(patch), ...removed]);
+  const reseal =
+    stale &&
+    sealer.resealItems(
+      rowKey,
+      stale.filter((entry) => !skip.has(entry.key)),
+    );
+  return reseal && reseal.length > 0 ? { ...values, reseal: JSON.stringify(reseal) } : values;
 }

@@ -188,8 +188,14 @@ export class Statements {
       const merged = sql`${this.withoutKeys(sql`${t.data}`, v("removed"))} || ${v("patch")}::text::jsonb`;
       const data = reseal ? this.resealed(merged, v("reseal")) : merged;
       const returned = withData ? sql`, ${t.data}::text as data` : sql``;
-      return this.loadedUpdate(v, this.changes(v, data), sql`
-        and jsonb_typeof(${t.data}) = 'object'`, sql`${this.saved()}${returned}`, login);
+      return this.loadedUpdate(
+        v,
+        this.changes(v, data),
+        sql`
+        and jsonb_typeof(${t.data}) = 'object'`,
+        sql`${this.saved()}${returned}`,
+        login,
+      );
     });
   }
 
@@ -236,7 +242,9 @@ export class Statements {
         least(${lifetime(v("life"))}, ${created}), ${created}, ${NOW}, ${NOW}, ${v("ua")}::text, ${v("ip")}::text,
         case when ${v("userId")}::text is null then null when ${v("carried")}::boolean then to_timestamp(${v("authenticated")}::float8 / 1000) else ${NOW} end`;
       const columns = sql.join(
-        [t.key, t.handle, t.userId, t.label, t.data, t.expiresAt, t.absoluteExpiresAt, t.createdAt, t.lastSeenAt, t.userAgent, t.ip, t.authenticatedAt].map(col),
+        [t.key, t.handle, t.userId, t.label, t.data, t.expiresAt, t.absoluteExpiresAt, t.createdAt, t.lastSeenAt, t.userAgent, t.ip, t.authenticatedAt].map(
+          col,
+        ),
         sql`, `,
       );
       const values = n === 1 ? sql`values (${row})` : sql`select ${row} where not exists (select 1 from ${t} where ${this.byKeys(keyParams(n, v).slice(1))})`;
@@ -485,7 +493,10 @@ export class Statements {
     const except =
       exceptHandles.length === 0
         ? sql``
-        : sql` and not (${this.byKeys(exceptKeys)} or ${t.handle} in (${sql.join(exceptHandles.map((h) => sql`${h}`), sql`, `)}))`;
+        : sql` and not (${this.byKeys(exceptKeys)} or ${t.handle} in (${sql.join(
+            exceptHandles.map((h) => sql`${h}`),
+            sql`, `,
+          )}))`;
     return this.ending(reason, sql`${t.userId} = ${this.userId(userId)}${except}`, record);
   }
 
@@ -497,7 +508,14 @@ export class Statements {
    * the owner's least recently used other live sessions beyond the cap end as `evicted`, as a login ends
    * them; returns them as `evicted` ({@link evictedColumn}).
    */
-  extend(handle: string, life: number, cookieExpires: string, beyondAbsolute: boolean, owner: string | undefined, capped?: { cap: number; owner: string | null }): SQL {
+  extend(
+    handle: string,
+    life: number,
+    cookieExpires: string,
+    beyondAbsolute: boolean,
+    owner: string | undefined,
+    capped?: { cap: number; owner: string | null },
+  ): SQL {
     const t = this.t;
     const target = lifetime(life);
     const absolute = this.absoluteExpiry();
@@ -535,7 +553,10 @@ export class Statements {
 
   /** `key in (...)`. */
   byKeys(keys: Array<string | SQL>): SQL {
-    return sql`${this.t.key} in (${sql.join(keys.map((k) => (typeof k === "string" ? sql`${k}` : k)), sql`, `)})`;
+    return sql`${this.t.key} in (${sql.join(
+      keys.map((k) => (typeof k === "string" ? sql`${k}` : k)),
+      sql`, `,
+    )})`;
   }
 
   /**
@@ -689,7 +710,7 @@ function loginKey(login: LoginWrite | undefined): string {
 
 /** Adds a session's row keys to a shaped statement's values, as `k0`, `k1`, ... */
 export function keyValues(keys: readonly string[], values: Record<string, unknown>): Record<string, unknown> {
-  keys.forEach((key, i) => (values[`k${i}`] = key));
+  for (const [i, key] of keys.entries()) values[`k${i}`] = key;
   return values;
 }
 

@@ -27,7 +27,8 @@ export type TraceDetail = Omit<TraceContext, "operation" | "table" | "error">;
 type Tracing = diagnostics.TracingChannel<object, TraceContext>;
 
 /** Node's `tracingChannel` (18.19, 20): absent on older versions and some runtimes, where nothing is traced. */
-const tracingChannel: ((name: string) => Tracing) | undefined = typeof (diagnostics as any).tracingChannel === "function" ? (diagnostics as any).tracingChannel : undefined;
+const tracingChannel: ((name: string) => Tracing) | undefined =
+  typeof (diagnostics as any).tracingChannel === "function" ? (diagnostics as any).tracingChannel : undefined;
 
 const channels = new Map<string, Tracing | null>();
 
@@ -39,7 +40,13 @@ function channelOf(operation: string): Tracing | null {
 
 /** Whether any of a tracing channel's five channels has a subscriber (TracingChannel.hasSubscribers is Node 20.13+). */
 function subscribed(channel: Tracing): boolean {
-  return channel.start.hasSubscribers || channel.end.hasSubscribers || channel.asyncStart.hasSubscribers || channel.asyncEnd.hasSubscribers || channel.error.hasSubscribers;
+  return (
+    channel.start.hasSubscribers ||
+    channel.end.hasSubscribers ||
+    channel.asyncStart.hasSubscribers ||
+    channel.asyncEnd.hasSubscribers ||
+    channel.error.hasSubscribers
+  );
 }
 
 /** Whether `operation`'s tracing channel has a subscriber: the fast paths build no closure for {@link traced} without one. */

@@ -10,6 +10,7 @@ import { SessionStore, type SessionEndedEvent, type SessionStoreOptions, type Us
 import { rowsOf } from "../src/driver.js";
 import { cookieOf, testApp } from "./support/app.js";
 import { cacheReady, drivers, eventually, openDb, openPeer, sessionData, sleep, typedTable, type Peer, type TestDb, useTestDb } from "./support/db.js";
+import { internals } from "./support/internals.js";
 
 const HOUR = 3_600_000;
 
@@ -228,7 +229,7 @@ describe.each(drivers)("maxSessionsPerUser on %s", (driver) => {
     let locked!: () => void;
     const holding = new Promise<void>((resolve) => (locked = resolve));
     const holder = (await other()).db.transaction(async (tx) => {
-      await tx.execute((store as any).sql.loginLock("ann", 60_000));
+      await tx.execute(internals(store).loginLock("ann", 60_000));
       locked();
       await released;
     });

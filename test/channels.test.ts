@@ -52,15 +52,18 @@ describe.each(drivers)("channels of tables with unusual names on %s", (driver) =
   }
 
   // The cache does not run on postgres.js (its listen never says when its connection was lost).
-  it.skipIf(driver === "postgres.js").each(NAMES)("table %j: the read cache turns on, and a revoke on another instance evicts the session from it", async (name) => {
-    const [a, b] = await instances(await tableNamed(name), { cache: {} });
-    await a.ready();
-    expect(await cacheReady(a)).toBe(true);
-    await a.set("cached", sessionData(HOUR, { passport: { user: "ann" } }));
-    expect(await a.get("cached")).not.toBeNull();
-    expect(await b.revoke((await b.handleOf("cached"))!, { anyOwner: true })).toBe(true);
-    expect(await eventually(async () => (await a.get("cached")) === null)).toBe(true);
-  });
+  it.skipIf(driver === "postgres.js").each(NAMES)(
+    "table %j: the read cache turns on, and a revoke on another instance evicts the session from it",
+    async (name) => {
+      const [a, b] = await instances(await tableNamed(name), { cache: {} });
+      await a.ready();
+      expect(await cacheReady(a)).toBe(true);
+      await a.set("cached", sessionData(HOUR, { passport: { user: "ann" } }));
+      expect(await a.get("cached")).not.toBeNull();
+      expect(await b.revoke((await b.handleOf("cached"))!, { anyOwner: true })).toBe(true);
+      expect(await eventually(async () => (await a.get("cached")) === null)).toBe(true);
+    },
+  );
 
   it.each(NAMES)("table %j: `broadcast` hears the other instance's created and ended events", async (name) => {
     const [a, b] = await instances(await tableNamed(name), { broadcast: true, secrets: SECRET });

@@ -39,21 +39,24 @@ describe.each(drivers)("features combined on %s", (driver) => {
     it.each([
       ["a key rotation (rows sealed under the old secret)", { encrypt: { secrets: OLD } }, { encrypt: { secrets: [NEW, OLD] } }],
       ["the plaintext changeover (acceptPlaintext)", {}, { encrypt: { secrets: NEW, acceptPlaintext: true } }],
-    ] as const)("during %s, a tab that read the user before the sign-out and only reads again (its touch writes) does not sign the user back in", async (_, before, after) => {
-      const writer = storeWith(before);
-      await writer.set("tabs", sessionData(HOUR, { passport: { user: "ann" }, cart: [1] }));
-      const rotated = storeWith({ ...after, touchAfter: 0 });
-      const tab1: any = await rotated.get("tabs");
-      const tab2: any = await rotated.get("tabs");
-      delete tab1.passport;
-      await rotated.set("tabs", tab1);
-      // The other tab only read: express-session touches its session at the end of the request.
-      tab2.cookie.expires = new Date(Date.now() + 2 * HOUR).toISOString();
-      await rotated.touch("tabs", tab2);
-      const now: any = await rotated.get("tabs");
-      expect(now.passport).toBeUndefined();
-      expect(now.cart).toEqual([1]);
-    });
+    ] as const)(
+      "during %s, a tab that read the user before the sign-out and only reads again (its touch writes) does not sign the user back in",
+      async (_, before, after) => {
+        const writer = storeWith(before);
+        await writer.set("tabs", sessionData(HOUR, { passport: { user: "ann" }, cart: [1] }));
+        const rotated = storeWith({ ...after, touchAfter: 0 });
+        const tab1: any = await rotated.get("tabs");
+        const tab2: any = await rotated.get("tabs");
+        delete tab1.passport;
+        await rotated.set("tabs", tab1);
+        // The other tab only read: express-session touches its session at the end of the request.
+        tab2.cookie.expires = new Date(Date.now() + 2 * HOUR).toISOString();
+        await rotated.touch("tabs", tab2);
+        const now: any = await rotated.get("tabs");
+        expect(now.passport).toBeUndefined();
+        expect(now.cart).toEqual([1]);
+      },
+    );
 
     it("during a key rotation, a tab that read the user before the sign-out and saves a change of its own keeps its change and the sign-out", async () => {
       const writer = storeWith({ encrypt: { secrets: OLD } });
@@ -147,7 +150,13 @@ describe.each(drivers)("features combined on %s", (driver) => {
       const store = storeWith();
       const app = Fastify();
       await app.register(fastifyCookie);
-      await app.register(fastifySession, { store, secret: "a fastify session secret of 32+ characters", cookieName: "sid", saveUninitialized: false, cookie: { secure: false, maxAge: HOUR } });
+      await app.register(fastifySession, {
+        store,
+        secret: "a fastify session secret of 32+ characters",
+        cookieName: "sid",
+        saveUninitialized: false,
+        cookie: { secure: false, maxAge: HOUR },
+      });
       app.post<{ Params: { user: string } }>("/login/:user", async (req) => {
         await req.session.regenerate();
         (req.session as any).userId = req.params.user;
@@ -217,28 +226,31 @@ describe.each(drivers)("features combined on %s", (driver) => {
     expect(now.cookie.originalMaxAge).toBe(60_000);
   });
 
-  it.runIf(driver !== "pglite")("under a cap, extend of an expired session that another connection ends meanwhile neither extends it nor says it did", async () => {
-    const store = storeWith({ maxSessionsPerUser: 2, retainEnded: HOUR });
-    await store.set("raced", sessionData(HOUR, { passport: { user: "ann" } }));
-    const [record] = await store.list({ userId: "ann" });
-    await t.age(2 * HOUR);
-    // The reaper (or a revoke on another instance) ends it in a transaction still open when extend runs.
-    const other = new pg.Client({ connectionString: DATABASE_URL });
-    await other.connect();
-    try {
-      await other.query("begin");
-      await other.query(`update "${t.schema}"."sessions" set ended_at = now(), end_reason = 'expired' where handle = $1`, [record!.handle]);
-      const extending = store.extend(record!.handle, new Date(Date.now() + HOUR), { userId: "ann" });
-      // Give extend the time to take its snapshot and wait for the row (either way the answer must be false).
-      await sleep(300);
-      await other.query("commit");
-      expect(await extending).toBe(false);
-    } finally {
-      await other.end();
-    }
-    const [row] = await t.raw(`select ended_at is not null as ended, end_reason, expires_at < now() as expired from $table`);
-    expect(row).toEqual({ ended: true, end_reason: "expired", expired: true });
-  });
+  it.runIf(driver !== "pglite")(
+    "under a cap, extend of an expired session that another connection ends meanwhile neither extends it nor says it did",
+    async () => {
+      const store = storeWith({ maxSessionsPerUser: 2, retainEnded: HOUR });
+      await store.set("raced", sessionData(HOUR, { passport: { user: "ann" } }));
+      const [record] = await store.list({ userId: "ann" });
+      await t.age(2 * HOUR);
+      // The reaper (or a revoke on another instance) ends it in a transaction still open when extend runs.
+      const other = new pg.Client({ connectionString: DATABASE_URL });
+      await other.connect();
+      try {
+        await other.query("begin");
+        await other.query(`update "${t.schema}"."sessions" set ended_at = now(), end_reason = 'expired' where handle = $1`, [record!.handle]);
+        const extending = store.extend(record!.handle, new Date(Date.now() + HOUR), { userId: "ann" });
+        // Give extend the time to take its snapshot and wait for the row (either way the answer must be false).
+        await sleep(300);
+        await other.query("commit");
+        expect(await extending).toBe(false);
+      } finally {
+        await other.end();
+      }
+      const [row] = await t.raw(`select ended_at is not null as ended, end_reason, expires_at < now() as expired from $table`);
+      expect(row).toEqual({ ended: true, end_reason: "expired", expired: true });
+    },
+  );
 
   it("inspecting or logging a loaded session never shows its id", async () => {
     const sid = "inspect-me-3bd1f0a6c2";
@@ -269,23 +281,26 @@ describe.each(drivers)("features combined on %s", (driver) => {
     expect(printed).not.toContain(id);
   });
 
-  it.runIf(driver !== "postgres.js")("with the cache, a touch that writes never caches its request's stale view: a sign-out by another tab is not undone by the next get", async () => {
-    const store = storeWith({ cache: {}, touchAfter: 0 });
-    expect(await cacheReady(store)).toBe(true);
-    await store.set("cached", sessionData(HOUR, { passport: { user: "ann" } }));
-    const tab1: any = await store.get("cached");
-    const tab2: any = await store.get("cached");
-    delete tab1.passport;
-    await store.set("cached", tab1);
-    // The sign-out's own NOTIFY heard (as it would be, a moment later, in an app): nothing left to evict a stale entry.
-    await notifyBarrier(store);
-    tab2.cookie.expires = new Date(Date.now() + 2 * HOUR).toISOString();
-    await store.touch("cached", tab2);
-    // Even before the touch's own NOTIFY came back:
-    expect(((await store.get("cached")) as any).passport).toBeUndefined();
-    await notifyBarrier(store);
-    expect(((await store.get("cached")) as any).passport).toBeUndefined();
-  });
+  it.runIf(driver !== "postgres.js")(
+    "with the cache, a touch that writes never caches its request's stale view: a sign-out by another tab is not undone by the next get",
+    async () => {
+      const store = storeWith({ cache: {}, touchAfter: 0 });
+      expect(await cacheReady(store)).toBe(true);
+      await store.set("cached", sessionData(HOUR, { passport: { user: "ann" } }));
+      const tab1: any = await store.get("cached");
+      const tab2: any = await store.get("cached");
+      delete tab1.passport;
+      await store.set("cached", tab1);
+      // The sign-out's own NOTIFY heard (as it would be, a moment later, in an app): nothing left to evict a stale entry.
+      await notifyBarrier(store);
+      tab2.cookie.expires = new Date(Date.now() + 2 * HOUR).toISOString();
+      await store.touch("cached", tab2);
+      // Even before the touch's own NOTIFY came back:
+      expect(((await store.get("cached")) as any).passport).toBeUndefined();
+      await notifyBarrier(store);
+      expect(((await store.get("cached")) as any).passport).toBeUndefined();
+    },
+  );
 
   it.each([
     ["plain data", {}, 40_000],

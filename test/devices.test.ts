@@ -48,7 +48,9 @@ function browser(app: App, userAgent: string, ip: string) {
   };
   const post = async (path: string, form: Record<string, string> = {}) => {
     if (!csrf) await get(path === "/signup" || path === "/login" ? path : "/devices");
-    return headers(agent.post(path)).type("form").send({ _csrf: csrf, ...form });
+    return headers(agent.post(path))
+      .type("form")
+      .send({ _csrf: csrf, ...form });
   };
   return { get, post };
 }
@@ -171,7 +173,11 @@ describe("the devices example", () => {
     expect(devices.headers.location).toBe("/login");
     expect(devices.text).not.toMatch(/_csrf/);
     const phoneHandle = (await app.store.list({ userId: await userIdOf(app) })).find((s) => s.device === "Safari on iOS")!.handle;
-    for (const [path, form] of [["/devices/revoke", { handle: phoneHandle }], ["/devices/logout-others", {}], ["/devices/token", { label: "chain" }]] as const) {
+    for (const [path, form] of [
+      ["/devices/revoke", { handle: phoneHandle }],
+      ["/devices/logout-others", {}],
+      ["/devices/token", { label: "chain" }],
+    ] as const) {
       const res = await request(app.app).post(path).set(bearer).type("form").send(form);
       expect(res.status, path).not.toBe(201);
       expect([303, 403], path).toContain(res.status);

@@ -6,6 +6,7 @@ import { SessionStore, type SessionStoreOptions } from "../src/index.js";
 import { Sealer } from "../src/seal.js";
 import { cookieOf, testApp } from "./support/app.js";
 import { cacheReady, drivers, eventually, notifyBarrier, sessionData, type TestDb, useTestDb } from "./support/db.js";
+import { internals } from "./support/internals.js";
 
 const OLD = randomBytes(32).toString("base64url");
 const NEW = randomBytes(32).toString("base64url");
@@ -26,7 +27,9 @@ describe("encrypt options", () => {
   });
 
   it("a misspelt encrypt option or a non-boolean acceptPlaintext is a TypeError", () => {
-    expect(() => new SessionStore({ db, encrypt: { secrets: OLD, acceptPlaintxt: true } as any })).toThrow(/unknown `encrypt` option `acceptPlaintxt` \(did you mean `acceptPlaintext`\?\)/);
+    expect(() => new SessionStore({ db, encrypt: { secrets: OLD, acceptPlaintxt: true } as any })).toThrow(
+      /unknown `encrypt` option `acceptPlaintxt` \(did you mean `acceptPlaintext`\?\)/,
+    );
     expect(() => new SessionStore({ db, encrypt: { secrets: OLD, acceptPlaintext: "yes" } as any })).toThrow(/`encrypt.acceptPlaintext` must be true or false/);
     expect(() => new SessionStore({ db, encrypt: OLD as any })).toThrow(/`encrypt` must be an object/);
   });
@@ -97,7 +100,11 @@ describe.each(drivers)("encryption at rest on %s", (driver) => {
     for (const plain of [MARKER, "passport", "views", "note", '"ann"']) expect(row.text).not.toContain(plain);
     expect(row.path).toBe("/");
     const { data } = await rowOf("ann");
-    expect(Object.keys(data).filter((k) => k !== "cookie" && k !== "~cookie").every((k) => /^~[\w-]{22}$/.test(k))).toBe(true);
+    expect(
+      Object.keys(data)
+        .filter((k) => k !== "cookie" && k !== "~cookie")
+        .every((k) => /^~[\w-]{22}$/.test(k)),
+    ).toBe(true);
     expect(Object.keys(data)).toHaveLength(5); // cookie, its tag, passport, note, views
 
     expect((await request(web).post("/logout").set("Cookie", cookie)).status).toBe(200);
@@ -109,7 +116,11 @@ describe.each(drivers)("encryption at rest on %s", (driver) => {
     const store = encrypted();
     const web = app(store);
     const laptop = await login(web, "ann");
-    const phone = await login(web, "ann", "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1");
+    const phone = await login(
+      web,
+      "ann",
+      "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1",
+    );
     await request(web).post("/label").set("Cookie", laptop);
     const records = await store.list({ userId: "ann" });
     expect(records.map((r) => r.label).sort()).toEqual(["Work laptop", null].sort());
@@ -129,7 +140,9 @@ describe.each(drivers)("encryption at rest on %s", (driver) => {
 
   it("rotation: a session that is only read is re-sealed under the new secret by its first touch that writes, so dropping the old secret later keeps it", async () => {
     const cookie = await login(app(encrypted(OLD)), "ann");
-    await request(app(encrypted(OLD))).post("/mark").set("Cookie", cookie);
+    await request(app(encrypted(OLD)))
+      .post("/mark")
+      .set("Cookie", cookie);
     // touchAfter: 0, so the read's touch writes (as one does every touchAfter on a used session).
     const rotated = encrypted([NEW, OLD], { touchAfter: 0 });
     const errors = reported(rotated);
@@ -138,7 +151,13 @@ describe.each(drivers)("encryption at rest on %s", (driver) => {
     expect(sealer(NEW).current(data)).toBe(true);
     expect(Object.keys(data)).toHaveLength(4); // cookie, its tag, passport, note
     // The new secret alone reads it: nothing was left under the old one.
-    expect((await request(app(encrypted(NEW))).get("/mark").set("Cookie", cookie)).body).toEqual({ note: MARKER });
+    expect(
+      (
+        await request(app(encrypted(NEW)))
+          .get("/mark")
+          .set("Cookie", cookie)
+      ).body,
+    ).toEqual({ note: MARKER });
     expect(errors).toEqual([]);
   });
 
@@ -278,7 +297,7 @@ describe.each(drivers)("encryption at rest on %s", (driver) => {
     const store = encrypted([NEW, OLD]);
     await store.set("sid-1", sessionData(60_000, { userId: "ann" }));
     const { key, data } = await rowOf("ann");
-    const names = store["sealer"]!.storedNames("role");
+    const names: string[] = internals(store).storedNames("role");
     expect(names).toEqual([sealer(NEW).storedNames("role")[0], sealer(OLD).storedNames("role")[0]]);
     await setData(key, { ...data, ...sealer(OLD).seal(key, { role: "old" }), ...sealer(NEW).seal(key, { role: "new" }) });
     expect(((await store.get("sid-1")) as any).role).toBe("new");
@@ -330,7 +349,9 @@ describe.each(drivers)("encryption at rest on %s", (driver) => {
     expect(row.data).not.toContain("book");
     expect(row.data).not.toContain(MARKER);
     // One entry per key (cart, theme, userId) beside the cookie: nothing left behind under another name.
-    expect(Object.keys(JSON.parse(row.data)).sort()).toEqual(["cookie", "~cookie", ...sealer(OLD).storedNames("cart"), ...sealer(OLD).storedNames("theme"), ...sealer(OLD).storedNames("userId")].sort());
+    expect(Object.keys(JSON.parse(row.data)).sort()).toEqual(
+      ["cookie", "~cookie", ...sealer(OLD).storedNames("cart"), ...sealer(OLD).storedNames("theme"), ...sealer(OLD).storedNames("userId")].sort(),
+    );
     // After a rotation, a change to one key of a row sealed under the old secret re-seals the whole row.
     const rotated = encrypted([NEW, OLD]);
     const loaded = (await rotated.get("sid-tabs")) as any;
@@ -363,7 +384,7 @@ describe.each(drivers)("encryption at rest on %s", (driver) => {
       const { key, data } = await rowOf("ann");
       await setData(key, { ...data, admin: true });
       // The cache still serves what it read (authentic) until the row is evicted, as by any write's NOTIFY.
-      (store as any).evict([key]);
+      internals(store).evict([key]);
       expect((await request(web).get("/me").set("Cookie", cookie)).status).toBe(401);
       expect(await eventually(() => errors.some((e: any) => e.code === "CORRUPT_ROW"))).toBe(true);
     } finally {

@@ -7,6 +7,7 @@ import { createSessionTable, SessionStore, type SessionEndedEvent, type SessionE
 import { listen } from "../src/notify.js";
 import { cookieOf, testApp } from "./support/app.js";
 import { DATABASE_URL, drivers, eventually, openDb, openPeer, sessionData, sleep, type Peer, type TestDb, useTestDb } from "./support/db.js";
+import { internals } from "./support/internals.js";
 
 const HOUR = 3_600_000;
 /** `broadcast` seals its events under keys derived from `secrets`, the same on every instance. */
@@ -53,12 +54,18 @@ describe.each(drivers)("lifecycle events on %s", (driver) => {
     const cookie = await login(app, "ann");
     const [row] = await store.list({ userId: "ann" });
     expect(heard).toEqual([
-      { event: "created", e: { handle: row!.handle, userId: "ann", label: null, userAgent: FIREFOX, ip: "127.0.0.1", device: "Firefox on Linux", local: true } },
+      {
+        event: "created",
+        e: { handle: row!.handle, userId: "ann", label: null, userAgent: FIREFOX, ip: "127.0.0.1", device: "Firefox on Linux", local: true },
+      },
     ]);
     expect((await request(app).post("/logout").set("Cookie", cookie).set("User-Agent", FIREFOX)).status).toBe(200);
     const anonymous = heard[2]?.e.handle;
     expect(heard.slice(1)).toEqual([
-      { event: "ended", e: { handle: row!.handle, userId: "ann", label: null, userAgent: FIREFOX, ip: "127.0.0.1", device: "Firefox on Linux", local: true, reason: "logout" } },
+      {
+        event: "ended",
+        e: { handle: row!.handle, userId: "ann", label: null, userAgent: FIREFOX, ip: "127.0.0.1", device: "Firefox on Linux", local: true, reason: "logout" },
+      },
       // passport's logout regenerates, and express-session stores the new (anonymous) session.
       { event: "created", e: { handle: anonymous, userId: null, label: null, userAgent: FIREFOX, ip: "127.0.0.1", device: "Firefox on Linux", local: true } },
     ]);
@@ -87,7 +94,9 @@ describe.each(drivers)("lifecycle events on %s", (driver) => {
     await store.set("s1", user("ann", { label: "Work laptop", more: 1 })); // a known id the store did not load
     await store.touch("s1", loaded);
     const [row] = await store.list({ userId: "ann" });
-    expect(heard).toEqual([{ event: "created", e: { handle: row!.handle, userId: "ann", label: "Work laptop", userAgent: null, ip: null, device: null, local: true } }]);
+    expect(heard).toEqual([
+      { event: "created", e: { handle: row!.handle, userId: "ann", label: "Work laptop", userAgent: null, ip: null, device: null, local: true } },
+    ]);
   });
 
   it.each([0, HOUR])("revoke and revokeUser: one ended event per session ended, with its reason (retainEnded %s)", async (retainEnded) => {
@@ -141,11 +150,14 @@ describe.each(drivers)("lifecycle events on %s", (driver) => {
     await store.set("plain-id", user("bob"));
     await store.revokeUser("bob");
     const sids = [decodeURIComponent(cookie.split("=")[1]!).slice(2).split(".")[0]!, "plain-id"];
-    const secrets = sids.flatMap((sid) => [sid, ...(store as any).keysOf(sid)]);
+    const secrets = sids.flatMap((sid) => [sid, ...internals(store).keysOf(sid)]);
     expect(heard.map((h) => h.event)).toEqual(["created", "ended", "created", "created", "ended"]);
     const text = JSON.stringify(heard);
     for (const secret of secrets) expect(text).not.toContain(secret);
-    for (const h of heard) expect(Object.keys(h.e).sort()).toEqual(["device", "handle", "ip", "label", "local", "userAgent", "userId", ...(h.event === "ended" ? ["reason"] : [])].sort());
+    for (const h of heard)
+      expect(Object.keys(h.e).sort()).toEqual(
+        ["device", "handle", "ip", "label", "local", "userAgent", "userId", ...(h.event === "ended" ? ["reason"] : [])].sort(),
+      );
   });
 
   it("clear() and the reaper's expiries emit no event (the `reap` event counts expiries)", async () => {
@@ -215,7 +227,11 @@ describe.each(drivers)("lifecycle events on %s", (driver) => {
     await store.set("p2", user("ann"));
     await store.set("p3", user("ann"));
     const [row] = await store.list({ userId: "ann" });
-    const plain = [...(await endStatements(() => store.destroy("p1"))), ...(await endStatements(() => store.revoke(row!.handle, { anyOwner: true }))), ...(await endStatements(() => store.revokeUser("ann")))];
+    const plain = [
+      ...(await endStatements(() => store.destroy("p1"))),
+      ...(await endStatements(() => store.revoke(row!.handle, { anyOwner: true }))),
+      ...(await endStatements(() => store.revokeUser("ann"))),
+    ];
     expect(plain).toHaveLength(3);
     for (const statement of plain) {
       expect(statement).toMatch(/returning (?:"\w+"\.)?"sessions"\."key" as key$/);
@@ -352,9 +368,18 @@ describe.each(drivers)("broadcast on %s", (driver) => {
     ]);
     await flushed(a, b);
     await flushed(b, a);
-    for (const heard of [heardA, heardB]) expect(ended(heard).map((e) => e.handle).sort()).toEqual([...handles].sort());
-    const localA = ended(heardA).filter((e) => e.local).map((e) => e.handle);
-    const localB = ended(heardB).filter((e) => e.local).map((e) => e.handle);
+    for (const heard of [heardA, heardB])
+      expect(
+        ended(heard)
+          .map((e) => e.handle)
+          .sort(),
+      ).toEqual([...handles].sort());
+    const localA = ended(heardA)
+      .filter((e) => e.local)
+      .map((e) => e.handle);
+    const localB = ended(heardB)
+      .filter((e) => e.local)
+      .map((e) => e.handle);
     expect([...localA, ...localB].sort(), "each end was made by exactly one store").toEqual([...handles].sort());
   });
 
@@ -398,7 +423,7 @@ describe.each(drivers)("broadcast on %s", (driver) => {
     const onA = localStore({ table: tables[0] });
     const onB = localStore({ table: tables[1] });
     const otherOnB = await peerStore({ table: tables[1] });
-    expect((onA as any).sql.eventsChannel).toBe((onB as any).sql.eventsChannel);
+    expect(internals(onA).eventsChannel).toBe(internals(onB).eventsChannel);
     const heardB = record(otherOnB);
     await flushed(onB, otherOnB);
     await onA.set("on-a", user("ann"));
@@ -420,13 +445,15 @@ describe.each(drivers)("broadcast on %s", (driver) => {
     return payloads;
   }
 
-  const channelOf = (store: SessionStore): string => (store as any).sql.eventsChannel;
+  const channelOf = (store: SessionStore): string => internals(store).eventsChannel;
 
   /** NOTIFYs `payload` on `store`'s events channel with raw SQL, outside any store. */
   const notifyRaw = (store: SessionStore, payload: string) => t.raw(`select pg_notify('${channelOf(store)}', '${payload.replaceAll("'", "''")}')`);
 
   /** Keeps the stores a test is not about from writing what they refuse to the console. */
-  const quiet = (...stores: SessionStore[]) => stores.forEach((s) => s.on("error", () => {}));
+  const quiet = (...stores: SessionStore[]) => {
+    for (const s of stores) s.on("error", () => {});
+  };
 
   /** The messages of the `UNTRUSTED_EVENT` errors `store` reports. */
   function untrusted(store: SessionStore): string[] {
@@ -437,11 +464,24 @@ describe.each(drivers)("broadcast on %s", (driver) => {
 
   /** An old-style (plain JSON) event payload, as anyone who can connect could NOTIFY it. */
   const forgedJson = (store: SessionStore, e: string) =>
-    JSON.stringify({ i: "forger", t: (store as any).sql.tableName, e, handle: "forged-handle", userId: "ann", label: null, userAgent: FIREFOX, ip: "203.0.113.9", reason: "revoked" });
+    JSON.stringify({
+      i: "forger",
+      t: internals(store).tableName,
+      e,
+      handle: "forged-handle",
+      userId: "ann",
+      label: null,
+      userAgent: FIREFOX,
+      ip: "203.0.113.9",
+      reason: "revoked",
+    });
 
   it("`broadcast` without `secrets` (or with a short one) is a TypeError at construction that says to set them", () => {
     expect(() => new SessionStore({ db: t.db, table: t.table, reaper: false, broadcast: true })).toThrow(
-      expect.objectContaining({ name: "TypeError", message: expect.stringMatching(/^connect-drizzle: `broadcast` needs `secrets` \(the same on every instance\)/) }),
+      expect.objectContaining({
+        name: "TypeError",
+        message: expect.stringMatching(/^connect-drizzle: `broadcast` needs `secrets` \(the same on every instance\)/),
+      }),
     );
     expect(() => new SessionStore({ db: t.db, table: t.table, reaper: false, broadcast: true, secrets: ["short"] })).toThrow(TypeError);
     expect(() => new SessionStore({ db: t.db, table: t.table, reaper: false, broadcast: true, secrets: [SECRET, "short"] })).toThrow(TypeError);
@@ -474,31 +514,34 @@ describe.each(drivers)("broadcast on %s", (driver) => {
     for (const message of rejected) expect(message).toMatch(/^connect-drizzle: an event heard on the `broadcast` channel was dropped, never emitted: /);
   });
 
-  it.skipIf(driver === "pglite")("a role with no privilege on the sessions table can NOTIFY on the events channel, and its event is dropped and reported", async () => {
-    const a = localStore();
-    const b = await peerStore();
-    quiet(a);
-    const heardB = record(b);
-    const rejected = untrusted(b);
-    await flushed(a, b);
-    const role = `cd_forger_${process.pid}_${Date.now().toString(36)}`;
-    await t.raw(`create role "${role}" login`);
-    const url = new URL(DATABASE_URL!);
-    url.username = role;
-    url.password = "";
-    const forger = new pg.Client({ connectionString: url.toString() });
-    try {
-      await forger.connect();
-      await expect(forger.query(`select count(*) from $table`.replace("$table", `"${t.schema}"."sessions"`))).rejects.toThrow(/permission denied/);
-      await forger.query("select pg_notify($1, $2)", [channelOf(a), forgedJson(a, "ended")]);
-    } finally {
-      await forger.end().catch(() => {});
-      await t.raw(`drop role "${role}"`);
-    }
-    await flushed(a, b);
-    expect(heardB).toEqual([]);
-    expect(rejected).toHaveLength(1);
-  });
+  it.skipIf(driver === "pglite")(
+    "a role with no privilege on the sessions table can NOTIFY on the events channel, and its event is dropped and reported",
+    async () => {
+      const a = localStore();
+      const b = await peerStore();
+      quiet(a);
+      const heardB = record(b);
+      const rejected = untrusted(b);
+      await flushed(a, b);
+      const role = `cd_forger_${process.pid}_${Date.now().toString(36)}`;
+      await t.raw(`create role "${role}" login`);
+      const url = new URL(DATABASE_URL!);
+      url.username = role;
+      url.password = "";
+      const forger = new pg.Client({ connectionString: url.toString() });
+      try {
+        await forger.connect();
+        await expect(forger.query(`select count(*) from $table`.replace("$table", `"${t.schema}"."sessions"`))).rejects.toThrow(/permission denied/);
+        await forger.query("select pg_notify($1, $2)", [channelOf(a), forgedJson(a, "ended")]);
+      } finally {
+        await forger.end().catch(() => {});
+        await t.raw(`drop role "${role}"`);
+      }
+      await flushed(a, b);
+      expect(heardB).toEqual([]);
+      expect(rejected).toHaveLength(1);
+    },
+  );
 
   it("a replayed event (the same sealed payload sent again) is dropped and reported", async () => {
     const a = localStore();
@@ -554,7 +597,16 @@ describe.each(drivers)("broadcast on %s", (driver) => {
     await a.revokeUser(userId);
     // created, newDevice (express login), created (set), ended (logout), created (anonymous), ended (revokeUser)
     expect(await eventually(() => payloads.length >= 6)).toBe(true);
-    const secrets = [userId, "user%40example.com", "127.0.0.1", "Firefox", "Work laptop", "labelled-sid", ...records.map((r) => r.handle), ...(a as any).keysOf("labelled-sid")];
+    const secrets = [
+      userId,
+      "user%40example.com",
+      "127.0.0.1",
+      "Firefox",
+      "Work laptop",
+      "labelled-sid",
+      ...records.map((r) => r.handle),
+      ...internals(a).keysOf("labelled-sid"),
+    ];
     for (const payload of payloads) {
       expect(payload).toMatch(/^[\w-]+\.[\w-]+$/);
       for (const secret of secrets) expect(payload).not.toContain(secret);
@@ -585,8 +637,16 @@ describe.each(drivers)("broadcast on %s", (driver) => {
     await during.set("rotating-2", user("bob"));
     await flushed(next, during);
     await flushed(during, next);
-    expect(created(heardDuring).filter((e) => !e.local).map((e) => e.userId)).toEqual(["ann"]);
-    expect(created(heardNext).filter((e) => !e.local).map((e) => e.userId)).toEqual(["bob"]);
+    expect(
+      created(heardDuring)
+        .filter((e) => !e.local)
+        .map((e) => e.userId),
+    ).toEqual(["ann"]);
+    expect(
+      created(heardNext)
+        .filter((e) => !e.local)
+        .map((e) => e.userId),
+    ).toEqual(["bob"]);
   });
 
   it("an event sent more than a minute from the receiver's clock is dropped and reported (a replay after the nonces are forgotten)", async () => {
@@ -620,7 +680,9 @@ describe.each(drivers)("broadcast on %s", (driver) => {
     await a.destroy("huge");
     expect(await a.get("huge")).toBeNull();
     await flushed(a, b);
-    expect(ended(heardB)).toEqual([{ handle: row!.handle, userId: null, label: null, userAgent: null, ip: null, device: null, local: false, reason: "logout" }]);
+    expect(ended(heardB)).toEqual([
+      { handle: row!.handle, userId: null, label: null, userAgent: null, ip: null, device: null, local: false, reason: "logout" },
+    ]);
   });
 });
 

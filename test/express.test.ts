@@ -125,7 +125,10 @@ describe.each(drivers)("express-session + passport on %s", (driver) => {
       } finally {
         ticking.mockRestore();
       }
-      expect(t.statements.filter((s) => !/^select/i.test(s)), JSON.stringify(options)).toEqual([]);
+      expect(
+        t.statements.filter((s) => !/^select/i.test(s)),
+        JSON.stringify(options),
+      ).toEqual([]);
     }
   });
 

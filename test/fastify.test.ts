@@ -287,7 +287,11 @@ describe("CommonJS consumers (NestJS builds)", () => {
     const root = join(import.meta.dirname, "..");
     const out = mkdtempSync(join(tmpdir(), "connect-drizzle-cjs-"));
     try {
-      execFileSync("npx", ["tsup", "src/index.ts", "--format", "cjs", "--no-dts", "--out-dir", out, "--silent"], { cwd: root, stdio: "pipe" });
+      // --no-config: the package's own config builds more than this one CommonJS file (and would write it twice at once).
+      execFileSync("npx", ["tsup", "src/index.ts", "--no-config", "--shims", "--format", "cjs", "--no-dts", "--out-dir", out, "--silent"], {
+        cwd: root,
+        stdio: "pipe",
+      });
       const script = `
         const { SessionStore } = require(${JSON.stringify(join(out, "index.cjs"))});
         const { PGlite } = require("@electric-sql/pglite");

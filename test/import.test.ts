@@ -8,7 +8,15 @@ import session from "express-session";
 import pg from "pg";
 import request from "supertest";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { createSessionTable, IMPORTED_COLUMN, importConnectPgSimple, SessionStore, SessionStoreError, sessionMiddleware, type UserIdType } from "../src/index.js";
+import {
+  createSessionTable,
+  IMPORTED_COLUMN,
+  importConnectPgSimple,
+  SessionStore,
+  SessionStoreError,
+  sessionMiddleware,
+  type UserIdType,
+} from "../src/index.js";
 import { cookieOf, testApp } from "./support/app.js";
 import { DATABASE_URL, drivers, openDb, type TestDb } from "./support/db.js";
 
@@ -22,7 +30,8 @@ function sidOf(cookie: string): string {
 
 const cli = join(import.meta.dirname, "..", "src", "cli.ts");
 /** What the CLI says on stderr when an import is given no secrets: the easiest way to log everyone out. */
-const NO_SECRETS_NOTE = /^connect-drizzle: no --secret and no SESSION_STORE_SECRETS: sessions are keyed with SHA-256, as a store without `secrets` keys them\. If your SessionStore has `secrets`, give the import the same ones.*\n$/;
+const NO_SECRETS_NOTE =
+  /^connect-drizzle: no --secret and no SESSION_STORE_SECRETS: sessions are keyed with SHA-256, as a store without `secrets` keys them\. If your SessionStore has `secrets`, give the import the same ones.*\n$/;
 const tsx = join(import.meta.dirname, "..", "node_modules", ".bin", "tsx");
 const runCli = (args: string[], env: Record<string, string | undefined> = {}) =>
   new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
@@ -148,7 +157,7 @@ describe.skipIf(!DATABASE_URL)("moving from connect-pg-simple (needs DATABASE_UR
     }
   });
 
-  it("with sessionMiddleware, the imported sessions are found only under the old cookie name (name: \"connect.sid\")", async () => {
+  it('with sessionMiddleware, the imported sessions are found only under the old cookie name (name: "connect.sid")', async () => {
     await importConnectPgSimple({ db: t.db, table: t.table, fromSchema: t.schema });
     const drizzleStore = store();
     const appWith = (name?: string) =>
@@ -168,7 +177,15 @@ describe.skipIf(!DATABASE_URL)("moving from connect-pg-simple (needs DATABASE_UR
       expect(out.code).toBe(0);
       const lines = out.stdout.trim().split("\n");
       expect(lines).toHaveLength(1);
-      expect(JSON.parse(lines[0]!)).toMatchObject({ imported: 2, skipped: 0, expired: 1, invalid: 0, batches: 1, dryRun: false, durationMs: expect.any(Number) });
+      expect(JSON.parse(lines[0]!)).toMatchObject({
+        imported: 2,
+        skipped: 0,
+        expired: 1,
+        invalid: 0,
+        batches: 1,
+        dryRun: false,
+        durationMs: expect.any(Number),
+      });
 
       const withSecret = store(["s1"]);
       const withoutSecret = store();
@@ -206,15 +223,26 @@ describe.skipIf(!DATABASE_URL)("moving from connect-pg-simple (needs DATABASE_UR
       expect(JSON.parse(redo.stdout)).toMatchObject({ imported: 2, skipped: 0, expired: 1 });
       const value = ann.slice(ann.indexOf("=") + 1);
       for (const cookie of [ann, value, decodeURIComponent(value)]) {
-        expect(JSON.parse((await check(cookie, { SESSION_STORE_SECRETS: "s1" })).stdout)).toEqual({ cookie: "valid", inOldTable: true, copied: true, found: true });
+        expect(JSON.parse((await check(cookie, { SESSION_STORE_SECRETS: "s1" })).stdout)).toEqual({
+          cookie: "valid",
+          inOldTable: true,
+          copied: true,
+          found: true,
+        });
       }
       const app = store(["s1"]);
       expect((await request(testApp(app)).get("/me").set("Cookie", ann)).body).toEqual({ user: "ann" });
       await app.close();
 
       // A cookie signed with another secret, or no signed cookie at all, is no session: said as such.
-      expect(JSON.parse((await check(ann, { SESSION_SECRET: "another secret", SESSION_STORE_SECRETS: "s1" })).stdout)).toMatchObject({ cookie: expect.stringMatching(/^bad signature/), found: false });
-      expect(JSON.parse((await check("not-a-cookie", { SESSION_STORE_SECRETS: "s1" })).stdout)).toMatchObject({ cookie: expect.stringMatching(/^not signed/), found: false });
+      expect(JSON.parse((await check(ann, { SESSION_SECRET: "another secret", SESSION_STORE_SECRETS: "s1" })).stdout)).toMatchObject({
+        cookie: expect.stringMatching(/^bad signature/),
+        found: false,
+      });
+      expect(JSON.parse((await check("not-a-cookie", { SESSION_STORE_SECRETS: "s1" })).stdout)).toMatchObject({
+        cookie: expect.stringMatching(/^not signed/),
+        found: false,
+      });
       // Without the cookie secret the check cannot verify anything: refused, saying what to set.
       const unsigned = await runCli(["import-pg-simple", "--from-schema", t.schema, "--check-cookie", ann], { SESSION_SECRET: "" });
       expect(unsigned.code).toBe(1);
@@ -246,7 +274,9 @@ describe.skipIf(!DATABASE_URL)("moving from connect-pg-simple (needs DATABASE_UR
       await t.raw(`delete from ${old()}`);
       const cookie = { originalMaxAge: 3_600_000, expires: new Date(Date.now() + 3_600_000).toISOString(), httpOnly: true, path: "/" };
       await new Promise<void>((resolve, reject) => legacy.set("carol-sid", { cookie, account: { id: 7 } } as any, (e) => (e ? reject(e) : resolve())));
-      const out = await runCli(["import-pg-simple", "--from-schema", t.schema, "--schema", t.schema, "--user-id-path", "account.id"], { SESSION_STORE_SECRETS: "new,old" });
+      const out = await runCli(["import-pg-simple", "--from-schema", t.schema, "--schema", t.schema, "--user-id-path", "account.id"], {
+        SESSION_STORE_SECRETS: "new,old",
+      });
       expect(out.stderr).toBe("");
       expect(JSON.parse(out.stdout)).toMatchObject({ imported: 1 });
       const withSecrets = store(["new", "old"]);
@@ -261,7 +291,9 @@ describe.skipIf(!DATABASE_URL)("moving from connect-pg-simple (needs DATABASE_UR
       expect(out.stderr).toMatch(NO_SECRETS_NOTE);
       expect(JSON.parse(out.stdout)).toMatchObject({ imported: 2, skipped: 0, expired: 1, dryRun: true });
       expect(await t.raw(`select count(*)::int as n from $table`)).toEqual([{ n: 0 }]);
-      const columns = await t.raw(`select column_name from information_schema.columns where table_schema = '${t.schema}' and table_name = 'session' order by 1`);
+      const columns = await t.raw(
+        `select column_name from information_schema.columns where table_schema = '${t.schema}' and table_name = 'session' order by 1`,
+      );
       expect(columns.map((c: any) => c.column_name)).toEqual(["expire", "sess", "sid"]);
     });
 
@@ -323,7 +355,10 @@ describe.each(drivers)("importing connect-pg-simple rows that do not fit the ses
   beforeEach(async () => {
     await t.raw(`delete from $table`);
     await t.raw(`drop table if exists ${old()}`);
-    for (const statement of pgSimpleTable(old()).split(";").filter((s) => s.trim())) await t.raw(statement);
+    for (const statement of pgSimpleTable(old())
+      .split(";")
+      .filter((s) => s.trim()))
+      await t.raw(statement);
   });
 
   /** Rows of connect-pg-simple's table: [sid, sess JSON text as stored (escapes and all)], unexpired. */
@@ -348,7 +383,11 @@ describe.each(drivers)("importing connect-pg-simple rows that do not fit the ses
   const owners: Record<Exclude<UserIdType, "text">, { good: string; json: string; bad: string[] }> = {
     integer: { good: "7", json: "7", bad: ['"ann@example.com"', "2147483648", '"7.5"'] },
     bigint: { good: String(2 ** 40 + 1), json: String(2 ** 40 + 1), bad: ['"ann@example.com"', '"9223372036854775808"'] },
-    uuid: { good: "6f1c7c0e-3b1a-4d7e-9c55-0a8e2f3b9d21", json: '"6F1C7C0E-3B1A-4D7E-9C55-0A8E2F3B9D21"', bad: ['"6f1c7c0e3b1a4d7e9c550a8e2f3b9d21"', '"not-a-uuid"'] },
+    uuid: {
+      good: "6f1c7c0e-3b1a-4d7e-9c55-0a8e2f3b9d21",
+      json: '"6F1C7C0E-3B1A-4D7E-9C55-0A8E2F3B9D21"',
+      bad: ['"6f1c7c0e3b1a4d7e9c550a8e2f3b9d21"', '"not-a-uuid"'],
+    },
   };
 
   it.each(Object.keys(owners) as Array<keyof typeof owners>)("imports sessions into a table whose user_id is %s, casting the owner", async (type) => {
@@ -359,7 +398,10 @@ describe.each(drivers)("importing connect-pg-simple rows that do not fit the ses
     ]);
     const result = await importConnectPgSimple({ db: t.db, table, fromSchema: t.schema });
     expect(result).toMatchObject({ imported: 2, skipped: 0, expired: 0, invalid: 0 });
-    expect(await t.raw(`select user_id::text as user_id from ${qualified} order by user_id nulls last`)).toEqual([{ user_id: owners[type].good }, { user_id: null }]);
+    expect(await t.raw(`select user_id::text as user_id from ${qualified} order by user_id nulls last`)).toEqual([
+      { user_id: owners[type].good },
+      { user_id: null },
+    ]);
     const s = store(table);
     expect(await s.get("owned")).toMatchObject({ passport: { user: JSON.parse(owners[type].json) } });
     expect((await s.list({ userId: owners[type].good })).map((r) => r.userId)).toEqual([owners[type].good]);
@@ -367,28 +409,31 @@ describe.each(drivers)("importing connect-pg-simple rows that do not fit the ses
     expect(await importConnectPgSimple({ db: t.db, table, fromSchema: t.schema })).toMatchObject({ imported: 0, skipped: 2, invalid: 0 });
   });
 
-  it.each(Object.keys(owners) as Array<keyof typeof owners>)("a session whose owner does not fit userIdType (%s) is counted invalid and the rest are copied", async (type) => {
-    const { table, qualified } = await typedTable(type);
-    const bad = owners[type].bad;
-    await oldRows([
-      ["a-good", sessText(`,"passport":{"user":${owners[type].json}}`)],
-      ...bad.map((owner, i): [string, string] => [`b-bad-${i}`, sessText(`,"passport":{"user":${owner}}`)]),
-      ["c-anonymous", sessText()],
-    ]);
-    // In one batch, and in batches of one.
-    for (const batchSize of [1_000, 1]) {
-      if (batchSize === 1) {
-        await t.raw(`delete from ${qualified}`);
-        await t.raw(`update ${old()} set ${IMPORTED_COLUMN} = null`);
+  it.each(Object.keys(owners) as Array<keyof typeof owners>)(
+    "a session whose owner does not fit userIdType (%s) is counted invalid and the rest are copied",
+    async (type) => {
+      const { table, qualified } = await typedTable(type);
+      const bad = owners[type].bad;
+      await oldRows([
+        ["a-good", sessText(`,"passport":{"user":${owners[type].json}}`)],
+        ...bad.map((owner, i): [string, string] => [`b-bad-${i}`, sessText(`,"passport":{"user":${owner}}`)]),
+        ["c-anonymous", sessText()],
+      ]);
+      // In one batch, and in batches of one.
+      for (const batchSize of [1_000, 1]) {
+        if (batchSize === 1) {
+          await t.raw(`delete from ${qualified}`);
+          await t.raw(`update ${old()} set ${IMPORTED_COLUMN} = null`);
+        }
+        const result = await importConnectPgSimple({ db: t.db, table, fromSchema: t.schema, batchSize });
+        expect(result).toMatchObject({ imported: 2, skipped: 0, invalid: bad.length, invalidReasons: { owner: bad.length, session: 0, data: 0 } });
+        expect(await t.raw(`select count(*)::int as n from ${qualified}`)).toEqual([{ n: 2 }]);
       }
-      const result = await importConnectPgSimple({ db: t.db, table, fromSchema: t.schema, batchSize });
-      expect(result).toMatchObject({ imported: 2, skipped: 0, invalid: bad.length, invalidReasons: { owner: bad.length, session: 0, data: 0 } });
-      expect(await t.raw(`select count(*)::int as n from ${qualified}`)).toEqual([{ n: 2 }]);
-    }
-    // The rows left out are not marked as copied; a second run counts them again, and copies nothing more.
-    expect(await t.raw(`select count(${IMPORTED_COLUMN})::int as marked from ${old()}`)).toEqual([{ marked: 2 }]);
-    expect(await importConnectPgSimple({ db: t.db, table, fromSchema: t.schema })).toMatchObject({ imported: 0, skipped: 2, invalid: bad.length });
-  });
+      // The rows left out are not marked as copied; a second run counts them again, and copies nothing more.
+      expect(await t.raw(`select count(${IMPORTED_COLUMN})::int as marked from ${old()}`)).toEqual([{ marked: 2 }]);
+      expect(await importConnectPgSimple({ db: t.db, table, fromSchema: t.schema })).toMatchObject({ imported: 0, skipped: 2, invalid: bad.length });
+    },
+  );
 
   it("a connect-pg-simple session holding \\u0000 is counted invalid, the rest of the batch is copied, and a second run succeeds", async () => {
     await oldRows([

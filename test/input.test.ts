@@ -1,14 +1,16 @@
 import { createHmac } from "node:crypto";
-import express from "express";
+import type express from "express";
 import request from "supertest";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { SessionStore, SessionStoreError } from "../src/index.js";
 import { cookieOf, middlewareApp, testApp } from "./support/app.js";
 import { drivers, sessionData, type TestDb, useTestDb } from "./support/db.js";
 
-
 /** The raw session id inside a `name=s%3A<id>.<sig>` cookie. */
-const rawId = (cookie: string) => decodeURIComponent(cookie.slice(cookie.indexOf("=") + 1)).slice(2).replace(/\.[^.]*$/, "");
+const rawId = (cookie: string) =>
+  decodeURIComponent(cookie.slice(cookie.indexOf("=") + 1))
+    .slice(2)
+    .replace(/\.[^.]*$/, "");
 
 /** `depth` levels of `{ a: { a: ... } }`. */
 function nested(depth: number): Record<string, unknown> {
@@ -134,7 +136,7 @@ describe.each(drivers)("bad input on %s", (driver) => {
 
     it("a NUL character in a value or a key: a SessionStoreError, the stored session intact", async () => {
       await keep();
-      for (const bad of [{ s: "a\u0000b" }, { ["k\u0000"]: 1 }]) {
+      for (const bad of [{ s: "a\u0000b" }, { "k\u0000": 1 }]) {
         const error = await store.set("sid", sessionData(60_000, bad)).catch((e) => e);
         expect(error).toBeInstanceOf(SessionStoreError);
       }
@@ -266,11 +268,29 @@ describe.each(drivers)("bad input on %s", (driver) => {
       expect(rows.length).toBeGreaterThanOrEqual(2);
       for (const row of rows) {
         for (const value of [row.handle, row.key]) {
-          expect((await request(app).get("/me").set("Authorization", `Bearer ${sign(value)}`)).status).toBe(401);
-          expect((await request(app).get("/me").set("Cookie", `sid=${encodeURIComponent(`s:${sign(value)}`)}`)).status).toBe(401);
+          expect(
+            (
+              await request(app)
+                .get("/me")
+                .set("Authorization", `Bearer ${sign(value)}`)
+            ).status,
+          ).toBe(401);
+          expect(
+            (
+              await request(app)
+                .get("/me")
+                .set("Cookie", `sid=${encodeURIComponent(`s:${sign(value)}`)}`)
+            ).status,
+          ).toBe(401);
         }
       }
-      expect((await request(app).get("/me").set("Authorization", `Bearer ${sign("made-up-id")}`)).status).toBe(401);
+      expect(
+        (
+          await request(app)
+            .get("/me")
+            .set("Authorization", `Bearer ${sign("made-up-id")}`)
+        ).status,
+      ).toBe(401);
     });
 
     it("header injection attempts in the token do not smuggle a cookie", async () => {
@@ -291,12 +311,15 @@ describe.each(drivers)("bad input on %s", (driver) => {
   it("no plain session id in the table or in any log line, across an express flow with errors", async () => {
     const logs: string[] = [];
     for (const level of ["log", "info", "warn", "error", "debug"] as const) {
-      vi.spyOn(console, level).mockImplementation((...args: unknown[]) => void logs.push(args.map((a) => (a instanceof Error ? `${a.message} ${a.stack}` : typeof a === "string" ? a : JSON.stringify(a))).join(" ")));
+      vi.spyOn(console, level).mockImplementation(
+        (...args: unknown[]) =>
+          void logs.push(args.map((a) => (a instanceof Error ? `${a.message} ${a.stack}` : typeof a === "string" ? a : JSON.stringify(a))).join(" ")),
+      );
     }
     // No 'error' listener: reports go to console.warn. A small maxSize for a failing save through the app.
     const quiet = new SessionStore({ db: t.db, table: t.table, maxSize: 2_000 });
     const app = testApp(quiet, {}, (a) => {
-      a.post("/bad", (req, res, next) => {
+      a.post("/bad", (req, _res, next) => {
         // A save the store refuses (TOO_LARGE), through the error handler. (Not BigInt: express-session
         // itself JSON-hashes the session in res.end and throws there, before any store is called.)
         (req.session as any).bad = "x".repeat(5_000);

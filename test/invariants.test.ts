@@ -6,6 +6,7 @@ import { channelName } from "../src/statements.js";
 import { cookieOf, testApp } from "./support/app.js";
 import { drizzle as drizzlePglite } from "drizzle-orm/pglite";
 import { cacheReady, drivers, eventually, openDb, openPeer, sessionData, sleep, type TestDb, useTestDb } from "./support/db.js";
+import { internals } from "./support/internals.js";
 
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
@@ -33,7 +34,7 @@ describe.each(drivers)("lifecycle invariants on %s", (driver) => {
 
   const track = <T extends { close(): Promise<void> }>(thing: T): T => (closing.push(thing), thing);
   const rowsOf = async (sid: string) => {
-    const [key] = (store as any).keysOf(sid) as string[];
+    const [key] = internals(store).keysOf(sid);
     return t.raw<{ handle: string; ended: boolean }>(`select handle, ended_at is not null as ended from $table where key = '${key}'`);
   };
   const storedExpiry = async () => Number((await t.raw(`select round(date_part('epoch', expires_at) * 1000) as ms from $table`))[0].ms);
@@ -93,9 +94,9 @@ describe.each(drivers)("lifecycle invariants on %s", (driver) => {
       loaded.n = write;
       // The write lands, then the other instance ends the session and its NOTIFY arrives here, then the reply.
       peer.beforeReply(async () => {
-        const heard = (cached as any).cache.evictions;
+        const heard = internals(cached).cache!.evictions;
         await other.destroy(sid);
-        expect(await eventually(() => (cached as any).cache.evictions > heard)).toBe(true);
+        expect(await eventually(() => internals(cached).cache!.evictions > heard)).toBe(true);
       });
       await (write === "set" ? cached.set(sid, loaded) : cached.touch(sid, loaded));
       expect(await cached.get(sid), write).toBeNull();
@@ -308,7 +309,7 @@ describe("the read cache's probe", () => {
       expect(reports[0]!.message).toMatch(/cache's NOTIFY probe failed: permission denied/);
       await sleep(1_200); // the next probe fails too: not reported again
       expect(reports).toHaveLength(1);
-      expect((store as any).cache.live).toBe(false);
+      expect(internals(store).cache!.live).toBe(false);
       await store.close();
     } finally {
       await t.close();

@@ -9,6 +9,8 @@ import { SessionStore, type SessionStoreOptions } from "../src/index.js";
 import { cookieOf, testApp } from "./support/app.js";
 import { cacheReady, drivers, sleep, type TestDb, useTestDb } from "./support/db.js";
 import { keyOf } from "./support/model.js";
+import { internals } from "./support/internals.js";
+import { resolveOptions } from "../src/options.js";
 
 /** What a request of the test apps does to its session: set these top-level keys, delete those. */
 interface Change {
@@ -86,7 +88,11 @@ function tabsApp(store: SessionStore, options: Partial<SessionOptions> = {}) {
       .set("Cookie", cookie)
       .send(change)
       .then((res) => res);
-  const read = (cookie: string) => request(app).get("/read").set("Cookie", cookie).then((res) => res.body as Record<string, unknown>);
+  const read = (cookie: string) =>
+    request(app)
+      .get("/read")
+      .set("Cookie", cookie)
+      .then((res) => res.body as Record<string, unknown>);
   /** A session of one browser holding `data`: its cookie. */
   const browser = async (data: Record<string, unknown>) => {
     const res = await request(app).post("/change").send({ set: data });
@@ -191,7 +197,10 @@ describe.each(drivers)("saves merge by top-level key on %s (two tabs, one sessio
     const tabs = tabsApp(store, { resave: true });
     const cookie = await tabs.browser({ theme: "light" });
     const gate = tabs.gates.hold("reader");
-    const reader = request(tabs.app).get("/read?gate=reader").set("Cookie", cookie).then((res) => res);
+    const reader = request(tabs.app)
+      .get("/read?gate=reader")
+      .set("Cookie", cookie)
+      .then((res) => res);
     await gate.loaded;
     expect((await tabs.send(cookie, { set: { theme: "dark" } })).status).toBe(200);
     const [{ version }] = (await t.raw<{ version: number }>(`select version from $table`)) as [{ version: number }];
@@ -209,6 +218,7 @@ describe.each(drivers)("saves merge by top-level key on %s (two tabs, one sessio
       const cookie = await tabs.browser({ seed: 1 });
       const gateA = tabs.gates.hold("a");
       const gateB = tabs.gates.hold("b");
+      // biome-ignore lint/suspicious/noThenProperty: the tabs app's request body: a set, then another once the first was saved.
       const tabA = tabs.send(cookie, { set: { a: 1 }, then: { set: { b: 2 } } }, "a");
       const tabB = tabs.send(cookie, { set: { theme: "dark" } }, "b");
       await Promise.all([gateA.loaded, gateB.loaded]);
@@ -238,31 +248,34 @@ describe.each(drivers)("saves merge by top-level key on %s (two tabs, one sessio
     expect(await tabs.read(cookie)).toEqual({ seed: 1, coupon: "SAVE10", theme: "dark" });
   });
 
-  it.runIf(driver !== "postgres.js")("with the read cache, what is cached and served after merged saves is the merged row, never a tab's own view", async () => {
-    const cached = storeWith({ cache: {} });
-    expect(await cacheReady(cached)).toBe(true);
-    const cache = (cached as any).cache;
-    const put = cache.put.bind(cache);
-    const puts: string[] = [];
-    cache.put = (entry: { text: string }, since: number) => {
-      if (since === cache.evictions) puts.push(entry.text);
-      put(entry, since);
-    };
-    const tabs = tabsApp(cached);
-    // Rounds, because B's reply is not always cached (its own NOTIFY may overtake it).
-    for (let round = 0; round < 10; round++) {
-      const cookie = await tabs.browser({ seed: round });
-      // Once A's NOTIFY has arrived (so that it does not keep B's reply from being cached), what B's save caches.
-      const between = async () => {
-        await sleep(50);
-        puts.length = 0;
+  it.runIf(driver !== "postgres.js")(
+    "with the read cache, what is cached and served after merged saves is the merged row, never a tab's own view",
+    async () => {
+      const cached = storeWith({ cache: {} });
+      expect(await cacheReady(cached)).toBe(true);
+      const cache = internals(cached).cache!;
+      const put = cache.put.bind(cache);
+      const puts: string[] = [];
+      cache.put = (entry: { text: string }, since: number) => {
+        if (since === cache.evictions) puts.push(entry.text);
+        put(entry, since);
       };
-      await tabs.twoTabs(cookie, { set: { cart: [round] } }, { set: { theme: round } }, between);
-      const merged = { seed: round, cart: [round], theme: round };
-      for (const text of puts) expect(dataOf(JSON.parse(text))).toEqual(merged);
-      for (let i = 0; i < 3; i++) expect(await tabs.read(cookie)).toEqual(merged);
-    }
-  });
+      const tabs = tabsApp(cached);
+      // Rounds, because B's reply is not always cached (its own NOTIFY may overtake it).
+      for (let round = 0; round < 10; round++) {
+        const cookie = await tabs.browser({ seed: round });
+        // Once A's NOTIFY has arrived (so that it does not keep B's reply from being cached), what B's save caches.
+        const between = async () => {
+          await sleep(50);
+          puts.length = 0;
+        };
+        await tabs.twoTabs(cookie, { set: { cart: [round] } }, { set: { theme: round } }, between);
+        const merged = { seed: round, cart: [round], theme: round };
+        for (const text of puts) expect(dataOf(JSON.parse(text))).toEqual(merged);
+        for (let i = 0; i < 3; i++) expect(await tabs.read(cookie)).toEqual(merged);
+      }
+    },
+  );
 
   it.each([
     ["logs out in another tab", "logout", 0],
@@ -290,7 +303,13 @@ describe.each(drivers)("saves merge by top-level key on %s (two tabs, one sessio
     const gates = new Gates();
     const app = Fastify();
     await app.register(fastifyCookie);
-    await app.register(fastifySession, { store, secret: "a fastify session secret of 32+ characters", cookieName: "sid", saveUninitialized: false, cookie: { secure: false } });
+    await app.register(fastifySession, {
+      store,
+      secret: "a fastify session secret of 32+ characters",
+      cookieName: "sid",
+      saveUninitialized: false,
+      cookie: { secure: false },
+    });
     app.post<{ Querystring: { gate?: string }; Body: Change }>("/change", async (req) => {
       await gates.at(req.query.gate);
       apply(req.session, req.body);
@@ -325,8 +344,9 @@ describe("the merge option", () => {
   const db = drizzle.mock();
 
   it("is on by default, off with versioned, and refused together with versioned: true (pick one)", () => {
-    expect((new SessionStore({ db, reaper: false }) as any).options.merge).toBe(true);
-    expect((new SessionStore({ db, reaper: false, versioned: true }) as any).options.merge).toBe(false);
+    // The option table resolves it (src/options.ts): merge unless versioned.
+    expect(resolveOptions({ db, reaper: false }).merge).toBe(true);
+    expect(resolveOptions({ db, reaper: false, versioned: true }).merge).toBe(false);
     expect(() => new SessionStore({ db, reaper: false, merge: true, versioned: true })).toThrow(
       /^connect-drizzle: `merge: true` and `versioned: true` .*pick one/,
     );

@@ -1,10 +1,9 @@
 import express, { type Express } from "express";
 import request from "supertest";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { SessionStore, sessionMiddleware, type SessionMiddlewareOptions } from "../src/index.js";
+import { type SessionStore, sessionMiddleware, type SessionMiddlewareOptions } from "../src/index.js";
 import { cookieOf, middlewareApp } from "./support/app.js";
 import { drivers, type TestDb, useTestDb } from "./support/db.js";
-
 
 describe.each(drivers)("sessionMiddleware on %s", (driver) => {
   let t: TestDb;
@@ -172,9 +171,7 @@ describe.each(drivers)("sessionMiddleware on %s", (driver) => {
           next(error);
         }
       });
-      a.get("/sensitive", store.requireRecentLogin(60_000, { onStale: (_req, res) => void res.writeHead(403).end() }), (_req, res) =>
-        res.json({ ok: true }),
-      );
+      a.get("/sensitive", store.requireRecentLogin(60_000, { onStale: (_req, res) => void res.writeHead(403).end() }), (_req, res) => res.json({ ok: true }));
       const bearer = (token: string) => `Bearer ${token}`;
       const cookie = cookieOf(await request(a).post("/login/ann"), "sid")!;
       expect((await request(a).get("/sensitive").set("Cookie", cookie)).status).toBe(200);
@@ -233,8 +230,7 @@ describe.each(drivers)("sessionMiddleware on %s", (driver) => {
     });
 
     /** GET /cookies: what the app sees of the request's Cookie header, and whose session it got. */
-    const cookiesRoute = (x: Express) =>
-      x.get("/cookies", (req, res) => res.json({ cookie: req.headers.cookie ?? null, user: req.session.userId ?? null }));
+    const cookiesRoute = (x: Express) => x.get("/cookies", (req, res) => res.json({ cookie: req.headers.cookie ?? null, user: req.session.userId ?? null }));
 
     it("a header token replaces our cookie in the request; the app's other cookies survive", async () => {
       const { app: a, sessions } = app({ header: "authorization" });
@@ -313,7 +309,9 @@ describe.each(drivers)("sessionMiddleware on %s", (driver) => {
         }
         const { app: headerOnly, sessions } = app({ header: "authorization", cookie: false }, cookieParser(signed));
         const { token } = await sessions.issueToken({ userId: "ann" });
-        const me = await request(headerOnly).get("/me").set("Cookie", `sid=${encodeURIComponent(`s:${token}`)}`);
+        const me = await request(headerOnly)
+          .get("/me")
+          .set("Cookie", `sid=${encodeURIComponent(`s:${token}`)}`);
         expect.soft(me.status, `signed: ${signed}, cookie: false`).toBe(401);
       }
     });
@@ -366,7 +364,13 @@ describe.each(drivers)("sessionMiddleware on %s", (driver) => {
       const token = login.headers["x-session-token"] as string;
       expect(token).toBeDefined();
       expect((await request(a).get("/me").set("Authorization", `Bearer ${token}`)).status).toBe(200);
-      expect((await request(a).get("/me").set("Cookie", `sid=${encodeURIComponent(`s:${token}`)}`)).status).toBe(401);
+      expect(
+        (
+          await request(a)
+            .get("/me")
+            .set("Cookie", `sid=${encodeURIComponent(`s:${token}`)}`)
+        ).status,
+      ).toBe(401);
     });
 
     it("logout through the header ends the session", async () => {
@@ -390,12 +394,27 @@ describe("sessionMiddleware: settings that cannot work fail at startup", () => {
   const secret = "startup test secret";
 
   it.each<[string, boolean, Partial<SessionMiddlewareOptions>, RegExp]>([
-    ["the production __Host- default with a Domain", true, { cookie: { domain: "example.com" } }, /reject a `__Host-` cookie with a Domain, and the production default name `__Host-sid` has `cookie.domain: "example.com"`; drop `cookie.domain`.*`__Secure-sid`/],
-    ["the production __Host- default on a sub-path", true, { cookie: { path: "/app" } }, /reject a `__Host-` cookie whose Path is not "\/".*`cookie.path: "\/app"`; drop `cookie.path`, or set a `name` without `__Host-` \(e.g. `__Secure-sid`/],
+    [
+      "the production __Host- default with a Domain",
+      true,
+      { cookie: { domain: "example.com" } },
+      /reject a `__Host-` cookie with a Domain, and the production default name `__Host-sid` has `cookie.domain: "example.com"`; drop `cookie.domain`.*`__Secure-sid`/,
+    ],
+    [
+      "the production __Host- default on a sub-path",
+      true,
+      { cookie: { path: "/app" } },
+      /reject a `__Host-` cookie whose Path is not "\/".*`cookie.path: "\/app"`; drop `cookie.path`, or set a `name` without `__Host-` \(e.g. `__Secure-sid`/,
+    ],
     ["the production __Host- default without Secure", true, { cookie: { secure: false } }, /reject a `__Host-` cookie without Secure.*`cookie.secure: false`/],
     ["a __Host- name of the app's with a Domain", false, { name: "__Host-app", cookie: { domain: "example.com" } }, /the name `__Host-app` has `cookie.domain/],
     ["a __Host- name without Secure", false, { name: "__Host-app", cookie: { secure: false } }, /reject a `__Host-` cookie without Secure/],
-    ["a __Secure- name without Secure", false, { name: "__Secure-app", cookie: { secure: false } }, /reject a `__Secure-` cookie without Secure, and the name `__Secure-app` has `cookie.secure: false`; remove `cookie.secure: false`.*or use a `name` without `__Secure-`/],
+    [
+      "a __Secure- name without Secure",
+      false,
+      { name: "__Secure-app", cookie: { secure: false } },
+      /reject a `__Secure-` cookie without Secure, and the name `__Secure-app` has `cookie.secure: false`; remove `cookie.secure: false`.*or use a `name` without `__Secure-`/,
+    ],
   ])("%s is a TypeError that names the conflict and the fix", (_, production, options, message) => {
     if (production) vi.stubEnv("NODE_ENV", "production");
     expect(() => sessionMiddleware({ store, secret, ...options })).toThrow(TypeError);
@@ -451,7 +470,9 @@ describe("sessionMiddleware: settings that cannot work fail at startup", () => {
       await proxied(a);
       const warnings = trapWarnings(warn);
       expect(warnings).toHaveLength(1);
-      expect(warnings[0]![0]).toMatch(/^connect-drizzle: a request came through an https proxy \(X-Forwarded-Proto: https\).*sends no session cookie.*`app.set\("trust proxy", 1\)` for one proxy hop/);
+      expect(warnings[0]![0]).toMatch(
+        /^connect-drizzle: a request came through an https proxy \(X-Forwarded-Proto: https\).*sends no session cookie.*`app.set\("trust proxy", 1\)` for one proxy hop/,
+      );
     });
 
     it('with "auto" (outside production): the cookie loses Secure, and one warning says so', async () => {

@@ -20,7 +20,9 @@ const journal = JSON.parse(readFileSync(join(root, "drizzle/meta/_journal.json")
 
 describe("shipped migrations", () => {
   const dirs: string[] = [];
-  afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
+  afterAll(() => {
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  });
 
   // drizzle-kit 0.31 refuses to run next to drizzle-orm 1.0 ("This version of drizzle-kit is outdated"); the
   // SQL comes from src/schema.ts alone, so the runs on drizzle-orm 0.44 and 0.45 check it.
@@ -102,8 +104,7 @@ describe.each(drivers)("the end_reason check (migration 0002) on %s", (driver) =
   it("applies to a table that already holds live sessions and ended ones of every reason, and then refuses others", async () => {
     const { db, close } = await openFresh(driver);
     const run = async (text: string) => rowsOf(await db.execute(sql.raw(text)));
-    const script = (tags: string[]) =>
-      tags.map((tag) => readFileSync(join(root, "drizzle", `${tag}.sql`), "utf8").split("--> statement-breakpoint")).flat();
+    const script = (tags: string[]) => tags.flatMap((tag) => readFileSync(join(root, "drizzle", `${tag}.sql`), "utf8").split("--> statement-breakpoint"));
     try {
       const tags: string[] = journal.entries.map((entry: { tag: string }) => entry.tag);
       const at = tags.indexOf("0002_end_reason_check");
@@ -147,7 +148,9 @@ describe("migrate(db) refuses", () => {
       const failure = await migrate(drizzlePglite({ client })).catch((error: unknown) => error);
       expect(failure).toBeInstanceOf(SessionStoreError);
       expect((failure as SessionStoreError).code).toBe("DATABASE");
-      expect((failure as Error).message).toMatch(/^connect-drizzle: the migrations failed: permission denied .*\(42501\); .*run the migrations once as the database's owner/);
+      expect((failure as Error).message).toMatch(
+        /^connect-drizzle: the migrations failed: permission denied .*\(42501\); .*run the migrations once as the database's owner/,
+      );
       expect((failure as Error).message).not.toMatch(/Failed query|CREATE SCHEMA/);
     } finally {
       await client.close();

@@ -2,6 +2,7 @@ import pg from "pg";
 import { afterEach, describe, expect, it } from "vitest";
 import { SessionStore } from "../src/index.js";
 import { DATABASE_URL, drivers, eventually, sessionData, type TestDb, useTestDb } from "./support/db.js";
+import { internals } from "./support/internals.js";
 
 const HOUR = 3_600_000;
 
@@ -43,7 +44,7 @@ describe.each(drivers)("NOTIFY per operation on %s", (driver) => {
   it("notifies a change of an existing session, a touch, every end, revoke, extend and clear, and nothing else", async () => {
     const store = new SessionStore({ db: t.db, table: t.table, notify: true, reaper: false });
     const forced = new SessionStore({ db: t.db, table: t.table, notify: true, touchAfter: 0, reaper: false });
-    const channel: string = (store as any).sql.channel;
+    const channel: string = internals(store).channel;
     const heard = await listenTo(channel);
     let marker = 0;
     /** The notifications `op` sent: a marker sent after it commits arrives after them (commit order). */

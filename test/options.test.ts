@@ -9,7 +9,7 @@ import { MIGRATE_OPTIONS } from "../src/migrations.js";
 import { CACHE_OPTIONS, ENCRYPT_OPTIONS, REAPER_OPTIONS, resolveOptions, resolveReaperOptions, STORE_OPTIONS } from "../src/options.js";
 import { REAP_ARGS } from "../src/reaper.js";
 import { TABLE_OPTIONS } from "../src/schema.js";
-import { RECENT_LOGIN_OPTIONS } from "../src/store.js";
+import { RECENT_LOGIN_OPTIONS } from "../src/reauth.js";
 import { createSessionTable, importConnectPgSimple, migrate, reap, SessionStore, sessionMiddleware } from "../src/index.js";
 
 // A database that is never queried: constructing a store and resolving options send no statement.
@@ -29,9 +29,7 @@ function interfaceKeys(file: string, name: string): string[] {
     noEmit: true,
   });
   const checker = program.getTypeChecker();
-  const declaration = program
-    .getSourceFile(path)!
-    .statements.find((s): s is ts.InterfaceDeclaration => ts.isInterfaceDeclaration(s) && s.name.text === name);
+  const declaration = program.getSourceFile(path)!.statements.find((s): s is ts.InterfaceDeclaration => ts.isInterfaceDeclaration(s) && s.name.text === name);
   if (!declaration) throw new Error(`no interface ${name} in ${file}`);
   return checker
     .getPropertiesOfType(checker.getTypeAtLocation(declaration.name))
@@ -51,7 +49,7 @@ describe("unknown options", () => {
     ["SessionTableOptions", "src/schema.ts", TABLE_OPTIONS],
     ["MigrateOptions", "src/migrations.ts", MIGRATE_OPTIONS],
     ["ImportConnectPgSimpleArgs", "src/import.ts", IMPORT_ARGS],
-    ["RequireRecentLoginOptions", "src/store.ts", RECENT_LOGIN_OPTIONS],
+    ["RequireRecentLoginOptions", "src/reauth.ts", RECENT_LOGIN_OPTIONS],
   ])("the known keys are exactly those of the documented %s interface", (name, file, known) => {
     expect(Object.keys(known).sort()).toEqual(interfaceKeys(file, name));
   });
@@ -61,13 +59,17 @@ describe("unknown options", () => {
       expect(() => resolveOptions({ db, [key]: undefined }), key).not.toThrow();
       const misspelt = key.slice(0, -1) + (key.endsWith("x") ? "y" : "x");
       expect(() => resolveOptions({ db, [misspelt]: undefined } as any), misspelt).toThrow(
-        new RegExp(`^connect-drizzle: unknown SessionStore option \`${misspelt}\` \\(did you mean \`${key}\`\\?\\); the known options are db, table, secrets, `),
+        new RegExp(
+          `^connect-drizzle: unknown SessionStore option \`${misspelt}\` \\(did you mean \`${key}\`\\?\\); the known options are db, table, secrets, `,
+        ),
       );
     }
   });
 
   it("`listen` must be a drizzle database, and is refused when neither `cache` nor `broadcast` would use it", () => {
-    expect(() => resolveOptions({ db, listen: "postgres://direct" as any, cache: {} })).toThrow(/^connect-drizzle: `listen` is not a drizzle Postgres database/);
+    expect(() => resolveOptions({ db, listen: "postgres://direct" as any, cache: {} })).toThrow(
+      /^connect-drizzle: `listen` is not a drizzle Postgres database/,
+    );
     expect(() => resolveOptions({ db, listen: db })).toThrow(
       "connect-drizzle: `listen` is used only by `cache` and `broadcast`, and neither is on; remove `listen`, or turn one of them on",
     );
@@ -81,10 +83,18 @@ describe("unknown options", () => {
   });
 
   it.each<[string, Record<string, unknown>, RegExp]>([
-    ["a store option", { reapr: false }, /unknown SessionStore option `reapr` \(did you mean `reaper`\?\); the known options are db, table, .*reaper, prepare$/],
+    [
+      "a store option",
+      { reapr: false },
+      /unknown SessionStore option `reapr` \(did you mean `reaper`\?\); the known options are db, table, .*reaper, prepare$/,
+    ],
     ["a store option in another case", { idletimeout: 60_000 }, /`idletimeout` \(did you mean `idleTimeout`\?\)/],
     ["a swapped pair of letters", { absoluteTiemout: 60_000 }, /`absoluteTiemout` \(did you mean `absoluteTimeout`\?\)/],
-    ["a reaper option", { reaper: { intreval: 60_000 } }, /unknown `reaper` option `intreval` \(did you mean `interval`\?\); the known options are interval, batchSize, jitter$/],
+    [
+      "a reaper option",
+      { reaper: { intreval: 60_000 } },
+      /unknown `reaper` option `intreval` \(did you mean `interval`\?\); the known options are interval, batchSize, jitter$/,
+    ],
     ["a cache option", { cache: { maxx: 100 } }, /unknown `cache` option `maxx` \(did you mean `max`\?\); the known options are max, ttl$/],
     ["something unlike any option", { pool: {} }, /unknown SessionStore option `pool`; the known options are/],
   ])("new SessionStore with %s misspelt is a TypeError naming it and the known ones", (_, options, message) => {
@@ -133,7 +143,11 @@ describe("every entry point checks every option it is given", () => {
     ["SessionStore", { notify: 1 }, "notify` must be true or false (got 1)"],
     ["SessionStore", { merge: "true" }, 'merge` must be true or false (got the string "true")'],
     ["SessionStore", { broadcast: "false" }, 'broadcast` must be true or false (got the string "false")'],
-    ["SessionStore", { encrypt: { secrets: "x".repeat(32), acceptPlaintext: "false" } }, 'encrypt.acceptPlaintext` must be true or false (got the string "false")'],
+    [
+      "SessionStore",
+      { encrypt: { secrets: "x".repeat(32), acceptPlaintext: "false" } },
+      'encrypt.acceptPlaintext` must be true or false (got the string "false")',
+    ],
     ["sessionMiddleware", { rolling: "false" }, 'rolling` must be true or false (got the string "false")'],
     ["sessionMiddleware", { saveUninitialized: 0 }, "saveUninitialized` must be true or false (got 0)"],
     ["sessionMiddleware", { cookie: { httpOnly: "false" } }, 'cookie.httpOnly` must be true or false (got the string "false")'],
@@ -144,7 +158,7 @@ describe("every entry point checks every option it is given", () => {
     expect(error!.message).toBe(`connect-drizzle: \`${message}`);
   });
 
-  it("versioned: \"false\" does not turn versioning on (and merge off): the store is refused at construction", () => {
+  it('versioned: "false" does not turn versioning on (and merge off): the store is refused at construction', () => {
     expect(() => new SessionStore({ db, reaper: false, versioned: "false" as any })).toThrow(TypeError);
     // The real false is the default behaviour: merged saves.
     expect(() => new SessionStore({ db, reaper: false, versioned: false })).not.toThrow();
@@ -215,11 +229,19 @@ describe("every entry point checks every option it is given", () => {
   });
 
   it.each<[string, Record<string, unknown>, RegExp]>([
-    ["createSessionTable", { shema: "auth" }, /^connect-drizzle: unknown createSessionTable option `shema` \(did you mean `schema`\?\); the known options are schema, userIdType, references, onDelete$/],
+    [
+      "createSessionTable",
+      { shema: "auth" },
+      /^connect-drizzle: unknown createSessionTable option `shema` \(did you mean `schema`\?\); the known options are schema, userIdType, references, onDelete$/,
+    ],
     ["sessionMiddleware", { rollling: true }, /unknown sessionMiddleware option `rollling` \(did you mean `rolling`\?\)/],
     ["sessionMiddleware", { cookie: { maxage: 60_000 } }, /unknown `cookie` option `maxage` \(did you mean `maxAge`\?\); the known options are maxAge, /],
     ["reap()", { retainended: 0 }, /unknown reap\(\) option `retainended` \(did you mean `retainEnded`\?\)/],
-    ["migrate()", { migrationTable: "m" }, /^connect-drizzle: unknown migrate\(\) option `migrationTable` \(did you mean `migrationsTable`\?\); the known options are migrationsTable, migrationsSchema$/],
+    [
+      "migrate()",
+      { migrationTable: "m" },
+      /^connect-drizzle: unknown migrate\(\) option `migrationTable` \(did you mean `migrationsTable`\?\); the known options are migrationsTable, migrationsSchema$/,
+    ],
     ["importConnectPgSimple", { dryrun: true }, /unknown importConnectPgSimple option `dryrun` \(did you mean `dryRun`\?\)/],
     ["SessionStore", { encrypt: { secret: "x".repeat(32) } }, /unknown `encrypt` option `secret` \(did you mean `secrets`\?\)/],
     ["requireRecentLogin", { onstale: () => {} }, /unknown requireRecentLogin option `onstale` \(did you mean `onStale`\?\)/],
@@ -232,7 +254,14 @@ describe("every entry point checks every option it is given", () => {
   it("the options that are right still pass, with every default", async () => {
     expect(await errorOf("SessionStore", { versioned: true, prepare: false, notify: true, broadcast: false, ttl: 1_000, cache: false })).toBeUndefined();
     expect(await errorOf("createSessionTable", { schema: "auth", userIdType: "uuid", onDelete: "set null", references: undefined })).toBeUndefined();
-    expect(await errorOf("sessionMiddleware", { rolling: false, unset: "keep", genid: () => "id", cookie: { maxAge: null, sameSite: "Strict", secure: "auto", expires: null } })).toBeUndefined();
+    expect(
+      await errorOf("sessionMiddleware", {
+        rolling: false,
+        unset: "keep",
+        genid: () => "id",
+        cookie: { maxAge: null, sameSite: "Strict", secure: "auto", expires: null },
+      }),
+    ).toBeUndefined();
     expect(await errorOf("requireRecentLogin", { onStale: () => {} })).toBeUndefined();
     expect(COOKIE_OPTIONS).toBeDefined();
   });
@@ -257,11 +286,13 @@ describe("the CLI's flags (npx connect-drizzle)", () => {
     );
     const importTypo = await run(["import-pg-simple", "--dryrun"]);
     expect(importTypo.code).toBe(1);
-    expect(importTypo.stderr).toMatch(/^connect-drizzle: unknown flag --dryrun \(did you mean --dry-run\?\); the flags of "import-pg-simple" are --from-table, .*--dry-run, --help/);
+    expect(importTypo.stderr).toMatch(
+      /^connect-drizzle: unknown flag --dryrun \(did you mean --dry-run\?\); the flags of "import-pg-simple" are --from-table, .*--dry-run, .*--help/,
+    );
     // Without a command: every flag is listed.
     const first = await run(["--scheme", "s"]);
     expect(first.code).toBe(1);
-    expect(first.stderr).toMatch(/^connect-drizzle: unknown flag --scheme \(did you mean --schema\?\); the flags are --table, --schema, .*--dry-run, --help/);
+    expect(first.stderr).toMatch(/^connect-drizzle: unknown flag --scheme \(did you mean --schema\?\); the flags are --table, --schema, .*--dry-run, .*--help/);
     expect(`${reapTypo.stderr}${importTypo.stderr}${first.stderr}`).not.toMatch(/Unknown option|positional argument/);
   });
 
@@ -278,10 +309,17 @@ describe("the CLI's flags (npx connect-drizzle)", () => {
   });
 
   it("a CLI numeric flag that is not a whole number in decimal digits gets the CLI's message, and exits 1", async () => {
-    for (const [flag, value] of [["--batch-size", "1e3"], ["--timeout", "5s"], ["--retain-ended", "-1"], ["--batch-size", "0x10"]] as const) {
+    for (const [flag, value] of [
+      ["--batch-size", "1e3"],
+      ["--timeout", "5s"],
+      ["--retain-ended", "-1"],
+      ["--batch-size", "0x10"],
+    ] as const) {
       const out = await run(["reap", flag, value]);
       expect(out.code, `${flag} ${value}`).toBe(1);
-      expect(out.stderr, `${flag} ${value}`).toMatch(new RegExp(`^connect-drizzle: ${flag} must be a (positive|non-negative) whole number.* \\(got "${value}"\\)`));
+      expect(out.stderr, `${flag} ${value}`).toMatch(
+        new RegExp(`^connect-drizzle: ${flag} must be a (positive|non-negative) whole number.* \\(got "${value}"\\)`),
+      );
     }
   });
 });

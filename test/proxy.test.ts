@@ -214,7 +214,9 @@ describe.skipIf(!DATABASE_URL)("a db.transaction that says transactions are not 
     try {
       const db = drizzle({ client: new pg.Pool({ connectionString: DATABASE_URL, max: 2 }) });
       const refuse = vi.spyOn(db, "transaction").mockRejectedValue(new Error("Transactions are not supported by this driver"));
-      await t.raw(`insert into $table (key, handle, data, expires_at) select 'k' || i, 'h' || i, '{}'::jsonb, now() - interval '1 minute' from generate_series(1, 5) i`);
+      await t.raw(
+        `insert into $table (key, handle, data, expires_at) select 'k' || i, 'h' || i, '{}'::jsonb, now() - interval '1 minute' from generate_series(1, 5) i`,
+      );
       expect(await reap({ db, table: t.table })).toMatchObject({ deleted: 5, skipped: false });
       await t.raw(`insert into $table (key, handle, data, expires_at) values ('k', 'h', '{}'::jsonb, now() - interval '1 minute')`);
       expect(await reap({ db, table: t.table })).toMatchObject({ deleted: 1, skipped: false });

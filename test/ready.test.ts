@@ -5,8 +5,9 @@ import { afterEach, describe, expect, it, vi } from "vitest";
 import { createSessionTable, SessionStore, SessionStoreError } from "../src/index.js";
 import { drivers, eventually, sessionData, type TestDb, useTestDb } from "./support/db.js";
 
-const MIGRATE = "run the migrations (await migrate(db) from connect-drizzle, or your driver's drizzle migrator on its migrationsFolder), or create it with createSessionTable in your drizzle schema";
-const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+const MIGRATE =
+  "run the migrations (await migrate(db) from connect-drizzle, or your driver's drizzle migrator on its migrationsFolder), or create it with createSessionTable in your drizzle schema";
+const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 
 describe.each(drivers)("store.ready() and a missing table on %s", (driver) => {
   let t: TestDb;
@@ -26,7 +27,7 @@ describe.each(drivers)("store.ready() and a missing table on %s", (driver) => {
     stores.push(s);
     return s;
   };
-  const missingMessage = (name: string) => new RegExp(`^connect-drizzle: table "${t.schema}"\\."${name}" not found; ${escape(MIGRATE)}$`);
+  const missingMessage = (name: string) => new RegExp(`^connect-drizzle: table "${t.schema}"\\."${name}" not found; ${escapeRegExp(MIGRATE)}$`);
 
   it("resolves on the migrated table", async () => {
     await expect(store.ready()).resolves.toBeUndefined();
@@ -40,7 +41,9 @@ describe.each(drivers)("store.ready() and a missing table on %s", (driver) => {
   });
 
   it("rejects with TABLE_MISSING and what to run when the table does not exist", async () => {
-    const error = await storeOn("no_such_table").ready().catch((e: unknown) => e);
+    const error = await storeOn("no_such_table")
+      .ready()
+      .catch((e: unknown) => e);
     expect(error).toBeInstanceOf(SessionStoreError);
     expect(error).toMatchObject({ code: "TABLE_MISSING" });
     expect((error as Error).message).toMatch(missingMessage("no_such_table"));
@@ -49,7 +52,9 @@ describe.each(drivers)("store.ready() and a missing table on %s", (driver) => {
   it("rejects with SCHEMA_OUTDATED naming the columns when the table lacks some", async () => {
     await t.raw(`create table "${t.schema}"."partial" (like $table including all)`);
     await t.raw(`alter table "${t.schema}"."partial" drop column label, drop column version`);
-    const error = await storeOn("partial").ready().catch((e: unknown) => e);
+    const error = await storeOn("partial")
+      .ready()
+      .catch((e: unknown) => e);
     expect(error).toMatchObject({ code: "SCHEMA_OUTDATED" });
     expect((error as Error).message).toBe(
       `connect-drizzle: table "${t.schema}"."partial" lacks the column(s) "label", "version" this version of connect-drizzle needs; ` +

@@ -155,7 +155,11 @@ describe("Reaper scheduling", () => {
 
   it("reports a failed round to onError and keeps reaping", async () => {
     const boom = new Error("connection refused");
-    const run = vi.fn().mockRejectedValueOnce(boom).mockRejectedValueOnce("not an Error").mockResolvedValue(result({ deleted: 2 }));
+    const run = vi
+      .fn()
+      .mockRejectedValueOnce(boom)
+      .mockRejectedValueOnce("not an Error")
+      .mockResolvedValue(result({ deleted: 2 }));
     const { reaper, events } = make(run);
     reaper.start();
     await vi.advanceTimersByTimeAsync(60_000);
@@ -243,6 +247,7 @@ describe.each([...drivers, ...(DATABASE_URL ? (["pg-proxy"] as const) : [])])("r
   });
   afterEach(() => {
     vi.useRealTimers();
+    vi.restoreAllMocks();
   });
 
   it("deletes expired sessions and keeps live ones and tombstones not yet expired", async () => {
@@ -311,10 +316,8 @@ describe.each([...drivers, ...(DATABASE_URL ? (["pg-proxy"] as const) : [])])("r
     const minute = 60_000;
     // Captured before any stub: the stubs below shift it.
     const realNow = Date.now;
+    // Each test's stub is undone by the afterEach above.
     const skewed = (by: number) => vi.spyOn(Date, "now").mockImplementation(() => realNow.call(Date) + by);
-    afterEach(() => {
-      vi.restoreAllMocks();
-    });
 
     it("a server 10 minutes ahead deletes no live session; one 10 minutes behind deletes what expired", async () => {
       // Rows written with the database's now(): no app clock in them.
@@ -417,10 +420,14 @@ describe("Reaper with reap(), on PGlite and real timers", () => {
       await fill(t, "expired", 30, { expires: "now() - interval '1 hour'" });
       const rounds: ReapResult[] = [];
       const firstRound = deferred<ReapResult>();
-      const reaper = new Reaper((signal) => reap({ db: t.db, table: t.table, batchSize: 10, signal }), { interval: 20, batchSize: 10, jitter: 0.5 }, {
-        onReap: (r) => (rounds.push(r), firstRound.resolve(r)),
-        onError: (e) => firstRound.reject(e),
-      });
+      const reaper = new Reaper(
+        (signal) => reap({ db: t.db, table: t.table, batchSize: 10, signal }),
+        { interval: 20, batchSize: 10, jitter: 0.5 },
+        {
+          onReap: (r) => (rounds.push(r), firstRound.resolve(r)),
+          onError: (e) => firstRound.reject(e),
+        },
+      );
       reaper.start();
       expect(await firstRound.promise).toMatchObject({ deleted: 30, batches: 3, skipped: false });
       await reaper.stop();
@@ -491,8 +498,7 @@ describe.skipIf(!DATABASE_URL)("reaper across instances, on a real Postgres", ()
     // Each round parks after its first batch, so neither can finish before the other has tried the lock.
     const parked = [deferred(), deferred()];
     const go = deferred();
-    const round = (db: typeof a, i: number) =>
-      reap({ db, table: t.table, batchSize: 500, onBatch: async () => (parked[i]!.resolve(), go.promise) });
+    const round = (db: typeof a, i: number) => reap({ db, table: t.table, batchSize: 500, onBatch: async () => (parked[i]!.resolve(), go.promise) });
     const rounds = [round(a, 0), round(b, 1)];
     const settled = rounds.map((p, i) => p.then((r) => ({ i, r })));
     // One parks holding the lock; the other must then come back skipped, without waiting for the lock.
@@ -561,7 +567,7 @@ describe.skipIf(!DATABASE_URL)("reaper across instances, on a real Postgres", ()
   const lockFree = async () =>
     (await t.raw<{ locked: boolean }>(`select pg_try_advisory_xact_lock(${lockKey(t.schema, "sessions")}::bigint) as locked`))[0]!.locked;
   /** The round's outcome, or "still waiting" if it has not settled after a long while: the test must not hang. */
-  const settled = <T,>(round: Promise<T>) => Promise.race([round.catch((e: unknown) => e), sleep(10_000).then(() => "still waiting")]);
+  const settled = <T>(round: Promise<T>) => Promise.race([round.catch((e: unknown) => e), sleep(10_000).then(() => "still waiting")]);
 
   it.each([
     ["node-postgres", 4],

@@ -18,9 +18,13 @@ const HOUR = 3_600_000;
  */
 function reauthApp(store: SessionStore, cutoff: () => number): Express {
   return testApp(store, {}, (app) => {
-    app.post("/settings/email", (req, res, next) => store.requireRecentLogin(Math.max(1, Date.now() - cutoff()))(req, res, next), (_req, res) => {
-      res.json({ changed: true });
-    });
+    app.post(
+      "/settings/email",
+      (req, res, next) => store.requireRecentLogin(Math.max(1, Date.now() - cutoff()))(req, res, next),
+      (_req, res) => {
+        res.json({ changed: true });
+      },
+    );
     app.post("/settings/token", store.requireRecentLogin(10 * 60_000), (_req, res) => void res.json({ token: "t" }));
     app.post("/reauth", async (req, res) => {
       res.json({ marked: await store.markAuthenticated(req.sessionID) });
@@ -65,7 +69,9 @@ describe.each(drivers)("re-authentication (sudo mode) on %s", (driver) => {
       const anonymous = cookieOf(await request(app).post("/count"))!;
       const refused = await request(app).post("/settings/token").set("Cookie", anonymous);
       expect(refused.status).toBe(401);
-      expect(refused.body.error).toMatch(/^connect-drizzle: this route needs the user to have signed in within the last 600 s; .*sign in again.*store\.markAuthenticated\(req\.sessionID\)/);
+      expect(refused.body.error).toMatch(
+        /^connect-drizzle: this route needs the user to have signed in within the last 600 s; .*sign in again.*store\.markAuthenticated\(req\.sessionID\)/,
+      );
       expect((await request(app).post("/settings/token")).status).toBe(401);
     });
 
@@ -218,7 +224,9 @@ describe("re-authentication: arguments, old tables, @fastify/session", () => {
     for (const bad of [0, -1, Number.NaN, Infinity, "600000"]) {
       expect(() => store.requireRecentLogin(bad as any)).toThrow(/^connect-drizzle: requireRecentLogin\(maxAge\) needs a positive number of milliseconds/);
     }
-    expect(() => store.requireRecentLogin(1_000, { onstale: () => {} } as any)).toThrow(/unknown requireRecentLogin option `onstale` \(did you mean `onStale`\?\)/);
+    expect(() => store.requireRecentLogin(1_000, { onstale: () => {} } as any)).toThrow(
+      /unknown requireRecentLogin option `onstale` \(did you mean `onStale`\?\)/,
+    );
     expect(() => store.requireRecentLogin(1_000, { onStale: "/login" as any })).toThrow(/`onStale` must be a function/);
   });
 
@@ -232,7 +240,9 @@ describe("re-authentication: arguments, old tables, @fastify/session", () => {
     const error = await store.ready().catch((e) => e);
     expect(error).toMatchObject({ code: "SCHEMA_OUTDATED" });
     expect(error.message).toMatch(/lacks the column\(s\) "authenticated_at" .*run the latest migrations \(await migrate\(db\)/);
-    await client.exec(`insert into "${schema}".sessions (key, handle, user_id, data, expires_at) values ('k', 'h', 'ann', '{"cookie":{}}', now() + interval '1 hour')`);
+    await client.exec(
+      `insert into "${schema}".sessions (key, handle, user_id, data, expires_at) values ('k', 'h', 'ann', '{"cookie":{}}', now() + interval '1 hour')`,
+    );
     const second = readFileSync(join(import.meta.dirname, "..", "drizzle", "0001_authenticated_at.sql"), "utf8");
     await client.exec(`set search_path to "${schema}"; ${second}; reset search_path;`);
     await expect(store.ready()).resolves.toBeUndefined();
@@ -244,7 +254,13 @@ describe("re-authentication: arguments, old tables, @fastify/session", () => {
     const store = new SessionStore({ db: t.db, table: t.table, reaper: false });
     const app = Fastify({ trustProxy: "127.0.0.1" });
     await app.register(fastifyCookie);
-    await app.register(fastifySession, { store, secret: "a fastify session secret of 32+ characters", cookieName: "sid", saveUninitialized: false, cookie: { secure: false } });
+    await app.register(fastifySession, {
+      store,
+      secret: "a fastify session secret of 32+ characters",
+      cookieName: "sid",
+      saveUninitialized: false,
+      cookie: { secure: false },
+    });
     app.post("/login", async (req) => {
       await req.session.regenerate();
       (req.session as any).userId = "ann";

@@ -45,7 +45,7 @@ describe.each(drivers)("sessions as records on %s", (driver) => {
     expect(await custom.count({ userId: "acct-9" })).toBe(1);
   });
 
-  it("a numeric user id (passport's user 7) lists, counts and revokes its sessions given as 7, 7n or \"7\"", async () => {
+  it('a numeric user id (passport\'s user 7) lists, counts and revokes its sessions given as 7, 7n or "7"', async () => {
     await store.set("n1", sessionData(HOUR, { passport: { user: 7 } }));
     await store.set("n2", sessionData(HOUR, { passport: { user: 7 } }));
     await store.set("other", sessionData(HOUR, { passport: { user: 70 } }));
@@ -125,7 +125,10 @@ describe.each(drivers)("sessions as records on %s", (driver) => {
     await store.destroy("out");
     await store.revoke((await store.handleOf("rev"))!, { anyOwner: true });
     const ended = await store.list({ userId: "ann", status: "ended" });
-    expect(ended.map((r) => [r.userAgent, r.endReason]).sort()).toEqual([["UA of out", "logout"], ["UA of rev", "revoked"]]);
+    expect(ended.map((r) => [r.userAgent, r.endReason]).sort()).toEqual([
+      ["UA of out", "logout"],
+      ["UA of rev", "revoked"],
+    ]);
     expect(ended.every((r) => r.status === "ended" && r.endedAt instanceof Date)).toBe(true);
     expect(await t.raw(`select 1 from $table where data::text like '%s3cr3t%'`)).toHaveLength(0);
     expect(await store.count({ userId: "ann", status: "all" })).toBe(2);
@@ -287,7 +290,12 @@ describe.each(drivers)("sessions as records on %s", (driver) => {
     const paged = await pages(10, undefined, { current: "s7" });
     expect(paged.map((p) => p.length)).toEqual([10, 10, 5]);
     expect(paged.flat().map((r) => r.handle)).toEqual(whole.map((r) => r.handle));
-    expect(paged.flat().filter((r) => r.current).map((r) => r.handle)).toEqual([await store.handleOf("s7")]);
+    expect(
+      paged
+        .flat()
+        .filter((r) => r.current)
+        .map((r) => r.handle),
+    ).toEqual([await store.handleOf("s7")]);
   });
 
   it("paging while sessions are created, used and ended between pages: no record is on two pages, and every session left alone is on one", async () => {
@@ -314,7 +322,12 @@ describe.each(drivers)("sessions as records on %s", (driver) => {
     const handles = paged.flat().map((r) => r.handle);
     expect(new Set(handles).size).toBe(handles.length); // never twice
     const used = await store.list({ userId: "ann", limit: 3 });
-    expect(used.slice(0, 3).map((r) => sidOf.get(r.handle) ?? "late").sort()).toEqual([...touched, "late"].sort()); // they did move ahead
+    expect(
+      used
+        .slice(0, 3)
+        .map((r) => sidOf.get(r.handle) ?? "late")
+        .sort(),
+    ).toEqual([...touched, "late"].sort()); // they did move ahead
     const leftAlone = before.filter((r) => !touched.has(sidOf.get(r.handle)!) && !ended.has(sidOf.get(r.handle)!));
     for (const r of leftAlone) expect(handles, sidOf.get(r.handle)).toContain(r.handle);
     for (const sid of ended) if (sid !== sidOf.get(before[0]!.handle)) expect(handles).not.toContain(before.find((r) => sidOf.get(r.handle) === sid)!.handle);

@@ -47,9 +47,13 @@ describe("createSessionTable with a user id type and a reference to the app's us
   });
 
   it("rejects an unknown user id type and a reference that is not a function, saying what to pass", () => {
-    expect(() => createSessionTable("sessions", { userIdType: "varchar" as any })).toThrow(/connect-drizzle: `userIdType` must be "text", "integer", "bigint" or "uuid" \(got a string\)/);
+    expect(() => createSessionTable("sessions", { userIdType: "varchar" as any })).toThrow(
+      /connect-drizzle: `userIdType` must be "text", "integer", "bigint" or "uuid" \(got a string\)/,
+    );
     const users = pgSchema("app").table("users", { id: integer("id").primaryKey() });
-    expect(() => createSessionTable("sessions", { userIdType: "integer", references: users.id as any })).toThrow(/connect-drizzle: `references` must be a function/);
+    expect(() => createSessionTable("sessions", { userIdType: "integer", references: users.id as any })).toThrow(
+      /connect-drizzle: `references` must be a function/,
+    );
   });
 });
 
@@ -83,44 +87,41 @@ describe.each(drivers)("a session table referencing the app's users, created by 
     await t?.close();
   });
 
-  it.each(Object.keys(userIds) as UserIdType[])(
-    "user_id %s: login, list, count, revokeUser; deleting the user ends their sessions",
-    async (type) => {
-      const schema = `${t.schema}_${type}`;
-      schemas.push(schema);
-      const { namespace, users, sessions } = appSchema(schema, type);
-      // What drizzle-kit generates for an app's schema holding both tables.
-      const statements = await drizzleKitDdl({ namespace, users, sessions });
-      expect(statements.join("\n")).toMatch(/REFERENCES .*"users"\("id"\) ON DELETE cascade/i);
-      for (const statement of statements) await t.db.execute(sql.raw(statement));
+  it.each(Object.keys(userIds) as UserIdType[])("user_id %s: login, list, count, revokeUser; deleting the user ends their sessions", async (type) => {
+    const schema = `${t.schema}_${type}`;
+    schemas.push(schema);
+    const { namespace, users, sessions } = appSchema(schema, type);
+    // What drizzle-kit generates for an app's schema holding both tables.
+    const statements = await drizzleKitDdl({ namespace, users, sessions });
+    expect(statements.join("\n")).toMatch(/REFERENCES .*"users"\("id"\) ON DELETE cascade/i);
+    for (const statement of statements) await t.db.execute(sql.raw(statement));
 
-      const [ann, bob] = userIds[type].ids();
-      await t.db.insert(users).values([{ id: ann }, { id: bob }]);
-      const store = new SessionStore({ db: t.db, table: sessions, reaper: false });
-      await store.set("ann-laptop", sessionData(HOUR, { passport: { user: ann } }));
-      await store.set("ann-phone", sessionData(HOUR, { passport: { user: ann } }));
-      await store.set("ann-tablet", sessionData(HOUR, { passport: { user: ann } }));
-      await store.set("bob-laptop", sessionData(HOUR, { passport: { user: bob } }));
+    const [ann, bob] = userIds[type].ids();
+    await t.db.insert(users).values([{ id: ann }, { id: bob }]);
+    const store = new SessionStore({ db: t.db, table: sessions, reaper: false });
+    await store.set("ann-laptop", sessionData(HOUR, { passport: { user: ann } }));
+    await store.set("ann-phone", sessionData(HOUR, { passport: { user: ann } }));
+    await store.set("ann-tablet", sessionData(HOUR, { passport: { user: ann } }));
+    await store.set("bob-laptop", sessionData(HOUR, { passport: { user: bob } }));
 
-      const listed = await store.list({ userId: ann });
-      expect(listed.map((r) => r.userId)).toEqual([String(ann), String(ann), String(ann)]);
-      expect(await store.count({ userId: ann })).toBe(3);
-      if (typeof ann === "number") expect(await store.count({ userId: BigInt(ann) })).toBe(3);
-      expect(await store.revoke(listed[0]!.handle, { userId: ann })).toBe(true);
-      expect(await store.revokeUser(ann, { except: "ann-laptop" })).toBe(1);
-      expect(await store.count({ userId: ann })).toBe(1);
-      // A save of a loaded session (the owner column is written again) works on the column's type too.
-      const loaded = (await store.get("ann-laptop"))!;
-      (loaded as any).seen = true;
-      await store.set("ann-laptop", loaded);
-      expect(((await store.get("ann-laptop")) as any).seen).toBe(true);
+    const listed = await store.list({ userId: ann });
+    expect(listed.map((r) => r.userId)).toEqual([String(ann), String(ann), String(ann)]);
+    expect(await store.count({ userId: ann })).toBe(3);
+    if (typeof ann === "number") expect(await store.count({ userId: BigInt(ann) })).toBe(3);
+    expect(await store.revoke(listed[0]!.handle, { userId: ann })).toBe(true);
+    expect(await store.revokeUser(ann, { except: "ann-laptop" })).toBe(1);
+    expect(await store.count({ userId: ann })).toBe(1);
+    // A save of a loaded session (the owner column is written again) works on the column's type too.
+    const loaded = (await store.get("ann-laptop"))!;
+    (loaded as any).seen = true;
+    await store.set("ann-laptop", loaded);
+    expect(((await store.get("ann-laptop")) as any).seen).toBe(true);
 
-      await t.db.delete(users).where(eq(users.id, ann));
-      expect(await t.db.select({ key: sessions.key }).from(sessions).where(eq(sessions.userId, ann))).toEqual([]);
-      expect(await store.get("ann-laptop")).toBeNull();
-      expect(await store.count({ userId: ann, status: "all" })).toBe(0);
-      expect(await store.get("bob-laptop")).not.toBeNull();
-      expect(await store.count({ userId: bob })).toBe(1);
-    },
-  );
+    await t.db.delete(users).where(eq(users.id, ann));
+    expect(await t.db.select({ key: sessions.key }).from(sessions).where(eq(sessions.userId, ann))).toEqual([]);
+    expect(await store.get("ann-laptop")).toBeNull();
+    expect(await store.count({ userId: ann, status: "all" })).toBe(0);
+    expect(await store.get("bob-laptop")).not.toBeNull();
+    expect(await store.count({ userId: bob })).toBe(1);
+  });
 });

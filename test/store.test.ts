@@ -12,9 +12,7 @@ describe.each(drivers)("SessionStore on %s", (driver) => {
   });
 
   const expiresOf = async (): Promise<number[]> =>
-    (await t.raw<{ ms: number }>(`select (extract(epoch from expires_at) * 1000)::float8 as ms from $table order by ms`)).map((r) =>
-      Number(r.ms),
-    );
+    (await t.raw<{ ms: number }>(`select (extract(epoch from expires_at) * 1000)::float8 as ms from $table order by ms`)).map((r) => Number(r.ms));
 
   it("returns what was set, and null for an unknown id", async () => {
     await store.set("sid-1", sessionData(60_000, { user: "ann", cart: [1, 2] }));
@@ -123,7 +121,11 @@ describe.each(drivers)("SessionStore on %s", (driver) => {
     await store.destroy("ended");
     expect(await store.length()).toBe(2);
     const all = await store.all();
-    expect(Object.values(all).map((s: any) => s.who).sort()).toEqual(["a", "b"]);
+    expect(
+      Object.values(all)
+        .map((s: any) => s.who)
+        .sort(),
+    ).toEqual(["a", "b"]);
     // Keys are public handles, never the session ids.
     expect(Object.keys(all)).not.toContain("a");
     await store.clear();
@@ -140,10 +142,10 @@ describe.each(drivers)("SessionStore on %s", (driver) => {
     ["empty", ""],
     ["10 kB", "x".repeat(10_000)],
   ])("works with any string id (%s)", async (_, sid) => {
-      await store.set(sid, sessionData(60_000, { sid: "ok" }));
-      expect(((await store.get(sid)) as any).sid).toBe("ok");
-      await store.destroy(sid);
-      expect(await store.get(sid)).toBeNull();
+    await store.set(sid, sessionData(60_000, { sid: "ok" }));
+    expect(((await store.get(sid)) as any).sid).toBe("ok");
+    await store.destroy(sid);
+    expect(await store.get(sid)).toBeNull();
   });
 
   it("stores no plain session id in any column", async () => {
@@ -235,7 +237,9 @@ describe.each(drivers)("SessionStore on %s", (driver) => {
     const err = await new Promise<any>((resolve) => missing.get("x", (e) => resolve(e)));
     expect(err).toBeInstanceOf(SessionStoreError);
     expect(err.code).toBe("TABLE_MISSING");
-    expect(err.message).toMatch(/table .*no_such_table.* not found; run the migrations \(await migrate\(db\) from connect-drizzle, or your driver's drizzle migrator on its migrationsFolder\)/);
+    expect(err.message).toMatch(
+      /table .*no_such_table.* not found; run the migrations \(await migrate\(db\) from connect-drizzle, or your driver's drizzle migrator on its migrationsFolder\)/,
+    );
     expect(err.cause).toBeDefined();
   });
 
@@ -368,4 +372,3 @@ describe("SessionStore options", () => {
     expect(() => new SessionStore({ db: t.db, userId: "passport.user" as any })).toThrow(/userId/);
   });
 });
-

@@ -4,6 +4,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { createSessionTable, SessionStore, type TraceContext } from "../src/index.js";
 import { traced } from "../src/trace.js";
 import { cacheReady, drivers, sessionData, type TestDb, useTestDb } from "./support/db.js";
+import { internals } from "./support/internals.js";
 
 const HOUR = 3_600_000;
 const PHASES = ["start", "end", "asyncStart", "asyncEnd", "error"] as const;
@@ -15,11 +16,19 @@ function subscribe(operations: string[]) {
   const stops: Array<() => void> = [];
   for (const operation of operations) {
     const channel = diagnostics.tracingChannel<object, TraceContext>(`connect-drizzle:${operation}`);
-    const handlers = Object.fromEntries(PHASES.map((phase) => [phase, (context: TraceContext) => void seen.push({ operation, phase, context: { ...context } })])) as any;
+    const handlers = Object.fromEntries(
+      PHASES.map((phase) => [phase, (context: TraceContext) => void seen.push({ operation, phase, context: { ...context } })]),
+    ) as any;
     channel.subscribe(handlers);
     stops.push(() => channel.unsubscribe(handlers));
   }
-  return { seen, stop: () => stops.forEach((stop) => stop()), phases: (operation: string) => seen.filter((s) => s.operation === operation).map((s) => s.phase) };
+  return {
+    seen,
+    stop: () => {
+      for (const stop of stops) stop();
+    },
+    phases: (operation: string) => seen.filter((s) => s.operation === operation).map((s) => s.phase),
+  };
 }
 
 describe.each(drivers)("diagnostics_channel tracing on %s", (driver) => {
@@ -57,7 +66,7 @@ describe.each(drivers)("diagnostics_channel tracing on %s", (driver) => {
       { operation: "destroy", table },
       { operation: "revokeUser", table, userId: "ann" },
     ]);
-    const keys: string[] = (store as any).keysOf(sid);
+    const keys: string[] = internals(store).keysOf(sid);
     for (const { context } of subscription.seen) {
       expect(Object.getOwnPropertySymbols(context)).toEqual([]);
       const text = JSON.stringify(context);

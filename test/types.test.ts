@@ -69,12 +69,16 @@ function readmeBlocks(): Block[] {
  * declarations, as tsc prints them (`file(line,col): error TS...: message`), one string each.
  */
 function compile(project: string): { errors: string[]; checked: string[] } {
-  const config = ts.getParsedCommandLineOfConfigFile(join(project, "tsconfig.json"), {}, {
-    ...ts.sys,
-    onUnRecoverableConfigFileDiagnostic: (d) => {
-      throw new Error(ts.flattenDiagnosticMessageText(d.messageText, "\n"));
+  const config = ts.getParsedCommandLineOfConfigFile(
+    join(project, "tsconfig.json"),
+    {},
+    {
+      ...ts.sys,
+      onUnRecoverableConfigFileDiagnostic: (d) => {
+        throw new Error(ts.flattenDiagnosticMessageText(d.messageText, "\n"));
+      },
     },
-  })!;
+  )!;
   const program = ts.createProgram({ rootNames: config.fileNames, options: config.options });
   const ours = program.getSourceFiles().filter((f) => !f.fileName.includes("/node_modules/") || f.fileName.includes("/node_modules/connect-drizzle/"));
   const found = [

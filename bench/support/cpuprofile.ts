@@ -22,7 +22,7 @@ export interface SelfTime {
 }
 
 /** Who a function belongs to: a package, connect-drizzle's src, node's internals, or V8. */
-export function groupOf(url: string, name: string): string {
+function groupOf(url: string, name: string): string {
   if (!url) return name.startsWith("(") ? name : "(V8 builtins)";
   const pkg = /node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(url)?.[1];
   if (pkg) return pkg;
@@ -37,7 +37,7 @@ export function summarize(file: string, top = 15): { functions: SelfTime[]; grou
   const profile = JSON.parse(readFileSync(file, "utf8")) as Profile;
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
   const self = new Map<number, number>();
-  profile.samples.forEach((id, i) => self.set(id, (self.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0)));
+  for (const [i, id] of profile.samples.entries()) self.set(id, (self.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0));
   const fns = new Map<string, SelfTime>();
   const groups = new Map<string, SelfTime>();
   let busy = 0;
@@ -57,7 +57,6 @@ export function summarize(file: string, top = 15): { functions: SelfTime[]; grou
     g.ms += us / 1000;
     groups.set(group, g);
   }
-  const finish = (m: Map<string, SelfTime>) =>
-    [...m.values()].map((x) => ({ ...x, share: x.ms / (busy / 1000) })).sort((a, b) => b.ms - a.ms);
+  const finish = (m: Map<string, SelfTime>) => [...m.values()].map((x) => ({ ...x, share: x.ms / (busy / 1000) })).sort((a, b) => b.ms - a.ms);
   return { functions: finish(fns).slice(0, top), groups: finish(groups), busyMs: busy / 1000 };
 }

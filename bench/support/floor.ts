@@ -1,5 +1,5 @@
 import session, { type SessionData } from "express-session";
-import pg from "pg";
+import type pg from "pg";
 
 /**
  * The floor: the least a Postgres session store can do, as named prepared statements (`{ name, text,
@@ -63,10 +63,16 @@ export class RawPgStore extends session.Store {
     this.raw.get(sid).then((s) => cb(null, s), cb);
   }
   set(sid: string, sess: SessionData, cb?: (err?: any) => void): void {
-    this.raw.set(sid, sess).then(() => cb?.(), (e) => cb?.(e));
+    this.raw.set(sid, sess).then(
+      () => cb?.(),
+      (e) => cb?.(e),
+    );
   }
   destroy(sid: string, cb?: (err?: any) => void): void {
-    this.raw.destroy(sid).then(() => cb?.(), (e) => cb?.(e));
+    this.raw.destroy(sid).then(
+      () => cb?.(),
+      (e) => cb?.(e),
+    );
   }
   override touch(_sid: string, _sess: SessionData, cb?: () => void): void {
     cb?.();

@@ -1,6 +1,6 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import pg from "pg";
+import type pg from "pg";
 
 const migrationsDir = join(import.meta.dirname, "..", "..", "drizzle");
 

@@ -12,7 +12,16 @@ import { MAX_AGE, USER } from "./config.js";
 import { isNotifyStatement, queryArgs } from "./notify.js";
 import { openStore, type StoreName } from "./stores.js";
 
-const counts = { requests: {} as Record<string, number>, statements: 0, writes: 0, selects: 0, byVerb: {} as Record<string, number>, notifyStatements: 0, errors: 0, cpuUs: 0 };
+const counts = {
+  requests: {} as Record<string, number>,
+  statements: 0,
+  writes: 0,
+  selects: 0,
+  byVerb: {} as Record<string, number>,
+  notifyStatements: 0,
+  errors: 0,
+  cpuUs: 0,
+};
 let cpuAtReset = process.cpuUsage();
 const reset = () => {
   cpuAtReset = process.cpuUsage();

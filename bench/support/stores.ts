@@ -36,32 +36,38 @@ export const TARGETS: Target[] = [
   { id: "raw-pg", name: "raw-pg", label: "raw pg floor" },
   { id: "connect-drizzle", name: "connect-drizzle", label: "connect-drizzle" },
   // Its reads are connect-drizzle's (the same SELECT): only the writes are measured.
-  { id: "connect-drizzle-notify", name: "connect-drizzle", label: "connect-drizzle (notify: true)", notify: true, ops: ["set", "touch-forced", "destroy"], routes: ["login"] },
+  {
+    id: "connect-drizzle-notify",
+    name: "connect-drizzle",
+    label: "connect-drizzle (notify: true)",
+    notify: true,
+    ops: ["set", "touch-forced", "destroy"],
+    routes: ["login"],
+  },
   // Its writes are the notify: true variant's; get (hit) is what the cache changes.
   { id: "connect-drizzle-cache", name: "connect-drizzle", label: "connect-drizzle (cache)", cache: {}, ops: ["get-hit"], routes: ["read", "login"] },
   // Saves that rewrite the whole session (as before merging changed keys was the default): what the merge costs a save.
   { id: "connect-drizzle-whole", name: "connect-drizzle", label: "connect-drizzle (merge: false)", options: { merge: false }, ops: ["save"], routes: [] },
   // Encryption at rest: what sealing and opening the data costs the reads and the writes.
-  { id: "connect-drizzle-encrypt", name: "connect-drizzle", label: "connect-drizzle (encrypt)", options: { encrypt: { secrets: ENCRYPTION_SECRET } }, ops: ["set", "get-hit", "save"], routes: [] },
+  {
+    id: "connect-drizzle-encrypt",
+    name: "connect-drizzle",
+    label: "connect-drizzle (encrypt)",
+    options: { encrypt: { secrets: ENCRYPTION_SECRET } },
+    ops: ["set", "get-hit", "save"],
+    routes: [],
+  },
   { id: "connect-pg-simple", name: "connect-pg-simple", label: "connect-pg-simple" },
   { id: "connect-redis", name: "connect-redis", label: "connect-redis" },
   { id: "memory", name: "memory", label: "MemoryStore" },
 ];
 
 /** The stores compared, in the order of the tables. */
-export const STORE_NAMES = ["raw-pg", "connect-drizzle", "connect-pg-simple", "connect-redis", "memory"] as const;
+const STORE_NAMES = ["raw-pg", "connect-drizzle", "connect-pg-simple", "connect-redis", "memory"] as const;
 export type StoreName = (typeof STORE_NAMES)[number];
 
-export const LABELS: Record<StoreName, string> = {
-  "raw-pg": "raw pg floor",
-  "connect-drizzle": "connect-drizzle",
-  "connect-pg-simple": "connect-pg-simple",
-  "connect-redis": "connect-redis",
-  memory: "MemoryStore",
-};
-
 /** A store's operations as promises: the floor's direct calls, the others' callback API (as express-session calls them). */
-export interface StoreOps {
+interface StoreOps {
   get(sid: string): Promise<unknown>;
   set(sid: string, sess: SessionData): Promise<void>;
   touch(sid: string, sess: SessionData): Promise<void>;

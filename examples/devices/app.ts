@@ -9,7 +9,17 @@ import express, { type Express, type NextFunction, type Request, type Response }
 import passport from "passport";
 import { Strategy as LocalStrategy } from "passport-local";
 import { SessionStore, sessionMiddleware, type AnyPgDatabase, type EncryptOptions, type SessionMiddleware } from "connect-drizzle";
-import { addSignInNotice, createTables, createUser, dismissSignInNotice, EmailTakenError, findUser, unreadSignInNotices, verifyUser, type User } from "./users.js";
+import {
+  addSignInNotice,
+  createTables,
+  createUser,
+  dismissSignInNotice,
+  EmailTakenError,
+  findUser,
+  unreadSignInNotices,
+  verifyUser,
+  type User,
+} from "./users.js";
 import { authPage, confirmPage, counterPage, devicesPage, html, messagePage, type DevicesView, type PageContext } from "./views.js";
 
 declare module "express-session" {
@@ -120,7 +130,7 @@ export async function createApp(options: DevicesAppOptions): Promise<DevicesApp>
 
   const userOf = (req: Request) => req.user as User | undefined;
   const ctx = (req: Request): PageContext => ({ user: userOf(req), csrf: csrfToken(req) });
-  const page = (req: Request, res: Response, status: number, body: string) => res.status(status).type("html").send(body);
+  const page = (_req: Request, res: Response, status: number, body: string) => res.status(status).type("html").send(body);
 
   // ---- pages for browsers (cookie sessions) ----
 
@@ -130,9 +140,12 @@ export async function createApp(options: DevicesAppOptions): Promise<DevicesApp>
   app.post("/signup", checkCsrf, async (req, res, next) => {
     const email = normalizeEmail(req.body?.email);
     const password = typeof req.body?.password === "string" ? req.body.password : "";
-    const error = !/^[^\s@]+@[^\s@]+$/.test(email) || email.length > 254 ? "Enter a valid email address."
-      : password.length < 8 || password.length > 200 ? "Use a password of 8 to 200 characters."
-      : undefined;
+    const error =
+      !/^[^\s@]+@[^\s@]+$/.test(email) || email.length > 254
+        ? "Enter a valid email address."
+        : password.length < 8 || password.length > 200
+          ? "Use a password of 8 to 200 characters."
+          : undefined;
     if (error) return page(req, res, 400, authPage("signup", ctx(req), { error, email }));
     let user: User;
     try {
@@ -290,8 +303,8 @@ const NOTICES: Record<string, (query: Request["query"]) => string> = {
 
 /** Sends the signed-out to the login page (a revoked or expired session arrives here with no user). */
 function requireUser(req: Request, res: Response, next: NextFunction): void {
-  if (req.user) return next();
-  res.redirect(303, "/login");
+  if (req.user) next();
+  else res.redirect(303, "/login");
 }
 
 /** The session's CSRF token, created on first use (this makes the session worth saving). */
@@ -303,14 +316,26 @@ function csrfToken(req: Request): string {
 function checkCsrf(req: Request, res: Response, next: NextFunction): void {
   const sent: unknown = req.body?._csrf;
   const expected = req.session.csrfToken;
-  if (typeof sent === "string" && typeof expected === "string" && sent.length === expected.length && timingSafeEqual(Buffer.from(sent), Buffer.from(expected))) {
-    return next();
+  if (
+    typeof sent === "string" &&
+    typeof expected === "string" &&
+    sent.length === expected.length &&
+    timingSafeEqual(Buffer.from(sent), Buffer.from(expected))
+  ) {
+    next();
+    return;
   }
   const back = req.path === "/login" || req.path === "/signup" ? req.path : "/devices";
   res
     .status(403)
     .type("html")
-    .send(messagePage({ user: req.user as User | undefined, csrf: csrfToken(req) }, "Form expired", html`This form expired or did not come from this site. <a href="${back}">Reload it</a> and try again.`));
+    .send(
+      messagePage(
+        { user: req.user as User | undefined, csrf: csrfToken(req) },
+        "Form expired",
+        html`This form expired or did not come from this site. <a href="${back}">Reload it</a> and try again.`,
+      ),
+    );
 }
 
 /** `value` if it is a path on this site ("/devices?done=confirmed"), else /devices: never a redirect elsewhere. */

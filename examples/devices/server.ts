@@ -10,13 +10,16 @@ const { db, close: closeDatabase } = await openDatabase(new URL("./.data", impor
 const production = process.env.NODE_ENV === "production";
 // Never a default key: without SESSION_ENCRYPTION_KEY the data is stored in plain jsonb, with it encrypted
 // (a key of at least 32 random characters; a key that is too short stops the startup, saying how to make one).
-const encryptionKeys = process.env.SESSION_ENCRYPTION_KEY?.split(",").map((key) => key.trim()).filter(Boolean);
+const encryptionKeys = process.env.SESSION_ENCRYPTION_KEY?.split(",")
+  .map((key) => key.trim())
+  .filter(Boolean);
 const { app, close: closeApp } = await createApp({
   db,
   // Outside production a fixed development secret keeps sessions and API tokens valid across restarts;
   // in production a missing SESSION_SECRET is a startup error (sessionMiddleware refuses to start).
   secret: process.env.SESSION_SECRET ?? (production ? undefined : "devices example: development only"),
-  trustProxy: process.env.TRUST_PROXY === undefined ? undefined : /^\d+$/.test(process.env.TRUST_PROXY) ? Number(process.env.TRUST_PROXY) : process.env.TRUST_PROXY,
+  trustProxy:
+    process.env.TRUST_PROXY === undefined ? undefined : /^\d+$/.test(process.env.TRUST_PROXY) ? Number(process.env.TRUST_PROXY) : process.env.TRUST_PROXY,
   encrypt: encryptionKeys?.length ? { secrets: encryptionKeys } : undefined,
 });
 

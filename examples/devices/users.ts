@@ -16,7 +16,9 @@ export const users = pgTable("users", {
 /** One sign-in of a user from a device none of their sessions used before, until they dismiss it. */
 export const signInNotices = pgTable("sign_in_notices", {
   id: text("id").primaryKey(),
-  userId: text("user_id").notNull().references(() => users.id, { onDelete: "cascade" }),
+  userId: text("user_id")
+    .notNull()
+    .references(() => users.id, { onDelete: "cascade" }),
   /** The handle of the session that signed in (as `store.list` shows it), never its id. */
   sessionHandle: text("session_handle").notNull(),
   device: text("device"),
@@ -76,14 +78,23 @@ export async function findUser(db: AnyPgDatabase, id: string): Promise<User | nu
   return row ?? null;
 }
 
-export async function addSignInNotice(db: AnyPgDatabase, notice: { userId: string; sessionHandle: string; device: string | null; ip: string | null }): Promise<void> {
+export async function addSignInNotice(
+  db: AnyPgDatabase,
+  notice: { userId: string; sessionHandle: string; device: string | null; ip: string | null },
+): Promise<void> {
   await db.insert(signInNotices).values({ id: randomUUID(), ...notice });
 }
 
 /** The user's notices not yet dismissed, newest first. */
 export async function unreadSignInNotices(db: AnyPgDatabase, userId: string, limit = 10): Promise<SignInNotice[]> {
   return db
-    .select({ id: signInNotices.id, sessionHandle: signInNotices.sessionHandle, device: signInNotices.device, ip: signInNotices.ip, createdAt: signInNotices.createdAt })
+    .select({
+      id: signInNotices.id,
+      sessionHandle: signInNotices.sessionHandle,
+      device: signInNotices.device,
+      ip: signInNotices.ip,
+      createdAt: signInNotices.createdAt,
+    })
     .from(signInNotices)
     .where(and(eq(signInNotices.userId, userId), isNull(signInNotices.dismissedAt)))
     .orderBy(desc(signInNotices.createdAt))
@@ -108,13 +119,13 @@ function scryptAsync(password: BinaryLike, salt: BinaryLike): Promise<Buffer> {
   return new Promise((resolve, reject) => scrypt(password, salt, KEY_LENGTH, (err, key) => (err ? reject(err) : resolve(key))));
 }
 
-export async function hashPassword(password: string): Promise<string> {
+async function hashPassword(password: string): Promise<string> {
   const salt = randomBytes(16);
   const key = await scryptAsync(password.normalize("NFKC"), salt);
   return `scrypt$${salt.toString("hex")}$${key.toString("hex")}`;
 }
 
-export async function checkPassword(password: string, stored: string): Promise<boolean> {
+async function checkPassword(password: string, stored: string): Promise<boolean> {
   const [scheme, saltHex, keyHex] = stored.split("$");
   if (scheme !== "scrypt" || !saltHex || !keyHex) return false;
   const expected = Buffer.from(keyHex, "hex");

@@ -10,7 +10,7 @@ export class Html {
   }
 }
 
-export function escape(value: unknown): string {
+function escapeHtml(value: unknown): string {
   return String(value).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
@@ -18,12 +18,12 @@ function render(value: unknown): string {
   if (value instanceof Html) return value.text;
   if (Array.isArray(value)) return value.map(render).join("");
   if (value === null || value === undefined || value === false) return "";
-  return escape(value);
+  return escapeHtml(value);
 }
 
 export function html(strings: TemplateStringsArray, ...values: unknown[]): Html {
   let out = strings[0]!;
-  values.forEach((value, i) => (out += render(value) + strings[i + 1]!));
+  for (const [i, value] of values.entries()) out += render(value) + strings[i + 1]!;
   return new Html(out);
 }
 
@@ -68,7 +68,7 @@ export interface PageContext {
   csrf: string;
 }
 
-export function layout(title: string, ctx: PageContext, body: Html): string {
+function layout(title: string, ctx: PageContext, body: Html): string {
   const nav = ctx.user
     ? html`<a href="/counter">Counter</a><a href="/devices">Your devices</a>
         <span class="who">${ctx.user.email}</span>
@@ -152,7 +152,7 @@ export function devicesPage(ctx: PageContext, view: DevicesView): string {
       <td>${
         s.current
           ? html`<span class="tag">This device</span>`
-          : html`<form method="post" action="/devices/revoke">${hidden}<input type="hidden" name="handle" value="${s.handle}"><button class="danger" aria-label="Revoke ${label ?? (s.device ?? "Unknown device")}">Revoke</button></form>`
+          : html`<form method="post" action="/devices/revoke">${hidden}<input type="hidden" name="handle" value="${s.handle}"><button class="danger" aria-label="Revoke ${label ?? s.device ?? "Unknown device"}">Revoke</button></form>`
       }</td>
     </tr>`;
   });
@@ -269,10 +269,10 @@ const REASONS: Record<string, string> = {
 function deviceCell(s: SessionRecord, label: string | undefined): Html {
   if (label !== undefined) {
     // A token's user agent and IP are those of the client that last used it (none until then).
-    const used = s.userAgent ? html`<div class="muted">last used by ${(s.device ?? "Unknown device")}</div>` : "";
+    const used = s.userAgent ? html`<div class="muted">last used by ${s.device ?? "Unknown device"}</div>` : "";
     return html`<span class="tag token">API token</span> <strong>${label}</strong>${used}`;
   }
-  return html`<strong>${(s.device ?? "Unknown device")}</strong>`;
+  return html`<strong>${s.device ?? "Unknown device"}</strong>`;
 }
 
 /** An IPv4 client on a dual-stack socket shows as ::ffff:1.2.3.4; show it as 1.2.3.4. */
@@ -287,7 +287,7 @@ function time(date: Date): Html {
 
 /** "10 minutes", "1 hour": a duration in ms, rounded to its largest unit. */
 function duration(ms: number): string {
-  const [unit, size] = ms >= 3_600_000 ? ["hour", 3_600_000] as const : ms >= 60_000 ? ["minute", 60_000] as const : ["second", 1000] as const;
+  const [unit, size] = ms >= 3_600_000 ? (["hour", 3_600_000] as const) : ms >= 60_000 ? (["minute", 60_000] as const) : (["second", 1000] as const);
   const n = Math.max(1, Math.round(ms / size));
   return `${n} ${unit}${n === 1 ? "" : "s"}`;
 }

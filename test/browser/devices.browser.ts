@@ -51,7 +51,16 @@ beforeAll(async () => {
   browser = await chromium.launch({
     executablePath,
     timeout: 30_000,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"],
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--disable-quic",
+      "--no-first-run",
+    ],
   });
 });
 
@@ -156,7 +165,10 @@ describe.runIf(haveBrowser)("devices example in Chromium", () => {
   });
 
   test("revoking the phone sends it to the login page on its next click", async () => {
-    await laptop.locator("#active tbody tr:not([data-current])").getByRole("button", { name: /Revoke/ }).click();
+    await laptop
+      .locator("#active tbody tr:not([data-current])")
+      .getByRole("button", { name: /Revoke/ })
+      .click();
     await laptop.waitForURL(/\/devices\?done=revoked$/);
     expect(await laptop.getByRole("status").textContent()).toContain("Revoked");
     expect(await rows(laptop).count()).toBe(1);

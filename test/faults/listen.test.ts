@@ -7,6 +7,7 @@ import { SessionStore, type AnyPgDatabase, type SessionEvent, type SessionStoreO
 import { eventually, sessionData } from "../support/db.js";
 import { createFaultDb, faultsEnabled, type FaultDb, type OpenedDb } from "../support/faultdb.js";
 import { pgbouncerBinary, pgbouncerVersion, startPgbouncer, type Pgbouncer } from "../support/pgbouncer.js";
+import { internals } from "../support/internals.js";
 
 const binary = faultsEnabled ? pgbouncerBinary() : undefined;
 const version = binary ? pgbouncerVersion(binary) : "none";
@@ -79,7 +80,9 @@ describe.skipIf(!binary)(`LISTEN through pgbouncer ${version} in transaction poo
       const { store, errors } = storeOn(through(), { broadcast: true, secrets: SECRET });
       await expect(store.ready()).rejects.toMatchObject({
         code: "LISTEN_DEAF",
-        message: expect.stringMatching(/^connect-drizzle: `broadcast` cannot hear the database: .*give the store a `listen` database connected straight to Postgres/),
+        message: expect.stringMatching(
+          /^connect-drizzle: `broadcast` cannot hear the database: .*give the store a `listen` database connected straight to Postgres/,
+        ),
       });
       expect(await eventually(() => errors.some((e: any) => e.code === "LISTEN_DEAF"), 5_000)).toBe(true);
     });
@@ -104,7 +107,7 @@ describe.skipIf(!binary)(`LISTEN through pgbouncer ${version} in transaction poo
   it("the read cache without `listen` never turns on, and ready() rejects with LISTEN_DEAF", async () => {
     const { store, errors } = storeOn(nodePgThrough(), { cache: {} });
     await expect(store.ready()).rejects.toMatchObject({ code: "LISTEN_DEAF", message: expect.stringContaining("the read cache cannot hear the database") });
-    expect((store as any).cache.live).toBe(false);
+    expect(internals(store).cache!.live).toBe(false);
     expect(await eventually(() => errors.some((e: any) => e.code === "LISTEN_DEAF"), 5_000)).toBe(true);
   });
 
@@ -112,12 +115,12 @@ describe.skipIf(!binary)(`LISTEN through pgbouncer ${version} in transaction poo
     const { store: a, errors } = storeOn(nodePgThrough(), { cache: {}, listen: straight() });
     const { store: b } = storeOn(nodePgThrough(), { cache: {}, listen: straight() });
     await Promise.all([a.ready(), b.ready()]);
-    expect((a as any).cache.live).toBe(true);
+    expect(internals(a).cache!.live).toBe(true);
     await a.set("cached", sessionData(HOUR, { passport: { user: "ann" } }));
     expect(await a.get("cached")).not.toBeNull();
-    expect((a as any).cache.get("cached", performance.now())).toBeDefined();
+    expect(internals(a).cache!.get("cached", performance.now())).toBeDefined();
     expect(await b.revoke((await b.handleOf("cached"))!, { anyOwner: true })).toBe(true);
-    expect(await eventually(() => (a as any).cache.get("cached", performance.now()) === undefined, 5_000)).toBe(true);
+    expect(await eventually(() => internals(a).cache!.get("cached", performance.now()) === undefined, 5_000)).toBe(true);
     expect(await a.get("cached")).toBeNull();
     expect(errors).toEqual([]);
   });

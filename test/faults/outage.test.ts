@@ -61,7 +61,9 @@ describe.skipIf(!faultsEnabled)("database outage under load (node-postgres Pool)
     for (let w = 0; w < WORKERS; w++) {
       for (let i = 0; i < PER_WORKER; i++) {
         if (i === 0) {
-          const res = await request(server).post("/login").send({ username: `user${w}`, password: "pw" });
+          const res = await request(server)
+            .post("/login")
+            .send({ username: `user${w}`, password: "pw" });
           expect(res.status).toBe(200);
           sessions.push({ cookie: cookieOf(res)!, user: `user${w}`, acked: 0, worker: w });
         } else {
@@ -140,7 +142,9 @@ describe.skipIf(!faultsEnabled)("database outage under load (node-postgres Pool)
 
     // Every acknowledged session is still there, with at least its last acknowledged change.
     for (const s of sessions) {
-      const res = await request(server).get(s.user ? "/me" : "/count").set("Cookie", s.cookie);
+      const res = await request(server)
+        .get(s.user ? "/me" : "/count")
+        .set("Cookie", s.cookie);
       expect(res.status).toBe(200);
       if (s.user) expect(res.body).toEqual({ user: s.user });
       else expect(res.body.views).toBeGreaterThanOrEqual(s.acked);

@@ -39,8 +39,7 @@ describe.skipIf(!binary)(`through pgbouncer ${version} in transaction pooling mo
     closers.push(() => client.end({ timeout: 5 }));
     return drizzlePostgresJs({ client });
   };
-  const storeOn = (db: AnyPgDatabase, options: Partial<SessionStoreOptions> = {}) =>
-    new SessionStore({ db, table: direct.table, timeout: 5_000, ...options });
+  const storeOn = (db: AnyPgDatabase, options: Partial<SessionStoreOptions> = {}) => new SessionStore({ db, table: direct.table, timeout: 5_000, ...options });
 
   /** Concurrent gets from `workers` client connections; returns the distinct error messages. */
   async function hammer(store: SessionStore, workers = 6, rounds = 25): Promise<{ ok: number; errors: string[] }> {
@@ -217,7 +216,10 @@ describe.skipIf(!binary)(`through pgbouncer ${version} in transaction pooling mo
   // connection string for LISTEN; at least refuse or warn on `cache` through pgbouncer.
   it("with cache, a session revoked on one instance is not served by another instance's cache (no fail-open through pgbouncer)", async () => {
     const [a, b] = [storeOn(pgThrough(2), { prepare: false, cache: {} }), storeOn(pgThrough(2), { prepare: false, cache: {} })];
-    closers.push(() => a.close(), () => b.close());
+    closers.push(
+      () => a.close(),
+      () => b.close(),
+    );
     await new Promise((r) => setTimeout(r, 300)); // both LISTENs are up
     await a.set("cached", sessionData(60_000, { passport: { user: "ann" } }));
     expect(await a.get("cached")).not.toBeNull(); // now in a's cache

@@ -48,9 +48,7 @@ describe.skipIf(!faultsEnabled)("slow database: pool exhaustion, locks and the t
     const held = await Promise.all(Array.from({ length: 3 }, () => o.pool.connect()));
     try {
       await expect(store.get("anything")).rejects.toMatchObject({ code: "TIMEOUT" });
-      const results = await Promise.all(
-        Array.from({ length: 6 }, () => timed(() => request(server).get("/count").set("Cookie", cookie).timeout(10_000))),
-      );
+      const results = await Promise.all(Array.from({ length: 6 }, () => timed(() => request(server).get("/count").set("Cookie", cookie).timeout(10_000))));
       for (const r of results) {
         expect(r.status).toBe(500);
         expect(r.body.error).toMatch(/did not answer within 500 ms/);

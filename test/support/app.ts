@@ -27,11 +27,7 @@ export function testApp(store: SessionStore, options: Partial<SessionOptions> = 
   });
   app.use(middleware);
   const auth = new passport.Passport();
-  auth.use(
-    new LocalStrategy((username, password, done) =>
-      password === "pw" ? done(null, { id: username }) : done(null, false),
-    ),
-  );
+  auth.use(new LocalStrategy((username, password, done) => (password === "pw" ? done(null, { id: username }) : done(null, false))));
   auth.serializeUser((user: any, done) => done(null, user.id));
   auth.deserializeUser((id: string, done) => done(null, { id }));
   app.use(auth.session());

@@ -10,6 +10,7 @@ import postgres from "postgres";
 import { afterAll, beforeAll, beforeEach } from "vitest";
 import { createSessionTable, SessionStore, type AnyPgDatabase, type SessionTable, type UserIdType } from "../../src/index.js";
 import { startProxy } from "./proxy.js";
+import { internals } from "./internals.js";
 
 export const DATABASE_URL = process.env.DATABASE_URL;
 
@@ -187,24 +188,22 @@ export async function eventually(check: () => boolean | Promise<boolean>, ms = 3
  * a write's own NOTIFY can no longer evict what a read caches after this.
  */
 export async function notifyBarrier(store: SessionStore): Promise<void> {
-  const s = store as any;
+  const inside = internals(store);
   const marker = `barrier ${Math.random().toString(36).slice(2)}`;
   let heard = false;
-  const evict = s.evict;
-  s.evict = function (keys: readonly string[]) {
+  const stop = inside.onEvict((keys) => {
     if (keys.includes(marker)) heard = true;
-    return evict.call(this, keys);
-  };
+  });
   try {
-    await s.exec.query(s.sql.notify(marker));
+    await inside.notify(marker);
     if (!(await eventually(() => heard))) throw new Error("NOTIFY barrier: the store's LISTEN did not hear the marker within 3 s");
   } finally {
-    delete s.evict;
+    stop();
   }
 }
 
 /** Whether a store's read cache is on (its LISTEN heard its probe), within a few seconds. */
-export const cacheReady = (store: SessionStore) => eventually(() => (store as any).cache?.live === true);
+export const cacheReady = (store: SessionStore) => eventually(() => internals(store).cache?.live === true);
 
 /**
  * A second app instance's database on the same tables: its own pool (node-postgres, postgres.js) or, on

@@ -163,7 +163,17 @@ export interface Config {
  */
 export function configurations(drivers: readonly DriverName[]): Config[] {
   const lists: Config[][] = [];
-  const base = { cache: false, absolute: undefined, history: false, encrypt: false, merge: true, cap: undefined, rotation: false, plaintext: false, broadcast: false };
+  const base = {
+    cache: false,
+    absolute: undefined,
+    history: false,
+    encrypt: false,
+    merge: true,
+    cap: undefined,
+    rotation: false,
+    plaintext: false,
+    broadcast: false,
+  };
   for (const driver of drivers) {
     const list: Config[] = [];
     lists.push(list);
@@ -199,7 +209,6 @@ export function configurations(drivers: readonly DriverName[]): Config[] {
 }
 
 let sharedPglite: Promise<TestDb> | undefined;
-let schemas = 0;
 
 /**
  * A database for one configuration: its own schema. On PGlite one instance is shared by every
@@ -366,7 +375,19 @@ interface NewSession {
 /** What a step observed; the model is updated from these only after every step of a command is done. */
 type Ev =
   | { t: "create"; c: NewSession }
-  | { t: "get"; s: Sess; inst: Inst; start: number; end: number; found: boolean; wrong: boolean; obj: any; slot?: number; authAt: number | null; skews: number[] }
+  | {
+      t: "get";
+      s: Sess;
+      inst: Inst;
+      start: number;
+      end: number;
+      found: boolean;
+      wrong: boolean;
+      obj: any;
+      slot?: number;
+      authAt: number | null;
+      skews: number[];
+    }
   | {
       t: "write";
       s: Sess;
@@ -449,7 +470,11 @@ async function createOn(r: Real, inst: Inst, life: number, user: User, what: str
   await store.set(sid, data);
   const end = real();
   const handle = await handleOf(r, sid);
-  trace(r, start, `${what}(${inst}) ${life} ms ${user ?? "anonymous"} → key ${keyOf(sid).slice(0, 6)} handle ${handle?.slice(0, 6)} [${Math.round(end - start)} ms]`);
+  trace(
+    r,
+    start,
+    `${what}(${inst}) ${life} ms ${user ?? "anonymous"} → key ${keyOf(sid).slice(0, 6)} handle ${handle?.slice(0, 6)} [${Math.round(end - start)} ms]`,
+  );
   return { sid, user, life, handle, start, end, vals: valsOf(data), auth: user ? authNow(start, end) : NO_AUTH };
 }
 
@@ -554,7 +579,11 @@ function slotWrite(kind: string, label: string, slot: number, op: SaveOp, mutate
       const end = real();
       if (!touch) held.view = after;
       const wrote = Object.entries(sets).map(([k, v]) => `${k}=${v}`);
-      trace(r, start, `${touch ? "touch" : `save ${op}`}(${inst}, slot${slot}) ${sname(s)} maxAge ${life}${wrote.length ? ` sets ${wrote.join(" ")}` : ""}${login ? ` login ${login}` : ""} [${Math.round(end - start)} ms]`);
+      trace(
+        r,
+        start,
+        `${touch ? "touch" : `save ${op}`}(${inst}, slot${slot}) ${sname(s)} maxAge ${life}${wrote.length ? ` sets ${wrote.join(" ")}` : ""}${login ? ` login ${login}` : ""} [${Math.round(end - start)} ms]`,
+      );
       return [{ t: "write", s, inst, op, start, end, life, loadedLo, result: true, skew: store.skew, sets, dataChanged: !touch && dataChanged, login }];
     },
   };
@@ -624,7 +653,8 @@ function revokeStep(inst: Inst, k: number, as: "any" | "owner" | "other"): Step 
       const checks = ended ? checkEnded(r, inst, [s]) : Promise.resolve([]);
       trace(r, start, `revoke(${inst}, ${as}) ${sname(s)} → ${ended} [${Math.round(end - start)} ms]`);
       const evs: Ev[] = [];
-      if (ended && as === "other") evs.push({ t: "fail", message: `revoke of ${sname(s)} (${[...s.col].join("/")}) with { userId: "${options.userId}" } ended it` });
+      if (ended && as === "other")
+        evs.push({ t: "fail", message: `revoke of ${sname(s)} (${[...s.col].join("/")}) with { userId: "${options.userId}" } ended it` });
       if (ended && s.ended) evs.push({ t: "fail", message: `invariant 2: revoke(${inst}) found ${sname(s)} live to end, though it had been ended` });
       if (ended) evs.push({ t: "end", s, inst, start, end, op: "revoke" });
       else if (as !== "other") evs.push({ t: "miss", s, inst, start, end, op: "revoke" });
@@ -651,7 +681,11 @@ function revokeUserStep(inst: Inst, user: "ann" | "bob", except: number | null):
       const end = real();
       const targets = own.filter((s) => s !== kept);
       const checks = checkEnded(r, inst, targets);
-      trace(r, start, `revokeUser(${inst}, ${user}${kept ? ` except ${sname(kept)}` : ""}) → ${n}: ${targets.map(sname).join(" ")} [${Math.round(end - start)} ms]`);
+      trace(
+        r,
+        start,
+        `revokeUser(${inst}, ${user}${kept ? ` except ${sname(kept)}` : ""}) → ${n}: ${targets.map(sname).join(" ")} [${Math.round(end - start)} ms]`,
+      );
       return [{ t: "revokeUser", user }, ...targets.map((s): Ev => ({ t: "end", s, inst, start, end, op: "revokeUser" })), ...(await checks)];
     },
   };
@@ -732,7 +766,11 @@ function rotateStep(slot: number): Step {
       const kept = user !== null && user === userOfVal(held.view.passport) && !s.ended && !s.uncertain;
       let auth: Auth = user === null ? NO_AUTH : kept ? authUnion(held.authSeen, s.auth) : authUnion(held.authSeen, s.auth, authNow(setStart, end));
       if (auth.win) auth = { ...auth, win: { lo: auth.win.lo - AUTH_EARLY, hi: auth.win.hi } };
-      trace(r, start, `rotate(${inst}, slot${slot}) ${sname(s)} ended [${Math.round(ended - start)} ms] → new key ${keyOf(sid).slice(0, 6)} handle ${handle?.slice(0, 6)} ${showData(next)} [${Math.round(end - setStart)} ms]`);
+      trace(
+        r,
+        start,
+        `rotate(${inst}, slot${slot}) ${sname(s)} ended [${Math.round(ended - start)} ms] → new key ${keyOf(sid).slice(0, 6)} handle ${handle?.slice(0, 6)} ${showData(next)} [${Math.round(end - setStart)} ms]`,
+      );
       const c: NewSession = { sid, user, life, handle, start: setStart, end, vals, auth, from: s, slot: { index: slot, obj: next, inst } };
       return [{ t: "end", s, inst, start, end: ended, op: "rotate" }, ...(await checks), { t: "create", c }];
     },
@@ -774,19 +812,29 @@ function mintStep(slot: number): Step {
       if (refused) {
         trace(r, start, `mint(${inst}, slot${slot}) from ${sname(s)} → refused, the session had ended [${Math.round(end - start)} ms]`);
         const evs: Ev[] = [{ t: "miss", s, inst, start, end, op: "mint" }];
-        if ((await store.handleOf(sid)) !== null) evs.push({ t: "fail", message: `invariant 2: mint(${inst}) from ${sname(s)} was refused, yet its new session ${keyOf(sid).slice(0, 6)} is live` });
+        if ((await store.handleOf(sid)) !== null)
+          evs.push({ t: "fail", message: `invariant 2: mint(${inst}) from ${sname(s)} was refused, yet its new session ${keyOf(sid).slice(0, 6)} is live` });
         return evs;
       }
       // Minted: the session it came from was live after the new one was stored, so no end resolved before it started.
       if (s.ended && !s.uncertain) {
-        return [{ t: "fail", message: `invariant 1 (an ended session minted a new one): mint(${inst}) from ${sname(s)}, ended ${Math.round(start - s.endAt)} ms before` }];
+        return [
+          {
+            t: "fail",
+            message: `invariant 1 (an ended session minted a new one): mint(${inst}) from ${sname(s)}, ended ${Math.round(start - s.endAt)} ms before`,
+          },
+        ];
       }
       const carried = user !== null && user === userOfVal(held.view.passport);
       // An uncertain session (a save that may have revived it, or an end racing its owner's change) may have
       // had a sign-in the model did not follow: the token carries some time before the mint, or none; never the mint's own.
       let auth: Auth = s.uncertain ? { nul: true, win: { lo: -Infinity, hi: start } } : carried ? authUnion(held.authSeen, s.auth) : NO_AUTH;
       if (auth.win) auth = { ...auth, win: { lo: auth.win.lo - AUTH_EARLY, hi: auth.win.hi } };
-      trace(r, start, `mint(${inst}, slot${slot}) from ${sname(s)} → new key ${keyOf(sid).slice(0, 6)} handle ${handle?.slice(0, 6)} ${showData(data)} [${Math.round(end - start)} ms]`);
+      trace(
+        r,
+        start,
+        `mint(${inst}, slot${slot}) from ${sname(s)} → new key ${keyOf(sid).slice(0, 6)} handle ${handle?.slice(0, 6)} ${showData(data)} [${Math.round(end - start)} ms]`,
+      );
       const c: NewSession = { sid, user, life, handle, start, end, vals, auth, from: carried ? s : undefined };
       return [{ t: "create", c }];
     },
@@ -1105,7 +1153,10 @@ function apply(m: Model, r: Real, observed: Ev[]): { fails: string[]; ended: Ses
     const lo = Math.min(b.win.lo, s.win.lo, b.abs.lo, s.abs.lo);
     if (e.start >= s.created && e.end + LOST_MARGIN <= lo) checked(r, 3);
     if (e.start >= s.created && e.end + LOST_MARGIN <= lo) {
-      fail(fails, `invariant 3 (live session lost): ${e.op}(${e.inst}) of ${sname(s)} found no live session ${Math.round(e.end - r.t0)} ms into the run, ${Math.round(lo - e.end)} ms before its earliest expiry`);
+      fail(
+        fails,
+        `invariant 3 (live session lost): ${e.op}(${e.inst}) of ${sname(s)} found no live session ${Math.round(e.end - r.t0)} ms into the run, ${Math.round(lo - e.end)} ms before its earliest expiry`,
+      );
     }
   }
 
@@ -1117,13 +1168,22 @@ function apply(m: Model, r: Real, observed: Ev[]): { fails: string[]; ended: Ses
     const A = union(b.abs, s.abs);
     if (g.wrong) fail(fails, `get(${g.inst}) of ${sname(s)} returned another session's data`);
     if (g.slot !== undefined) {
-      m.slots[g.slot] = g.found ? { s, obj: g.obj, inst: g.inst, loadedLo: Math.min(W.lo, A.lo), view: valsOf(g.obj), authSeen: authUnion(b.auth, s.auth) } : undefined;
+      m.slots[g.slot] = g.found
+        ? { s, obj: g.obj, inst: g.inst, loadedLo: Math.min(W.lo, A.lo), view: valsOf(g.obj), authSeen: authUnion(b.auth, s.auth) }
+        : undefined;
     }
     if (b.ended || endedBefore(s, g.end)) {
       if (s.ended && g.start >= s.visible[g.inst]) checked(r, 1);
       if (s.ended && g.start >= s.visible[g.inst] && g.found) {
-        const since = evs.some((x) => x.t === "end" && x.s === s && x.inst === g.inst) ? "the end call on this instance resolved" : on(r, g.inst).cached ? "every instance heard of the end" : "the end call resolved";
-        fail(fails, `invariant 1 (ended session returned): get(${g.inst}) of ${sname(s)} started ${Math.round(g.start - s.visible[g.inst])} ms after ${since}, and returned the session`);
+        const since = evs.some((x) => x.t === "end" && x.s === s && x.inst === g.inst)
+          ? "the end call on this instance resolved"
+          : on(r, g.inst).cached
+            ? "every instance heard of the end"
+            : "the end call resolved";
+        fail(
+          fails,
+          `invariant 1 (ended session returned): get(${g.inst}) of ${sname(s)} started ${Math.round(g.start - s.visible[g.inst])} ms after ${since}, and returned the session`,
+        );
       }
       continue;
     }
@@ -1132,12 +1192,21 @@ function apply(m: Model, r: Real, observed: Ev[]): { fails: string[]; ended: Ses
     if (g.start > A.hi + LATE_MARGIN) checked(r, 4);
     else if (g.start > W.hi + LATE_MARGIN) checked(r, 5);
     if (!g.found && g.start >= s.created && g.end + LOST_MARGIN <= Math.min(W.lo, A.lo)) {
-      fail(fails, `invariant 3 (live session lost): get(${g.inst}) of ${sname(s)} returned null ${Math.round(Math.min(W.lo, A.lo) - g.end)} ms before its earliest expiry`);
+      fail(
+        fails,
+        `invariant 3 (live session lost): get(${g.inst}) of ${sname(s)} returned null ${Math.round(Math.min(W.lo, A.lo) - g.end)} ms before its earliest expiry`,
+      );
     }
     if (g.found && g.start > A.hi + LATE_MARGIN) {
-      fail(fails, `invariant 4 (absolute expiry exceeded): get(${g.inst}) of ${sname(s)} returned it ${Math.round(g.start - A.hi)} ms after its absolute expiry`);
+      fail(
+        fails,
+        `invariant 4 (absolute expiry exceeded): get(${g.inst}) of ${sname(s)} returned it ${Math.round(g.start - A.hi)} ms after its absolute expiry`,
+      );
     } else if (g.found && g.start > W.hi + LATE_MARGIN) {
-      fail(fails, `invariant 5 (expired session returned): get(${g.inst}) of ${sname(s)} returned it ${Math.round(g.start - W.hi)} ms after its latest possible expiry`);
+      fail(
+        fails,
+        `invariant 5 (expired session returned): get(${g.inst}) of ${sname(s)} returned it ${Math.round(g.start - W.hi)} ms after its latest possible expiry`,
+      );
     }
     // What the read returned, once every write of the session settled: a read that started after every
     // call of this command on the session resolved (a racing one is not checked). It sees what they left,
@@ -1187,7 +1256,12 @@ async function barrier(r: Real): Promise<number> {
   const deadline = Date.now() + NOTIFY_WAIT;
   while (!cached.every((i) => i.store.evicted.has(marker))) {
     if (Date.now() > deadline) {
-      throw new Error(`NOTIFY barrier: ${cached.filter((i) => !i.store.evicted.has(marker)).map((i) => i.name).join(", ")} never heard a NOTIFY within ${NOTIFY_WAIT} ms`);
+      throw new Error(
+        `NOTIFY barrier: ${cached
+          .filter((i) => !i.store.evicted.has(marker))
+          .map((i) => i.name)
+          .join(", ")} never heard a NOTIFY within ${NOTIFY_WAIT} ms`,
+      );
     }
     await sleep(2);
   }
@@ -1218,7 +1292,9 @@ async function checkTable(m: Model, r: Real): Promise<string[]> {
     if (s.ended) {
       checked(r, 2);
       if (!row) continue;
-      const how = s.handles.has(row.handle) ? "its ended row is live again" : `resurrected as a new row (handle ${row.handle.slice(0, 6)}, was ${s.handle?.slice(0, 6)})`;
+      const how = s.handles.has(row.handle)
+        ? "its ended row is live again"
+        : `resurrected as a new row (handle ${row.handle.slice(0, 6)}, was ${s.handle?.slice(0, 6)})`;
       fail(fails, `invariant 2 (ended session live again): ${sname(s)}, ended ${Math.round(t0 - s.endAt)} ms ago, ${how}, ${expires}`);
       continue;
     }
@@ -1231,10 +1307,15 @@ async function checkTable(m: Model, r: Real): Promise<string[]> {
     if (s.uncertain) continue;
     if (t0 > s.abs.hi + LATE_MARGIN) {
       checked(r, 4);
-      if (row) fail(fails, `invariant 4 (absolute expiry exceeded): ${sname(s)}'s row is live ${Math.round(t0 - s.abs.hi)} ms after its absolute expiry (${expires})`);
+      if (row)
+        fail(fails, `invariant 4 (absolute expiry exceeded): ${sname(s)}'s row is live ${Math.round(t0 - s.abs.hi)} ms after its absolute expiry (${expires})`);
     } else if (t0 > s.win.hi + LATE_MARGIN) {
       checked(r, 5);
-      if (row) fail(fails, `invariant 5 (expired session live): ${sname(s)}'s row is live ${Math.round(t0 - s.win.hi)} ms after its latest possible expiry (${expires})`);
+      if (row)
+        fail(
+          fails,
+          `invariant 5 (expired session live): ${sname(s)}'s row is live ${Math.round(t0 - s.win.hi)} ms after its latest possible expiry (${expires})`,
+        );
     }
     const lo = Math.min(s.win.lo, s.abs.lo);
     if (s.created > t0 || t1 + LOST_MARGIN > lo) continue;
@@ -1252,7 +1333,11 @@ async function checkTable(m: Model, r: Real): Promise<string[]> {
     const over = await r.t.raw<{ key: string; span: number }>(
       `select key, round(date_part('epoch', expires_at - created_at) * 1000)::float8 as span from $table where expires_at > created_at + interval '${absolute + 5} milliseconds'`,
     );
-    for (const row of over) fail(fails, `invariant 4: row ${byKey.get(row.key) ? sname(byKey.get(row.key)!) : row.key.slice(0, 6)} expires ${row.span} ms after its creation (absoluteTimeout ${absolute})`);
+    for (const row of over)
+      fail(
+        fails,
+        `invariant 4: row ${byKey.get(row.key) ? sname(byKey.get(row.key)!) : row.key.slice(0, 6)} expires ${row.span} ms after its creation (absoluteTimeout ${absolute})`,
+      );
   }
   const cap = m.config.cap;
   if (cap !== undefined) {
@@ -1281,18 +1366,27 @@ async function checkRow(m: Model, r: Real, s: Sess, row: { user_id: string | nul
   const owner = userOfVal(vals.passport);
   checked(r, 6);
   if (owner !== null ? row.user_id !== owner : row.user_id !== null && !s.owners.has(row.user_id)) {
-    fail(fails, `invariant 6 (owner column): ${sname(s)}'s data names ${owner ?? "no user"}, its user_id is ${row.user_id ?? "null"}${owner === null ? ` (former owners: ${[...s.owners].join(", ") || "none"})` : ""}`);
+    fail(
+      fails,
+      `invariant 6 (owner column): ${sname(s)}'s data names ${owner ?? "no user"}, its user_id is ${row.user_id ?? "null"}${owner === null ? ` (former owners: ${[...s.owners].join(", ") || "none"})` : ""}`,
+    );
   }
   if (s.uncertain) return fails;
   checked(r, 7);
   for (const key of DKEYS) {
     if (s.vals[key].has(vals[key])) continue;
     const removed = [...s.vals[key]].every((v) => v === ABSENT);
-    fail(fails, `invariant 7 (${removed ? "a removed key came back" : "the data is no outcome of the writes"}): ${sname(s)}'s row holds ${key} = ${vals[key]}, where every possible last write left ${[...s.vals[key]].join(" or ")}`);
+    fail(
+      fails,
+      `invariant 7 (${removed ? "a removed key came back" : "the data is no outcome of the writes"}): ${sname(s)}'s row holds ${key} = ${vals[key]}, where every possible last write left ${[...s.vals[key]].join(" or ")}`,
+    );
   }
   checked(r, 8);
   if (!authAllows(s.auth, row.auth === null ? null : Number(row.auth), AUTH_LATE)) {
-    fail(fails, `invariant 8 (authentication time moved): ${sname(s)}'s authenticated_at is ${row.auth === null ? "null" : `${Math.round(Number(row.auth) - r.t0)} ms`}, the model allows ${authText(r, s.auth)}`);
+    fail(
+      fails,
+      `invariant 8 (authentication time moved): ${sname(s)}'s authenticated_at is ${row.auth === null ? "null" : `${Math.round(Number(row.auth) - r.t0)} ms`}, the model allows ${authText(r, s.auth)}`,
+    );
   }
   return fails;
 }
@@ -1330,18 +1424,22 @@ async function runCommand(m: Model, r: Real, steps: ReadonlyArray<{ step: Step; 
   for (const g of reads) {
     if (g.t === "get" && g.start >= g.s.visible[g.inst]) checked(r, 1);
     if (g.t === "get" && g.found && g.start >= g.s.visible[g.inst]) {
-      fail(fails, `invariant 1 (ended session returned): get(${g.inst}) of ${sname(g.s)}, after it was ended${on(r, g.inst).cached ? " and every instance heard the NOTIFY" : ""}, returned the session`);
+      fail(
+        fails,
+        `invariant 1 (ended session returned): get(${g.inst}) of ${sname(g.s)}, after it was ended${on(r, g.inst).cached ? " and every instance heard the NOTIFY" : ""}, returned the session`,
+      );
     }
   }
   fails.push(...(await checkTable(m, r)));
   // No instance has a live row it cannot open: every secret a row may be sealed under is listed, plaintext accepted where P writes.
-  for (const error of r.errors.slice(r.reported).filter((e) => e.includes("holds no valid session"))) fail(fails, `invariant 3 (a live row reads as corrupt): ${error}`);
+  for (const error of r.errors.slice(r.reported).filter((e) => e.includes("holds no valid session")))
+    fail(fails, `invariant 3 (a live row reads as corrupt): ${error}`);
   r.reported = r.errors.length;
   if (fails.length > 0) {
-    const error = new Error(
-      `${r.config.name}:\n${[...new Set(fails)].map((f) => `  - ${f}`).join("\n")}\n  trace (ms since the run started):\n${r.trace.slice(-40).map((l) => `    ${l}`).join("\n")}` +
-        (r.errors.length ? `\n  store errors: ${r.errors.slice(-5).join("; ")}` : ""),
-    );
+    const trace = r.trace.slice(-40).map((l) => `    ${l}`);
+    const errors = r.errors.length ? `\n  store errors: ${r.errors.slice(-5).join("; ")}` : "";
+    const failed = [...new Set(fails)].map((f) => `  - ${f}`);
+    const error = new Error(`${r.config.name}:\n${failed.join("\n")}\n  trace (ms since the run started):\n${trace.join("\n")}${errors}`);
     error.stack = error.message;
     throw error;
   }
@@ -1436,12 +1534,22 @@ export function lifecycleCommands(options: { maxCommands: number; without?: Read
     ["touch", 2, fc.tuple(S, fc.constantFrom(...touches)).map(([s, op]) => writeStep(s, op))],
     ["signin", 3, fc.tuple(S, named).map(([s, u]) => signInStep(s, u))],
     ["signout", 2, S.map((s) => signOutStep(s))],
-    ["data", 3, fc.tuple(S, fc.constantFrom("cart", "theme") as fc.Arbitrary<"cart" | "theme">, fc.constantFrom("set", "delete") as fc.Arbitrary<"set" | "delete">).map(([s, k, a]) => dataStep(s, k, a))],
+    [
+      "data",
+      3,
+      fc
+        .tuple(S, fc.constantFrom("cart", "theme") as fc.Arbitrary<"cart" | "theme">, fc.constantFrom("set", "delete") as fc.Arbitrary<"set" | "delete">)
+        .map(([s, k, a]) => dataStep(s, k, a)),
+    ],
     ["rotate", 1, S.map((s) => rotateStep(s))],
     ["mint", 1, S.map((s) => mintStep(s))],
     ["markAuth", 1, fc.tuple(I, K).map(([i, k]) => markAuthStep(i, k))],
     ["destroy", 2, fc.tuple(I, K).map(([i, k]) => destroyStep(i, k))],
-    ["revoke", 2, fc.tuple(I, K, fc.constantFrom("any", "owner", "other") as fc.Arbitrary<"any" | "owner" | "other">).map(([i, k, as]) => revokeStep(i, k, as))],
+    [
+      "revoke",
+      2,
+      fc.tuple(I, K, fc.constantFrom("any", "owner", "other") as fc.Arbitrary<"any" | "owner" | "other">).map(([i, k, as]) => revokeStep(i, k, as)),
+    ],
     ["revokeUser", 1, fc.tuple(I, named, fc.option(K)).map(([i, u, e]) => revokeUserStep(i, u, e))],
     ["regenerate", 1, S.map((s) => regenerateStep(s))],
     ["extend", 2, fc.tuple(I, K, fc.constantFrom("soon", "later", "past") as fc.Arbitrary<keyof typeof EXTEND>).map(([i, k, w]) => extendStep(i, k, w))],
@@ -1459,7 +1567,10 @@ export function lifecycleCommands(options: { maxCommands: number; without?: Read
   const grouped = without.has("concurrent-get") ? steps.filter(([kind]) => kind !== "get" && kind !== "load") : steps;
   // A request is one request: a step that changes its data never runs beside another step of the same slot.
   const oneRequest = (list: ReadonlyArray<{ step: Step }>) =>
-    list.every(({ step: a }, i) => a.slot === undefined || list.every(({ step: b }, j) => i === j || b.slot !== a.slot || (!DATA_STEPS.has(a.kind) && !DATA_STEPS.has(b.kind))));
+    list.every(
+      ({ step: a }, i) =>
+        a.slot === undefined || list.every(({ step: b }, j) => i === j || b.slot !== a.slot || (!DATA_STEPS.has(a.kind) && !DATA_STEPS.has(b.kind))),
+    );
   const concurrent = fc
     .array(fc.record({ step: weighted(grouped), offset: fc.constantFrom(0, 1, 3, 10) }), { minLength: 2, maxLength: 4 })
     .filter(oneRequest)
@@ -1645,7 +1756,9 @@ export async function runLifecycle(config: Config, t: TestDb, options: Lifecycle
     await fc.assert(property, { seed: options.seed, path: options.path, numRuns: options.numRuns, verbose: 1 });
   } finally {
     const commands = [...totals.values()].reduce((a, b) => a + b, 0) - (totals.get("concurrent") ?? 0);
-    const kinds = KINDS.filter((k) => totals.has(k)).map((k) => `${k} ${totals.get(k)}`).join(", ");
+    const kinds = KINDS.filter((k) => totals.has(k))
+      .map((k) => `${k} ${totals.get(k)}`)
+      .join(", ");
     const applied = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"].map((i) => `${i}: ${checks.get(i) ?? 0}`).join(", ");
     (options.log ?? console.log)(
       `[lifecycle] ${config.name}: ${runs} runs${failures ? ` (${failures} failing, shrinking included)` : ""}, ${commands} commands (${kinds}), invariants checked (${applied}), seed ${options.seed}, ${((Date.now() - started) / 1000).toFixed(1)} s`,
@@ -1670,7 +1783,12 @@ export function fromEnv(): { seed?: number; path?: string; only?: string; runs?:
     seed: seed === undefined || seed === "" ? undefined : Number(seed),
     path: process.env.LIFECYCLE_PATH || undefined,
     only: process.env.LIFECYCLE_ONLY || undefined,
-    without: new Set((process.env.LIFECYCLE_WITHOUT ?? "").split(",").map((s) => s.trim()).filter(Boolean)),
+    without: new Set(
+      (process.env.LIFECYCLE_WITHOUT ?? "")
+        .split(",")
+        .map((s) => s.trim())
+        .filter(Boolean),
+    ),
   };
 }
 
@@ -1682,7 +1800,10 @@ export const seedOf = (name: string) => createHash("sha256").update(`lifecycle $
  * closed afterwards, run with `runLifecycle` and the given defaults (the LIFECYCLE_* variables override
  * them). `seed` gives a configuration's seed when LIFECYCLE_SEED is not set.
  */
-export function lifecycleTests(drivers: readonly DriverName[], defaults: { seed(config: Config): number; runs: number; maxCommands: number; budgetMs: number; shrinkMs: number }): void {
+export function lifecycleTests(
+  drivers: readonly DriverName[],
+  defaults: { seed(config: Config): number; runs: number; maxCommands: number; budgetMs: number; shrinkMs: number },
+): void {
   const env = fromEnv();
   const open = new Set<TestDb>();
   afterAll(async () => {
@@ -1697,23 +1818,27 @@ export function lifecycleTests(drivers: readonly DriverName[], defaults: { seed(
   const budgetMs = env.budgetMs ?? defaults.budgetMs;
   const shrinkMs = env.shrinkMs ?? defaults.shrinkMs;
   for (const config of configurations(drivers).filter((c) => !env.only || c.name.includes(env.only))) {
-    it(config.name, async () => {
-      const t = await openConfigDb(config.driver);
-      open.add(t);
-      try {
-        await runLifecycle(config, t, {
-          seed: env.seed ?? defaults.seed(config),
-          path: env.path,
-          numRuns: env.runs ?? defaults.runs,
-          maxCommands: defaults.maxCommands,
-          budgetMs,
-          shrinkMs,
-          without: env.without,
-        });
-      } finally {
-        open.delete(t);
-        await t.close();
-      }
-    }, budgetMs + shrinkMs + 30_000);
+    it(
+      config.name,
+      async () => {
+        const t = await openConfigDb(config.driver);
+        open.add(t);
+        try {
+          await runLifecycle(config, t, {
+            seed: env.seed ?? defaults.seed(config),
+            path: env.path,
+            numRuns: env.runs ?? defaults.runs,
+            maxCommands: defaults.maxCommands,
+            budgetMs,
+            shrinkMs,
+            without: env.without,
+          });
+        } finally {
+          open.delete(t);
+          await t.close();
+        }
+      },
+      budgetMs + shrinkMs + 30_000,
+    );
   }
 }

@@ -6,7 +6,7 @@ import { bigserial, integer, pgTable, text, uuid, type PgColumn } from "drizzle-
 import express from "express";
 import type { Store } from "express-session";
 import { expectTypeOf } from "expect-type";
-import pg from "pg";
+import type pg from "pg";
 import {
   createSessionTable,
   reap,

@@ -1,0 +1,45 @@
+import type { SQL } from "drizzle-orm";
+import type { SessionStore } from "../../src/index.js";
+
+/**
+ * The one seam through which tests look inside a store: what a test must see that no public method shows
+ * (the keys of a session's row, the NOTIFY channels, the read cache, the sealed names of a key). Every
+ * other test goes through the public API; besides this, a subclass may override the store's `now()` and
+ * `evict()` (test/support/model.ts's TestStore). When the store's insides move, only this file changes.
+ */
+export function internals(store: SessionStore) {
+  const s = store as any;
+  return {
+    /** The row keys of a session id, one per secret (the first is the one new rows get). */
+    keysOf: (sid: string): string[] => s.keysOf(sid),
+    /** The table's quoted, schema-qualified name, as the store's messages and events name it. */
+    tableName: s.sql.tableName as string,
+    /** The channel of the read cache's evictions. */
+    channel: s.sql.channel as string,
+    /** The channel of `broadcast`'s events. */
+    eventsChannel: s.sql.eventsChannel as string,
+    /** The statement a login with `maxSessionsPerUser` takes its user's lock with. */
+    loginLock: (userId: string, timeout: number): SQL => s.sql.loginLock(userId, timeout),
+    /** Sends `payload` on the cache's channel, as a write's NOTIFY does. */
+    notify: (payload: string): Promise<unknown> => s.exec.query(s.sql.notify(payload)),
+    /** The read cache (with the `cache` option): `live`, `evictions`, `get`, `put`. */
+    cache: s.cache as
+      | { live: boolean; evictions: number; get(sid: string, now: number): unknown; put(entry: { text: string }, since: number): void }
+      | undefined,
+    /** With `encrypt`: the names a key is stored under in a sealed row, one per secret. */
+    storedNames: (key: string): string[] => s.sealer.storedNames(key),
+    /** Forgets sessions in this store's cache, as a NOTIFY heard does. */
+    evict: (keys: readonly string[]): void => s.evict(keys),
+    /** Calls `listener` with every eviction the store makes until the returned function is called. */
+    onEvict(listener: (keys: readonly string[]) => void): () => void {
+      const evict = s.evict;
+      s.evict = function (keys: readonly string[]) {
+        listener(keys);
+        return evict.call(this, keys);
+      };
+      return () => {
+        delete s.evict;
+      };
+    },
+  };
+}
