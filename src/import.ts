@@ -1,12 +1,11 @@
 import { sql, type SQL } from "drizzle-orm";
-import { getTableConfig } from "drizzle-orm/pg-core";
 import { NOW } from "./clock.js";
 import { isTrue, rowsOf } from "./driver.js";
 import { databaseError, isDataException, pgCode, safeCause, SessionStoreError } from "./errors.js";
 import { isValidId, keyDeriver, newHandle } from "./hash.js";
 import { checkOptions, is, type OptionChecks } from "./check.js";
 import { batchSizeOption, ownerOf, resolveOptions, secretList, sessionTable, STORE_OPTIONS, type AnyPgDatabase, type UserIdOf } from "./options.js";
-import type { SessionTable } from "./schema.js";
+import { qualifiedName, quotedName, type SessionTable } from "./schema.js";
 import { fitsUserIdType } from "./owner.js";
 import { jsonbRefuses, parseSession } from "./serialize.js";
 import { col } from "./statements.js";
@@ -271,12 +270,7 @@ function sourceTable(source: Source): SQL {
 }
 
 function sourceName(source: Source): string {
-  return source.schema === undefined ? `"${source.name}"` : `"${source.schema}"."${source.name}"`;
-}
-
-function qualifiedName(table: SessionTable): string {
-  const config = getTableConfig(table);
-  return config.schema ? `"${config.schema}"."${config.name}"` : `"${config.name}"`;
+  return quotedName(source.schema, source.name);
 }
 
 /**

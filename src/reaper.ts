@@ -6,7 +6,7 @@ import { interactiveTransactions, isTrue, refusesTransactions, rowsOf, singleCon
 import { databaseError, pgCode, safeCause, SessionStoreError } from "./errors.js";
 import { checkOptions, is, kindOf, type OptionChecks } from "./check.js";
 import { batchSizeOption, DEFAULT_TIMEOUT, MAX_DELAY, REAPER_DEFAULTS, sessionTable, type AnyPgDatabase, type ResolvedReaperOptions } from "./options.js";
-import { sessions, type SessionTable } from "./schema.js";
+import { quotedName, sessions, type SessionTable } from "./schema.js";
 import { col } from "./statements.js";
 
 /** What one reaper round did; the store emits it as its `reap` event. */
@@ -244,7 +244,7 @@ export async function reap(args: ReapArgs): Promise<ReapResult> {
   // store passes its own `timeout` here.
   const timeout = Math.min(args.timeout ?? DEFAULT_TIMEOUT, MAX_DELAY);
   const config = getTableConfig(table);
-  const qualified = `${config.schema ? `"${config.schema}".` : ""}"${config.name}"`;
+  const qualified = quotedName(config.schema, config.name);
   try {
     return await round({ db, table, retainEnded }, batchSize, lockKey(config.schema, config.name), timeout, { signal, onBatch });
   } catch (error) {

@@ -204,3 +204,18 @@ export function deletedByDatabase(table: SessionTable): string[] {
       return `${columns.map((c) => c.name).join(", ")} -> "${getTableConfig(foreignTable).name}"`;
     });
 }
+
+/**
+ * A table's name as SQL writes it: schema-qualified when it has a schema, each part in double quotes
+ * (a quote inside doubled). What messages name the table by, and what `to_regclass` reads.
+ */
+export function quotedName(schema: string | undefined, name: string): string {
+  const quote = (part: string) => `"${part.replaceAll('"', '""')}"`;
+  return schema === undefined ? quote(name) : `${quote(schema)}.${quote(name)}`;
+}
+
+/** {@link quotedName} of a drizzle table. */
+export function qualifiedName(table: SessionTable): string {
+  const config = getTableConfig(table);
+  return quotedName(config.schema, config.name);
+}

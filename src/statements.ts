@@ -5,7 +5,7 @@ import { lifetime, millis, NOW } from "./clock.js";
 import { Shape } from "./driver.js";
 import { COOKIE_TAG } from "./seal.js";
 import type { EndReason } from "./reasons.js";
-import type { SessionTable } from "./schema.js";
+import { quotedName, type SessionTable } from "./schema.js";
 
 /**
  * Where a session stands: `active` (usable), `expired` (past its idle or absolute expiry, not yet reaped:
@@ -124,7 +124,7 @@ export class Statements {
     },
   ) {
     const config = getTableConfig(t);
-    this.tableName = config.schema ? `"${config.schema}"."${config.name}"` : `"${config.name}"`;
+    this.tableName = quotedName(config.schema, config.name);
     const qualified = config.schema ? `${config.schema}_${config.name}` : config.name;
     this.channel = channelName(qualified);
     this.eventsChannel = channelName(`events_${qualified}`);

@@ -13,6 +13,7 @@ import type { Hearing } from "./notify.js";
 import { ownerOf, resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
 import { reap, Reaper, type ReapResult } from "./reaper.js";
 import { Records, type EndReason, type ExtendOptions, type RevokeOptions, type SessionQuery, type SessionRecord, type UserId } from "./records.js";
+import { quotedName } from "./schema.js";
 import { Sealer } from "./seal.js";
 import { Statements } from "./statements.js";
 import { isTraced, traced, type TraceDetail } from "./trace.js";
@@ -366,7 +367,7 @@ export class SessionStore extends Store {
   ready(): Promise<void> {
     return this.run("ready", async () => {
       const rows = await this.exec.query<{ schema: string | null; name: string; column: string | null }>(this.sql.catalog());
-      const table = `"${rows[0]?.schema ?? ""}"."${rows[0]?.name ?? ""}"`;
+      const table = quotedName(rows[0]?.schema ?? "", rows[0]?.name ?? "");
       const found = new Set(rows.map((row) => row.column));
       if (!rows.some((row) => row.column !== null)) throw tableMissing(table);
       const missing = this.sql.columnNames().filter((column) => !found.has(column));

@@ -10,7 +10,7 @@ const SECRET = "channels-test-secret-0123456789abcdefghij";
  * channel, while pg_notify names it exactly), a dash and a dot (an unquoted LISTEN is a syntax error),
  * and non-ASCII letters.
  */
-const NAMES = ["Sessions", "user-sessions", "app.sessions", "séances_セッション"];
+const NAMES = ["Sessions", "user-sessions", "app.sessions", "séances_セッション", 'we"ird'];
 
 /**
  * The cache and `broadcast` hear the other instances on a table of any name, on every driver: their
@@ -50,6 +50,19 @@ describe.each(drivers)("channels of tables with unusual names on %s", (driver) =
     );
     return [a, b];
   }
+
+  it.each(NAMES)("table %j: ready() finds it, and a session is stored, listed, revoked and reaped there", async (name) => {
+    const table = await tableNamed(name);
+    const store = new SessionStore({ db: t.db, table, reaper: false });
+    cleanup.push(() => store.close());
+    await store.ready();
+    await store.set("named", sessionData(60_000, { userId: "ann" }));
+    const [record] = await store.list({ userId: "ann" });
+    expect(await store.revoke(record!.handle, { userId: "ann" })).toBe(true);
+    expect(await store.get("named")).toBeNull();
+    expect(await store.reap()).toMatchObject({ skipped: false });
+    expect(await store.length()).toBe(0);
+  });
 
   // The cache does not run on postgres.js (its listen never says when its connection was lost).
   it.skipIf(driver === "postgres.js").each(NAMES)(

@@ -9,9 +9,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
  * The types users get: the package is built and packed as `npm publish` would ship it, installed into a
  * consumer project, and compiled there with `tsc --strict` and `skipLibCheck: false` (so a broken
  * declaration fails, instead of turning into `any`): test/types/esm.ts as an ESM consumer, test/types/cjs.cts
- * as a CommonJS one, and every ```ts block of README.md as a module of its own.
+ * as a CommonJS one, and every ```ts block of README.md and of each docs/*.md page as a module of its own.
  *
- * The compiler checks the package's declaration files, the consumer's files and the README blocks, with
+ * The compiler checks the package's declaration files, the consumer's files and the documentation's blocks, with
  * the whole program loaded: the declarations of the other packages are read but their own errors not
  * reported (drizzle-orm 0.45 and PGlite fail `skipLibCheck: false` by themselves, over optional drivers'
  * types and DOM globals), which also spares the test checking 100,000 lines of them.
@@ -19,13 +19,14 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 const root = join(import.meta.dirname, "..");
 
-/** What the consumer has installed beside the package: its peers, and what the README's snippets import. */
+/** What the consumer has installed beside the package: its peers, and what the documentation's snippets import. */
 const installed = [
   "drizzle-orm",
   "drizzle-kit",
   "express-session",
   "express",
   "passport",
+  "passport-local",
   "pg",
   "postgres",
   "@electric-sql/pglite",
@@ -34,6 +35,7 @@ const installed = [
   "@types/express",
   "@types/express-session",
   "@types/passport",
+  "@types/passport-local",
   "@types/pg",
   "fastify",
   "@fastify/cookie",
@@ -45,23 +47,41 @@ const installed = [
   "rxjs",
 ];
 
-/** A ```ts block of the README, by the line of its opening fence. */
+/** The documentation whose ```ts blocks are checked: README.md and every page of docs/, as paths from the root. */
+function documents(): string[] {
+  const pages = readdirSync(join(root, "docs"))
+    .filter((name) => name.endsWith(".md"))
+    .sort()
+    .map((name) => `docs/${name}`);
+  return ["README.md", ...pages];
+}
+
+/** A ```ts block of a documentation file (`README.md`, `docs/x.md`), by the line of its opening fence. */
 interface Block {
+  file: string;
   line: number;
   code: string;
 }
 
-function readmeBlocks(): Block[] {
-  const lines = readFileSync(join(root, "README.md"), "utf8").split("\n");
+function markdownBlocks(file: string): Block[] {
+  const lines = readFileSync(join(root, file), "utf8").split("\n");
   const blocks: Block[] = [];
   for (let i = 0; i < lines.length; i++) {
     if (lines[i]!.trim() !== "```ts") continue;
     const start = i;
     const code: string[] = [];
     while (++i < lines.length && lines[i]!.trim() !== "```") code.push(lines[i]!);
-    blocks.push({ line: start + 1, code: code.join("\n") + "\n" });
+    blocks.push({ file, line: start + 1, code: code.join("\n") + "\n" });
   }
   return blocks;
+}
+
+/**
+ * Where a block is compiled in the consumer: `snippets/<file without .md>/line-<fence>.ts`, e.g.
+ * snippets/README/line-52.ts, snippets/docs/frameworks/line-33.ts.
+ */
+function snippetPath(block: Block): string {
+  return `snippets/${block.file.replace(/\.md$/, "")}/line-${block.line}.ts`;
 }
 
 /**
@@ -94,11 +114,19 @@ function compile(project: string): { errors: string[]; checked: string[] } {
   };
 }
 
-/** A diagnostic in a README block, named by the README line it is on. */
-function inReadme(diagnostic: string): string {
-  return diagnostic.replace(/^readme\/line-(\d+)\.ts\((\d+),(\d+)\)/, (_, fence: string, line: string, col: string) => {
-    return `README.md:${Number(fence) + Number(line)}:${col} (the \`\`\`ts block at line ${fence})`;
+/** A diagnostic in a documentation block, named by the file and line it is on: `docs/x.md:LINE:COL`. */
+function inDocs(diagnostic: string): string {
+  return diagnostic.replace(/^snippets\/(.+)\/line-(\d+)\.ts\((\d+),(\d+)\)/, (_, file: string, fence: string, line: string, col: string) => {
+    return `${file}.md:${Number(fence) + Number(line)}:${col} (the \`\`\`ts block at line ${fence})`;
   });
+}
+
+/** Sorts `file.md:LINE` diagnostics by file, then line. */
+function byPlace(a: string, b: string): number {
+  const place = (d: string) => /^(.+?\.md):(\d+)/.exec(d) ?? ["", d, "0"];
+  const [, fileA, lineA] = place(a);
+  const [, fileB, lineB] = place(b);
+  return fileA!.localeCompare(fileB!) || Number(lineA) - Number(lineB);
 }
 
 describe("types of the packed package, in a consumer project (tsc --strict, skipLibCheck false)", () => {
@@ -143,13 +171,16 @@ describe("types of the packed package, in a consumer project (tsc --strict, skip
           moduleDetection: "force",
           noEmit: true,
         },
-        include: ["*.ts", "*.cts", "readme/*.ts"],
+        include: ["*.ts", "*.cts", "snippets/**/*.ts"],
       }),
     );
     for (const file of readdirSync(join(root, "test", "types"))) cpSync(join(root, "test", "types", file), join(fixture, file));
-    blocks = readmeBlocks();
-    mkdirSync(join(fixture, "readme"));
-    for (const block of blocks) writeFileSync(join(fixture, "readme", `line-${block.line}.ts`), block.code);
+    blocks = documents().flatMap(markdownBlocks);
+    for (const block of blocks) {
+      const file = join(fixture, snippetPath(block));
+      mkdirSync(dirname(file), { recursive: true });
+      writeFileSync(file, block.code);
+    }
     ({ errors, checked: checkedFiles } = compile(fixture));
   }, 180_000);
 
@@ -158,23 +189,24 @@ describe("types of the packed package, in a consumer project (tsc --strict, skip
   });
 
   it("declarations are self-contained and precise: the ESM and CommonJS consumers' type assertions hold", () => {
-    const ours = errors.filter((e) => !e.startsWith("readme/"));
+    const ours = errors.filter((e) => !e.startsWith("snippets/"));
     expect(ours, `tsc in the consumer project:\n${ours.join("\n")}`).toEqual([]);
   });
 
-  it("checks the files it should: the package's ESM and CommonJS declarations, both consumers, every README block", () => {
+  it("checks the files it should: the package's ESM and CommonJS declarations, both consumers, every documentation block", () => {
     expect(checkedFiles).toEqual(
       expect.arrayContaining(["node_modules/connect-drizzle/dist/index.d.ts", "node_modules/connect-drizzle/dist/index.d.cts", "esm.ts", "cjs.cts"]),
     );
-    expect(checkedFiles.filter((f) => f.startsWith("readme/"))).toHaveLength(blocks.length);
+    expect([...checkedFiles.filter((f) => f.startsWith("snippets/"))].sort()).toEqual(blocks.map(snippetPath).sort());
   });
 
-  it("every ```ts block of README.md compiles as a module of its own against the package", () => {
-    expect(blocks.length).toBeGreaterThan(5);
-    const readme = errors
-      .filter((e) => e.startsWith("readme/"))
-      .map(inReadme)
-      .sort((a, b) => Number(/^README\.md:(\d+)/.exec(a)?.[1]) - Number(/^README\.md:(\d+)/.exec(b)?.[1]));
-    expect(readme, `README.md blocks that do not compile:\n${readme.join("\n")}`).toEqual([]);
+  it("every ```ts block of README.md and of docs/*.md compiles as a module of its own against the package", () => {
+    expect(blocks.filter((b) => b.file === "README.md").length).toBeGreaterThanOrEqual(2);
+    expect(blocks.filter((b) => b.file.startsWith("docs/")).length).toBeGreaterThan(15);
+    const failing = errors
+      .filter((e) => e.startsWith("snippets/"))
+      .map(inDocs)
+      .sort(byPlace);
+    expect(failing, `documentation blocks that do not compile:\n${failing.join("\n")}`).toEqual([]);
   });
 });
