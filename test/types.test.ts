@@ -71,7 +71,7 @@ function markdownBlocks(file: string): Block[] {
     const start = i;
     const code: string[] = [];
     while (++i < lines.length && lines[i]!.trim() !== "```") code.push(lines[i]!);
-    blocks.push({ file, line: start + 1, code: code.join("\n") + "\n" });
+    blocks.push({ file, line: start + 1, code: `${code.join("\n")}\n` });
   }
   return blocks;
 }
