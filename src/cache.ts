@@ -65,7 +65,16 @@ export class ReadCache<Entry extends CacheEntry> {
     return undefined;
   }
 
-  /** Caches an entry read or written by a statement sent when `evictions` was `since` (invariant 3). */
+  /**
+   * Taken just before a statement is sent: caches what it answers ({@link put}), unless an eviction came in
+   * between, since the answer may predate the change that eviction announced (invariant 3).
+   */
+  ticket(): (entry: Entry) => void {
+    const since = this.evictions;
+    return (entry) => this.put(entry, since);
+  }
+
+  /** Caches an entry read or written by a statement sent when `evictions` was `since` (invariant 3; see {@link ticket}). */
   put(entry: Entry, since: number): void {
     if (since !== this.evictions) return;
     this.remove(entry.sid);

@@ -8,7 +8,7 @@ import { batchSizeOption, ownerOf, resolveOptions, secretList, sessionTable, STO
 import { qualifiedName, quotedName, type SessionTable } from "./schema.js";
 import { fitsUserIdType } from "./owner.js";
 import { jsonbRefuses, parseSession } from "./serialize.js";
-import { col } from "./statements.js";
+import { col, insertRow } from "./statements.js";
 
 /**
  * The column the import adds to connect-pg-simple's table: when each session was copied. A copied session
@@ -379,7 +379,15 @@ function batchJson(copies: Copy[], handles: boolean): string {
  */
 async function copyBatch(db: AnyPgDatabase, t: SessionTable, source: Source, copies: Copy[]): Promise<number> {
   const marker = sql.identifier(IMPORTED_COLUMN);
-  const columns = sql.join([t.key, t.handle, t.userId, t.data, t.expiresAt, t.createdAt, t.lastSeenAt].map(col), sql`, `);
+  const { columns, row: copy } = insertRow(t, {
+    key: sql`key`,
+    handle: sql`handle`,
+    userId: sql`owner::${sql.raw(t.userId.getSQLType())}`,
+    data: sql`data`,
+    expiresAt: sql`to_timestamp(expires / 1000)`,
+    createdAt: NOW,
+    lastSeenAt: NOW,
+  });
   const [row] = rowsOf<{ n: number | string }>(
     await db.execute(sql`with batch as (
         select * from json_to_recordset(${batchJson(copies, true)}::text::json)
@@ -389,7 +397,7 @@ async function copyBatch(db: AnyPgDatabase, t: SessionTable, source: Source, cop
         where s.sid = batch.sid and s.${marker} is null returning batch.*
       ), copied as (
         insert into ${t} (${columns})
-        select key, handle, owner::${sql.raw(t.userId.getSQLType())}, data, to_timestamp(expires / 1000), ${NOW}, ${NOW} from claimed
+        select ${copy} from claimed
         where not exists (select 1 from ${t} where ${t.key} in (select json_array_elements_text(claimed.others)))
         on conflict (${col(t.key)}) do nothing returning 1
       )

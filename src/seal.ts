@@ -106,12 +106,6 @@ export class Sealer {
     return stored;
   }
 
-  /** A row's stored data opened, or `null` when it is corrupt, tampered with, or plaintext not accepted. */
-  open(rowKey: string, stored: unknown): Record<string, unknown> | null {
-    const opened = this.unseal(rowKey, stored);
-    return typeof opened === "string" ? null : opened.value;
-  }
-
   /**
    * The stored names of the key `key`, one per secret, the first secret's first: a save that removes or
    * replaces a key removes it under all of them, so a rotation leaves no duplicate behind.

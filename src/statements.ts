@@ -5,7 +5,7 @@ import { lifetime, millis, NOW } from "./clock.js";
 import { Shape } from "./driver.js";
 import { COOKIE_TAG } from "./seal.js";
 import type { EndReason } from "./reasons.js";
-import { quotedName, type SessionTable } from "./schema.js";
+import { quotedName, type SessionColumns, type SessionTable } from "./schema.js";
 
 /**
  * Where a session stands: `active` (usable), `expired` (past its idle or absolute expiry, not yet reaped:
@@ -238,15 +238,20 @@ export class Statements {
       const created = absolute === undefined ? sql`null::timestamptz` : lifetime(absolute);
       // JSON text goes in as text, then jsonb: postgres.js would JSON-encode a string sent as a jsonb
       // parameter (again), and drizzle-orm 1.0 no longer tells it not to.
-      const row = sql`${v("k0")}, ${v("handle")}, ${this.userId(v("userId"))}, ${v("label")}::text, ${v("text")}::text::jsonb,
-        least(${lifetime(v("life"))}, ${created}), ${created}, ${NOW}, ${NOW}, ${v("ua")}::text, ${v("ip")}::text,
-        case when ${v("userId")}::text is null then null when ${v("carried")}::boolean then to_timestamp(${v("authenticated")}::float8 / 1000) else ${NOW} end`;
-      const columns = sql.join(
-        [t.key, t.handle, t.userId, t.label, t.data, t.expiresAt, t.absoluteExpiresAt, t.createdAt, t.lastSeenAt, t.userAgent, t.ip, t.authenticatedAt].map(
-          col,
-        ),
-        sql`, `,
-      );
+      const { columns, row } = insertRow(t, {
+        key: v("k0"),
+        handle: v("handle"),
+        userId: this.userId(v("userId")),
+        label: sql`${v("label")}::text`,
+        data: sql`${v("text")}::text::jsonb`,
+        expiresAt: sql`least(${lifetime(v("life"))}, ${created})`,
+        absoluteExpiresAt: created,
+        createdAt: NOW,
+        lastSeenAt: NOW,
+        userAgent: sql`${v("ua")}::text`,
+        ip: sql`${v("ip")}::text`,
+        authenticatedAt: sql`case when ${v("userId")}::text is null then null when ${v("carried")}::boolean then to_timestamp(${v("authenticated")}::float8 / 1000) else ${NOW} end`,
+      });
       const values = n === 1 ? sql`values (${row})` : sql`select ${row} where not exists (select 1 from ${t} where ${this.byKeys(keyParams(n, v).slice(1))})`;
       // Only the key comes back: the new row's expiry and version are what was sent (see SessionStore.save),
       // and it was authenticated now when it has a user.
@@ -732,6 +737,25 @@ function msLeft(value: SQL | object): SQL {
 }
 
 /** A column's bare name, for an insert's column list or an update's `set` (where drizzle's qualified form is not allowed). */
+/**
+ * The column list and the values of a new session row, from one map of column to value: the one place
+ * an insert names its columns (the store's insert, the import's copy), so the two lists cannot disagree.
+ * Columns left out get their defaults.
+ */
+export function insertRow(t: SessionTable, values: Partial<Record<keyof SessionColumns, unknown>>): { columns: SQL; row: SQL } {
+  const entries = Object.entries(values) as Array<[keyof SessionColumns, unknown]>;
+  return {
+    columns: sql.join(
+      entries.map(([name]) => col(t[name])),
+      sql`, `,
+    ),
+    row: sql.join(
+      entries.map(([, value]) => sql`${value}`),
+      sql`, `,
+    ),
+  };
+}
+
 export function col(column: { name: string }): SQL {
   return sql`${sql.identifier(column.name)}`;
 }

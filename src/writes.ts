@@ -35,7 +35,7 @@ export class Writes {
     if (!isValidId(sid)) return null;
     const sent = sentAt(this.s.now());
     const keys = this.s.keysOf(sid);
-    const since = this.s.cache?.evictions ?? 0;
+    const cacheable = this.s.cache?.ticket();
     const [row] = await this.s.exec.run<SessionRow>(this.s.sql.get(keys.length), keyValues(keys, {}));
     if (!row) return null;
     const key = row.key ?? keys[0]!;
@@ -59,7 +59,7 @@ export class Writes {
       ...localExpiry(row, sent, this.s.cache?.ttl ?? Infinity),
     };
     if (opened.stale) loaded.stale = opened.stale;
-    this.s.cache?.put(loaded, since);
+    cacheable?.(loaded);
     return withLoaded(opened.session, loaded);
   }
 
@@ -127,7 +127,7 @@ export class Writes {
         mergeValues(this.s.sealer, this.s.options.encrypt?.acceptPlaintext === true, keys[0]!, changes.patch, changes.removed, loaded?.stale),
       );
     this.s.evict(keys);
-    const since = this.s.cache?.evictions ?? 0;
+    const cacheable = this.s.cache?.ticket();
     type Saved = { key: string; version?: number; data?: string } & ExpiryRow & LoginRow;
     let written: Saved | undefined;
     // With the cache, a merge returns the merged row (the cache must hold what the row holds).
@@ -170,7 +170,7 @@ export class Writes {
       ip: ip ?? loaded?.ip ?? null,
       ...localExpiry(written, sent, this.s.cache?.ttl ?? Infinity),
     };
-    this.remember(session, next, since, merged ? rowText(this.s.sealer, written.key, written.data) : text);
+    this.remember(session, next, cacheable, merged ? rowText(this.s.sealer, written.key, written.data) : text);
     if (login) {
       const handle = written.handle ?? (values.handle as string);
       events.push(...this.s.events.loggedIn(written, { handle, user_id: userId, label, user_agent: next.ua, ip: next.ip }));
@@ -242,13 +242,14 @@ export class Writes {
 
   /**
    * After a write: `next` becomes what this request compares its next save or touch with, and `row`, what
-   * the row now holds (undefined: not known), is cached, unless an eviction came after `since` (another
-   * instance may have ended the session right after this write, its NOTIFY overtaking the reply).
+   * the row now holds (undefined: not known), is cached with the write's ticket: not if an eviction came
+   * since it was sent (another instance may have ended the session right after this write, its NOTIFY
+   * overtaking the reply).
    */
-  private remember(session: SessionData, next: Loaded, since: number, row: string | undefined): void {
+  private remember(session: SessionData, next: Loaded, cacheable: ((entry: Loaded) => void) | undefined, row: string | undefined): void {
     withLoaded(session, next);
     // Cached only if a read of the row would load it (a hit serves the text unchecked).
-    if (this.s.cache && row !== undefined && parseSession(row)) this.s.cache.put(row === next.text ? next : { ...next, text: row }, since);
+    if (cacheable && row !== undefined && parseSession(row)) cacheable(row === next.text ? next : { ...next, text: row });
   }
 
   /**
