@@ -2,7 +2,7 @@ import { entityKind } from "drizzle-orm";
 import type { SessionData } from "express-session";
 import { checkOptions, is, kindOf, numberOption, type OptionCheck, type OptionChecks } from "./check.js";
 import { SessionStoreError } from "./errors.js";
-import { deletedByDatabase, sessions, type SessionTable } from "./schema.js";
+import { deletedByDatabase, drizzleWritesName, sessions, type SessionTable } from "./schema.js";
 import type { SealSettings } from "./seal.js";
 
 /** drizzle's Postgres database class: `PgAsyncDatabase` from drizzle-orm 1.0, `PgDatabase` before it. */
@@ -323,6 +323,12 @@ export const sessionTable: OptionCheck = (options, name) => {
   if (table === null || typeof table !== "object" || !("key" in table)) {
     throw new TypeError(`connect-drizzle: \`${name}\` must be a table from connect-drizzle's createSessionTable() (got ${kindOf(table)})`);
   }
+  if (!drizzleWritesName(table as SessionTable)) {
+    throw new TypeError(
+      `connect-drizzle: \`${name}\`'s name holds a double quote, which the installed drizzle-orm does not escape ` +
+        "(every query on the table would be a syntax error); upgrade drizzle-orm to 0.45 or later, or rename the table",
+    );
+  }
 };
 
 /** `secrets`: a non-empty string, or a list of them. */
@@ -463,7 +469,7 @@ const MAKE_SECRET = `node -e "console.log(require('crypto').randomBytes(32).toSt
 function resolveEncrypt(encrypt: EncryptOptions | undefined): SealSettings | undefined {
   if (encrypt === undefined) return undefined;
   if (encrypt === null || typeof encrypt !== "object" || Array.isArray(encrypt)) {
-    throw new TypeError("connect-drizzle: `encrypt` must be an object such as { secrets: process.env.SESSION_DATA_SECRET! }");
+    throw new TypeError("connect-drizzle: `encrypt` must be an object such as { secrets: process.env.SESSION_ENCRYPTION_KEY! }");
   }
   checkOptions(encrypt, ENCRYPT_OPTIONS, "`encrypt`", "encrypt.");
   // Required: checkOptions passes over a missing option.

@@ -15,6 +15,7 @@ import {
   timestamp,
   uniqueIndex,
   uuid,
+  PgDialect,
   type AnyPgColumn,
 } from "drizzle-orm/pg-core";
 
@@ -212,6 +213,15 @@ export function deletedByDatabase(table: SessionTable): string[] {
 export function quotedName(schema: string | undefined, name: string): string {
   const quote = (part: string) => `"${part.replaceAll('"', '""')}"`;
   return schema === undefined ? quote(name) : `${quote(schema)}.${quote(name)}`;
+}
+
+/**
+ * Whether the installed drizzle-orm writes the table's name in its queries as Postgres reads it
+ * ({@link quotedName}): drizzle-orm before 0.45 leaves a double quote inside a name undoubled, so every
+ * query it builds on such a table is a syntax error.
+ */
+export function drizzleWritesName(table: SessionTable): boolean {
+  return new PgDialect().sqlToQuery(sql`${table}`).sql === qualifiedName(table);
 }
 
 /** {@link quotedName} of a drizzle table. */
