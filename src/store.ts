@@ -126,7 +126,7 @@ export class SessionStore extends Store {
    * Runs one reaper round now (whether or not the periodic reaper is on): deletes expired sessions, and
    * ended ones past `retainEnded`, in batches; `skipped: true` when another instance was reaping. Each
    * statement of the round is bounded by the store's `timeout`. On serverless platforms, where the timer never
-   * fires, create the store with `reaper: false` and call this from a cron route (README, "Serverless").
+   * fires, create the store with `reaper: false` and call this from a cron route (docs/reaper.md, "Serverless").
    * @throws SessionStoreError when the round fails (`TIMEOUT`, `TABLE_MISSING`, `DATABASE`, ...)
    */
   reap(): Promise<ReapResult> {

@@ -83,7 +83,7 @@ const AUTH_EARLY = 2_000;
 const AUTH_LATE = 25;
 /**
  * With `merge: false`, whether a save of a request that changed nothing may write its whole (stale) view
- * back. false: the model holds that it never does (README: "a request that did not change the session
+ * back. false: the model holds that it never does (docs/guarantees.md: "a request that did not change the session
  * never writes it back"); a save that changed something writes its whole view (documented).
  */
 const WHOLE_SAVE_OF_UNCHANGED = false;
