@@ -1,24 +1,18 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { Store, type SessionData } from "express-session";
-import { Announcer } from "./announce.js";
-import { ReadCache } from "./cache.js";
+import { assemble, type StoreParts } from "./assemble.js";
 import { settle, settled, type Callback } from "./callback.js";
 import type { StoreContext } from "./context.js";
-import { checkCanCap, Executor } from "./driver.js";
-import { attempt, databaseError, schemaOutdated, tableMissing } from "./errors.js";
-import { EventSeal, type SessionStoreEvents, type SessionStoreListener } from "./events.js";
-import { isValidId, keyDeriver, newHandle, type KeyDeriver } from "./hash.js";
-import { LOADED, Mark, withLoaded, type Loaded } from "./loaded.js";
-import type { Hearing } from "./notify.js";
-import { ownerOf, resolveOptions, type ResolvedOptions, type SessionStoreOptions } from "./options.js";
-import { reap, Reaper, type ReapResult } from "./reaper.js";
-import { Records, type EndReason, type ExtendOptions, type RevokeOptions, type SessionQuery, type SessionRecord, type UserId } from "./records.js";
-import { quotedName } from "./schema.js";
-import { Sealer } from "./seal.js";
-import { Statements } from "./statements.js";
-import { isTraced, traced, type TraceDetail } from "./trace.js";
-import { Writes } from "./writes.js";
+import { attempt } from "./errors.js";
+import type { SessionStoreEvents, SessionStoreListener } from "./events.js";
+import { isValidId } from "./hash.js";
+import { LOADED, Mark, withLoaded } from "./loaded.js";
+import { ownerOf, type SessionStoreOptions } from "./options.js";
+import type { ReapResult } from "./reaper.js";
+import type { EndReason, ExtendOptions, Records, RevokeOptions, SessionQuery, SessionRecord, UserId } from "./records.js";
 import { mintFrom, recentLoginGuard, signedInAt, type RequireRecentLoginOptions } from "./reauth.js";
+import { isTraced, traced, type TraceDetail } from "./trace.js";
+import type { Writes } from "./writes.js";
 
 // Typed events: a misspelt event name, or a listener of the wrong arguments, is a type error.
 export interface SessionStore {
@@ -37,117 +31,43 @@ export interface SessionStore {
  * Every method returns a promise and also calls the optional express-session callback once, on a
  * later tick. A missing, expired or ended session is `null`, never an error.
  *
- * This class holds the express-session contract and its decisions (what to skip, which expiry, which
- * clock); the SQL is in {@link Statements}, the records API in {@link Records}, the read cache in
- * {@link ReadCache}, execution and timeouts in {@link Executor}.
+ * This class holds the express-session contract, in express-session's order, and delegates: a session's
+ * row to `Writes` (writes.ts), the records API to `Records` (records.ts), the rest of its parts (SQL,
+ * execution and timeouts, the read cache, events, the reaper) are built by `assemble` (assemble.ts).
  */
 // biome-ignore lint/suspicious/noUnsafeDeclarationMerging: the interface above only narrows EventEmitter's methods to the store's events.
 export class SessionStore extends Store {
-  /** @internal */
-  protected readonly options: ResolvedOptions;
-  /** @internal */
-  protected readonly keysOf: KeyDeriver;
-  private readonly sql: Statements;
-  private readonly exec: Executor;
-  private readonly records: Records;
-  /** The read cache, with the `cache` option. */
-  private readonly cache: ReadCache<Loaded> | undefined;
-  private readonly reaper: Reaper | undefined;
-  /** This store's id among the instances on the table: its own `broadcast` NOTIFYs are skipped by it. */
-  private readonly instance = newHandle();
-  /** The lifecycle events: emitting them, and with `broadcast` sending and hearing them. */
-  private readonly events: Announcer;
-  /** What the store's parts share (see {@link StoreContext}). */
+  /** What the store's parts share: options, statements, executor, keys, cache, sealer, events. */
   private readonly s: StoreContext;
   /** Reading, saving, touching and ending a session's row. */
   private readonly writes: Writes;
-  /** The LISTEN of the lifecycle events of other instances, with `broadcast` (undefined on a driver that cannot LISTEN). */
-  private readonly hearing: Hearing | undefined;
-  /** Encryption at rest, with the `encrypt` option. */
-  private readonly sealer: Sealer | undefined;
+  /** The records API: list, count, revoke, extend. */
+  private readonly records: Records;
+  /** The rest: the reaper, `ready`'s checks, and what `close` stops. */
+  private readonly parts: StoreParts;
 
   constructor(options: SessionStoreOptions) {
     super();
-    this.options = resolveOptions(options);
-    const { db, table, absoluteTimeout, notify, retainEnded, versioned, timeout, prepare } = this.options;
-    if (this.options.maxSessionsPerUser !== undefined) checkCanCap(db);
-    this.sql = new Statements(table, { absoluteTimeout, notify, retainEnded, versioned });
-    this.exec = new Executor(db, { timeout, prepare });
-    this.keysOf = keyDeriver(this.options.secrets);
-    this.sealer = this.options.encrypt && new Sealer(this.options.encrypt);
-    if (this.options.cache) {
-      this.cache = new ReadCache<Loaded>(this.options.cache, {
-        listenDb: this.options.listen ?? db,
-        channel: this.sql.channel,
-        deadline: timeout,
-        notify: (payload) => this.exec.query(this.sql.notify(payload)),
-        report: (error) => this.report(error),
-        probeError: (error) => databaseError(error, this.sql.tableName, "the cache's NOTIFY probe"),
-        heard: (key) => this.evict([key]),
-      });
-      this.cache.start();
-    }
-    // The store's own now, evict and report: a test's subclass may override them.
-    const shared: Omit<StoreContext, "events"> = {
-      options: this.options,
-      sql: this.sql,
-      exec: this.exec,
-      keysOf: this.keysOf,
-      cache: this.cache,
-      sealer: this.sealer,
+    // The store's own now, evict, report, run and userIdOf: a test's subclass may override them.
+    this.parts = assemble(options, {
+      emitter: this,
       now: () => this.now(),
       evict: (keys) => this.evict(keys),
       report: (error) => this.report(error),
       run: (action, operation, detail) => this.run(action, operation, detail),
-      write: async (statement) => {
-        const rows = await this.exec.query<any>(statement);
-        this.evict(rows.map((row: { key: string }) => row.key));
-        return rows;
-      },
       userIdOf: (session) => this.userIdOf(session),
-    };
-    const herald = this.options.broadcast ? new EventSeal(this.options.secrets, this.sql.tableName, this.instance) : undefined;
-    this.events = new Announcer(this, herald, shared);
-    this.s = { ...shared, events: this.events };
-    this.writes = new Writes(this.s);
-    this.records = new Records(this.s);
-    if (this.options.reaper) {
-      this.reaper = new Reaper((signal) => this.reapWith(signal), this.options.reaper, {
-        onReap: (result) => this.emit("reap", result),
-        onError: (error) => this.report(error),
-      });
-      this.reaper.start();
-    }
-    // With `broadcast`, hear the other instances' events (on a driver that can LISTEN).
-    this.hearing = this.options.broadcast ? this.events.listen(this.options.listen ?? db) : undefined;
-  }
-
-  /**
-   * Runs one reaper round now (whether or not the periodic reaper is on): deletes expired sessions, and
-   * ended ones past `retainEnded`, in batches; `skipped: true` when another instance was reaping. Each
-   * statement of the round is bounded by the store's `timeout`. On serverless platforms, where the timer never
-   * fires, create the store with `reaper: false` and call this from a cron route (docs/reaper.md, "Serverless").
-   * @throws SessionStoreError when the round fails (`TIMEOUT`, `TABLE_MISSING`, `DATABASE`, ...)
-   */
-  reap(): Promise<ReapResult> {
-    return this.reapWith();
-  }
-
-  private reapWith(signal?: AbortSignal): Promise<ReapResult> {
-    const { db, table, retainEnded, reaper, timeout } = this.options;
-    return traced("reap", this.sql.tableName, undefined, () =>
-      reap({ db, table, retainEnded, batchSize: reaper ? reaper.batchSize : undefined, signal, timeout }),
-    );
+    });
+    ({ s: this.s, writes: this.writes, records: this.records } = this.parts);
   }
 
   /** Loads a live session; `null` when it is missing, expired or ended. */
   get(sid: string, callback?: Callback<SessionData | null>): Promise<SessionData | null> {
     // A cache hit answers without an operation's promise chain (it costs what MemoryStore's get costs).
-    const cached = this.cache && isValidId(sid) ? this.cache.get(sid, performance.now()) : undefined;
+    const cached = this.s.cache && isValidId(sid) ? this.s.cache.get(sid, performance.now()) : undefined;
     // Cached text was checked when it was cached (parseSession on read, and on write in remember).
     if (cached) {
       const hit = () => settled(withLoaded(JSON.parse(cached.text) as SessionData, { ...cached }), callback);
-      return isTraced("get") ? traced("get", this.sql.tableName, CACHED, hit) : hit();
+      return isTraced("get") ? traced("get", this.s.sql.tableName, CACHED, hit) : hit();
     }
     return this.op("get", () => this.writes.read(sid), callback);
   }
@@ -184,7 +104,7 @@ export class SessionStore extends Store {
     }
     // A skipped touch (the common case) answers at once, without an operation's promise chain.
     if (write) return this.op("touch", write, callback);
-    return isTraced("touch") ? traced("touch", this.sql.tableName, SKIPPED, () => settled(undefined, callback)) : settled(undefined, callback);
+    return isTraced("touch") ? traced("touch", this.s.sql.tableName, SKIPPED, () => settled(undefined, callback)) : settled(undefined, callback);
   }
 
   /**
@@ -197,27 +117,12 @@ export class SessionStore extends Store {
 
   /** The number of live sessions. */
   override length(callback?: Callback<number>): Promise<number> {
-    return this.op(
-      "length",
-      async () => {
-        const [row] = await this.exec.query<{ n: number }>(this.sql.length());
-        return Number(row?.n ?? 0);
-      },
-      callback,
-    );
+    return this.op("length", () => this.writes.count(), callback);
   }
 
   /** Deletes every session and every ended-session record in the table. */
   override clear(callback?: Callback): Promise<void> {
-    return this.op(
-      "clear",
-      async () => {
-        this.evict(["*"]);
-        await this.exec.query(this.sql.clear());
-        this.evict(["*"]);
-      },
-      callback,
-    );
+    return this.op("clear", () => this.writes.clear(), callback);
   }
 
   /**
@@ -235,6 +140,16 @@ export class SessionStore extends Store {
         callback(err);
       },
     );
+  }
+
+  /**
+   * express-session builds `req.session` from what `get` returned; carry over what was loaded (hidden,
+   * never serialized), so this request's own touch and save compare against what this request read.
+   */
+  override createSession(req: any, data: SessionData): any {
+    const loaded = Mark.loaded((data as any)?.[LOADED]);
+    const session = super.createSession(req, data);
+    return loaded ? withLoaded(session, loaded) : session;
   }
 
   /**
@@ -307,11 +222,7 @@ export class SessionStore extends Store {
    * @returns whether a live session was marked
    */
   markAuthenticated(sessionId: string): Promise<boolean> {
-    return this.run("markAuthenticated", async () => {
-      if (!isValidId(sessionId)) return false;
-      const rows = await this.s.write(this.sql.markAuthenticated(this.keysOf(sessionId)));
-      return rows.length > 0;
-    });
+    return this.run("markAuthenticated", () => this.writes.markAuthenticated(sessionId));
   }
 
   /**
@@ -354,6 +265,17 @@ export class SessionStore extends Store {
   }
 
   /**
+   * Runs one reaper round now (whether or not the periodic reaper is on): deletes expired sessions, and
+   * ended ones past `retainEnded`, in batches; `skipped: true` when another instance was reaping. Each
+   * statement of the round is bounded by the store's `timeout`. On serverless platforms, where the timer never
+   * fires, create the store with `reaper: false` and call this from a cron route (docs/reaper.md, "Serverless").
+   * @throws SessionStoreError when the round fails (`TIMEOUT`, `TABLE_MISSING`, `DATABASE`, ...)
+   */
+  reap(): Promise<ReapResult> {
+    return this.parts.reap();
+  }
+
+  /**
    * Checks, with one query, that the sessions table exists and has every column this version uses.
    * Await it before `app.listen`: without it a missing migration shows only once visitors arrive, and
    * express-session saves a new session after the response is sent, so the first visitors get their
@@ -365,16 +287,7 @@ export class SessionStore extends Store {
    * `cache` or `broadcast` hears nothing (behind pgbouncer in transaction mode: give the store `listen`)
    */
   ready(): Promise<void> {
-    return this.run("ready", async () => {
-      const rows = await this.exec.query<{ schema: string | null; name: string; column: string | null }>(this.sql.catalog());
-      const table = quotedName(rows[0]?.schema ?? "", rows[0]?.name ?? "");
-      const found = new Set(rows.map((row) => row.column));
-      if (!rows.some((row) => row.column !== null)) throw tableMissing(table);
-      const missing = this.sql.columnNames().filter((column) => !found.has(column));
-      if (missing.length > 0) throw schemaOutdated(table, missing);
-      // A cache or `broadcast` that cannot hear the database fails the start, not silently later.
-      await Promise.all([this.cache?.proven(), this.hearing?.proven()]);
-    });
+    return this.run("ready", () => this.parts.ready());
   }
 
   /** Whether a missing table or column was already reported (once per store: every statement would hit it). */
@@ -384,10 +297,8 @@ export class SessionStore extends Store {
    * Stops the reaper (a round in progress ends after its current batch), the LISTEN connections (the
    * cache's, `broadcast`'s) and every timer. Never closes the database you passed in.
    */
-  async close(): Promise<void> {
-    await this.reaper?.stop();
-    await this.cache?.close();
-    await this.hearing?.close();
+  close(): Promise<void> {
+    return this.parts.close();
   }
 
   /**
@@ -403,17 +314,7 @@ export class SessionStore extends Store {
    * it receives; other instances learn of this store's writes from the NOTIFY. @internal
    */
   protected evict(keys: readonly string[]): void {
-    this.cache?.evict(keys);
-  }
-
-  /**
-   * express-session builds `req.session` from what `get` returned; carry over what was loaded (hidden,
-   * never serialized), so this request's own touch and save compare against what this request read.
-   */
-  override createSession(req: any, data: SessionData): any {
-    const loaded = Mark.loaded((data as any)?.[LOADED]);
-    const session = super.createSession(req, data);
-    return loaded ? withLoaded(session, loaded) : session;
+    this.s.cache?.evict(keys);
   }
 
   /** An express-session operation: {@link run}, and its callback called once, on a later tick. */
@@ -426,8 +327,8 @@ export class SessionStore extends Store {
    * (`connect-drizzle:<action>`, with `detail` in the context). @internal
    */
   protected run<T>(action: string, operation: () => Promise<T>, detail?: TraceDetail): Promise<T> {
-    return traced(action, this.sql.tableName, detail, () =>
-      attempt(action, this.sql.tableName, operation, (error) => {
+    return traced(action, this.s.sql.tableName, detail, () =>
+      attempt(action, this.s.sql.tableName, operation, (error) => {
         // express-session saves a new session after the response: without this the app may never show it.
         if (this.schemaReported) return;
         this.schemaReported = true;
@@ -447,7 +348,7 @@ export class SessionStore extends Store {
 
   /** @internal */
   protected userIdOf(session: SessionData): string | null {
-    return ownerOf(this.options.userId, session);
+    return ownerOf(this.s.options.userId, session);
   }
 }
 

@@ -340,6 +340,26 @@ export class Writes {
     return rows.length > 0;
   }
 
+  /** The number of live sessions. */
+  async count(): Promise<number> {
+    const [row] = await this.s.exec.query<{ n: number }>(this.s.sql.length());
+    return Number(row?.n ?? 0);
+  }
+
+  /** Deletes every row; the cache drops every session before and after (a read racing the delete may have cached one). */
+  async clear(): Promise<void> {
+    this.s.evict(["*"]);
+    await this.s.exec.query(this.s.sql.clear());
+    this.s.evict(["*"]);
+  }
+
+  /** Marks a live session as authenticated now (see the store's `markAuthenticated`). */
+  async markAuthenticated(sid: string): Promise<boolean> {
+    if (!isValidId(sid)) return false;
+    const rows = await this.s.write(this.s.sql.markAuthenticated(this.s.keysOf(sid)));
+    return rows.length > 0;
+  }
+
   async loadAll(): Promise<Record<string, SessionData>> {
     const rows = await this.s.exec.query<{ handle: string; data: string; key: string }>(this.s.sql.all());
     const result: Record<string, SessionData> = {};

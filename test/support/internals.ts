@@ -11,23 +11,23 @@ export function internals(store: SessionStore) {
   const s = store as any;
   return {
     /** The row keys of a session id, one per secret (the first is the one new rows get). */
-    keysOf: (sid: string): string[] => s.keysOf(sid),
+    keysOf: (sid: string): string[] => s.s.keysOf(sid),
     /** The table's quoted, schema-qualified name, as the store's messages and events name it. */
-    tableName: s.sql.tableName as string,
+    tableName: s.s.sql.tableName as string,
     /** The channel of the read cache's evictions. */
-    channel: s.sql.channel as string,
+    channel: s.s.sql.channel as string,
     /** The channel of `broadcast`'s events. */
-    eventsChannel: s.sql.eventsChannel as string,
+    eventsChannel: s.s.sql.eventsChannel as string,
     /** The statement a login with `maxSessionsPerUser` takes its user's lock with. */
-    loginLock: (userId: string, timeout: number): SQL => s.sql.loginLock(userId, timeout),
+    loginLock: (userId: string, timeout: number): SQL => s.s.sql.loginLock(userId, timeout),
     /** Sends `payload` on the cache's channel, as a write's NOTIFY does. */
-    notify: (payload: string): Promise<unknown> => s.exec.query(s.sql.notify(payload)),
+    notify: (payload: string): Promise<unknown> => s.s.exec.query(s.s.sql.notify(payload)),
     /** The read cache (with the `cache` option): `live`, `evictions`, `get`, `put`. */
-    cache: s.cache as
+    cache: s.s.cache as
       | { live: boolean; evictions: number; get(sid: string, now: number): unknown; put(entry: { text: string }, since: number): void }
       | undefined,
     /** With `encrypt`: the names a key is stored under in a sealed row, one per secret. */
-    storedNames: (key: string): string[] => s.sealer.storedNames(key),
+    storedNames: (key: string): string[] => s.s.sealer.storedNames(key),
     /** Forgets sessions in this store's cache, as a NOTIFY heard does. */
     evict: (keys: readonly string[]): void => s.evict(keys),
     /** Calls `listener` with every eviction the store makes until the returned function is called. */

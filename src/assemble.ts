@@ -1,0 +1,121 @@
+import type { EventEmitter } from "node:events";
+import { Announcer } from "./announce.js";
+import { ReadCache } from "./cache.js";
+import type { StoreContext } from "./context.js";
+import { checkCanCap, Executor } from "./driver.js";
+import { databaseError, schemaOutdated, tableMissing } from "./errors.js";
+import { EventSeal } from "./events.js";
+import { keyDeriver, newHandle } from "./hash.js";
+import type { Loaded } from "./loaded.js";
+import type { Hearing } from "./notify.js";
+import { resolveOptions, type SessionStoreOptions } from "./options.js";
+import { reap, Reaper, type ReapResult } from "./reaper.js";
+import { Records } from "./records.js";
+import { quotedName } from "./schema.js";
+import { Sealer } from "./seal.js";
+import { Statements } from "./statements.js";
+import { traced } from "./trace.js";
+import { Writes } from "./writes.js";
+
+/**
+ * What the store lends its parts: its own clock, eviction, reporting and running (methods a test's
+ * subclass may override, so the parts call them through the store), and the emitter its events go out on.
+ */
+export type StoreHooks = Pick<StoreContext, "now" | "evict" | "report" | "run" | "userIdOf"> & { readonly emitter: EventEmitter };
+
+/** A store's parts, built once from its options by {@link assemble}. */
+export interface StoreParts {
+  /** What the parts share: options, statements, executor, keys, cache, sealer, events. */
+  readonly s: StoreContext;
+  /** Reading, saving, touching and ending a session's row. */
+  readonly writes: Writes;
+  /** The records API: list, count, revoke, extend. */
+  readonly records: Records;
+  /** One reaper round now, bounded by the store's `timeout`. */
+  reap(signal?: AbortSignal): Promise<ReapResult>;
+  /** The table and its columns are there, and the LISTENs of `cache` and `broadcast` hear (see the store's `ready`). */
+  ready(): Promise<void>;
+  /** Stops the reaper, the LISTEN connections and every timer. */
+  close(): Promise<void>;
+}
+
+/**
+ * Builds a store's parts from its options, and starts what runs on its own: the reaper's timer, the
+ * cache's LISTEN and, with `broadcast`, the LISTEN of the other instances' events.
+ * @throws TypeError when an option is invalid, or `maxSessionsPerUser` cannot be kept on the database
+ */
+export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StoreParts {
+  const options = resolveOptions(input);
+  const { db, table, absoluteTimeout, notify, retainEnded, versioned, timeout, prepare } = options;
+  if (options.maxSessionsPerUser !== undefined) checkCanCap(db);
+  const sql = new Statements(table, { absoluteTimeout, notify, retainEnded, versioned });
+  const exec = new Executor(db, { timeout, prepare });
+  const cache = options.cache
+    ? new ReadCache<Loaded>(options.cache, {
+        listenDb: options.listen ?? db,
+        channel: sql.channel,
+        deadline: timeout,
+        notify: (payload) => exec.query(sql.notify(payload)),
+        report: (error) => hooks.report(error),
+        probeError: (error) => databaseError(error, sql.tableName, "the cache's NOTIFY probe"),
+        heard: (key) => hooks.evict([key]),
+      })
+    : undefined;
+  cache?.start();
+  const shared: Omit<StoreContext, "events"> = {
+    options,
+    sql,
+    exec,
+    keysOf: keyDeriver(options.secrets),
+    cache,
+    sealer: options.encrypt && new Sealer(options.encrypt),
+    now: () => hooks.now(),
+    evict: (keys) => hooks.evict(keys),
+    report: (error) => hooks.report(error),
+    run: (action, operation, detail) => hooks.run(action, operation, detail),
+    write: async (statement) => {
+      const rows = await exec.query<any>(statement);
+      hooks.evict(rows.map((row: { key: string }) => row.key));
+      return rows;
+    },
+    userIdOf: (session) => hooks.userIdOf(session),
+  };
+  // This store's id among the instances on the table: its own `broadcast` NOTIFYs are skipped by it.
+  const herald = options.broadcast ? new EventSeal(options.secrets, sql.tableName, newHandle()) : undefined;
+  const events = new Announcer(hooks.emitter, herald, shared);
+  const s: StoreContext = { ...shared, events };
+  const reapNow = (signal?: AbortSignal) =>
+    traced("reap", sql.tableName, undefined, () =>
+      reap({ db, table, retainEnded, batchSize: options.reaper ? options.reaper.batchSize : undefined, signal, timeout }),
+    );
+  const reaper = options.reaper
+    ? new Reaper(reapNow, options.reaper, {
+        onReap: (result) => hooks.emitter.emit("reap", result),
+        onError: (error) => hooks.report(error),
+      })
+    : undefined;
+  reaper?.start();
+  // With `broadcast`, hear the other instances' events (undefined on a driver that cannot LISTEN).
+  const hearing: Hearing | undefined = options.broadcast ? events.listen(options.listen ?? db) : undefined;
+  return {
+    s,
+    writes: new Writes(s),
+    records: new Records(s),
+    reap: reapNow,
+    async ready() {
+      const rows = await exec.query<{ schema: string | null; name: string; column: string | null }>(sql.catalog());
+      const found = quotedName(rows[0]?.schema ?? "", rows[0]?.name ?? "");
+      const columns = new Set(rows.map((row) => row.column));
+      if (!rows.some((row) => row.column !== null)) throw tableMissing(found);
+      const missing = sql.columnNames().filter((column) => !columns.has(column));
+      if (missing.length > 0) throw schemaOutdated(found, missing);
+      // A cache or `broadcast` that cannot hear the database fails the start, not silently later.
+      await Promise.all([cache?.proven(), hearing?.proven()]);
+    },
+    async close() {
+      await reaper?.stop();
+      await cache?.close();
+      await hearing?.close();
+    },
+  };
+}
