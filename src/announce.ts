@@ -69,7 +69,7 @@ export class Announcer {
       onDeaf: () => {},
       report: (error) => this.s.report(error),
       probeError: (error) => databaseError(error, sql.tableName, "the `broadcast` NOTIFY probe"),
-      postgresJs: true,
+      lossy: true,
     });
   }
 

@@ -1,6 +1,6 @@
 import { hear, type Hearing } from "./notify.js";
 import type { AnyPgDatabase } from "./options.js";
-import { driverName } from "./driver.js";
+import { profileOf } from "./driver.js";
 
 /**
  * The opt-in read cache: recently read or written sessions, by session id, least recently used first.
@@ -126,7 +126,7 @@ export class ReadCache<Entry extends CacheEntry> {
     });
     if (hearing === undefined) {
       throw new TypeError(
-        `connect-drizzle: the read cache needs LISTEN/NOTIFY, which ${driverName(this.io.listenDb)} cannot do here (the cache listens ` +
+        `connect-drizzle: the read cache needs LISTEN/NOTIFY, which ${profileOf(this.io.listenDb).name} cannot do here (the cache listens ` +
           "through drizzle-orm/node-postgres or drizzle-orm/pglite only; an HTTP driver such as pg-proxy or neon-http keeps no " +
           "connection open to listen on); remove `cache` (every read then goes to the database, one query each), or give the " +
           "store a drizzle-orm/node-postgres database (as `db`, or as `listen` beside an HTTP `db`)",

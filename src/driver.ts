@@ -4,24 +4,83 @@ import { PgDialect } from "drizzle-orm/pg-core";
 import { pgCode, safeCause, SessionStoreError } from "./errors.js";
 import type { AnyPgDatabase } from "./options.js";
 
-/**
- * The client behind a drizzle database, recognised by shape (no driver is imported here): what the
- * store can do only on some drivers (LISTEN, single-connection detection, the direct hot path).
- */
-export type DriverClient =
-  | { kind: "pglite"; client: any }
-  | { kind: "node-postgres"; client: any }
-  | { kind: "postgres.js"; client: any }
-  | { kind: "other"; client: any };
+/** The drivers the store knows by their client's shape (no driver is imported here). */
+export type DriverKind = "pglite" | "node-postgres" | "postgres.js" | "other";
 
-export function driverOf(db: AnyPgDatabase): DriverClient {
+/**
+ * How LISTEN works on a driver: `reliable` on a connection of its own that says when it was lost (the
+ * read cache relies on that: it must know when it may have missed a NOTIFY); `lossy` where the driver
+ * listens again by itself but never says it missed anything (postgres.js: enough for lifecycle events);
+ * `none` where no connection stays open to listen on (drizzle's HTTP drivers, unknown clients).
+ */
+export type ListenSupport = "reliable" | "lossy" | "none";
+
+/**
+ * What the store can do on a database's driver, in one place: every module that depends on the driver
+ * asks this profile ({@link profileOf}) rather than the client.
+ */
+export interface DriverProfile {
+  readonly kind: DriverKind;
+  /** The driver's client (`db.$client`). */
+  readonly client: any;
+  /** drizzle's entry point for the driver (`drizzle-orm/pg-proxy`), to name it in messages. */
+  readonly name: string;
+  readonly listen: ListenSupport;
+  /**
+   * One connection, so that a statement outside an open transaction would wait for it forever: PGlite
+   * (in-process), a lone node-postgres `Client`, or a pool of `max: 1`.
+   */
+  readonly singleConnection: boolean;
+  /**
+   * One node-postgres `Client`, not a pool: drizzle runs a transaction there on that connection itself,
+   * so every other statement sent meanwhile runs inside the transaction, and is rolled back with it.
+   */
+  readonly loneClient: boolean;
+  /**
+   * Whether a transaction can be held open across statements (`db.transaction(callback)`): not on drizzle's
+   * HTTP drivers (each statement is a request of its own), nor once `db.transaction` was seen to refuse
+   * ({@link refusesTransactions}).
+   */
+  readonly interactiveTransactions: boolean;
+}
+
+const LISTEN: Record<DriverKind, ListenSupport> = { pglite: "reliable", "node-postgres": "reliable", "postgres.js": "lossy", other: "none" };
+
+/** The profile of a database's driver (see {@link DriverProfile}). */
+export function profileOf(db: AnyPgDatabase): DriverProfile {
   const client: any = (db as any).$client;
-  if (client && typeof client.listen === "function" && typeof client.exec === "function") return { kind: "pglite", client };
+  const kind = kindOf(client);
+  const lone = loneClient(client, kind);
+  return {
+    kind,
+    client,
+    name: driverName(db),
+    listen: LISTEN[kind],
+    // PGliteWorker too, by its shape; pg.Pool ({ max }) and postgres.js (options.max).
+    singleConnection:
+      kind === "pglite" || (typeof client?.waitReady !== "undefined" && typeof client?.exec === "function") || lone || client?.options?.max === 1,
+    loneClient: lone,
+    get interactiveTransactions() {
+      return interactiveTransactions(db);
+    },
+  };
+}
+
+function kindOf(client: any): DriverKind {
+  if (client && typeof client.listen === "function" && typeof client.exec === "function") return "pglite";
   if (client && typeof client.connect === "function" && typeof client.query === "function" && (client.options || client.connectionParameters)) {
-    return { kind: "node-postgres", client };
+    return "node-postgres";
   }
-  if (client && typeof client.listen === "function" && typeof client.unsafe === "function") return { kind: "postgres.js", client };
-  return { kind: "other", client };
+  if (client && typeof client.listen === "function" && typeof client.unsafe === "function") return "postgres.js";
+  return "other";
+}
+
+/** A node-postgres `Client`, not a pool (drizzle's own test for a pool is the same; Pools have totalCount). */
+function loneClient(client: any, kind: DriverKind): boolean {
+  if (client === null || (typeof client !== "object" && typeof client !== "function")) return false;
+  const isPgLike = typeof client.query === "function" && typeof client.connect === "function";
+  const isPool = "totalCount" in client || String(Object.getPrototypeOf(client)?.constructor?.name ?? "").includes("Pool");
+  return isPgLike && !isPool && kind !== "pglite";
 }
 
 /** Rows of a result, whatever the driver: arrays from postgres.js, `.rows` from node-postgres and PGlite. */
@@ -35,33 +94,6 @@ export function isTrue(value: unknown): boolean {
 }
 
 /**
- * Whether the database has a single connection, so that a statement outside an open transaction would wait
- * for it forever: PGlite (in-process, one connection), a lone node-postgres `Client`, or a pool of `max: 1`.
- */
-export function singleConnection(db: AnyPgDatabase): boolean {
-  const client: any = (db as any).$client;
-  if (client === null || (typeof client !== "object" && typeof client !== "function")) return false;
-  // PGlite and PGliteWorker.
-  if (driverOf(db).kind === "pglite" || (typeof client.waitReady !== "undefined" && typeof client.exec === "function")) return true;
-  if (loneClient(db)) return true;
-  // pg.Pool ({ max }) and postgres.js (options.max).
-  return client.options?.max === 1;
-}
-
-/**
- * Whether the database is one node-postgres `Client`, not a pool (drizzle's own test for a pool is the
- * same; Pools have totalCount). drizzle runs a transaction there on that connection itself, so every
- * other statement sent meanwhile runs inside the transaction, and is rolled back with it.
- */
-function loneClient(db: AnyPgDatabase): boolean {
-  const client: any = (db as any).$client;
-  if (client === null || (typeof client !== "object" && typeof client !== "function")) return false;
-  const isPgLike = typeof client.query === "function" && typeof client.connect === "function";
-  const isPool = "totalCount" in client || String(Object.getPrototypeOf(client)?.constructor?.name ?? "").includes("Pool");
-  return isPgLike && !isPool && driverOf(db).kind !== "pglite";
-}
-
-/**
  * drizzle's sessions that send each statement on its own (over HTTP) and whose `transaction()` always throws:
  * pg-proxy, neon-http, xata-http. They are recognised by drizzle's own class marker (`entityKind`), so that
  * no driver is imported here and `db.transaction` need not be tried.
@@ -71,12 +103,8 @@ const STATEMENT_AT_A_TIME = new Set(["PgRemoteSession", "NeonHttpSession", "Xata
 /** Databases whose `db.transaction` was found to refuse (see {@link refusesTransactions}). */
 const refusing = new WeakSet<object>();
 
-/**
- * Whether the database can hold a transaction open across statements (`db.transaction(callback)`). False for
- * drizzle's HTTP drivers (each statement is a request of its own), and for any database whose
- * `db.transaction` was seen to refuse with a "not supported" error ({@link refusesTransactions}).
- */
-export function interactiveTransactions(db: AnyPgDatabase): boolean {
+/** {@link DriverProfile.interactiveTransactions}. */
+function interactiveTransactions(db: AnyPgDatabase): boolean {
   if (refusing.has(db)) return false;
   for (let proto = Object.getPrototypeOf((db as any).session ?? {}); proto; proto = Object.getPrototypeOf(proto)) {
     if (STATEMENT_AT_A_TIME.has((proto.constructor as any)?.[entityKind])) return false;
@@ -102,14 +130,15 @@ export function refusesTransactions(db: AnyPgDatabase, error: unknown): boolean 
  * @throws TypeError naming the driver and what to do instead, when it cannot
  */
 export function checkCanCap(db: AnyPgDatabase): void {
-  if (!interactiveTransactions(db)) {
+  const profile = profileOf(db);
+  if (!profile.interactiveTransactions) {
     throw new TypeError(
       `connect-drizzle: \`maxSessionsPerUser\` needs a transaction held open across statements (a login takes its user's lock, ` +
-        `then writes), which ${driverName(db)} cannot do (each statement is a request of its own); remove \`maxSessionsPerUser\`, ` +
+        `then writes), which ${profile.name} cannot do (each statement is a request of its own); remove \`maxSessionsPerUser\`, ` +
         "or give the store a drizzle-orm/node-postgres, drizzle-orm/postgres-js or drizzle-orm/pglite database",
     );
   }
-  if (loneClient(db)) {
+  if (profile.loneClient) {
     throw new TypeError(
       "connect-drizzle: `maxSessionsPerUser` cannot be safe on a single node-postgres Client: a login's transaction would run on " +
         "the connection every other request uses, so their statements would run inside it (and a logout be undone if it rolled " +
@@ -122,7 +151,7 @@ export function checkCanCap(db: AnyPgDatabase): void {
  * How to name the driver behind a database in a message: drizzle's entry point for it (`drizzle-orm/pg-proxy`),
  * from drizzle's class marker; or that marker itself for one not listed.
  */
-export function driverName(db: AnyPgDatabase): string {
+function driverName(db: AnyPgDatabase): string {
   const kind: string = (db as any)?.constructor?.[entityKind] ?? "this database";
   return DRIVER_NAMES[kind] ?? kind;
 }
@@ -184,7 +213,7 @@ export class Shape {
  * still writes the SQL), which skips drizzle's per-call work.
  */
 export class Executor {
-  private readonly driver: DriverClient;
+  private readonly driver: DriverProfile;
   /** Operations in flight, for the timeout sweep. */
   private readonly waiting = new Set<{ deadline: number; reject: (error: Error) => void }>();
   private sweeper: NodeJS.Timeout | undefined;
@@ -193,7 +222,7 @@ export class Executor {
     private readonly db: AnyPgDatabase,
     private readonly settings: { timeout: number; prepare: boolean },
   ) {
-    this.driver = driverOf(db);
+    this.driver = profileOf(db);
   }
 
   /** Runs a statement and returns its rows, whatever the driver's result shape. */

@@ -1,4 +1,4 @@
-import { driverOf } from "./driver.js";
+import { profileOf } from "./driver.js";
 import { SessionStoreError } from "./errors.js";
 import { newHandle } from "./hash.js";
 import type { AnyPgDatabase } from "./options.js";
@@ -23,17 +23,17 @@ export interface ListenEvents {
  * left as it was) and PGlite (in-process). Reconnects with backoff after a lost connection, on an
  * unref'd timer. Returns undefined when the driver is not one of these.
  *
- * With `postgresJs`, postgres.js too, through its own `listen` (its one listen connection, which it
+ * With `lossy`, postgres.js too, through its own `listen` (its one listen connection, which it
  * reconnects and listens on again by itself, ended with your `sql.end()`). It never says when that
  * connection was lost (onLost comes only for a LISTEN that failed), so it is for listeners that can miss
  * a notification (lifecycle events), not for the cache, which must know when it may have missed one.
  */
-export function listen(db: AnyPgDatabase, channel: string, events: ListenEvents, options: { postgresJs?: boolean } = {}): Listening | undefined {
-  const { kind, client } = driverOf(db);
+export function listen(db: AnyPgDatabase, channel: string, events: ListenEvents, options: { lossy?: boolean } = {}): Listening | undefined {
+  const { kind, client, listen: support } = profileOf(db);
+  if (support === "none" || (support === "lossy" && options.lossy !== true)) return undefined;
   if (kind === "pglite") return listenPglite(client, channel, events);
   if (kind === "node-postgres") return listenNodePg(client, channel, events);
-  if (kind === "postgres.js" && options.postgresJs === true) return listenPostgresJs(client, channel, events);
-  return undefined;
+  return listenPostgresJs(client, channel, events);
 }
 
 function listenPostgresJs(client: any, channel: string, events: ListenEvents): Listening {
@@ -172,8 +172,8 @@ export interface HearOptions {
   report(error: Error): void;
   /** Describes a probe that could not be sent. */
   probeError(error: unknown): Error;
-  /** Listen through postgres.js too (see {@link listen}). */
-  postgresJs?: boolean;
+  /** Accept a `lossy` LISTEN too (postgres.js), for a listener that may miss a notification (see {@link listen}). */
+  lossy?: boolean;
 }
 
 /**
@@ -265,7 +265,7 @@ export function hear(db: AnyPgDatabase, channel: string, o: HearOptions): Hearin
         lose(new SessionStoreError("DATABASE", `${o.name}'s LISTEN connection was lost (${error.message}); ${o.meanwhile}`, { cause: error }));
       },
     },
-    { postgresJs: o.postgresJs },
+    { lossy: o.lossy },
   );
   if (listening === undefined) return undefined;
   return {

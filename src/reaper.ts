@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import { sql, type SQL } from "drizzle-orm";
 import { getTableConfig, type PgColumn } from "drizzle-orm/pg-core";
 import { millis, NOW } from "./clock.js";
-import { interactiveTransactions, isTrue, refusesTransactions, rowsOf, singleConnection } from "./driver.js";
+import { isTrue, profileOf, refusesTransactions, rowsOf } from "./driver.js";
 import { databaseError, pgCode, safeCause, SessionStoreError } from "./errors.js";
 import { checkOptions, is, kindOf, type OptionChecks } from "./check.js";
 import { batchSizeOption, DEFAULT_TIMEOUT, MAX_DELAY, REAPER_DEFAULTS, sessionTable, type AnyPgDatabase, type ResolvedReaperOptions } from "./options.js";
@@ -324,9 +324,9 @@ async function round(target: ReapTarget, batchSize: number, key: string, timeout
     return phases(target, batchSize, execute, counts, hooks, key);
   };
 
-  if (!interactiveTransactions(db)) {
+  if (!profileOf(db).interactiveTransactions) {
     await statementAtATime();
-  } else if (singleConnection(db)) {
+  } else if (profileOf(db).singleConnection) {
     await batchAtATime();
   } else {
     let detach: (() => void) | undefined;

@@ -439,7 +439,7 @@ describe.each(drivers)("broadcast on %s", (driver) => {
     const payloads: string[] = [];
     let ready = false;
     const onMessage = (p: string) => void (p.startsWith("?probe:") ? expect(p).toMatch(/^\?probe:[\w-]{22}$/) : payloads.push(p));
-    const hearing = listen(t.db, channelOf(store), { onMessage, onReady: () => void (ready = true), onLost: () => {} }, { postgresJs: true })!;
+    const hearing = listen(t.db, channelOf(store), { onMessage, onReady: () => void (ready = true), onLost: () => {} }, { lossy: true })!;
     cleanup.push(() => hearing.close());
     expect(await eventually(() => ready, 10_000)).toBe(true);
     return payloads;

@@ -3,7 +3,7 @@ import { drizzle } from "drizzle-orm/node-postgres";
 import pg from "pg";
 import request from "supertest";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
-import { interactiveTransactions } from "../src/driver.js";
+import { profileOf } from "../src/driver.js";
 import { lockKey, reap } from "../src/reaper.js";
 import { SessionStore } from "../src/index.js";
 import { cookieOf, middlewareApp, testApp } from "./support/app.js";
@@ -45,8 +45,8 @@ describe.skipIf(!DATABASE_URL)("on drizzle's pg-proxy over HTTP (no transactions
       from generate_series(1, ${n}) as i`);
 
   it("is recognised as a driver without interactive transactions", () => {
-    expect(interactiveTransactions(t.db)).toBe(false);
-    expect(interactiveTransactions(drizzle({ client: new pg.Pool() }))).toBe(true);
+    expect(profileOf(t.db).interactiveTransactions).toBe(false);
+    expect(profileOf(drizzle({ client: new pg.Pool() })).interactiveTransactions).toBe(true);
   });
 
   describe("the express-session contract", () => {

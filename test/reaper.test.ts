@@ -5,7 +5,7 @@ import { drizzle as drizzlePostgresJs } from "drizzle-orm/postgres-js";
 import pg from "pg";
 import postgres from "postgres";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
-import { singleConnection } from "../src/driver.js";
+import { profileOf } from "../src/driver.js";
 import { resolveReaperOptions, type ResolvedReaperOptions } from "../src/options.js";
 import { Reaper, lockKey, reap, type ReapResult } from "../src/reaper.js";
 import { SessionStore, SessionStoreError, createSessionTable } from "../src/index.js";
@@ -441,17 +441,17 @@ describe("Reaper with reap(), on PGlite and real timers", () => {
   });
 });
 
-describe("singleConnection", () => {
+describe("the driver profile: singleConnection", () => {
   it("recognises clients that cannot run a statement beside an open transaction", async () => {
     const t = await openDb("pglite");
     try {
-      expect(singleConnection(t.db)).toBe(true);
+      expect(profileOf(t.db).singleConnection).toBe(true);
     } finally {
       await t.close();
     }
-    expect(singleConnection(drizzle({ client: new pg.Client() }))).toBe(true);
-    expect(singleConnection(drizzle({ client: new pg.Pool({ max: 1 }) }))).toBe(true);
-    expect(singleConnection(drizzle({ client: new pg.Pool() }))).toBe(false);
+    expect(profileOf(drizzle({ client: new pg.Client() })).singleConnection).toBe(true);
+    expect(profileOf(drizzle({ client: new pg.Pool({ max: 1 }) })).singleConnection).toBe(true);
+    expect(profileOf(drizzle({ client: new pg.Pool() })).singleConnection).toBe(false);
   });
 });
 
@@ -577,7 +577,7 @@ describe.skipIf(!DATABASE_URL)("reaper across instances, on a real Postgres", ()
   ] as const)("a round blocked on a locked table fails with TIMEOUT and lets go of its lock at once (%s, max %i)", async (driver, max) => {
     await fill(t, "expired", 10, { expires: "now() - interval '1 minute'" });
     const db = instance(driver, max);
-    expect(singleConnection(db)).toBe(max === 1);
+    expect(profileOf(db).singleConnection).toBe(max === 1);
     const table = await lockTable();
     try {
       const error: any = await settled(reap({ db, table: t.table, timeout: 500 }));
