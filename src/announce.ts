@@ -3,7 +3,7 @@ import type { StoreContext } from "./context.js";
 import { describeDevice } from "./device.js";
 import { databaseError, SessionStoreError } from "./errors.js";
 import { deliver, type EventSeal, sessionEvent, type Announcement, type LifecycleEvent, type LifecycleEvents } from "./events.js";
-import { hear, type Hearing } from "./notify.js";
+import { hear, type Hearing } from "./listen.js";
 import type { AnyPgDatabase } from "./options.js";
 import type { EndReason } from "./records.js";
 import type { EventRow, LoginRow } from "./statements.js";
@@ -127,5 +127,5 @@ function endedEvents(rows: readonly EventRow[], reason: EndReason): Announcement
   return rows.map((row) => ({ event: "ended", args: [{ ...sessionEvent(row, true), reason }] }));
 }
 
-/** How often `broadcast` proves its LISTEN still hears the database, ms (see notify.ts `hear`). */
+/** How often `broadcast` proves its LISTEN still hears the database, ms (see listen.ts `hear`). */
 const BROADCAST_PROBE_INTERVAL = 30_000;

@@ -7,7 +7,7 @@ import { databaseError, schemaOutdated, tableMissing } from "./errors.js";
 import { EventSeal } from "./events.js";
 import { keyDeriver, newHandle } from "./hash.js";
 import type { Loaded } from "./loaded.js";
-import type { Hearing } from "./notify.js";
+import type { Hearing } from "./listen.js";
 import { resolveOptions, type SessionStoreOptions } from "./options.js";
 import { reap, Reaper, type ReapResult } from "./reaper.js";
 import { Records } from "./records.js";

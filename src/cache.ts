@@ -1,4 +1,4 @@
-import { hear, type Hearing } from "./notify.js";
+import { hear, type Hearing } from "./listen.js";
 import type { AnyPgDatabase } from "./options.js";
 import { profileOf } from "./driver.js";
 

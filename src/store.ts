@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { Store, type SessionData } from "express-session";
 import { assemble, type StoreParts } from "./assemble.js";
-import { settle, settled, type Callback } from "./callback.js";
+import { answer, answerNow, type Callback } from "./callback.js";
 import type { StoreContext } from "./context.js";
 import { attempt } from "./errors.js";
 import type { SessionStoreEvents, SessionStoreListener } from "./events.js";
@@ -66,7 +66,7 @@ export class SessionStore extends Store {
     const cached = this.s.cache && isValidId(sid) ? this.s.cache.get(sid, performance.now()) : undefined;
     // Cached text was checked when it was cached (parseSession on read, and on write in remember).
     if (cached) {
-      const hit = () => settled(withLoaded(JSON.parse(cached.text) as SessionData, { ...cached }), callback);
+      const hit = () => answerNow(withLoaded(JSON.parse(cached.text) as SessionData, { ...cached }), callback);
       return isTraced("get") ? traced("get", this.s.sql.tableName, CACHED, hit) : hit();
     }
     return this.op("get", () => this.writes.read(sid), callback);
@@ -104,7 +104,7 @@ export class SessionStore extends Store {
     }
     // A skipped touch (the common case) answers at once, without an operation's promise chain.
     if (write) return this.op("touch", write, callback);
-    return isTraced("touch") ? traced("touch", this.s.sql.tableName, SKIPPED, () => settled(undefined, callback)) : settled(undefined, callback);
+    return isTraced("touch") ? traced("touch", this.s.sql.tableName, SKIPPED, () => answerNow(undefined, callback)) : answerNow(undefined, callback);
   }
 
   /**
@@ -319,7 +319,7 @@ export class SessionStore extends Store {
 
   /** An express-session operation: {@link run}, and its callback called once, on a later tick. */
   private op<T>(action: string, operation: () => Promise<T>, callback: Callback<T> | undefined): Promise<T> {
-    return settle(this.run(action, operation), callback);
+    return answer(this.run(action, operation), callback);
   }
 
   /**
