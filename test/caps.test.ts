@@ -7,7 +7,7 @@ import pg from "pg";
 import request from "supertest";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { SessionStore, type SessionEndedEvent, type SessionStoreOptions, type UserIdType } from "../src/index.js";
-import { rowsOf } from "../src/driver.js";
+import { rowsOf } from "./support/internals.js";
 import { cookieOf, testApp } from "./support/app.js";
 import { cacheReady, drivers, eventually, openDb, openPeer, sessionData, sleep, typedTable, type Peer, type TestDb, useTestDb } from "./support/db.js";
 import { internals } from "./support/internals.js";

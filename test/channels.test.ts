@@ -1,14 +1,6 @@
 import { PgDialect } from "drizzle-orm/pg-core";
 import { afterEach, describe, expect, it } from "vitest";
-import {
-  createSessionTable,
-  importConnectPgSimple,
-  reap,
-  SessionStore,
-  type SessionEvent,
-  type SessionStoreOptions,
-  type SessionTable,
-} from "../src/index.js";
+import { createSessionTable, importConnectPgSimple, reap, SessionStore, type SessionEvent, type SessionStoreOptions, type SessionTable } from "../src/index.js";
 import { cacheReady, drivers, eventually, openPeer, sessionData, type TestDb, useTestDb } from "./support/db.js";
 
 const HOUR = 3_600_000;

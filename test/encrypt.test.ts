@@ -3,7 +3,7 @@ import { drizzle } from "drizzle-orm/node-postgres";
 import request from "supertest";
 import { describe, expect, it } from "vitest";
 import { SessionStore, type SessionStoreOptions } from "../src/index.js";
-import { Sealer } from "../src/seal.js";
+import { Sealer } from "./support/internals.js";
 import { cookieOf, testApp } from "./support/app.js";
 import { cacheReady, drivers, eventually, notifyBarrier, sessionData, type TestDb, useTestDb } from "./support/db.js";
 import { internals } from "./support/internals.js";

@@ -4,7 +4,7 @@ import pg from "pg";
 import request from "supertest";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createSessionTable, SessionStore, type SessionEndedEvent, type SessionEvent, type SessionStoreOptions } from "../src/index.js";
-import { listen } from "../src/listen.js";
+import { listen } from "./support/internals.js";
 import { cookieOf, testApp } from "./support/app.js";
 import { DATABASE_URL, drivers, eventually, openDb, openPeer, sessionData, sleep, type Peer, type TestDb, useTestDb } from "./support/db.js";
 import { internals } from "./support/internals.js";

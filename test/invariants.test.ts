@@ -2,7 +2,7 @@ import { inspect } from "node:util";
 import request from "supertest";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { createSessionTable, SessionStore, SessionStoreError } from "../src/index.js";
-import { channelName } from "../src/statements.js";
+import { channelName } from "./support/internals.js";
 import { cookieOf, testApp } from "./support/app.js";
 import { drizzle as drizzlePglite } from "drizzle-orm/pglite";
 import { cacheReady, drivers, eventually, openDb, openPeer, sessionData, sleep, type TestDb, useTestDb } from "./support/db.js";

@@ -10,7 +10,7 @@ import { cookieOf, testApp } from "./support/app.js";
 import { cacheReady, drivers, sleep, type TestDb, useTestDb } from "./support/db.js";
 import { keyOf } from "./support/model.js";
 import { internals } from "./support/internals.js";
-import { resolveOptions } from "../src/options.js";
+import { resolveOptions } from "./support/internals.js";
 
 /** What a request of the test apps does to its session: set these top-level keys, delete those. */
 interface Change {

@@ -12,7 +12,7 @@ import pg from "pg";
 import postgres from "postgres";
 import { afterAll, describe, expect, it } from "vitest";
 import { migrate, migrationsFolder, SessionStore, SessionStoreError, type AnyPgDatabase } from "../src/index.js";
-import { rowsOf } from "../src/driver.js";
+import { rowsOf } from "./support/internals.js";
 import { DATABASE_URL, drivers, drizzleMajor, sessionData, type DriverName } from "./support/db.js";
 
 const root = join(import.meta.dirname, "..");

@@ -3,7 +3,7 @@ import { getTableConfig } from "drizzle-orm/pg-core";
 import { afterEach, describe, expect, it } from "vitest";
 import { sql } from "drizzle-orm";
 import { SessionStore, SessionStoreError, type SessionTable } from "../src/index.js";
-import { databaseError } from "../src/errors.js";
+import { databaseError } from "./support/internals.js";
 import { drivers, sessionData, typedTable, type TestDb, useTestDb } from "./support/db.js";
 
 const HOUR = 3_600_000;

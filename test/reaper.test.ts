@@ -5,9 +5,8 @@ import { drizzle as drizzlePostgresJs } from "drizzle-orm/postgres-js";
 import pg from "pg";
 import postgres from "postgres";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
-import { profileOf } from "../src/driver.js";
-import { resolveReaperOptions, type ResolvedReaperOptions } from "../src/options.js";
-import { Reaper, lockKey, reap, type ReapResult } from "../src/reaper.js";
+import { lockKey, profileOf, resolveReaperOptions, type ResolvedReaperOptions } from "./support/internals.js";
+import { Reaper, reap, type ReapResult } from "../src/index.js";
 import { SessionStore, SessionStoreError, createSessionTable } from "../src/index.js";
 import { DATABASE_URL, drivers, openDb, sessionData, sleep, type TestDb } from "./support/db.js";
 

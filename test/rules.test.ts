@@ -1,7 +1,6 @@
 import type { SessionData } from "express-session";
 import { describe, expect, it } from "vitest";
-import type { Loaded } from "../src/loaded.js";
-import { CLOCK_ERROR, expiryOf, isFresh, localExpiry, sameDevice, skipsWrite } from "../src/rules.js";
+import { CLOCK_ERROR, expiryOf, isFresh, localExpiry, sameDevice, skipsWrite, type Loaded } from "./support/internals.js";
 
 /**
  * The session rules on their own, with no database: when a session expires, when a touch or an unchanged

@@ -2,7 +2,7 @@ import { AsyncLocalStorage } from "node:async_hooks";
 import diagnostics from "node:diagnostics_channel";
 import { afterEach, describe, expect, it } from "vitest";
 import { createSessionTable, SessionStore, type TraceContext } from "../src/index.js";
-import { traced } from "../src/trace.js";
+import { traced } from "./support/internals.js";
 import { cacheReady, drivers, sessionData, type TestDb, useTestDb } from "./support/db.js";
 import { internals } from "./support/internals.js";
 

@@ -4,7 +4,7 @@ import pg from "pg";
 import postgres from "postgres";
 import request from "supertest";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { reap, type ReapResult } from "../../src/reaper.js";
+import { reap, type ReapResult } from "../../src/index.js";
 import { SessionStore, type AnyPgDatabase, type SessionStoreOptions } from "../../src/index.js";
 import { cookieOf, testApp } from "../support/app.js";
 import { sessionData } from "../support/db.js";

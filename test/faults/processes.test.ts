@@ -2,7 +2,7 @@ import { fork, type ChildProcess } from "node:child_process";
 import { join } from "node:path";
 import request from "supertest";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { ReapResult } from "../../src/reaper.js";
+import type { ReapResult } from "../../src/index.js";
 import { cookieOf } from "../support/app.js";
 import type { ChildCommand, ChildMessage } from "../support/child.js";
 import { createFaultDb, faultsEnabled, type FaultDb, type OpenedDb } from "../support/faultdb.js";

@@ -8,7 +8,7 @@ import type { AddressInfo } from "node:net";
 import { drizzle } from "drizzle-orm/node-postgres";
 import pg from "pg";
 import { createSessionTable, SessionStore } from "../../src/index.js";
-import { reap } from "../../src/reaper.js";
+import { reap } from "../../src/index.js";
 import { testApp } from "./app.js";
 
 export type ChildCommand =
