@@ -2,7 +2,7 @@ import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { beforeAll, describe, expect, it } from "vitest";
 
@@ -78,13 +78,10 @@ describe("published package", () => {
   });
 
   it("src/ has no import cycle (a cycle changes module init order in CommonJS builds and bundlers)", () => {
-    const dir = join(root, "src");
     // What a module loads when it runs: its imports and re-exports, not its `import type` (erased when built).
-    const loads = /^(?:import(?! type\b)|export)\b[^;]*?from "\.\/([\w-]+)\.js"/gm;
+    const loads = /^(?:import(?! type\b)|export)\b[^;]*?from "(\.{1,2}\/[\w./-]+)\.js"/gm;
     const imports = new Map(
-      readdirSync(dir)
-        .filter((f) => f.endsWith(".ts"))
-        .map((f) => [f.slice(0, -3), [...readFileSync(join(dir, f), "utf8").matchAll(loads)].map((m) => m[1]!)]),
+      sources("src").map((file) => [file, [...readFileSync(join(root, file), "utf8").matchAll(loads)].map((m) => join(dirname(file), `${m[1]!}.ts`))]),
     );
     const cycles: string[] = [];
     const visit = (name: string, path: string[]) => {
@@ -95,6 +92,15 @@ describe("published package", () => {
     };
     for (const name of imports.keys()) visit(name, [name]);
     expect(cycles).toEqual([]);
+  });
+
+  it("tests reach src/ only through the public API (src/index.ts) and the one seam (test/support/internals.ts), so a file split breaks no test", () => {
+    const reaches = /(?:from|import\()\s*"((?:\.\.\/)+src\/[\w./-]+)"/g;
+    const outside = sources("test")
+      .filter((file) => file !== join("test", "support", "internals.ts"))
+      .flatMap((file) => [...readFileSync(join(root, file), "utf8").matchAll(reaches)].map((m) => join(dirname(file), m[1]!)))
+      .filter((target) => target !== join("src", "index.js"));
+    expect(outside).toEqual([]);
   });
 
   it("finds its migrations from its own location in ESM and CommonJS, whatever the working directory, and exports the folder", () => {
@@ -154,3 +160,10 @@ describe("published package", () => {
     expect(pkg.peerDependencies["drizzle-orm"]).toBe(versions.map((v) => `>=${v} <${upTo(v)}`).join(" || "));
   });
 });
+
+/** The .ts files under a folder of the repository, as paths from its root. */
+function sources(folder: string): string[] {
+  return readdirSync(join(root, folder), { recursive: true, encoding: "utf8" })
+    .filter((file) => file.endsWith(".ts") && !file.includes("node_modules"))
+    .map((file) => join(folder, file));
+}
