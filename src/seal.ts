@@ -121,19 +121,6 @@ export class Sealer {
   }
 
   /**
-   * Whether stored data is as a save would write it now: every entry sealed under the first secret and
-   * none in plaintext. When it is not, the next save rewrites the whole row.
-   */
-  current(stored: object): boolean {
-    const prefix = `${this.keys[0]!.kid}.`;
-    const tagged = typeof (stored as Record<string, unknown>)[COOKIE_TAG] === "string";
-    return (
-      tagged &&
-      Object.entries(stored).every(([name, value]) => name === "cookie" || (name.startsWith("~") && typeof value === "string" && value.startsWith(prefix)))
-    );
-  }
-
-  /**
    * The tag of a cookie in the row `rowKey`, under the first secret: `<kid>.<base64url(HMAC)>` of the row
    * key and the cookie's fields but `expires`, in a canonical JSON (sorted keys: jsonb reorders them).
    */
