@@ -112,7 +112,10 @@ export class EventSeal {
     const dot = payload.indexOf(".");
     const key = dot < 0 ? undefined : this.byKid.get(payload.slice(0, dot));
     if (!key)
-      return "it is not sealed under any of this store's `secrets`: forged by someone who can connect to the database, or sent by an instance with other `secrets` (set the same `secrets` on every instance)";
+      return (
+        "it is not sealed under any of this store's `secrets`: forged by someone who can connect to the database, " +
+        "or sent by an instance with other `secrets` (set the same `secrets` on every instance)"
+      );
     const text = openText(key, payload.slice(dot + 1));
     if (text === undefined) return "it fails authentication: altered, or forged";
     let m: any;
@@ -127,7 +130,10 @@ export class EventSeal {
     }
     if (m.t !== this.table || m.i === this.instance) return undefined;
     if (!(Math.abs(now - m.s) <= REPLAY_WINDOW)) {
-      return `it was sent more than ${REPLAY_WINDOW / 1000} s from this server's clock: replayed, or the instances' clocks disagree (keep them in sync with NTP)`;
+      return (
+        `it was sent more than ${REPLAY_WINDOW / 1000} s from this server's clock: ` +
+        "replayed, or the instances' clocks disagree (keep them in sync with NTP)"
+      );
     }
     if (this.accepted.has(m.n)) return "it was heard before: replayed";
     this.remember(m.n, m.s, now);

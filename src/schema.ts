@@ -96,7 +96,10 @@ function sessionColumns(options: SessionTableOptions<UserIdType>) {
     label: text("label"),
     userAgent: text("user_agent"),
     ip: text("ip"),
-    /** Set when the session ends (logout, revoked, expired, rotated) with `retainEnded`: the row is then a record kept for history (without it the row is deleted). */
+    /**
+     * Set when the session ends (logout, revoked, expired, rotated) with `retainEnded`: the row is then a
+     * record kept for history (without it the row is deleted).
+     */
     endedAt: instant("ended_at"),
     /** Why it ended: one of END_REASONS (a CHECK constraint, `<table>_end_reason_check`, refuses others). */
     endReason: text("end_reason"),

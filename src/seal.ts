@@ -174,7 +174,10 @@ export class Sealer {
       }
       if (!name.startsWith("~")) {
         if (!this.settings.acceptPlaintext)
-          return "it holds data in plaintext, not encrypted: a session stored before `encrypt` was on, imported, or written into the database by hand (set `encrypt.acceptPlaintext: true` while such sessions may still be live)";
+          return (
+            "it holds data in plaintext, not encrypted: a session stored before `encrypt` was on, imported, or written into " +
+            "the database by hand (set `encrypt.acceptPlaintext: true` while such sessions may still be live)"
+          );
         plain.push([name, entry]);
         continue;
       }
@@ -227,7 +230,8 @@ export class Sealer {
     if (tag === undefined) {
       return this.settings.acceptPlaintext
         ? true
-        : "its cookie carries no tag: written into the database by hand, or by a version without cookie authentication (set `encrypt.acceptPlaintext: true` while such sessions may still be live)";
+        : "its cookie carries no tag: written into the database by hand, or by a version without cookie authentication " +
+            "(set `encrypt.acceptPlaintext: true` while such sessions may still be live)";
     }
     const dot = tag.indexOf(".");
     const rank = dot < 0 ? undefined : this.byKid.get(tag.slice(0, dot));

@@ -5,7 +5,10 @@ import * as diagnostics from "node:diagnostics_channel";
  * `asyncStart`, `asyncEnd`, `error`): never a session id, nor the session's data.
  */
 export interface TraceContext {
-  /** `get`, `set`, `touch`, `destroy`, `regenerate`, `all`, `length`, `clear`, `list`, `count`, `handleOf`, `revoke`, `revokeUser`, `extend`, `reap`, `ready`. */
+  /**
+   * `get`, `set`, `touch`, `destroy`, `regenerate`, `all`, `length`, `clear`, `list`, `count`, `handleOf`,
+   * `revoke`, `revokeUser`, `extend`, `reap`, `ready`.
+   */
   operation: string;
   /** The sessions table's quoted, schema-qualified name (`"sessions"`, `"auth"."sessions"`). */
   table: string;
