@@ -5,7 +5,7 @@ import { pgCode, safeCause, SessionStoreError } from "./errors.js";
 import type { AnyPgDatabase } from "./options.js";
 
 /** The drivers the store knows by their client's shape (no driver is imported here). */
-export type DriverKind = "pglite" | "node-postgres" | "postgres.js" | "other";
+type DriverKind = "pglite" | "node-postgres" | "postgres.js" | "other";
 
 /**
  * How LISTEN works on a driver: `reliable` on a connection of its own that says when it was lost (the
@@ -13,7 +13,7 @@ export type DriverKind = "pglite" | "node-postgres" | "postgres.js" | "other";
  * listens again by itself but never says it missed anything (postgres.js: enough for lifecycle events);
  * `none` where no connection stays open to listen on (drizzle's HTTP drivers, unknown clients).
  */
-export type ListenSupport = "reliable" | "lossy" | "none";
+type ListenSupport = "reliable" | "lossy" | "none";
 
 /**
  * What the store can do on a database's driver, in one place: every module that depends on the driver

@@ -117,7 +117,7 @@ export class Records {
   }
 
   async revoke(handle: string, options: RevokeOptions): Promise<boolean> {
-    const owner = this.ownerOf(options, "revoke");
+    const owner = this.scopedOwner(options, "revoke");
     const reason = options.reason ?? "revoked";
     checkEndReason(reason, "revoke's `reason`");
     if (typeof handle !== "string" || handle.length === 0) return false;
@@ -146,7 +146,7 @@ export class Records {
   async extend(handle: string, until: Date, options: ExtendOptions): Promise<boolean> {
     const at = until instanceof Date ? until.getTime() : NaN;
     if (!Number.isFinite(at)) throw new TypeError("connect-drizzle: extend(handle, until, { userId }) needs a valid Date");
-    const owner = this.ownerOf(options, "extend");
+    const owner = this.scopedOwner(options, "extend");
     if (typeof handle !== "string" || handle.length === 0) return false;
     const { sql: statements } = this.s;
     const { maxSessionsPerUser: cap, timeout } = this.s.options;
@@ -182,7 +182,7 @@ export class Records {
   }
 
   /** The owner a scoped call is limited to, or `undefined` for `{ anyOwner: true }`. */
-  private ownerOf(options: OwnerScope | undefined, method: string): string | undefined {
+  private scopedOwner(options: OwnerScope | undefined, method: string): string | undefined {
     const scope: any = options;
     if (scope !== null && typeof scope === "object" && "userId" in scope) {
       if (!isUserId(scope.userId)) {
