@@ -3,7 +3,7 @@
  * `sessionMiddleware`, `reap`, `migrate`, `importConnectPgSimple`, the CLI): each entry point lists its
  * options once, each with its check, and {@link checkOptions} refuses an unknown key or a wrong value at
  * once, as a TypeError that names the option. This module imports nothing, so that the schema module can
- * use it while it builds the default table (options.ts imports the schema).
+ * use it while it builds the default table (resolve-options.ts imports the schema).
  */
 
 /** Checks one option that is given (undefined means its default); throws a TypeError that names it. */
