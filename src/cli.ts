@@ -4,23 +4,36 @@
  * app), or a copy of connect-pg-simple's sessions; then exit. A thin parser: each command's work is a function of the package.
  * Connects with node-postgres (`pg`), imported only here and only when run: the package itself needs no driver.
  */
-import { parseArgs, type ParseArgsConfig } from "node:util";
-import { closest } from "./check.js";
-import { DEFAULT_IMPORT_BATCH, importConnectPgSimple, sourceSession } from "./import.js";
-import { sign } from "./middleware.js";
+import {
+  checked,
+  cookieToCheck,
+  type FLAGS,
+  IMPORT_USAGE,
+  MIGRATE_USAGE,
+  name,
+  parseFlags,
+  Problem,
+  REAP_USAGE,
+  secretsOf,
+  sessionTable,
+  userIdAt,
+  wholeNumber,
+  type CookieToCheck,
+  type Values,
+} from "./cli-args.js";
+import { unsign } from "./cookie-signing.js";
+import { DEFAULT_IMPORT_BATCH, importConnectPgSimple } from "./import.js";
+import { sourceSession } from "./import-source.js";
 import { migrate } from "./migrations.js";
 import { DEFAULT_TIMEOUT, type AnyPgDatabase, type UserIdOf } from "./options.js";
 import { reap } from "./reaper.js";
-import { createSessionTable, type SessionTable, type UserIdType } from "./schema.js";
+import type { SessionTable } from "./schema.js";
 import { SessionStore } from "./store.js";
 
 interface Io {
   out(line: string): void;
   err(line: string): void;
 }
-
-/** The parsed flags, by name. */
-type Values = Record<string, string | boolean | string[] | undefined>;
 
 /** A command: its usage, its flags, and how it turns them into what it runs with, then runs. */
 interface Command<Settings = unknown> {
@@ -36,100 +49,8 @@ interface Command<Settings = unknown> {
   run(db: AnyPgDatabase, settings: Settings): Promise<unknown>;
 }
 
-/** A flag's value was refused: why. */
-class Problem {
-  constructor(readonly message: string) {}
-}
-
 /** Keeps each command's settings type in the table of commands. */
 const command = <Settings>(definition: Command<Settings>): Command => definition as Command;
-
-/** Every flag of every command, declared once so a flag means the same in each. */
-const FLAGS = {
-  table: { type: "string" },
-  schema: { type: "string" },
-  "retain-ended": { type: "string" },
-  "batch-size": { type: "string" },
-  timeout: { type: "string" },
-  "from-table": { type: "string" },
-  "from-schema": { type: "string" },
-  secret: { type: "string", multiple: true },
-  "user-id-path": { type: "string" },
-  "user-id-type": { type: "string" },
-  "dry-run": { type: "boolean" },
-  redo: { type: "boolean" },
-  "check-cookie": { type: "string" },
-  "migrations-table": { type: "string" },
-  "migrations-schema": { type: "string" },
-  help: { type: "boolean", short: "h" },
-} as const satisfies NonNullable<ParseArgsConfig["options"]>;
-
-const TABLE_FLAGS = `  --table <name>          the sessions table (default: sessions)
-  --schema <name>         its Postgres schema (default: the connection's search_path, normally public)`;
-
-const MIGRATE_USAGE = `Usage: DATABASE_URL=postgres://... npx connect-drizzle migrate [options]
-
-Creates the sessions table, or brings it up to date: applies the migrations this package ships, as
-await migrate(db) does. Idempotent: what already ran is skipped. Prints {"migrated":true,"durationMs":0}.
-Exits 0, or 1 with a message on error.
-
-Options:
-  --migrations-table <name>   where drizzle records which of these ran (default: __connect_drizzle_migrations)
-  --migrations-schema <name>  its schema (default: drizzle)
-  -h, --help                  this text
-`;
-
-const REAP_USAGE = `Usage: DATABASE_URL=postgres://... npx connect-drizzle reap [options]
-
-Runs one reaper round on the sessions table: deletes expired sessions (or, with --retain-ended, turns
-them into ended history) and ended sessions past their retention, in batches. Prints the result as one
-JSON line: {"deleted":0,"ended":0,"batches":0,"durationMs":0,"skipped":false}. "skipped": true means
-another instance was reaping the table at that moment. Exits 0, or 1 with a message on error.
-
-Options:
-${TABLE_FLAGS}
-  --retain-ended <ms>     keep ended sessions this long as history: your store's retainEnded (default: 0)
-  --batch-size <n>        rows per batch, each committed on its own (default: 5000)
-  --timeout <ms>          longest wait for one statement, connection wait included; past it the round
-                          stops and exits 1, e.g. when the table is locked (default: 10000)
-  -h, --help              this text
-`;
-
-const IMPORT_USAGE = `Usage: DATABASE_URL=postgres://... [SESSION_STORE_SECRETS=s1,s2] npx connect-drizzle import-pg-simple [options]
-       DATABASE_URL=postgres://... SESSION_SECRET=... [SESSION_STORE_SECRETS=s1,s2] npx connect-drizzle import-pg-simple --check-cookie <cookie>
-
-Copies connect-pg-simple's unexpired sessions into the sessions table, so that no one is logged out when
-the app moves to connect-drizzle: each keyed as your store keys it (give it the store's secrets), with
-its data, expiry and owner. A session already copied, or already in the sessions table, is never copied
-again nor overwritten, so running it twice is safe, and a run that stopped goes on where it stopped. It
-marks the rows it copied in a column it adds to the old table (connect_drizzle_imported_at), and never
-deletes the old table: drop it yourself once no instance runs connect-pg-simple. A session it cannot
-store (its owner not of user_id's type, its data holding \u0000) is left out and counted as invalid, by
-reason; the others are copied. Prints one JSON line: {"imported":0,"skipped":0,"expired":0,"invalid":0,
-"invalidReasons":{"session":0,"owner":0,"data":0},"batches":0,"durationMs":0,"dryRun":false}.
-Exits 0, or 1 with a message on error.
-
-Options:
-  --from-table <name>     connect-pg-simple's table: its tableName (default: session)
-  --from-schema <name>    its schema: its schemaName (default: the connection's search_path)
-${TABLE_FLAGS}
-  --secret <secret>       your store's secrets, first the one new rows get; repeat for several (default:
-                          SESSION_STORE_SECRETS, comma-separated; without either, SHA-256 as a store
-                          without secrets)
-  --user-id-path <a.b.c>  where the owner is in the session data (default: passport.user, then userId,
-                          as the store's default userId)
-  --user-id-type <type>   the type of the table's user_id: text, integer, bigint or uuid, as given to
-                          createSessionTable's userIdType (default: text)
-  --batch-size <n>        rows read per batch, each copied by one statement (default: ${DEFAULT_IMPORT_BATCH})
-  --dry-run               count what would be copied; change nothing
-  --redo                  copy again what an earlier run copied (its marks are cleared first): for an
-                          import run with the wrong secrets, before the app has served from connect-drizzle
-  --check-cookie <value>  change nothing; say whether the app would find the session of this cookie (the
-                          connect.sid value from a browser): signed with SESSION_SECRET (the app's cookie
-                          secret, express-session's secret), keyed with the store's secrets as above.
-                          Prints {"cookie":"valid","inOldTable":true,"copied":true,"found":true}
-  -h, --help              this text
-`;
 
 const COMMANDS: Record<string, Command> = {
   migrate: command({
@@ -190,7 +111,7 @@ ${Object.values(COMMANDS)
   .join("\n")}`;
 
 async function main(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<number> {
-  const parsed = parseFlags(argv);
+  const parsed = parseFlags(argv, COMMANDS);
   if (parsed instanceof Problem) {
     io.err(`connect-drizzle: ${parsed.message}`);
     return 1;
@@ -262,86 +183,6 @@ async function main(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promise<num
 }
 
 /**
- * The flags and the command, or the CLI's own message for a flag that no command takes (`--batch-sise`,
- * `--dryrun`: with the flag it most likely meant and the flags of the command, of every command when none
- * is named), a flag without its value, or a value given to a switch; never parseArgs's own error text.
- */
-function parseFlags(argv: string[]): { values: Values; positionals: string[] } | Problem {
-  // Not strict, so that each of these is a token to judge here instead of parseArgs's error.
-  const { values, positionals, tokens } = parseArgs({ args: argv, allowPositionals: true, strict: false, tokens: true, options: FLAGS });
-  const name = positionals.find((p) => Object.hasOwn(COMMANDS, p));
-  for (const token of tokens) {
-    if (token.kind !== "option") continue;
-    if (!Object.hasOwn(FLAGS, token.name)) {
-      const flags = name === undefined ? Object.keys(FLAGS) : [...COMMANDS[name]!.flags, "help"];
-      const near = closest(token.name, flags);
-      return new Problem(
-        `unknown flag ${token.rawName}${near === undefined ? "" : ` (did you mean --${near}?)`}; ` +
-          `the flags${name === undefined ? "" : ` of "${name}"`} are ${flags.map((f) => `--${f}`).join(", ")} (see --help)`,
-      );
-    }
-    const takesValue = FLAGS[token.name as keyof typeof FLAGS].type === "string";
-    // `--table --schema s` would otherwise name the table "--schema".
-    if (takesValue && (token.value === undefined || (!token.inlineValue && token.value.startsWith("--")))) {
-      return new Problem(`--${token.name} needs a value (see --help)`);
-    }
-    if (!takesValue && token.value !== undefined) return new Problem(`--${token.name} takes no value (see --help)`);
-  }
-  return { values: values as Values, positionals };
-}
-
-/** The settings, or the first flag's problem. */
-function checked<T extends Record<string, unknown>>(settings: T): { [K in keyof T]: Exclude<T[K], Problem> } | Problem {
-  const problem = Object.values(settings).find((value) => value instanceof Problem);
-  return (problem as Problem | undefined) ?? (settings as { [K in keyof T]: Exclude<T[K], Problem> });
-}
-
-/** A flag naming a table or schema: undefined when not given, refused when empty. */
-function name(values: Values, flag: string): string | undefined | Problem {
-  const value = values[flag] as string | undefined;
-  return value === "" ? new Problem(`--${flag} needs a name`) : value;
-}
-
-const USER_ID_TYPES: readonly UserIdType[] = ["text", "integer", "bigint", "uuid"];
-
-/** The sessions table named by --table and --schema, its user_id of the type --user-id-type names. */
-function sessionTable(values: Values, userIdType: unknown = undefined): SessionTable | Problem {
-  const table = name(values, "table");
-  const given = name(values, "schema");
-  if (table instanceof Problem) return table;
-  if (given instanceof Problem) return given;
-  if (userIdType !== undefined && !USER_ID_TYPES.includes(userIdType as UserIdType)) {
-    return new Problem(`--user-id-type must be text, integer, bigint or uuid, the table's userIdType (got "${String(userIdType)}")`);
-  }
-  // drizzle refuses pgSchema("public"): a table there is an unqualified one.
-  const schema = given === "public" ? undefined : given;
-  return createSessionTable(table ?? "sessions", { ...(schema ? { schema } : {}), userIdType: (userIdType as UserIdType | undefined) ?? "text" });
-}
-
-/** The store's secrets: --secret (repeated), else SESSION_STORE_SECRETS, comma-separated. */
-function secretsOf(values: Values, env: NodeJS.ProcessEnv): string[] | Problem {
-  const listed = env.SESSION_STORE_SECRETS;
-  const secrets = (values.secret as string[] | undefined) ?? (listed === undefined || listed === "" ? [] : listed.split(","));
-  return secrets.some((secret) => secret === "") ? new Problem("--secret and SESSION_STORE_SECRETS need non-empty secrets") : secrets;
-}
-
-/** What --check-cookie checks: the cookie's value, and the app's cookie secret from SESSION_SECRET. */
-interface CookieToCheck {
-  cookie: string;
-  cookieSecrets: string[];
-}
-
-function cookieToCheck(values: Values, env: NodeJS.ProcessEnv): CookieToCheck | undefined | Problem {
-  const cookie = values["check-cookie"] as string | undefined;
-  if (cookie === undefined) return undefined;
-  if (values["dry-run"] === true || values.redo === true) return new Problem("--check-cookie changes nothing by itself: give it without --dry-run and --redo");
-  const secret = env.SESSION_SECRET;
-  if (!secret)
-    return new Problem("--check-cookie needs the app's cookie secret (express-session's `secret`) in SESSION_SECRET, to verify the cookie's signature");
-  return { cookie, cookieSecrets: [secret] };
-}
-
-/**
  * --check-cookie: whether the app would find the session of a cookie after the import. The cookie is
  * verified as express-session verifies it, then looked up with a store keyed by the secrets given, as the
  * app's store would look it up.
@@ -351,16 +192,15 @@ async function checkCookie(
   settings: { table: SessionTable; secrets: string[]; fromTable?: string; fromSchema?: string; userId?: UserIdOf },
   { cookie, cookieSecrets }: CookieToCheck,
 ): Promise<{ cookie: string; inOldTable: boolean; copied: boolean; found: boolean }> {
-  // As copied from a browser's devtools (URL-encoded), or with its name ("connect.sid=s%3A...").
-  let value = cookie.trim().replace(/^[^=;]+=(?=s(:|%3A))/i, "");
-  try {
-    value = decodeURIComponent(value);
-  } catch {}
-  const sid = value.startsWith("s:") ? value.slice(2, value.lastIndexOf(".")) : undefined;
-  if (sid === undefined) return { cookie: "not signed (an express-session cookie starts with s: or s%3A)", inOldTable: false, copied: false, found: false };
-  if (!cookieSecrets.some((secret) => `s:${sign(sid, secret)}` === value)) {
-    return { cookie: "bad signature (SESSION_SECRET is not the secret that signed it)", inOldTable: false, copied: false, found: false };
+  const verified = unsign(cookie, cookieSecrets);
+  if ("refused" in verified) {
+    const why =
+      verified.refused === "unsigned"
+        ? "not signed (an express-session cookie starts with s: or s%3A)"
+        : "bad signature (SESSION_SECRET is not the secret that signed it)";
+    return { cookie: why, inOldTable: false, copied: false, found: false };
   }
+  const { sid } = verified;
   const { inOldTable, copied } = await sourceSession(db, settings, sid);
   const store = new SessionStore({
     db,
@@ -374,27 +214,6 @@ async function checkCookie(
   } finally {
     await store.close();
   }
-}
-
-/** --user-id-path: the owner at a dotted path of the session data, instead of the store's default. */
-function userIdAt(path: unknown): UserIdOf | undefined | Problem {
-  if (path === undefined) return undefined;
-  const parts = String(path).split(".");
-  if (parts.some((part) => part === "")) {
-    return new Problem(`--user-id-path must be property names joined by dots, e.g. passport.user (got "${String(path)}")`);
-  }
-  return (session) => parts.reduce<any>((at, part) => (at === null || at === undefined ? undefined : at[part]), session);
-}
-
-/** Parses a flag holding a whole number, in decimal digits (not "1e3", "0x10" or "5s"). */
-function wholeNumber(value: unknown, flag: string, fallback: number, allowZero: boolean, unit = ""): number | Problem {
-  if (value === undefined) return fallback;
-  const text = String(value);
-  const n = Number(text);
-  if (!/^\d+$/.test(text) || !Number.isSafeInteger(n) || (n === 0 && !allowZero)) {
-    return new Problem(`${flag} must be a ${allowZero ? "non-negative" : "positive"} whole number${unit} (got "${text}")`);
-  }
-  return n;
 }
 
 main(process.argv.slice(2), process.env, {

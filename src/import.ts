@@ -1,22 +1,17 @@
-import { sql, type SQL } from "drizzle-orm";
-import { NOW } from "./clock.js";
+import { sql } from "drizzle-orm";
 import { isTrue, rowsOf } from "./driver.js";
-import { databaseError, isDataException, pgCode, safeCause, SessionStoreError } from "./errors.js";
-import { isValidId, keyDeriver, newHandle } from "./hash.js";
+import { databaseError, pgCode, safeCause, SessionStoreError } from "./errors.js";
+import { isValidId, keyDeriver } from "./hash.js";
 import { checkOptions, is, type OptionChecks } from "./check.js";
+import { copyEach, countAbsent, type Copy } from "./import-copy.js";
+import { IMPORTED_COLUMN, prepareSource, readBatch, sourceTable, type Source, type SourceRow } from "./import-source.js";
 import { batchSizeOption, ownerOf, resolveOptions, secretList, sessionTable, STORE_OPTIONS, type AnyPgDatabase, type UserIdOf } from "./options.js";
-import { qualifiedName, quotedName, type SessionTable } from "./schema.js";
+import { qualifiedName, type SessionTable } from "./schema.js";
 import { fitsUserIdType } from "./owner.js";
 import { jsonbRefuses, parseSession } from "./serialize.js";
-import { col, insertRow } from "./statements.js";
 
-/**
- * The column the import adds to connect-pg-simple's table: when each session was copied. A copied session
- * is never copied again, so a later run (at every boot, say) cannot bring back a session that ended in
- * connect-drizzle since (a logout deletes its row there, not the old one). connect-pg-simple names its
- * columns in every statement, so it keeps working with the column there.
- */
-export const IMPORTED_COLUMN = "connect_drizzle_imported_at";
+// The marker column is part of the public API (src/index.ts takes it from here).
+export { IMPORTED_COLUMN } from "./import-source.js";
 
 /** Arguments of {@link importConnectPgSimple}. */
 export interface ImportConnectPgSimpleArgs {
@@ -121,17 +116,6 @@ export interface InvalidReasons {
   data: number;
 }
 
-/** A row of connect-pg-simple's table, as a batch reads it. */
-interface SourceRow {
-  sid: string;
-  /** The data, only for rows to copy: unexpired and not copied before. */
-  sess: string | null;
-  /** Its expiry, epoch ms. */
-  expires: number | string;
-  live: unknown;
-  done: unknown;
-}
-
 /**
  * Copies connect-pg-simple's sessions into connect-drizzle's table, so that moving an app from one store to
  * the other logs no one out. Every unexpired session is copied once: keyed by the hash of its id the store
@@ -227,190 +211,5 @@ export async function importConnectPgSimple(args: ImportConnectPgSimpleArgs): Pr
   return result;
 }
 
-/**
- * Whether connect-pg-simple's table holds the unexpired session `sid` (`--check-cookie`), and whether an
- * import copied it.
- */
-export async function sourceSession(
-  db: AnyPgDatabase,
-  from: { fromTable?: string; fromSchema?: string },
-  sid: string,
-): Promise<{ inOldTable: boolean; copied: boolean }> {
-  const source: Source = { schema: from.fromSchema, name: from.fromTable ?? "session" };
-  const marked = await prepareSource(db, source, true);
-  const done = marked ? sql`${sql.identifier(IMPORTED_COLUMN)} is not null` : sql`false`;
-  const [row] = rowsOf<{ done: unknown }>(
-    await db.execute(sql`select ${done} as done from ${sourceTable(source)} where sid = ${sid}::text and expire::timestamptz > ${NOW}`),
-  );
-  return { inOldTable: row !== undefined, copied: isTrue(row?.done) };
-}
-
 /** The default `batchSize` of {@link importConnectPgSimple}. */
 export const DEFAULT_IMPORT_BATCH = 1_000;
-
-/** connect-pg-simple's table. */
-interface Source {
-  schema: string | undefined;
-  name: string;
-}
-
-/** A session to copy. */
-interface Copy {
-  sid: string;
-  /** Its keys, one per secret: the first is the new row's. */
-  keys: string[];
-  owner: string | null;
-  /** Its data, JSON as read. */
-  sess: string;
-  expires: number;
-}
-
-function sourceTable(source: Source): SQL {
-  return source.schema === undefined ? sql`${sql.identifier(source.name)}` : sql`${sql.identifier(source.schema)}.${sql.identifier(source.name)}`;
-}
-
-function sourceName(source: Source): string {
-  return quotedName(source.schema, source.name);
-}
-
-/**
- * Checks that connect-pg-simple's table is there, and adds the marker column unless it is there or this is
- * a dry run. Returns whether the column is there (a dry run on a table never imported from has none).
- */
-async function prepareSource(db: AnyPgDatabase, source: Source, dryRun: boolean): Promise<boolean> {
-  const regclass =
-    source.schema === undefined
-      ? sql`to_regclass(format('%I', ${source.name}::text))`
-      : sql`to_regclass(format('%I.%I', ${source.schema}::text, ${source.name}::text))`;
-  const [found] = rowsOf<{ present: unknown; marked: unknown }>(
-    await db.execute(sql`select ${regclass} is not null as present,
-      exists (select 1 from pg_attribute where attrelid = ${regclass} and attname = ${IMPORTED_COLUMN} and not attisdropped) as marked`),
-  );
-  if (!isTrue(found?.present)) {
-    throw new SessionStoreError(
-      "TABLE_MISSING",
-      `connect-pg-simple's table ${sourceName(source)} not found; name the table your PGStore used ` +
-        "(its tableName and schemaName options: fromTable and fromSchema, --from-table and --from-schema)",
-    );
-  }
-  if (isTrue(found?.marked) || dryRun) return isTrue(found?.marked);
-  const alter = sql`alter table ${sourceTable(source)} add column if not exists ${sql.identifier(IMPORTED_COLUMN)} timestamptz`;
-  try {
-    await db.transaction(async (tx) => {
-      // connect-pg-simple may be serving requests from this table: wait for its lock briefly, not behind a long transaction.
-      await tx.execute(sql`set local lock_timeout = '5s'`);
-      await tx.execute(alter);
-    });
-  } catch (error) {
-    const why =
-      pgCode(error) === "42501"
-        ? "the database user is not the table's owner"
-        : pgCode(error) === "55P03"
-          ? "the table stayed locked for 5 s (retry when it is less busy)"
-          : String(safeCause(error).message);
-    throw new SessionStoreError(
-      "DATABASE",
-      `the import could not add the column ${IMPORTED_COLUMN} to ${sourceName(source)} (${why}); it records which sessions were ` +
-        `copied, so that a later run never brings back one that ended since. Run the import as the table's owner, or add it ` +
-        `yourself: alter table ${sourceName(source)} add column ${IMPORTED_COLUMN} timestamptz`,
-      { cause: safeCause(error) },
-    );
-  }
-  return true;
-}
-
-/** The next batch of connect-pg-simple's rows after `after`, in order of `sid` (its primary key). */
-function readBatch(source: Source, marked: boolean, after: string | undefined, limit: number): SQL {
-  const live = sql`expire::timestamptz > ${NOW}`;
-  const done = marked ? sql`${sql.identifier(IMPORTED_COLUMN)} is not null` : sql`false`;
-  const cursor = after === undefined ? sql`` : sql` where sid > ${after}::text`;
-  return sql`select sid, case when ${live} and not (${done}) then sess::text end as sess,
-      date_part('epoch', expire::timestamptz) * 1000 as expires, ${live} as live, ${done} as done
-    from ${sourceTable(source)}${cursor} order by sid limit ${limit}`;
-}
-
-/**
- * Whether the database refused a value in the statement (a data exception, SQLSTATE class 22): a row it
- * cannot store, which the checks before the copy missed. Anything else (a missing table, a column of
- * another type) fails every row alike.
- */
-function refusedValue(error: unknown): boolean {
-  return isDataException(pgCode(error));
-}
-
-/**
- * {@link copyBatch}, and when the database refuses a value in it, the batch again row by row, so that only
- * the rows it refuses are left out. Returns how many were copied, and how many were refused.
- */
-async function copyEach(db: AnyPgDatabase, t: SessionTable, source: Source, copies: Copy[]): Promise<{ copied: number; refused: number }> {
-  try {
-    return { copied: await copyBatch(db, t, source, copies), refused: 0 };
-  } catch (error) {
-    if (!refusedValue(error)) throw error;
-    if (copies.length === 1) return { copied: 0, refused: 1 };
-  }
-  let copied = 0;
-  let refused = 0;
-  for (const copy of copies) {
-    try {
-      copied += await copyBatch(db, t, source, [copy]);
-    } catch (error) {
-      if (!refusedValue(error)) throw error;
-      refused++;
-    }
-  }
-  return { copied, refused };
-}
-
-/** The batch as one JSON parameter: the session data goes in as read. */
-function batchJson(copies: Copy[], handles: boolean): string {
-  const item = (c: Copy) =>
-    `{"sid":${JSON.stringify(c.sid)},"key":${JSON.stringify(c.keys[0])},"others":${JSON.stringify(c.keys.slice(1))}` +
-    (handles ? `,"handle":${JSON.stringify(newHandle())},"owner":${JSON.stringify(c.owner)},"expires":${c.expires},"data":${c.sess}` : "") +
-    "}";
-  return `[${copies.map(item).join(",")}]`;
-}
-
-/**
- * Copies a batch in one statement: marks the rows in connect-pg-simple's table (those no other run marked
- * first) and inserts those, unless their session is in connect-drizzle's table under any of its keys.
- * The owner travels as text and is cast to `user_id`'s type, as the store's statements cast it.
- * Returns how many were inserted.
- */
-async function copyBatch(db: AnyPgDatabase, t: SessionTable, source: Source, copies: Copy[]): Promise<number> {
-  const marker = sql.identifier(IMPORTED_COLUMN);
-  const { columns, row: copy } = insertRow(t, {
-    key: sql`key`,
-    handle: sql`handle`,
-    userId: sql`owner::${sql.raw(t.userId.getSQLType())}`,
-    data: sql`data`,
-    expiresAt: sql`to_timestamp(expires / 1000)`,
-    createdAt: NOW,
-    lastSeenAt: NOW,
-  });
-  const [row] = rowsOf<{ n: number | string }>(
-    await db.execute(sql`with batch as (
-        select * from json_to_recordset(${batchJson(copies, true)}::text::json)
-          as r(sid text, key text, others json, handle text, owner text, expires float8, data jsonb)
-      ), claimed as (
-        update ${sourceTable(source)} as s set ${marker} = ${NOW} from batch
-        where s.sid = batch.sid and s.${marker} is null returning batch.*
-      ), copied as (
-        insert into ${t} (${columns})
-        select ${copy} from claimed
-        where not exists (select 1 from ${t} where ${t.key} in (select json_array_elements_text(claimed.others)))
-        on conflict (${col(t.key)}) do nothing returning 1
-      )
-      select count(*)::int as n from copied`),
-  );
-  return Number(row?.n ?? 0);
-}
-
-/** For a dry run: how many of a batch have no row in connect-drizzle's table under any of their keys. */
-async function countAbsent(db: AnyPgDatabase, t: SessionTable, copies: Copy[]): Promise<number> {
-  const [row] = rowsOf<{ n: number | string }>(
-    await db.execute(sql`select count(*)::int as n from json_to_recordset(${batchJson(copies, false)}::text::json) as r(sid text, key text, others json)
-      where not exists (select 1 from ${t} where ${t.key} = r.key or ${t.key} in (select json_array_elements_text(r.others)))`),
-  );
-  return Number(row?.n ?? 0);
-}

@@ -1,9 +1,15 @@
-import { createHmac, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import session, { type CookieOptions, type SessionData, type SessionOptions } from "express-session";
-import { checkOptions, is, kindOf, numberOption, type OptionCheck, type OptionChecks } from "./check.js";
+import { checkOptions, is, kindOf, type OptionCheck, type OptionChecks } from "./check.js";
+import { sign } from "./cookie-signing.js";
+import { exposeHeader, onHeaders, routeMatcher, takeSessionCookie, tokenOf, withoutCookie } from "./header-transport.js";
 import { secretList } from "./options.js";
+import { checkCookiePrefix, COOKIE_OPTIONS, cookieAttributes, trustProxyTrap } from "./secure-cookie.js";
 import { SessionStore } from "./store.js";
+
+// The cookie attributes' checks live with the cookie's defaults; tests reach them here.
+export { COOKIE_OPTIONS } from "./secure-cookie.js";
 
 /** Options of {@link sessionMiddleware}: express-session's options with secure defaults, plus header transport. */
 export interface SessionMiddlewareOptions extends Omit<SessionOptions, "store" | "secret" | "cookie"> {
@@ -106,45 +112,6 @@ const headerName: OptionCheck = (options, name) => {
   }
 };
 
-/** One of `values` (strings compared in any case, as the cookie serializer does), or a boolean when `booleans`. */
-const cookieChoice =
-  (values: readonly string[], booleans: boolean): OptionCheck =>
-  (options, name) => {
-    const value = options[name];
-    if (booleans && typeof value === "boolean") return;
-    if (typeof value !== "string" || !values.includes(value.toLowerCase())) {
-      const allowed = [...(booleans ? ["true", "false"] : []), ...values.map((v) => `"${v}"`)].join(", ");
-      throw new TypeError(`connect-drizzle: \`${name}\` must be one of ${allowed} (got ${kindOf(value)})`);
-    }
-  };
-
-/** Every cookie attribute of express-session's CookieOptions with its check: a misspelt one would be dropped. */
-export const COOKIE_OPTIONS: OptionChecks<CookieOptions> = {
-  // null: a browser-session cookie (express-session's own meaning).
-  maxAge: (options, name) => void (options[name] === null || numberOption(options, name, 0)),
-  partitioned: is.boolean,
-  priority: cookieChoice(["low", "medium", "high"], false),
-  signed: is.boolean,
-  expires: (options, name) => {
-    const value = options[name];
-    if (value !== null && !(value instanceof Date && Number.isFinite(value.getTime()))) {
-      throw new TypeError(`connect-drizzle: \`${name}\` must be a valid Date, or null (got ${kindOf(value)}); prefer maxAge`);
-    }
-  },
-  httpOnly: is.boolean,
-  path: is.name('path such as "/"'),
-  domain: is.name('domain such as "example.com"'),
-  secure: (options, name) => {
-    const value = options[name];
-    // express-session compares "auto" as it is; any other string would read as Secure.
-    if (typeof value !== "boolean" && value !== "auto") {
-      throw new TypeError(`connect-drizzle: \`${name}\` must be one of true, false, "auto" (got ${kindOf(value)})`);
-    }
-  },
-  encode: is.function("(value) => string"),
-  sameSite: cookieChoice(["lax", "strict", "none"], true),
-};
-
 /**
  * Every option of {@link SessionMiddlewareOptions} with its check: ours and express-session's (`genid`,
  * `proxy`, `unset`, ...). The compiler keeps it complete; a key not in it is refused.
@@ -232,14 +199,7 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
   const bearer = headerName === "authorization";
   const responseHeader = givenResponseHeader ?? (bearer ? "X-Session-Token" : header || undefined);
   const name = rest.name ?? (production ? "__Host-sid" : "sid");
-  const cookieOptions: CookieOptions = {
-    httpOnly: true,
-    secure: production ? true : "auto",
-    sameSite: "lax",
-    path: "/",
-    maxAge: 86_400_000,
-    ...(cookie || {}),
-  };
+  const cookieOptions = cookieAttributes(cookie, production);
   const cookieTransport = cookie !== false;
   if (cookieTransport) checkCookiePrefix(name, rest.name === undefined, cookieOptions);
   const proxyTrap = cookieTransport && rest.proxy !== true && cookieOptions.secure ? trustProxyTrap(cookieOptions.secure) : undefined;
@@ -298,154 +258,4 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
     return { token: sign(sid, secrets[0]!), handle, expiresAt: expires };
   };
   return middleware;
-}
-
-/**
- * Refuses a cookie name whose prefix browsers would reject with these attributes: they drop such a
- * Set-Cookie without a word, so every session would be lost. `__Secure-` needs Secure; `__Host-` needs
- * Secure, path "/" and no Domain.
- * @param defaulted whether the name is our production default rather than the app's
- */
-function checkCookiePrefix(name: string, defaulted: boolean, cookie: CookieOptions): void {
-  const prefix = name.startsWith("__Host-") ? "__Host-" : name.startsWith("__Secure-") ? "__Secure-" : undefined;
-  if (prefix === undefined) return;
-  const source = defaulted ? `the production default name \`${name}\`` : `the name \`${name}\``;
-  const rename = prefix === "__Host-" ? "or set a `name` without `__Host-` (e.g. `__Secure-sid`, which allows both)" : "or a `name` without it";
-  if (prefix === "__Host-" && cookie.domain !== undefined) {
-    throw new TypeError(
-      `connect-drizzle: browsers reject a \`__Host-\` cookie with a Domain, and ${source} has \`cookie.domain: ${JSON.stringify(cookie.domain)}\`; ` +
-        `drop \`cookie.domain\` (the cookie then goes to this host only), ${rename}`,
-    );
-  }
-  if (prefix === "__Host-" && (cookie.path ?? "/") !== "/") {
-    throw new TypeError(
-      `connect-drizzle: browsers reject a \`__Host-\` cookie whose Path is not "/", and ${source} has \`cookie.path: ${JSON.stringify(cookie.path)}\`; ` +
-        `drop \`cookie.path\`, ${rename}`,
-    );
-  }
-  if (!cookie.secure) {
-    throw new TypeError(
-      `connect-drizzle: browsers reject a \`${prefix}\` cookie without Secure, and ${source} has \`cookie.secure: ${String(cookie.secure)}\`; ` +
-        `remove \`cookie.secure: false\` (the default is Secure in production, "auto" elsewhere), or use a \`name\` without \`${prefix}\``,
-    );
-  }
-}
-
-/**
- * Watches for the classic proxy trap: TLS ends at a proxy, Express does not trust it, so `req.secure` is
- * false and express-session silently sends no Secure cookie (`secure: true`) or sends it without Secure
- * (`"auto"`). Warns once, on the first request that came through an https proxy unrecognised.
- */
-function trustProxyTrap(secure: true | "auto"): (req: IncomingMessage) => void {
-  let warned = false;
-  return (req) => {
-    if (warned || (req.socket as { encrypted?: boolean }).encrypted) return;
-    const forwarded = req.headers["x-forwarded-proto"];
-    const proto = (Array.isArray(forwarded) ? forwarded[0] : forwarded)?.split(",", 1)[0]?.trim().toLowerCase();
-    if (proto !== "https" || (req as { secure?: boolean }).secure === true) return;
-    warned = true;
-    const effect =
-      secure === true
-        ? "sends no session cookie at all (`cookie.secure: true` needs req.secure), so every request starts a new session"
-        : 'sends the session cookie without Secure (`cookie.secure: "auto"` follows req.secure)';
-    process.emitWarning(
-      "connect-drizzle: a request came through an https proxy (X-Forwarded-Proto: https), but Express does not trust " +
-        `that proxy, so req.secure is false and express-session ${effect}; set \`app.set("trust proxy", 1)\` for one ` +
-        "proxy hop (or the proxy's address), before the session middleware",
-      { code: "CONNECT_DRIZZLE_TRUST_PROXY" },
-    );
-  };
-}
-
-/**
- * Whether a request's route takes the header transport ({@link SessionMiddlewareOptions.headerRoutes}). A
- * prefix matches at a segment boundary, against the path as sent (Express routes on it undecoded, so
- * `/%61pi` or `/API` never reaches a header route by way of this check: at worst the header is ignored).
- */
-function routeMatcher(routes: NonNullable<SessionMiddlewareOptions["headerRoutes"]>): (req: IncomingMessage) => boolean {
-  if (routes === "all") return () => true;
-  if (typeof routes === "function") return routes;
-  const prefixes = routes.map((p) => (p.length > 1 && p.endsWith("/") ? p.slice(0, -1) : p));
-  return (req) => {
-    const url = (req as { originalUrl?: string }).originalUrl ?? req.url ?? "";
-    const end = url.search(/[?#]/);
-    const path = end < 0 ? url : url.slice(0, end);
-    return prefixes.some((p) => p === "/" || path === p || path.startsWith(`${p}/`));
-  };
-}
-
-/** The token in a request header's value, or undefined when the value cannot be one. */
-function tokenOf(value: string | string[], bearer: boolean): string | undefined {
-  if (typeof value !== "string") return undefined;
-  let token = value.trim();
-  if (bearer) {
-    const match = /^Bearer\s+(\S+)$/i.exec(token);
-    if (!match) return undefined;
-    token = match[1]!;
-  }
-  return token.length > 0 && token.length <= 512 ? token : undefined;
-}
-
-/**
- * The Cookie header without any cookie named `name` (undefined when nothing else is left), the others as
- * sent. A part's name is what precedes its first "=", trimmed, as express-session's parser reads it, so
- * nothing it would take for ours survives.
- */
-function withoutCookie(header: string | undefined, name: string): string | undefined {
-  if (header === undefined) return undefined;
-  const parts = header.split(";");
-  const kept = parts.filter((part) => part.split("=", 1)[0]!.trim() !== name);
-  if (kept.length === parts.length) return header;
-  return kept.join(";").trim() || undefined;
-}
-
-/** Signs an id the way express-session signs its cookie (cookie-signature), so express-session verifies it. */
-export function sign(value: string, secret: string): string {
-  return `${value}.${createHmac("sha256", secret).update(value).digest("base64").replace(/=+$/, "")}`;
-}
-
-/** Removes our session cookie from the response's Set-Cookie and returns its token, if express-session set one. */
-function takeSessionCookie(res: ServerResponse, name: string): string | undefined {
-  const current = res.getHeader("set-cookie");
-  if (current === undefined) return undefined;
-  const cookies = Array.isArray(current) ? current : [String(current)];
-  const prefix = `${name}=`;
-  const ours = cookies.find((c) => c.startsWith(prefix));
-  if (ours === undefined) return undefined;
-  const rest = cookies.filter((c) => c !== ours);
-  if (rest.length > 0) res.setHeader("set-cookie", rest);
-  else res.removeHeader("set-cookie");
-  const value = decodeURIComponent(ours.slice(prefix.length).split(";")[0]!);
-  return value.startsWith("s:") ? value.slice(2) : undefined;
-}
-
-/** Lets browser clients on other origins read the token header, without touching the app's own list. */
-function exposeHeader(res: ServerResponse, header: string): void {
-  if (res.getHeader("access-control-allow-origin") === undefined) return;
-  const current = res.getHeader("access-control-expose-headers");
-  const list =
-    current === undefined
-      ? []
-      : String(current)
-          .split(",")
-          .map((h) => h.trim())
-          .filter(Boolean);
-  if (!list.some((h) => h.toLowerCase() === header.toLowerCase() || h === "*")) list.push(header);
-  res.setHeader("access-control-expose-headers", list.join(", "));
-}
-
-/**
- * Runs `listener` just before the response headers are written. Installed before express-session's own
- * hook, so it runs after it (each wrapper calls the one installed before it last).
- */
-function onHeaders(res: ServerResponse, listener: () => void): void {
-  const writeHead = res.writeHead;
-  let fired = false;
-  res.writeHead = function (this: ServerResponse, ...args: any[]) {
-    if (!fired) {
-      fired = true;
-      listener();
-    }
-    return (writeHead as any).apply(this, args);
-  } as typeof res.writeHead;
 }
