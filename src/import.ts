@@ -5,7 +5,8 @@ import { isValidId, keyDeriver } from "./hash.js";
 import { checkOptions, is, type OptionChecks } from "./check.js";
 import { copyEach, countAbsent, type Copy } from "./import-copy.js";
 import { IMPORTED_COLUMN, prepareSource, readBatch, sourceTable, type Source, type SourceRow } from "./import-source.js";
-import { batchSizeOption, ownerOf, resolveOptions, secretList, sessionTable, STORE_OPTIONS, type AnyPgDatabase, type UserIdOf } from "./options.js";
+import { sessionOwner } from "./owner.js";
+import { batchSizeOption, resolveOptions, secretList, sessionTable, STORE_OPTIONS, type AnyPgDatabase, type UserIdOf } from "./options.js";
 import { qualifiedName, type SessionTable } from "./schema.js";
 import { fitsUserIdType } from "./owner.js";
 import { jsonbRefuses, parseSession } from "./serialize.js";
@@ -179,7 +180,7 @@ export async function importConnectPgSimple(args: ImportConnectPgSimpleArgs): Pr
         else {
           const session = row.sess === null || !isValidId(row.sid) ? null : parseSession(row.sess);
           // What the database would refuse is found here: in the copy, one such row fails its whole batch.
-          const owner = session ? ownerOf(userId, session) : null;
+          const owner = session ? sessionOwner(userId, session) : null;
           if (!session) leftOut("session");
           else if (jsonbRefuses(row.sess!)) leftOut("data");
           else if (owner !== null && !fitsUserIdType(owner, userIdType)) leftOut("owner");

@@ -14,7 +14,6 @@ export {
   CACHE_OPTIONS,
   DEFAULT_TIMEOUT,
   ENCRYPT_OPTIONS,
-  ownerOf,
   REAPER_OPTIONS,
   resolveOptions,
   resolveReaperOptions,

@@ -1,4 +1,6 @@
+import type { SessionData } from "express-session";
 import { SessionStoreError } from "./errors.js";
+import type { UserIdOf } from "./options.js";
 
 /** The bounds of Postgres's integer (int4) and bigint (int8). */
 const RANGES: Record<string, readonly [bigint, bigint]> = {
@@ -48,4 +50,19 @@ export function checkUserId(value: string, type: string, source: string): string
     `${source} got a user id that does not fit the column's type ${type}; pass an id of that type (as the store's \`userId\` option finds it), ` +
       "or if your users' ids are of another type change `userIdType` in createSessionTable and migrate the table",
   );
+}
+
+/**
+ * The owner `userId` finds in a session, as the `user_id` column holds it: a string (numbers and bigints
+ * converted), or null for an anonymous session.
+ * @throws SessionStoreError (code `UNSERIALIZABLE`) when `userId` throws
+ */
+export function sessionOwner(userId: UserIdOf, session: SessionData): string | null {
+  let id: unknown;
+  try {
+    id = userId(session);
+  } catch (error) {
+    throw new SessionStoreError("UNSERIALIZABLE", "the `userId` option threw while reading the session", { cause: error });
+  }
+  return typeof id === "string" || typeof id === "number" || typeof id === "bigint" ? String(id) : null;
 }

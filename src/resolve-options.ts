@@ -1,7 +1,5 @@
-import type { SessionData } from "express-session";
 import { checkOptions, is, kindOf, numberOption, type OptionCheck, type OptionChecks } from "./check.js";
 import { isPgDatabase } from "./database.js";
-import { SessionStoreError } from "./errors.js";
 import type { CacheOptions, EncryptOptions, ReaperOptions, ResolvedOptions, ResolvedReaperOptions, SessionStoreOptions, UserIdOf } from "./options.js";
 import { deletedByDatabase, drizzleWritesName, sessions, type SessionTable } from "./schema.js";
 import type { SealSettings } from "./seal.js";
@@ -47,21 +45,6 @@ export const DEFAULT_TIMEOUT = DEFAULTS.timeout;
 
 /** Node's timers overflow (and then fire after 1 ms) past this delay; so does Postgres's statement_timeout. */
 export const MAX_DELAY = 2_147_483_647;
-
-/**
- * The owner `userId` finds in a session, as the `user_id` column holds it: a string (numbers and bigints
- * converted), or null for an anonymous session.
- * @throws SessionStoreError (code `UNSERIALIZABLE`) when `userId` throws
- */
-export function ownerOf(userId: UserIdOf, session: SessionData): string | null {
-  let id: unknown;
-  try {
-    id = userId(session);
-  } catch (error) {
-    throw new SessionStoreError("UNSERIALIZABLE", "the `userId` option threw while reading the session", { cause: error });
-  }
-  return typeof id === "string" || typeof id === "number" || typeof id === "bigint" ? String(id) : null;
-}
 
 /** `db`: a drizzle Postgres database of any driver and supported drizzle-orm version. */
 const database: OptionCheck = (options, name) => {

@@ -7,7 +7,8 @@ import { attempt } from "./errors.js";
 import type { SessionStoreEvents, SessionStoreListener } from "./events.js";
 import { isValidId } from "./hash.js";
 import { LOADED, Mark, withLoaded } from "./loaded.js";
-import { ownerOf, type SessionStoreOptions } from "./options.js";
+import type { SessionStoreOptions } from "./options.js";
+import { sessionOwner } from "./owner.js";
 import type { ReapResult } from "./reaper.js";
 import type { EndReason, ExtendOptions, Records, RevokeOptions, SessionQuery, SessionRecord, UserId } from "./records.js";
 import { mintFrom, recentLoginGuard, signedInAt, type RequireRecentLoginOptions } from "./reauth.js";
@@ -348,7 +349,7 @@ export class SessionStore extends Store {
 
   /** @internal */
   protected userIdOf(session: SessionData): string | null {
-    return ownerOf(this.s.options.userId, session);
+    return sessionOwner(this.s.options.userId, session);
   }
 }
 
