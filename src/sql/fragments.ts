@@ -1,0 +1,217 @@
+import { sql, type SQL } from "drizzle-orm";
+import { getTableConfig } from "drizzle-orm/pg-core";
+import { millis, NOW } from "../clock.js";
+import { Shape } from "../driver.js";
+import type { EndReason } from "../reasons.js";
+import { quotedName, type SessionColumns, type SessionTable } from "../schema.js";
+
+/**
+ * What every statement of the store for one sessions table is built from: its names, and the SQL pieces
+ * that both the express-session contract's statements (sql/writes.ts) and the records API's use.
+ * The hot path's statements are {@link Shape}s, built once per store with named placeholders and run as
+ * named prepared statements where the driver allows; the others are built per call.
+ *
+ * Expiry is decided in SQL, on the database's clock ({@link NOW}); the app only sends lifetimes (`life`,
+ * in ms from the database's now).
+ */
+export class Fragments {
+  /** The table's quoted, schema-qualified name, for messages. */
+  readonly tableName: string;
+  /** The NOTIFY channel that evicts sessions from every instance's cache. */
+  readonly channel: string;
+  /** The NOTIFY channel of the lifecycle events (`broadcast`). */
+  readonly eventsChannel: string;
+  private readonly shapes = new Map<string, Shape>();
+  /** `user_id`'s SQL type (text, integer, bigint, uuid): user ids travel as text and are cast to it. */
+  readonly userIdType: string;
+
+  constructor(
+    protected readonly t: SessionTable,
+    protected readonly settings: {
+      absoluteTimeout: number | undefined;
+      notify: boolean;
+      retainEnded: number;
+      versioned: boolean;
+    },
+  ) {
+    const config = getTableConfig(t);
+    this.tableName = quotedName(config.schema, config.name);
+    const qualified = config.schema ? `${config.schema}_${config.name}` : config.name;
+    this.channel = channelName(qualified);
+    this.eventsChannel = channelName(`events_${qualified}`);
+    this.userIdType = t.userId.getSQLType();
+  }
+
+  /**
+   * Rows of a live session now, on the database's clock: not ended, not past the idle expiry, and not past
+   * the absolute one (for rows made before `absoluteTimeout` was set too, counted from their creation).
+   */
+  live(): SQL {
+    const t = this.t;
+    const absolute = this.settings.absoluteTimeout === undefined ? sql`` : sql` and ${this.absoluteExpiry()} > ${NOW}`;
+    return sql`${t.endedAt} is null and ${t.expiresAt} > ${NOW}${absolute}`;
+  }
+
+  /** `key in (...)`. */
+  byKeys(keys: Array<string | SQL>): SQL {
+    return sql`${this.t.key} in (${sql.join(
+      keys.map((k) => (typeof k === "string" ? sql`${k}` : k)),
+      sql`, `,
+    )})`;
+  }
+
+  /**
+   * `returning key` of a statement that changes existing sessions, with (`notify`) the NOTIFY of each
+   * changed key: RETURNING runs once per row the statement changed, so a statement that changes no row
+   * sends none (and does not take the commit-serializing NOTIFY lock), and one that does notifies in
+   * its own transaction.
+   */
+  protected changed(): SQL {
+    const t = this.t;
+    return this.settings.notify ? sql`returning ${t.key} as key, pg_notify(${this.channel}, ${t.key})` : sql`returning ${t.key} as key`;
+  }
+
+  /**
+   * Ends the not yet ended sessions matching `where`, now, for `reason`. Without history (`retainEnded`
+   * 0) the row is deleted: a save of a loaded session only ever updates a live row, so no tombstone is
+   * needed to keep a request in flight from bringing it back. With history it becomes a record of the
+   * end, its data dropped.
+   */
+  protected ending(reason: SQL | EndReason, where: SQL, record = false): SQL {
+    const t = this.t;
+    const returning = sql`${this.changed()}${record ? sql`, ${this.eventColumns()}` : sql``}`;
+    if (this.settings.retainEnded === 0) return sql`delete from ${t} where ${where} and ${t.endedAt} is null ${returning}`;
+    return sql`update ${t} set ${col(t.endedAt)} = ${NOW}, ${col(t.endReason)} = ${reason}::text, ${col(t.data)} = '{}'::jsonb,
+        ${col(t.version)} = ${t.version} + 1 where ${where} and ${t.endedAt} is null ${returning}`;
+  }
+
+  /** The {@link EventRow} columns, for a `returning`. */
+  private eventColumns(): SQL {
+    const t = this.t;
+    return sql`${t.handle} as handle, ${t.userId}::text as user_id, ${t.label} as label, ${t.userAgent} as user_agent, ${t.ip} as ip`;
+  }
+
+  /** ` and user_id = ...`, or nothing for any owner. */
+  protected owned(owner: string | undefined): SQL {
+    return owner === undefined ? sql`` : sql` and ${this.t.userId} = ${this.userId(owner)}`;
+  }
+
+  /**
+   * A user id (sent as text) as a value of `user_id`'s type, so an integer, bigint or uuid column compares
+   * with its own type and the user index serves the lookup.
+   */
+  protected userId(value: string | SQL): SQL {
+    return sql`${value}::${sql.raw(this.userIdType)}`;
+  }
+
+  /**
+   * The absolute expiry of a row: its column, or with `absoluteTimeout`, for rows made before it was set,
+   * their creation plus it.
+   */
+  protected absoluteExpiry(): SQL {
+    const t = this.t;
+    const absolute = this.settings.absoluteTimeout;
+    return absolute === undefined ? sql`${t.absoluteExpiresAt}` : sql`coalesce(${t.absoluteExpiresAt}, ${t.createdAt} + ${millis(absolute)})`;
+  }
+
+  /** The moment a row stops being live (ended aside): its idle expiry, capped by the absolute one. */
+  protected effectiveExpiry(): SQL {
+    return this.settings.absoluteTimeout === undefined ? sql`${this.t.expiresAt}` : sql`least(${this.t.expiresAt}, ${this.absoluteExpiry()})`;
+  }
+
+  /** The {@link ExpiryRow} columns of a statement that reads or writes a session. */
+  protected expiryColumns(): SQL {
+    const t = this.t;
+    return sql`${msLeft(this.effectiveExpiry())} as expires, ${msLeft(this.absoluteExpiry())} as absolute, ${msLeft(t.authenticatedAt)} as authenticated,
+      ${msOf(t.authenticatedAt)} as authenticated_at`;
+  }
+
+  /**
+   * The CTE `evicted`, which ends (as `evicted`) the live rows of `others` (a user's sessions but the one
+   * made live) beyond the `cap - 1` most recently used, when `when` holds.
+   */
+  protected evictions(others: SQL, cap: number, when: SQL): SQL {
+    const t = this.t;
+    const beyond = sql`${t.key} in (select ${t.key} from ${t} where ${others} and ${this.live()} order by ${t.lastSeenAt} desc, ${t.key} offset ${sql.raw(String(cap - 1))})
+        and ${when}`;
+    return sql`evicted as (${this.ending("evicted", beyond, true)})`;
+  }
+
+  /** The rows {@link evictions} ended, as a JSON array of their keys and {@link EventRow}s (`evicted`). */
+  protected evictedColumn(): SQL {
+    return sql`(select coalesce(json_agg(json_build_object('key', key, 'handle', handle, 'user_id', user_id, 'label', label,
+        'user_agent', user_agent, 'ip', ip)), '[]')::text from evicted) as evicted`;
+  }
+
+  /** The statement of one variant (`key`), built by `build` the first time it is asked for. */
+  protected shape(key: string, build: (v: (name: string) => SQL) => SQL): Shape {
+    let shape = this.shapes.get(key);
+    if (!shape) this.shapes.set(key, (shape = new Shape(build)));
+    return shape;
+  }
+}
+
+/**
+ * The NOTIFY channel of a table, LISTENed to in quotes on every driver (so case, dots, dashes and any
+ * character but `"`, which becomes `_`, are kept). Postgres cuts identifiers at 63 bytes (not characters)
+ * and pg_notify refuses longer names, so a long or non-ASCII table name is cut at a character boundary
+ * within 63 bytes.
+ */
+export function channelName(qualified: string): string {
+  let name = "";
+  let bytes = 0;
+  // No double quote: PGlite's listen reads a name in quotes as written, and cannot take one inside.
+  for (const char of `connect_drizzle_${qualified.replaceAll('"', "_")}`) {
+    bytes += Buffer.byteLength(char, "utf8");
+    if (bytes > 63) break;
+    name += char;
+  }
+  return name;
+}
+
+/** Adds a session's row keys to a shaped statement's values, as `k0`, `k1`, ... */
+export function keyValues(keys: readonly string[], values: Record<string, unknown>): Record<string, unknown> {
+  for (const [i, key] of keys.entries()) values[`k${i}`] = key;
+  return values;
+}
+
+/** The placeholders of {@link keyValues}. */
+export function keyParams(n: number, v: (name: string) => SQL): SQL[] {
+  return Array.from({ length: n }, (_, i) => v(`k${i}`));
+}
+
+/** A timestamp as epoch milliseconds (a float8, which every driver returns as a number). */
+export function msOf(value: SQL | object): SQL {
+  // date_part is float8 arithmetic (extract() is numeric since PostgreSQL 14, several times slower); the
+  // round() makes the float exact again (timestamps here have millisecond precision).
+  return sql`round(date_part('epoch', ${value}) * 1000)`;
+}
+
+/** Milliseconds from the database's now until a timestamp (float8 arithmetic, as {@link msOf}). */
+function msLeft(value: SQL | object): SQL {
+  return sql`round((date_part('epoch', ${value}) - date_part('epoch', ${NOW})) * 1000)`;
+}
+
+/**
+ * The column list and the values of a new session row, from one map of column to value: the one place
+ * an insert names its columns (the store's insert, the import's copy), so the two lists cannot disagree.
+ * Columns left out get their defaults.
+ */
+export function insertRow(t: SessionTable, values: Partial<Record<keyof SessionColumns, unknown>>): { columns: SQL; row: SQL } {
+  const entries = Object.entries(values) as Array<[keyof SessionColumns, unknown]>;
+  return {
+    columns: sql.join(
+      entries.map(([name]) => col(t[name])),
+      sql`, `,
+    ),
+    row: sql.join(
+      entries.map(([, value]) => sql`${value}`),
+      sql`, `,
+    ),
+  };
+}
+
+/** A column's bare name, for an insert's column list or an update's `set` (where drizzle's qualified form is not allowed). */
+export function col(column: { name: string }): SQL {
+  return sql`${sql.identifier(column.name)}`;
+}
