@@ -42,6 +42,7 @@ import fc from "fast-check";
 import { afterAll, beforeAll, it } from "vitest";
 import { SessionStore, type AnyPgDatabase, type RevokeOptions, type SessionStoreOptions } from "../../src/index.js";
 import { openDb, openPeer, openSchema, sleep, type DriverName, type TestDb } from "./db.js";
+import { internals } from "./internals.js";
 
 // ---------------------------------------------------------------------------------------------------
 // Parameters
@@ -1670,7 +1671,7 @@ async function openReal(config: Config, t: TestDb): Promise<Real> {
       config,
       t,
       // The store's own channel name (cut to 63 bytes as Postgres requires), so the barrier's marker reaches its LISTEN.
-      channel: (A.store as unknown as { sql: { channel: string } }).sql.channel,
+      channel: internals(A.store).channel,
       A,
       B,
       C,
@@ -1692,7 +1693,7 @@ async function openReal(config: Config, t: TestDb): Promise<Real> {
   }
   if (config.cache) {
     try {
-      const live = (i: Instance) => (i.store as unknown as { cache?: { live: boolean } }).cache?.live !== false;
+      const live = (i: Instance) => internals(i.store).cache?.live !== false;
       await until(() => opened.every(live), NOTIFY_WAIT, "every cache to go live");
       await barrier(r);
     } catch (error) {
