@@ -135,7 +135,8 @@ export async function openStore(name: StoreName, options: OpenOptions): Promise<
         ...(options.cache === undefined ? {} : { cache: options.cache }),
         ...(options.options as object),
       });
-      if (options.cache) await cacheLive(store);
+      // With the cache: its LISTEN is up and its probe came back, so gets are served from it (going live empties it).
+      if (options.cache) await store.ready();
       return { name, store, ops: callbackOps(store), pool, close: async () => (await store.close(), await endPool(pool, options)) };
     }
     case "connect-pg-simple": {
@@ -163,19 +164,6 @@ export async function openStore(name: StoreName, options: OpenOptions): Promise<
       const store = new session.MemoryStore();
       return { name, store, ops: callbackOps(store), close: async () => {} };
     }
-  }
-}
-
-/**
- * Waits until a cached store serves from its cache: its LISTEN connection is up and its probe NOTIFY has
- * come back (until then every get is a query, and going live empties the cache). The store says so only
- * in a private field, read here; fails after 10 s.
- */
-async function cacheLive(store: SessionStore): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  while (!(store as unknown as { cache?: { live: boolean } }).cache?.live) {
-    if (Date.now() > deadline) throw new Error("connect-drizzle (cache): the cache did not go live within 10 s (LISTEN/NOTIFY probe)");
-    await new Promise((r) => setTimeout(r, 10));
   }
 }
 
