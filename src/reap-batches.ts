@@ -4,7 +4,7 @@ import { millis, NOW } from "./clock.js";
 import type { AnyPgDatabase } from "./options.js";
 import type { ReapProgress } from "./reaper.js";
 import type { SessionTable } from "./schema.js";
-import { col } from "./statements.js";
+import { endedRow } from "./sql/fragments.js";
 
 /*
  * The work of a reaper round, whichever way it holds the lock (reap-round.ts): its phases, each a run of
@@ -137,8 +137,7 @@ function batchStatement(t: SessionTable, phase: Phase, cursor: number | null, li
   const change =
     phase.action === "delete"
       ? sql`delete from ${t} where ${picked} and ${phase.where} returning ${order} as at`
-      : sql`update ${t} set ${col(t.endedAt)} = ${t.expiresAt}, ${col(t.endReason)} = 'expired', ${col(t.data)} = '{}'::jsonb, ${col(t.version)} = ${t.version} + 1
-          where ${picked} and ${phase.where} returning ${order} as at`;
+      : sql`update ${t} set ${endedRow(t, t.expiresAt, sql`'expired'`)} where ${picked} and ${phase.where} returning ${order} as at`;
   const report = sql`count(*)::int as n, (extract(epoch from max(at)) * 1000)::float8 as last`;
   if (lock === undefined) return sql`with done as (${change}) select ${report} from done`;
   return sql`with lock as materialized (select pg_try_advisory_xact_lock(${lock}::bigint) as locked), done as (${change})

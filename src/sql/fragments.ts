@@ -81,8 +81,7 @@ export class Fragments {
     const t = this.t;
     const returning = sql`${this.changed()}${record ? sql`, ${this.eventColumns()}` : sql``}`;
     if (this.settings.retainEnded === 0) return sql`delete from ${t} where ${where} and ${t.endedAt} is null ${returning}`;
-    return sql`update ${t} set ${col(t.endedAt)} = ${NOW}, ${col(t.endReason)} = ${reason}::text, ${col(t.data)} = '{}'::jsonb,
-        ${col(t.version)} = ${t.version} + 1 where ${where} and ${t.endedAt} is null ${returning}`;
+    return sql`update ${t} set ${endedRow(t, NOW, sql`${reason}::text`)} where ${where} and ${t.endedAt} is null ${returning}`;
   }
 
   /** The {@link EventRow} columns, for a `returning`. */
@@ -190,6 +189,14 @@ export function msOf(value: SQL | object): SQL {
 /** Milliseconds from the database's now until a timestamp (float8 arithmetic, as {@link msOf}). */
 function msLeft(value: SQL | object): SQL {
   return sql`round((date_part('epoch', ${value}) - date_part('epoch', ${NOW})) * 1000)`;
+}
+
+/**
+ * What ending a row sets, wherever a row ends (an operation, now; the reaper, at its expiry): when and why
+ * it ended, its data dropped, and its version moved on, so a save that read the live row changes nothing.
+ */
+export function endedRow(t: SessionTable, at: SQL | SessionTable["expiresAt"], reason: SQL): SQL {
+  return sql`${col(t.endedAt)} = ${at}, ${col(t.endReason)} = ${reason}, ${col(t.data)} = '{}'::jsonb, ${col(t.version)} = ${t.version} + 1`;
 }
 
 /**
