@@ -52,6 +52,25 @@ export function sessionEvent(row: EventRow, local: boolean): SessionEvent {
 /** A lifecycle event with its listeners' arguments: one this store announces, or one heard from another instance. */
 export type Announcement = { event: "created" | "newDevice"; args: [SessionEvent] } | { event: "ended"; args: [SessionEndedEvent] };
 
+/**
+ * What a `broadcast` NOTIFY carries, sealed (see EventSeal): the event (`e`), the table (`t`) and
+ * instance (`i`) it comes from, when it was sent (`s`, epoch ms) with a nonce (`n`) against replays, and the
+ * session's record; the record's fields but the handle are left out of an event too large for a NOTIFY.
+ */
+interface EventPayload {
+  e: LifecycleEvent;
+  t: string;
+  i: string;
+  s: number;
+  n: string;
+  handle: string;
+  reason?: EndReason;
+  userId?: string | null;
+  label?: string | null;
+  userAgent?: string | null;
+  ip?: string | null;
+}
+
 /** The end reasons a heard `ended` event may carry: the one list ({@link END_REASONS}). */
 const END_REASON_VALUES: ReadonlySet<string> = new Set<string>(END_REASONS);
 
@@ -98,10 +117,11 @@ export class EventSeal {
    * NOTIFY (a huge user id, or a row written by something else) goes with its handle and reason only.
    */
   seal({ event, args: [e] }: Announcement, now: number): string {
-    const head: Record<string, unknown> = { e: event, t: this.table, i: this.instance, s: now, n: newHandle(), handle: e.handle };
+    const head: EventPayload = { e: event, t: this.table, i: this.instance, s: now, n: newHandle(), handle: e.handle };
     if ("reason" in e) head.reason = e.reason;
-    const full = this.sealText(JSON.stringify({ ...head, userId: e.userId, label: e.label, userAgent: e.userAgent, ip: e.ip }));
-    return full.length < NOTIFY_LIMIT ? full : this.sealText(JSON.stringify(head));
+    const full: EventPayload = { ...head, userId: e.userId, label: e.label, userAgent: e.userAgent, ip: e.ip };
+    const sealed = this.sealText(JSON.stringify(full));
+    return sealed.length < NOTIFY_LIMIT ? sealed : this.sealText(JSON.stringify(head));
   }
 
   /**
@@ -118,14 +138,15 @@ export class EventSeal {
       );
     const text = openText(key, payload.slice(dot + 1));
     if (text === undefined) return "it fails authentication: altered, or forged";
-    let m: any;
+    // Authenticated, so sent by an instance with the same secrets; checked all the same (another version's).
+    let m: Partial<Record<keyof EventPayload, unknown>> | undefined;
     try {
       m = JSON.parse(text);
     } catch {
       m = undefined;
     }
     const announcement = m !== null && typeof m === "object" ? announcementOf(m) : undefined;
-    if (!announcement || typeof m.t !== "string" || typeof m.i !== "string" || typeof m.s !== "number" || typeof m.n !== "string") {
+    if (!announcement || !m || typeof m.t !== "string" || typeof m.i !== "string" || typeof m.s !== "number" || typeof m.n !== "string") {
       return "it is not a lifecycle event of this version of connect-drizzle (run one version on every instance)";
     }
     if (m.t !== this.table || m.i === this.instance) return undefined;
@@ -168,7 +189,7 @@ function deriveFor(secret: string, use: string, length: number): Buffer {
 }
 
 /** The event of an opened payload, with `local: false`, or undefined when it holds none. */
-function announcementOf(m: Record<string, unknown>): Announcement | undefined {
+function announcementOf(m: Partial<Record<keyof EventPayload, unknown>>): Announcement | undefined {
   if (typeof m.handle !== "string") return undefined;
   const text = (value: unknown) => (typeof value === "string" ? value : null);
   const row: EventRow = { handle: m.handle, user_id: text(m.userId), label: text(m.label), user_agent: text(m.userAgent), ip: text(m.ip) };
