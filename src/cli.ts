@@ -96,7 +96,8 @@ const COMMANDS: Record<string, Command> = {
         ? []
         : [
             "connect-drizzle: no --secret and no SESSION_STORE_SECRETS: sessions are keyed with SHA-256, as a store without `secrets` keys them. " +
-              "If your SessionStore has `secrets`, give the import the same ones, or the app finds none of the sessions (see --check-cookie; --redo copies again).",
+              "If your SessionStore has `secrets`, give the import the same ones, or the app finds none of the sessions " +
+              "(see --check-cookie; --redo copies again).",
           ],
     run: async (db, { check, ...settings }) => (check ? checkCookie(db, settings, check) : importConnectPgSimple({ db, ...settings })),
   }),

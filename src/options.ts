@@ -119,8 +119,8 @@ export interface SessionStoreOptions {
   /**
    * Opt-in read cache: an in-process LRU of recently read sessions, so a read-only request costs no query.
    * Every change or end of an existing session (save, touch, destroy, revoke, extend, clear) on any
-   * instance sends a Postgres NOTIFY that evicts the session everywhere, and the whole cache is dropped (and bypassed) while the LISTEN connection is down, so a
-   * revoked session is never served after the notification could have been missed. Needs node-postgres
+   * instance sends a Postgres NOTIFY that evicts the session everywhere, and the whole cache is dropped
+   * (and bypassed) while the LISTEN connection is down, so a revoked session is never served after the notification could have been missed. Needs node-postgres
    * or PGlite (the store opens one extra connection of its own for LISTEN, and closes it on `close()`).
    * On any other driver, HTTP ones included (pg-proxy, neon-http, xata-http: no connection stays open to
    * LISTEN on), the constructor throws a `TypeError` naming the driver, rather than run without the cache.
