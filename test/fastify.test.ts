@@ -34,12 +34,17 @@ function gate(): Gate & { markLoaded(): void } {
   return { loaded, opened, open, markLoaded };
 }
 
+interface AppOptions {
+  rolling?: boolean;
+  secure?: boolean | "auto" | "default";
+}
+
 /**
  * A small fastify app on @fastify/session with the store: POST /login/:user (regenerate, then the user),
  * GET /me, POST /logout (destroy), POST and GET /count, and GET /held, which loads its session, waits for
  * the test's gate, reloads the session with `?reload=1`, and then changes it (a request in flight).
  */
-async function fastifyApp(store: SessionStore, options: { rolling?: boolean } = {}): Promise<{ app: FastifyInstance; held: () => Gate }> {
+async function fastifyApp(store: SessionStore, options: AppOptions = {}): Promise<{ app: FastifyInstance; held: () => Gate }> {
   const app = Fastify({ trustProxy: "127.0.0.1" });
   await app.register(fastifyCookie);
   await app.register(fastifySession, {
@@ -48,7 +53,8 @@ async function fastifyApp(store: SessionStore, options: { rolling?: boolean } = 
     cookieName: "sid",
     saveUninitialized: false,
     rolling: options.rolling ?? false,
-    cookie: { secure: false, maxAge: HOUR },
+    // docs/frameworks.md's setting outside production; "default" leaves @fastify/session's own (always Secure).
+    cookie: { maxAge: HOUR, ...(options.secure === "default" ? {} : { secure: options.secure ?? "auto" }) },
   });
   let next = gate();
   app.post<{ Params: { user: string } }>("/login/:user", async (request) => {
@@ -111,7 +117,7 @@ describe.each(drivers)("@fastify/session on %s", (driver) => {
     closing.push(made);
     return made;
   };
-  const open = async (on: SessionStore, options: { rolling?: boolean } = {}) => {
+  const open = async (on: SessionStore, options: AppOptions = {}) => {
     const made = await fastifyApp(on, options);
     closing.push(made.app);
     return made;
@@ -124,6 +130,20 @@ describe.each(drivers)("@fastify/session on %s", (driver) => {
     return cookie!;
   };
   const rowCount = async () => Number((await t.raw(`select count(*)::int as n from $table`))[0].n);
+
+  it("with docs/frameworks.md's cookie setting (secure: \"auto\"), a login over plain http gets its cookie and holds, and one through the proxy on https gets a Secure cookie; @fastify/session's default sets none over http", async () => {
+    const { app } = await open(store);
+    const cookie = await login(app);
+    expect(cookie).toBeDefined();
+    expect((await app.inject({ url: "/me", headers: { cookie } })).json()).toEqual({ user: "ann" });
+    const https = await app.inject({ method: "POST", url: "/login/bob", headers: { "x-forwarded-proto": "https" } });
+    expect(https.cookies.find((c) => c.name === "sid")?.secure).toBe(true);
+    // The stumble the docs' setting avoids: the default cookie is Secure, so a browser on http gets no cookie and no login.
+    const { app: strict } = await open(store, { secure: "default" });
+    const lost = await strict.inject({ method: "POST", url: "/login/ann" });
+    expect(lost.statusCode).toBe(200);
+    expect(cookieOf(lost)).toBeUndefined();
+  });
 
   it("logs in with regenerate, reads the user back, and logout ends the session: the old cookie gets none, its row is gone", async () => {
     const { app } = await open(store);
