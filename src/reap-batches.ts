@@ -4,7 +4,7 @@ import { millis, NOW } from "./clock.js";
 import type { AnyPgDatabase } from "./options.js";
 import type { ReapProgress } from "./reaper.js";
 import type { SessionTable } from "./schema.js";
-import { endedRow } from "./sql/fragments.js";
+import { endedRow } from "./statements.js";
 
 /*
  * The work of a reaper round, whichever way it holds the lock (reap-round.ts): its phases, each a run of

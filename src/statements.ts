@@ -1,7 +1,7 @@
 import { RecordStatements } from "./sql/records.js";
 
 // What the rest of the store takes from the statements, named where it always was.
-export { channelName, col, insertRow, keyValues } from "./sql/fragments.js";
+export { channelName, col, endedRow, insertRow, keyValues } from "./sql/fragments.js";
 export type { EventRow, ExpiryRow, ListCursor, LoginRow, LoginWrite, RecordRow, SessionRow, SessionStatus } from "./sql/rows.js";
 
 /**
