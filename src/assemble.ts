@@ -11,6 +11,7 @@ import type { Hearing } from "./listen.js";
 import { resolveOptions, type SessionStoreOptions } from "./options.js";
 import { reap, Reaper, type ReapResult } from "./reaper.js";
 import { Records } from "./records.js";
+import { Replicas } from "./replicas.js";
 import { quotedName } from "./schema.js";
 import { Sealer } from "./seal.js";
 import { Statements } from "./statements.js";
@@ -46,10 +47,17 @@ export interface StoreParts {
  */
 export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StoreParts {
   const options = resolveOptions(input);
-  const { db, table, absoluteTimeout, notify, retainEnded, versioned, timeout, prepare } = options;
+  const { db, table, absoluteTimeout, notify, retainEnded, versioned, timeout, prepare, replicaReads } = options;
   if (options.maxSessionsPerUser !== undefined) checkCanCap(db);
-  const sql = new Statements(table, { absoluteTimeout, notify, retainEnded, versioned });
+  const applied = replicaReads?.window === 0;
+  const sql = new Statements(table, { absoluteTimeout, notify, retainEnded, versioned, applied });
   const exec = new Executor(db, { timeout, prepare });
+  const replicas = replicaReads ? new Replicas(exec, options.replicas, { ...replicaReads, prepare, report: (error) => hooks.report(error) }) : undefined;
+  // Every change this instance makes or hears of also keeps the session's lookups off the replicas.
+  const evict = (keys: readonly string[]) => {
+    replicas?.pin(keys);
+    hooks.evict(keys);
+  };
   const cache = options.cache
     ? new ReadCache<Loaded>(options.cache, {
         listenDb: options.listen ?? db,
@@ -58,7 +66,7 @@ export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StorePa
         notify: (payload) => exec.query(sql.notify(payload)),
         report: (error) => hooks.report(error),
         probeError: (error) => databaseError(error, sql.tableName, "the cache's NOTIFY probe"),
-        heard: (key) => hooks.evict([key]),
+        heard: (key) => evict([key]),
       })
     : undefined;
   cache?.start();
@@ -68,14 +76,15 @@ export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StorePa
     exec,
     keysOf: keyDeriver(options.secrets),
     cache,
+    replicas,
     sealer: options.encrypt && new Sealer(options.encrypt),
     now: () => hooks.now(),
-    evict: (keys) => hooks.evict(keys),
+    evict,
     report: (error) => hooks.report(error),
     run: (action, operation, detail) => hooks.run(action, operation, detail),
-    write: async (statement) => {
-      const rows = await exec.query<any>(statement);
-      hooks.evict(rows.map((row: { key: string }) => row.key));
+    write: async (statement, idempotent) => {
+      const rows = await exec.query<any>(statement, idempotent);
+      evict(rows.map((row: { key: string }) => row.key));
       return rows;
     },
     userIdOf: (session) => hooks.userIdOf(session),
@@ -103,7 +112,7 @@ export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StorePa
     records: new Records(s),
     reap: reapNow,
     async ready() {
-      const rows = await exec.query<{ schema: string | null; name: string; column: string | null }>(sql.catalog());
+      const rows = await exec.query<{ schema: string | null; name: string; column: string | null }>(sql.catalog(), true);
       const found = quotedName(rows[0]?.schema ?? "", rows[0]?.name ?? "");
       const columns = new Set(rows.map((row) => row.column));
       if (!rows.some((row) => row.column !== null)) throw tableMissing(found);

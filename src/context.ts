@@ -6,6 +6,7 @@ import type { Executor } from "./driver.js";
 import type { KeyDeriver } from "./hash.js";
 import type { Loaded } from "./loaded.js";
 import type { ResolvedOptions } from "./options.js";
+import type { Replicas } from "./replicas.js";
 import type { Sealer } from "./seal.js";
 import type { Statements } from "./statements.js";
 import type { TraceDetail } from "./trace.js";
@@ -23,6 +24,8 @@ export interface StoreContext {
   readonly keysOf: KeyDeriver;
   /** The read cache, with the `cache` option. */
   readonly cache: ReadCache<Loaded> | undefined;
+  /** Session lookups from the read replicas of a `withReplicas` database (see `replicaReads`). */
+  readonly replicas: Replicas | undefined;
   /** Encryption at rest, with the `encrypt` option. */
   readonly sealer: Sealer | undefined;
   /** The lifecycle events: who listens, and announcing them (to the other instances too, with `broadcast`). */
@@ -35,8 +38,11 @@ export interface StoreContext {
   report(error: Error): void;
   /** Runs an operation in its tracing channel, turning driver errors into errors that say what to do. */
   run<T>(action: string, operation: () => Promise<T>, detail?: TraceDetail): Promise<T>;
-  /** Runs a statement that changes sessions and returns their keys, evicting them from this store's cache. */
-  write<Row extends { key: string } = { key: string }>(statement: SQL): Promise<Row[]>;
+  /**
+   * Runs a statement that changes sessions and returns their keys, evicting them from this store's cache.
+   * `idempotent`: see the executor's.
+   */
+  write<Row extends { key: string } = { key: string }>(statement: SQL, idempotent?: boolean): Promise<Row[]>;
   /** The owner of a session, as the `user_id` column holds it (the `userId` option). */
   userIdOf(session: SessionData): string | null;
 }

@@ -22,3 +22,18 @@ export function entityKinds(value: unknown): string[] {
 export function isPgDatabase(db: unknown): db is AnyPgDatabase {
   return entityKinds(db).some((kind) => PG_DATABASE_KINDS.has(kind));
 }
+
+/**
+ * The primary and replicas of a drizzle `withReplicas(primary, replicas)` database (an object of
+ * drizzle's with `$primary` and `$replicas`), or undefined for any other value.
+ */
+export function replicasOf(db: unknown): { primary: AnyPgDatabase; replicas: AnyPgDatabase[] } | undefined {
+  const { $primary: primary, $replicas: replicas } = (db ?? {}) as { $primary?: unknown; $replicas?: unknown };
+  if (!isPgDatabase(primary) || !Array.isArray(replicas) || !replicas.every(isPgDatabase)) return undefined;
+  return { primary, replicas };
+}
+
+/** The database every statement but a replica's lookup runs on: the primary of a withReplicas one, else `db`. */
+export function primaryOf<Db>(db: Db): Db | AnyPgDatabase {
+  return replicasOf(db)?.primary ?? db;
+}

@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { entityKind, is, Placeholder, sql, type SQL } from "drizzle-orm";
 import { PgDialect } from "drizzle-orm/pg-core";
-import { pgCode, safeCause, SessionStoreError } from "./errors.js";
+import { failureOf, pgCode, safeCause, SessionStoreError } from "./errors.js";
 import type { AnyPgDatabase } from "./options.js";
 
 /** The drivers the store knows by their client's shape (no driver is imported here). */
@@ -189,7 +189,15 @@ interface Compiled {
  */
 export class Shape {
   private compiled: Compiled | undefined;
-  constructor(private readonly build: (v: (name: string) => SQL) => SQL) {}
+  /**
+   * @param idempotent whether running it twice leaves the database as running it once does (a lookup, an
+   *   end, a touch to a fixed time): then it is run again after a connection lost mid-statement too (see
+   *   {@link Executor}), where another is run again only when it certainly did not run.
+   */
+  constructor(
+    private readonly build: (v: (name: string) => SQL) => SQL,
+    readonly idempotent = false,
+  ) {}
 
   /** The statement with these values, for drivers other than node-postgres. */
   with(values: Readonly<Record<string, unknown>>): SQL {
@@ -207,10 +215,24 @@ export class Shape {
   }
 }
 
+/** A statement being run again: whether its caller still waits, and the failover error of its last run. */
+interface Retry {
+  live(): boolean;
+  last?: Error;
+}
+
+/** How long to wait before running a statement again after a failover error: doubling, up to the last. */
+const RETRY_DELAYS = [25, 50, 100, 200, 400, 500];
+
 /**
  * Runs the store's statements on its database, each bounded by `timeout`: ad hoc ones through drizzle's
  * SQL, shaped ones ({@link Shape}) compiled once. On node-postgres both go to the pool directly (drizzle
  * still writes the SQL), which skips drizzle's per-call work.
+ *
+ * A failover costs latency, not errors: a statement that failed because its server was unreachable,
+ * restarting or no longer the primary ({@link failureOf}) runs again, after a short wait, until it
+ * succeeds or `timeout` passes. One that certainly did not run (`refused`) always does; one whose
+ * connection was lost while it ran (`lost`) only when it is idempotent, since it may have been done.
  */
 export class Executor {
   private readonly driver: DriverProfile;
@@ -220,28 +242,31 @@ export class Executor {
 
   constructor(
     private readonly db: AnyPgDatabase,
-    private readonly settings: { timeout: number; prepare: boolean },
+    private readonly settings: { timeout: number; prepare: boolean; retry?: boolean },
   ) {
     this.driver = profileOf(db);
   }
 
-  /** Runs a statement and returns its rows, whatever the driver's result shape. */
-  query<Row = Record<string, unknown>>(statement: SQL): Promise<Row[]> {
+  /**
+   * Runs a statement and returns its rows, whatever the driver's result shape. `idempotent`: see
+   * {@link Shape}'s.
+   */
+  query<Row = Record<string, unknown>>(statement: SQL, idempotent = false): Promise<Row[]> {
     const { kind, client } = this.driver;
-    if (kind !== "node-postgres") return this.timed<Row>(this.db.execute(statement));
+    if (kind !== "node-postgres") return this.timed<Row>(() => this.db.execute(statement), idempotent);
     const { sql: text, params } = DIALECT.sqlToQuery(statement);
     const name = this.settings.prepare ? statementName(text) : undefined;
-    return this.timed<Row>(client.query(name ? { name, text, values: params } : { text, values: params }));
+    return this.timed<Row>(() => client.query(name ? { name, text, values: params } : { text, values: params }), idempotent);
   }
 
   /** Runs a shaped statement with the call's values. */
   run<Row = Record<string, unknown>>(shape: Shape, values: Readonly<Record<string, unknown>>): Promise<Row[]> {
     const { kind, client } = this.driver;
-    if (kind !== "node-postgres") return this.query<Row>(shape.with(values));
+    if (kind !== "node-postgres") return this.query<Row>(shape.with(values), shape.idempotent);
     const { text, params, slots, name } = shape.compile(this.settings.prepare);
     const args = new Array(params.length);
     for (let i = 0; i < params.length; i++) args[i] = slots[i] === undefined ? params[i] : values[slots[i]!];
-    return this.timed<Row>(client.query(name ? { name, text, values: args } : { text, values: args }));
+    return this.timed<Row>(() => client.query(name ? { name, text, values: args } : { text, values: args }), shape.idempotent);
   }
 
   /**
@@ -262,19 +287,25 @@ export class Executor {
     const live = () => {
       if (expired) throw timeoutError(timeout);
     };
-    const work = this.db.transaction(async (tx) => {
-      live();
-      const query = async <Row>(statement: SQL) => {
+    const attempt = () =>
+      this.db.transaction(async (tx) => {
+        committing = false;
         live();
-        const rows = rowsOf<Row>(await tx.execute(statement));
+        const query = async <Row>(statement: SQL) => {
+          live();
+          const rows = rowsOf<Row>(await tx.execute(statement));
+          live();
+          return rows;
+        };
+        const result = await body({ query, run: (shape, values) => query(shape.with(values)) });
         live();
-        return rows;
-      };
-      const result = await body({ query, run: (shape, values) => query(shape.with(values)) });
-      live();
-      committing = true;
-      return result;
-    });
+        committing = true;
+        return result;
+      });
+    // A transaction runs again only when it certainly did not commit (refused: a standby, a server not
+    // ready); a connection lost mid-way may have lost it at its COMMIT.
+    const retry: Retry = { live: () => !expired };
+    const work = this.retrying(attempt, false, retry);
     const cancelled = (error: unknown) => {
       const code = pgCode(error);
       // statement_timeout (57014), lock_timeout (55P03): the database gave up on it at the same deadline.
@@ -286,7 +317,7 @@ export class Executor {
       () => {
         if (committing) return false;
         expired = true;
-        return true;
+        return retry.last ?? true;
       },
     ).catch(cancelled);
   }
@@ -295,19 +326,54 @@ export class Executor {
    * The rows of a statement's result, failing after `timeout` (a slow or unreachable database) instead of
    * hanging.
    */
-  private timed<Row>(query: PromiseLike<unknown>): Promise<Row[]> {
-    return this.bounded(query, rowsOf<Row>);
+  private timed<Row>(query: () => PromiseLike<unknown>, idempotent: boolean): Promise<Row[]> {
+    let live = true;
+    const retry: Retry = { live: () => live };
+    return this.bounded(this.retrying(query, idempotent, retry), rowsOf<Row>, () => {
+      live = false;
+      // Given up on while waiting out a failover: its error says so better than TIMEOUT.
+      return retry.last ?? true;
+    });
+  }
+
+  /**
+   * `start()`'s outcome, started again after a failover error while `live()` (the caller still waits):
+   * see the class's description. The last error is the outcome when the waits run out or the caller
+   * gave up.
+   */
+  private retrying(start: () => PromiseLike<unknown>, idempotent: boolean, retry: Retry): PromiseLike<unknown> {
+    if (this.settings.retry === false) return start();
+    const live = retry.live;
+    const again = (error: unknown, attempt: number): PromiseLike<unknown> => {
+      const failure = failureOf(error);
+      if (failure === undefined || (failure === "lost" && !idempotent) || !live()) throw error;
+      retry.last = error as Error;
+      const delay = RETRY_DELAYS[Math.min(attempt, RETRY_DELAYS.length - 1)]! * (0.5 + Math.random() / 2);
+      return new Promise((resolve) => setTimeout(resolve, delay)).then(() => {
+        if (!live()) throw error;
+        return start().then(undefined, (next) => again(next, attempt + 1));
+      });
+    };
+    // The first run without an extra promise on the hot path; drizzle's lazy queries run on each then().
+    return start().then(undefined, (error) => again(error, 0));
   }
 
   /**
    * What `result` makes of the outcome of `work`, or a `TIMEOUT` error after `timeout`. `onTimeout` is
-   * called first, and may refuse it (false: the outcome is `work`'s, whenever it comes).
+   * called first, and may refuse it (false: the outcome is `work`'s, whenever it comes), or give the error
+   * to fail with instead.
    */
-  private bounded<T>(work: PromiseLike<unknown>, result: (value: unknown) => T, onTimeout?: () => boolean): Promise<T> {
+  private bounded<T>(work: PromiseLike<unknown>, result: (value: unknown) => T, onTimeout?: () => boolean | Error): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const waiting = {
         deadline: performance.now() + this.settings.timeout,
-        reject: onTimeout === undefined ? reject : (error: Error) => onTimeout() && reject(error),
+        reject:
+          onTimeout === undefined
+            ? reject
+            : (error: Error) => {
+                const verdict = onTimeout();
+                if (verdict !== false) reject(verdict === true ? error : verdict);
+              },
       };
       this.waiting.add(waiting);
       this.sweepTimeouts();

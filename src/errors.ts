@@ -24,6 +24,8 @@ export type SessionStoreErrorCode =
   | "CORRUPT_ROW"
   | "CONFLICT"
   | "TIMEOUT"
+  | "READ_ONLY"
+  | "UNAVAILABLE"
   | "DATABASE"
   | "LISTENER"
   | "UNTRUSTED_EVENT"
@@ -92,8 +94,53 @@ export function databaseError(error: unknown, table: string, action: string): Se
       { cause: safeCause(error) },
     );
   }
+  const failure = failureOf(error);
+  if (failure !== undefined) {
+    const [errorCode, what] =
+      code === "25006"
+        ? (["READ_ONLY", "the database is a read-only standby; give the store the primary (replicas go in withReplicas)"] as const)
+        : (["UNAVAILABLE", "the database was unreachable or going through a failover; retry the request"] as const);
+    return new SessionStoreError(errorCode, `${action} failed: ${reason}${code ? ` (${code})` : ""}; ${what}`, { cause: safeCause(error) });
+  }
   return new SessionStoreError("DATABASE", `${action} failed: ${reason}${code ? ` (${code})` : ""}`, { cause: safeCause(error) });
 }
+
+/**
+ * How a statement failed when its database was unreachable, restarting or no longer the primary:
+ * `refused` when the statement certainly did not run (no connection was made, or the server refused it
+ * before it wrote anything: a read-only standby, 25006; a server starting or stopping, 57P03), so that
+ * any statement may run again; `lost` when the connection went away while it ran (a killed or restarted
+ * server, 57P01, 57P02, a reset socket), so that only a statement whose second run changes nothing more
+ * may. Undefined for any other error.
+ */
+export function failureOf(error: unknown): "refused" | "lost" | undefined {
+  const code = pgCode(error);
+  if (code !== undefined) {
+    if (REFUSED_STATES.has(code)) return "refused";
+    if (LOST_STATES.has(code) || code.startsWith("08")) return "lost";
+  }
+  for (let e: any = error, depth = 0; e && depth < 5; e = e.cause, depth++) {
+    const name = typeof e.code === "string" ? e.code : "";
+    if (REFUSED_SOCKET.has(name)) return "refused";
+    if (LOST_SOCKET.has(name)) return "lost";
+    const message = typeof e.message === "string" ? e.message : "";
+    if (/timeout exceeded when trying to connect|connection terminated due to connection timeout/i.test(message)) return "refused";
+    if (/connection terminated|terminating connection|not queryable|server closed the connection/i.test(message)) return "lost";
+  }
+  return undefined;
+}
+
+/**
+ * Refused before running: read-only transaction (25006), cannot connect now (57P03), too many connections
+ * (53300), unable to connect (08001), connection rejected (08004).
+ */
+const REFUSED_STATES = new Set(["25006", "57P03", "53300", "08001", "08004"]);
+/** Lost while running: admin shutdown (57P01), crash shutdown (57P02); class 08 (connection exception) besides. */
+const LOST_STATES = new Set(["57P01", "57P02"]);
+/** Socket errors of a connection that was never made (node's errno codes; postgres.js's connect timeout). */
+const REFUSED_SOCKET = new Set(["ECONNREFUSED", "ENOTFOUND", "EHOSTUNREACH", "ENETUNREACH", "EAI_AGAIN", "CONNECT_TIMEOUT"]);
+/** A connection lost while in use (node's errno codes; postgres.js's codes for a closed connection). */
+const LOST_SOCKET = new Set(["ECONNRESET", "EPIPE", "ETIMEDOUT", "CONNECTION_CLOSED", "CONNECTION_DESTROYED", "CONNECTION_ENDED"]);
 
 /** The driver error's message, without the values a data exception quotes (see {@link withoutValues}). */
 function messageOf(error: unknown): string {

@@ -2,7 +2,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { checkOptions, is, type OptionChecks } from "./check.js";
 import { pgCode, safeCause, SessionStoreError } from "./errors.js";
-import { entityKinds, isPgDatabase, type AnyPgDatabase } from "./options.js";
+import { entityKinds, isPgDatabase, primaryOf, type AnyPgDatabase } from "./options.js";
 
 /**
  * Absolute path of the migrations this package ships (its `drizzle/` folder, in drizzle-kit 0.31's layout
@@ -52,13 +52,17 @@ const MIGRATORS: Record<string, () => Promise<{ migrate: (db: never, config: nev
  * import { migrate } from "connect-drizzle";
  * await migrate(db);
  *
+ * A drizzle `withReplicas` database is migrated on its primary.
+ *
  * @throws TypeError when `db` is not a drizzle Postgres database, or its driver has no migrator here
  * (then run drizzle's migrator yourself with {@link migrationsFolder}); for an unknown option, or one
  * that is not a non-empty string.
  * @throws SessionStoreError `DATABASE` when the database refused a migration, saying what to do (the
  * driver's error, without its values, as `cause`)
  */
-export async function migrate(db: AnyPgDatabase, options: MigrateOptions = {}): Promise<void> {
+export async function migrate(database: AnyPgDatabase, options: MigrateOptions = {}): Promise<void> {
+  // A withReplicas database migrates its primary (the replicas follow it).
+  const db = primaryOf(database);
   if (!isPgDatabase(db)) {
     throw new TypeError("connect-drizzle: migrate(db) needs a drizzle Postgres database, e.g. migrate(drizzle({ client: pool }))");
   }

@@ -8,13 +8,14 @@ import type { SealSettings } from "./seal.js";
  * them; database.ts tells a drizzle Postgres database. Both are re-exported here, so that a module reads
  * everything about options from this one.
  */
-export { entityKinds, isPgDatabase } from "./database.js";
+export { entityKinds, isPgDatabase, primaryOf } from "./database.js";
 export {
   batchSizeOption,
   CACHE_OPTIONS,
   DEFAULT_TIMEOUT,
   ENCRYPT_OPTIONS,
   REAPER_OPTIONS,
+  REPLICA_READ_OPTIONS,
   resolveOptions,
   resolveReaperOptions,
   secretList,
@@ -41,7 +42,11 @@ export type UserIdOf = (session: SessionData) => string | number | bigint | null
 
 /** Options of `new SessionStore(options)`. Durations are in milliseconds, like express-session's `maxAge`. */
 export interface SessionStoreOptions {
-  /** A drizzle Postgres database. The store never closes or reconfigures it. Required. */
+  /**
+   * A drizzle Postgres database. The store never closes or reconfigures it. Required. A drizzle
+   * `withReplicas(primary, [replica, ...])` database sends session lookups to the replicas (see
+   * `replicaReads`) and everything else to the primary.
+   */
   db: AnyPgDatabase;
   /**
    * The sessions table, from {@link createSessionTable} for a custom name or Postgres schema.
@@ -219,6 +224,13 @@ export interface SessionStoreOptions {
    * @default true
    */
   prepare?: boolean;
+  /**
+   * With a `withReplicas` database: which replicas session lookups (`get`) may read, and how stale they
+   * may be about ends made on other instances. Writes, ends, logins, the records API, the reaper, locks,
+   * LISTEN/NOTIFY and `ready()` always go to the primary. `false`: lookups go to the primary too.
+   * @default { window: 0, timeout: 1000 } with a withReplicas database (only synchronous standbys are read)
+   */
+  replicaReads?: ReplicaReadOptions | false;
 }
 
 /** Options of encryption at rest (`new SessionStore({ encrypt })`). */
@@ -240,6 +252,26 @@ export interface EncryptOptions {
   acceptPlaintext?: boolean;
 }
 
+/** Options of session lookups from read replicas (`new SessionStore({ replicaReads })`). */
+export interface ReplicaReadOptions {
+  /**
+   * How long, at most, after an end resolved on another instance a lookup from a replica may still find
+   * that session live, in ms. `0`: none. Lookups then go only to the replicas the primary reports as
+   * synchronous standbys (its role needs pg_monitor to see that), and every end commits once they have
+   * applied it (`synchronous_commit = remote_apply` for its transaction); with no such replica, lookups
+   * go to the primary. Above 0, any replica that has replayed the primary's position of at most this long
+   * ago is read; ends made by this instance, and those it heard of (with `cache`), are never found live.
+   * @default 0
+   */
+  window?: number;
+  /**
+   * How long a lookup waits for a replica before it asks the primary instead, in ms; a replica that failed
+   * is skipped for a while (1 s, doubling to 30 s).
+   * @default 1000
+   */
+  timeout?: number;
+}
+
 /** Options of the read cache. */
 export interface CacheOptions {
   /**
@@ -257,7 +289,12 @@ export interface CacheOptions {
 
 /** The options with every default applied; computed once in the constructor. */
 export interface ResolvedOptions {
+  /** The primary, with a withReplicas database. */
   db: AnyPgDatabase;
+  /** The replicas of a withReplicas database; none otherwise. */
+  replicas: readonly AnyPgDatabase[];
+  /** With replicas, unless `replicaReads: false`. */
+  replicaReads: Required<ReplicaReadOptions> | undefined;
   table: SessionTable;
   secrets: string[];
   ttl: number;

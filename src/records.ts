@@ -100,19 +100,19 @@ export class Records {
     const { userId, limit, current } = this.checkQuery(query, "list");
     const after = query.after === undefined ? undefined : cursorOf(query.after);
     const keys = current === undefined ? undefined : this.s.keysOf(current);
-    const rows = await this.s.run("list", () => this.s.exec.query<RecordRow>(this.s.sql.list(userId, query.status, keys, limit, after)), { userId });
+    const rows = await this.s.run("list", () => this.s.exec.query<RecordRow>(this.s.sql.list(userId, query.status, keys, limit, after), true), { userId });
     return rows.map(toRecord);
   }
 
   async count(query: SessionQuery): Promise<number> {
     const { userId } = this.checkQuery(query, "count");
-    const [row] = await this.s.run("count", () => this.s.exec.query<{ n: number }>(this.s.sql.count(userId, query.status)), { userId });
+    const [row] = await this.s.run("count", () => this.s.exec.query<{ n: number }>(this.s.sql.count(userId, query.status), true), { userId });
     return Number(row?.n ?? 0);
   }
 
   async handleOf(sessionId: string): Promise<string | null> {
     if (!isValidId(sessionId)) return null;
-    const [row] = await this.s.run("handleOf", () => this.s.exec.query<{ handle: string }>(this.s.sql.handleOf(this.s.keysOf(sessionId))));
+    const [row] = await this.s.run("handleOf", () => this.s.exec.query<{ handle: string }>(this.s.sql.handleOf(this.s.keysOf(sessionId)), true));
     return row?.handle ?? null;
   }
 
@@ -122,7 +122,7 @@ export class Records {
     checkEndReason(reason, "revoke's `reason`");
     if (typeof handle !== "string" || handle.length === 0) return false;
     const record = this.s.events.recordsEnds();
-    const rows = await this.s.run("revoke", () => this.s.write<{ key: string } & EventRow>(this.s.sql.revoke(handle, reason, owner, record)), {
+    const rows = await this.s.run("revoke", () => this.s.write<{ key: string } & EventRow>(this.s.sql.revoke(handle, reason, owner, record), true), {
       handle,
     });
     if (record) this.s.events.ended(rows, reason);
@@ -138,7 +138,7 @@ export class Records {
     const keys = kept.flatMap((id) => this.s.keysOf(id));
     const record = this.s.events.recordsEnds();
     const statement = this.s.sql.revokeUser(owner, reason, keys, kept, record);
-    const rows = await this.s.run("revokeUser", () => this.s.write<{ key: string } & EventRow>(statement), { userId: owner });
+    const rows = await this.s.run("revokeUser", () => this.s.write<{ key: string } & EventRow>(statement, true), { userId: owner });
     if (record) this.s.events.ended(rows, reason);
     return rows.length;
   }

@@ -1,6 +1,15 @@
 import { checkOptions, is, kindOf, numberOption, type OptionCheck, type OptionChecks } from "./check.js";
-import { isPgDatabase } from "./database.js";
-import type { CacheOptions, EncryptOptions, ReaperOptions, ResolvedOptions, ResolvedReaperOptions, SessionStoreOptions, UserIdOf } from "./options.js";
+import { isPgDatabase, primaryOf, replicasOf } from "./database.js";
+import type {
+  CacheOptions,
+  EncryptOptions,
+  ReplicaReadOptions,
+  ReaperOptions,
+  ResolvedOptions,
+  ResolvedReaperOptions,
+  SessionStoreOptions,
+  UserIdOf,
+} from "./options.js";
 import { deletedByDatabase, drizzleWritesName, sessions, type SessionTable } from "./schema.js";
 import type { SealSettings } from "./seal.js";
 
@@ -36,6 +45,8 @@ export const DEFAULTS = Object.freeze({
   reaper: Object.freeze<ResolvedReaperOptions>({ interval: 900_000, batchSize: 5_000, jitter: 0.1 }),
   /** The options of a `cache` given without them. */
   cache: Object.freeze<Required<CacheOptions>>({ max: 10_000, ttl: 60_000 }),
+  /** The options of `replicaReads` with a withReplicas database, when not given. */
+  replicaReads: Object.freeze<Required<ReplicaReadOptions>>({ window: 0, timeout: 1_000 }),
   /** The options of `encrypt` given without them (its `secrets` are required). */
   encrypt: Object.freeze({ acceptPlaintext: false }),
 });
@@ -46,9 +57,9 @@ export const DEFAULT_TIMEOUT = DEFAULTS.timeout;
 /** Node's timers overflow (and then fire after 1 ms) past this delay; so does Postgres's statement_timeout. */
 export const MAX_DELAY = 2_147_483_647;
 
-/** `db`: a drizzle Postgres database of any driver and supported drizzle-orm version. */
+/** `db`: a drizzle Postgres database of any driver and supported drizzle-orm version (or withReplicas of them). */
 const database: OptionCheck = (options, name) => {
-  if (!isPgDatabase(options[name])) {
+  if (!isPgDatabase(primaryOf(options[name]))) {
     throw new TypeError(
       `connect-drizzle: \`${name}\` is not a drizzle Postgres database; build it with drizzle-orm/node-postgres, drizzle-orm/postgres-js ` +
         "or drizzle-orm/pglite (MySQL and SQLite databases are not supported)",
@@ -106,7 +117,23 @@ export const STORE_OPTIONS: OptionChecks<SessionStoreOptions> = {
   maxSessionsPerUser: is.positive("sessions, e.g. 5", true),
   reaper: (options, name) => void resolveReaperOptions(options[name] as ReaperOptions),
   prepare: is.boolean,
+  replicaReads: (options, name) => void resolveReplicaReads(options[name] as ReplicaReadOptions, true),
 };
+
+/** Every option of {@link ReplicaReadOptions} with its check. */
+export const REPLICA_READ_OPTIONS: OptionChecks<ReplicaReadOptions> = { window: is.nonNegative(), timeout: is.positive() };
+
+function resolveReplicaReads(options: ReplicaReadOptions | false | undefined, replicated: boolean): Required<ReplicaReadOptions> | undefined {
+  if (options === false || !replicated) return undefined;
+  if (options === undefined) return { ...DEFAULTS.replicaReads };
+  if (options === null || typeof options !== "object" || Array.isArray(options)) {
+    throw new TypeError(
+      `connect-drizzle: \`replicaReads\` must be an options object such as { window: 0 }, or false to read from the primary only (got ${kindOf(options)})`,
+    );
+  }
+  checkOptions(options, REPLICA_READ_OPTIONS, "`replicaReads`");
+  return { window: options.window ?? DEFAULTS.replicaReads.window, timeout: options.timeout ?? DEFAULTS.replicaReads.timeout };
+}
 
 /** Every option of {@link EncryptOptions} with its check. */
 export const ENCRYPT_OPTIONS: OptionChecks<EncryptOptions> = {
@@ -171,8 +198,16 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
         'Create the table with onDelete: "set null" and call await store.revokeUser(id) before deleting a user, or remove `cache`',
     );
   }
+  const replicas = replicasOf(db)?.replicas ?? [];
+  if (options.replicaReads !== undefined && options.replicaReads !== false && replicas.length === 0) {
+    throw new TypeError(
+      "connect-drizzle: `replicaReads` needs a database with read replicas: db: withReplicas(primary, [replica]) from drizzle-orm/pg-core; remove `replicaReads`, or pass one",
+    );
+  }
   return {
-    db,
+    db: primaryOf(db),
+    replicas,
+    replicaReads: resolveReplicaReads(options.replicaReads, replicas.length > 0),
     table: options.table ?? DEFAULTS.table,
     secrets,
     ttl: options.ttl ?? DEFAULTS.ttl,
@@ -187,7 +222,7 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
     cache: resolveCache(options.cache),
     notify: options.notify ?? options.cache !== undefined,
     broadcast,
-    listen: options.listen,
+    listen: options.listen === undefined ? undefined : primaryOf(options.listen),
     merge: options.merge ?? !options.versioned,
     versioned: options.versioned ?? DEFAULTS.versioned,
     timeout: options.timeout ?? DEFAULTS.timeout,

@@ -9,6 +9,7 @@ import { isValidId } from "./hash.js";
 import { LOADED, Mark, withLoaded } from "./loaded.js";
 import type { SessionStoreOptions } from "./options.js";
 import { sessionOwner } from "./owner.js";
+import type { ReplicaStats } from "./replicas.js";
 import type { ReapResult } from "./reaper.js";
 import type { EndReason, ExtendOptions, Records, RevokeOptions, SessionQuery, SessionRecord, UserId } from "./records.js";
 import { mintFrom, recentLoginGuard, signedInAt, type RequireRecentLoginOptions } from "./reauth.js";
@@ -274,6 +275,14 @@ export class SessionStore extends Store {
    */
   reap(): Promise<ReapResult> {
     return this.parts.reap();
+  }
+
+  /**
+   * With a `withReplicas` database: how many lookups its replicas answered, how many the primary did,
+   * and how many a replica was asked but could not answer (behind, failed or slow). Undefined without.
+   */
+  replicaStats(): ReplicaStats | undefined {
+    return this.s.replicas?.stats();
   }
 
   /**

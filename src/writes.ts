@@ -36,7 +36,10 @@ export class Writes {
     const sent = sentAt(this.s.now());
     const keys = this.s.keysOf(sid);
     const cacheable = this.s.cache?.ticket();
-    const [row] = await this.s.exec.run<SessionRow>(this.s.sql.get(keys.length), keyValues(keys, {}));
+    const values = keyValues(keys, {});
+    const [row] = this.s.replicas
+      ? await this.s.replicas.read<SessionRow>(keys, this.s.sql.get(keys.length, true), this.s.sql.get(keys.length), values)
+      : await this.s.exec.run<SessionRow>(this.s.sql.get(keys.length), values);
     if (!row) return null;
     const key = row.key ?? keys[0]!;
     const opened = openRow(this.s.sealer, key, row.data);
@@ -70,6 +73,8 @@ export class Writes {
       await this.saveWith(sid, session, events);
     } finally {
       this.s.events.own(events);
+      // Lookups read the session where this write is sure to be seen (see Replicas.pin).
+      this.s.replicas?.pin(this.s.keysOf(sid));
     }
   }
 
@@ -267,7 +272,7 @@ export class Writes {
 
   /** After a guarded save changed nothing: a conflict error, unless the session is no longer live (then nothing to save). */
   private async checkConflict(keys: string[]): Promise<void> {
-    const [row] = await this.s.exec.query<{ live: unknown }>(this.s.sql.isLive(keys));
+    const [row] = await this.s.exec.query<{ live: unknown }>(this.s.sql.isLive(keys), true);
     if (row && isTrue(row.live)) {
       throw new SessionStoreError(
         "CONFLICT",
@@ -320,7 +325,9 @@ export class Writes {
 
   private async renew(session: SessionData, { sent, keys, loaded, ua, ip, values }: Touch): Promise<void> {
     this.s.evict(keys);
-    const [written] = await this.s.exec.run<{ key: string } & ExpiryRow>(this.s.sql.touch(keys.length, this.s.sealer !== undefined), values);
+    const [written] = await this.s.exec
+      .run<{ key: string } & ExpiryRow>(this.s.sql.touch(keys.length, this.s.sealer !== undefined), values)
+      .finally(() => this.s.replicas?.pin(keys));
     // Not cached: the row may hold other requests' changes since this one read it, which a touch does not
     // read back (the next get caches the row as it is); this request's own view moves on.
     if (written && loaded)
@@ -342,26 +349,26 @@ export class Writes {
 
   /** The number of live sessions. */
   async count(): Promise<number> {
-    const [row] = await this.s.exec.query<{ n: number }>(this.s.sql.length());
+    const [row] = await this.s.exec.query<{ n: number }>(this.s.sql.length(), true);
     return Number(row?.n ?? 0);
   }
 
   /** Deletes every row; the cache drops every session before and after (a read racing the delete may have cached one). */
   async clear(): Promise<void> {
     this.s.evict(["*"]);
-    await this.s.exec.query(this.s.sql.clear());
+    await this.s.exec.query(this.s.sql.clear(), true);
     this.s.evict(["*"]);
   }
 
   /** Marks a live session as authenticated now (see the store's `markAuthenticated`). */
   async markAuthenticated(sid: string): Promise<boolean> {
     if (!isValidId(sid)) return false;
-    const rows = await this.s.write(this.s.sql.markAuthenticated(this.s.keysOf(sid)));
+    const rows = await this.s.write(this.s.sql.markAuthenticated(this.s.keysOf(sid)), true);
     return rows.length > 0;
   }
 
   async loadAll(): Promise<Record<string, SessionData>> {
-    const rows = await this.s.exec.query<{ handle: string; data: string; key: string }>(this.s.sql.all());
+    const rows = await this.s.exec.query<{ handle: string; data: string; key: string }>(this.s.sql.all(), true);
     const result: Record<string, SessionData> = {};
     for (const row of rows) {
       const opened = openRow(this.s.sealer, row.key, row.data);

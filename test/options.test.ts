@@ -1,6 +1,7 @@
 import { execFile } from "node:child_process";
 import { join } from "node:path";
 import { drizzle } from "drizzle-orm/node-postgres";
+import { withReplicas } from "drizzle-orm/pg-core";
 import ts from "typescript";
 import { describe, expect, it } from "vitest";
 import { createSessionTable, importConnectPgSimple, migrate, reap, SessionStore, sessionMiddleware } from "../src/index.js";
@@ -14,6 +15,7 @@ import {
   REAP_ARGS,
   REAPER_OPTIONS,
   RECENT_LOGIN_OPTIONS,
+  REPLICA_READ_OPTIONS,
   resolveOptions,
   resolveReaperOptions,
   STORE_OPTIONS,
@@ -55,6 +57,7 @@ describe("unknown options", () => {
     ["CacheOptions", CACHE_OPTIONS],
     ["EncryptOptions", ENCRYPT_OPTIONS],
     ["ReaperOptions", REAPER_OPTIONS],
+    ["ReplicaReadOptions", REPLICA_READ_OPTIONS],
     ["ReapArgs", REAP_ARGS],
     // Ours plus every option express-session documents (its SessionOptions), which are passed through.
     ["SessionMiddlewareOptions", MIDDLEWARE_OPTIONS],
@@ -89,6 +92,25 @@ describe("unknown options", () => {
     expect(() => resolveOptions({ db, listen: db, broadcast: true, secrets: "s".repeat(32) })).not.toThrow();
   });
 
+  it("a withReplicas database is taken as its primary and replicas, reads from synchronous standbys only unless told", () => {
+    const primary = drizzle.mock();
+    const replica = drizzle.mock();
+    const resolved = resolveOptions({ db: withReplicas(primary, [replica]) });
+    expect(resolved.db).toBe(primary);
+    expect(resolved.replicas).toEqual([replica]);
+    expect(resolved.replicaReads).toEqual({ window: 0, timeout: 1_000 });
+    expect(resolveOptions({ db: withReplicas(primary, [replica]), replicaReads: false }).replicaReads).toBeUndefined();
+    expect(resolveOptions({ db: withReplicas(primary, [replica]), replicaReads: { window: 250 } }).replicaReads).toEqual({ window: 250, timeout: 1_000 });
+    expect(() => resolveOptions({ db, replicaReads: { window: 0 } })).toThrow(/^connect-drizzle: `replicaReads` needs a database with read replicas/);
+    expect(() => resolveOptions({ db: withReplicas(primary, [replica]), replicaReads: { window: -1 } })).toThrow(/`window`/);
+    expect(() => resolveOptions({ db: withReplicas(primary, [replica]), replicaReads: 5 as any })).toThrow(
+      /^connect-drizzle: `replicaReads` must be an options object/,
+    );
+    for (const key of Object.keys(REPLICA_READ_OPTIONS)) {
+      expect(() => resolveOptions({ db: withReplicas(primary, [replica]), replicaReads: { [key]: undefined } }), key).not.toThrow();
+    }
+  });
+
   it("every documented reaper and cache option is accepted", () => {
     for (const key of Object.keys(REAPER_OPTIONS)) expect(() => resolveReaperOptions({ [key]: undefined }), key).not.toThrow();
     for (const key of Object.keys(CACHE_OPTIONS)) expect(() => resolveOptions({ db, cache: { [key]: undefined } }), key).not.toThrow();
@@ -98,7 +120,7 @@ describe("unknown options", () => {
     [
       "a store option",
       { reapr: false },
-      /unknown SessionStore option `reapr` \(did you mean `reaper`\?\); the known options are db, table, .*reaper, prepare$/,
+      /unknown SessionStore option `reapr` \(did you mean `reaper`\?\); the known options are db, table, .*reaper, prepare, replicaReads$/,
     ],
     ["a store option in another case", { idletimeout: 60_000 }, /`idletimeout` \(did you mean `idleTimeout`\?\)/],
     ["a swapped pair of letters", { absoluteTiemout: 60_000 }, /`absoluteTiemout` \(did you mean `absoluteTimeout`\?\)/],

@@ -32,6 +32,12 @@ export class Fragments {
       notify: boolean;
       retainEnded: number;
       versioned: boolean;
+      /**
+       * Each write of a session (an end, a save, a touch) commits only once the synchronous standbys have
+       * applied it (`synchronous_commit = remote_apply` for its transaction), so that a read from one of
+       * them after it resolved sees it: the `replicaReads` option's window 0. See {@link applied}.
+       */
+      applied?: boolean;
     },
   ) {
     const config = getTableConfig(t);
@@ -80,8 +86,19 @@ export class Fragments {
   protected ending(reason: SQL | EndReason, where: SQL, record = false): SQL {
     const t = this.t;
     const returning = sql`${this.changed()}${record ? sql`, ${this.eventColumns()}` : sql``}`;
-    if (this.settings.retainEnded === 0) return sql`delete from ${t} where ${where} and ${t.endedAt} is null ${returning}`;
-    return sql`update ${t} set ${endedRow(t, NOW, sql`${reason}::text`)} where ${where} and ${t.endedAt} is null ${returning}`;
+    const ended = sql`${t.endedAt} is null${this.applied()}`;
+    if (this.settings.retainEnded === 0) return sql`delete from ${t} where ${where} and ${ended} ${returning}`;
+    return sql`update ${t} set ${endedRow(t, NOW, sql`${reason}::text`)} where ${where} and ${ended} ${returning}`;
+  }
+
+  /**
+   * With `applied`, ` and` a condition that always holds and sets the transaction's synchronous_commit to
+   * remote_apply: the plan evaluates it once, before its scan (a one-time filter), so it costs no
+   * statement or round trip of its own. Every statement that writes a session's row has it in its
+   * `where`; without `applied`, nothing.
+   */
+  protected applied(): SQL {
+    return this.settings.applied ? sql` and (select set_config('synchronous_commit', 'remote_apply', true)) is not null` : sql``;
   }
 
   /** The {@link EventRow} columns, for a `returning`. */
@@ -143,9 +160,9 @@ export class Fragments {
   }
 
   /** The statement of one variant (`key`), built by `build` the first time it is asked for. */
-  protected shape(key: string, build: (v: (name: string) => SQL) => SQL): Shape {
+  protected shape(key: string, build: (v: (name: string) => SQL) => SQL, idempotent = false): Shape {
     let shape = this.shapes.get(key);
-    if (!shape) this.shapes.set(key, (shape = new Shape(build)));
+    if (!shape) this.shapes.set(key, (shape = new Shape(build, idempotent)));
     return shape;
   }
 }

@@ -82,7 +82,7 @@ export class RecordStatements extends WriteStatements {
       : sql`${col(t.expiresAt)} = least(${target}, ${absolute}), ${col(t.absoluteExpiresAt)} = ${absolute}`;
     const set = sql`${expiry}, ${col(t.version)} = ${t.version} + 1,
         ${col(t.data)} = case when jsonb_typeof(${t.data}->'cookie') = 'object' then jsonb_set(${t.data}, '{cookie,expires}', to_jsonb(${cookieExpires}::text)) else ${t.data} end`;
-    const row = sql`${t.handle} = ${handle} and ${t.endedAt} is null${this.owned(owner)}`;
+    const row = sql`${t.handle} = ${handle} and ${t.endedAt} is null${this.owned(owner)}${this.applied()}`;
     if (!capped) return sql`update ${t} set ${set} where ${row} ${this.changed()}`;
     const locked = capped.owner === null ? sql`${t.userId} is null` : sql`${t.userId} = ${this.userId(capped.owner)}`;
     // Whether the row was live before (`target`, this statement's snapshot) and is after (the update's

@@ -26,16 +26,22 @@ export class WriteStatements extends Fragments {
   /**
    * The live row of a session id, under any of its `n` keys (one per secret). Only the columns the store
    * uses: the key only when there are several (with one it is the caller's), the version only with
-   * `versioned`.
+   * `versioned`. `replica`: as read from a replica (see replicas.ts), with `fresh`.
    */
-  get(n: number): Shape {
-    return this.shape(`get:${n}`, (v) => {
-      const t = this.t;
-      const key = n > 1 ? sql`${t.key} as key, ` : sql``;
-      const version = this.settings.versioned ? sql`, ${t.version} as version` : sql``;
-      return sql`select ${key}${t.data}::text as data, ${this.expiryColumns()}, ${t.userAgent} as ua, ${t.ip} as ip${version}
+  get(n: number, replica = false): Shape {
+    return this.shape(
+      `get:${n}:${replica}`,
+      (v) => {
+        const t = this.t;
+        const key = n > 1 ? sql`${t.key} as key, ` : sql``;
+        const version = this.settings.versioned ? sql`, ${t.version} as version` : sql``;
+        // On a replica, also whether it has replayed the primary's WAL up to `floor` (a pg_lsn as text).
+        const fresh = replica ? sql`, coalesce(pg_last_wal_replay_lsn() >= ${v("floor")}::text::pg_lsn, false) as fresh` : sql``;
+        return sql`select ${key}${t.data}::text as data, ${this.expiryColumns()}, ${t.userAgent} as ua, ${t.ip} as ip${version}${fresh}
         from ${t} where ${this.byKeys(keyParams(n, v))} and ${this.live()} limit 1`;
-    });
+      },
+      true,
+    );
   }
 
   /**
@@ -44,11 +50,15 @@ export class WriteStatements extends Fragments {
    * `guarded` (the `versioned` option): only while the row's version is still `version`.
    */
   saveLoaded(guarded: boolean, login?: LoginWrite): Shape {
-    return this.shape(`save:loaded:${guarded}${loginKey(login)}`, (v) => {
-      const t = this.t;
-      const guard = guarded ? sql` and ${t.version} = ${v("version")}::int` : sql``;
-      return this.loadedUpdate(v, this.changes(v), guard, this.saved(), login);
-    });
+    return this.shape(
+      `save:loaded:${guarded}${loginKey(login)}`,
+      (v) => {
+        const t = this.t;
+        const guard = guarded ? sql` and ${t.version} = ${v("version")}::int` : sql``;
+        return this.loadedUpdate(v, this.changes(v), guard, this.saved(), login);
+      },
+      !guarded,
+    );
   }
 
   /**
@@ -60,7 +70,7 @@ export class WriteStatements extends Fragments {
     const t = this.t;
     const authenticated = login ? sql`, ${col(t.authenticatedAt)} = ${NOW}` : sql``;
     const handle = login ? sql`, ${t.handle} as handle` : sql``;
-    const update = sql`update ${t} set ${set}${authenticated} where ${t.key} = ${v("k0")} and ${this.live()}${where} ${returning}${handle}`;
+    const update = sql`update ${t} set ${set}${authenticated} where ${t.key} = ${v("k0")} and ${this.live()}${where}${this.applied()} ${returning}${handle}`;
     return login ? this.login(update, v, login) : update;
   }
 
@@ -72,20 +82,24 @@ export class WriteStatements extends Fragments {
    * the row's merged data (`data`) for the read cache, which must hold what the row holds.
    */
   saveMerged(withData: boolean, login?: LoginWrite, reseal = false): Shape {
-    return this.shape(`save:merged:${withData}:${reseal}${loginKey(login)}`, (v) => {
-      const t = this.t;
-      const merged = sql`${this.withoutKeys(sql`${t.data}`, v("removed"))} || ${v("patch")}::text::jsonb`;
-      const data = reseal ? this.resealed(merged, v("reseal")) : merged;
-      const returned = withData ? sql`, ${t.data}::text as data` : sql``;
-      return this.loadedUpdate(
-        v,
-        this.changes(v, data),
-        sql`
+    return this.shape(
+      `save:merged:${withData}:${reseal}${loginKey(login)}`,
+      (v) => {
+        const t = this.t;
+        const merged = sql`${this.withoutKeys(sql`${t.data}`, v("removed"))} || ${v("patch")}::text::jsonb`;
+        const data = reseal ? this.resealed(merged, v("reseal")) : merged;
+        const returned = withData ? sql`, ${t.data}::text as data` : sql``;
+        return this.loadedUpdate(
+          v,
+          this.changes(v, data),
+          sql`
         and jsonb_typeof(${t.data}) = 'object'`,
-        sql`${this.saved()}${returned}`,
-        login,
-      );
-    });
+          sql`${this.saved()}${returned}`,
+          login,
+        );
+      },
+      true,
+    );
   }
 
   /**
@@ -121,32 +135,41 @@ export class WriteStatements extends Fragments {
    * inserted when a row of the id exists (under any of its `n` keys): then {@link saveExisting}.
    */
   insert(n: number, login?: LoginWrite): Shape {
-    return this.shape(`insert:${n}${loginKey(login)}`, (v) => {
-      const t = this.t;
-      const absolute = this.settings.absoluteTimeout;
-      const created = absolute === undefined ? sql`null::timestamptz` : lifetime(absolute);
-      // JSON text goes in as text, then jsonb: postgres.js would JSON-encode a string sent as a jsonb
-      // parameter (again), and drizzle-orm 1.0 no longer tells it not to.
-      const { columns, row } = insertRow(t, {
-        key: v("k0"),
-        handle: v("handle"),
-        userId: this.userId(v("userId")),
-        label: sql`${v("label")}::text`,
-        data: sql`${v("text")}::text::jsonb`,
-        expiresAt: sql`least(${lifetime(v("life"))}, ${created})`,
-        absoluteExpiresAt: created,
-        createdAt: NOW,
-        lastSeenAt: NOW,
-        userAgent: sql`${v("ua")}::text`,
-        ip: sql`${v("ip")}::text`,
-        authenticatedAt: sql`case when ${v("userId")}::text is null then null when ${v("carried")}::boolean then to_timestamp(${v("authenticated")}::float8 / 1000) else ${NOW} end`,
-      });
-      const values = n === 1 ? sql`values (${row})` : sql`select ${row} where not exists (select 1 from ${t} where ${this.byKeys(keyParams(n, v).slice(1))})`;
-      // Only the key comes back: the new row's expiry and version are what was sent (see SessionStore.save),
-      // and it was authenticated now when it has a user.
-      const insert = sql`insert into ${t} (${columns}) ${values} on conflict (${col(t.key)}) do nothing returning ${t.key} as key, ${msOf(t.authenticatedAt)} as authenticated_at`;
-      return login && (login.cap !== undefined || login.devices) ? this.login(insert, v, login) : insert;
-    });
+    return this.shape(
+      `insert:${n}${loginKey(login)}`,
+      (v) => {
+        const t = this.t;
+        const absolute = this.settings.absoluteTimeout;
+        const created = absolute === undefined ? sql`null::timestamptz` : lifetime(absolute);
+        // JSON text goes in as text, then jsonb: postgres.js would JSON-encode a string sent as a jsonb
+        // parameter (again), and drizzle-orm 1.0 no longer tells it not to.
+        const { columns, row } = insertRow(t, {
+          key: v("k0"),
+          handle: v("handle"),
+          userId: this.userId(v("userId")),
+          label: sql`${v("label")}::text`,
+          data: sql`${v("text")}::text::jsonb`,
+          expiresAt: sql`least(${lifetime(v("life"))}, ${created})`,
+          absoluteExpiresAt: created,
+          createdAt: NOW,
+          lastSeenAt: NOW,
+          userAgent: sql`${v("ua")}::text`,
+          ip: sql`${v("ip")}::text`,
+          authenticatedAt: sql`case when ${v("userId")}::text is null then null when ${v("carried")}::boolean then to_timestamp(${v("authenticated")}::float8 / 1000) else ${NOW} end`,
+        });
+        const values =
+          n > 1
+            ? sql`select ${row} where not exists (select 1 from ${t} where ${this.byKeys(keyParams(n, v).slice(1))})${this.applied()}`
+            : this.settings.applied
+              ? sql`select ${row} where true${this.applied()}`
+              : sql`values (${row})`;
+        // Only the key comes back: the new row's expiry and version are what was sent (see SessionStore.save),
+        // and it was authenticated now when it has a user.
+        const insert = sql`insert into ${t} (${columns}) ${values} on conflict (${col(t.key)}) do nothing returning ${t.key} as key, ${msOf(t.authenticatedAt)} as authenticated_at`;
+        return login && (login.cap !== undefined || login.devices) ? this.login(insert, v, login) : insert;
+      },
+      true,
+    );
   }
 
   /**
@@ -219,7 +242,7 @@ export class WriteStatements extends Fragments {
    */
   markAuthenticated(keys: string[]): SQL {
     const t = this.t;
-    return sql`update ${t} set ${col(t.authenticatedAt)} = ${NOW} where ${this.byKeys(keys)} and ${this.live()} ${this.changed()}`;
+    return sql`update ${t} set ${col(t.authenticatedAt)} = ${NOW} where ${this.byKeys(keys)} and ${this.live()}${this.applied()} ${this.changed()}`;
   }
 
   /**
@@ -230,12 +253,16 @@ export class WriteStatements extends Fragments {
    * of the user live.
    */
   saveExisting(n: number, login?: LoginWrite): Shape {
-    return this.shape(`save:existing:${n}${loginKey(login)}`, (v) => {
-      const t = this.t;
-      const handle = login ? sql`, ${t.handle} as handle` : sql``;
-      const update = sql`update ${t} set ${this.changes(v)} where ${this.byKeys(keyParams(n, v))} and ${t.endedAt} is null ${this.saved()}${handle}`;
-      return login ? this.login(update, v, login) : update;
-    });
+    return this.shape(
+      `save:existing:${n}${loginKey(login)}`,
+      (v) => {
+        const t = this.t;
+        const handle = login ? sql`, ${t.handle} as handle` : sql``;
+        const update = sql`update ${t} set ${this.changes(v)} where ${this.byKeys(keyParams(n, v))} and ${t.endedAt} is null${this.applied()} ${this.saved()}${handle}`;
+        return login ? this.login(update, v, login) : update;
+      },
+      true,
+    );
   }
 
   /**
@@ -243,17 +270,21 @@ export class WriteStatements extends Fragments {
    * `tagged` (`encrypt`), the cookie's tag too (`tags`: a JSON object of each row key's tag).
    */
   touch(n: number, tagged = false): Shape {
-    return this.shape(`touch:${n}:${tagged}`, (v) => {
-      const t = this.t;
-      const absoluteAt = this.absoluteExpiry();
-      const cookie = sql`jsonb_set(${t.data}, '{cookie}', ${v("cookie")}::text::jsonb)`;
-      const data = tagged ? sql`${cookie} || jsonb_build_object(${COOKIE_TAG}::text, ${v("tags")}::text::jsonb -> ${t.key})` : cookie;
-      return sql`update ${t} set ${col(t.expiresAt)} = least(${lifetime(v("life"))}, ${absoluteAt}),
+    return this.shape(
+      `touch:${n}:${tagged}`,
+      (v) => {
+        const t = this.t;
+        const absoluteAt = this.absoluteExpiry();
+        const cookie = sql`jsonb_set(${t.data}, '{cookie}', ${v("cookie")}::text::jsonb)`;
+        const data = tagged ? sql`${cookie} || jsonb_build_object(${COOKIE_TAG}::text, ${v("tags")}::text::jsonb -> ${t.key})` : cookie;
+        return sql`update ${t} set ${col(t.expiresAt)} = least(${lifetime(v("life"))}, ${absoluteAt}),
           ${col(t.absoluteExpiresAt)} = ${absoluteAt}, ${col(t.lastSeenAt)} = ${NOW}, ${col(t.data)} = ${data},
           ${col(t.userAgent)} = coalesce(${v("ua")}::text, ${t.userAgent}), ${col(t.ip)} = coalesce(${v("ip")}::text, ${t.ip})
         where ${this.byKeys(keyParams(n, v))} and ${this.live()}
-          and jsonb_typeof(${t.data}->'cookie') = 'object' ${this.changed()}, ${this.expiryColumns()}`;
-    });
+          and jsonb_typeof(${t.data}->'cookie') = 'object'${this.applied()} ${this.changed()}, ${this.expiryColumns()}`;
+      },
+      true,
+    );
   }
 
   /**
@@ -261,7 +292,7 @@ export class WriteStatements extends Fragments {
    * ended row's {@link EventRow} (a listener of `ended`, or `broadcast`, wants it). Without, it is the plain statement.
    */
   end(n: number, record = false): Shape {
-    return this.shape(record ? `end:${n}:record` : `end:${n}`, (v) => this.ending(v("reason"), this.byKeys(keyParams(n, v)), record));
+    return this.shape(record ? `end:${n}:record` : `end:${n}`, (v) => this.ending(v("reason"), this.byKeys(keyParams(n, v)), record), true);
   }
 
   /**
@@ -270,7 +301,7 @@ export class WriteStatements extends Fragments {
    */
   rotated(key: string): SQL {
     const t = this.t;
-    return sql`update ${t} set ${col(t.endReason)} = 'rotated' where ${t.key} = ${key} and ${t.endReason} = 'logout'`;
+    return sql`update ${t} set ${col(t.endReason)} = 'rotated' where ${t.key} = ${key} and ${t.endReason} = 'logout'${this.applied()}`;
   }
 
   /** After a guarded save changed nothing: whether the row is still live (then it was a conflict). */
@@ -291,7 +322,7 @@ export class WriteStatements extends Fragments {
 
   /** Deletes every row, and evicts every instance's whole cache. */
   clear(): SQL {
-    const deleteAll = sql`delete from ${this.t}`;
+    const deleteAll = sql`delete from ${this.t} where true${this.applied()}`;
     return this.settings.notify ? sql`with gone as (${deleteAll}) select pg_notify(${this.channel}, '*')` : deleteAll;
   }
 

@@ -8,7 +8,7 @@ import type { SessionStore } from "../../src/index.js";
  * tests use to forge or read what an instance sends.
  */
 export { profileOf, rowsOf } from "../../src/driver.js";
-export { databaseError } from "../../src/errors.js";
+export { databaseError, failureOf } from "../../src/errors.js";
 export { IMPORT_ARGS } from "../../src/import.js";
 export { listen } from "../../src/listen.js";
 export type { Loaded } from "../../src/loaded.js";
@@ -18,12 +18,14 @@ export {
   CACHE_OPTIONS,
   ENCRYPT_OPTIONS,
   REAPER_OPTIONS,
+  REPLICA_READ_OPTIONS,
   resolveOptions,
   resolveReaperOptions,
   STORE_OPTIONS,
   type ResolvedReaperOptions,
 } from "../../src/options.js";
 export { lockKey, REAP_ARGS } from "../../src/reaper.js";
+export { synchronousStandbys } from "../../src/replicas.js";
 export { RECENT_LOGIN_OPTIONS } from "../../src/reauth.js";
 export { CLOCK_ERROR, expiryOf, isFresh, localExpiry, sameDevice, skipsWrite } from "../../src/rules.js";
 export { TABLE_OPTIONS } from "../../src/schema.js";
