@@ -2,8 +2,8 @@ import type { EventEmitter } from "node:events";
 import { Announcer } from "./announce.js";
 import { ReadCache } from "./cache.js";
 import type { StoreContext } from "./context.js";
-import { checkCanCap, Executor } from "./driver.js";
-import { databaseError, schemaOutdated, tableMissing } from "./errors.js";
+import { checkCanCap, Executor, isTrue } from "./driver.js";
+import { databaseError, schemaOutdated, standbyGiven, tableMissing } from "./errors.js";
 import { EventSeal } from "./events.js";
 import { keyDeriver, newHandle } from "./hash.js";
 import type { Loaded } from "./loaded.js";
@@ -112,8 +112,9 @@ export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StorePa
     records: new Records(s),
     reap: reapNow,
     async ready() {
-      const rows = await exec.query<{ schema: string | null; name: string; column: string | null }>(sql.catalog(), true);
+      const rows = await exec.query<{ schema: string | null; name: string; column: string | null; standby: unknown }>(sql.catalog(), true);
       const found = quotedName(rows[0]?.schema ?? "", rows[0]?.name ?? "");
+      if (isTrue(rows[0]?.standby)) throw standbyGiven();
       const columns = new Set(rows.map((row) => row.column));
       if (!rows.some((row) => row.column !== null)) throw tableMissing(found);
       const missing = sql.columnNames().filter((column) => !columns.has(column));

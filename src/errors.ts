@@ -65,6 +65,15 @@ export function schemaOutdated(table: string, missing: readonly string[] | undef
   );
 }
 
+/** `ready()` found the store's database in recovery: a standby, which refuses every write. */
+export function standbyGiven(): SessionStoreError {
+  return new SessionStoreError(
+    "READ_ONLY",
+    "the store's database is a read-only standby (pg_is_in_recovery()); give the store the primary, and standbys as " +
+      "replicas: db: withReplicas(primary, [standby]) from drizzle-orm/pg-core",
+  );
+}
+
 /**
  * A sensitive route's `requireRecentLogin(maxAge)` found no sign-in recent enough in the session: a 401
  * for Express's error handler.

@@ -135,12 +135,13 @@ export class RecordStatements extends WriteStatements {
   /**
    * What `store.ready()` checks, in one catalog query: one row per column of the table (a single row with
    * `column` null when there is no such table), with the schema it is in (or would be: its own, else the
-   * first of the search_path) and its name.
+   * first of the search_path) and its name; and whether the database is a standby (`standby`).
    */
   catalog(): SQL {
     const config = getTableConfig(this.t);
     const schema = config.schema === undefined ? sql`current_schema()` : sql`${config.schema}::text`;
-    return sql`select coalesce(n.nspname::text, ${schema}) as schema, ${config.name}::text as name, a.attname::text as column
+    return sql`select coalesce(n.nspname::text, ${schema}) as schema, ${config.name}::text as name, a.attname::text as column,
+        pg_is_in_recovery() as standby
       from (select to_regclass(${this.tableName}::text) as oid) r
       left join pg_class c on c.oid = r.oid
       left join pg_namespace n on n.oid = c.relnamespace
