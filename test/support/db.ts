@@ -13,6 +13,8 @@ import { startProxy } from "./proxy.js";
 import { internals } from "./internals.js";
 
 export const DATABASE_URL = process.env.DATABASE_URL;
+/** The server the next database opens on: read when it opens, so a test that starts its own server (test/ha) can set it. */
+const serverUrl = () => process.env.DATABASE_URL!;
 
 /** The major version of the installed drizzle-orm (0 or 1): .ci/drizzle-matrix runs the suite on each. */
 export const drizzleMajor = Number(
@@ -72,7 +74,7 @@ export async function openDb(driver: DriverName, options: { pool?: number } = {}
     exec = async (text) => (await client.exec(text)).at(-1)?.rows ?? [];
     end = () => client.close();
   } else if (driver === "node-postgres") {
-    const pool = new pg.Pool({ connectionString: DATABASE_URL, max: options.pool ?? 4 });
+    const pool = new pg.Pool({ connectionString: serverUrl(), max: options.pool ?? 4 });
     const query = pool.query.bind(pool) as (...args: any[]) => any;
     pool.query = ((config: any, ...rest: any[]) => {
       statements.push(typeof config === "string" ? config : config.text);
@@ -85,7 +87,7 @@ export async function openDb(driver: DriverName, options: { pool?: number } = {}
     };
     end = () => pool.end();
   } else if (driver === "pg-proxy") {
-    const proxy = await startProxy(DATABASE_URL!, { max: options.pool ?? 4, logger });
+    const proxy = await startProxy(serverUrl(), { max: options.pool ?? 4, logger });
     db = proxy.db;
     exec = async (text) => {
       const result: any = await proxy.pool.query(text);
@@ -93,7 +95,7 @@ export async function openDb(driver: DriverName, options: { pool?: number } = {}
     };
     end = () => proxy.close();
   } else {
-    const client = postgres(DATABASE_URL!, { max: options.pool ?? 4, onnotice: () => {} });
+    const client = postgres(serverUrl(), { max: options.pool ?? 4, onnotice: () => {} });
     db = drizzlePostgresJs({ client, logger });
     exec = async (text) => [...(await client.unsafe(text))];
     end = () => client.end({ timeout: 5 });
@@ -234,20 +236,37 @@ export async function openPeer(t: TestDb): Promise<Peer> {
     db.execute = ((query: any) => (hook ? held(execute(query)) : execute(query))) as typeof db.execute;
     close = async () => {};
   } else if (t.driver === "node-postgres") {
-    const pool = new pg.Pool({ connectionString: DATABASE_URL, max: 4 });
+    const pool = new pg.Pool({ connectionString: serverUrl(), max: 4 });
     pool.on("error", () => {}); // an idle client killed by a fault test must not crash the run
     const query = pool.query.bind(pool) as (...args: any[]) => any;
     pool.query = ((...args: any[]) => (hook ? held(query(...args)) : query(...args))) as typeof pool.query;
     db = drizzlePg({ client: pool });
     close = () => pool.end();
   } else {
-    const client = postgres(DATABASE_URL!, { max: 4, onnotice: () => {} });
+    const client = postgres(serverUrl(), { max: 4, onnotice: () => {} });
     db = drizzlePostgresJs({ client });
     const execute = db.execute.bind(db);
     db.execute = ((query: any) => (hook ? held(execute(query)) : execute(query))) as typeof db.execute;
     close = () => client.end({ timeout: 5 });
   }
   return { db, beforeReply: (next) => void (hook = next), close };
+}
+
+/**
+ * A pool of `driver` (node-postgres or postgres.js) on another server (a replica, `url`), as a drizzle
+ * database: what an app gives withReplicas besides its primary.
+ */
+export function openOn(driver: DriverName, url: string, max = 4): { db: AnyPgDatabase; close(): Promise<void> } {
+  if (driver === "node-postgres") {
+    const pool = new pg.Pool({ connectionString: url, max });
+    pool.on("error", () => {}); // a replica stopped by a test must not crash the run
+    return { db: drizzlePg({ client: pool }), close: () => pool.end() };
+  }
+  if (driver === "postgres.js") {
+    const client = postgres(url, { max, onnotice: () => {} });
+    return { db: drizzlePostgresJs({ client }), close: () => client.end({ timeout: 5 }) };
+  }
+  throw new Error(`openOn: no replica of ${driver}`);
 }
 
 /** A minimal express-session-shaped session with a cookie expiring `ms` from now. */

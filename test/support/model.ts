@@ -41,7 +41,8 @@ import { createHash, createHmac, randomBytes } from "node:crypto";
 import fc from "fast-check";
 import { afterAll, beforeAll, it } from "vitest";
 import { SessionStore, type AnyPgDatabase, type RevokeOptions, type SessionStoreOptions } from "../../src/index.js";
-import { openDb, openPeer, openSchema, sleep, type DriverName, type TestDb } from "./db.js";
+import { withReplicas } from "drizzle-orm/pg-core";
+import { openDb, openOn, openPeer, openSchema, sleep, type DriverName, type TestDb } from "./db.js";
 import { internals } from "./internals.js";
 
 // ---------------------------------------------------------------------------------------------------
@@ -153,6 +154,11 @@ export interface Config {
   /** With `encrypt`: P (no `encrypt`) creates plaintext rows, every other instance has `acceptPlaintext`. */
   plaintext: boolean;
   broadcast: boolean;
+  /**
+   * Lookups from a replica: every instance's `db` is withReplicas(its pool, [a pool on `url`]) with
+   * `replicaReads: { window }`; an end is visible to the other instances `window` ms after it resolved.
+   */
+  replica?: { url: string; window: number };
   name: string;
 }
 
@@ -162,7 +168,7 @@ export interface Config {
  * "combined" (encrypt, secret rotation, cache, cap, history, broadcast), "changeover" (encrypt, rotation,
  * plaintext rows, cap, absolute timeout, cache) and "whole" (merge: false, cap, history, cache).
  */
-export function configurations(drivers: readonly DriverName[]): Config[] {
+export function configurations(drivers: readonly DriverName[], replica?: Config["replica"]): Config[] {
   const lists: Config[][] = [];
   const base = {
     cache: false,
@@ -181,7 +187,7 @@ export function configurations(drivers: readonly DriverName[]): Config[] {
     // The read cache needs LISTEN, which the store has on node-postgres and PGlite only (it refuses a cache elsewhere).
     const cache = driver !== "postgres.js";
     const add = (label: string, c: Partial<Omit<Config, "driver" | "name">>) => {
-      const config = { ...base, ...c, driver };
+      const config = { ...base, ...c, driver, ...(replica ? { replica } : {}) };
       const features = [
         `cache=${config.cache ? "both" : "none"}`,
         `absolute=${config.absolute ?? "none"}`,
@@ -192,6 +198,7 @@ export function configurations(drivers: readonly DriverName[]): Config[] {
         config.cap !== undefined && `cap=${config.cap}`,
         config.broadcast && "broadcast",
         !config.merge && "merge=false",
+        config.replica && `replica window=${config.replica.window}`,
       ].filter(Boolean);
       list.push({ ...config, name: `${driver}${label ? ` ${label}` : ""} ${features.join(" ")}` });
     };
@@ -228,10 +235,15 @@ export async function closeSharedDbs(): Promise<void> {
   await (await shared?.catch(() => undefined))?.close();
 }
 
-/** A connection pool of its own for one instance (PGlite: the one database). */
-async function connect(t: TestDb): Promise<{ db: AnyPgDatabase; end(): Promise<void> }> {
+/** A connection pool of its own for one instance (PGlite: the one database), with its replica's. */
+async function connect(t: TestDb, config: Config): Promise<{ db: AnyPgDatabase; end(): Promise<void> }> {
   const peer = await openPeer(t);
-  return { db: peer.db, end: peer.close };
+  if (!config.replica) return { db: peer.db, end: peer.close };
+  const replica = openOn(t.driver, config.replica.url);
+  return {
+    db: withReplicas(peer.db as any, [replica.db as any]) as unknown as AnyPgDatabase,
+    end: async () => void (await Promise.allSettled([peer.close(), replica.close()])),
+  };
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1064,7 +1076,9 @@ function apply(m: Model, r: Real, observed: Ev[]): { fails: string[]; ended: Ses
     s.endAt = Math.min(s.endAt, e.end);
     for (const i of ALL_INSTS) {
       // Another instance with a cache hears of it by NOTIFY: visible once the barrier after this command passed.
-      if (i === e.inst || !r[i]?.cached) s.visible[i] = Math.min(s.visible[i], e.end);
+      // One reading a replica with a window: once the window passed.
+      const window = i === e.inst ? 0 : (r.config.replica?.window ?? 0);
+      if (i === e.inst || !r[i]?.cached) s.visible[i] = Math.min(s.visible[i], e.end + window);
     }
   }
 
@@ -1625,6 +1639,7 @@ function optionsOf(config: Config, db: AnyPgDatabase, table: TestDb["table"], na
   }
   // P never reads (so holds no cache), but every instance on a table some instance caches must notify.
   if (config.cache && name !== "R") Object.assign(options, name === "P" ? { notify: true } : { cache: { ...CACHE }, notify: true });
+  if (config.replica && name !== "R") options.replicaReads = { window: config.replica.window };
   return options;
 }
 
@@ -1635,7 +1650,7 @@ async function openReal(config: Config, t: TestDb): Promise<Real> {
   const evictions: Real["evictions"] = [];
   const opened: Instance[] = [];
   const open = async (name: Inst): Promise<Instance> => {
-    const conn = await connect(t);
+    const conn = await connect(t, config);
     let store: TestStore;
     try {
       store = new TestStore(optionsOf(config, conn.db, t.table, name));
@@ -1734,6 +1749,7 @@ export async function runLifecycle(config: Config, t: TestDb, options: Lifecycle
   let shrinkDeadline = Infinity;
   let failures = 0;
   const started = Date.now();
+  const replicaLookups = { replica: 0, primary: 0 };
   const property = fc.asyncProperty(lifecycleCommands({ maxCommands: options.maxCommands, without: options.without, config }), async (cmds) => {
     // Out of time: interrupt fast-check (it then reports what it has: the runs so far passed, or the
     // smallest failing sequence found so far), instead of letting it generate the remaining runs.
@@ -1749,6 +1765,10 @@ export async function runLifecycle(config: Config, t: TestDb, options: Lifecycle
     } finally {
       if (process.env.LIFECYCLE_TRACE) console.log(`--- run ${runs}\n${real.trace.join("\n")}`);
       for (const [kind, n] of real.stats) totals.set(kind, (totals.get(kind) ?? 0) + n);
+      for (const i of [real.A, real.B, real.C, real.P]) {
+        const lookups = i?.store.replicaStats();
+        if (lookups) for (const side of ["replica", "primary"] as const) replicaLookups[side] += lookups[side];
+      }
       for (const [invariant, n] of real.checks) checks.set(invariant, (checks.get(invariant) ?? 0) + n);
       await closeReal(real);
     }
@@ -1762,7 +1782,7 @@ export async function runLifecycle(config: Config, t: TestDb, options: Lifecycle
       .join(", ");
     const applied = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"].map((i) => `${i}: ${checks.get(i) ?? 0}`).join(", ");
     (options.log ?? console.log)(
-      `[lifecycle] ${config.name}: ${runs} runs${failures ? ` (${failures} failing, shrinking included)` : ""}, ${commands} commands (${kinds}), invariants checked (${applied}), seed ${options.seed}, ${((Date.now() - started) / 1000).toFixed(1)} s`,
+      `[lifecycle] ${config.name}: ${runs} runs${failures ? ` (${failures} failing, shrinking included)` : ""}, ${commands} commands (${kinds}), invariants checked (${applied})${config.replica ? `, lookups from the replica ${replicaLookups.replica} of ${replicaLookups.replica + replicaLookups.primary}` : ""}, seed ${options.seed}, ${((Date.now() - started) / 1000).toFixed(1)} s`,
     );
   }
 }
@@ -1804,6 +1824,7 @@ export const seedOf = (name: string) => createHash("sha256").update(`lifecycle $
 export function lifecycleTests(
   drivers: readonly DriverName[],
   defaults: { seed(config: Config): number; runs: number; maxCommands: number; budgetMs: number; shrinkMs: number },
+  replica?: Config["replica"],
 ): void {
   const env = fromEnv();
   const open = new Set<TestDb>();
@@ -1818,7 +1839,7 @@ export function lifecycleTests(
   }, 120_000);
   const budgetMs = env.budgetMs ?? defaults.budgetMs;
   const shrinkMs = env.shrinkMs ?? defaults.shrinkMs;
-  for (const config of configurations(drivers).filter((c) => !env.only || c.name.includes(env.only))) {
+  for (const config of configurations(drivers, replica).filter((c) => !env.only || c.name.includes(env.only))) {
     it(
       config.name,
       async () => {
