@@ -62,6 +62,8 @@ export function internals(store: SessionStore) {
     storedNames: (key: string): string[] => s.s.sealer.storedNames(key),
     /** Forgets sessions in this store's cache, as a NOTIFY heard does. */
     evict: (keys: readonly string[]): void => s.evict(keys),
+    /** Turns the executor's failover retries off (false: how the store behaved before it had them) or on again. */
+    retries: (on: boolean): void => void (s.s.exec.settings.retry = on),
     /** Calls `listener` with every eviction the store makes until the returned function is called. */
     onEvict(listener: (keys: readonly string[]) => void): () => void {
       const evict = s.evict;

@@ -17,6 +17,11 @@ export interface Pgbouncer {
   /** "1.18.0" */
   version: string;
   log(): string;
+  /**
+   * Points the database at another server (`port` on the same host) and reloads (SIGHUP): what a failover
+   * manager's hook does when a standby was promoted. New server connections go there.
+   */
+  retarget(port: number): void;
   stop(): Promise<void>;
 }
 
@@ -61,6 +66,8 @@ export async function startPgbouncer(options: {
   user?: string;
   poolSize?: number;
   listenPort?: number;
+  /** pgbouncer's `server_login_retry`, seconds: how long it waits after a failed server connection (its default, 15). */
+  loginRetry?: number;
 }): Promise<Pgbouncer> {
   const binary = pgbouncerBinary();
   if (!binary) throw new Error("pgbouncer is not installed (apt-get install -y pgbouncer)");
@@ -71,11 +78,12 @@ export async function startPgbouncer(options: {
   const config = join(dir, "pgbouncer.ini");
   const logfile = join(dir, "pgbouncer.log");
   writeFileSync(join(dir, "userlist.txt"), `"${user}" ""\n`);
+  const target = (serverPort: number) => `${options.dbname} = host=${options.host ?? "127.0.0.1"} port=${serverPort} dbname=${options.dbname} user=${user}`;
   writeFileSync(
     config,
     [
       "[databases]",
-      `${options.dbname} = host=${options.host ?? "127.0.0.1"} port=${options.port ?? 5432} dbname=${options.dbname} user=${user}`,
+      target(options.port ?? 5432),
       "[pgbouncer]",
       "listen_addr = 127.0.0.1",
       `listen_port = ${port}`,
@@ -91,6 +99,7 @@ export async function startPgbouncer(options: {
       // node-postgres and postgres.js send these at startup; pgbouncer refuses unknown ones unless listed.
       "ignore_startup_parameters = extra_float_digits,application_name,options",
       "server_reset_query =",
+      ...(options.loginRetry === undefined ? [] : [`server_login_retry = ${options.loginRetry}`]),
       "",
     ].join("\n"),
   );
@@ -150,5 +159,9 @@ export async function startPgbouncer(options: {
       await new Promise((r) => setTimeout(r, 100));
     }
   }
-  return { port, url, version, log, stop };
+  const retarget = (serverPort: number) => {
+    writeFileSync(config, readFileSync(config, "utf8").replace(/^.* = host=.*$/m, target(serverPort)));
+    child.kill("SIGHUP");
+  };
+  return { port, url, version, log, retarget, stop };
 }
