@@ -68,6 +68,8 @@ export async function startPgbouncer(options: {
   listenPort?: number;
   /** pgbouncer's `server_login_retry`, seconds: how long it waits after a failed server connection (its default, 15). */
   loginRetry?: number;
+  /** `session` pooling (what LISTEN needs) instead of `transaction`. */
+  poolMode?: "transaction" | "session";
 }): Promise<Pgbouncer> {
   const binary = pgbouncerBinary();
   if (!binary) throw new Error("pgbouncer is not installed (apt-get install -y pgbouncer)");
@@ -91,7 +93,7 @@ export async function startPgbouncer(options: {
       "auth_type = trust",
       `admin_users = ${user}`,
       `auth_file = ${join(dir, "userlist.txt")}`,
-      "pool_mode = transaction",
+      `pool_mode = ${options.poolMode ?? "transaction"}`,
       `default_pool_size = ${options.poolSize ?? 4}`,
       "max_client_conn = 200",
       `logfile = ${logfile}`,
