@@ -9,8 +9,9 @@ export default defineConfig({
   },
   test: {
     include: ["test/**/*.test.ts"],
-    // The fault tests (outages, pgbouncer, processes) run in their own script: npm run test:faults.
-    exclude: [...configDefaults.exclude, "test/faults/**"],
+    // The fault tests (outages, pgbouncer, processes) and the HA tests (replicas, failover) run in their own
+    // scripts: npm run test:faults, npm run test:ha.
+    exclude: [...configDefaults.exclude, "test/faults/**", "test/ha/**"],
     // Every file opens its own database (a schema of its own on a server): two at a time on two cores.
     maxWorkers: Math.max(2, availableParallelism() - 1),
     reporters: ["default", "./test/support/skipped.ts"],
