@@ -120,7 +120,8 @@ export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StorePa
       const missing = sql.columnNames().filter((column) => !columns.has(column));
       if (missing.length > 0) throw schemaOutdated(found, missing);
       // A cache or `broadcast` that cannot hear the database fails the start, not silently later.
-      await Promise.all([cache?.proven(), hearing?.proven()]);
+      // Replicas are asked who they are, so that the first lookups may read them (never a failure).
+      await Promise.all([cache?.proven(), hearing?.proven(), replicas?.warm()]);
     },
     async close() {
       await reaper?.stop();

@@ -38,6 +38,8 @@ interface Floor {
   synchronous: ReadonlySet<string>;
 }
 
+/** While lookups wait for a sample after a session changed, how often the primary is sampled at most. */
+const PINNED_SAMPLE_MS = 50;
 /** Longest wait before a failed replica is tried again. */
 const MAX_DOWN_MS = 30_000;
 /** With window 0, how old the primary's word on its synchronous standbys may be. */
@@ -50,11 +52,12 @@ const SYNC_STATE_MAX_AGE_MS = 1_000;
  * A replica is trusted only to say "this session is live", and only when it has replayed the primary's
  * WAL up to a position (the floor) sampled after every end it must show: an answer of "no such session"
  * or "expired" is asked of the primary again (the replica may not have the login, or the renewal, yet),
- * as is every lookup of a session this instance wrote or ended (or heard ended) since the last sample.
+ * and, with a window, every lookup of a session this instance wrote or ended (or heard ended) since the
+ * last sample.
  *
- * - Window 0 (the default): only the standbys the primary reports as synchronous are read, and every end
- *   commits once they applied it (remote_apply), so none of them returns a session after its end
- *   resolved, on any instance.
+ * - Window 0 (the default): only the standbys the primary reports as synchronous are read, and every
+ *   write commits once they applied it (remote_apply), so none of them returns a session as it was
+ *   before a write or end resolved, on any instance (nothing needs pinning).
  * - Window W > 0: any replica that replayed a floor sampled at most W ms ago: an end resolved on another
  *   instance may still be found live for up to W ms (or until this instance hears of it, with `cache`).
  *
@@ -87,16 +90,26 @@ export class Replicas {
     }));
   }
 
+  /**
+   * Samples the primary and asks every replica who it is, so that lookups may read them from the first
+   * one on (`ready()` awaits it). Never fails: a replica that does not answer is skipped as always.
+   */
+  async warm(): Promise<void> {
+    await Promise.all([this.sample(), ...this.replicas.map((replica) => this.probe(replica))]);
+  }
+
   /** Where lookups went so far. */
   stats(): ReplicaStats {
     return { ...this.counts };
   }
 
   /**
-   * Sessions this instance is changing, has changed or heard changed (`*`: all): their lookups go to the
-   * primary until a floor sampled after now has been read.
+   * Sessions this instance is changing, has changed or heard changed (`*`: all): with a window, their
+   * lookups go to the primary until a floor sampled after now has been read. With window 0 nothing is
+   * pinned: every write resolves only once the synchronous standbys, the only ones read, applied it.
    */
   pin(keys: readonly string[]): void {
+    if (this.settings.window === 0) return;
     const now = performance.now();
     for (const key of keys) {
       if (key === "*") this.allPinnedAt = now;
@@ -139,8 +152,11 @@ export class Replicas {
     const floor = this.floor;
     if (!this.sampling && (floor === undefined || now - floor.sentAt >= Math.max(window / 2, window === 0 ? 500 : 10))) void this.sample();
     if (floor === undefined || now - floor.sentAt > (window === 0 ? SYNC_STATE_MAX_AGE_MS : window)) return undefined;
-    if (this.allPinnedAt >= floor.sentAt) return undefined;
-    for (const key of keys) if ((this.pinned.get(key) ?? Number.NEGATIVE_INFINITY) >= floor.sentAt) return undefined;
+    if (this.allPinnedAt >= floor.sentAt || keys.some((key) => (this.pinned.get(key) ?? Number.NEGATIVE_INFINITY) >= floor.sentAt)) {
+      // A session changed since the last sample: an earlier sample, so its next lookups may read a replica.
+      if (!this.sampling && now - floor.sentAt >= PINNED_SAMPLE_MS) void this.sample();
+      return undefined;
+    }
     for (let tried = 0; tried < this.replicas.length; tried++) {
       const replica = this.replicas[(this.next = (this.next + 1) % this.replicas.length)]!;
       if (replica.downUntil > now || replica.behindSince >= floor.sentAt) continue;

@@ -291,10 +291,12 @@ export class SessionStore extends Store {
    * express-session saves a new session after the response is sent, so the first visitors get their
    * page while their sessions are lost (the error then also goes once to the `error` event or console).
    * With `cache` or `broadcast` it also waits (up to `timeout`) until their LISTEN hears what this store
-   * NOTIFYs, proven by a probe.
+   * NOTIFYs, proven by a probe. With read replicas it asks each who it is, so the first lookups may read
+   * them (a replica that does not answer is skipped, not an error).
    * @throws SessionStoreError `TABLE_MISSING` (no table) or `SCHEMA_OUTDATED` (missing columns), saying
    * what to run; `DATABASE` or `TIMEOUT` when the database cannot answer; `LISTEN_DEAF` when the LISTEN of
-   * `cache` or `broadcast` hears nothing (behind pgbouncer in transaction mode: give the store `listen`)
+   * `cache` or `broadcast` hears nothing (behind pgbouncer in transaction mode: give the store `listen`);
+   * `READ_ONLY` when `db` is a standby
    */
   ready(): Promise<void> {
     return this.run("ready", () => this.parts.ready());

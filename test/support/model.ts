@@ -1706,6 +1706,16 @@ async function openReal(config: Config, t: TestDb): Promise<Real> {
     await Promise.allSettled([...opened.map((i) => i.end()), reader.close()]);
     throw error;
   }
+  if (config.replica) {
+    // As an app awaits it before listening: each instance asks its replica who it is, so that lookups
+    // go to it from the first command (else a short run would read the primary only).
+    try {
+      await Promise.all(opened.map((i) => i.store.ready()));
+    } catch (error) {
+      await closeReal(r);
+      throw error;
+    }
+  }
   if (config.cache) {
     try {
       const live = (i: Instance) => internals(i.store).cache?.live !== false;
