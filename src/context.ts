@@ -2,7 +2,7 @@ import type { SQL } from "drizzle-orm";
 import type { SessionData } from "express-session";
 import type { Announcer } from "./announce.js";
 import type { ReadCache } from "./cache.js";
-import type { Executor } from "./driver.js";
+import type { Executor } from "./executor.js";
 import type { KeyDeriver } from "./hash.js";
 import type { Loaded } from "./loaded.js";
 import type { ResolvedOptions } from "./options.js";

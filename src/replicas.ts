@@ -1,4 +1,5 @@
-import { Executor, isTrue, type Shape } from "./driver.js";
+import { isTrue } from "./driver.js";
+import { Executor, type Shape } from "./executor.js";
 import { SessionStoreError, safeCause } from "./errors.js";
 import type { AnyPgDatabase } from "./options.js";
 import { replicaIdentity, walPosition } from "./sql/replicas.js";

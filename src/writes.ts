@@ -1,6 +1,7 @@
 import type { SessionData } from "express-session";
 import type { StoreContext } from "./context.js";
-import { isTrue, type Shape } from "./driver.js";
+import { isTrue } from "./driver.js";
+import type { Shape } from "./executor.js";
 import { SessionStoreError } from "./errors.js";
 import { sessionEvent, type Announcement } from "./events.js";
 import { isValidId, newHandle } from "./hash.js";
@@ -325,9 +326,13 @@ export class Writes {
 
   private async renew(session: SessionData, { sent, keys, loaded, ua, ip, values }: Touch): Promise<void> {
     this.s.evict(keys);
-    const [written] = await this.s.exec
-      .run<{ key: string } & ExpiryRow>(this.s.sql.touch(keys.length, this.s.sealer !== undefined), values)
-      .finally(() => this.s.replicas?.pin(keys));
+    let written: ({ key: string } & ExpiryRow) | undefined;
+    try {
+      [written] = await this.s.exec.run<{ key: string } & ExpiryRow>(this.s.sql.touch(keys.length, this.s.sealer !== undefined), values);
+    } finally {
+      // Lookups read the session where this write is sure to be seen (see Replicas.pin).
+      this.s.replicas?.pin(keys);
+    }
     // Not cached: the row may hold other requests' changes since this one read it, which a touch does not
     // read back (the next get caches the row as it is); this request's own view moves on.
     if (written && loaded)

@@ -1,7 +1,7 @@
 import { sql, type SQL } from "drizzle-orm";
 import { getTableConfig } from "drizzle-orm/pg-core";
 import { millis, NOW } from "../clock.js";
-import { Shape } from "../driver.js";
+import { Shape } from "../executor.js";
 import type { EndReason } from "../reasons.js";
 import { quotedName, type SessionColumns, type SessionTable } from "../schema.js";
 

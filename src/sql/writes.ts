@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { sql, type SQL } from "drizzle-orm";
 import { lifetime, NOW } from "../clock.js";
-import type { Shape } from "../driver.js";
+import type { Shape } from "../executor.js";
 import { COOKIE_TAG } from "../seal.js";
 import { col, Fragments, insertRow, keyParams, msOf } from "./fragments.js";
 import type { LoginWrite } from "./rows.js";
