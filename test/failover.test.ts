@@ -1,6 +1,6 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it } from "vitest";
 import { SessionStore, SessionStoreError } from "../src/index.js";
-import { drivers, openDb, sessionData, type TestDb } from "./support/db.js";
+import { drivers, sessionData, type TestDb, useTestDb } from "./support/db.js";
 import { failureOf, synchronousStandbys } from "./support/internals.js";
 
 /** A driver error as each driver raises it: a SQLSTATE, or a socket errno, and a message. */
@@ -34,16 +34,12 @@ let restore: (() => void) | undefined;
 
 describe.each(drivers)("failover on %s: statements that failed for a server in failover run again", (driver) => {
   let t: TestDb;
-  beforeAll(async () => {
-    t = await openDb(driver);
-  });
-  afterAll(async () => {
-    await t?.close();
-  });
-  beforeEach(async () => {
+  afterEach(() => {
     restore?.();
     restore = undefined;
-    await t.raw("delete from $table");
+  });
+  useTestDb(driver, (db) => {
+    t = db;
   });
   const storeOf = (options: Partial<ConstructorParameters<typeof SessionStore>[0]> = {}) =>
     new SessionStore({ db: t.db, table: t.table, reaper: false, ...options });

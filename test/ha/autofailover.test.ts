@@ -2,7 +2,8 @@ import pg from "pg";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { autoFailoverAvailable, startFormation, type Formation } from "../support/autofailover.js";
-import { haEnabled, sqlOn } from "../support/cluster.js";
+import { haEnabled } from "../support/cluster.js";
+import { sqlOn } from "../support/servers.js";
 
 const available = autoFailoverAvailable();
 const skip = !haEnabled ? "runs under npm run test:ha" : available.ok ? undefined : available.why;

@@ -1,7 +1,8 @@
 import { withReplicas } from "drizzle-orm/pg-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { migrate, SessionStore, SessionStoreError, type AnyPgDatabase, type ReplicaStats, type SessionStoreOptions } from "../../src/index.js";
-import { haEnabled, replicationAvailable, sqlOn, startReplicated, type Replicated } from "../support/cluster.js";
+import { haEnabled, replicationAvailable, startReplicated, type Replicated } from "../support/cluster.js";
+import { sqlOn } from "../support/servers.js";
 import { openOn, sessionData, sleep, type DriverName } from "../support/db.js";
 import { lifecycleTests, seedOf } from "../support/model.js";
 
@@ -62,6 +63,22 @@ describe.skipIf(!available.ok)(`read replicas on a primary and a hot standby${wh
       await sleep(50);
     }
     return false;
+  };
+  /**
+   * Ends `sid` through `ender`, then looks it up through `reader` until it is no longer found: returns how
+   * long after the end resolved the last lookup that found it started (0: none did), and fails if one that
+   * started `window` ms or more after the end found it.
+   */
+  const shownAfter = async (ender: SessionStore, reader: SessionStore, sid: string, window: number): Promise<number> => {
+    await ender.destroy(sid);
+    const ended = performance.now();
+    let last = 0;
+    for (;;) {
+      const started = performance.now() - ended;
+      if ((await reader.get(sid)) === null) return last;
+      last = started;
+      expect(started, "a lookup started after the window found the ended session").toBeLessThan(window);
+    }
   };
   const share = (stats: ReplicaStats | undefined) => stats!.replica / (stats!.replica + stats!.primary);
 
@@ -130,17 +147,7 @@ describe.skipIf(!available.ok)(`read replicas on a primary and a hot standby${wh
           const sid = `async-${driver}-${i}`;
           await a.store.set(sid, sessionData(60_000));
           await b.store.get(sid);
-          await a.store.destroy(sid);
-          const ended = performance.now();
-          // Poll B until it no longer finds it: the last lookup that did is how long the end took to show.
-          let last = 0;
-          for (;;) {
-            const started = performance.now() - ended;
-            if ((await b.store.get(sid)) === null) break;
-            last = started;
-            expect(started, "a lookup started after the window found the ended session").toBeLessThan(window);
-          }
-          seen.push(last);
+          seen.push(await shownAfter(a.store, b.store, sid, window));
         }
         seen.sort((x, y) => x - y);
         const at = (q: number) => seen[Math.min(seen.length - 1, Math.floor(q * seen.length))]!.toFixed(1);
@@ -165,16 +172,7 @@ describe.skipIf(!available.ok)(`read replicas on a primary and a hot standby${wh
           await cluster.caughtUp();
           expect(await readsFromReplica(b.store, sid)).toBe(true);
           await cluster.pauseReplay();
-          await a.store.destroy(sid);
-          const ended = performance.now();
-          let last = 0;
-          for (;;) {
-            const started = performance.now() - ended;
-            if ((await b.store.get(sid)) === null) break;
-            last = started;
-            expect(started, "a lookup started after the window found the ended session").toBeLessThan(window);
-          }
-          found.push(last);
+          found.push(await shownAfter(a.store, b.store, sid, window));
           // Behind now, the standby is skipped: a live session is still found, from the primary.
           await a.store.set(`${sid}-live`, sessionData(60_000));
           expect(await b.store.get(`${sid}-live`)).not.toBeNull();
@@ -187,6 +185,48 @@ describe.skipIf(!available.ok)(`read replicas on a primary and a hot standby${wh
         expect(b.store.replicaStats()!.fellBack).toBeGreaterThan(0);
       } finally {
         await cluster.resumeReplay();
+        await cluster.setSynchronous(true);
+      }
+    });
+
+    it("window 0: an end waits until the synchronous standby applied it, so no lookup there finds the session once it resolved", async () => {
+      const a = instance(driver);
+      const b = instance(driver);
+      await Promise.all([a.store.ready(), b.store.ready()]);
+      await a.store.set("applied-1", sessionData(60_000));
+      expect(await readsFromReplica(b.store, "applied-1"), "B reads the standby").toBe(true);
+      await cluster.pauseReplay();
+      let resolved = false;
+      const ending = a.store.destroy("applied-1").then(() => void (resolved = true));
+      try {
+        await sleep(300);
+        expect(resolved, "the end resolved before the standby applied it").toBe(false);
+      } finally {
+        await cluster.resumeReplay();
+      }
+      await ending;
+      expect(await b.store.get("applied-1")).toBeNull();
+    });
+
+    it("window W: a session this instance ended is never found again, not even on a replica that is behind (its lookups go to the primary)", async () => {
+      await cluster.setSynchronous(false);
+      const b = instance(driver, { replicaReads: { window: 1_000 } });
+      try {
+        for (let i = 0; i < 5; i++) {
+          const sid = `own-${driver}-${i}`;
+          await b.store.set(sid, sessionData(60_000));
+          await cluster.caughtUp();
+          expect(await readsFromReplica(b.store, sid), "B reads the standby").toBe(true);
+          await cluster.pauseReplay();
+          try {
+            // The standby still holds the session, and B's last sample is recent: only the end B knows of keeps it off.
+            await b.store.destroy(sid);
+            for (let j = 0; j < 5; j++) expect(await b.store.get(sid)).toBeNull();
+          } finally {
+            await cluster.resumeReplay();
+          }
+        }
+      } finally {
         await cluster.setSynchronous(true);
       }
     });

@@ -2,7 +2,8 @@ import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { appendFileSync, chmodSync, chownSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { freeServerPort, PG_BIN, PG_VERSION, processAlive, sqlOn, tailOf, until, type PgNode } from "./cluster.js";
+import { freeServerPort, PG_BIN, PG_VERSION, type PgNode } from "./cluster.js";
+import { processAlive, sqlOn, tailOf, until } from "./servers.js";
 
 /**
  * A pg_auto_failover 2.0 formation on loopback, for failover tests (`npm run test:ha`): a monitor and two

@@ -1,8 +1,8 @@
 import { execFile, spawnSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import pg from "pg";
 import { freePort } from "./pgbouncer.js";
+import { processAlive, sqlOn, tailOf, until } from "./servers.js";
 
 /**
  * Real PostgreSQL replication on loopback, for tests of read replicas and failover (`npm run test:ha`):
@@ -327,29 +327,10 @@ async function dropLeftoverClusters(): Promise<void> {
   }
 }
 
-export function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
-
 /** The last lines of a cluster's server log, for error messages. */
 function logTail(name: string, lines = 30): string {
   const file = clusterInfo(name)?.logFile || `/var/log/postgresql/postgresql-${PG_VERSION}-${name}.log`;
   return tailOf(file, `server log of ${name}`, lines);
-}
-
-/** The last `lines` lines of a file, headed by `label`; says so when there is no such file. */
-export function tailOf(file: string, label: string, lines = 30): string {
-  try {
-    const text = readFileSync(file, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
-    return `--- ${label} (${file}), last ${lines} lines:\n${text}`;
-  } catch {
-    return `--- ${label}: no ${file}`;
-  }
 }
 
 /** Runs a command (bounded: killed after `timeoutMs`); rejects with its output when it fails. */
@@ -361,46 +342,6 @@ function run(command: string, args: string[], timeoutMs: number): Promise<string
       else resolve(stdout);
     });
   });
-}
-
-/** One statement on a fresh connection (bounded: 3 s to connect, 10 s to answer), closed after. */
-export async function sqlOn(url: string, text: string, params: unknown[] = []): Promise<any[]> {
-  const client = new pg.Client({
-    connectionString: url,
-    connectionTimeoutMillis: 3_000,
-    query_timeout: 10_000,
-    application_name: "connect-drizzle ha support",
-  });
-  client.on("error", () => {});
-  try {
-    await client.connect();
-    const result: any = await client.query(text, params);
-    return Array.isArray(result) ? (result.at(-1)?.rows ?? []) : result.rows;
-  } finally {
-    await client.end().catch(() => {});
-  }
-}
-
-/**
- * Polls `check` until it returns true; a check that throws counts as not yet. Throws after `timeoutMs`
- * with what it waited for, the last error, and `logs()`.
- */
-export async function until(what: string, timeoutMs: number, logs: () => string, check: () => Promise<boolean>, every = 100): Promise<void> {
-  const started = Date.now();
-  let last: unknown;
-  for (;;) {
-    try {
-      if (await check()) return;
-      last = undefined;
-    } catch (error) {
-      last = error;
-    }
-    if (Date.now() - started > timeoutMs) {
-      const why = last === undefined ? "" : ` (last error: ${(last as Error).message})`;
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${why}\n${logs()}`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, every));
-  }
 }
 
 const quoteIdent = (name: string) => `"${name.replaceAll('"', '""')}"`;
