@@ -13,9 +13,10 @@ import { profileOf } from "./driver.js";
  * 2. Every statement that ends or changes an existing session NOTIFYs its row key, in the same statement;
  *    every instance evicts that key when it hears it. This instance evicts it itself before the statement
  *    is sent and again when its reply comes back, so an end through this store is seen here at once.
- * 3. A result is cached only if no eviction happened between its statement being sent and its reply
- *    (`since` = {@link ReadCache.evictions} read before sending): such a result may predate the change the
- *    eviction was for.
+ * 3. A result is cached only if its session was not evicted between its statement being sent and its
+ *    reply (`since` = {@link ReadCache.evictions} read before sending): such a result may predate the change
+ *    the eviction was for. Evictions are tracked per row key, so one session's writes never keep another's
+ *    results out; an eviction of every session (`*`), or one this cache no longer remembers, refuses all.
  * 4. An entry is served only until its `servedUntil`, on the monotonic clock: the row's expiry as read
  *    (converted early, by the statement's round trip), or its `ttl`, whichever comes first. A wall clock
  *    stepped back never stretches it.
@@ -25,6 +26,13 @@ import { profileOf } from "./driver.js";
 export class ReadCache<Entry extends CacheEntry> {
   /** Bumped on every eviction (local or from a NOTIFY); see invariant 3. */
   evictions = 0;
+  /** The count of {@link evictions} at each row key's latest eviction (invariant 3), up to {@link rememberedKeys}. */
+  private readonly evictedAt = new Map<string, number>();
+  /**
+   * Results sent before this count are refused whatever their key: an eviction of every session, or one
+   * of the keys {@link evictedAt} forgot to stay bounded, came after them.
+   */
+  private refusedBefore = 0;
   /** Whether entries may be served (invariant 1). */
   live = false;
   private readonly bySid = new Map<string, Entry>();
@@ -76,25 +84,46 @@ export class ReadCache<Entry extends CacheEntry> {
 
   /** Caches an entry read or written by a statement sent when `evictions` was `since` (invariant 3; see {@link ticket}). */
   put(entry: Entry, since: number): void {
-    if (since !== this.evictions) return;
+    if (!this.accepts(entry.key, since)) return;
     this.remove(entry.sid);
     this.bySid.set(entry.sid, entry);
     this.sidOfKey.set(entry.key, entry.sid);
     if (this.bySid.size > this.settings.max) this.remove(this.bySid.keys().next().value!);
   }
 
+  /** Whether a result for row `key` from a statement sent when `evictions` was `since` may be cached (invariant 3). */
+  accepts(key: string, since: number): boolean {
+    return since >= this.refusedBefore && (this.evictedAt.get(key) ?? 0) <= since;
+  }
+
   /** Forgets the sessions of these row keys (`*`: every session). */
   evict(keys: readonly string[]): void {
-    this.evictions++;
+    const at = ++this.evictions;
     for (const key of keys) {
       if (key === "*") {
         this.bySid.clear();
         this.sidOfKey.clear();
-      } else {
-        const sid = this.sidOfKey.get(key);
-        if (sid !== undefined) this.remove(sid);
+        this.evictedAt.clear();
+        this.refusedBefore = at;
+        continue;
       }
+      const sid = this.sidOfKey.get(key);
+      if (sid !== undefined) this.remove(sid);
+      // Bounded: once too many keys are remembered, forget them all and refuse every result sent before.
+      if (this.evictedAt.size >= this.rememberedKeys) {
+        this.evictedAt.clear();
+        this.refusedBefore = at;
+      }
+      this.evictedAt.set(key, at);
     }
+  }
+
+  /**
+   * How many evicted keys are remembered for invariant 3: enough for the evictions that can come in during
+   * one round trip of a busy instance; past it, results in flight are refused (they are read again).
+   */
+  private get rememberedKeys(): number {
+    return Math.max(4_096, this.settings.max);
   }
 
   /**

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { SessionStore } from "../src/index.js";
+import { internals } from "./support/internals.js";
 import { cacheReady, DATABASE_URL, eventually, openDb, sessionData, sleep, type TestDb } from "./support/db.js";
 
 /** Whether a read of `sid` is served with no query (once the NOTIFY of the write that made it has arrived). */
@@ -53,6 +54,22 @@ describe("read cache on PGlite", () => {
     expect(await store.get("c3")).toBeNull();
   });
 
+  it("refuses a result in flight across an eviction of its own session, of every session (clear), or of more keys than it remembers", async () => {
+    const cache = internals(store).cache!;
+    const [mine] = internals(store).keysOf("c4");
+    const [theirs] = internals(store).keysOf("c5");
+    let since = cache.evictions;
+    await store.destroy("c4");
+    expect([cache.accepts(mine!, since), cache.accepts(theirs!, since)]).toEqual([false, true]);
+    since = cache.evictions;
+    await store.clear();
+    expect(cache.accepts(theirs!, since)).toBe(false);
+    since = cache.evictions;
+    cache.evict(Array.from({ length: 5_000 }, (_, i) => `unrelated-${i}`));
+    expect(cache.accepts(theirs!, since)).toBe(false);
+    expect(cache.accepts(theirs!, cache.evictions)).toBe(true);
+  });
+
   it("rejects a cache on a driver without LISTEN support, at construction", () => {
     const fake = Object.create(t.db);
     Object.defineProperty(fake, "$client", { value: {} });
@@ -103,6 +120,20 @@ describe.runIf(DATABASE_URL)("read cache across instances (node-postgres, two po
     expect(await eventually(async () => ((await cached.get("x2")) as any)?.n === 2)).toBe(true);
     await other.destroy("x2");
     expect(await eventually(async () => (await cached.get("x2")) === null)).toBe(true);
+  });
+
+  it("keeps caching while other sessions are written and ended on both instances: a change refuses only its own session's results", async () => {
+    const ended = Array.from({ length: 32 }, (_, i) => `busy-end-${i}`);
+    await Promise.all(ended.map((sid) => other.set(sid, sessionData(60_000))));
+    await Promise.all(ended.map((sid) => cached.get(sid)));
+    const fresh = Array.from({ length: 64 }, (_, i) => `busy-new-${i}`);
+    // 64 logins on this instance at once, while the other instance ends 32 sessions this one has cached.
+    await Promise.all([...fresh.map((sid) => cached.set(sid, sessionData(60_000, { passport: { user: sid } }))), ...ended.map((sid) => other.destroy(sid))]);
+    a.statements.length = 0;
+    const read = await Promise.all(fresh.map((sid) => cached.get(sid)));
+    expect(read.every((session) => session !== null)).toBe(true);
+    expect(a.statements).toHaveLength(0);
+    expect(await eventually(async () => (await Promise.all(ended.map((sid) => cached.get(sid)))).every((session) => session === null))).toBe(true);
   });
 
   it("clear() on another instance empties this one's cache too", async () => {

@@ -256,8 +256,8 @@ describe.each(drivers)("saves merge by top-level key on %s (two tabs, one sessio
       const cache = internals(cached).cache!;
       const put = cache.put.bind(cache);
       const puts: string[] = [];
-      cache.put = (entry: { text: string }, since: number) => {
-        if (since === cache.evictions) puts.push(entry.text);
+      cache.put = (entry: { key: string; text: string }, since: number) => {
+        if (cache.accepts(entry.key, since)) puts.push(entry.text);
         put(entry, since);
       };
       const tabs = tabsApp(cached);

@@ -54,9 +54,16 @@ export function internals(store: SessionStore) {
     loginLock: (userId: string, timeout: number): SQL => s.s.sql.loginLock(userId, timeout),
     /** Sends `payload` on the cache's channel, as a write's NOTIFY does. */
     notify: (payload: string): Promise<unknown> => s.s.exec.query(s.s.sql.notify(payload)),
-    /** The read cache (with the `cache` option): `live`, `evictions`, `get`, `put`. */
+    /** The read cache (with the `cache` option): `live`, `evictions`, `get`, `put`, `accepts`, `evict`. */
     cache: s.s.cache as
-      | { live: boolean; evictions: number; get(sid: string, now: number): unknown; put(entry: { text: string }, since: number): void }
+      | {
+          live: boolean;
+          evictions: number;
+          get(sid: string, now: number): unknown;
+          put(entry: { key: string; text: string }, since: number): void;
+          accepts(key: string, since: number): boolean;
+          evict(keys: readonly string[]): void;
+        }
       | undefined,
     /** With `encrypt`: the names a key is stored under in a sealed row, one per secret. */
     storedNames: (key: string): string[] => s.s.sealer.storedNames(key),
