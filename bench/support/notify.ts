@@ -41,8 +41,12 @@ export function queryArgs(args: unknown[]): { text: string; values: unknown[] | 
 
 /** Whether a statement sends a connect-drizzle write's NOTIFY (not the cache's probe). */
 export function isNotifyStatement(text: string, values: unknown[] | undefined): boolean {
-  if (!text.includes("pg_notify(")) return false;
-  return !values?.some((v) => typeof v === "string" && v.startsWith(PROBE));
+  return text.includes("pg_notify(") && !isProbe(text, values);
+}
+
+/** Whether a statement is the read cache's probe (a `select pg_notify` whose payload starts `?probe:`). */
+export function isProbe(text: string, values: unknown[] | undefined): boolean {
+  return text.includes("pg_notify(") && values?.some((v) => typeof v === "string" && v.startsWith(PROBE)) === true;
 }
 
 /**
