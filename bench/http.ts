@@ -248,11 +248,11 @@ async function measure(
 }
 
 /**
- * The cells the goals compare (bench/index.ts), repeated interleaved after the main cells. A group `b`
+ * The cells the goals compare (bench/goals.ts), repeated interleaved after the main cells. A group `b`
  * is compared by its faster member in the same round (the cache's read against MemoryStore and connect-redis).
  */
-export const HTTP_PAIRS: ReadonlyArray<{ route: Route; a: string; b: readonly string[] }> = [
-  { route: "read", a: "connect-drizzle", b: ["connect-pg-simple"] },
+const HTTP_PAIRS: ReadonlyArray<{ route: Route; a: string; b: readonly string[] }> = [
+  { route: "read", a: "connect-drizzle", b: ["connect-redis"] },
   { route: "login", a: "connect-drizzle", b: ["connect-pg-simple"] },
   { route: "read", a: "connect-drizzle-cache", b: ["memory", "connect-redis"] },
   { route: "login", a: "connect-drizzle-cache", b: ["connect-drizzle"] },

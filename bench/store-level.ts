@@ -7,6 +7,7 @@
 import { randomBytes } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import type { SessionData } from "express-session";
+import { CacheFill, type FillPhase } from "./cache-fill.js";
 import { sessionData, STORE_LEVEL } from "./support/config.js";
 import { countNotifyStatements, notifyChannel, NotifyListener } from "./support/notify.js";
 import { Samples } from "./support/stats.js";
@@ -101,7 +102,7 @@ function idMaker(tag: string) {
 interface Prepared {
   target: Target;
   main: OpenStore;
-  /** connect-drizzle with touchAfter: 0 on the same table and pool: every touch writes. */
+  /** connect-drizzle with touchAfter: 0 (and the target's cache) on the same table and pool: every touch writes. */
   forced?: OpenStore;
   /** Live sessions, as express-session holds them after a get (req.session). */
   pool: Array<{ sid: string; session: SessionData & { touch(): unknown } }>;
@@ -113,7 +114,7 @@ async function prepare(target: Target, schema: string): Promise<Prepared> {
   const main = await openStore(target.name, { schema, notify: target.notify, cache: target.cache, options: target.options });
   const measuresForced = target.name === "connect-drizzle" && (target.ops ?? OPS).includes("touch-forced");
   const forced = measuresForced
-    ? await openStore(target.name, { schema, notify: target.notify, touchAfter: 0, pool: main.pool, options: target.options })
+    ? await openStore(target.name, { schema, notify: target.notify, cache: target.cache, touchAfter: 0, pool: main.pool, options: target.options })
     : undefined;
   const next = idMaker("pool");
   const sids = Array.from({ length: STORE_LEVEL.poolSessions }, next);
@@ -185,18 +186,23 @@ export interface Rounds {
 }
 
 /**
- * The cells the goals compare (bench/index.ts), repeated interleaved after the main cells: A B, B A, ...,
+ * The cells the goals compare (bench/goals.ts), repeated interleaved after the main cells: A B, B A, ...,
  * every pair once per round, so that each pair's repeats are spread over the whole phase. In each round
- * set runs before destroy, so destroy ends the sessions set has just made.
+ * set runs before destroy, so destroy ends the sessions set has just made (topUp adds more when short).
+ * The floor's touch (forced write) is its touch: it writes on every touch.
  */
-export const STORE_PAIRS = [
+const STORE_PAIRS = [
   { op: "get-hit", concurrency: 32, a: "connect-drizzle", b: "raw-pg" },
+  { op: "get-miss", concurrency: 32, a: "connect-drizzle", b: "raw-pg" },
+  { op: "touch-forced", concurrency: 32, a: "connect-drizzle", b: "raw-pg" },
   { op: "set", concurrency: 32, a: "connect-drizzle", b: "connect-pg-simple" },
   { op: "save", concurrency: 32, a: "connect-drizzle", b: "connect-drizzle-whole" },
   { op: "get-hit", concurrency: 32, a: "connect-drizzle-encrypt", b: "connect-drizzle" },
   { op: "set", concurrency: 32, a: "connect-drizzle-encrypt", b: "connect-drizzle" },
   { op: "save", concurrency: 32, a: "connect-drizzle-encrypt", b: "connect-drizzle" },
+  { op: "touch-forced", concurrency: 32, a: "connect-drizzle-cache", b: "connect-drizzle" },
   { op: "destroy", concurrency: 32, a: "connect-drizzle", b: "connect-pg-simple" },
+  { op: "destroy", concurrency: 32, a: "connect-drizzle-cache", b: "connect-drizzle" },
 ] as const satisfies ReadonlyArray<{ op: OpName; concurrency: number; a: string; b: string }>;
 
 /** Makes sure destroy has at least `n` sessions of its own left to end (untimed sets, 32 at a time). */
@@ -209,16 +215,36 @@ async function topUp(p: Prepared, n: number): Promise<void> {
   }
 }
 
+/** One of the cache's fill phases, logged. */
+async function fillPhase(fill: CacheFill, fills: FillPhase[], log: (line: string) => void, tag: string): Promise<void> {
+  const f = await fill.phase();
+  fills.push(f);
+  log(
+    `  ${tag}cache fill: ${f.sessions} new sessions set at c32, then read: ${f.statements} statements (${(f.statements / f.sessions).toFixed(3)} per read) ` +
+      `${JSON.stringify(f.byVerb)}${f.missing || f.errors ? `  ${f.missing} NOT FOUND, ${f.errors} ERRORS` : ""}`,
+  );
+}
+
+export interface StoreLevel {
+  cells: StoreCell[];
+  rounds: Rounds[];
+  /** The cache's fill phases (bench/cache-fill.ts): one after the main cells, one per round of repeats. */
+  fills: FillPhase[];
+}
+
 /** Every cell of every target, at each concurrency; then the interleaved repeats of STORE_PAIRS. */
-export async function benchStoreLevel(targets: Target[], schema: string, log: (line: string) => void): Promise<{ cells: StoreCell[]; rounds: Rounds[] }> {
+export async function benchStoreLevel(targets: Target[], schema: string, log: (line: string) => void): Promise<StoreLevel> {
   const { durationMs, warmupMs, concurrency: levels } = STORE_LEVEL;
   const prepared: Prepared[] = [];
   const cells: StoreCell[] = [];
   const rounds: Rounds[] = [];
+  const fills: FillPhase[] = [];
   // connect-drizzle's NOTIFYs: every variant writes to the same table, so one channel.
   const listener = targets.some((t) => t.name === "connect-drizzle") ? await NotifyListener.open(notifyChannel(schema, "sessions")) : undefined;
+  let fill: CacheFill | undefined;
   try {
     for (const target of targets) prepared.push(await prepare(target, schema));
+    fill = await CacheFill.open(schema);
     for (const concurrency of levels) {
       for (const op of OPS) {
         for (const p of prepared) {
@@ -259,6 +285,7 @@ export async function benchStoreLevel(targets: Target[], schema: string, log: (l
         }
       }
     }
+    await fillPhase(fill, fills, log, "");
     // Each goal compares two cells of one run; repeat them interleaved so that a change in background
     // load between the two cells cannot decide it.
     const pairs = STORE_PAIRS.flatMap((pair) => {
@@ -288,7 +315,9 @@ export async function benchStoreLevel(targets: Target[], schema: string, log: (l
             const main = cells.find((c) => c.target === p.target.id && c.op === "destroy" && c.concurrency === concurrency);
             await topUp(p, Math.ceil(((main?.opsPerSec ?? 10_000) * STORE_LEVEL.repeatMs * 1.5) / 1000) + 100);
           }
-          const r = await runCell(operation(p, op, idMaker(`r${i}`), idMaker("r"))!, concurrency, STORE_LEVEL.repeatMs, op === "destroy" ? 0 : 100);
+          // A store without a forced-touch variant writes on every touch: its touch is the forced write.
+          const own = op === "touch-forced" && !p.forced ? "touch" : op;
+          const r = await runCell(operation(p, own, idMaker(`r${i}`), idMaker("r"))!, concurrency, STORE_LEVEL.repeatMs, op === "destroy" ? 0 : 100);
           ops[k] = r.opsPerSec;
           cpu[k] = r.cpuUsPerOp;
         }
@@ -299,13 +328,15 @@ export async function benchStoreLevel(targets: Target[], schema: string, log: (l
             `ratio ${(ops[0] / ops[1]).toFixed(2)}  CPU ${cpu[0].toFixed(1)} / ${cpu[1].toFixed(1)} µs/op`,
         );
       }
+      await fillPhase(fill, fills, log, `repeat ${i + 1}: `);
     }
   } finally {
+    await fill?.close().catch(() => {});
     await listener?.close();
     for (const p of prepared.reverse()) {
       await p.forced?.close().catch(() => {});
       await p.main.close().catch(() => {});
     }
   }
-  return { cells, rounds };
+  return { cells, rounds, fills };
 }

@@ -15,9 +15,23 @@ export const STORE_LEVEL = {
   /** Sessions written before the cells, read by get (hit) and touch. */
   poolSessions: QUICK ? 200 : 1_000,
   concurrency: [1, 32],
-  /** Interleaved repeats of the target cell (get hit at c32, connect-drizzle vs the floor). */
+  /** Interleaved repeats of the cells the goals compare (bench/store-level.ts STORE_PAIRS). */
   repeats: QUICK ? 2 : 6,
   repeatMs: QUICK ? 300 : 1_000,
+  /** New sessions set, then read, in each of the cache's fill phases (bench/cache-fill.ts). */
+  fillSessions: QUICK ? 500 : 2_000,
+};
+
+export const MIXED = {
+  /** Timed part of each variant (cache, no cache), after the warm-up. */
+  durationMs: QUICK ? 1_500 : 5_000,
+  warmupMs: QUICK ? 300 : 1_000,
+  /** Live sessions written before the warm-up; logins and logouts keep the number about the same. */
+  sessions: QUICK ? 300 : 2_000,
+  /** Workers in all, each operation on an instance picked at random. */
+  concurrency: 32,
+  /** Share of reads; the rest are logins (a new session set) and logouts (a live session destroyed), half each. */
+  reads: 0.9,
 };
 
 export const HTTP_LEVEL = {
