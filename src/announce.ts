@@ -87,12 +87,12 @@ export class Announcer {
   }
 
   /**
-   * After a login write: the sessions it evicted leave this store's cache (other instances' with the
-   * NOTIFY of the same statement); returned are their `ended` events, and the new session's `newDevice`
-   * when none of the user's recent rows from its IP was of its browser family and OS.
+   * After a login write committed: the sessions it evicted leave every instance's cache; returned are
+   * their `ended` events, and the new session's `newDevice` when none of the user's recent rows from its
+   * IP was of its browser family and OS.
    */
-  loggedIn(row: LoginRow, session: EventRow): Announcement[] {
-    const events = this.afterEvictions([], row.evicted);
+  async loggedIn(row: LoginRow, session: EventRow): Promise<Announcement[]> {
+    const events = await this.afterEvictions([], row.evicted);
     if (row.seen === undefined) return events;
     const device = describeDevice(session.user_agent);
     const seen: Array<string | null> = JSON.parse(row.seen);
@@ -101,14 +101,13 @@ export class Announcer {
   }
 
   /**
-   * After a statement that made sessions live (`keys`) under `maxSessionsPerUser`: they and the sessions it
-   * evicted (`evicted`, the JSON array of their keys and records) leave this store's cache (other
-   * instances' with the NOTIFY of the same statement); returned are the evicted ones' `ended` events.
+   * After a statement that made sessions live (`keys`) under `maxSessionsPerUser` committed: they and the
+   * sessions it evicted (`evicted`, the JSON array of their keys and records) leave every instance's cache
+   * ({@link StoreContext.changed}); returned are the evicted ones' `ended` events.
    */
-  afterEvictions(keys: readonly string[], evicted: string | undefined): Announcement[] {
+  async afterEvictions(keys: readonly string[], evicted: string | undefined): Promise<Announcement[]> {
     const rows: Array<{ key: string } & EventRow> = evicted === undefined ? [] : JSON.parse(evicted);
-    const gone = [...keys, ...rows.map((r) => r.key)];
-    if (gone.length > 0) this.s.evict(gone);
+    await this.s.changed([...keys, ...rows.map((r) => r.key)]);
     return endedEvents(rows, "evicted");
   }
 

@@ -4,6 +4,7 @@ import { ReadCache } from "./cache.js";
 import type { StoreContext } from "./context.js";
 import { checkCanCap, isTrue } from "./driver.js";
 import { Executor } from "./executor.js";
+import { Invalidations } from "./invalidation.js";
 import { databaseError, schemaOutdated, standbyGiven, tableMissing } from "./errors.js";
 import { EventSeal } from "./events.js";
 import { keyDeriver, newHandle } from "./hash.js";
@@ -59,6 +60,13 @@ export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StorePa
     replicas?.pin(keys);
     hooks.evict(keys);
   };
+  // Every instance's cache hears of a committed change from one NOTIFY per batch of changes (with `notify`).
+  const invalidations = notify ? new Invalidations((keys) => exec.run(sql.invalidate(), { keys: JSON.stringify(keys) })) : undefined;
+  const changed = async (keys: readonly string[]) => {
+    if (keys.length === 0) return;
+    evict(keys);
+    await invalidations?.announce(keys);
+  };
   const cache = options.cache
     ? new ReadCache<Loaded>(options.cache, {
         listenDb: options.listen ?? db,
@@ -83,11 +91,8 @@ export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StorePa
     evict,
     report: (error) => hooks.report(error),
     run: (action, operation, detail) => hooks.run(action, operation, detail),
-    write: async (statement, idempotent) => {
-      const rows = await exec.query<any>(statement, idempotent);
-      evict(rows.map((row: { key: string }) => row.key));
-      return rows;
-    },
+    changed,
+    write: (statement, idempotent) => exec.query<any>(statement, idempotent, (rows) => changed(rows.map((row: { key: string }) => row.key))),
     userIdOf: (session) => hooks.userIdOf(session),
   };
   // This store's id among the instances on the table: its own `broadcast` NOTIFYs are skipped by it.

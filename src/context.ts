@@ -34,13 +34,19 @@ export interface StoreContext {
   now(): number;
   /** Forgets sessions in this store's cache (`*`: every session). */
   evict(keys: readonly string[]): void;
+  /**
+   * After a change to these sessions' rows committed: they leave this store's cache at once and, with
+   * `notify`, every instance's once the promise resolves (it resolves when the NOTIFY naming them has
+   * committed; see invalidation.ts). Every change of an existing session goes through it.
+   */
+  changed(keys: readonly string[]): Promise<void>;
   /** Reports a problem that must not fail the request: the store's `error` event, or the console. */
   report(error: Error): void;
   /** Runs an operation in its tracing channel, turning driver errors into errors that say what to do. */
   run<T>(action: string, operation: () => Promise<T>, detail?: TraceDetail): Promise<T>;
   /**
-   * Runs a statement that changes sessions and returns their keys, evicting them from this store's cache.
-   * `idempotent`: see the executor's.
+   * Runs a statement that changes sessions and returns their keys, which are then {@link changed}, also
+   * when they come after the call timed out. `idempotent`: see the executor's.
    */
   write<Row extends { key: string } = { key: string }>(statement: SQL, idempotent?: boolean): Promise<Row[]>;
   /** The owner of a session, as the `user_id` column holds it (the `userId` option). */

@@ -56,6 +56,9 @@ export class Shape {
   }
 }
 
+/** What a statement's rows must cause before they are returned (see {@link Executor.query}). */
+type After<Row> = (rows: Row[]) => Promise<void>;
+
 /** How long to wait before running a statement again after a failover error: doubling, up to the last. */
 const RETRY_DELAYS = [25, 50, 100, 200, 400, 500];
 
@@ -84,24 +87,25 @@ export class Executor {
 
   /**
    * Runs a statement and returns its rows, whatever the driver's result shape. `idempotent`: see
-   * {@link Shape}'s.
+   * {@link Shape}'s. `after`: what the rows must cause (a change's announcement), done before the rows are
+   * returned, and done too when they come after the caller was given up on (a write that committed late).
    */
-  query<Row = Record<string, unknown>>(statement: SQL, idempotent = false): Promise<Row[]> {
+  query<Row = Record<string, unknown>>(statement: SQL, idempotent = false, after?: After<Row>): Promise<Row[]> {
     const { kind, client } = this.driver;
-    if (kind !== "node-postgres") return this.timed<Row>(() => this.db.execute(statement), idempotent);
+    if (kind !== "node-postgres") return this.timed<Row>(() => this.db.execute(statement), idempotent, after);
     const { sql: text, params } = DIALECT.sqlToQuery(statement);
     const name = this.settings.prepare ? statementName(text) : undefined;
-    return this.timed<Row>(() => client.query(name ? { name, text, values: params } : { text, values: params }), idempotent);
+    return this.timed<Row>(() => client.query(name ? { name, text, values: params } : { text, values: params }), idempotent, after);
   }
 
-  /** Runs a shaped statement with the call's values. */
-  run<Row = Record<string, unknown>>(shape: Shape, values: Readonly<Record<string, unknown>>): Promise<Row[]> {
+  /** Runs a shaped statement with the call's values (`after`: see {@link query}). */
+  run<Row = Record<string, unknown>>(shape: Shape, values: Readonly<Record<string, unknown>>, after?: After<Row>): Promise<Row[]> {
     const { kind, client } = this.driver;
-    if (kind !== "node-postgres") return this.query<Row>(shape.with(values), shape.idempotent);
+    if (kind !== "node-postgres") return this.query<Row>(shape.with(values), shape.idempotent, after);
     const { text, params, slots, name } = shape.compile(this.settings.prepare);
     const args = new Array(params.length);
     for (let i = 0; i < params.length; i++) args[i] = slots[i] === undefined ? params[i] : values[slots[i]!];
-    return this.timed<Row>(() => client.query(name ? { name, text, values: args } : { text, values: args }), shape.idempotent);
+    return this.timed<Row>(() => client.query(name ? { name, text, values: args } : { text, values: args }), shape.idempotent, after);
   }
 
   /**
@@ -160,8 +164,8 @@ export class Executor {
    * The rows of a statement's result, failing after `timeout` (a slow or unreachable database) instead of
    * hanging.
    */
-  private timed<Row>(query: () => PromiseLike<unknown>, idempotent: boolean): Promise<Row[]> {
-    return this.bounded(query, rowsOf<Row>, idempotent);
+  private timed<Row>(query: () => PromiseLike<unknown>, idempotent: boolean, after: After<Row> | undefined): Promise<Row[]> {
+    return this.bounded(query, rowsOf<Row>, idempotent, undefined, after);
   }
 
   /**
@@ -169,9 +173,15 @@ export class Executor {
    * failover error ({@link failureOf}) `start()` runs again, after a short wait, while the caller still
    * waits (see the class's description; `idempotent` too), and the last such error is what the caller gets
    * at the timeout instead of TIMEOUT. `onTimeout` is called first, and may refuse the timeout (false:
-   * the outcome is `start()`'s, whenever it comes).
+   * the outcome is `start()`'s, whenever it comes). `after`: see {@link query}.
    */
-  private bounded<T>(start: () => PromiseLike<unknown>, result: (value: unknown) => T, idempotent: boolean, onTimeout?: () => boolean): Promise<T> {
+  private bounded<T>(
+    start: () => PromiseLike<unknown>,
+    result: (value: unknown) => T,
+    idempotent: boolean,
+    onTimeout?: () => boolean,
+    after?: (result: T) => Promise<void>,
+  ): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       let last: unknown;
       const waiting = {
@@ -183,8 +193,22 @@ export class Executor {
       this.waiting.add(waiting);
       this.sweepTimeouts();
       const settle = (value: unknown) => {
-        this.waiting.delete(waiting);
-        resolve(result(value));
+        const rows = result(value);
+        if (after === undefined) {
+          this.waiting.delete(waiting);
+          return resolve(rows);
+        }
+        // Done whether or not the caller still waits: a change that committed after its timeout is announced too.
+        after(rows).then(
+          () => {
+            this.waiting.delete(waiting);
+            resolve(rows);
+          },
+          (error) => {
+            this.waiting.delete(waiting);
+            reject(error);
+          },
+        );
       };
       // Run again only while the caller waits: the sweep takes `waiting` out at the deadline.
       const fail = (error: unknown, attempt: number) => {

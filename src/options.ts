@@ -137,11 +137,11 @@ export interface SessionStoreOptions {
    */
   cache?: CacheOptions;
   /**
-   * Send the NOTIFY that evicts a session from other instances' caches on every write that changes or
-   * ends an existing session (a new session needs none). Every instance
-   * sharing the table must have it on when any of them uses `cache`. It costs write throughput (Postgres
-   * serializes the commits of notifying transactions), so it is off unless this store has a cache;
-   * `false` together with `cache` is refused.
+   * Send the NOTIFY that evicts a session from other instances' caches after every write that changes or
+   * ends an existing session (a new session needs none); the write's call resolves once it has committed.
+   * Concurrent writes share one NOTIFY statement (Postgres serializes notifying commits). Every instance
+   * sharing the table must have it on when any of them uses `cache`; it is off unless this store has a
+   * cache; `false` together with `cache` is refused.
    * @default true with `cache`, false without
    */
   notify?: boolean;

@@ -164,7 +164,7 @@ export class Records {
         }),
       { handle },
     );
-    this.s.events.own(this.s.events.afterEvictions(row ? [row.key] : [], row?.evicted));
+    this.s.events.own(await this.s.events.afterEvictions(row ? [row.key] : [], row?.evicted));
     return row !== undefined;
   }
 

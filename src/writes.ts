@@ -139,7 +139,7 @@ export class Writes {
     // With the cache, a merge returns the merged row (the cache must hold what the row holds).
     if (loaded) {
       const shape = merged ? this.s.sql.saveMerged(this.s.cache !== undefined, login, values.reseal !== undefined) : this.s.sql.saveLoaded(guarded, login);
-      [written] = await this.saveRows<Saved>(shape, values, login);
+      [written] = await this.saveRows<Saved>(shape, values, login, true);
     } else {
       // A plain insert of a session with a user is a login too (authenticated now), with nothing else to do.
       const extras = login && (login.cap !== undefined || login.devices) ? login : undefined;
@@ -147,6 +147,7 @@ export class Writes {
         this.s.sql.insert(keys.length, extras),
         values,
         extras,
+        false,
       );
       // A new row holds what was sent: the lifetime from the database's now (capped by absoluteTimeout), version 1.
       const absolute = this.s.options.absoluteTimeout ?? null;
@@ -179,7 +180,7 @@ export class Writes {
     this.remember(session, next, cacheable, merged ? rowText(this.s.sealer, written.key, written.data) : text);
     if (login) {
       const handle = written.handle ?? (values.handle as string);
-      events.push(...this.s.events.loggedIn(written, { handle, user_id: userId, label, user_agent: next.ua, ip: next.ip }));
+      events.push(...(await this.s.events.loggedIn(written, { handle, user_id: userId, label, user_agent: next.ua, ip: next.ip })));
     }
   }
 
@@ -203,15 +204,24 @@ export class Writes {
   /**
    * Runs a save's statement; a login write with a cap in one transaction, after its user's lock, so that
    * concurrent logins of one user each count the sessions the others left (in READ COMMITTED the write's
-   * snapshot is taken after the lock was granted).
+   * snapshot is taken after the lock was granted). `changes`: it changes an existing row, whose key every
+   * instance's cache is told of once it committed (an insert makes a row no instance can have cached).
    */
-  private saveRows<Row>(shape: Shape, values: Record<string, unknown>, login: LoginWrite | undefined): Promise<Row[]> {
-    if (login?.cap === undefined) return this.s.exec.run<Row>(shape, values);
+  private async saveRows<Row extends { key: string }>(
+    shape: Shape,
+    values: Record<string, unknown>,
+    login: LoginWrite | undefined,
+    changes: boolean,
+  ): Promise<Row[]> {
+    const after = changes ? (rows: Row[]) => this.s.changed(rows.map((row) => row.key)) : undefined;
+    if (login?.cap === undefined) return this.s.exec.run<Row>(shape, values, after);
     const userId = values.userId as string;
-    return this.s.exec.transaction(async (tx) => {
+    const rows = await this.s.exec.transaction(async (tx) => {
       await tx.query(this.s.sql.loginLock(userId, this.s.options.timeout));
       return tx.run<Row>(shape, values);
     });
+    await after?.(rows);
+    return rows;
   }
 
   /**
@@ -227,19 +237,20 @@ export class Writes {
    * {@link saveRows}). With `encrypt` and several keys the sealed data must name the row's own key, which
    * is not known before: each key is tried in turn.
    */
-  private async saveExisting<Row>(
+  private async saveExisting<Row extends { key: string }>(
     keys: string[],
     values: Record<string, unknown>,
     session: SessionData,
     text: string,
     login: LoginWrite | undefined,
   ): Promise<Row | undefined> {
-    if (!this.s.sealer || keys.length === 1) return (await this.saveRows<Row>(this.s.sql.saveExisting(keys.length, login), values, login))[0];
+    if (!this.s.sealer || keys.length === 1) return (await this.saveRows<Row>(this.s.sql.saveExisting(keys.length, login), values, login, true))[0];
     for (const key of keys) {
       const [written] = await this.saveRows<Row>(
         this.s.sql.saveExisting(1, login),
         { ...values, k0: key, text: sealRow(this.s.sealer, key, session, text) },
         login,
+        true,
       );
       if (written) return written;
     }
@@ -328,7 +339,9 @@ export class Writes {
     this.s.evict(keys);
     let written: ({ key: string } & ExpiryRow) | undefined;
     try {
-      [written] = await this.s.exec.run<{ key: string } & ExpiryRow>(this.s.sql.touch(keys.length, this.s.sealer !== undefined), values);
+      [written] = await this.s.exec.run<{ key: string } & ExpiryRow>(this.s.sql.touch(keys.length, this.s.sealer !== undefined), values, (rows) =>
+        this.s.changed(rows.map((row) => row.key)),
+      );
     } finally {
       // Lookups read the session where this write is sure to be seen (see Replicas.pin).
       this.s.replicas?.pin(keys);
@@ -345,7 +358,9 @@ export class Writes {
     const keys = this.s.keysOf(sid);
     this.s.evict(keys);
     const record = this.s.events.recordsEnds();
-    const rows = await this.s.exec.run<{ key: string } & EventRow>(this.s.sql.end(keys.length, record), keyValues(keys, { reason }));
+    const rows = await this.s.exec.run<{ key: string } & EventRow>(this.s.sql.end(keys.length, record), keyValues(keys, { reason }), (ended) =>
+      this.s.changed(ended.map((row) => row.key)),
+    );
     // Evict again: a read or write of this store that overlapped the end may have cached the session.
     this.s.evict(keys);
     if (record) this.s.events.ended(rows, reason);

@@ -77,4 +77,46 @@ describe.each(drivers)("NOTIFY per operation on %s", (driver) => {
     expect(await sent(() => store.revokeUser("ann")), "revokeUser of two sessions").toBe(2);
     expect(await sent(() => store.clear()), "clear").toBe(1);
   });
+
+  it("ends commit without a NOTIFY of their own: concurrent ends are announced together, each resolving once its key is on the channel", async () => {
+    const store = new SessionStore({ db: t.db, table: t.table, notify: true, reaper: false });
+    const heard = await listenTo(internals(store).channel);
+    const sids = Array.from({ length: 32 }, (_, i) => `end-${i}`);
+    await Promise.all(sids.map((sid) => store.set(sid, sessionData(HOUR))));
+    t.statements.length = 0;
+    const announced: boolean[] = [];
+    await Promise.all(
+      sids.map(async (sid) => {
+        await store.destroy(sid);
+        // Resolved: its NOTIFY has committed, so a marker sent now arrives after it (commit order).
+        const mark = `after-${sid}`;
+        await t.raw(`select pg_notify('${internals(store).channel}', '${mark}')`);
+        expect(await eventually(() => heard.includes(mark), 5_000)).toBe(true);
+        announced.push(heard.indexOf(internals(store).keysOf(sid)[0]!) !== -1 && heard.indexOf(internals(store).keysOf(sid)[0]!) < heard.indexOf(mark));
+      }),
+    );
+    expect(announced).toEqual(sids.map(() => true));
+    const notifying = t.statements.filter((text) => text.includes("pg_notify") && !text.includes("after-"));
+    const ending = t.statements.filter((text) => /^\s*delete|^\s*update/i.test(text));
+    expect(ending.every((text) => !text.includes("pg_notify"))).toBe(true);
+    expect(notifying.length).toBeGreaterThan(0);
+    if (driver !== "pglite") expect(notifying.length).toBeLessThan(sids.length);
+  });
+
+  it.runIf(driver !== "pglite")("an end that commits after its call timed out is still announced to every instance's cache", async () => {
+    const store = new SessionStore({ db: t.db, table: t.table, notify: true, reaper: false, timeout: 300 });
+    const heard = await listenTo(internals(store).channel);
+    await store.set("late", sessionData(HOUR));
+    const [key] = internals(store).keysOf("late");
+    // Another connection holds the row, so the end waits past the store's timeout, then commits.
+    const holder = new pg.Client({ connectionString: DATABASE_URL });
+    await holder.connect();
+    stops.push(() => holder.end());
+    await holder.query("begin");
+    await holder.query(`select 1 from ${internals(store).tableName} where key = $1 for update`, [key]);
+    await expect(store.destroy("late")).rejects.toMatchObject({ code: "TIMEOUT" });
+    await holder.query("commit");
+    expect(await eventually(() => heard.includes(key!), 5_000)).toBe(true);
+    expect(await store.get("late")).toBeNull();
+  });
 });

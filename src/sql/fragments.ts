@@ -67,14 +67,11 @@ export class Fragments {
   }
 
   /**
-   * `returning key` of a statement that changes existing sessions, with (`notify`) the NOTIFY of each
-   * changed key: RETURNING runs once per row the statement changed, so a statement that changes no row
-   * sends none (and does not take the commit-serializing NOTIFY lock), and one that does notifies in
-   * its own transaction.
+   * `returning key` of a statement that changes existing sessions: the store announces the keys to every
+   * instance's cache once the statement committed (the context's `changed`, invalidation.ts).
    */
   protected changed(): SQL {
-    const t = this.t;
-    return this.settings.notify ? sql`returning ${t.key} as key, pg_notify(${this.channel}, ${t.key})` : sql`returning ${t.key} as key`;
+    return sql`returning ${this.t.key} as key`;
   }
 
   /**

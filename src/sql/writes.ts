@@ -176,7 +176,7 @@ export class WriteStatements extends Fragments {
    * A login write (`write`, an insert or an update of the session's row `k0` that gives it the user
    * `userId`, ending in `returning`) with what goes with it, in the same statement: with a `cap`, the
    * user's least recently used other live sessions beyond it end as `evicted` (as a revoke ends them:
-   * deleted, or kept as history; NOTIFY with `notify`), only if the write wrote; with `devices`, the user
+   * deleted, or kept as history), only if the write wrote; with `devices`, the user
    * agents of the user's other rows from the same `ip` active within the last 30 days (live, expired,
    * or ended history), at most 50. The other rows are as they were before this statement, so the
    * evictions are counted before the new row exists, and the device check sees the rows they end.
@@ -333,6 +333,21 @@ export class WriteStatements extends Fragments {
    */
   broadcast(payloads: readonly string[]): SQL {
     return sql`select pg_notify(${this.eventsChannel}, p) from json_array_elements_text(${JSON.stringify(payloads)}::text::json) p`;
+  }
+
+  /**
+   * The NOTIFY that evicts sessions from every instance's cache (see invalidation.ts): one notification per
+   * row key of `keys` (a JSON array), committed without waiting for its WAL flush (a one-time filter sets
+   * the transaction's `synchronous_commit` to off: its notifications are delivered at commit, and are lost
+   * on a crash only with the LISTEN connections that would hear them).
+   */
+  invalidate(): Shape {
+    return this.shape(
+      "invalidate",
+      (v) => sql`select pg_notify(${this.channel}, k) from jsonb_array_elements_text(${v("keys")}::text::jsonb) k
+        where (select set_config('synchronous_commit', 'off', true)) is not null`,
+      true,
+    );
   }
 
   /** A NOTIFY on a channel: the cache's (the default), or `broadcast`'s (a LISTEN's probe). */
