@@ -1,0 +1,102 @@
+import type { DriverProfile } from "./driver.js";
+import type { Executor } from "./executor.js";
+import { keyValues, type SessionRow, type Statements } from "./statements.js";
+
+/** The most sessions one coalesced lookup asks for: past it, the rest wait for the next statement. */
+const BATCH = 100;
+
+/**
+ * The lookups in flight past which a new one waits to share a statement, when the driver does not say
+ * how many connections it has (drizzle's HTTP drivers, unknown clients): node-postgres's and postgres.js's
+ * default pool size.
+ */
+const UNKNOWN_CONNECTIONS = 10;
+
+/** A session lookup waiting for a statement: the row keys of its id, and where its row goes. */
+interface Waiting {
+  keys: readonly string[];
+  resolve(row: SessionRow | undefined): void;
+  reject(error: unknown): void;
+}
+
+/**
+ * Session lookups on the primary, coalesced under load: lookups that arrive while `limit` lookup
+ * statements are in flight wait, and share one statement (`key = any(...)`: one round trip, one parse,
+ * one plan) sent as soon as one of those settles. A lone lookup is never delayed: below the limit it
+ * is sent at once, as the single-session statement.
+ *
+ * The limit is the driver's connection count ({@link lookupLimit}): below it a statement sent now has a
+ * connection to run on, so waiting would only add latency; at it, a statement sent now would wait in the
+ * driver's pool anyway, and waiting here instead costs nothing while it lets the lookups behind share
+ * one statement. Each lookup keeps its own outcome: its row or none, the error of the statement it was
+ * in, and a timeout counted from its own start ({@link Executor.within}).
+ */
+export class Lookups {
+  /** Lookup statements sent and not yet settled. */
+  private inFlight = 0;
+  private readonly queue: Waiting[] = [];
+
+  constructor(
+    private readonly exec: Executor,
+    private readonly sql: Statements,
+    /** The lookups in flight at which the next one waits (tests force coalescing with 1). */
+    public limit: number,
+  ) {}
+
+  /** The live row of a session id under any of its row `keys`, for a lookup begun at `since` (a `performance.now()`). */
+  row(keys: readonly string[], since: number): Promise<SessionRow | undefined> {
+    if (this.inFlight < this.limit) return this.sent(this.one(keys));
+    const row = new Promise<SessionRow | undefined>((resolve, reject) => void this.queue.push({ keys, resolve, reject }));
+    return this.exec.within(row, since);
+  }
+
+  /** The single-session statement, as every lookup sent before there was coalescing. */
+  private async one(keys: readonly string[]): Promise<SessionRow | undefined> {
+    const [row] = await this.exec.run<SessionRow>(this.sql.get(keys.length), keyValues(keys, {}));
+    return row;
+  }
+
+  /** Counts a lookup statement in flight until it settles; then the lookups waiting go out in the slots left. */
+  private sent<T>(statement: Promise<T>): Promise<T> {
+    this.inFlight++;
+    const settled = () => {
+      this.inFlight--;
+      while (this.queue.length > 0 && this.inFlight < this.limit) this.send(this.queue.splice(0, BATCH));
+    };
+    statement.then(settled, settled);
+    return statement;
+  }
+
+  /** Sends one statement for these waiting lookups (alone, the single-session one), and gives each its row. */
+  private send(batch: Waiting[]): void {
+    if (batch.length === 1) {
+      const [only] = batch as [Waiting];
+      this.sent(this.one(only.keys)).then(only.resolve, only.reject);
+      return;
+    }
+    const keys = batch.flatMap((waiting) => waiting.keys);
+    this.sent(this.exec.run<SessionRow>(this.sql.getMany(), { keys: JSON.stringify(keys) })).then(
+      (rows) => {
+        const byKey = new Map(rows.map((row) => [row.key, row]));
+        for (const waiting of batch) waiting.resolve(firstOf(waiting.keys, byKey));
+      },
+      (error) => {
+        for (const waiting of batch) waiting.reject(error);
+      },
+    );
+  }
+}
+
+/** A session id's row among a coalesced statement's rows: under the first of its keys found (the keys come in the secrets' order). */
+function firstOf(keys: readonly string[], byKey: Map<string | undefined, SessionRow>): SessionRow | undefined {
+  for (const key of keys) {
+    const row = byKey.get(key);
+    if (row) return row;
+  }
+  return undefined;
+}
+
+/** The lookups in flight at which the next one waits to share a statement: see {@link Lookups}. */
+export function lookupLimit(driver: DriverProfile): number {
+  return driver.connections ?? UNKNOWN_CONNECTIONS;
+}
