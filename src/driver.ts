@@ -28,8 +28,6 @@ export interface DriverProfile {
    * (in-process), a lone node-postgres `Client`, or a pool of `max: 1`.
    */
   readonly singleConnection: boolean;
-  /** How many connections the client opens at most (a pool's `max`; 1 for {@link singleConnection}), when it says. */
-  readonly connections: number | undefined;
   /**
    * One node-postgres `Client`, not a pool: drizzle runs a transaction there on that connection itself,
    * so every other statement sent meanwhile runs inside the transaction, and is rolled back with it.
@@ -50,16 +48,14 @@ export function profileOf(db: AnyPgDatabase): DriverProfile {
   const client: any = (db as any).$client;
   const kind = kindOf(client);
   const lone = loneClient(client, kind);
-  const max = client?.options?.max;
-  // PGliteWorker too, by its shape; pg.Pool ({ max }) and postgres.js (options.max).
-  const single = kind === "pglite" || (typeof client?.waitReady !== "undefined" && typeof client?.exec === "function") || lone || max === 1;
   return {
     kind,
     client,
     name: driverName(db),
     listen: LISTEN[kind],
-    singleConnection: single,
-    connections: single ? 1 : typeof max === "number" && max > 0 ? max : undefined,
+    // PGliteWorker too, by its shape; pg.Pool ({ max }) and postgres.js (options.max).
+    singleConnection:
+      kind === "pglite" || (typeof client?.waitReady !== "undefined" && typeof client?.exec === "function") || lone || client?.options?.max === 1,
     loneClient: lone,
     get interactiveTransactions() {
       return interactiveTransactions(db);

@@ -6,11 +6,15 @@ import { keyValues, type SessionRow, type Statements } from "./statements.js";
 const BATCH = 100;
 
 /**
- * The lookups in flight past which a new one waits to share a statement, when the driver does not say
- * how many connections it has (drizzle's HTTP drivers, unknown clients): node-postgres's and postgres.js's
- * default pool size.
+ * The lookups in flight past which the next one waits to share a statement (on one connection, one):
+ * chosen by measurement (bench of get at 1, 8 and 32 concurrent gets, pool max 10, node-postgres and
+ * postgres.js, local server on 2 cores; docs/performance.md). Limits 1 and 2 gave 3-5× the throughput
+ * of one statement per get at 32 concurrent gets, and a lower median latency at 8 and 32, since shared
+ * statements leave the database's CPU to the lookups themselves; a limit of the pool's size (10) gave 2×
+ * at 32 and nothing at 8 (fewer gets than connections never wait); 4 was in between. Two rather than one,
+ * so that a second get arriving while one is in flight goes at once, as on a connection of its own.
  */
-const UNKNOWN_CONNECTIONS = 10;
+const IN_FLIGHT = 2;
 
 /** A session lookup waiting for a statement: the row keys of its id, and where its row goes. */
 interface Waiting {
@@ -25,11 +29,11 @@ interface Waiting {
  * one plan) sent as soon as one of those settles. A lone lookup is never delayed: below the limit it
  * is sent at once, as the single-session statement.
  *
- * The limit is the driver's connection count ({@link lookupLimit}): below it a statement sent now has a
- * connection to run on, so waiting would only add latency; at it, a statement sent now would wait in the
- * driver's pool anyway, and waiting here instead costs nothing while it lets the lookups behind share
- * one statement. Each lookup keeps its own outcome: its row or none, the error of the statement it was
- * in, and a timeout counted from its own start ({@link Executor.within}).
+ * The limit is small ({@link IN_FLIGHT}): under load, one statement for many lookups costs the database
+ * far less than one each (a parse, a plan, a round trip and a reply per statement), so the lookups that
+ * wait for it are answered sooner than they would be on connections of their own. Each lookup keeps its
+ * own outcome: its row or none, the error of the statement it was in, and a timeout counted from its own
+ * start ({@link Executor.within}).
  */
 export class Lookups {
   /** Lookup statements sent and not yet settled. */
@@ -96,7 +100,7 @@ function firstOf(keys: readonly string[], byKey: Map<string | undefined, Session
   return undefined;
 }
 
-/** The lookups in flight at which the next one waits to share a statement: see {@link Lookups}. */
+/** The lookups in flight at which the next one waits to share a statement: see {@link IN_FLIGHT}. */
 export function lookupLimit(driver: DriverProfile): number {
-  return driver.connections ?? UNKNOWN_CONNECTIONS;
+  return driver.singleConnection ? 1 : IN_FLIGHT;
 }

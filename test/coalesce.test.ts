@@ -99,7 +99,7 @@ describe.each(drivers)("coalesced lookups on %s", (driver) => {
     try {
       // The first lookup's reply comes after 600 ms; the one sent next (for the get that waited) never in time.
       peer.beforeReply(async () => {
-        peer.beforeReply(() => sleep(2_500));
+        peer.beforeReply(async () => void (await sleep(2_500)));
         await sleep(600);
       });
       const first = store.get("first");
@@ -142,7 +142,7 @@ describe.each(drivers)("coalesced lookups on %s", (driver) => {
     store.on("error", () => {});
     for (const id of ["before", "shared-1", "shared-2"]) await store.set(id, sessionData(HOUR, { id }));
     // The table is gone once the first lookup has read it: the statement sent after for the others fails.
-    peer.beforeReply(() => t.raw(`alter table $table rename to sessions_gone`));
+    peer.beforeReply(async () => void (await t.raw(`alter table $table rename to sessions_gone`)));
     try {
       const outcomes = await Promise.all(
         ["before", "shared-1", "shared-2"].map((id) =>

@@ -66,7 +66,7 @@ export function internals(store: SessionStore) {
     retries: (on: boolean): void => void (s.s.exec.settings.retry = on),
     /**
      * The lookups in flight at which the next `get` waits to share a statement with the others waiting
-     * (default: the driver's connection count; 1 coalesces any concurrent gets, Infinity never).
+     * (default 2, 1 on a single connection: see src/lookups.ts; 1 coalesces any concurrent gets, Infinity never).
      */
     coalesce: (limit: number): void => void (s.s.lookups.limit = limit),
     /** Calls `listener` with every eviction the store makes until the returned function is called. */
