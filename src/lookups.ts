@@ -6,13 +6,13 @@ import { keyValues, type SessionRow, type Statements } from "./statements.js";
 const BATCH = 100;
 
 /**
- * The lookups in flight past which the next one waits to share a statement (on one connection, one):
- * chosen by measurement (bench of get at 1, 8 and 32 concurrent gets, pool max 10, node-postgres and
- * postgres.js, local server on 2 cores; docs/performance.md). Limits 1 and 2 gave 3-5× the throughput
- * of one statement per get at 32 concurrent gets, and a lower median latency at 8 and 32, since shared
- * statements leave the database's CPU to the lookups themselves; a limit of the pool's size (10) gave 2×
- * at 32 and nothing at 8 (fewer gets than connections never wait); 4 was in between. Two rather than one,
- * so that a second get arriving while one is in flight goes at once, as on a connection of its own.
+ * The lookups in flight past which the next one waits to share a statement (on one connection, one),
+ * chosen by measurement (store-level get, pool max 10, node-postgres and postgres.js, a local server on
+ * 2 cores; docs/performance.md). At 32 concurrent gets, against one statement per get: limit 2, 3.7×
+ * (node-postgres) and 4.9× (postgres.js) the gets/s at a lower median latency; limit 1, 2.7× and 5.4×;
+ * the pool's size (10), 2.1× and 2.5×, and nothing at 8 concurrent gets (fewer gets than connections
+ * never wait). Two rather than one, so that a second get arriving while one is in flight goes at once,
+ * as on a connection of its own.
  */
 const IN_FLIGHT = 2;
 
