@@ -2,7 +2,7 @@ import type { EventEmitter } from "node:events";
 import { Announcer } from "./announce.js";
 import { ReadCache } from "./cache.js";
 import type { StoreContext } from "./context.js";
-import { checkCanCap, isTrue } from "./driver.js";
+import { checkCanCap, isTrue, profileOf } from "./driver.js";
 import { Executor } from "./executor.js";
 import { Invalidations } from "./invalidation.js";
 import { databaseError, schemaOutdated, standbyGiven, tableMissing } from "./errors.js";
@@ -10,6 +10,7 @@ import { EventSeal } from "./events.js";
 import { keyDeriver, newHandle } from "./hash.js";
 import type { Loaded } from "./loaded.js";
 import type { Hearing } from "./listen.js";
+import { lookupLimit, Lookups } from "./lookups.js";
 import { resolveOptions, type SessionStoreOptions } from "./options.js";
 import { reap, Reaper, type ReapResult } from "./reaper.js";
 import { Records } from "./records.js";
@@ -83,6 +84,7 @@ export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StorePa
     options,
     sql,
     exec,
+    lookups: new Lookups(exec, sql, lookupLimit(profileOf(db))),
     keysOf: keyDeriver(options.secrets),
     cache,
     replicas,

@@ -5,6 +5,7 @@ import type { ReadCache } from "./cache.js";
 import type { Executor } from "./executor.js";
 import type { KeyDeriver } from "./hash.js";
 import type { Loaded } from "./loaded.js";
+import type { Lookups } from "./lookups.js";
 import type { ResolvedOptions } from "./options.js";
 import type { Replicas } from "./replicas.js";
 import type { Sealer } from "./seal.js";
@@ -20,6 +21,8 @@ export interface StoreContext {
   readonly options: ResolvedOptions;
   readonly sql: Statements;
   readonly exec: Executor;
+  /** Session lookups on the primary, coalesced under load. */
+  readonly lookups: Lookups;
   /** A session id's row keys, one per secret: the first is the one new rows get. */
   readonly keysOf: KeyDeriver;
   /** The read cache, with the `cache` option. */

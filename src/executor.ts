@@ -184,14 +184,9 @@ export class Executor {
   ): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       let last: unknown;
-      const waiting = {
-        deadline: performance.now() + this.settings.timeout,
-        reject: (error: Error) => {
-          if (onTimeout?.() !== false) reject(last ?? error);
-        },
-      };
-      this.waiting.add(waiting);
-      this.sweepTimeouts();
+      const waiting = this.wait(performance.now(), (error) => {
+        if (onTimeout?.() !== false) reject(last ?? error);
+      });
       const settle = (value: unknown) => {
         const rows = result(value);
         if (after === undefined) {
@@ -226,6 +221,35 @@ export class Executor {
       // Drizzle's queries are lazy thenables that run on every then(): one then() per run.
       start().then(settle, (error) => fail(error, 0));
     });
+  }
+
+  /**
+   * `outcome`, or a `TIMEOUT` error once `timeout` has passed since `since` (a `performance.now()`): for an
+   * operation whose wait began before its statement was sent (a lookup queued to share a statement), so
+   * that it fails at its own deadline, by the same sweep as every statement.
+   */
+  within<T>(outcome: Promise<T>, since: number): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const waiting = this.wait(since, reject);
+      outcome.then(
+        (value) => {
+          this.waiting.delete(waiting);
+          resolve(value);
+        },
+        (error) => {
+          this.waiting.delete(waiting);
+          reject(error);
+        },
+      );
+    });
+  }
+
+  /** Enters an operation begun at `since` in the timeout sweep: `reject` is called with TIMEOUT at its deadline. */
+  private wait(since: number, reject: (error: Error) => void): { deadline: number; reject: (error: Error) => void } {
+    const waiting = { deadline: since + this.settings.timeout, reject };
+    this.waiting.add(waiting);
+    this.sweepTimeouts();
+    return waiting;
   }
 
   /** How long to wait before running a statement again after `error`, or undefined when it must not run again. */

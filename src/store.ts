@@ -62,7 +62,12 @@ export class SessionStore extends Store {
     ({ s: this.s, writes: this.writes, records: this.records } = this.parts);
   }
 
-  /** Loads a live session; `null` when it is missing, expired or ended. */
+  /**
+   * Loads a live session; `null` when it is missing, expired or ended. Under load, gets that arrive
+   * while lookups are in flight share one statement (the rows of every waiting id at once); a lone get is
+   * sent at once, never held back for others. Each get still has its own outcome: its session or `null`,
+   * the error of the statement it was in, and `TIMEOUT` no later than `timeout` after its own call.
+   */
   get(sid: string, callback?: Callback<SessionData | null>): Promise<SessionData | null> {
     // A cache hit answers without an operation's promise chain (it costs what MemoryStore's get costs).
     const cached = this.s.cache && isValidId(sid) ? this.s.cache.get(sid, performance.now()) : undefined;

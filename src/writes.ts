@@ -37,10 +37,10 @@ export class Writes {
     const sent = sentAt(this.s.now());
     const keys = this.s.keysOf(sid);
     const cacheable = this.s.cache?.ticket();
-    const values = keyValues(keys, {});
-    const [row] = this.s.replicas
-      ? await this.s.replicas.read<SessionRow>(keys, this.s.sql.get(keys.length, true), this.s.sql.get(keys.length), values)
-      : await this.s.exec.run<SessionRow>(this.s.sql.get(keys.length), values);
+    // Replicas decide per lookup; on the primary, lookups that come together share a statement (lookups.ts).
+    const row = this.s.replicas
+      ? (await this.s.replicas.read<SessionRow>(keys, this.s.sql.get(keys.length, true), this.s.sql.get(keys.length), keyValues(keys, {})))[0]
+      : await this.s.lookups.row(keys, sent.mono);
     if (!row) return null;
     const key = row.key ?? keys[0]!;
     const opened = openRow(this.s.sealer, key, row.data);

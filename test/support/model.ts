@@ -154,6 +154,8 @@ export interface Config {
   /** With `encrypt`: P (no `encrypt`) creates plaintext rows, every other instance has `acceptPlaintext`. */
   plaintext: boolean;
   broadcast: boolean;
+  /** Every instance coalesces any concurrent gets into shared statements (src/lookups.ts, forced with a limit of 1). */
+  coalesce: boolean;
   /**
    * Lookups from a replica: every instance's `db` is withReplicas(its pool, [a pool on `url`]) with
    * `replicaReads: { window }`; an end is visible to the other instances `window` ms after it resolved.
@@ -166,7 +168,9 @@ export interface Config {
  * The configurations: per driver, the plain store, encryption with the absolute timeout and history, the
  * cache with history and with encryption (where the driver has a cache), and the feature combinations:
  * "combined" (encrypt, secret rotation, cache, cap, history, broadcast), "changeover" (encrypt, rotation,
- * plaintext rows, cap, absolute timeout, cache) and "whole" (merge: false, cap, history, cache).
+ * plaintext rows, cap, absolute timeout, cache) and "whole" (merge: false, cap, history, cache). The cache
+ * with history, "combined" and "changeover" also coalesce any concurrent gets (`coalesce`), so that the
+ * invariants hold of lookups that share a statement too.
  */
 export function configurations(drivers: readonly DriverName[], replica?: Config["replica"]): Config[] {
   const lists: Config[][] = [];
@@ -180,6 +184,7 @@ export function configurations(drivers: readonly DriverName[], replica?: Config[
     rotation: false,
     plaintext: false,
     broadcast: false,
+    coalesce: false,
   };
   for (const driver of drivers) {
     const list: Config[] = [];
@@ -197,6 +202,7 @@ export function configurations(drivers: readonly DriverName[], replica?: Config[
         config.plaintext && "plaintext",
         config.cap !== undefined && `cap=${config.cap}`,
         config.broadcast && "broadcast",
+        config.coalesce && "coalesce",
         !config.merge && "merge=false",
         config.replica && `replica window=${config.replica.window}`,
       ].filter(Boolean);
@@ -204,10 +210,10 @@ export function configurations(drivers: readonly DriverName[], replica?: Config[
     };
     add("", {});
     add("", { absolute: ABSOLUTE, history: true, encrypt: true });
-    if (cache) add("", { cache, history: true });
+    if (cache) add("", { cache, history: true, coalesce: true });
     if (cache) add("", { cache, absolute: ABSOLUTE, encrypt: true });
-    add("combined", { cache, history: true, encrypt: true, rotation: true, cap: CAP, broadcast: true });
-    add("changeover", { cache, absolute: ABSOLUTE, encrypt: true, rotation: true, plaintext: true, cap: CAP });
+    add("combined", { cache, history: true, encrypt: true, rotation: true, cap: CAP, broadcast: true, coalesce: true });
+    add("changeover", { cache, absolute: ABSOLUTE, encrypt: true, rotation: true, plaintext: true, cap: CAP, coalesce: true });
     add("whole", { cache, history: true, cap: CAP, merge: false });
   }
   // Interleaved by driver: the tests run a few at a time in this order, and PGlite's are all on one thread.
@@ -532,7 +538,13 @@ function getStep(inst: Inst, k: number): Step {
     kind: "get",
     label: `get(${inst}, ${ref(k)})`,
     check: hasSession,
-    exec: async (m, r) => [await timedGet(r, inst, pick(m, k)!, "get")],
+    exec: async (m, r) => {
+      const s = pick(m, k)!;
+      // With `coalesce`, every other session is read beside it on the same instance: lookups that share
+      // statements, each an observation the invariants check like any get.
+      const read = r.config.coalesce ? [s, ...m.sessions.filter((other) => other !== s)] : [s];
+      return Promise.all(read.map((each) => timedGet(r, inst, each, "get")));
+    },
   };
 }
 
@@ -1658,6 +1670,7 @@ async function openReal(config: Config, t: TestDb): Promise<Real> {
       await conn.end();
       throw error;
     }
+    if (config.coalesce) internals(store).coalesce(1);
     // What express-session's middleware assigns: regenerate's new id and an empty session linked to the request.
     (store as unknown as { generate(req: unknown): void }).generate = generate;
     store.on("error", (error: Error) => void errors.push(`${name}: ${error.message}`));
