@@ -12,6 +12,7 @@ import { sessionOwner } from "./owner.js";
 import type { ReplicaStats } from "./replicas.js";
 import type { ReapResult } from "./reaper.js";
 import type { EndReason, ExtendOptions, Records, RevokeOptions, SessionQuery, SessionRecord, UserId } from "./records.js";
+import { readSession } from "./read.js";
 import { mintFrom, recentLoginGuard, signedInAt, type RequireRecentLoginOptions } from "./reauth.js";
 import { isTraced, traced, type TraceDetail } from "./trace.js";
 import type { Writes } from "./writes.js";
@@ -76,7 +77,7 @@ export class SessionStore extends Store {
       const hit = () => answerNow(withLoaded(JSON.parse(cached.text) as SessionData, { ...cached }), callback);
       return isTraced("get") ? traced("get", this.s.sql.tableName, CACHED, hit) : hit();
     }
-    return this.op("get", () => this.writes.read(sid), callback);
+    return this.op("get", () => readSession(this.s, sid), callback);
   }
 
   /**

@@ -12,7 +12,7 @@ import { expiryOf, localExpiry, sentAt, skipsWrite, type Sent } from "./rules.js
 import { mergeValues, openRow, rowText, sealRow } from "./seal.js";
 import { carriedSignIn } from "./reauth.js";
 import { changesOf, parseSession, serialize } from "./serialize.js";
-import { keyValues, type EventRow, type ExpiryRow, type LoginRow, type LoginWrite, type SessionRow } from "./statements.js";
+import { keyValues, type EventRow, type ExpiryRow, type LoginRow, type LoginWrite } from "./statements.js";
 
 /** A touch that writes: what it sends, and what it needs to remember the result. */
 interface Touch {
@@ -31,41 +31,6 @@ interface Touch {
  */
 export class Writes {
   constructor(private readonly s: StoreContext) {}
-
-  async read(sid: string): Promise<SessionData | null> {
-    if (!isValidId(sid)) return null;
-    const sent = sentAt(this.s.now());
-    const keys = this.s.keysOf(sid);
-    const cacheable = this.s.cache?.ticket();
-    // Replicas decide per lookup; on the primary, lookups that come together share a statement (lookups.ts).
-    const row = this.s.replicas
-      ? (await this.s.replicas.read<SessionRow>(keys, this.s.sql.get(keys.length, true), this.s.sql.get(keys.length), keyValues(keys, {})))[0]
-      : await this.s.lookups.row(keys, sent.mono);
-    if (!row) return null;
-    const key = row.key ?? keys[0]!;
-    const opened = openRow(this.s.sealer, key, row.data);
-    if (typeof opened === "string") {
-      this.s.report(
-        new SessionStoreError(
-          "CORRUPT_ROW",
-          `session row ${key.slice(0, 8)}… in ${this.s.sql.tableName} holds no valid session (${opened}); treated as missing`,
-        ),
-      );
-      return null;
-    }
-    const loaded: Loaded = {
-      sid,
-      key,
-      text: opened.text,
-      version: Number(row.version ?? 0),
-      ua: row.ua,
-      ip: row.ip,
-      ...localExpiry(row, sent, this.s.cache?.ttl ?? Infinity),
-    };
-    if (opened.stale) loaded.stale = opened.stale;
-    cacheable?.(loaded);
-    return withLoaded(opened.session, loaded);
-  }
 
   /** Saves a session; the lifecycle events of its write are announced once it is done, even when a later step fails. */
   async save(sid: string, session: SessionData): Promise<void> {

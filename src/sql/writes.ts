@@ -3,7 +3,8 @@ import { sql, type SQL } from "drizzle-orm";
 import { lifetime, NOW } from "../clock.js";
 import type { Shape } from "../executor.js";
 import { COOKIE_TAG } from "../seal.js";
-import { col, Fragments, insertRow, keyParams, msOf } from "./fragments.js";
+import { col, insertRow, keyParams, msOf } from "./fragments.js";
+import { LookupStatements } from "./lookups.js";
 import type { LoginWrite } from "./rows.js";
 
 /** How far back the `newDevice` check looks for the user's rows from the same device, and how many it reads. */
@@ -17,56 +18,11 @@ const FEW_NAMES = 16;
  * The statements of the express-session contract (get, save, touch, destroy and the rest), of a login's
  * writes and of the locks that serialize them, and the store's NOTIFYs.
  */
-export class WriteStatements extends Fragments {
+export class WriteStatements extends LookupStatements {
   /** The first key of the advisory lock that serializes one user's logins (the second is the user's). */
   private readonly loginLockKey = createHash("sha256").update(`login:${this.tableName}`).digest().readInt32BE(0);
 
   // --- The express-session contract (shaped: values `k0`, `k1`, ... are the row keys of one session id)
-
-  /**
-   * The live row of a session id, under any of its `n` keys (one per secret). Only the columns the store
-   * uses: the key only when there are several (with one it is the caller's), the version only with
-   * `versioned`. `replica`: as read from a replica (see replicas.ts), with `fresh`.
-   */
-  get(n: number, replica = false): Shape {
-    return this.shape(
-      `get:${n}:${replica}`,
-      (v) => {
-        const t = this.t;
-        const key = n > 1 ? sql`${t.key} as key, ` : sql``;
-        // On a replica, also whether it has replayed the primary's WAL up to `floor` (a pg_lsn as text).
-        const fresh = replica ? sql`, coalesce(pg_last_wal_replay_lsn() >= ${v("floor")}::text::pg_lsn, false) as fresh` : sql``;
-        return sql`select ${key}${this.sessionColumns()}${fresh}
-        from ${t} where ${this.byKeys(keyParams(n, v))} and ${this.live()} limit 1`;
-      },
-      true,
-    );
-  }
-
-  /**
-   * The live rows of several session ids at once (coalesced lookups, see lookups.ts), each with its
-   * `key`: `keys` is every row key of those ids, as one JSON array text parameter. One parameter,
-   * whatever the count (drizzle would spread a list into one parameter per key, a new statement per
-   * length), compared as an array so that the planner looks each key up in the primary key's index.
-   */
-  getMany(): Shape {
-    return this.shape(
-      "get:many",
-      (v) => {
-        const t = this.t;
-        const keys = sql`array(select jsonb_array_elements_text(${v("keys")}::text::jsonb))`;
-        return sql`select ${t.key} as key, ${this.sessionColumns()} from ${t} where ${t.key} = any(${keys}) and ${this.live()}`;
-      },
-      true,
-    );
-  }
-
-  /** What a lookup reads of a session's row ({@link SessionRow} but its key): the version only with `versioned`. */
-  private sessionColumns(): SQL {
-    const t = this.t;
-    const version = this.settings.versioned ? sql`, ${t.version} as version` : sql``;
-    return sql`${t.data}::text as data, ${this.expiryColumns()}, ${t.userAgent} as ua, ${t.ip} as ip${version}`;
-  }
 
   /**
    * Saves the session a request loaded (`k0` is the row's key): an update, only while the row is live, so
