@@ -1,5 +1,6 @@
 import type { EventEmitter } from "node:events";
 import { Announcer } from "./announce.js";
+import { coalesceLimit, Ends, lookups } from "./coalesce.js";
 import { ReadCache } from "./cache.js";
 import type { StoreContext } from "./context.js";
 import { checkCanCap, isTrue, profileOf } from "./driver.js";
@@ -10,7 +11,6 @@ import { EventSeal } from "./events.js";
 import { keyDeriver, newHandle } from "./hash.js";
 import type { Loaded } from "./loaded.js";
 import type { Hearing } from "./listen.js";
-import { lookupLimit, Lookups } from "./lookups.js";
 import { resolveOptions, type SessionStoreOptions } from "./options.js";
 import { reap, Reaper, type ReapResult } from "./reaper.js";
 import { Records } from "./records.js";
@@ -84,7 +84,8 @@ export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StorePa
     options,
     sql,
     exec,
-    lookups: new Lookups(exec, sql, lookupLimit(profileOf(db))),
+    lookups: lookups(exec, sql, coalesceLimit(profileOf(db))),
+    ends: new Ends(exec, sql, changed, coalesceLimit(profileOf(db))),
     keysOf: keyDeriver(options.secrets),
     cache,
     replicas,

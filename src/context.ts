@@ -5,11 +5,11 @@ import type { ReadCache } from "./cache.js";
 import type { Executor } from "./executor.js";
 import type { KeyDeriver } from "./hash.js";
 import type { Loaded } from "./loaded.js";
-import type { Lookups } from "./lookups.js";
+import type { Coalescer, Ends } from "./coalesce.js";
 import type { ResolvedOptions } from "./options.js";
 import type { Replicas } from "./replicas.js";
 import type { Sealer } from "./seal.js";
-import type { Statements } from "./statements.js";
+import type { SessionRow, Statements } from "./statements.js";
 import type { TraceDetail } from "./trace.js";
 
 /**
@@ -22,7 +22,9 @@ export interface StoreContext {
   readonly sql: Statements;
   readonly exec: Executor;
   /** Session lookups on the primary, coalesced under load. */
-  readonly lookups: Lookups;
+  readonly lookups: Coalescer<SessionRow, SessionRow | undefined>;
+  /** Ends of sessions by id, coalesced under load, each announced (`changed`) before it resolves. */
+  readonly ends: Ends;
   /** A session id's row keys, one per secret: the first is the one new rows get. */
   readonly keysOf: KeyDeriver;
   /** The read cache, with the `cache` option. */

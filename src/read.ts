@@ -9,7 +9,7 @@ import { keyValues, type SessionRow } from "./statements.js";
 
 /**
  * Loads a live session (the store's `get` after a cache miss): its row from a replica or, coalesced
- * with the lookups that come together, the primary (lookups.ts); opened (with `encrypt`), checked, and
+ * with the lookups that come together, the primary (coalesce.ts); opened (with `encrypt`), checked, and
  * cached with the ticket taken before it was asked for. `null` when it is missing, expired, ended or
  * corrupt (a corrupt row is reported).
  */
@@ -18,10 +18,10 @@ export async function readSession(s: StoreContext, sid: string): Promise<Session
   const sent = sentAt(s.now());
   const keys = s.keysOf(sid);
   const cacheable = s.cache?.ticket();
-  // Replicas decide per lookup; on the primary, lookups that come together share a statement (lookups.ts).
+  // Replicas decide per lookup; on the primary, lookups that come together share a statement (coalesce.ts).
   const row = s.replicas
     ? (await s.replicas.read<SessionRow>(keys, s.sql.get(keys.length, true), s.sql.get(keys.length), keyValues(keys, {})))[0]
-    : await s.lookups.row(keys, sent.mono);
+    : await s.lookups.call(keys, sent.mono);
   if (!row) return null;
   const key = row.key ?? keys[0]!;
   const opened = openRow(s.sealer, key, row.data);

@@ -323,9 +323,8 @@ export class Writes {
     const keys = this.s.keysOf(sid);
     this.s.evict(keys);
     const record = this.s.events.recordsEnds();
-    const rows = await this.s.exec.run<{ key: string } & EventRow>(this.s.sql.end(keys.length, record), keyValues(keys, { reason }), (ended) =>
-      this.s.changed(ended.map((row) => row.key)),
-    );
+    // Ends that come together share a statement (coalesce.ts); each is announced to every cache before it resolves.
+    const rows = (await this.s.ends.end(keys, reason, record, performance.now())) as Array<{ key: string } & EventRow>;
     // Evict again: a read or write of this store that overlapped the end may have cached the session.
     this.s.evict(keys);
     if (record) this.s.events.ended(rows, reason);

@@ -4,7 +4,7 @@ import { cacheReady, drivers, notifyBarrier, openDb, openPeer, sessionData, slee
 import { internals } from "./support/internals.js";
 
 /**
- * Coalesced lookups (src/lookups.ts): gets that come while lookups are in flight share one statement,
+ * Coalesced lookups and ends (src/coalesce.ts): gets that come while lookups are in flight share one statement,
  * and each still gets what a get of its own would: its row or null, its own error, its own deadline.
  * Coalescing is forced (`coalesce(1)`: any concurrent gets share) or turned off (Infinity) through the
  * test seam, so the results of both can be compared.
@@ -73,6 +73,24 @@ describe.each(drivers)("coalesced lookups on %s", (driver) => {
     // 20 gets: the first alone, the rest shared in at most two more statements (one of them for many).
     expect(sent.length).toBeLessThanOrEqual(3);
     expect(sent.some((text) => text.includes(MANY))).toBe(true);
+  });
+
+  it("concurrent ends share statements, and each ends its own session only, once, with its own ended event", async () => {
+    const store = storeWith({ retainEnded: HOUR });
+    const ids = Array.from({ length: 12 }, (_, i) => `end-${i}`);
+    const kept = ["kept-1", "kept-2"];
+    for (const id of [...ids, ...kept]) await store.set(id, sessionData(HOUR, { id }));
+    const handles = await Promise.all(ids.map((id) => store.handleOf(id)));
+    const ended: Array<{ handle: string; reason: string }> = [];
+    store.on("ended", (event) => void ended.push({ handle: event.handle, reason: event.reason }));
+    // Each session ended twice at once, and a session that never was.
+    const { sent } = await sending(() => Promise.all([...ids, ...ids, "never-was"].map((id) => store.destroy(id))));
+    expect(sent.some((text) => text.includes(MANY))).toBe(true);
+    expect(sent.length).toBeLessThan(ids.length);
+    expect(await Promise.all(ids.map((id) => store.get(id)))).toEqual(ids.map(() => null));
+    expect((await Promise.all(kept.map((id) => store.get(id)))).every((session) => session !== null)).toBe(true);
+    expect(ended.map((e) => e.handle).sort()).toEqual([...handles].sort());
+    expect(new Set(ended.map((e) => e.reason))).toEqual(new Set(["logout"]));
   });
 
   it("a lone get sends the single-session statement at once, with no wait for others", async () => {

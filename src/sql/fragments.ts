@@ -58,6 +58,16 @@ export class Fragments {
     return sql`${t.endedAt} is null and ${t.expiresAt} > ${NOW}${absolute}`;
   }
 
+  /**
+   * `key = any(...)` of `keys`, the row keys of many session ids as one JSON array text parameter (the
+   * statements that coalesced calls share, see coalesce.ts): one parameter whatever the count (drizzle
+   * would spread a list into one parameter per key, a new statement per length), compared as an array so
+   * that the planner looks each key up in the primary key's index.
+   */
+  anyKey(keys: SQL): SQL {
+    return sql`${this.t.key} = any(array(select jsonb_array_elements_text(${keys}::text::jsonb)))`;
+  }
+
   /** `key in (...)`. */
   byKeys(keys: Array<string | SQL>): SQL {
     return sql`${this.t.key} in (${sql.join(

@@ -4,7 +4,7 @@ import { Fragments, keyParams } from "./fragments.js";
 
 /**
  * The lookups of sessions by id (the store's `get`): one session's row, or the rows of many at once for
- * lookups that come together (lookups.ts). Shaped: values `k0`, `k1`, ... are the row keys of one id.
+ * lookups that come together (coalesce.ts). Shaped: values `k0`, `k1`, ... are the row keys of one id.
  */
 export class LookupStatements extends Fragments {
   /**
@@ -28,18 +28,15 @@ export class LookupStatements extends Fragments {
   }
 
   /**
-   * The live rows of several session ids at once (coalesced lookups, see lookups.ts), each with its
-   * `key`: `keys` is every row key of those ids, as one JSON array text parameter. One parameter,
-   * whatever the count (drizzle would spread a list into one parameter per key, a new statement per
-   * length), compared as an array so that the planner looks each key up in the primary key's index.
+   * The live rows of several session ids at once (coalesced lookups, see coalesce.ts), each with its
+   * `key` ({@link anyKey}).
    */
   getMany(): Shape {
     return this.shape(
       "get:many",
       (v) => {
         const t = this.t;
-        const keys = sql`array(select jsonb_array_elements_text(${v("keys")}::text::jsonb))`;
-        return sql`select ${t.key} as key, ${this.sessionColumns()} from ${t} where ${t.key} = any(${keys}) and ${this.live()}`;
+        return sql`select ${t.key} as key, ${this.sessionColumns()} from ${t} where ${this.anyKey(v("keys"))} and ${this.live()}`;
       },
       true,
     );

@@ -275,6 +275,11 @@ export class WriteStatements extends LookupStatements {
     return this.shape(record ? `end:${n}:record` : `end:${n}`, (v) => this.ending(v("reason"), this.byKeys(keyParams(n, v)), record), true);
   }
 
+  /** {@link end} of the sessions of many ids at once, for one `reason` (coalesced ends, see coalesce.ts; `keys`: {@link anyKey}). */
+  endMany(record = false): Shape {
+    return this.shape(`end:many:${record}`, (v) => this.ending(v("reason"), this.anyKey(v("keys")), record), true);
+  }
+
   /**
    * Records the end of a row with history as a rotation rather than a logout (@fastify/session's
    * regenerate ends the old session with a plain destroy). Ended rows are never cached: no NOTIFY.
