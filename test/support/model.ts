@@ -154,7 +154,7 @@ export interface Config {
   /** With `encrypt`: P (no `encrypt`) creates plaintext rows, every other instance has `acceptPlaintext`. */
   plaintext: boolean;
   broadcast: boolean;
-  /** Every instance coalesces any concurrent gets into shared statements (src/lookups.ts, forced with a limit of 1). */
+  /** Every instance coalesces any concurrent gets and ends into shared statements (src/coalesce.ts, forced with a limit of 1). */
   coalesce: boolean;
   /**
    * Lookups from a replica: every instance's `db` is withReplicas(its pool, [a pool on `url`]) with
