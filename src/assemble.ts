@@ -5,7 +5,7 @@ import { ReadCache } from "./cache.js";
 import type { StoreContext } from "./context.js";
 import { checkCanCap, isTrue, profileOf } from "./driver.js";
 import { Executor } from "./executor.js";
-import { Invalidations } from "./invalidation.js";
+import { InvalidationSender, Invalidations } from "./invalidation.js";
 import { databaseError, schemaOutdated, standbyGiven, tableMissing } from "./errors.js";
 import { EventSeal } from "./events.js";
 import { keyDeriver, newHandle } from "./hash.js";
@@ -62,7 +62,8 @@ export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StorePa
     hooks.evict(keys);
   };
   // Every instance's cache hears of a committed change from one NOTIFY per batch of changes (with `notify`).
-  const invalidations = notify ? new Invalidations((keys) => exec.run(sql.invalidate(), { keys: JSON.stringify(keys) })) : undefined;
+  const sender = notify ? new InvalidationSender(db, exec, sql.invalidate()) : undefined;
+  const invalidations = sender && new Invalidations((keys) => sender.send(keys));
   const changed = async (keys: readonly string[]) => {
     if (keys.length === 0) return;
     evict(keys);
@@ -136,6 +137,7 @@ export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StorePa
       await reaper?.stop();
       await cache?.close();
       await hearing?.close();
+      await sender?.close();
     },
   };
 }

@@ -102,10 +102,15 @@ export class Executor {
   run<Row = Record<string, unknown>>(shape: Shape, values: Readonly<Record<string, unknown>>, after?: After<Row>): Promise<Row[]> {
     const { kind, client } = this.driver;
     if (kind !== "node-postgres") return this.query<Row>(shape.with(values), shape.idempotent, after);
+    return this.timed<Row>(() => client.query(this.config(shape, values)), shape.idempotent, after);
+  }
+
+  /** A shaped statement with the call's values as a node-postgres query config (a named prepared statement with `prepare`). */
+  config(shape: Shape, values: Readonly<Record<string, unknown>>): { name?: string; text: string; values: unknown[] } {
     const { text, params, slots, name } = shape.compile(this.settings.prepare);
     const args = new Array(params.length);
     for (let i = 0; i < params.length; i++) args[i] = slots[i] === undefined ? params[i] : values[slots[i]!];
-    return this.timed<Row>(() => client.query(name ? { name, text, values: args } : { text, values: args }), shape.idempotent, after);
+    return name ? { name, text, values: args } : { text, values: args };
   }
 
   /**

@@ -139,7 +139,9 @@ export interface SessionStoreOptions {
   /**
    * Send the NOTIFY that evicts a session from other instances' caches after every write that changes or
    * ends an existing session (a new session needs none); the write's call resolves once it has committed.
-   * Concurrent writes share one NOTIFY statement (Postgres serializes notifying commits). Every instance
+   * Concurrent writes share one NOTIFY statement (Postgres serializes notifying commits), sent on node-postgres
+   * on a connection of the store's own (a new client with your pool's settings), so that it never waits in
+   * your pool's queue behind the writes it announces. Every instance
    * sharing the table must have it on when any of them uses `cache`; it is off unless this store has a
    * cache; `false` together with `cache` is refused.
    * @default true with `cache`, false without

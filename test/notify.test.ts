@@ -83,6 +83,14 @@ describe.each(drivers)("NOTIFY per operation on %s", (driver) => {
     const heard = await listenTo(internals(store).channel);
     const sids = Array.from({ length: 32 }, (_, i) => `end-${i}`);
     await Promise.all(sids.map((sid) => store.set(sid, sessionData(HOUR))));
+    // Every statement sent, the pool's and the store's own connection's (node-postgres sends its NOTIFYs there).
+    const sentTexts: string[] = [];
+    const query = pg.Client.prototype.query;
+    pg.Client.prototype.query = function (this: pg.Client, config: any, ...rest: any[]) {
+      sentTexts.push(typeof config === "string" ? config : config.text);
+      return (query as any).call(this, config, ...rest);
+    } as any;
+    stops.push(async () => void (pg.Client.prototype.query = query));
     t.statements.length = 0;
     const announced: boolean[] = [];
     await Promise.all(
@@ -96,11 +104,38 @@ describe.each(drivers)("NOTIFY per operation on %s", (driver) => {
       }),
     );
     expect(announced).toEqual(sids.map(() => true));
-    const notifying = t.statements.filter((text) => text.includes("pg_notify") && !text.includes("after-"));
+    const notifying = (driver === "node-postgres" ? sentTexts : t.statements).filter((text) => text.includes("pg_notify") && !text.includes("after-"));
     const ending = t.statements.filter((text) => /^\s*delete|^\s*update/i.test(text));
     expect(ending.every((text) => !text.includes("pg_notify"))).toBe(true);
     expect(notifying.length).toBeGreaterThan(0);
     if (driver !== "pglite") expect(notifying.length).toBeLessThan(sids.length);
+  });
+
+  it.runIf(driver === "node-postgres")("the NOTIFYs go out on a connection of the store's own, and through the pool when it is lost", async () => {
+    const notifiers = async () =>
+      (await t.raw(`select pid from pg_stat_activity where query like '%set_config(''synchronous_commit''%' and pid <> pg_backend_pid()`)).map(
+        (row: any) => Number(row.pid),
+      );
+    const others = new Set(await notifiers());
+    const own = async () => (await notifiers()).filter((pid) => !others.has(pid));
+    const store = new SessionStore({ db: t.db, table: t.table, notify: true, reaper: false });
+    const heard = await listenTo(internals(store).channel);
+    t.statements.length = 0;
+    const ended = async (sid: string) => {
+      await store.set(sid, sessionData(HOUR));
+      await store.destroy(sid);
+      return eventually(() => heard.includes(internals(store).keysOf(sid)[0]!), 5_000);
+    };
+    expect(await ended("own-1")).toBe(true);
+    // Not one of the pool's: the store's pool has never sent a NOTIFY.
+    expect(t.statements.some((text) => text.includes("pg_notify"))).toBe(false);
+    const [pid] = await own();
+    expect(await own()).toHaveLength(1);
+    await t.raw(`select pg_terminate_backend(${pid})`);
+    expect(await ended("own-2")).toBe(true);
+    expect(await ended("own-3")).toBe(true);
+    await store.close();
+    expect(await eventually(async () => (await own()).length === 0, 5_000)).toBe(true);
   });
 
   it.runIf(driver !== "pglite")("an end that commits after its call timed out is still announced to every instance's cache", async () => {
