@@ -113,8 +113,8 @@ describe.each(drivers)("NOTIFY per operation on %s", (driver) => {
 
   it.runIf(driver === "node-postgres")("the NOTIFYs go out on a connection of the store's own, and through the pool when it is lost", async () => {
     const notifiers = async () =>
-      (await t.raw(`select pid from pg_stat_activity where query like '%set_config(''synchronous_commit''%' and pid <> pg_backend_pid()`)).map(
-        (row: any) => Number(row.pid),
+      (await t.raw(`select pid from pg_stat_activity where query like '%set_config(''synchronous_commit''%' and pid <> pg_backend_pid()`)).map((row: any) =>
+        Number(row.pid),
       );
     const others = new Set(await notifiers());
     const own = async () => (await notifiers()).filter((pid) => !others.has(pid));
