@@ -7,7 +7,7 @@ import fastifySession from "@fastify/session";
 import Fastify, { type FastifyInstance, type LightMyRequestResponse } from "fastify";
 import { afterEach, describe, expect, it } from "vitest";
 import { SessionStore, type SessionStoreOptions } from "../src/index.js";
-import { cacheReady, drivers, migrationScript, type TestDb, useTestDb } from "./support/db.js";
+import { cacheReady, drivers, migrationScript, notifyBarrier, type TestDb, useTestDb } from "./support/db.js";
 
 declare module "fastify" {
   interface Session {
@@ -290,6 +290,8 @@ describe.each(drivers)("@fastify/session on %s", (driver) => {
     expect(await cacheReady(cached)).toBe(true);
     const { app } = await open(cached, { rolling: true });
     const cookie = await login(app);
+    // The login's NOTIFYs go out after its writes: once this store has heard them, a read is cached for good.
+    await notifyBarrier(cached);
     await app.inject({ url: "/me", headers: { cookie } });
     t.statements.length = 0;
     expect((await app.inject({ url: "/me", headers: { cookie } })).json()).toEqual({ user: "ann" });
