@@ -1,6 +1,6 @@
 import type { EventEmitter } from "node:events";
 import { Announcer } from "./announce.js";
-import { coalesceLimit, Ends, lookups } from "./coalesce.js";
+import { coalesceLimit, Ends, lookups, touches } from "./coalesce.js";
 import { ReadCache } from "./cache.js";
 import type { StoreContext } from "./context.js";
 import { checkCanCap, isTrue, profileOf } from "./driver.js";
@@ -87,6 +87,7 @@ export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StorePa
     exec,
     lookups: lookups(exec, sql, coalesceLimit(profileOf(db))),
     ends: new Ends(exec, sql, changed, coalesceLimit(profileOf(db))),
+    touches: touches(exec, sql, Boolean(options.encrypt), changed, coalesceLimit(profileOf(db))),
     keysOf: keyDeriver(options.secrets),
     cache,
     replicas,

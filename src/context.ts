@@ -5,7 +5,7 @@ import type { ReadCache } from "./cache.js";
 import type { Executor } from "./executor.js";
 import type { KeyDeriver } from "./hash.js";
 import type { Loaded } from "./loaded.js";
-import type { Coalescer, Ends } from "./coalesce.js";
+import type { Call, Coalescer, Ends, TouchCall, TouchedRow } from "./coalesce.js";
 import type { ResolvedOptions } from "./options.js";
 import type { Replicas } from "./replicas.js";
 import type { Sealer } from "./seal.js";
@@ -22,9 +22,11 @@ export interface StoreContext {
   readonly sql: Statements;
   readonly exec: Executor;
   /** Session lookups on the primary, coalesced under load. */
-  readonly lookups: Coalescer<SessionRow, SessionRow | undefined>;
+  readonly lookups: Coalescer<Call, SessionRow, SessionRow | undefined>;
   /** Ends of sessions by id, coalesced under load, each announced (`changed`) before it resolves. */
   readonly ends: Ends;
+  /** Touches that write, coalesced under load, each announced (`changed`) before it resolves. */
+  readonly touches: Coalescer<TouchCall, TouchedRow, TouchedRow | undefined>;
   /** A session id's row keys, one per secret: the first is the one new rows get. */
   readonly keysOf: KeyDeriver;
   /** The read cache, with the `cache` option. */

@@ -21,7 +21,7 @@ export async function readSession(s: StoreContext, sid: string): Promise<Session
   // Replicas decide per lookup; on the primary, lookups that come together share a statement (coalesce.ts).
   const row = s.replicas
     ? (await s.replicas.read<SessionRow>(keys, s.sql.get(keys.length, true), s.sql.get(keys.length), keyValues(keys, {})))[0]
-    : await s.lookups.call(keys, sent.mono);
+    : await s.lookups.call({ keys }, sent.mono);
   if (!row) return null;
   const key = row.key ?? keys[0]!;
   const opened = openRow(s.sealer, key, row.data);

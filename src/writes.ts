@@ -304,9 +304,8 @@ export class Writes {
     this.s.evict(keys);
     let written: ({ key: string } & ExpiryRow) | undefined;
     try {
-      [written] = await this.s.exec.run<{ key: string } & ExpiryRow>(this.s.sql.touch(keys.length, this.s.sealer !== undefined), values, (rows) =>
-        this.s.changed(rows.map((row) => row.key)),
-      );
+      // Touches that come together share a statement (coalesce.ts); each is announced to every cache before it resolves.
+      written = await this.s.touches.call({ keys, values }, sent.mono);
     } finally {
       // Lookups read the session where this write is sure to be seen (see Replicas.pin).
       this.s.replicas?.pin(keys);

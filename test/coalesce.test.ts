@@ -93,6 +93,31 @@ describe.each(drivers)("coalesced lookups on %s", (driver) => {
     expect(new Set(ended.map((e) => e.reason))).toEqual(new Set(["logout"]));
   });
 
+  it.each([
+    ["", {}],
+    [" with encrypt", { encrypt: ENCRYPT }],
+  ])("concurrent touches%s share statements, and each renews its own session to its own expiry", async (_, options) => {
+    const store = storeWith({ touchAfter: 0, ...options });
+    const ids = Array.from({ length: 12 }, (_, i) => `touch-${i}`);
+    for (const id of ids) await store.set(id, sessionData(HOUR, { id }));
+    const loaded: any[] = await Promise.all(ids.map((id) => store.get(id)));
+    // Each its own lifetime: i + 2 hours.
+    const until = ids.map((_, i) => Date.now() + (i + 2) * HOUR);
+    for (const [i, session] of loaded.entries()) session.cookie.expires = new Date(until[i]!).toISOString();
+    const { sent } = await sending(() => Promise.all(ids.map((id, i) => store.touch(id, loaded[i]))));
+    expect(sent.some((text) => text.includes("jsonb_to_recordset"))).toBe(true);
+    expect(sent.length).toBeLessThan(ids.length);
+    internals(store).coalesce(Number.POSITIVE_INFINITY);
+    const read: any[] = await Promise.all(ids.map((id) => store.get(id)));
+    for (const [i, session] of read.entries()) {
+      expect(session?.id).toBe(ids[i]);
+      expect(Math.abs(Date.parse(session.cookie.expires) - until[i]!)).toBeLessThan(1_000);
+    }
+    const rows = await t.raw(`select key, round(date_part('epoch', expires_at) * 1000) as at from $table`);
+    const at = new Map(rows.map((row: any) => [row.key, Number(row.at)]));
+    for (const [i, id] of ids.entries()) expect(Math.abs(at.get(internals(store).keysOf(id)[0]!)! - until[i]!)).toBeLessThan(1_000);
+  });
+
   it("a lone get sends the single-session statement at once, with no wait for others", async () => {
     const store = storeWith();
     await store.set("alone", sessionData(HOUR, { n: 1 }));

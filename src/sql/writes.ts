@@ -253,18 +253,41 @@ export class WriteStatements extends LookupStatements {
     return this.shape(
       `touch:${n}:${tagged}`,
       (v) => {
-        const t = this.t;
-        const absoluteAt = this.absoluteExpiry();
-        const cookie = sql`jsonb_set(${t.data}, '{cookie}', ${v("cookie")}::text::jsonb)`;
-        const data = tagged ? sql`${cookie} || jsonb_build_object(${COOKIE_TAG}::text, ${v("tags")}::text::jsonb -> ${t.key})` : cookie;
-        return sql`update ${t} set ${col(t.expiresAt)} = least(${lifetime(v("life"))}, ${absoluteAt}),
-          ${col(t.absoluteExpiresAt)} = ${absoluteAt}, ${col(t.lastSeenAt)} = ${NOW}, ${col(t.data)} = ${data},
-          ${col(t.userAgent)} = coalesce(${v("ua")}::text, ${t.userAgent}), ${col(t.ip)} = coalesce(${v("ip")}::text, ${t.ip})
-        where ${this.byKeys(keyParams(n, v))} and ${this.live()}
-          and jsonb_typeof(${t.data}->'cookie') = 'object'${this.applied()} ${this.changed()}, ${this.expiryColumns()}`;
+        const tag = sql`${v("tags")}::text::jsonb -> ${this.t.key}`;
+        const values = { life: v("life"), cookie: sql`${v("cookie")}::text::jsonb`, ua: sql`${v("ua")}::text`, ip: sql`${v("ip")}::text`, tag };
+        return this.touching(values, sql``, this.byKeys(keyParams(n, v)), tagged);
       },
       true,
     );
+  }
+
+  /**
+   * {@link touch} of many sessions at once (coalesced touches, see coalesce.ts): `rows` is a JSON array of
+   * `{ key, life, cookie, ua, ip, tag }`, one per row key, each with its own values.
+   */
+  touchMany(tagged = false): Shape {
+    return this.shape(
+      `touch:many:${tagged}`,
+      (v) => {
+        const from = sql` from jsonb_to_recordset(${v("rows")}::text::jsonb) as r(key text, life float8, cookie text, ua text, ip text, tag text)`;
+        const values = { life: sql`r.life`, cookie: sql`r.cookie::jsonb`, ua: sql`r.ua`, ip: sql`r.ip`, tag: sql`to_jsonb(r.tag)` };
+        return this.touching(values, from, sql`${this.t.key} = r.key`, tagged);
+      },
+      true,
+    );
+  }
+
+  /** The update of a touch: the expiry, the cookie (with its tag when `tagged`) and the device, of the live rows `where` picks. */
+  private touching(values: { life: SQL; cookie: SQL; ua: SQL; ip: SQL; tag: SQL }, from: SQL, where: SQL, tagged: boolean): SQL {
+    const t = this.t;
+    const absoluteAt = this.absoluteExpiry();
+    const cookie = sql`jsonb_set(${t.data}, '{cookie}', ${values.cookie})`;
+    const data = tagged ? sql`${cookie} || jsonb_build_object(${COOKIE_TAG}::text, ${values.tag})` : cookie;
+    return sql`update ${t} set ${col(t.expiresAt)} = least(${lifetime(values.life)}, ${absoluteAt}),
+          ${col(t.absoluteExpiresAt)} = ${absoluteAt}, ${col(t.lastSeenAt)} = ${NOW}, ${col(t.data)} = ${data},
+          ${col(t.userAgent)} = coalesce(${values.ua}, ${t.userAgent}), ${col(t.ip)} = coalesce(${values.ip}, ${t.ip})${from}
+        where ${where} and ${this.live()}
+          and jsonb_typeof(${t.data}->'cookie') = 'object'${this.applied()} ${this.changed()}, ${this.expiryColumns()}`;
   }
 
   /**

@@ -72,13 +72,14 @@ export function internals(store: SessionStore) {
     /** Turns the executor's failover retries off (false: how the store behaved before it had them) or on again. */
     retries: (on: boolean): void => void (s.s.exec.settings.retry = on),
     /**
-     * The statements in flight at which the next `get` (or end: destroy, regenerate) waits to share a
+     * The statements in flight at which the next `get` (or end: destroy, regenerate; or touch that writes) waits to share a
      * statement with the others waiting (default 2, 1 on a single connection: see src/coalesce.ts; 1
      * coalesces any concurrent calls, Infinity never).
      */
     coalesce: (limit: number): void => {
       s.s.lookups.limit = limit;
       s.s.ends.limit = limit;
+      s.s.touches.limit = limit;
     },
     /** Calls `listener` with every eviction the store makes until the returned function is called. */
     onEvict(listener: (keys: readonly string[]) => void): () => void {
