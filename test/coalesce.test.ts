@@ -1,6 +1,6 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it } from "vitest";
 import { SessionStore, type SessionStoreOptions } from "../src/index.js";
-import { cacheReady, drivers, notifyBarrier, openDb, openPeer, sessionData, sleep, type TestDb } from "./support/db.js";
+import { cacheReady, drivers, notifyBarrier, openPeer, sessionData, sleep, type TestDb, useTestDb } from "./support/db.js";
 import { internals } from "./support/internals.js";
 
 /**
@@ -23,16 +23,10 @@ describe.each(drivers)("coalesced lookups on %s", (driver) => {
   let t: TestDb;
   const stores: SessionStore[] = [];
 
-  beforeAll(async () => {
-    t = await openDb(driver);
+  useTestDb(driver, (db) => {
+    t = db;
   });
-  afterAll(async () => {
-    await t?.close();
-  });
-  beforeEach(async () => {
-    await t.raw(`delete from $table`);
-    return async () => void (await Promise.all(stores.splice(0).map((store) => store.close())));
-  });
+  afterEach(async () => void (await Promise.all(stores.splice(0).map((store) => store.close()))));
 
   /** A store on the test database, coalescing any concurrent gets. */
   const storeWith = (options: Partial<SessionStoreOptions> = {}): SessionStore => {
