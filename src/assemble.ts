@@ -51,9 +51,10 @@ export interface StoreParts {
 export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StoreParts {
   const options = resolveOptions(input);
   const { db, table, absoluteTimeout, notify, retainEnded, versioned, timeout, prepare, replicaReads } = options;
+  const driver = profileOf(db);
   if (options.maxSessionsPerUser !== undefined) checkCanCap(db);
   const applied = replicaReads?.window === 0;
-  const sql = new Statements(table, { absoluteTimeout, notify, retainEnded, versioned, applied });
+  const sql = new Statements(table, { absoluteTimeout, retainEnded, versioned, applied });
   const exec = new Executor(db, { timeout, prepare });
   const replicas = replicaReads ? new Replicas(exec, options.replicas, { ...replicaReads, prepare, report: (error) => hooks.report(error) }) : undefined;
   // Every change this instance makes or hears of also keeps the session's lookups off the replicas.
@@ -62,7 +63,7 @@ export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StorePa
     hooks.evict(keys);
   };
   // Every instance's cache hears of a committed change from one NOTIFY per batch of changes (with `notify`).
-  const sender = notify ? new InvalidationSender(db, exec, sql.invalidate()) : undefined;
+  const sender = notify ? new InvalidationSender(driver, exec, sql.invalidate()) : undefined;
   const invalidations = sender && new Invalidations((keys) => sender.send(keys));
   const changed = async (keys: readonly string[]) => {
     if (keys.length === 0) return;
@@ -85,9 +86,9 @@ export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StorePa
     options,
     sql,
     exec,
-    lookups: lookups(exec, sql, coalesceLimit(profileOf(db))),
-    ends: new Ends(exec, sql, changed, coalesceLimit(profileOf(db))),
-    touches: touches(exec, sql, Boolean(options.encrypt), changed, coalesceLimit(profileOf(db))),
+    lookups: lookups(exec, sql, coalesceLimit(driver)),
+    ends: new Ends(exec, sql, changed, coalesceLimit(driver)),
+    touches: touches(exec, sql, Boolean(options.encrypt), changed, coalesceLimit(driver)),
     keysOf: keyDeriver(options.secrets),
     cache,
     replicas,

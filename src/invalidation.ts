@@ -1,6 +1,5 @@
-import { profileOf } from "./driver.js";
+import type { DriverProfile } from "./driver.js";
 import type { Executor, Shape } from "./executor.js";
-import type { AnyPgDatabase } from "./options.js";
 
 /**
  * Telling every instance's read cache which sessions changed, after the change committed: the keys of
@@ -76,7 +75,7 @@ export class InvalidationSender {
   private closed = false;
 
   constructor(
-    private readonly db: AnyPgDatabase,
+    private readonly driver: DriverProfile,
     private readonly exec: Executor,
     private readonly shape: Shape,
   ) {}
@@ -84,7 +83,7 @@ export class InvalidationSender {
   /** Sends the NOTIFY of `keys`: resolves once it has committed. */
   send(keys: readonly string[]): Promise<unknown> {
     const values = { keys: JSON.stringify(keys) };
-    const driver = profileOf(this.db);
+    const { driver } = this;
     if (driver.kind !== "node-postgres" || driver.singleConnection || this.closed || performance.now() < this.pooledUntil) {
       return this.exec.run(this.shape, values);
     }

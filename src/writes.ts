@@ -339,8 +339,7 @@ export class Writes {
   /** Deletes every row; the cache drops every session before and after (a read racing the delete may have cached one). */
   async clear(): Promise<void> {
     this.s.evict(["*"]);
-    await this.s.exec.query(this.s.sql.clear(), true);
-    this.s.evict(["*"]);
+    await this.s.exec.query(this.s.sql.clear(), true, () => this.s.changed(["*"]));
   }
 
   /** Marks a live session as authenticated now (see the store's `markAuthenticated`). */

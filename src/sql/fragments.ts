@@ -29,7 +29,6 @@ export class Fragments {
     protected readonly t: SessionTable,
     protected readonly settings: {
       absoluteTimeout: number | undefined;
-      notify: boolean;
       retainEnded: number;
       versioned: boolean;
       /**

@@ -328,10 +328,9 @@ export class WriteStatements extends LookupStatements {
     return sql`select count(*)::int as n from ${this.t} where ${this.live()}`;
   }
 
-  /** Deletes every row, and evicts every instance's whole cache. */
+  /** Deletes every row (the store then evicts every instance's whole cache: `*`). */
   clear(): SQL {
-    const deleteAll = sql`delete from ${this.t} where true${this.applied()}`;
-    return this.settings.notify ? sql`with gone as (${deleteAll}) select pg_notify(${this.channel}, '*')` : deleteAll;
+    return sql`delete from ${this.t} where true${this.applied()}`;
   }
 
   /**
