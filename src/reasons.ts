@@ -5,7 +5,9 @@ import { kindOf } from "./check.js";
  * session), `revoked` (revoke, revokeUser), `expired` (reaped), `rotated` (regenerate of a logged-in
  * session: the user goes on in a new one), `evicted` (ended by `maxSessionsPerUser` when its user signed
  * in once more than the cap allows, or had an expired session revalidated by `extend`: the least
- * recently used session goes).
+ * recently used session goes), `reused` (an id the
+ * session was rotated away from came back after its grace window: the cookie was copied), `binding` (used
+ * from another browser family or operating system than its own, with `onBindingChange: "end"`).
  */
 export type EndReason = (typeof END_REASONS)[number];
 
@@ -14,7 +16,7 @@ export type EndReason = (typeof END_REASONS)[number];
  * check a `reason` against it at run time, and the table's CHECK constraint on `end_reason` (src/schema.ts)
  * refuses any other.
  */
-export const END_REASONS = ["logout", "revoked", "expired", "rotated", "evicted"] as const;
+export const END_REASONS = ["logout", "revoked", "expired", "rotated", "evicted", "reused", "binding"] as const;
 
 /**
  * Checks that `reason` is an {@link EndReason}.
