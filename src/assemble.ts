@@ -19,6 +19,7 @@ import { quotedName } from "./schema.js";
 import { Sealer } from "./seal.js";
 import { Statements } from "./statements.js";
 import { traced } from "./trace.js";
+import { Rotations } from "./rotate.js";
 import { Writes } from "./writes.js";
 
 /**
@@ -35,6 +36,8 @@ export interface StoreParts {
   readonly writes: Writes;
   /** The records API: list, count, revoke, extend. */
   readonly records: Records;
+  /** New ids for sessions, and re-authentications. */
+  readonly rotations: Rotations;
   /** One reaper round now, bounded by the store's `timeout`. */
   reap(signal?: AbortSignal): Promise<ReapResult>;
   /** The table and its columns are there, and the LISTENs of `cache` and `broadcast` hear (see the store's `ready`). */
@@ -118,9 +121,11 @@ export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StorePa
   reaper?.start();
   // With `broadcast`, hear the other instances' events (undefined on a driver that cannot LISTEN).
   const hearing: Hearing | undefined = options.broadcast ? events.listen(options.listen ?? db) : undefined;
+  const rotations = new Rotations(s);
   return {
     s,
-    writes: new Writes(s),
+    writes: new Writes(s, rotations),
+    rotations,
     records: new Records(s),
     reap: reapNow,
     async ready() {

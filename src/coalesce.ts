@@ -22,13 +22,16 @@ export function coalesceLimit(driver: DriverProfile): number {
   return driver.singleConnection ? 1 : IN_FLIGHT;
 }
 
+/** A row of a shared statement: its key, and the key a call asked for when that differs (`matched`). */
+type KeyedRow = { key?: string; matched?: string };
+
 /** What a call is on: one session id's row keys (one per secret), and what else its statement needs. */
 export interface Call {
   readonly keys: readonly string[];
 }
 
 /** What one kind of call (a lookup, an end for one reason, a touch) sends, alone and shared. */
-export interface Shared<Item extends Call, Row extends { key?: string }, Result> {
+export interface Shared<Item extends Call, Row extends KeyedRow, Result> {
   /** The statement of one call, as every call sent before there was coalescing. */
   one(item: Item): Promise<Result>;
   /** One statement for many calls: its rows, each with its `key`. */
@@ -59,7 +62,7 @@ interface Waiting<Item, Result> {
  * own outcome: its rows, the error of the statement it was in, and a timeout counted from its own start
  * ({@link Executor.within}).
  */
-export class Coalescer<Item extends Call, Row extends { key?: string }, Result> {
+export class Coalescer<Item extends Call, Row extends KeyedRow, Result> {
   /** Statements sent and not yet settled. */
   private inFlight = 0;
   private readonly queue: Array<Waiting<Item, Result>> = [];
@@ -98,7 +101,8 @@ export class Coalescer<Item extends Call, Row extends { key?: string }, Result> 
     }
     this.sent(this.statements.many(batch.map((waiting) => waiting.item))).then(
       (rows) => {
-        const byKey = new Map(rows.map((row) => [row.key, row]));
+        // Under the key each row was asked for: its own, or the one it was rotated away from.
+        const byKey = new Map(rows.map((row) => [row.matched ?? row.key, row]));
         for (const waiting of batch) waiting.resolve(this.statements.pick(waiting.item, byKey));
       },
       (error) => {
@@ -172,7 +176,7 @@ function touchRows({ keys, values }: TouchCall): object[] {
 }
 
 /** A row an end ended: its key, and with `record` its {@link EventRow}. */
-export type EndedRow = { key: string } & Partial<EventRow>;
+export type EndedRow = { key: string; matched?: string } & Partial<EventRow>;
 
 /**
  * Ends of sessions by id (destroy, regenerate), coalesced under load like lookups: ends for the same

@@ -31,7 +31,8 @@ export type SessionStoreErrorCode =
   | "UNTRUSTED_EVENT"
   | "LISTEN_DEAF"
   | "REAUTHENTICATION_REQUIRED"
-  | "INVALID_USER_ID";
+  | "INVALID_USER_ID"
+  | "SESSION_REUSED";
 
 const MIGRATE = "await migrate(db) from connect-drizzle, or your driver's drizzle migrator on its migrationsFolder";
 

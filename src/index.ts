@@ -20,3 +20,4 @@ export { reap, Reaper, type ReapArgs, type ReapProgress, type ReapResult } from 
 export { sessionMiddleware, type IssuedToken, type SessionMiddleware, type SessionMiddlewareOptions } from "./middleware.js";
 export { importConnectPgSimple, IMPORTED_COLUMN, type ImportConnectPgSimpleArgs, type ImportResult, type InvalidReasons } from "./import.js";
 export { migrate, migrationsFolder, type MigrateOptions } from "./migrations.js";
+export { rotateSession } from "./rotation.js";

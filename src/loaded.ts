@@ -76,6 +76,16 @@ export interface Loaded {
   /** `authenticated_at` exactly, epoch ms on the database's clock (what a rotation carries to the new id). */
   authenticatedDb: number | null;
   /**
+   * When the session got the id it has now (its creation, or its latest rotation), on the monotonic clock
+   * (converted as `authenticatedAt`): what `renewAfter` counts from.
+   */
+  issuedAt: number;
+  /**
+   * Read through the id the session was rotated away from, within its grace window: never cached, and
+   * its response does not send that id again (see rotation.ts).
+   */
+  previous?: true;
+  /**
    * Until when the cache may serve it, on the monotonic clock (`performance.now()`): its expiry, or its
    * cache `ttl` from when it was read or written, whichever comes first. Monotonic, so that this server's
    * wall clock being stepped (NTP, a resumed VM) can never stretch how long an entry is served.

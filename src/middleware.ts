@@ -204,6 +204,7 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
   if (cookieTransport) checkCookiePrefix(name, rest.name === undefined, cookieOptions);
   const proxyTrap = cookieTransport && rest.proxy !== true && cookieOptions.secure ? trustProxyTrap(cookieOptions.secure) : undefined;
 
+  const rotation = store.rotation();
   const inner = session({
     resave: false,
     saveUninitialized: false,
@@ -246,7 +247,7 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
         }
       });
     }
-    inner(req as any, res as any, next);
+    inner(req as any, res as any, (err?: unknown) => (err ? next(err) : rotation(req, res, next)));
   }) as SessionMiddleware;
 
   Object.defineProperty(middleware, "store", { value: store });

@@ -86,6 +86,38 @@ export interface SessionStoreOptions {
    */
   absoluteTimeout?: number;
   /**
+   * How long an id a session was rotated away from (`rotateSession`, `markAuthenticated` of a request,
+   * `renewAfter`) still opens it, in ms: requests already in flight with the old cookie neither fail nor
+   * fork the session (their writes land in it, and their responses do not send the old id again). After
+   * it the old id opens nothing, and with `detectReuse` ends the session.
+   * @default 10_000
+   */
+  rotationGrace?: number;
+  /**
+   * Theft detection: an id a session was rotated away from, used after `rotationGrace`, means the old
+   * cookie or token was copied. The session ends everywhere (reason `reused`, an `ended` event) and that
+   * lookup fails with a `SessionStoreError` of code `SESSION_REUSED` (status 401), for the app to say why
+   * the user was signed out. `false`: such an id opens nothing, like an unknown one. Only the id just
+   * before the current one is known.
+   * @default true
+   */
+  detectReuse?: boolean;
+  /**
+   * Renewal timeout: a session whose id is older than this (since it was created or last rotated) gets a
+   * new id on its next request, with the `rotationGrace` window for the old one, so that a copied cookie
+   * stops working even while the user stays active. Done by `sessionMiddleware`, or by
+   * `store.rotation()` after plain express-session or as a @fastify/session preHandler hook.
+   * @default undefined (an id is kept for the session's life, or until the app rotates it)
+   */
+  renewAfter?: number;
+  /**
+   * A re-authentication (`markAuthenticated`) restarts the session's clocks: its idle expiry from now, and
+   * with `absoluteTimeout` its absolute expiry from now too (NIST SP 800-63B-4 §5.2). `false`: the absolute
+   * expiry stays counted from the sign-in.
+   * @default true
+   */
+  restartOnReauthentication?: boolean;
+  /**
    * A touch (or an unchanged save) writes only when it moves the stored expiry later by more than this,
    * or by more than a tenth of the session's lifetime, whichever is less; an earlier expiry is always
    * written. So a read-only request costs one query and no write; the stored expiry (and last-seen time)
@@ -302,6 +334,10 @@ export interface ResolvedOptions {
   ttl: number;
   idleTimeout: number | undefined;
   absoluteTimeout: number | undefined;
+  rotationGrace: number;
+  detectReuse: boolean;
+  renewAfter: number | undefined;
+  restartOnReauthentication: boolean;
   touchAfter: number;
   userId: UserIdOf;
   label: (session: SessionData) => string | null | undefined;

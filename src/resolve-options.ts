@@ -25,7 +25,7 @@ const defaultLabel = (session: any) => (typeof session?.label === "string" ? ses
 /**
  * The default of every option not given, in one table, each the value its TSDoc `@default` names: read by
  * {@link resolveOptions} (the store), and by `reap()`, the CLI and the import for the options they share.
- * Left out are the options that are off unless given (`idleTimeout`, `absoluteTimeout`, `encrypt`, `cache`,
+ * Left out are the options that are off unless given (`idleTimeout`, `absoluteTimeout`, `renewAfter`, `encrypt`, `cache`,
  * `listen`, `maxSessionsPerUser`) and the two whose default follows another option, worked out in
  * resolveOptions: `notify` (on with `cache`) and `merge` (on unless `versioned`).
  */
@@ -34,6 +34,9 @@ export const DEFAULTS = Object.freeze({
   secrets: Object.freeze([]) as readonly string[],
   ttl: 86_400_000,
   touchAfter: 60_000,
+  rotationGrace: 10_000,
+  detectReuse: true,
+  restartOnReauthentication: true,
   userId: defaultUserId,
   label: defaultLabel,
   retainEnded: 0,
@@ -103,6 +106,10 @@ export const STORE_OPTIONS: OptionChecks<SessionStoreOptions> = {
   idleTimeout: is.positive(),
   absoluteTimeout: is.positive(),
   touchAfter: is.nonNegative(),
+  rotationGrace: is.nonNegative(),
+  detectReuse: is.boolean,
+  renewAfter: is.positive(),
+  restartOnReauthentication: is.boolean,
   userId: is.function("(session) => string | number | undefined"),
   label: is.function("(session) => string | undefined"),
   retainEnded: is.nonNegative(),
@@ -214,6 +221,10 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
     idleTimeout: options.idleTimeout,
     absoluteTimeout: options.absoluteTimeout,
     touchAfter: options.touchAfter ?? DEFAULTS.touchAfter,
+    rotationGrace: options.rotationGrace ?? DEFAULTS.rotationGrace,
+    detectReuse: options.detectReuse ?? DEFAULTS.detectReuse,
+    renewAfter: options.renewAfter,
+    restartOnReauthentication: options.restartOnReauthentication ?? DEFAULTS.restartOnReauthentication,
     userId: options.userId ?? DEFAULTS.userId,
     label: options.label ?? DEFAULTS.label,
     retainEnded: options.retainEnded ?? DEFAULTS.retainEnded,

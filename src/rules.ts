@@ -81,13 +81,14 @@ export function localExpiry(
   row: ExpiryRow,
   sent: Sent,
   cacheTtl: number,
-): Pick<Loaded, "expires" | "absolute" | "authenticatedAt" | "authenticatedDb" | "servedUntil"> {
+): Pick<Loaded, "expires" | "absolute" | "authenticatedAt" | "authenticatedDb" | "issuedAt" | "servedUntil"> {
   const left = Number(row.expires);
   return {
     expires: sent.wall + left,
     absolute: row.absolute === null || row.absolute === undefined ? null : sent.wall + Number(row.absolute),
     authenticatedAt: row.authenticated === null || row.authenticated === undefined ? null : sent.mono + Number(row.authenticated),
     authenticatedDb: row.authenticated_at === null || row.authenticated_at === undefined ? null : Number(row.authenticated_at),
+    issuedAt: sent.mono + Number(row.issued ?? 0),
     servedUntil: sent.mono + Math.min(left, cacheTtl),
   };
 }

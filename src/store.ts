@@ -13,6 +13,7 @@ import type { ReplicaStats } from "./replicas.js";
 import type { ReapResult } from "./reaper.js";
 import type { EndReason, ExtendOptions, Records, RevokeOptions, SessionQuery, SessionRecord, UserId } from "./records.js";
 import { readSession } from "./read.js";
+import { registerRotator, rotateRequest, rotationHook } from "./rotation.js";
 import { mintFrom, recentLoginGuard, signedInAt, type RequireRecentLoginOptions } from "./reauth.js";
 import { isTraced, traced, type TraceDetail } from "./trace.js";
 import type { Writes } from "./writes.js";
@@ -61,6 +62,7 @@ export class SessionStore extends Store {
       userIdOf: (session) => this.userIdOf(session),
     });
     ({ s: this.s, writes: this.writes, records: this.records } = this.parts);
+    registerRotator(this, { rotations: this.parts.rotations, renewAfter: this.s.options.renewAfter });
   }
 
   /**
@@ -141,7 +143,7 @@ export class SessionStore extends Store {
   override regenerate(req: any, callback: (err?: any) => any): void {
     void this.op(
       "regenerate",
-      () => this.writes.rotate(req),
+      () => this.writes.regenerate(req),
       (err) => {
         // express-session assigns generate() to the store when the middleware is created.
         (this as unknown as { generate(req: unknown): void }).generate(req);
@@ -224,13 +226,33 @@ export class SessionStore extends Store {
 
   /**
    * Records that the user of a live session just proved who they are again (a password re-entry, a
-   * WebAuthn assertion): its `authenticatedAt` becomes the database's now, for
-   * {@link requireRecentLogin}. Every instance's cache drops the session (with `notify`), so the next
-   * request sees it; the request in progress keeps what it read.
+   * WebAuthn assertion): its `authenticatedAt` becomes the database's now, for {@link requireRecentLogin},
+   * and its clocks restart (`restartOnReauthentication`). Given the request (`req`, @fastify/session's
+   * `request`), the session also gets a new id, as {@link rotateSession} gives it, and the request sees the
+   * new sign-in at once. Given a session id, the id stays, and the request in progress keeps what it read.
    * @returns whether a live session was marked
    */
-  markAuthenticated(sessionId: string): Promise<boolean> {
-    return this.run("markAuthenticated", () => this.writes.markAuthenticated(sessionId));
+  markAuthenticated(sessionOrRequest: string | object): Promise<boolean> {
+    if (typeof sessionOrRequest === "string") return this.run("markAuthenticated", () => this.parts.rotations.markAuthenticated(sessionOrRequest));
+    return this.run("markAuthenticated", () => rotateRequest(sessionOrRequest, true));
+  }
+
+  /**
+   * Gives the live session of `sessionId` the id `newId` (see {@link rotateSession}, which does it for a
+   * request and its response). Only from the session's current id.
+   * @returns whether a session was rotated
+   */
+  async rotate(sessionId: string, newId: string): Promise<boolean> {
+    return (await this.run("rotate", () => this.parts.rotations.rotate(sessionId, newId, undefined, false))) !== undefined;
+  }
+
+  /**
+   * The rotation hook, an Express middleware and a @fastify/session `preHandler` hook: rotates a session
+   * older than `renewAfter`, and keeps a request with an id rotated away from (within its grace window)
+   * from sending that id back. `sessionMiddleware` runs it; after plain express-session `app.use(store.rotation())`.
+   */
+  rotation(): (req: any, res: any, next: (err?: unknown) => void) => void {
+    return rotationHook(this);
   }
 
   /**

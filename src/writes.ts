@@ -6,13 +6,18 @@ import { SessionStoreError } from "./errors.js";
 import { sessionEvent, type Announcement } from "./events.js";
 import { isValidId, newHandle } from "./hash.js";
 import { loadedAs, loadedUnderAnyId, requestMetadata, requestOf, ROTATED, withLoaded, type Loaded, type Rotated, signInOf } from "./loaded.js";
+import { endSession } from "./ending.js";
 import { checkUserId } from "./owner.js";
+import type { Rotations } from "./rotate.js";
 import type { EndReason } from "./records.js";
 import { expiryOf, localExpiry, sentAt, skipsWrite, type Sent } from "./rules.js";
 import { mergeValues, openRow, rowText, sealRow } from "./seal.js";
 import { carriedSignIn } from "./reauth.js";
 import { changesOf, parseSession, serialize } from "./serialize.js";
 import { keyValues, type EventRow, type ExpiryRow, type LoginRow, type LoginWrite } from "./statements.js";
+
+/** How many rotations a save follows to the session's id now (each one more statement; a rotation takes a request). */
+const MAX_ROTATIONS = 3;
 
 /** A touch that writes: what it sends, and what it needs to remember the result. */
 interface Touch {
@@ -30,7 +35,10 @@ interface Touch {
  * write are in rules.ts; the SQL in statements.ts.
  */
 export class Writes {
-  constructor(private readonly s: StoreContext) {}
+  constructor(
+    private readonly s: StoreContext,
+    private readonly rotations: Rotations,
+  ) {}
 
   /** Saves a session; the lifecycle events of its write are announced once it is done, even when a later step fails. */
   async save(sid: string, session: SessionData): Promise<void> {
@@ -44,7 +52,7 @@ export class Writes {
     }
   }
 
-  private async saveWith(sid: string, session: SessionData, events: Announcement[]): Promise<void> {
+  private async saveWith(sid: string, session: SessionData, events: Announcement[], rotations = 0): Promise<void> {
     if (!isValidId(sid)) {
       throw new TypeError("connect-drizzle: a session id must be a well-formed string (express-session's ids always are)");
     }
@@ -105,6 +113,13 @@ export class Writes {
     if (loaded) {
       const shape = merged ? this.s.sql.saveMerged(this.s.cache !== undefined, login, values.reseal !== undefined) : this.s.sql.saveLoaded(guarded, login);
       [written] = await this.saveRows<Saved>(shape, values, login, true);
+      // The session got a new id since this request read it (rotateSession, renewAfter): save it there, once
+      // per rotation (with `encrypt` the data is sealed for its key).
+      const moved = written || rotations >= MAX_ROTATIONS ? undefined : await this.rotations.successor(loaded.key);
+      if (moved !== undefined) {
+        withLoaded(session, { ...loaded, key: moved });
+        return this.saveWith(sid, session, events, rotations + 1);
+      }
     } else {
       // A plain insert of a session with a user is a login too (authenticated now), with nothing else to do.
       const extras = login && (login.cap !== undefined || login.devices) ? login : undefined;
@@ -274,7 +289,7 @@ export class Writes {
    * `rotated` while it still holds a user, as `logout` once the user was removed from it. The new session
    * the app fills for the same user carries this one's sign-in (see carriedSignIn).
    */
-  async rotate(req: any): Promise<void> {
+  async regenerate(req: any): Promise<void> {
     const owner = req.session ? this.s.userIdOf(req.session) : null;
     const old = req.session ? loadedAs(req.session, req.sessionID) : undefined;
     const rotated: Rotated | undefined = owner !== null && old && this.ownerRead(old) === owner ? { owner, at: signInOf(old) } : undefined;
@@ -318,16 +333,7 @@ export class Writes {
 
   /** Ends the session of `sid` for `reason`. */
   async end(sid: string, reason: EndReason): Promise<boolean> {
-    if (!isValidId(sid)) return false;
-    const keys = this.s.keysOf(sid);
-    this.s.evict(keys);
-    const record = this.s.events.recordsEnds();
-    // Ends that come together share a statement (coalesce.ts); each is announced to every cache before it resolves.
-    const rows = (await this.s.ends.end(keys, reason, record, performance.now())) as Array<{ key: string } & EventRow>;
-    // Evict again: a read or write of this store that overlapped the end may have cached the session.
-    this.s.evict(keys);
-    if (record) this.s.events.ended(rows, reason);
-    return rows.length > 0;
+    return isValidId(sid) && endSession(this.s, this.s.keysOf(sid), reason);
   }
 
   /** The number of live sessions. */
@@ -340,13 +346,6 @@ export class Writes {
   async clear(): Promise<void> {
     this.s.evict(["*"]);
     await this.s.exec.query(this.s.sql.clear(), true, () => this.s.changed(["*"]));
-  }
-
-  /** Marks a live session as authenticated now (see the store's `markAuthenticated`). */
-  async markAuthenticated(sid: string): Promise<boolean> {
-    if (!isValidId(sid)) return false;
-    const rows = await this.s.write(this.s.sql.markAuthenticated(this.s.keysOf(sid)), true);
-    return rows.length > 0;
   }
 
   async loadAll(): Promise<Record<string, SessionData>> {

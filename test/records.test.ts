@@ -235,7 +235,7 @@ describe.each(drivers)("sessions as records on %s", (driver) => {
     withHistory();
     await login("a1", "ann");
     const handle = (await store.handleOf("a1"))!;
-    const allowed = '"logout", "revoked", "expired", "rotated", "evicted"';
+    const allowed = '"logout", "revoked", "expired", "rotated", "evicted", "reused", "binding"';
     for (const reason of ["password-changed", "Revoked", "", 42] as any[]) {
       await expect(store.revoke(handle, { anyOwner: true, reason })).rejects.toThrow(
         new RegExp(`^connect-drizzle: revoke's \`reason\` must be one of ${allowed} \\(got `),

@@ -22,6 +22,7 @@ const read = (over: Partial<Loaded> = {}): Loaded => ({
   ip: "203.0.113.9",
   authenticatedAt: null,
   authenticatedDb: null,
+  issuedAt: 0,
   servedUntil: 0,
   ...over,
 });

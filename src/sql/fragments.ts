@@ -59,20 +59,50 @@ export class Fragments {
 
   /**
    * `key = any(...)` of `keys`, the row keys of many session ids as one JSON array text parameter (the
-   * statements that coalesced calls share, see coalesce.ts): one parameter whatever the count (drizzle
-   * would spread a list into one parameter per key, a new statement per length), compared as an array so
-   * that the planner looks each key up in the primary key's index.
+   * statements that coalesced calls share, see coalesce.ts; {@link anyOf}).
    */
   anyKey(keys: SQL): SQL {
-    return sql`${this.t.key} = any(array(select jsonb_array_elements_text(${keys}::text::jsonb)))`;
+    return sql`${this.t.key} = ${anyOf(keys)}`;
   }
 
   /** `key in (...)`. */
   byKeys(keys: Array<string | SQL>): SQL {
-    return sql`${this.t.key} in (${sql.join(
-      keys.map((k) => (typeof k === "string" ? sql`${k}` : k)),
-      sql`, `,
-    )})`;
+    return sql`${this.t.key} in (${list(keys)})`;
+  }
+
+  /**
+   * The row of a session id, by its keys (one per secret): under its current key, or under the key it was
+   * rotated away from while that still opens it (`previous_key_until`, the rotation's grace window).
+   * `anyTime`: the old key whenever it comes (an end: a sign-out with the old cookie always ends it).
+   */
+  byId(keys: Array<string | SQL>, anyTime = false): SQL {
+    const t = this.t;
+    // Never null (a row never rotated has no previous key), so that `not byId(...)` holds for the others too.
+    return sql`(${this.byKeys(keys)} or coalesce(${t.previousKey} in (${list(keys)})${this.graced(anyTime)}, false))`;
+  }
+
+  /** {@link byId} of many session ids at once, as {@link anyKey}. */
+  anyId(keys: SQL, anyTime = false): SQL {
+    return sql`(${this.anyKey(keys)} or coalesce(${this.anyPrevious(keys)}${this.graced(anyTime)}, false))`;
+  }
+
+  /** `previous_key = any(...)`: the rows rotated away from any of `keys` ({@link anyKey}). */
+  protected anyPrevious(keys: SQL): SQL {
+    return sql`${this.t.previousKey} = ${anyOf(keys)}`;
+  }
+
+  /**
+   * Which of a session id's keys a row was found under, as `matched`: its key, or the key it was rotated
+   * away from (so that a shared statement's row goes to the call that asked for it, see coalesce.ts).
+   */
+  protected matched(keys: SQL): SQL {
+    const t = this.t;
+    return sql`case when ${this.anyKey(keys)} then ${t.key} else ${t.previousKey} end as matched`;
+  }
+
+  /** ` and` the rotated-away key still within its grace window, or nothing (`anyTime`). */
+  private graced(anyTime: boolean): SQL {
+    return anyTime ? sql`` : sql` and ${this.t.previousKeyUntil} > ${NOW}`;
   }
 
   /**
@@ -87,11 +117,11 @@ export class Fragments {
    * Ends the not yet ended sessions matching `where`, now, for `reason`. Without history (`retainEnded`
    * 0) the row is deleted: a save of a loaded session only ever updates a live row, so no tombstone is
    * needed to keep a request in flight from bringing it back. With history it becomes a record of the
-   * end, its data dropped.
+   * end, its data dropped. `also`: more `returning` columns.
    */
-  protected ending(reason: SQL | EndReason, where: SQL, record = false): SQL {
+  protected ending(reason: SQL | EndReason, where: SQL, record = false, also: SQL = sql``): SQL {
     const t = this.t;
-    const returning = sql`${this.changed()}${record ? sql`, ${this.eventColumns()}` : sql``}`;
+    const returning = sql`${this.changed()}${record ? sql`, ${this.eventColumns()}` : sql``}${also}`;
     const ended = sql`${t.endedAt} is null${this.applied()}`;
     if (this.settings.retainEnded === 0) return sql`delete from ${t} where ${where} and ${ended} ${returning}`;
     return sql`update ${t} set ${endedRow(t, NOW, sql`${reason}::text`)} where ${where} and ${ended} ${returning}`;
@@ -145,7 +175,7 @@ export class Fragments {
   protected expiryColumns(): SQL {
     const t = this.t;
     return sql`${msLeft(this.effectiveExpiry())} as expires, ${msLeft(this.absoluteExpiry())} as absolute, ${msLeft(t.authenticatedAt)} as authenticated,
-      ${msOf(t.authenticatedAt)} as authenticated_at`;
+      ${msOf(t.authenticatedAt)} as authenticated_at, ${msLeft(sql`coalesce(${t.rotatedAt}, ${t.createdAt})`)} as issued`;
   }
 
   /**
@@ -189,6 +219,23 @@ export function channelName(qualified: string): string {
     name += char;
   }
   return name;
+}
+
+/** A list of keys (or placeholders) for `in (...)`. */
+function list(keys: Array<string | SQL>): SQL {
+  return sql.join(
+    keys.map((k) => (typeof k === "string" ? sql`${k}` : k)),
+    sql`, `,
+  );
+}
+
+/**
+ * `any(...)` of a JSON array text parameter of keys: one parameter whatever the count (drizzle would spread
+ * a list into one parameter per key, a new statement per length), compared as an array so that the
+ * planner looks each key up in an index.
+ */
+function anyOf(keys: SQL): SQL {
+  return sql`any(array(select jsonb_array_elements_text(${keys}::text::jsonb)))`;
 }
 
 /** Adds a session's row keys to a shaped statement's values, as `k0`, `k1`, ... */

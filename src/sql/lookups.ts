@@ -1,27 +1,35 @@
 import { sql, type SQL } from "drizzle-orm";
 import type { Shape } from "../executor.js";
+import { NOW } from "../clock.js";
 import { Fragments, keyParams } from "./fragments.js";
 
 /**
  * The lookups of sessions by id (the store's `get`): one session's row, or the rows of many at once for
  * lookups that come together (coalesce.ts). Shaped: values `k0`, `k1`, ... are the row keys of one id.
+ *
+ * A session id opens its row under its current key, or under the key the session was rotated away from
+ * (`previous_key`): that row comes back with `prior`, true while the old id is within its grace window,
+ * false after it (the old cookie was copied: see the store's `detectReuse`). A row found under its current
+ * key has `prior` null. The current key is looked up first, and the old one only when it found nothing.
  */
 export class LookupStatements extends Fragments {
   /**
-   * The live row of a session id, under any of its `n` keys (one per secret). Only the columns the store
-   * uses: the key only when there are several (with one it is the caller's), the version only with
-   * `versioned`. `replica`: as read from a replica (see replicas.ts), with `fresh`.
+   * The live row of a session id, under any of its `n` keys (one per secret), with its key. Only the
+   * columns the store uses: the version only with `versioned`. `replica`: as read from a replica (see
+   * replicas.ts), with `fresh`.
    */
   get(n: number, replica = false): Shape {
     return this.shape(
       `get:${n}:${replica}`,
       (v) => {
         const t = this.t;
-        const key = n > 1 ? sql`${t.key} as key, ` : sql``;
+        const keys = sql.join(keyParams(n, v), sql`, `);
         // On a replica, also whether it has replayed the primary's WAL up to `floor` (a pg_lsn as text).
         const fresh = replica ? sql`, coalesce(pg_last_wal_replay_lsn() >= ${v("floor")}::text::pg_lsn, false) as fresh` : sql``;
-        return sql`select ${key}${this.sessionColumns()}${fresh}
-        from ${t} where ${this.byKeys(keyParams(n, v))} and ${this.live()} limit 1`;
+        // The second branch runs only when the first found nothing (the limit stops the append).
+        return sql`select * from ((select ${this.sessionColumns()}, null::boolean as prior${fresh} from ${t} where ${t.key} in (${keys}) and ${this.live()} limit 1)
+        union all (select ${this.sessionColumns()}, ${this.inGrace()} as prior${fresh} from ${t} where ${t.previousKey} in (${keys}) and ${this.live()} limit 1)) as found
+        limit 1`;
       },
       true,
     );
@@ -29,23 +37,31 @@ export class LookupStatements extends Fragments {
 
   /**
    * The live rows of several session ids at once (coalesced lookups, see coalesce.ts), each with its
-   * `key` ({@link anyKey}).
+   * `key` and the key it was asked for (`matched`: {@link anyKey}).
    */
   getMany(): Shape {
     return this.shape(
       "get:many",
       (v) => {
         const t = this.t;
-        return sql`select ${t.key} as key, ${this.sessionColumns()} from ${t} where ${this.anyKey(v("keys"))} and ${this.live()}`;
+        const keys = v("keys");
+        return sql`select ${this.sessionColumns()}, ${t.key} as matched, null::boolean as prior from ${t} where ${this.anyKey(keys)} and ${this.live()}
+        union all select ${this.sessionColumns()}, ${t.previousKey} as matched, ${this.inGrace()} as prior from ${t}
+          where ${this.anyPrevious(keys)} and ${this.live()}`;
       },
       true,
     );
   }
 
-  /** What a lookup reads of a session's row ({@link SessionRow} but its key): the version only with `versioned`. */
+  /** Whether a row's rotated-away key still opens it (its grace window). */
+  private inGrace(): SQL {
+    return sql`${this.t.previousKeyUntil} > ${NOW}`;
+  }
+
+  /** What a lookup reads of a session's row ({@link SessionRow}): the version only with `versioned`. */
   private sessionColumns(): SQL {
     const t = this.t;
     const version = this.settings.versioned ? sql`, ${t.version} as version` : sql``;
-    return sql`${t.data}::text as data, ${this.expiryColumns()}, ${t.userAgent} as ua, ${t.ip} as ip${version}`;
+    return sql`${t.key} as key, ${t.data}::text as data, ${this.expiryColumns()}, ${t.userAgent} as ua, ${t.ip} as ip${version}`;
   }
 }

@@ -15,7 +15,7 @@ export class RecordStatements extends WriteStatements {
   /** A user's records, newest activity first; `current` is the keys of the session to mark. */
   list(userId: string, status: SessionStatus | "all" | undefined, current: string[] | undefined, limit: number, after?: ListCursor): SQL {
     const t = this.t;
-    const isCurrent = current === undefined ? sql`false` : this.byKeys(current);
+    const isCurrent = current === undefined ? sql`false` : this.byId(current);
     const sortAt = this.newestFirst(status);
     // Keyset: the rows after the cursor's in the order below (newest first, then by handle).
     const at = after && sql`to_timestamp(${after.at}::float8 / 1000)`;
@@ -37,7 +37,7 @@ export class RecordStatements extends WriteStatements {
   /** The handle of a live session, by its keys. */
   handleOf(keys: string[]): SQL {
     const t = this.t;
-    return sql`select ${t.handle} as handle from ${t} where ${this.byKeys(keys)} and ${this.live()}`;
+    return sql`select ${t.handle} as handle from ${t} where ${this.byId(keys)} and ${this.live()}`;
   }
 
   /** Ends a session by handle; `owner` scopes it to a user (`undefined`: any owner). `record`: as {@link end}. */
@@ -51,7 +51,7 @@ export class RecordStatements extends WriteStatements {
     const except =
       exceptHandles.length === 0
         ? sql``
-        : sql` and not (${this.byKeys(exceptKeys)} or ${t.handle} in (${sql.join(
+        : sql` and not (${this.byId(exceptKeys)} or ${t.handle} in (${sql.join(
             exceptHandles.map((h) => sql`${h}`),
             sql`, `,
           )}))`;

@@ -17,6 +17,8 @@ export interface ExpiryRow {
   authenticated?: number | null;
   /** `authenticated_at` itself, epoch ms on the database's clock (exact: a rotation carries it to the new id). */
   authenticated_at?: number | null;
+  /** Since when the session has its current id (`rotated_at`, else `created_at`): negative ms from now. */
+  issued?: number;
 }
 
 /** What a login write (a save that gives a session its user) does besides the write itself, in the same statement. */
@@ -37,8 +39,20 @@ export interface LoginRow {
   seen?: string;
 }
 
-/** A session's row as the lookup returns it (`key` only for several keys, `version` only with `versioned`). */
-export type SessionRow = { key?: string; data: string; version?: number; ua: string | null; ip: string | null } & ExpiryRow;
+/**
+ * A session's row as the lookup returns it (`version` only with `versioned`): `prior` is null for a row
+ * found under its current key, and for one found under the key it was rotated away from, whether that is
+ * still within its grace window; `matched`, in a shared lookup, the key it was asked for.
+ */
+export type SessionRow = {
+  key: string;
+  data: string;
+  version?: number;
+  ua: string | null;
+  ip: string | null;
+  prior: boolean | null;
+  matched?: string;
+} & ExpiryRow;
 
 /**
  * The record columns a statement that creates or ends sessions returns when its lifecycle event is wanted

@@ -4,7 +4,7 @@ import { lifetime, NOW } from "../clock.js";
 import type { Shape } from "../executor.js";
 import { COOKIE_TAG } from "../seal.js";
 import { col, insertRow, keyParams, msOf } from "./fragments.js";
-import { LookupStatements } from "./lookups.js";
+import { RotationStatements } from "./rotation.js";
 import type { LoginWrite } from "./rows.js";
 
 /** How far back the `newDevice` check looks for the user's rows from the same device, and how many it reads. */
@@ -18,7 +18,7 @@ const FEW_NAMES = 16;
  * The statements of the express-session contract (get, save, touch, destroy and the rest), of a login's
  * writes and of the locks that serialize them, and the store's NOTIFYs.
  */
-export class WriteStatements extends LookupStatements {
+export class WriteStatements extends RotationStatements {
   /** The first key of the advisory lock that serializes one user's logins (the second is the user's). */
   private readonly loginLockKey = createHash("sha256").update(`login:${this.tableName}`).digest().readInt32BE(0);
 
@@ -111,8 +111,9 @@ export class WriteStatements extends LookupStatements {
 
   /**
    * Inserts a session id this store did not load (a new session). It sends no cache NOTIFY: no instance
-   * can have cached a row that did not exist. Nothing is
-   * inserted when a row of the id exists (under any of its `n` keys): then {@link saveExisting}.
+   * can have cached a row that did not exist. Nothing is inserted when a row of the id exists (under any
+   * of its `n` keys: then {@link saveExisting}), or when the id is one a session was rotated away from (an
+   * old id never becomes a session of its own).
    */
   insert(n: number, login?: LoginWrite): Shape {
     return this.shape(
@@ -137,12 +138,8 @@ export class WriteStatements extends LookupStatements {
           ip: sql`${v("ip")}::text`,
           authenticatedAt: sql`case when ${v("userId")}::text is null then null when ${v("carried")}::boolean then to_timestamp(${v("authenticated")}::float8 / 1000) else ${NOW} end`,
         });
-        const values =
-          n > 1
-            ? sql`select ${row} where not exists (select 1 from ${t} where ${this.byKeys(keyParams(n, v).slice(1))})${this.applied()}`
-            : this.settings.applied
-              ? sql`select ${row} where true${this.applied()}`
-              : sql`values (${row})`;
+        // Not under an id that has a row, under any of its keys or as a key some session was rotated away from.
+        const values = sql`select ${row} where not exists (select 1 from ${t} where ${this.byId(keyParams(n, v), true)})${this.applied()}`;
         // Only the key comes back: the new row's expiry and version are what was sent (see SessionStore.save),
         // and it was authenticated now when it has a user.
         const insert = sql`insert into ${t} (${columns}) ${values} on conflict (${col(t.key)}) do nothing returning ${t.key} as key, ${msOf(t.authenticatedAt)} as authenticated_at`;
@@ -217,15 +214,6 @@ export class WriteStatements extends LookupStatements {
   }
 
   /**
-   * Records that the user of a live session just authenticated again (`authenticated_at` = now). Its data
-   * and version are untouched: a request that loaded the session before still saves it.
-   */
-  markAuthenticated(keys: string[]): SQL {
-    const t = this.t;
-    return sql`update ${t} set ${col(t.authenticatedAt)} = ${NOW} where ${this.byKeys(keys)} and ${this.live()}${this.applied()} ${this.changed()}`;
-  }
-
-  /**
    * Saves a session id this store did not load whose row exists (a direct `store.set` of a known id, or
    * a row keyed under an older secret): an update, unless the row ended, which is never revived (an
    * expired one is: it is live again). With `login` (a session with a user, under `maxSessionsPerUser`)
@@ -291,16 +279,21 @@ export class WriteStatements extends LookupStatements {
   }
 
   /**
-   * Ends the session of a session id for `reason` (destroy, regenerate); `record`: it also returns the
-   * ended row's {@link EventRow} (a listener of `ended`, or `broadcast`, wants it). Without, it is the plain statement.
+   * Ends the session of a session id for `reason` (destroy, regenerate), found under its current key or
+   * the key it was rotated away from, whenever that comes (a sign-out with an old cookie still ends it);
+   * `record`: it also returns the ended row's {@link EventRow} (a listener of `ended`, or `broadcast`,
+   * wants it). Without, it is the plain statement.
    */
   end(n: number, record = false): Shape {
-    return this.shape(record ? `end:${n}:record` : `end:${n}`, (v) => this.ending(v("reason"), this.byKeys(keyParams(n, v)), record), true);
+    return this.shape(record ? `end:${n}:record` : `end:${n}`, (v) => this.ending(v("reason"), this.byId(keyParams(n, v), true), record), true);
   }
 
-  /** {@link end} of the sessions of many ids at once, for one `reason` (coalesced ends, see coalesce.ts; `keys`: {@link anyKey}). */
+  /**
+   * {@link end} of the sessions of many ids at once, for one `reason` (coalesced ends, see coalesce.ts;
+   * `keys`: {@link anyKey}), each row with the key it was found under (`matched`).
+   */
   endMany(record = false): Shape {
-    return this.shape(`end:many:${record}`, (v) => this.ending(v("reason"), this.anyKey(v("keys")), record), true);
+    return this.shape(`end:many:${record}`, (v) => this.ending(v("reason"), this.anyId(v("keys"), true), record, sql`, ${this.matched(v("keys"))}`), true);
   }
 
   /**
