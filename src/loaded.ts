@@ -45,6 +45,8 @@ export interface Loaded {
   sid: string;
   /** The row's key (the first secret's, or an older one's for rows made before a rotation). */
   key: string;
+  /** The session's public handle: stable for its life, whatever ids it is given (see rotation.ts). */
+  handle: string;
   /**
    * When the row stops being live, on this server's clock (epoch ms): its idle expiry, capped by the
    * absolute one. Converted from the database's clock with the offset seen by the statement that read or

@@ -40,6 +40,7 @@ export async function readSession(s: StoreContext, sid: string): Promise<Session
   const loaded: Loaded = {
     sid,
     key,
+    handle: row.handle,
     text: opened.text,
     version: Number(row.version ?? 0),
     ua: row.ua,

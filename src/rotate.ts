@@ -8,7 +8,7 @@ import { keyValues, type ExpiryRow, type SessionRow } from "./statements.js";
 import type { RotationKind } from "./sql/rotation.js";
 
 /** What a rotation or re-authentication returns of the row: its key, the key it had, expiries, device, version. */
-type RotatedRow = { key: string; previous: string | null; ua: string | null; ip: string | null; version?: number } & ExpiryRow;
+type RotatedRow = { key: string; handle: string; previous: string | null; ua: string | null; ip: string | null; version?: number } & ExpiryRow;
 
 /** How often a rotation under `encrypt` reads the row again when a write changed it between its read and its write. */
 const SEAL_ATTEMPTS = 5;
@@ -55,6 +55,7 @@ export class Rotations {
     return {
       sid: newSid,
       key: row.key,
+      handle: row.handle,
       text: loaded?.text ?? "{}",
       version: Number(row.version ?? loaded?.version ?? 0),
       ua: row.ua,
@@ -75,12 +76,13 @@ export class Rotations {
   }
 
   /**
-   * The key a session has now that was rotated away from `key` (while live), for a save of a request that
-   * loaded it before: its write lands in the session, sealed for that key.
+   * The key the live session `loaded` has now, when it got a new id since it was loaded (undefined when
+   * not, or when it is no longer live), for a save of a request that read it before: its write lands in
+   * the session, sealed for that key.
    */
-  async successor(key: string): Promise<string | undefined> {
-    const [row] = await this.s.exec.query<{ key: string }>(this.s.sql.successor(key), true);
-    return row?.key;
+  async moved(loaded: Loaded): Promise<string | undefined> {
+    const [row] = await this.s.exec.query<{ key: string }>(this.s.sql.currentKey(loaded.handle), true);
+    return row?.key === loaded.key ? undefined : row?.key;
   }
 
   /** Runs one rotation statement; the keys it changed (the new and the old) leave every cache before it resolves. */

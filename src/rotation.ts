@@ -75,6 +75,8 @@ export async function rotateRequest(req: unknown, reauth: boolean): Promise<bool
     found.replace(newSid, undefined);
     return true;
   }
+  // A re-authentication restarts the idle clock: the cookie's expiry from now (express-session's and @fastify/session's touch).
+  if (reauth) (found.session as { touch?: () => void }).touch?.();
   const next = await rotator.rotations.rotate(found.sid, newSid, found.session, reauth);
   if (next) found.replace(newSid, next);
   // Through the id it was rotated away from (within its grace window) a re-authentication still counts.
@@ -88,7 +90,7 @@ export async function rotateRequest(req: unknown, reauth: boolean): Promise<bool
  * the response of a request that came with an id the session was rotated away from (within its grace
  * window) from sending that id back, which would undo the rotation in the browser.
  */
-export function rotationHook(store: object): (req: any, res: any, next: (err?: unknown) => void) => void {
+export function rotationHook(store: object): (req: any, res: any, next: (err?: any) => void) => void {
   return (req, res, next) => {
     const found = requestSession(req);
     const rotator = rotators.get(store);
@@ -133,8 +135,9 @@ function requestSession(req: any): RequestSession | undefined {
     };
   }
   const symbols = Object.getOwnPropertySymbols(session);
-  const at = (name: string) => {
-    const symbol = symbols.find((s) => s.description === name);
+  // @fastify/session keeps what it builds a session from under symbols of these descriptions.
+  const at = (...names: string[]) => {
+    const symbol = symbols.find((s) => names.includes(s.description ?? ""));
     return symbol === undefined ? undefined : session[symbol];
   };
   if (typeof session.sessionId !== "string" || at("sessionStore") === undefined) return undefined;
@@ -145,12 +148,12 @@ function requestSession(req: any): RequestSession | undefined {
     replace(sid, loaded) {
       // @fastify/session's own constructor, copying the data and cookie of the session it replaces.
       const Session = session.constructor;
-      const fresh = new Session(at("sessionStore"), req, at("generateId"), at("cookieOpts"), at("cookieSigner"), session, sid);
+      const fresh = new Session(at("sessionStore"), req, at("generateId"), at("cookieOpts"), at("cookieSignerKey", "cookieSigner"), session, sid);
       if (loaded) {
         withLoaded(fresh, loaded);
-        // Stored under the new id: its cookie goes out even when the request changes nothing else.
-        const saved = Object.getOwnPropertySymbols(fresh).find((s) => s.description === "saved");
-        if (saved) fresh[saved] = true;
+        // Saved (as an unchanged session: no write) and its cookie sent, even when the request changes nothing else.
+        const persisted = Object.getOwnPropertySymbols(fresh).find((s) => s.description === "persistedHash");
+        if (persisted) fresh[persisted] = "";
       }
       req.session = fresh;
     },

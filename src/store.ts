@@ -251,7 +251,7 @@ export class SessionStore extends Store {
    * older than `renewAfter`, and keeps a request with an id rotated away from (within its grace window)
    * from sending that id back. `sessionMiddleware` runs it; after plain express-session `app.use(store.rotation())`.
    */
-  rotation(): (req: any, res: any, next: (err?: unknown) => void) => void {
+  rotation(): (req: any, res: any, next: (err?: any) => void) => void {
     return rotationHook(this);
   }
 

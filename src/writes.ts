@@ -115,7 +115,7 @@ export class Writes {
       [written] = await this.saveRows<Saved>(shape, values, login, true);
       // The session got a new id since this request read it (rotateSession, renewAfter): save it there, once
       // per rotation (with `encrypt` the data is sealed for its key).
-      const moved = written || rotations >= MAX_ROTATIONS ? undefined : await this.rotations.successor(loaded.key);
+      const moved = written || rotations >= MAX_ROTATIONS ? undefined : await this.rotations.moved(loaded);
       if (moved !== undefined) {
         withLoaded(session, { ...loaded, key: moved });
         return this.saveWith(sid, session, events, rotations + 1);
@@ -151,6 +151,7 @@ export class Writes {
     const next: Loaded = {
       sid,
       key: written.key,
+      handle: written.handle ?? loaded?.handle ?? (values.handle as string),
       text,
       version: Number(written.version ?? 0),
       ua: ua ?? loaded?.ua ?? null,

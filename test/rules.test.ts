@@ -14,6 +14,7 @@ const lifetimes = { ttl: 24 * 60 * MIN, idleTimeout: undefined, touchAfter: 60_0
 const read = (over: Partial<Loaded> = {}): Loaded => ({
   sid: "sid",
   key: "key",
+  handle: "handle",
   expires: NOW + 30 * MIN,
   absolute: null,
   text: "{}",

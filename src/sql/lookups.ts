@@ -62,6 +62,6 @@ export class LookupStatements extends Fragments {
   private sessionColumns(): SQL {
     const t = this.t;
     const version = this.settings.versioned ? sql`, ${t.version} as version` : sql``;
-    return sql`${t.key} as key, ${t.data}::text as data, ${this.expiryColumns()}, ${t.userAgent} as ua, ${t.ip} as ip${version}`;
+    return sql`${t.key} as key, ${t.handle} as handle, ${t.data}::text as data, ${this.expiryColumns()}, ${t.userAgent} as ua, ${t.ip} as ip${version}`;
   }
 }

@@ -53,15 +53,15 @@ export class RotationStatements extends LookupStatements {
         const unchanged = sealed ? sql` and ${t.data} = ${v("was")}::text::jsonb` : sql``;
         const version = this.settings.versioned ? sql`, ${t.version} as version` : sql``;
         return sql`update ${t} set ${sql.join(set, sql`, `)} where ${which} and ${this.live()}${unchanged}${this.applied()}
-          returning ${t.key} as key, ${t.previousKey} as previous, ${this.expiryColumns()}, ${t.userAgent} as ua, ${t.ip} as ip${version}`;
+          returning ${t.key} as key, ${t.handle} as handle, ${t.previousKey} as previous, ${this.expiryColumns()}, ${t.userAgent} as ua, ${t.ip} as ip${version}`;
       },
       true,
     );
   }
 
-  /** The key of the live session rotated away from `key` (for a save of a request that loaded it before). */
-  successor(key: string): SQL {
+  /** The key the live session `handle` has now (for a save of a request that loaded it before a rotation). */
+  currentKey(handle: string): SQL {
     const t = this.t;
-    return sql`select ${t.key} as key from ${t} where ${t.previousKey} = ${key} and ${this.live()}`;
+    return sql`select ${t.key} as key from ${t} where ${t.handle} = ${handle} and ${this.live()}`;
   }
 }

@@ -46,6 +46,7 @@ export interface LoginRow {
  */
 export type SessionRow = {
   key: string;
+  handle: string;
   data: string;
   version?: number;
   ua: string | null;

@@ -49,8 +49,7 @@ export class WriteStatements extends RotationStatements {
   private loadedUpdate(v: (name: string) => SQL, set: SQL, where: SQL, returning: SQL, login: LoginWrite | undefined): SQL {
     const t = this.t;
     const authenticated = login ? sql`, ${col(t.authenticatedAt)} = ${NOW}` : sql``;
-    const handle = login ? sql`, ${t.handle} as handle` : sql``;
-    const update = sql`update ${t} set ${set}${authenticated} where ${t.key} = ${v("k0")} and ${this.live()}${where}${this.applied()} ${returning}${handle}`;
+    const update = sql`update ${t} set ${set}${authenticated} where ${t.key} = ${v("k0")} and ${this.live()}${where}${this.applied()} ${returning}`;
     return login ? this.login(update, v, login) : update;
   }
 
@@ -225,8 +224,7 @@ export class WriteStatements extends RotationStatements {
       `save:existing:${n}${loginKey(login)}`,
       (v) => {
         const t = this.t;
-        const handle = login ? sql`, ${t.handle} as handle` : sql``;
-        const update = sql`update ${t} set ${this.changes(v)} where ${this.byKeys(keyParams(n, v))} and ${t.endedAt} is null${this.applied()} ${this.saved()}${handle}`;
+        const update = sql`update ${t} set ${this.changes(v)} where ${this.byKeys(keyParams(n, v))} and ${t.endedAt} is null${this.applied()} ${this.saved()}`;
         return login ? this.login(update, v, login) : update;
       },
       true,
@@ -374,7 +372,7 @@ export class WriteStatements extends RotationStatements {
   /** The `returning` of a save (the version only with `versioned`, the only use of it). */
   private saved(): SQL {
     const version = this.settings.versioned ? sql`, ${this.t.version} as version` : sql``;
-    return sql`${this.changed()}, ${this.expiryColumns()}${version}`;
+    return sql`${this.changed()}, ${this.t.handle} as handle, ${this.expiryColumns()}${version}`;
   }
 }
 
