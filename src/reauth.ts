@@ -84,6 +84,7 @@ export function carriedSignIn(session: SessionData, userId: string, ownerRead: (
 export async function mintFrom(
   store: { set(sid: string, session: SessionData): Promise<void>; handleOf(sid: string): Promise<string | null> },
   s: Pick<StoreContext, "run" | "userIdOf">,
+  liveKey: (handle: string) => Promise<string | undefined>,
   writes: { ownerRead(loaded: Loaded): string | null; end(sid: string, reason: "revoked"): Promise<boolean> },
   sid: string,
   data: object,
@@ -94,7 +95,8 @@ export async function mintFrom(
   const minted: Rotated | null = loaded && owner !== null && writes.ownerRead(loaded) === owner ? { owner, at: signInOf(loaded) } : null;
   Object.defineProperty(data, MINTED, { value: minted, enumerable: false });
   await store.set(sid, data as SessionData);
-  if (loaded && (await store.handleOf(loaded.sid)) === null) {
+  // Live by its handle: the request's id may have been rotated away from since (the session goes on).
+  if (loaded && (await s.run("mint", () => liveKey(loaded.handle))) === undefined) {
     await s.run("mint", () => writes.end(sid, "revoked"));
     throw new SessionStoreError(
       "REAUTHENTICATION_REQUIRED",

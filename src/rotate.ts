@@ -81,8 +81,14 @@ export class Rotations {
    * the session, sealed for that key.
    */
   async moved(loaded: Loaded): Promise<string | undefined> {
-    const [row] = await this.s.exec.query<{ key: string }>(this.s.sql.currentKey(loaded.handle), true);
-    return row?.key === loaded.key ? undefined : row?.key;
+    const key = await this.currentKey(loaded.handle);
+    return key === loaded.key ? undefined : key;
+  }
+
+  /** The key the session `handle` has now, while it is live (whatever ids it was given); undefined when it is not live. */
+  async currentKey(handle: string): Promise<string | undefined> {
+    const [row] = await this.s.exec.query<{ key: string }>(this.s.sql.currentKey(handle), true);
+    return row?.key;
   }
 
   /** Runs one rotation statement; the keys it changed (the new and the old) leave every cache before it resolves. */

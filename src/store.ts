@@ -276,7 +276,7 @@ export class SessionStore extends Store {
    * @throws SessionStoreError `REAUTHENTICATION_REQUIRED` (status 401) when `from` had ended or expired
    */
   mint(sid: string, data: object, from: unknown): Promise<string> {
-    return mintFrom(this, this.s, this.writes, sid, data, from);
+    return mintFrom(this, this.s, (handle) => this.parts.rotations.currentKey(handle), this.writes, sid, data, from);
   }
 
   /**

@@ -67,7 +67,7 @@ export class Writes {
     // unless the row must be re-sealed (`encrypt`): then a merged save of the cookie alone does it.
     if (loaded && changes?.unchanged && !loaded.stale) {
       const touch = this.planTouch(sid, session);
-      if (touch) await this.renew(session, touch);
+      if (touch) await this.renew(sid, session, touch);
       return;
     }
     const { ua, ip } = requestMetadata(session);
@@ -282,7 +282,7 @@ export class Writes {
   touch(sid: string, session: SessionData): (() => Promise<void>) | undefined {
     const planned = this.planTouch(sid, session);
     if (!planned) return undefined;
-    return planned.loaded?.stale ? () => this.save(sid, session) : () => this.renew(session, planned);
+    return planned.loaded?.stale ? () => this.save(sid, session) : () => this.renew(sid, session, planned);
   }
 
   /**
@@ -316,7 +316,7 @@ export class Writes {
     return { sent, keys, loaded, ua, ip, values };
   }
 
-  private async renew(session: SessionData, { sent, keys, loaded, ua, ip, values }: Touch): Promise<void> {
+  private async renew(sid: string, session: SessionData, { sent, keys, loaded, ua, ip, values }: Touch, rotations = 0): Promise<void> {
     this.s.evict(keys);
     let written: ({ key: string } & ExpiryRow) | undefined;
     try {
@@ -325,6 +325,13 @@ export class Writes {
     } finally {
       // Lookups read the session where this write is sure to be seen (see Replicas.pin).
       this.s.replicas?.pin(keys);
+    }
+    // The session got a new id since this request read it: renew it there (a shorter lifetime must be written).
+    const moved = written || !loaded || rotations >= MAX_ROTATIONS ? undefined : await this.rotations.moved(loaded);
+    if (moved !== undefined) {
+      withLoaded(session, { ...loaded!, key: moved });
+      const again = this.planTouch(sid, session);
+      return again && this.renew(sid, session, again, rotations + 1);
     }
     // Not cached: the row may hold other requests' changes since this one read it, which a touch does not
     // read back (the next get caches the row as it is); this request's own view moves on.

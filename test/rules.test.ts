@@ -93,6 +93,7 @@ describe("a row's expiries on this server's clocks", () => {
       absolute: NOW + 60 * MIN,
       authenticatedAt: 3_000,
       authenticatedDb: NOW - 2_000,
+      issuedAt: 5_000,
       servedUntil: 15_000,
     });
     expect(localExpiry({ expires: 1_000, absolute: null }, sent, Infinity)).toMatchObject({ absolute: null, authenticatedAt: null, servedUntil: 6_000 });

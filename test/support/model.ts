@@ -30,6 +30,12 @@
  * 10. A user's sessions, paged through `list` (`after` each page's last cursor), are each on one page: no
  *     ended session and no session whose owner column cannot name the user is listed, and every session
  *     certainly the user's and certainly live is.
+ * 11. Rotation keeps one session: an id a session was rotated away from (rotateSession, markAuthenticated
+ *     of a request, renewAfter) opens it within its grace window (invariant 3 applies to it) and never
+ *     after it, when its use ends the session as `reused`, never before; two rotations of one session
+ *     never both succeed; the table never holds two live rows of one session, and an old id never
+ *     becomes a session of its own. Data and owner carry over (invariants 6 and 7 follow the session to
+ *     its new id, and a save of a request that read it under its old id lands in it).
  *
  * Time is real time (the test's clock; the database runs on this host, on the same clock), never an
  * instance's skewed app clock. Every bound has a margin (150 ms before an expiry, 50 ms after one) taken
@@ -40,7 +46,7 @@
 import { createHash, createHmac, randomBytes } from "node:crypto";
 import fc from "fast-check";
 import { afterAll, beforeAll, it } from "vitest";
-import { SessionStore, type AnyPgDatabase, type RevokeOptions, type SessionStoreOptions } from "../../src/index.js";
+import { rotateSession, SessionStore, type AnyPgDatabase, type RevokeOptions, type SessionStoreOptions } from "../../src/index.js";
 import { withReplicas } from "drizzle-orm/pg-core";
 import { openDb, openOn, openPeer, openSchema, sleep, type DriverName, type TestDb } from "./db.js";
 import { internals } from "./internals.js";
@@ -96,6 +102,10 @@ const LOST_MARGIN = 150;
 const LATE_MARGIN = 50;
 /** Longest wait for a NOTIFY to reach another instance. */
 const NOTIFY_WAIT = 5_000;
+/** `rotationGrace`: how long an id a session was rotated away from still opens it (short, so that runs pass it). */
+const GRACE = 400;
+/** `renewAfter`, in the configurations with `renewal`. */
+const RENEW = 700;
 
 // ---------------------------------------------------------------------------------------------------
 // The store under test
@@ -156,6 +166,8 @@ export interface Config {
   broadcast: boolean;
   /** Every instance coalesces any concurrent gets and ends into shared statements (src/coalesce.ts, forced with a limit of 1). */
   coalesce: boolean;
+  /** `renewAfter`: the rotation hook (run by the `renew` command) gives a session older than RENEW a new id. */
+  renewal: boolean;
   /**
    * Lookups from a replica: every instance's `db` is withReplicas(its pool, [a pool on `url`]) with
    * `replicaReads: { window }`; an end is visible to the other instances `window` ms after it resolved.
@@ -185,6 +197,7 @@ export function configurations(drivers: readonly DriverName[], replica?: Config[
     plaintext: false,
     broadcast: false,
     coalesce: false,
+    renewal: false,
   };
   for (const driver of drivers) {
     const list: Config[] = [];
@@ -203,16 +216,17 @@ export function configurations(drivers: readonly DriverName[], replica?: Config[
         config.cap !== undefined && `cap=${config.cap}`,
         config.broadcast && "broadcast",
         config.coalesce && "coalesce",
+        config.renewal && "renewal",
         !config.merge && "merge=false",
         config.replica && `replica window=${config.replica.window}`,
       ].filter(Boolean);
       list.push({ ...config, name: `${driver}${label ? ` ${label}` : ""} ${features.join(" ")}` });
     };
     add("", {});
-    add("", { absolute: ABSOLUTE, history: true, encrypt: true });
+    add("", { absolute: ABSOLUTE, history: true, encrypt: true, renewal: true });
     if (cache) add("", { cache, history: true, coalesce: true });
     if (cache) add("", { cache, absolute: ABSOLUTE, encrypt: true });
-    add("combined", { cache, history: true, encrypt: true, rotation: true, cap: CAP, broadcast: true, coalesce: true });
+    add("combined", { cache, history: true, encrypt: true, rotation: true, cap: CAP, broadcast: true, coalesce: true, renewal: true });
     add("changeover", { cache, absolute: ABSOLUTE, encrypt: true, rotation: true, plaintext: true, cap: CAP, coalesce: true });
     add("whole", { cache, history: true, cap: CAP, merge: false });
   }
@@ -294,7 +308,7 @@ const on = (r: Real, inst: Inst): Instance => {
   return i;
 };
 
-type Invariant = 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 | 10;
+type Invariant = 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 | 10 | 11;
 const checked = (r: Real, invariant: Invariant) => void r.checks.set(`${invariant}`, (r.checks.get(`${invariant}`) ?? 0) + 1);
 
 /** Bounds of a time (epoch ms): the expiry lies in [lo, hi]. ±Infinity: unknown. */
@@ -321,8 +335,13 @@ const authText = (r: Real, a: Auth) =>
 
 interface Sess {
   n: number;
+  /** Its id now (rotations give it new ones), and its row key. */
   sid: string;
   key: string;
+  /** Every key it had: a live row under any of them is this session's (two are a fork). */
+  keys: Set<string>;
+  /** The id it was last rotated away from, and when that stops opening it. */
+  prev?: { sid: string; grace: Win };
   tag: string;
   /** The user it was created with. */
   user: User;
@@ -357,6 +376,8 @@ interface Sess {
 
 interface Slot {
   s: Sess;
+  /** The id the request holds (its req.sessionID): the session's, or one it was rotated away from since. */
+  sid: string;
   /** The very object get returned (it carries the store's hidden "loaded" state). */
   obj: any;
   inst: Inst;
@@ -397,6 +418,8 @@ type Ev =
   | {
       t: "get";
       s: Sess;
+      /** The id it read under. */
+      sid: string;
       inst: Inst;
       start: number;
       end: number;
@@ -427,7 +450,11 @@ type Ev =
     }
   | { t: "end"; s: Sess; inst: Inst; start: number; end: number; op: string }
   | { t: "miss"; s: Sess; inst: Inst; start: number; end: number; op: string }
-  | { t: "auth"; s: Sess; inst: Inst; start: number; end: number }
+  /** `life`: a re-authentication of a request with a new id: the idle lifetime it restarted with lies in it. */
+  | { t: "auth"; s: Sess; inst: Inst; start: number; end: number; life?: Win }
+  /** A request's session got new ids (`ids`, in order: a renewal, then a rotation) from the id it held (`from`). */
+  | { t: "rotated"; s: Sess; inst: Inst; start: number; end: number; from: string; ids: string[]; slot: number; obj: any }
+  | { t: "old"; s: Sess; inst: Inst; start: number; end: number; found: boolean; reused: boolean; wrong: boolean; grace: Win }
   | { t: "revokeUser"; user: User }
   | { t: "evicted"; handle: string; inst: Inst; start: number; end: number }
   | { t: "slot"; index: number }
@@ -511,7 +538,7 @@ async function timedGet(r: Real, inst: Inst, s: Sess, what: string, slot?: numbe
   const authAt = got ? (store.authenticatedAt(got)?.getTime() ?? null) : null;
   trace(r, start, `${what}(${inst}) ${sname(s)} → ${got ? `session ${showData(got)}` : "null"} [${Math.round(end - start)} ms]`);
   const wrong = got != null && got.tag !== s.tag;
-  return { t: "get", s, inst, start, end, found: got != null, wrong, obj: got, slot, authAt, skews: [...store.skews] };
+  return { t: "get", s, sid: s.sid, inst, start, end, found: got != null, wrong, obj: got, slot, authAt, skews: [...store.skews] };
 }
 
 const showData = (obj: any) =>
@@ -575,6 +602,8 @@ function slotWrite(kind: string, label: string, slot: number, op: SaveOp, mutate
     exec: async (m, r) => {
       const held = m.slots[slot]!;
       const { s, obj, inst, loadedLo, view } = held;
+      // The request saves under its own id, which may be one the session was rotated away from since.
+      const sid = held.sid;
       const store = on(r, inst).store;
       const start = real();
       const clock = store.clock();
@@ -600,7 +629,7 @@ function slotWrite(kind: string, label: string, slot: number, op: SaveOp, mutate
       }
       const objUser = userOfVal(after.passport);
       const login = !touch && objUser !== null && objUser !== userOfVal(view.passport) ? objUser : undefined;
-      await (touch ? store.touch(s.sid, obj) : store.set(s.sid, obj));
+      await (touch ? store.touch(sid, obj) : store.set(sid, obj));
       const end = real();
       if (!touch) held.view = after;
       const wrote = Object.entries(sets).map(([k, v]) => `${k}=${v}`);
@@ -724,10 +753,10 @@ function regenerateStep(slot: number): Step {
     slot,
     check: (m) => m.slots[slot] !== undefined,
     exec: async (m, r) => {
-      const { s, obj, inst } = m.slots[slot]!;
+      const { s, obj, inst, sid } = m.slots[slot]!;
       const store = on(r, inst).store;
       const start = real();
-      await new Promise<void>((resolve, reject) => store.regenerate({ sessionID: s.sid, session: obj }, (err?: unknown) => (err ? reject(err) : resolve())));
+      await new Promise<void>((resolve, reject) => store.regenerate({ sessionID: sid, session: obj }, (err?: unknown) => (err ? reject(err) : resolve())));
       const end = real();
       const checks = checkEnded(r, inst, [s]);
       trace(r, start, `regenerate(${inst}, slot${slot}) ${sname(s)} [${Math.round(end - start)} ms]`);
@@ -771,9 +800,7 @@ function rotateStep(slot: number): Step {
       const held = m.slots[slot]!;
       const { s, obj, inst } = held;
       const store = on(r, inst).store;
-      const req: any = { sessionID: s.sid, session: obj };
-      // express-session's Session links its request (not enumerable: never serialized).
-      Object.defineProperty(obj, "req", { value: req, configurable: true });
+      const req = requestFor(obj, held.sid, store);
       const start = real();
       await new Promise<void>((resolve, reject) => store.regenerate(req, (err?: unknown) => (err ? reject(err) : resolve())));
       const ended = real();
@@ -798,6 +825,93 @@ function rotateStep(slot: number): Step {
       );
       const c: NewSession = { sid, user, life, handle, start: setStart, end, vals, auth, from: s, slot: { index: slot, obj: next, inst } };
       return [{ t: "end", s, inst, start, end: ended, op: "rotate" }, ...(await checks), { t: "create", c }];
+    },
+  };
+}
+
+/**
+ * The express-session request a slot's session belongs to (`req.session`, `req.sessionID`,
+ * `req.sessionStore`), linked from the session as express-session links it (not enumerable). A session a
+ * rotation made is express-session's own Session, whose link cannot be redefined: its request is reused.
+ */
+function requestFor(obj: any, sid: string, store: TestStore): any {
+  const linked = Object.getOwnPropertyDescriptor(obj, "req");
+  const req = linked && !linked.configurable ? linked.value : {};
+  Object.assign(req, { sessionID: sid, session: obj, sessionStore: store });
+  if (!linked || linked.configurable) Object.defineProperty(obj, "req", { value: req, configurable: true });
+  return req;
+}
+
+/**
+ * A new id within the request of `slot`, as an app does it: the store's rotation hook runs first (as
+ * sessionMiddleware runs it; with `renewal` it renews a session older than RENEW), then `rotateId`
+ * (rotateSession) or `reauth` (markAuthenticated of the request: a rotation that also proves the user and
+ * restarts the clocks), or nothing more (`renew`). The request goes on with what it then holds.
+ */
+function requestRotationStep(slot: number, how: "rotateId" | "reauth" | "renew"): Step {
+  return {
+    kind: how,
+    label: `${how}(slot${slot})`,
+    slot,
+    check: (m) => m.slots[slot] !== undefined,
+    exec: async (m, r) => {
+      const held = m.slots[slot]!;
+      const { s, obj, inst } = held;
+      const store = on(r, inst).store;
+      const req = requestFor(obj, held.sid, store);
+      // A re-authentication restarts the idle clock from the request's cookie: what it has left, or (when
+      // the request's session touches its cookie) its whole maxAge.
+      const left = new Date(obj.cookie.expires).getTime() - store.clock();
+      const life = { lo: left, hi: Math.max(left, obj.cookie.originalMaxAge) };
+      const start = real();
+      await new Promise<void>((resolve, reject) => store.rotation()(req, { setHeader() {} }, (err?: unknown) => (err ? reject(err) : resolve())));
+      const renewed: string = req.sessionID;
+      const result = how === "rotateId" ? await rotateSession(req) : how === "reauth" ? await store.markAuthenticated(req) : renewed !== held.sid;
+      const end = real();
+      const ids = [renewed, req.sessionID as string].filter((id, i, all) => id !== held.sid && all.indexOf(id) === i);
+      trace(
+        r,
+        start,
+        `${how}(${inst}, slot${slot}) ${sname(s)} → ${result}${ids.map((id) => ` new key ${keyOf(id).slice(0, 6)}${id === renewed ? " (renewed)" : ""}`).join("")} [${Math.round(end - start)} ms]`,
+      );
+      const evs: Ev[] = [];
+      if (ids.length > 0) evs.push({ t: "rotated", s, inst, start, end, from: held.sid, ids, slot, obj: req.session });
+      // Through an id rotated away from (no new id), it restarts with the span the row had, as markAuthenticated(id).
+      if (how === "reauth" && result) evs.push({ t: "auth", s, inst, start, end, life: ids.length > 0 ? life : undefined });
+      // A request holding the session's id now (not one rotated away from) rotates or re-authenticates it while it is live.
+      else if (how !== "renew" && !result && held.sid === s.sid) evs.push({ t: "miss", s, inst, start, end, op: how });
+      return evs;
+    },
+  };
+}
+
+/**
+ * A get under the id a session was last rotated away from (a request still in flight, or a copied
+ * cookie): within the grace window it opens the session; after it, it never does, and ends the session
+ * (`SESSION_REUSED`, invariant 11).
+ */
+function getOldStep(inst: Inst, k: number): Step {
+  return {
+    kind: "getOld",
+    label: `getOld(${inst}, ${ref(k)})`,
+    check: (m) => m.sessions.some((s) => s.prev),
+    exec: async (m, r) => {
+      const rotated = m.sessions.filter((s) => s.prev);
+      const s = rotated[rotated.length - 1 - (k % rotated.length)]!;
+      const { sid, grace } = s.prev!;
+      const store = on(r, inst).store;
+      const start = real();
+      let got: any = null;
+      let reused = false;
+      try {
+        got = await store.get(sid);
+      } catch (error: any) {
+        if (error?.code !== "SESSION_REUSED") throw error;
+        reused = true;
+      }
+      const end = real();
+      trace(r, start, `getOld(${inst}) ${sname(s)} → ${reused ? "SESSION_REUSED" : got ? `session ${showData(got)}` : "null"} [${Math.round(end - start)} ms]`);
+      return [{ t: "old", s, inst, start, end, found: got != null, reused, wrong: got != null && got.tag !== s.tag, grace }];
     },
   };
 }
@@ -1042,6 +1156,7 @@ function apply(m: Model, r: Real, observed: Ev[]): { fails: string[]; ended: Ses
       n: m.sessions.length,
       sid: c.sid,
       key: keyOf(c.sid),
+      keys: new Set([keyOf(c.sid)]),
       tag: keyOf(c.sid).slice(0, 12),
       user: c.user,
       col: new Set([c.user]),
@@ -1060,11 +1175,13 @@ function apply(m: Model, r: Real, observed: Ev[]): { fails: string[]; ended: Ses
       visible: { A: Infinity, B: Infinity, C: Infinity, P: Infinity },
     };
     m.sessions.push(sess);
-    if (c.slot) m.slots[c.slot.index] = { s: sess, obj: c.slot.obj, inst: c.slot.inst, loadedLo: sess.win.lo, view: c.vals, authSeen: sess.auth };
+    if (c.slot) m.slots[c.slot.index] = { s: sess, sid: c.sid, obj: c.slot.obj, inst: c.slot.inst, loadedLo: sess.win.lo, view: c.vals, authSeen: sess.auth };
   }
 
   const evs: Ev[] = [];
   for (const e of observed) {
+    // A use of an old id after its grace window ended the session (reason `reused`).
+    if (e.t === "old" && e.reused) evs.push({ t: "end", s: e.s, inst: e.inst, start: e.start, end: e.end, op: "reused" });
     if (e.t === "evicted") {
       // The cap ended it: within the login's statement, some time after this command started.
       const s = m.sessions.find((x) => x.handles.has(e.handle));
@@ -1080,6 +1197,22 @@ function apply(m: Model, r: Real, observed: Ev[]): { fails: string[]; ended: Ses
     evs.push(e);
   }
   for (const [s, users] of logins) if ([...users].some((u) => revokedUsers.has(u as User))) s.uncertain = true;
+
+  // New ids: the session goes on under the last; the one before it opens it for GRACE more (invariant 11).
+  const rotated = new Set<Sess>();
+  for (const e of evs) {
+    if (e.t !== "rotated") continue;
+    const s = e.s;
+    if (rotated.has(s)) fail(fails, `invariant 11 (forked): two requests of one command both gave ${sname(s)} a new id`);
+    if (e.from !== s.sid) fail(fails, `invariant 11 (forked): a request holding an id ${sname(s)} was rotated away from gave it a new one`);
+    rotated.add(s);
+    s.prev = { sid: e.ids.length > 1 ? e.ids.at(-2)! : e.from, grace: { lo: e.start + GRACE, hi: e.end + GRACE } };
+    s.sid = e.ids.at(-1)!;
+    s.key = keyOf(s.sid);
+    for (const id of e.ids) s.keys.add(keyOf(id));
+    const held = m.slots[e.slot];
+    if (held) m.slots[e.slot] = { ...held, sid: s.sid, obj: e.obj };
+  }
 
   for (const e of evs) {
     if (e.t !== "end") continue;
@@ -1142,6 +1275,18 @@ function apply(m: Model, r: Real, observed: Ev[]): { fails: string[]; ended: Ses
     } else if (cands.length > 0) {
       s.win = union(b.win, ...cands.map((x) => x.c));
     }
+    // A re-authentication restarts the clocks (restartOnReauthentication): the idle expiry from then (a
+    // request's: its cookie's life; an id's: the span the row had, at most LONG, never earlier), and the
+    // absolute one from then.
+    let restarted = false;
+    for (const a of auths.get(s) ?? []) {
+      s.win = a.life === undefined ? { lo: s.win.lo, hi: Math.max(s.win.hi, a.end + LONG) } : union(s.win, { lo: a.start + a.life.lo, hi: a.end + a.life.hi });
+      if (absolute !== undefined) {
+        const abs = { lo: a.start + absolute, hi: a.end + absolute };
+        s.abs = restarted ? union(s.abs, abs) : abs;
+      }
+      restarted = true;
+    }
     // Whether a save certainly reached the live row: it changed the data (never skipped) well before any expiry.
     const sure = (w: (typeof ws)[number]) => w.dataChanged === true && w.end + LATE_MARGIN <= edge;
     for (const key of DKEYS) {
@@ -1177,6 +1322,8 @@ function apply(m: Model, r: Real, observed: Ev[]): { fails: string[]; ended: Ses
     const s = e.s;
     const b = before.get(s)!;
     if (b.ended || s.uncertain || endedBefore(s, e.end) || logins.has(s)) continue;
+    // Another request of this command gave it a new id first.
+    if ((e.op === "rotateId" || e.op === "reauth") && rotated.has(s)) continue;
     const lo = Math.min(b.win.lo, s.win.lo, b.abs.lo, s.abs.lo);
     if (e.start >= s.created && e.end + LOST_MARGIN <= lo) checked(r, 3);
     if (e.start >= s.created && e.end + LOST_MARGIN <= lo) {
@@ -1196,7 +1343,7 @@ function apply(m: Model, r: Real, observed: Ev[]): { fails: string[]; ended: Ses
     if (g.wrong) fail(fails, `get(${g.inst}) of ${sname(s)} returned another session's data`);
     if (g.slot !== undefined) {
       m.slots[g.slot] = g.found
-        ? { s, obj: g.obj, inst: g.inst, loadedLo: Math.min(W.lo, A.lo), view: valsOf(g.obj), authSeen: authUnion(b.auth, s.auth) }
+        ? { s, sid: g.sid, obj: g.obj, inst: g.inst, loadedLo: Math.min(W.lo, A.lo), view: valsOf(g.obj), authSeen: authUnion(b.auth, s.auth) }
         : undefined;
     }
     if (b.ended || endedBefore(s, g.end)) {
@@ -1265,6 +1412,38 @@ function apply(m: Model, r: Real, observed: Ev[]): { fails: string[]; ended: Ses
     }
   }
 
+  // Gets under an id rotated away from (invariant 11; 3 and 1 as for any get).
+  for (const o of evs) {
+    if (o.t !== "old") continue;
+    const s = o.s;
+    const b = before.get(s)!;
+    if (o.wrong) fail(fails, `getOld(${o.inst}) of ${sname(s)} returned another session's data`);
+    checked(r, 11);
+    if (o.found && o.start > o.grace.hi + LATE_MARGIN) {
+      fail(
+        fails,
+        `invariant 11 (an old id served after its grace window): getOld(${o.inst}) of ${sname(s)} started ${Math.round(o.start - o.grace.hi)} ms after the grace window ended, and returned the session`,
+      );
+    }
+    if (o.reused && o.end + 5 < o.grace.lo) {
+      fail(fails, `invariant 11 (ended as reused within the grace window): getOld(${o.inst}) of ${sname(s)} resolved ${Math.round(o.grace.lo - o.end)} ms before it ended`);
+    }
+    if (b.ended || endedBefore(s, o.start)) {
+      if (o.found && s.ended && o.start >= s.visible[o.inst]) fail(fails, `invariant 1 (ended session returned): getOld(${o.inst}) of ${sname(s)} returned the session`);
+      continue;
+    }
+    const W = union(b.win, s.win);
+    const A = union(b.abs, s.abs);
+    if (s.uncertain || o.start < s.created || o.end + LOST_MARGIN > Math.min(o.grace.lo, W.lo, A.lo)) continue;
+    checked(r, 3);
+    if (!o.found) {
+      fail(
+        fails,
+        `invariant 3 (live session lost): getOld(${o.inst}) of ${sname(s)} ${o.reused ? "ended it as reused" : "returned null"} ${Math.round(o.grace.lo - o.end)} ms before the grace window of its old id ended`,
+      );
+    }
+  }
+
   for (const e of evs) if (e.t === "slot") m.slots[e.index] = undefined;
   const ended = [...new Set(evs.flatMap((e) => (e.t === "end" ? [e.s] : [])))];
   return { fails, ended };
@@ -1306,10 +1485,15 @@ async function checkTable(m: Model, r: Real): Promise<string[]> {
      from $table where ended_at is null and expires_at > statement_timestamp()`,
   );
   const t1 = real();
-  const byKey = new Map(m.sessions.map((s) => [s.key, s]));
+  // Every key a session had (rotations give it new ones) names it.
+  const byKey = new Map(m.sessions.flatMap((s) => [...s.keys].map((key) => [key, s] as const)));
   const live = new Map<Sess, (typeof rows)[number]>();
   for (const row of rows) {
     const s = byKey.get(row.key);
+    if (s && live.has(s)) {
+      checked(r, 11);
+      fail(fails, `invariant 11 (forked): ${sname(s)} has two live rows (keys ${live.get(s)!.key.slice(0, 6)} and ${row.key.slice(0, 6)})`);
+    }
     if (s) live.set(s, row);
     else fail(fails, `invariant 2: a live row for a key the model never created (${row.key.slice(0, 6)})`);
   }
@@ -1357,13 +1541,15 @@ async function checkTable(m: Model, r: Real): Promise<string[]> {
   const absolute = m.config.absolute;
   if (absolute !== undefined) {
     checked(r, 4);
+    // From its creation, or its latest re-authentication (which restarts the absolute clock).
     const over = await r.t.raw<{ key: string; span: number }>(
-      `select key, round(date_part('epoch', expires_at - created_at) * 1000)::float8 as span from $table where expires_at > created_at + interval '${absolute + 5} milliseconds'`,
+      `select key, round(date_part('epoch', expires_at - greatest(created_at, authenticated_at)) * 1000)::float8 as span from $table
+       where expires_at > greatest(created_at, authenticated_at) + interval '${absolute + 5} milliseconds'`,
     );
     for (const row of over)
       fail(
         fails,
-        `invariant 4: row ${byKey.get(row.key) ? sname(byKey.get(row.key)!) : row.key.slice(0, 6)} expires ${row.span} ms after its creation (absoluteTimeout ${absolute})`,
+        `invariant 4: row ${byKey.get(row.key) ? sname(byKey.get(row.key)!) : row.key.slice(0, 6)} expires ${row.span} ms after its creation or latest re-authentication (absoluteTimeout ${absolute})`,
       );
   }
   const cap = m.config.cap;
@@ -1514,6 +1700,10 @@ export const KINDS = [
   "mint",
   "list",
   "markAuth",
+  "rotateId",
+  "reauth",
+  "renew",
+  "getOld",
   "destroy",
   "revoke",
   "revokeUser",
@@ -1526,7 +1716,7 @@ export const KINDS = [
 ] as const;
 
 /** Steps that change the tracked keys of their slot's request: never started beside another step of the same slot. */
-const DATA_STEPS = new Set(["signin", "signout", "data", "rotate"]);
+const DATA_STEPS = new Set(["signin", "signout", "data", "rotate", "rotateId", "reauth", "renew"]);
 
 /** The instances a configuration has: A and B, C with secret rotation, P (creates only) with plaintext rows. */
 export function instancesOf(config: Config): Inst[] {
@@ -1571,6 +1761,10 @@ export function lifecycleCommands(options: { maxCommands: number; without?: Read
     ["rotate", 1, S.map((s) => rotateStep(s))],
     ["mint", 1, S.map((s) => mintStep(s))],
     ["markAuth", 1, fc.tuple(I, K).map(([i, k]) => markAuthStep(i, k))],
+    ["rotateId", 3, S.map((s) => requestRotationStep(s, "rotateId"))],
+    ["reauth", 1, S.map((s) => requestRotationStep(s, "reauth"))],
+    ["renew", 1, S.map((s) => requestRotationStep(s, "renew"))],
+    ["getOld", 3, fc.tuple(I, K).map(([i, k]) => getOldStep(i, k))],
     ["destroy", 2, fc.tuple(I, K).map(([i, k]) => destroyStep(i, k))],
     [
       "revoke",
@@ -1638,7 +1832,8 @@ async function until(check: () => boolean, ms: number, what: string): Promise<vo
 
 /** The options of instance `name` in `config` (the reader: `R`). */
 function optionsOf(config: Config, db: AnyPgDatabase, table: TestDb["table"], name: Inst | "R"): SessionStoreOptions {
-  const options: SessionStoreOptions = { db, table, reaper: false, secrets: ID_SECRET };
+  const options: SessionStoreOptions = { db, table, reaper: false, secrets: ID_SECRET, rotationGrace: GRACE };
+  if (config.renewal) options.renewAfter = RENEW;
   if (config.absolute !== undefined) options.absoluteTimeout = config.absolute;
   if (config.history) options.retainEnded = HISTORY;
   if (!config.merge) options.merge = false;
@@ -1803,7 +1998,7 @@ export async function runLifecycle(config: Config, t: TestDb, options: Lifecycle
     const kinds = KINDS.filter((k) => totals.has(k))
       .map((k) => `${k} ${totals.get(k)}`)
       .join(", ");
-    const applied = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"].map((i) => `${i}: ${checks.get(i) ?? 0}`).join(", ");
+    const applied = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11"].map((i) => `${i}: ${checks.get(i) ?? 0}`).join(", ");
     (options.log ?? console.log)(
       `[lifecycle] ${config.name}: ${runs} runs${failures ? ` (${failures} failing, shrinking included)` : ""}, ${commands} commands (${kinds}), invariants checked (${applied})${config.replica ? `, lookups from the replica ${replicaLookups.replica} of ${replicaLookups.replica + replicaLookups.primary}` : ""}, seed ${options.seed}, ${((Date.now() - started) / 1000).toFixed(1)} s`,
     );
