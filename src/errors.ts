@@ -1,3 +1,5 @@
+import { isTrue } from "./driver.js";
+
 /**
  * Every error this package raises itself. A driver error rides along as `cause`, reduced to what is safe
  * to log (see {@link safeCause}).
@@ -6,7 +8,7 @@ export class SessionStoreError extends Error {
   override name = "SessionStoreError";
   /** A stable, machine-readable reason. */
   readonly code: SessionStoreErrorCode;
-  /** The HTTP status Express's error handler answers with, on errors a client causes (`REAUTHENTICATION_REQUIRED`: 401). */
+  /** The HTTP status Express's error handler answers with, on errors a client causes (`REAUTHENTICATION_REQUIRED`: 401, `SESSION_LIMIT`: 403). */
   readonly status?: number;
 
   constructor(code: SessionStoreErrorCode, message: string, options?: { cause?: unknown; status?: number }) {
@@ -32,7 +34,8 @@ export type SessionStoreErrorCode =
   | "LISTEN_DEAF"
   | "REAUTHENTICATION_REQUIRED"
   | "INVALID_USER_ID"
-  | "SESSION_REUSED";
+  | "SESSION_REUSED"
+  | "SESSION_LIMIT";
 
 const MIGRATE = "await migrate(db) from connect-drizzle, or your driver's drizzle migrator on its migrationsFolder";
 
@@ -86,6 +89,29 @@ export function reauthenticationRequired(maxAge: number): SessionStoreError {
       "(their password, a passkey), then call store.markAuthenticated(req.sessionID) and retry",
     { status: 401 },
   );
+}
+
+/**
+ * A sign-in of a user who already has as many live sessions as `maxSessionsPerUser: { limit, whenFull:
+ * "refuse" }` allows: nothing was written; a 403 for Express's error handler. It names no user.
+ */
+function sessionLimit(): SessionStoreError {
+  return new SessionStoreError(
+    "SESSION_LIMIT",
+    "the user already has as many signed-in sessions as maxSessionsPerUser allows, so this sign-in was refused and nothing was stored; " +
+      "ask them to sign out on another device (or revoke one from their devices page: store.revoke), then sign in again",
+    { status: 403 },
+  );
+}
+
+/**
+ * The rows of a statement that made a session live under `maxSessionsPerUser`, unless its `refused`
+ * column says the cap refuses it: then `SESSION_LIMIT`, thrown inside the statement's transaction so
+ * that it rolls back and nothing of the write stays.
+ */
+export function refusedAtCap<Row extends { refused?: unknown }>(rows: Row[]): Row[] {
+  if (rows.some((row) => isTrue(row.refused))) throw sessionLimit();
+  return rows;
 }
 
 /** Wraps a driver error with a message that says what to do, keeping the original as `cause` (without the values it quotes). */

@@ -4,7 +4,16 @@ export type { LifecycleEvents, SessionEndedEvent, SessionEvent, SessionStoreEven
 export type { TraceContext } from "./trace.js";
 export { describeDevice } from "./device.js";
 export type { EndReason, ExtendOptions, OwnerScope, RevokeOptions, SessionQuery, SessionRecord, SessionStatus, UserId } from "./records.js";
-export type { AnyPgDatabase, CacheOptions, EncryptOptions, ReaperOptions, ReplicaReadOptions, SessionStoreOptions, UserIdOf } from "./options.js";
+export type {
+  AnyPgDatabase,
+  CacheOptions,
+  EncryptOptions,
+  ReaperOptions,
+  ReplicaReadOptions,
+  SessionCapOptions,
+  SessionStoreOptions,
+  UserIdOf,
+} from "./options.js";
 export type { ReplicaStats } from "./replicas.js";
 export {
   sessions,

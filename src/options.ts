@@ -18,6 +18,7 @@ export {
   REPLICA_READ_OPTIONS,
   resolveOptions,
   resolveReaperOptions,
+  SESSION_CAP_OPTIONS,
   secretList,
   sessionTable,
   STORE_OPTIONS,
@@ -242,17 +243,19 @@ export interface SessionStoreOptions {
    */
   reaper?: ReaperOptions | false;
   /**
-   * Most live sessions one user may have: the write that signs a user in (a login's new session, or a
-   * session that gains a user) ends that user's least recently used live sessions beyond it, as
-   * `evicted`, in the same statement (the `ended` event tells of each). So does every other write that
-   * makes a session of the user live again: `extend` of an expired session, and a `set` of an id whose
-   * row exists but was not loaded for the request. Logins of one user are serialized by an advisory lock
-   * on the id as a value of the column's type, so racing logins never leave more. Needs a driver with interactive
+   * Most live sessions one user may have, and what a sign-in past it does: a number `n` is
+   * `{ limit: n }`, which ends that user's least recently used live sessions beyond it, as `evicted`, in
+   * the write that signs the user in (a login's new session, or a session that gains a user; the `ended`
+   * event tells of each); with `whenFull: "refuse"` that write writes nothing instead and fails with a
+   * `SessionStoreError` of code `SESSION_LIMIT` (status 403). So does every other write that makes a
+   * session of the user live again: `extend` of an expired session, and a `set` of an id whose row exists
+   * but was not loaded for the request. Logins of one user are serialized by an advisory lock on the id
+   * as a value of the column's type, so racing logins never leave more. Needs a driver with interactive
    * transactions (node-postgres, postgres.js, PGlite, ...): on pg-proxy or neon-http, and on a single
-   * node-postgres `Client` rather than a pool, the constructor throws a `TypeError`. A positive integer.
+   * node-postgres `Client` rather than a pool, the constructor throws a `TypeError`. See docs/caps.md.
    * @default undefined (no cap)
    */
-  maxSessionsPerUser?: number;
+  maxSessionsPerUser?: number | SessionCapOptions;
   /**
    * Use named prepared statements for the hot path. Turn off behind pgbouncer < 1.21 in transaction mode.
    * @default true
@@ -306,6 +309,22 @@ export interface ReplicaReadOptions {
   timeout?: number;
 }
 
+/** The per-user session cap with its policy (`new SessionStore({ maxSessionsPerUser: { limit, whenFull } })`). */
+export interface SessionCapOptions {
+  /**
+   * Most live sessions one user may have: a positive whole number.
+   * @default none (required)
+   */
+  limit: number;
+  /**
+   * What a sign-in of a user who already has `limit` live sessions does: `"evict"` ends that user's least
+   * recently used session (reason `evicted`) and signs in; `"refuse"` writes nothing and fails with a
+   * `SessionStoreError` of code `SESSION_LIMIT` (status 403): the user signs out elsewhere first.
+   * @default "evict"
+   */
+  whenFull?: "evict" | "refuse";
+}
+
 /** Options of the read cache. */
 export interface CacheOptions {
   /**
@@ -352,7 +371,7 @@ export interface ResolvedOptions {
   versioned: boolean;
   timeout: number;
   reaper: ResolvedReaperOptions | false;
-  maxSessionsPerUser: number | undefined;
+  maxSessionsPerUser: Required<SessionCapOptions> | undefined;
   encrypt: SealSettings | undefined;
 }
 

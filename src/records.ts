@@ -1,10 +1,12 @@
 import { describeDevice } from "./device.js";
 import { isTrue } from "./driver.js";
+import { refusedAtCap } from "./errors.js";
 import type { StoreContext } from "./context.js";
 import { isValidId } from "./hash.js";
 import { checkUserId } from "./owner.js";
 import { checkEndReason, type EndReason } from "./reasons.js";
-import type { EventRow, ListCursor, RecordRow, SessionStatus } from "./statements.js";
+import type { SessionCapOptions } from "./options.js";
+import type { EventRow, ListCursor, LoginRow, RecordRow, SessionStatus } from "./statements.js";
 
 export type { EndReason } from "./reasons.js";
 export type { SessionStatus } from "./statements.js";
@@ -150,7 +152,7 @@ export class Records {
     if (typeof handle !== "string" || handle.length === 0) return false;
     const { sql: statements } = this.s;
     const { maxSessionsPerUser: cap, timeout } = this.s.options;
-    const extend = (capped?: { cap: number; owner: string | null }) =>
+    const extend = (capped?: { cap: Required<SessionCapOptions>; owner: string | null }) =>
       statements.extend(handle, at - this.s.now(), new Date(at).toISOString(), options.beyondAbsolute === true, owner, capped);
     if (cap === undefined) return (await this.s.run("extend", () => this.s.write(extend()), { handle })).length > 0;
     // Revalidating an expired session makes it live again, as a login does: under its owner's lock, so
@@ -160,7 +162,7 @@ export class Records {
       () =>
         this.s.exec.transaction(async (tx) => {
           const [locked] = await tx.query<{ owner: string }>(statements.ownerLock(handle, owner, timeout));
-          return tx.query<{ key: string; evicted: string }>(extend({ cap, owner: locked?.owner ?? null }));
+          return refusedAtCap(await tx.query<{ key: string } & LoginRow>(extend({ cap, owner: locked?.owner ?? null })));
         }),
       { handle },
     );

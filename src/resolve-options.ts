@@ -7,6 +7,7 @@ import type {
   ReaperOptions,
   ResolvedOptions,
   ResolvedReaperOptions,
+  SessionCapOptions,
   SessionStoreOptions,
   UserIdOf,
 } from "./options.js";
@@ -26,8 +27,9 @@ const defaultLabel = (session: any) => (typeof session?.label === "string" ? ses
  * The default of every option not given, in one table, each the value its TSDoc `@default` names: read by
  * {@link resolveOptions} (the store), and by `reap()`, the CLI and the import for the options they share.
  * Left out are the options that are off unless given (`idleTimeout`, `absoluteTimeout`, `renewAfter`, `encrypt`, `cache`,
- * `listen`, `maxSessionsPerUser`) and the two whose default follows another option, worked out in
- * resolveOptions: `notify` (on with `cache`) and `merge` (on unless `versioned`).
+ * `listen`, `maxSessionsPerUser`: of these the table holds only the defaults of their own options) and the
+ * two whose default follows another option, worked out in resolveOptions: `notify` (on with `cache`) and
+ * `merge` (on unless `versioned`).
  */
 export const DEFAULTS = Object.freeze({
   table: sessions,
@@ -50,6 +52,8 @@ export const DEFAULTS = Object.freeze({
   cache: Object.freeze<Required<CacheOptions>>({ max: 10_000, ttl: 60_000 }),
   /** The options of `replicaReads` with a withReplicas database, when not given. */
   replicaReads: Object.freeze<Required<ReplicaReadOptions>>({ window: 0, timeout: 1_000 }),
+  /** What `maxSessionsPerUser` does at its limit when not given (a plain number is `{ limit }`). */
+  maxSessionsPerUser: Object.freeze({ whenFull: "evict" as const }),
   /** The options of `encrypt` given without them (its `secrets` are required). */
   encrypt: Object.freeze({ acceptPlaintext: false }),
 });
@@ -121,7 +125,7 @@ export const STORE_OPTIONS: OptionChecks<SessionStoreOptions> = {
   merge: is.boolean,
   versioned: is.boolean,
   timeout: is.positive(),
-  maxSessionsPerUser: is.positive("sessions, e.g. 5", true),
+  maxSessionsPerUser: (options, name) => void resolveSessionCap(options[name] as SessionStoreOptions["maxSessionsPerUser"]),
   reaper: (options, name) => void resolveReaperOptions(options[name] as ReaperOptions),
   prepare: is.boolean,
   replicaReads: (options, name) => void resolveReplicaReads(options[name] as ReplicaReadOptions, true),
@@ -239,7 +243,7 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
     timeout: options.timeout ?? DEFAULTS.timeout,
     reaper: resolveReaperOptions(options.reaper),
     encrypt: resolveEncrypt(options.encrypt),
-    maxSessionsPerUser: options.maxSessionsPerUser,
+    maxSessionsPerUser: resolveSessionCap(options.maxSessionsPerUser),
   };
 }
 
@@ -262,6 +266,33 @@ function resolveEncrypt(encrypt: EncryptOptions | undefined): SealSettings | und
   if (encrypt.secrets === undefined) ENCRYPT_OPTIONS.secrets({}, "secrets");
   const secrets = typeof encrypt.secrets === "string" ? [encrypt.secrets] : [...encrypt.secrets];
   return { secrets, acceptPlaintext: encrypt.acceptPlaintext ?? DEFAULTS.encrypt.acceptPlaintext };
+}
+
+/** Every option of {@link SessionCapOptions} with its check. */
+export const SESSION_CAP_OPTIONS: OptionChecks<SessionCapOptions> = {
+  limit: is.positive("sessions, e.g. 5", true),
+  whenFull: is.oneOf(["evict", "refuse"]),
+};
+
+/** `maxSessionsPerUser`, a number or `{ limit, whenFull }`, as the one shape every part of the store reads. */
+function resolveSessionCap(cap: number | SessionCapOptions | undefined): Required<SessionCapOptions> | undefined {
+  if (cap === undefined) return undefined;
+  if (typeof cap === "number") {
+    SESSION_CAP_OPTIONS.limit({ maxSessionsPerUser: cap }, "maxSessionsPerUser");
+    return { limit: cap, whenFull: DEFAULTS.maxSessionsPerUser.whenFull };
+  }
+  if (cap === null || typeof cap !== "object" || Array.isArray(cap)) {
+    throw new TypeError(
+      "connect-drizzle: `maxSessionsPerUser` must be a positive whole number of sessions, e.g. 5, or an object such as " +
+        `{ limit: 5, whenFull: "refuse" } (got ${kindOf(cap)})`,
+    );
+  }
+  checkOptions(cap, SESSION_CAP_OPTIONS, "`maxSessionsPerUser`", "maxSessionsPerUser.");
+  // Required: checkOptions passes over a missing option.
+  if (cap.limit === undefined) {
+    throw new TypeError('connect-drizzle: `maxSessionsPerUser` needs its `limit`, a positive whole number of sessions, e.g. { limit: 5, whenFull: "refuse" }');
+  }
+  return { limit: cap.limit, whenFull: cap.whenFull ?? DEFAULTS.maxSessionsPerUser.whenFull };
 }
 
 function resolveCache(cache: CacheOptions | undefined): Required<CacheOptions> | undefined {

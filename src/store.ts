@@ -87,7 +87,7 @@ export class SessionStore extends Store {
    * place, and only while it is live: a save never brings back a session that ended or expired meanwhile.
    * A session the store did not load here (a new id) is inserted; one whose row exists is updated (an
    * expired row is live again; with `maxSessionsPerUser`, as a login, its user's sessions beyond the cap
-   * end). A user id (the `userId` option) that does not fit the `user_id` column's type fails the save
+   * end, or with `whenFull: "refuse"` the save fails with `SESSION_LIMIT` and writes nothing). A user id (the `userId` option) that does not fit the `user_id` column's type fails the save
    * with a `SessionStoreError` of code `INVALID_USER_ID`. Unchanged sessions are not rewritten.
    * With `merge` (the default) a loaded session's save writes only the top-level keys its request changed
    * or deleted, and the cookie, over what the row holds now.
@@ -215,10 +215,12 @@ export class SessionStore extends Store {
    * With `maxSessionsPerUser`, revalidating an expired session is a login for the cap: the session is
    * kept, and its owner's least recently used other live sessions beyond the cap end as `evicted` (each
    * announced as `ended`, and dropped from every instance's cache), under the owner's login lock, in the
-   * same transaction. Extending a live session ends nothing.
+   * same transaction; with `whenFull: "refuse"` and the owner at the limit, it fails with a
+   * `SessionStoreError` of code `SESSION_LIMIT` and changes nothing. Extending a live session ends nothing.
    * @returns whether a session was changed
    * @throws TypeError when `until` is not a valid Date, or the scope is missing
-   * @throws SessionStoreError `INVALID_USER_ID` when `userId` does not fit the `user_id` column's type
+   * @throws SessionStoreError `INVALID_USER_ID` when `userId` does not fit the `user_id` column's type;
+   * `SESSION_LIMIT` when `maxSessionsPerUser` refuses the revalidation
    */
   extend(handle: string, until: Date, options: ExtendOptions): Promise<boolean> {
     return this.records.extend(handle, until, options);

@@ -2,7 +2,7 @@ import type { SessionData } from "express-session";
 import type { StoreContext } from "./context.js";
 import { isTrue } from "./driver.js";
 import type { Shape } from "./executor.js";
-import { SessionStoreError } from "./errors.js";
+import { refusedAtCap, SessionStoreError } from "./errors.js";
 import { sessionEvent, type Announcement } from "./events.js";
 import { isValidId, newHandle } from "./hash.js";
 import { loadedAs, loadedUnderAnyId, requestMetadata, requestOf, ROTATED, withLoaded, type Loaded, type Rotated, signInOf } from "./loaded.js";
@@ -185,7 +185,7 @@ export class Writes {
   /**
    * Runs a save's statement; a login write with a cap in one transaction, after its user's lock, so that
    * concurrent logins of one user each count the sessions the others left (in READ COMMITTED the write's
-   * snapshot is taken after the lock was granted). `changes`: it changes an existing row, whose key every
+   * snapshot is taken after the lock was granted), and that a login the cap refuses rolls back. `changes`: it changes an existing row, whose key every
    * instance's cache is told of once it committed (an insert makes a row no instance can have cached).
    */
   private async saveRows<Row extends { key: string }>(
@@ -199,7 +199,7 @@ export class Writes {
     const userId = values.userId as string;
     const rows = await this.s.exec.transaction(async (tx) => {
       await tx.query(this.s.sql.loginLock(userId, this.s.options.timeout));
-      return tx.run<Row>(shape, values);
+      return refusedAtCap(await tx.run<Row & LoginRow>(shape, values));
     });
     await after?.(rows);
     return rows;

@@ -220,6 +220,151 @@ describe.each(drivers)("maxSessionsPerUser on %s", (driver) => {
     expect(ended).toEqual([expect.objectContaining({ reason: "evicted", userId: "ann" })]);
   });
 
+  /** A store that refuses sign-ins past `limit`, with the `ended` and `created` events it announced. */
+  function refusing(limit: number, options: Partial<SessionStoreOptions> = {}) {
+    const made = storeWith({ maxSessionsPerUser: { limit, whenFull: "refuse" }, ...options });
+    const created: string[] = [];
+    made.store.on("created", (event) => void created.push(event.handle));
+    return { ...made, created };
+  }
+
+  const refusal = { name: "SessionStoreError", code: "SESSION_LIMIT", status: 403 };
+
+  it('whenFull "refuse": a new session of a user at the limit fails with SESSION_LIMIT (403), naming no user, and stores nothing; the others go on', async () => {
+    const { store, ended, created } = refusing(2);
+    await store.set("s1", sessionData(HOUR, { userId: "ann" }));
+    await store.set("s2", sessionData(HOUR, { userId: "ann" }));
+    const error = await store.set("s3", sessionData(HOUR, { userId: "ann" })).catch((e) => e);
+    expect(error).toMatchObject(refusal);
+    expect(error.message).toMatch(/sign out on another device/);
+    expect(error.message).not.toMatch(/ann/);
+    expect(Number((await t.raw(`select count(*)::int as n from $table`))[0].n)).toBe(2);
+    expect(await store.get("s3")).toBeNull();
+    expect(await store.get("s1")).not.toBeNull();
+    expect(await store.get("s2")).not.toBeNull();
+    expect(ended).toEqual([]);
+    expect(created).toHaveLength(2);
+    // Another user, and an anonymous session, are not the user's: they are stored.
+    await store.set("b1", sessionData(HOUR, { userId: "bob" }));
+    await store.set("anon", sessionData(HOUR, { views: 1 }));
+    expect(await store.get("b1")).not.toBeNull();
+    // Once one of the user's sessions ends, the sign-in goes through.
+    await store.destroy("s1");
+    await store.set("s3", sessionData(HOUR, { userId: "ann" }));
+    expect(await liveOf("ann")).toBe(2);
+  });
+
+  it('whenFull "refuse": a loaded session that gains a user at the limit is refused and stays as it was, anonymous', async () => {
+    const { store, ended } = refusing(2);
+    await store.set("s1", sessionData(HOUR, { userId: "ann" }));
+    await store.set("s2", sessionData(HOUR, { userId: "ann" }));
+    await store.set("anon", sessionData(HOUR, { views: 1 }));
+    const loaded = (await store.get("anon"))!;
+    (loaded as any).userId = "ann";
+    (loaded as any).views = 2;
+    await expect(store.set("anon", loaded)).rejects.toMatchObject(refusal);
+    expect(await store.get("anon")).toMatchObject({ views: 1 });
+    expect(await store.get("anon")).not.toHaveProperty("userId");
+    expect((await t.raw(`select user_id from $table where user_id is null`)).length).toBe(1);
+    expect(await liveOf("ann")).toBe(2);
+    expect(ended).toEqual([]);
+  });
+
+  it('whenFull "refuse": a set of an expired session\'s id that this store did not load, at the limit, is refused and the session stays expired', async () => {
+    const { store } = refusing(2);
+    await store.set("old", sessionData(HOUR, { userId: "ann" }));
+    await t.raw(`update $table set expires_at = statement_timestamp() - interval '1 minute'`);
+    await store.set("s2", sessionData(HOUR, { userId: "ann" }));
+    await store.set("s3", sessionData(HOUR, { userId: "ann" }));
+    await expect(store.set("old", sessionData(HOUR, { userId: "ann", views: 9 }))).rejects.toMatchObject(refusal);
+    expect(await store.get("old")).toBeNull();
+    expect(await store.count({ userId: "ann", status: "expired" })).toBe(1);
+    expect(await liveOf("ann")).toBe(2);
+  });
+
+  it('whenFull "refuse": extend of an expired session at the limit fails with SESSION_LIMIT and changes nothing; of a live one it is no sign-in', async () => {
+    const { store, ended } = refusing(2);
+    await store.set("old", sessionData(HOUR, { userId: "ann" }));
+    await t.raw(`update $table set expires_at = statement_timestamp() - interval '1 minute'`);
+    await store.set("s2", sessionData(HOUR, { userId: "ann" }));
+    await store.set("s3", sessionData(HOUR, { userId: "ann" }));
+    const [old] = await store.list({ userId: "ann", status: "expired" });
+    const [before] = await t.raw(`select expires_at::text as at, version from $table where handle = '${old!.handle}'`);
+    await expect(store.extend(old!.handle, new Date(Date.now() + HOUR), { userId: "ann" })).rejects.toMatchObject(refusal);
+    expect(await t.raw(`select expires_at::text as at, version from $table where handle = '${old!.handle}'`)).toEqual([before]);
+    expect(await store.get("old")).toBeNull();
+    expect(await liveOf("ann")).toBe(2);
+    expect(ended).toEqual([]);
+    // A live session extended makes no session live: never refused.
+    const [live] = await store.list({ userId: "ann" });
+    expect(await store.extend(live!.handle, new Date(Date.now() + 2 * HOUR), { anyOwner: true })).toBe(true);
+    // With a place free, the expired one is revalidated.
+    await store.destroy("s2");
+    expect(await store.extend(old!.handle, new Date(Date.now() + HOUR), { userId: "ann" })).toBe(true);
+    expect(await store.get("old")).not.toBeNull();
+  });
+
+  it('whenFull "refuse": re-saving a signed-in session is no sign-in, even over a lowered limit, and a set of its own live id is not refused', async () => {
+    // Three sessions under a limit of 3, then the limit lowered to 2: the user is over it.
+    const before = storeWith({ maxSessionsPerUser: 3 }).store;
+    for (const sid of ["s1", "s2", "s3"]) await before.set(sid, sessionData(HOUR, { userId: "ann" }));
+    const { store } = refusing(2);
+    const loaded = (await store.get("s1"))!;
+    (loaded as any).views = 1;
+    await store.set("s1", loaded);
+    expect(await store.get("s1")).toMatchObject({ views: 1 });
+    // A direct set of one of the user's live sessions (not loaded here) makes no session live.
+    await store.set("s2", sessionData(HOUR, { userId: "ann", views: 2 }));
+    expect(await store.get("s2")).toMatchObject({ views: 2 });
+    expect(await liveOf("ann")).toBe(3);
+    await expect(store.set("s4", sessionData(HOUR, { userId: "ann" }))).rejects.toMatchObject(refusal);
+  });
+
+  it('whenFull "refuse": a login that regenerates a signed-in session of the user (passport) is not refused at the limit; a new device is, as a 403 through the app\'s error handler', async () => {
+    const { store } = refusing(2);
+    const app = testApp(store);
+    const first = await login(app, "ann", "Agent/1");
+    await login(app, "ann", "Agent/2");
+    // Signing in again on the first device: regenerate ends its session, and the new one takes its place.
+    const res = await request(app).post("/login").set("Cookie", first).set("User-Agent", "Agent/1").send({ username: "ann", password: "pw" });
+    expect(res.status).toBe(200);
+    const again = cookieOf(res)!;
+    expect(again).not.toBe(first);
+    expect(await liveOf("ann")).toBe(2);
+    // A third device: the store's error reaches the app's error handler, which answers with its status.
+    const refused = await request(app).post("/login").set("User-Agent", "Agent/3").send({ username: "ann", password: "pw" });
+    expect(refused.status).toBe(403);
+    expect(refused.body.error).toMatch(/^connect-drizzle: the user already has as many signed-in sessions as maxSessionsPerUser allows/);
+    expect(await liveOf("ann")).toBe(2);
+    expect((await request(app).get("/me").set("Cookie", again)).body).toEqual({ user: "ann" });
+    // The refused sign-in left no row behind.
+    expect(await store.count({ userId: "ann", status: "all" })).toBe(2);
+  });
+
+  it("{ limit } without whenFull evicts, as a plain number does", async () => {
+    const { store, ended } = storeWith({ maxSessionsPerUser: { limit: 2 } });
+    for (const sid of ["s1", "s2", "s3"]) {
+      await store.set(sid, sessionData(HOUR, { userId: "ann" }));
+      await sleep(5);
+    }
+    expect(await liveOf("ann")).toBe(2);
+    expect(await store.get("s1")).toBeNull();
+    expect(ended).toEqual([expect.objectContaining({ reason: "evicted", userId: "ann" })]);
+  });
+
+  it('whenFull "refuse": 10 racing logins of one user with limit 3 leave exactly 3 live sessions and fail 7 times with SESSION_LIMIT, ending none', async () => {
+    const { store, ended } = refusing(3);
+    const sids = Array.from({ length: 10 }, (_, i) => `race-${i}`);
+    const results = await Promise.allSettled(sids.map((sid) => store.set(sid, sessionData(HOUR, { passport: { user: "ann" } }))));
+    const refused = results.filter((r) => r.status === "rejected");
+    expect(refused.map((r) => (r as PromiseRejectedResult).reason.code)).toEqual(Array(7).fill("SESSION_LIMIT"));
+    expect(await liveOf("ann")).toBe(3);
+    expect(Number((await t.raw(`select count(*)::int as n from $table`))[0].n)).toBe(3);
+    const served = (await Promise.all(sids.map((sid) => store.get(sid)))).filter((s) => s !== null);
+    expect(served).toHaveLength(3);
+    expect(ended).toEqual([]);
+  });
+
   it("the login's wait for its user's lock is bounded by timeout: it fails with TIMEOUT and writes nothing", async () => {
     // PGlite has one connection: a transaction holding the lock there would hold every statement.
     if (driver === "pglite") return;

@@ -18,6 +18,7 @@ import {
   REPLICA_READ_OPTIONS,
   resolveOptions,
   resolveReaperOptions,
+  SESSION_CAP_OPTIONS,
   STORE_OPTIONS,
   TABLE_OPTIONS,
 } from "./support/internals.js";
@@ -58,6 +59,7 @@ describe("unknown options", () => {
     ["EncryptOptions", ENCRYPT_OPTIONS],
     ["ReaperOptions", REAPER_OPTIONS],
     ["ReplicaReadOptions", REPLICA_READ_OPTIONS],
+    ["SessionCapOptions", SESSION_CAP_OPTIONS],
     ["ReapArgs", REAP_ARGS],
     // Ours plus every option express-session documents (its SessionOptions), which are passed through.
     ["SessionMiddlewareOptions", MIDDLEWARE_OPTIONS],
@@ -109,6 +111,31 @@ describe("unknown options", () => {
     for (const key of Object.keys(REPLICA_READ_OPTIONS)) {
       expect(() => resolveOptions({ db: withReplicas(primary, [replica]), replicaReads: { [key]: undefined } }), key).not.toThrow();
     }
+  });
+
+  it('maxSessionsPerUser: a number is { limit } that evicts; an object takes whenFull "refuse"; anything else says what to pass', () => {
+    expect(resolveOptions({ db, maxSessionsPerUser: 3 }).maxSessionsPerUser).toEqual({ limit: 3, whenFull: "evict" });
+    expect(resolveOptions({ db, maxSessionsPerUser: { limit: 3 } }).maxSessionsPerUser).toEqual({ limit: 3, whenFull: "evict" });
+    expect(resolveOptions({ db, maxSessionsPerUser: { limit: 5, whenFull: "refuse" } }).maxSessionsPerUser).toEqual({ limit: 5, whenFull: "refuse" });
+    expect(resolveOptions({ db }).maxSessionsPerUser).toBeUndefined();
+    for (const key of Object.keys(SESSION_CAP_OPTIONS).filter((k) => k !== "limit")) {
+      expect(() => resolveOptions({ db, maxSessionsPerUser: { limit: 2, [key]: undefined } }), key).not.toThrow();
+    }
+    expect(() => resolveOptions({ db, maxSessionsPerUser: { limit: 3, whenFull: "deny" as any } })).toThrow(
+      /^connect-drizzle: `maxSessionsPerUser.whenFull` must be "evict" or "refuse" \(got a string\)$/,
+    );
+    expect(() => resolveOptions({ db, maxSessionsPerUser: { limit: 0, whenFull: "refuse" } })).toThrow(
+      /^connect-drizzle: `maxSessionsPerUser.limit` must be a positive whole number of sessions, e.g. 5 \(got 0\)$/,
+    );
+    expect(() => resolveOptions({ db, maxSessionsPerUser: { whenFull: "refuse" } as any })).toThrow(
+      /^connect-drizzle: `maxSessionsPerUser` needs its `limit`, a positive whole number of sessions/,
+    );
+    expect(() => resolveOptions({ db, maxSessionsPerUser: { limit: 3, whenFul: "refuse" } as any })).toThrow(
+      /^connect-drizzle: unknown `maxSessionsPerUser` option `whenFul` \(did you mean `whenFull`\?\); the known options are limit, whenFull$/,
+    );
+    expect(() => resolveOptions({ db, maxSessionsPerUser: "5" as any })).toThrow(
+      /^connect-drizzle: `maxSessionsPerUser` must be a positive whole number of sessions, e.g. 5, or an object such as \{ limit: 5, whenFull: "refuse" \} \(got a string\)$/,
+    );
   });
 
   it("every documented reaper and cache option is accepted", () => {

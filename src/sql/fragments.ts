@@ -179,18 +179,29 @@ export class Fragments {
   }
 
   /**
-   * The CTE `evicted`, which ends (as `evicted`) the live rows of `others` (a user's sessions but the one
-   * made live) beyond the `cap - 1` most recently used, when `when` holds.
+   * What a statement that makes a session of a user live does at the cap `cap` (`maxSessionsPerUser`), as
+   * a CTE and a column of its final select; `others` picks the user's sessions but the one made live.
+   * `"evict"`: the CTE `evicted` ends (as `evicted`) the live rows of `others` beyond the `limit - 1` most
+   * recently used, when `when` holds; the column is {@link evictedColumn}. `"refuse"`: the CTE `refused`
+   * holds a row when `others` already has `limit` live rows and `when` holds; the column `refused` says
+   * so, and the caller then rolls the statement's transaction back, so that it wrote nothing. Both count
+   * the rows of the statement's snapshot, taken under the user's login lock.
    */
-  protected evictions(others: SQL, cap: number, when: SQL): SQL {
+  protected atCap(others: SQL, cap: { limit: number; whenFull: "evict" | "refuse" }, when: SQL): { cte: SQL; column: SQL } {
     const t = this.t;
-    const beyond = sql`${t.key} in (select ${t.key} from ${t} where ${others} and ${this.live()} order by ${t.lastSeenAt} desc, ${t.key} offset ${sql.raw(String(cap - 1))})
+    const limit = sql.raw(String(cap.limit));
+    if (cap.whenFull === "evict") {
+      const beyond = sql`${t.key} in (select ${t.key} from ${t} where ${others} and ${this.live()} order by ${t.lastSeenAt} desc, ${t.key} offset ${sql.raw(String(cap.limit - 1))})
         and ${when}`;
-    return sql`evicted as (${this.ending("evicted", beyond, true)})`;
+      return { cte: sql`evicted as (${this.ending("evicted", beyond, true)})`, column: this.evictedColumn() };
+    }
+    // Counted up to the limit only: a user far over it (a lowered limit) costs no more than one at it.
+    const full = sql`select 1 from (select 1 from ${t} where ${others} and ${this.live()} limit ${limit}) o having count(*) >= ${limit} and ${when}`;
+    return { cte: sql`refused as (${full})`, column: sql`exists (select 1 from refused) as refused` };
   }
 
-  /** The rows {@link evictions} ended, as a JSON array of their keys and {@link EventRow}s (`evicted`). */
-  protected evictedColumn(): SQL {
+  /** The rows the `evicted` CTE of {@link atCap} ended, as a JSON array of their keys and {@link EventRow}s (`evicted`). */
+  private evictedColumn(): SQL {
     return sql`(select coalesce(json_agg(json_build_object('key', key, 'handle', handle, 'user_id', user_id, 'label', label,
         'user_agent', user_agent, 'ip', ip)), '[]')::text from evicted) as evicted`;
   }

@@ -1,6 +1,7 @@
 import { sql, type SQL } from "drizzle-orm";
 import { getTableConfig } from "drizzle-orm/pg-core";
 import { lifetime } from "../clock.js";
+import type { SessionCapOptions } from "../options.js";
 import type { EndReason } from "../reasons.js";
 import { col, msOf } from "./fragments.js";
 import type { ListCursor, SessionStatus } from "./rows.js";
@@ -63,8 +64,9 @@ export class RecordStatements extends WriteStatements {
    * `beyondAbsolute`) and its cookie's `expires` to `cookieExpires`; revalidates an expired row, never an
    * ended one. With `capped` (`maxSessionsPerUser`, run under {@link ownerLock} of the row's owner
    * `capped.owner`): only the row of that owner (null: of none), and when it revalidates an expired row,
-   * the owner's least recently used other live sessions beyond the cap end as `evicted`, as a login ends
-   * them; returns them as `evicted` ({@link evictedColumn}).
+   * it does at the cap what a login does ({@link atCap}): the owner's least recently used other live
+   * sessions beyond it end as `evicted` (returned as `evicted`), or with `whenFull: "refuse"`, `refused`
+   * tells that the owner had `limit` other live sessions (the caller rolls back).
    */
   extend(
     handle: string,
@@ -72,7 +74,7 @@ export class RecordStatements extends WriteStatements {
     cookieExpires: string,
     beyondAbsolute: boolean,
     owner: string | undefined,
-    capped?: { cap: number; owner: string | null },
+    capped?: { cap: Required<SessionCapOptions>; owner: string | null },
   ): SQL {
     const t = this.t;
     const target = lifetime(life);
@@ -90,11 +92,12 @@ export class RecordStatements extends WriteStatements {
     // again: a row the reaper (or a revoke) ended after this statement's snapshot was taken is re-read
     // once its lock is released, and must not be extended (nor counted extended) then.
     const others = sql`${t.userId} = (select owner_id from written) and ${t.key} not in (select key from written)`;
+    const { cte, column } = this.atCap(others, capped.cap, sql`exists (select 1 from written where not written.was_live and written.is_live)`);
     return sql`with target as (select ${t.key} as key, ${this.live()} as was_live from ${t} where ${row} and ${locked}),
       written as (update ${t} set ${set} from target where ${t.key} = target.key and ${row} ${this.changed()}, ${t.userId} as owner_id,
         target.was_live as was_live, ${this.live()} as is_live),
-      ${this.evictions(others, capped.cap, sql`exists (select 1 from written where not written.was_live and written.is_live)`)}
-      select written.key, ${this.evictedColumn()} from written`;
+      ${cte}
+      select written.key, ${column} from written`;
   }
 
   // --- The records' pieces

@@ -1,3 +1,4 @@
+import type { SessionCapOptions } from "../options.js";
 import type { EndReason } from "../reasons.js";
 
 /**
@@ -23,20 +24,25 @@ export interface ExpiryRow {
 
 /** What a login write (a save that gives a session its user) does besides the write itself, in the same statement. */
 export interface LoginWrite {
-  /** `maxSessionsPerUser`: ends the user's least recently used live sessions beyond it (reason `evicted`). */
-  cap: number | undefined;
+  /**
+   * `maxSessionsPerUser`: ends the user's least recently used live sessions beyond its `limit` (reason
+   * `evicted`), or with `whenFull: "refuse"`, tells whether the user had `limit` others already (`refused`).
+   */
+  cap: Required<SessionCapOptions> | undefined;
   /** Returns the user agents of the user's other recent rows from the same IP (for the `newDevice` check). */
   devices: boolean;
 }
 
 /**
  * What a login write with a cap or the device check returns besides the written row: the sessions it
- * ended, and the user agents of the user's other recent rows from the same IP, each as JSON text.
+ * ended, and the user agents of the user's other recent rows from the same IP, each as JSON text; or
+ * (`whenFull: "refuse"`) whether the cap refuses it, when its transaction must roll back.
  */
 export interface LoginRow {
   handle?: string;
   evicted?: string;
   seen?: string;
+  refused?: unknown;
 }
 
 /**

@@ -150,23 +150,30 @@ export class WriteStatements extends RotationStatements {
 
   /**
    * A login write (`write`, an insert or an update of the session's row `k0` that gives it the user
-   * `userId`, ending in `returning`) with what goes with it, in the same statement: with a `cap`, the
-   * user's least recently used other live sessions beyond it end as `evicted` (as a revoke ends them:
-   * deleted, or kept as history), only if the write wrote; with `devices`, the user
-   * agents of the user's other rows from the same `ip` active within the last 30 days (live, expired,
-   * or ended history), at most 50. The other rows are as they were before this statement, so the
-   * evictions are counted before the new row exists, and the device check sees the rows they end.
+   * `userId`, ending in `returning`) with what goes with it, in the same statement: with a `cap`, what
+   * its policy does ({@link atCap}): the user's least recently used other live sessions beyond it end as
+   * `evicted` (as a revoke ends them: deleted, or kept as history), only if the write wrote; or, with
+   * `whenFull: "refuse"`, `refused` tells that the user had `limit` other live sessions already, unless
+   * the written row was one of the user's live sessions before (it makes none more); with `devices`, the
+   * user agents of the user's other rows from the same `ip` active within the last 30 days (live,
+   * expired, or ended history), at most 50. The other rows are as they were before this statement, so
+   * the cap counts them before the new row exists, and the device check sees the rows it ends.
    * Run with a cap under {@link loginLock}, so that two logins of one user see each other's rows.
    */
   private login(write: SQL, v: (name: string) => SQL, { cap, devices }: LoginWrite): SQL {
     const t = this.t;
+    const owner = sql`${t.userId} = ${this.userId(v("userId"))}`;
     // The written row (under whichever of the session's keys) is never one of the user's others.
-    const user = sql`${t.userId} = ${this.userId(v("userId"))} and ${t.key} not in (select key from written)`;
+    const user = sql`${owner} and ${t.key} not in (select key from written)`;
     const ctes = [sql`written as (${write})`];
     const columns = [sql`written.*`];
     if (cap !== undefined) {
-      ctes.push(this.evictions(user, cap, sql`exists (select 1 from written)`));
-      columns.push(this.evictedColumn());
+      const wrote = sql`exists (select 1 from written)`;
+      // This statement's snapshot holds the written row as it was before: a set of one of the user's live sessions adds none.
+      const added = sql`${wrote} and not exists (select 1 from ${t} where ${t.key} in (select key from written) and ${owner} and ${this.live()})`;
+      const { cte, column } = this.atCap(user, cap, cap.whenFull === "refuse" ? added : wrote);
+      ctes.push(cte);
+      columns.push(column);
     }
     if (devices) {
       ctes.push(sql`seen as (select ${t.userAgent} as ua from ${t} where ${user} and ${t.ip} = ${v("ip")}::text
@@ -378,5 +385,5 @@ export class WriteStatements extends RotationStatements {
 
 /** The part of a shape's cache key that tells its login variant. */
 function loginKey(login: LoginWrite | undefined): string {
-  return login ? `:login:${login.cap ?? ""}:${login.devices}` : "";
+  return login ? `:login:${login.cap ? `${login.cap.limit}:${login.cap.whenFull}` : ""}:${login.devices}` : "";
 }

@@ -21,6 +21,7 @@ export {
   REPLICA_READ_OPTIONS,
   resolveOptions,
   resolveReaperOptions,
+  SESSION_CAP_OPTIONS,
   STORE_OPTIONS,
   type ResolvedReaperOptions,
 } from "../../src/options.js";

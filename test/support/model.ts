@@ -26,7 +26,13 @@
  *     request changed its user) or markAuthenticated sets it to that call's window; a rotation that keeps
  *     the user (regenerate, then the data copied into the new id) keeps the old time; nothing else moves
  *     it. Checked in the table and through `store.authenticatedAt` of what gets returned.
- *  9. With `maxSessionsPerUser`, no user has more live rows than the cap, whatever the path.
+ *  9. With `maxSessionsPerUser`, no user has more live rows than the cap, whatever the path. With
+ *     `whenFull: "refuse"` nothing is evicted, and a sign-in (a new session with a user, a session that
+ *     gains one, a rotation, a mint, extend of an expired session) fails with SESSION_LIMIT exactly when
+ *     its user is at the cap: always when the user certainly had the cap's number of other live sessions
+ *     (and no end raced it), never when the user could not have had them (and no other sign-in raced
+ *     it); and a refused sign-in changes nothing: no row for its new id, the session it would have signed
+ *     in as the model held it (the table's checks compare).
  * 10. A user's sessions, paged through `list` (`after` each page's last cursor), are each on one page: no
  *     ended session and no session whose owner column cannot name the user is listed, and every session
  *     certainly the user's and certainly live is.
@@ -159,6 +165,8 @@ export interface Config {
   merge: boolean;
   /** `maxSessionsPerUser`. */
   cap: number | undefined;
+  /** With `cap`: `whenFull: "refuse"`, a sign-in past the cap fails with SESSION_LIMIT (instead of evicting). */
+  refuse: boolean;
   /** With `encrypt`: A and B on [old, new], C on [new, old] (the rotation's second step, half deployed). */
   rotation: boolean;
   /** With `encrypt`: P (no `encrypt`) creates plaintext rows, every other instance has `acceptPlaintext`. */
@@ -180,7 +188,8 @@ export interface Config {
  * The configurations: per driver, the plain store, encryption with the absolute timeout and history, the
  * cache with history and with encryption (where the driver has a cache), and the feature combinations:
  * "combined" (encrypt, secret rotation, cache, cap, history, broadcast), "changeover" (encrypt, rotation,
- * plaintext rows, cap, absolute timeout, cache) and "whole" (merge: false, cap, history, cache). The cache
+ * plaintext rows, cap, absolute timeout, cache), "whole" (merge: false, cap, history, cache) and
+ * "refusing" (the cap with `whenFull: "refuse"`, history, cache, coalesce). The cache
  * with history, "combined" and "changeover" also coalesce any concurrent gets (`coalesce`), so that the
  * invariants hold of lookups that share a statement too.
  */
@@ -193,6 +202,7 @@ export function configurations(drivers: readonly DriverName[], replica?: Config[
     encrypt: false,
     merge: true,
     cap: undefined,
+    refuse: false,
     rotation: false,
     plaintext: false,
     broadcast: false,
@@ -213,7 +223,7 @@ export function configurations(drivers: readonly DriverName[], replica?: Config[
         config.encrypt && "encrypted",
         config.rotation && "rotation",
         config.plaintext && "plaintext",
-        config.cap !== undefined && `cap=${config.cap}`,
+        config.cap !== undefined && `cap=${config.cap}${config.refuse ? " refuse" : ""}`,
         config.broadcast && "broadcast",
         config.coalesce && "coalesce",
         config.renewal && "renewal",
@@ -229,6 +239,7 @@ export function configurations(drivers: readonly DriverName[], replica?: Config[
     add("combined", { cache, history: true, encrypt: true, rotation: true, cap: CAP, broadcast: true, coalesce: true, renewal: true });
     add("changeover", { cache, absolute: ABSOLUTE, encrypt: true, rotation: true, plaintext: true, cap: CAP, coalesce: true });
     add("whole", { cache, history: true, cap: CAP, merge: false });
+    add("refusing", { cache, history: true, cap: CAP, refuse: true, coalesce: true });
   }
   // Interleaved by driver: the tests run a few at a time in this order, and PGlite's are all on one thread.
   const all: Config[] = [];
@@ -457,6 +468,7 @@ type Ev =
   | { t: "old"; s: Sess; inst: Inst; start: number; end: number; found: boolean; reused: boolean; wrong: boolean; grace: Win }
   | { t: "revokeUser"; user: User }
   | { t: "evicted"; handle: string; inst: Inst; start: number; end: number }
+  | Capped
   | { t: "slot"; index: number }
   | { t: "fail"; message: string };
 
@@ -508,9 +520,8 @@ const single = <T>(set: Set<T>): T | undefined => (set.size === 1 ? [...set][0] 
 const authNow = (start: number, end: number): Auth => ({ nul: false, win: { lo: start, hi: end } });
 
 /** Creates a session through `store` (set with fresh data), then reads its handle from the table. */
-async function createOn(r: Real, inst: Inst, life: number, user: User, what: string): Promise<NewSession> {
+async function createOn(r: Real, inst: Inst, life: number, user: User, what: string, sid = newSid()): Promise<NewSession> {
   const store = on(r, inst).store;
-  const sid = newSid();
   const start = real();
   const data = sessionData(store.clock(), life, user, sid);
   await store.set(sid, data);
@@ -523,6 +534,95 @@ async function createOn(r: Real, inst: Inst, life: number, user: User, what: str
   );
   return { sid, user, life, handle, start, end, vals: valsOf(data), auth: user ? authNow(start, end) : NO_AUTH };
 }
+
+/**
+ * A sign-in under `whenFull: "refuse"` (invariant 9), as `signIn` observed it: refused (SESSION_LIMIT) or
+ * not, and what the model held of its user's other sessions (all but `exclude`, the session it writes or
+ * the one its rotation ended): how many were certainly live through it (`certain`), and how many may
+ * have been (`possible`). `must`: a write that is sure to happen unless refused; `exempt`: it writes a
+ * session that is certainly one of the user's live sessions already (it adds none); `stored`: a refused
+ * sign-in of a new id left a row.
+ */
+interface Capped {
+  t: "capped";
+  user: string | undefined;
+  inst: Inst;
+  what: string;
+  start: number;
+  end: number;
+  refused: boolean;
+  certain: number;
+  possible: number;
+  must: boolean;
+  exempt: boolean;
+  exclude?: Sess;
+  stored: boolean;
+}
+
+/**
+ * Runs `call`, a write that may sign `who.user` in: with `whenFull: "refuse"` a SESSION_LIMIT it fails with
+ * is its result (refused), and its Capped event is returned to check; otherwise (and for no user) it just
+ * runs. `user` undefined: a user the model cannot name (an extend of a session of uncertain owner).
+ */
+async function signIn<T>(
+  m: Readonly<Model>,
+  r: Real,
+  who: {
+    user: string | null | undefined;
+    inst: Inst;
+    what: string;
+    sid?: string;
+    exclude?: Sess;
+    must?: (end: number) => boolean;
+    exempt?: (end: number) => boolean;
+  },
+  call: () => Promise<T>,
+): Promise<{ value: T | undefined; refused: boolean; evs: Ev[] }> {
+  if (!m.config.refuse || who.user === null) return { value: await call(), refused: false, evs: [] };
+  const start = real();
+  let value: T | undefined;
+  let refused = false;
+  try {
+    value = await call();
+  } catch (error: any) {
+    if (error?.code !== "SESSION_LIMIT") throw error;
+    refused = true;
+  }
+  const end = real();
+  let certain = 0;
+  let possible = 0;
+  for (const s of m.sessions) {
+    if (s === who.exclude || s.ended || who.user === undefined) continue;
+    if (!s.uncertain && single(s.col) === who.user && end + LOST_MARGIN <= Math.min(s.win.lo, s.abs.lo)) certain++;
+    const theirs = s.col.has(who.user) || (s.uncertain && s.owners.has(who.user));
+    if (theirs && start <= Math.min(s.win.hi, s.abs.hi) + LATE_MARGIN) possible++;
+  }
+  const stored = refused && who.sid !== undefined && (await handleOf(r, who.sid)) !== null;
+  trace(
+    r,
+    start,
+    `  ${who.what} ${who.user ?? "(owner unknown)"}: ${refused ? "refused, SESSION_LIMIT" : "signed in"} (others live: ${certain} certain, ${possible} possible)`,
+  );
+  const capped: Capped = {
+    t: "capped",
+    user: who.user,
+    inst: who.inst,
+    what: who.what,
+    start,
+    end,
+    refused,
+    certain,
+    possible,
+    must: who.must?.(end) ?? true,
+    exempt: who.exempt?.(end) ?? false,
+    exclude: who.exclude,
+    stored,
+  };
+  return { value, refused, evs: [capped] };
+}
+
+/** Whether the model holds `s` live through `at` for sure. */
+const certainlyLive = (s: Sess, at: number) => !s.ended && !s.uncertain && at + LOST_MARGIN <= Math.min(s.win.lo, s.abs.lo);
 
 async function handleOf(r: Real, sid: string): Promise<string | null> {
   const [row] = await r.t.raw<{ handle: string }>(`select handle from $table where key = '${keyOf(sid)}'`);
@@ -556,7 +656,11 @@ function createStep(inst: Inst, life: number, user: User): Step {
     kind: "create",
     label: `create(${inst}, ${life === LONG ? "long" : `short ${life}`}, ${user ?? "anonymous"})`,
     check: () => true,
-    exec: async (_m, r) => [{ t: "create", c: await createOn(r, inst, life, user, "create") }],
+    exec: async (m, r) => {
+      const sid = newSid();
+      const { value: c, evs } = await signIn(m, r, { user, inst, what: "create", sid }, () => createOn(r, inst, life, user, "create", sid));
+      return c ? [...evs, { t: "create", c }] : evs;
+    },
   };
 }
 
@@ -629,7 +733,21 @@ function slotWrite(kind: string, label: string, slot: number, op: SaveOp, mutate
       }
       const objUser = userOfVal(after.passport);
       const login = !touch && objUser !== null && objUser !== userOfVal(view.passport) ? objUser : undefined;
-      await (touch ? store.touch(sid, obj) : store.set(sid, obj));
+      const capped = await signIn(
+        m,
+        r,
+        {
+          user: login ?? null,
+          inst,
+          what: `signin(${inst}, slot${slot}) ${sname(s)}`,
+          exclude: s,
+          must: (at) => certainlyLive(s, at) && login !== undefined && !s.col.has(login),
+          exempt: (at) => certainlyLive(s, at) && single(s.col) === login,
+        },
+        () => (touch ? store.touch(sid, obj) : store.set(sid, obj)),
+      );
+      // Refused: the request failed and wrote nothing; it holds its session no more.
+      if (capped.refused) return [...capped.evs, { t: "slot", index: slot }];
       const end = real();
       if (!touch) held.view = after;
       const wrote = Object.entries(sets).map(([k, v]) => `${k}=${v}`);
@@ -638,7 +756,10 @@ function slotWrite(kind: string, label: string, slot: number, op: SaveOp, mutate
         start,
         `${touch ? "touch" : `save ${op}`}(${inst}, slot${slot}) ${sname(s)} maxAge ${life}${wrote.length ? ` sets ${wrote.join(" ")}` : ""}${login ? ` login ${login}` : ""} [${Math.round(end - start)} ms]`,
       );
-      return [{ t: "write", s, inst, op, start, end, life, loadedLo, result: true, skew: store.skew, sets, dataChanged: !touch && dataChanged, login }];
+      return [
+        ...capped.evs,
+        { t: "write", s, inst, op, start, end, life, loadedLo, result: true, skew: store.skew, sets, dataChanged: !touch && dataChanged, login },
+      ];
     },
   };
 }
@@ -761,7 +882,13 @@ function regenerateStep(slot: number): Step {
       const checks = checkEnded(r, inst, [s]);
       trace(r, start, `regenerate(${inst}, slot${slot}) ${sname(s)} [${Math.round(end - start)} ms]`);
       const evs: Ev[] = [{ t: "end", s, inst, start, end, op: "regenerate" }, ...(await checks), { t: "slot", index: slot }];
-      evs.push({ t: "create", c: await createOn(r, inst, obj.cookie.originalMaxAge, (userOfVal(valsOf(obj).passport) as User) ?? null, "  regenerated") });
+      const user = (userOfVal(valsOf(obj).passport) as User) ?? null;
+      const fresh = newSid();
+      const created = await signIn(m, r, { user, inst, what: `regenerated(${inst})`, sid: fresh, exclude: s }, () =>
+        createOn(r, inst, obj.cookie.originalMaxAge, user, "  regenerated", fresh),
+      );
+      evs.push(...created.evs);
+      if (created.value) evs.push({ t: "create", c: created.value });
       return evs;
     },
   };
@@ -811,7 +938,9 @@ function rotateStep(slot: number): Step {
       const vals = valsOf(next);
       const user = userOfVal(vals.passport) as User;
       const setStart = real();
-      await store.set(sid, next);
+      // The old session ended first: it is none of the user's others, and never counts against the cap.
+      const capped = await signIn(m, r, { user, inst, what: `rotate(${inst}, slot${slot}) ${sname(s)}`, sid, exclude: s }, () => store.set(sid, next));
+      if (capped.refused) return [{ t: "end", s, inst, start, end: ended, op: "rotate" }, ...(await checks), ...capped.evs, { t: "slot", index: slot }];
       const end = real();
       const handle = await handleOf(r, sid);
       // The time the request read, or the row's own when the rotation ran (a markAuthenticated between them).
@@ -824,7 +953,7 @@ function rotateStep(slot: number): Step {
         `rotate(${inst}, slot${slot}) ${sname(s)} ended [${Math.round(ended - start)} ms] → new key ${keyOf(sid).slice(0, 6)} handle ${handle?.slice(0, 6)} ${showData(next)} [${Math.round(end - setStart)} ms]`,
       );
       const c: NewSession = { sid, user, life, handle, start: setStart, end, vals, auth, from: s, slot: { index: slot, obj: next, inst } };
-      return [{ t: "end", s, inst, start, end: ended, op: "rotate" }, ...(await checks), { t: "create", c }];
+      return [{ t: "end", s, inst, start, end: ended, op: "rotate" }, ...(await checks), ...capped.evs, { t: "create", c }];
     },
   };
 }
@@ -940,12 +1069,15 @@ function mintStep(slot: number): Step {
       const user = userOfVal(vals.passport) as User;
       const start = real();
       let refused = false;
+      // A minted session is a new session of its user: under whenFull "refuse", refused at the cap (`from` counts).
+      let capped: Awaited<ReturnType<typeof signIn>> | undefined;
       try {
-        await store.mint(sid, data, obj);
+        capped = await signIn(m, r, { user, inst, what: `mint(${inst}, slot${slot}) from ${sname(s)}`, sid }, () => store.mint(sid, data, obj));
       } catch (error: any) {
         if (error?.code !== "REAUTHENTICATION_REQUIRED") throw error;
         refused = true;
       }
+      if (capped?.refused) return capped.evs;
       const end = real();
       const handle = await handleOf(r, sid);
       if (refused) {
@@ -975,7 +1107,7 @@ function mintStep(slot: number): Step {
         `mint(${inst}, slot${slot}) from ${sname(s)} → new key ${keyOf(sid).slice(0, 6)} handle ${handle?.slice(0, 6)} ${showData(data)} [${Math.round(end - start)} ms]`,
       );
       const c: NewSession = { sid, user, life, handle, start, end, vals, auth, from: carried ? s : undefined };
-      return [{ t: "create", c }];
+      return [...(capped?.evs ?? []), { t: "create", c }];
     },
   };
 }
@@ -1054,10 +1186,27 @@ function extendStep(inst: Inst, k: number, when: keyof typeof EXTEND): Step {
       const store = on(r, inst).store;
       const delta = EXTEND[when];
       const start = real();
-      const ok = await store.extend(s.handle, new Date(store.clock() + delta), { anyOwner: true });
+      // Revalidating an expired session signs its owner in again: never one certainly live (it adds none).
+      const capped = await signIn(
+        m,
+        r,
+        // An owner the model cannot name (an uncertain session, racing sign-ins) is undefined: no refusal of it is checked.
+        {
+          user: s.uncertain ? undefined : single(s.col),
+          inst,
+          what: `extend(${inst}) ${sname(s)}`,
+          exclude: s,
+          must: () => false,
+          exempt: (at) => certainlyLive(s, at),
+        },
+        () => store.extend(s.handle!, new Date(store.clock() + delta), { anyOwner: true }),
+      );
+      if (capped.refused) return capped.evs;
+      const ok = capped.value!;
       const end = real();
       trace(r, start, `extend(${inst}, ${when}) ${sname(s)} → ${ok} [${Math.round(end - start)} ms]`);
       const evs: Ev[] = [];
+      evs.push(...capped.evs);
       if (ok && s.ended) evs.push({ t: "fail", message: `invariant 2: extend(${inst}) revalidated ${sname(s)}, which had been ended` });
       evs.push({ t: "write", s, inst, op: "extend", start, end, life: delta, loadedLo: Infinity, result: ok, skew: store.skew });
       if (!ok) evs.push({ t: "miss", s, inst, start, end, op: "extend" });
@@ -1141,6 +1290,7 @@ function apply(m: Model, r: Real, observed: Ev[]): { fails: string[]; ended: Ses
   for (const e of observed) if (e.t === "write" && e.login) logins.set(e.s, new Set([...(logins.get(e.s) ?? []), e.login]));
 
   for (const e of observed) if (e.t === "fail") fail(fails, e.message);
+  if (m.config.refuse) fails.push(...refusals(m, r, observed));
 
   for (const e of observed) {
     if (e.t !== "create") continue;
@@ -1426,10 +1576,14 @@ function apply(m: Model, r: Real, observed: Ev[]): { fails: string[]; ended: Ses
       );
     }
     if (o.reused && o.end + 5 < o.grace.lo) {
-      fail(fails, `invariant 11 (ended as reused within the grace window): getOld(${o.inst}) of ${sname(s)} resolved ${Math.round(o.grace.lo - o.end)} ms before it ended`);
+      fail(
+        fails,
+        `invariant 11 (ended as reused within the grace window): getOld(${o.inst}) of ${sname(s)} resolved ${Math.round(o.grace.lo - o.end)} ms before it ended`,
+      );
     }
     if (b.ended || endedBefore(s, o.start)) {
-      if (o.found && s.ended && o.start >= s.visible[o.inst]) fail(fails, `invariant 1 (ended session returned): getOld(${o.inst}) of ${sname(s)} returned the session`);
+      if (o.found && s.ended && o.start >= s.visible[o.inst])
+        fail(fails, `invariant 1 (ended session returned): getOld(${o.inst}) of ${sname(s)} returned the session`);
       continue;
     }
     const W = union(b.win, s.win);
@@ -1447,6 +1601,40 @@ function apply(m: Model, r: Real, observed: Ev[]): { fails: string[]; ended: Ses
   for (const e of evs) if (e.t === "slot") m.slots[e.index] = undefined;
   const ended = [...new Set(evs.flatMap((e) => (e.t === "end" ? [e.s] : [])))];
   return { fails, ended };
+}
+
+/**
+ * Invariant 9 with `whenFull: "refuse"` on the sign-ins of one command (their Capped events): nothing was
+ * evicted; a refused sign-in of a new id stored nothing; a sign-in was refused only when its user may have
+ * had the cap's number of other live sessions (or another sign-in of the user raced it), and went
+ * through only when the user did not certainly have them (or an end raced it, freeing a place).
+ */
+function refusals(m: Readonly<Model>, r: Real, observed: readonly Ev[]): string[] {
+  const fails: string[] = [];
+  const cap = m.config.cap!;
+  if (observed.some((e) => e.t === "evicted")) fails.push(`invariant 9 (evicted under whenFull "refuse"): a sign-in ended another session`);
+  for (const e of observed) {
+    if (e.t !== "capped") continue;
+    if (e.refused && e.stored)
+      fails.push(`invariant 9 (a refused sign-in changed something): ${e.what} failed with SESSION_LIMIT, yet its new session is stored`);
+    if (e.user === undefined) continue;
+    checked(r, 9);
+    const others = observed.filter((x) => x !== e);
+    // Another sign-in of the user (or of one the model cannot name) beside it may have taken the last place.
+    const raced = others.some((x) => (x.t === "capped" && !x.refused && (x.user === e.user || x.user === undefined)) || (x.t === "write" && x.op === "extend"));
+    // An end beside it (but that of the session it excludes, which came before it) may have freed a place.
+    const freed = others.some((x) => (x.t === "end" && x.s !== e.exclude) || x.t === "revokeUser");
+    if (e.refused && !raced && (e.exempt || e.possible < cap)) {
+      const had = e.exempt ? "it wrote one of the user's live sessions (adding none)" : `the user had at most ${e.possible} other live sessions`;
+      fails.push(`invariant 9 (refused below the cap): ${e.what} of ${e.user} failed with SESSION_LIMIT, though ${had} (cap ${cap})`);
+    }
+    if (!e.refused && e.must && !e.exempt && !freed && e.certain >= cap) {
+      fails.push(
+        `invariant 9 (signed in at the cap): ${e.what} of ${e.user} went through, though the user certainly had ${e.certain} other live sessions (cap ${cap})`,
+      );
+    }
+  }
+  return fails;
 }
 
 /**
@@ -1838,7 +2026,7 @@ function optionsOf(config: Config, db: AnyPgDatabase, table: TestDb["table"], na
   if (config.history) options.retainEnded = HISTORY;
   if (!config.merge) options.merge = false;
   if (config.broadcast && name !== "R") options.broadcast = true;
-  if (config.cap !== undefined && name !== "R") options.maxSessionsPerUser = config.cap;
+  if (config.cap !== undefined && name !== "R") options.maxSessionsPerUser = config.refuse ? { limit: config.cap, whenFull: "refuse" } : config.cap;
   if (config.encrypt && name !== "P") {
     // The rotation's second step, half deployed: C seals under the new secret; A and B list it second.
     const secrets = !config.rotation ? [ENCRYPTION_SECRET] : name === "C" ? [NEW_SECRET, ENCRYPTION_SECRET] : [ENCRYPTION_SECRET, NEW_SECRET];
