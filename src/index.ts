@@ -6,6 +6,7 @@ export { describeDevice } from "./device.js";
 export type { EndReason, ExtendOptions, OwnerScope, RevokeOptions, SessionQuery, SessionRecord, SessionStatus, UserId } from "./records.js";
 export type { AnyPgDatabase, CacheOptions, EncryptOptions, ReaperOptions, ReplicaReadOptions, SessionStoreOptions, UserIdOf } from "./options.js";
 export type { ReplicaStats } from "./replicas.js";
+export { AAL2, AAL3 } from "./presets.js";
 export {
   sessions,
   createSessionTable,
