@@ -19,5 +19,6 @@ export {
 export { SessionStoreError, type SessionStoreErrorCode } from "./errors.js";
 export { reap, Reaper, type ReapArgs, type ReapProgress, type ReapResult } from "./reaper.js";
 export { sessionMiddleware, type IssuedToken, type SessionMiddleware, type SessionMiddlewareOptions } from "./middleware.js";
+export type { ClearSiteDataDirective } from "./clear-site-data.js";
 export { importConnectPgSimple, IMPORTED_COLUMN, type ImportConnectPgSimpleArgs, type ImportResult, type InvalidReasons } from "./import.js";
 export { migrate, migrationsFolder, type MigrateOptions } from "./migrations.js";
