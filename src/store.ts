@@ -388,6 +388,11 @@ export class SessionStore extends Store {
     else console.warn(error.message);
   }
 
+  /** Whether a session holds a user, as the `userId` option finds one (`sessionMiddleware`'s `clearSiteData`). @internal */
+  hasUser(session: object): boolean {
+    return this.userIdOf(session as SessionData) !== null;
+  }
+
   /** @internal */
   protected userIdOf(session: SessionData): string | null {
     return sessionOwner(this.s.options.userId, session);
