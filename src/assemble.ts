@@ -1,5 +1,6 @@
 import type { EventEmitter } from "node:events";
 import { Announcer } from "./announce.js";
+import { Binding } from "./binding.js";
 import { coalesceLimit, Ends, lookups, touches } from "./coalesce.js";
 import { ReadCache } from "./cache.js";
 import type { StoreContext } from "./context.js";
@@ -35,6 +36,8 @@ export interface StoreParts {
   readonly writes: Writes;
   /** The records API: list, count, revoke, extend. */
   readonly records: Records;
+  /** A signed-in session used from another device (`onBindingChange`). */
+  readonly binding: Binding;
   /** One reaper round now, bounded by the store's `timeout`. */
   reap(signal?: AbortSignal): Promise<ReapResult>;
   /** The table and its columns are there, and the LISTENs of `cache` and `broadcast` hear (see the store's `ready`). */
@@ -118,10 +121,12 @@ export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StorePa
   reaper?.start();
   // With `broadcast`, hear the other instances' events (undefined on a driver that cannot LISTEN).
   const hearing: Hearing | undefined = options.broadcast ? events.listen(options.listen ?? db) : undefined;
+  const writes = new Writes(s);
   return {
     s,
-    writes: new Writes(s),
+    writes,
     records: new Records(s),
+    binding: new Binding(s, writes),
     reap: reapNow,
     async ready() {
       const rows = await exec.query<{ schema: string | null; name: string; column: string | null; standby: unknown }>(sql.catalog(), true);

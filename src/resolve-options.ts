@@ -41,6 +41,7 @@ export const DEFAULTS = Object.freeze({
   prepare: true,
   broadcast: false,
   versioned: false,
+  onBindingChange: "event" as "event" | "end",
   timeout: 10_000,
   reaper: Object.freeze<ResolvedReaperOptions>({ interval: 900_000, batchSize: 5_000, jitter: 0.1 }),
   /** The options of a `cache` given without them. */
@@ -115,6 +116,7 @@ export const STORE_OPTIONS: OptionChecks<SessionStoreOptions> = {
   versioned: is.boolean,
   timeout: is.positive(),
   maxSessionsPerUser: is.positive("sessions, e.g. 5", true),
+  onBindingChange: is.oneOf(["event", "end"]),
   reaper: (options, name) => void resolveReaperOptions(options[name] as ReaperOptions),
   prepare: is.boolean,
   replicaReads: (options, name) => void resolveReplicaReads(options[name] as ReplicaReadOptions, true),
@@ -229,6 +231,7 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
     reaper: resolveReaperOptions(options.reaper),
     encrypt: resolveEncrypt(options.encrypt),
     maxSessionsPerUser: options.maxSessionsPerUser,
+    onBindingChange: options.onBindingChange ?? DEFAULTS.onBindingChange,
   };
 }
 

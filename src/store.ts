@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { Store, type SessionData } from "express-session";
 import { assemble, type StoreParts } from "./assemble.js";
+import type { Binding } from "./binding.js";
 import { answer, answerNow, type Callback } from "./callback.js";
 import type { StoreContext } from "./context.js";
 import { attempt } from "./errors.js";
@@ -46,6 +47,8 @@ export class SessionStore extends Store {
   private readonly writes: Writes;
   /** The records API: list, count, revoke, extend. */
   private readonly records: Records;
+  /** A signed-in session used from another device (`onBindingChange`). */
+  private readonly binding: Binding;
   /** The rest: the reaper, `ready`'s checks, and what `close` stops. */
   private readonly parts: StoreParts;
 
@@ -60,7 +63,7 @@ export class SessionStore extends Store {
       run: (action, operation, detail) => this.run(action, operation, detail),
       userIdOf: (session) => this.userIdOf(session),
     });
-    ({ s: this.s, writes: this.writes, records: this.records } = this.parts);
+    ({ s: this.s, writes: this.writes, records: this.records, binding: this.binding } = this.parts);
   }
 
   /**
@@ -70,6 +73,8 @@ export class SessionStore extends Store {
    * the error of the statement it was in, and `TIMEOUT` no later than `timeout` after its own call.
    */
   get(sid: string, callback?: Callback<SessionData | null>): Promise<SessionData | null> {
+    const binding = this.binding.pending(sid);
+    if (binding) return this.op("get", () => binding.then(() => this.get(sid)), callback);
     // A cache hit answers without an operation's promise chain (it costs what MemoryStore's get costs).
     const cached = this.s.cache && isValidId(sid) ? this.s.cache.get(sid, performance.now()) : undefined;
     // Cached text was checked when it was cached (parseSession on read, and on write in remember).
@@ -91,7 +96,8 @@ export class SessionStore extends Store {
    * or deleted, and the cookie, over what the row holds now.
    */
   set(sid: string, session: SessionData, callback?: Callback): Promise<void> {
-    return this.op("set", () => this.writes.save(sid, session), callback);
+    const binding = this.binding.pending(sid);
+    return this.op("set", () => (binding ? binding.then(() => this.writes.save(sid, session)) : this.writes.save(sid, session)), callback);
   }
 
   /** Ends a session (express-session's destroy and logout). Succeeds when there is no such session. */
@@ -104,6 +110,8 @@ export class SessionStore extends Store {
    * stored one by less than `touchAfter` (an earlier expiry is always written).
    */
   override touch(sid: string, session: SessionData, callback?: Callback): Promise<void> {
+    const binding = this.binding.pending(sid);
+    if (binding) return this.op("touch", () => binding.then(() => this.writes.touch(sid, session)?.()), callback);
     let write: (() => Promise<void>) | undefined;
     try {
       write = this.writes.touch(sid, session);
@@ -157,7 +165,23 @@ export class SessionStore extends Store {
   override createSession(req: any, data: SessionData): any {
     const loaded = Mark.loaded((data as any)?.[LOADED]);
     const session = super.createSession(req, data);
-    return loaded ? withLoaded(session, loaded) : session;
+    if (!loaded) return session;
+    // Checked against its row's device before the app sees it (`onBindingChange`).
+    return this.binding.created(req, data, withLoaded(session, loaded), (r) => (this as unknown as { generate(req: unknown): void }).generate(r));
+  }
+
+  /**
+   * Checks a session this store loaded against the device its row recorded (see `onBindingChange`),
+   * in memory: on a change it emits `bindingChanged` and, with `"end"`, ends the session. express-session's
+   * requests are checked when they get their session; call this for @fastify/session's in a `preHandler`
+   * hook, and with `true` give the request a new session (`await request.session.regenerate()`).
+   * @returns whether the session ended (with `onBindingChange: "end"`), so the request must not use it
+   */
+  async checkBinding(session: unknown): Promise<boolean> {
+    const sid = (session as any)?.sessionId ?? (session as any)?.id;
+    const change = typeof sid === "string" ? this.binding.check(sid, session as SessionData) : undefined;
+    if (change) await change.done;
+    return change?.ends === true;
   }
 
   /**

@@ -316,17 +316,17 @@ export class Writes {
       withLoaded(session, { ...loaded, ua: ua ?? loaded.ua, ip: ip ?? loaded.ip, ...localExpiry(written, sent, this.s.cache?.ttl ?? Infinity) });
   }
 
-  /** Ends the session of `sid` for `reason`. */
-  async end(sid: string, reason: EndReason): Promise<boolean> {
+  /** Ends the session of `sid` for `reason`; `first`: the events of why it ended, announced before its `ended`. */
+  async end(sid: string, reason: EndReason, first?: (rows: EventRow[]) => Announcement[]): Promise<boolean> {
     if (!isValidId(sid)) return false;
     const keys = this.s.keysOf(sid);
     this.s.evict(keys);
-    const record = this.s.events.recordsEnds();
+    const record = first !== undefined || this.s.events.recordsEnds();
     // Ends that come together share a statement (coalesce.ts); each is announced to every cache before it resolves.
     const rows = (await this.s.ends.end(keys, reason, record, performance.now())) as Array<{ key: string } & EventRow>;
     // Evict again: a read or write of this store that overlapped the end may have cached the session.
     this.s.evict(keys);
-    if (record) this.s.events.ended(rows, reason);
+    if (record) this.s.events.ended(rows, reason, first?.(rows));
     return rows.length > 0;
   }
 
