@@ -1,5 +1,6 @@
 import type { EventEmitter } from "node:events";
 import { Announcer } from "./announce.js";
+import { Binding } from "./binding.js";
 import { coalesceLimit, Ends, lookups, touches } from "./coalesce.js";
 import { ReadCache } from "./cache.js";
 import type { StoreContext } from "./context.js";
@@ -38,6 +39,8 @@ export interface StoreParts {
   readonly records: Records;
   /** New ids for sessions, and re-authentications. */
   readonly rotations: Rotations;
+  /** A signed-in session used from another device (`onBindingChange`). */
+  readonly binding: Binding;
   /** One reaper round now, bounded by the store's `timeout`. */
   reap(signal?: AbortSignal): Promise<ReapResult>;
   /** The table and its columns are there, and the LISTENs of `cache` and `broadcast` hear (see the store's `ready`). */
@@ -122,11 +125,13 @@ export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StorePa
   // With `broadcast`, hear the other instances' events (undefined on a driver that cannot LISTEN).
   const hearing: Hearing | undefined = options.broadcast ? events.listen(options.listen ?? db) : undefined;
   const rotations = new Rotations(s);
+  const writes = new Writes(s, rotations);
   return {
     s,
-    writes: new Writes(s, rotations),
+    writes,
     rotations,
     records: new Records(s),
+    binding: new Binding(s, writes),
     reap: reapNow,
     async ready() {
       const rows = await exec.query<{ schema: string | null; name: string; column: string | null; standby: unknown }>(sql.catalog(), true);

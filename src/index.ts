@@ -1,6 +1,6 @@
 export { SessionStore } from "./store.js";
 export type { RequireRecentLoginOptions } from "./reauth.js";
-export type { LifecycleEvents, SessionEndedEvent, SessionEvent, SessionStoreEvents, SessionStoreListener } from "./events.js";
+export type { BindingChangedEvent, LifecycleEvents, SessionEndedEvent, SessionEvent, SessionStoreEvents, SessionStoreListener } from "./events.js";
 export type { TraceContext } from "./trace.js";
 export { describeDevice } from "./device.js";
 export type { EndReason, ExtendOptions, OwnerScope, RevokeOptions, SessionQuery, SessionRecord, SessionStatus, UserId } from "./records.js";

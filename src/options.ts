@@ -257,6 +257,21 @@ export interface SessionStoreOptions {
    */
   maxSessionsPerUser?: number | SessionCapOptions;
   /**
+   * What happens when a live session with a user is used from another browser family or operating system
+   * than its row recorded ("Firefox on Linux" becomes "Chrome on Windows"; a browser update is not a
+   * change): `"event"` emits `bindingChanged` and the row records the new device; `"end"` also ends the
+   * session (`ended`, reason `binding`) before the app sees it, and the request goes on with no session
+   * (express-session gives it a new, empty one). The comparison is made in memory on what the request
+   * loaded; only a change costs a write. express-session's requests are checked when they get their
+   * session; with @fastify/session, call {@link SessionStore.checkBinding} in a hook (docs/events.md).
+   *
+   * The trade-off: a user agent is chosen by the client, so this catches careless cookie theft (a copied
+   * cookie replayed from another browser), not an attacker who copies the user agent too. The IP is
+   * deliberately not part of the binding: mobile networks and VPNs change it within a session.
+   * @default "event"
+   */
+  onBindingChange?: "event" | "end";
+  /**
    * Use named prepared statements for the hot path. Turn off behind pgbouncer < 1.21 in transaction mode.
    * @default true
    */
@@ -372,6 +387,7 @@ export interface ResolvedOptions {
   timeout: number;
   reaper: ResolvedReaperOptions | false;
   maxSessionsPerUser: Required<SessionCapOptions> | undefined;
+  onBindingChange: "event" | "end";
   encrypt: SealSettings | undefined;
 }
 

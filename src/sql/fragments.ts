@@ -142,7 +142,7 @@ export class Fragments {
   }
 
   /** The {@link EventRow} columns, for a `returning`. */
-  private eventColumns(): SQL {
+  protected eventColumns(): SQL {
     const t = this.t;
     return sql`${t.handle} as handle, ${t.userId}::text as user_id, ${t.label} as label, ${t.userAgent} as user_agent, ${t.ip} as ip`;
   }
