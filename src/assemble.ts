@@ -20,7 +20,7 @@ import { quotedName } from "./schema.js";
 import { Sealer } from "./seal.js";
 import { Statements } from "./statements.js";
 import { traced } from "./trace.js";
-import { Rotations } from "./rotate.js";
+import { ROTATED_AWAY, RotatedAway, Rotations } from "./rotate.js";
 import { Writes } from "./writes.js";
 
 /**
@@ -76,6 +76,7 @@ export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StorePa
     evict(keys);
     await invalidations?.announce(keys);
   };
+  const away = new RotatedAway(options.rotationGrace);
   const cache = options.cache
     ? new ReadCache<Loaded>(options.cache, {
         listenDb: options.listen ?? db,
@@ -84,7 +85,8 @@ export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StorePa
         notify: (payload) => exec.query(sql.notify(payload)),
         report: (error) => hooks.report(error),
         probeError: (error) => databaseError(error, sql.tableName, "the cache's NOTIFY probe"),
-        heard: (key) => evict([key]),
+        // Another instance rotated a session away from this key: requests in flight here must not send it back.
+        heard: (key) => (key.startsWith(ROTATED_AWAY) ? away.add([key.slice(ROTATED_AWAY.length)]) : evict([key])),
       })
     : undefined;
   cache?.start();
@@ -124,7 +126,7 @@ export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StorePa
   reaper?.start();
   // With `broadcast`, hear the other instances' events (undefined on a driver that cannot LISTEN).
   const hearing: Hearing | undefined = options.broadcast ? events.listen(options.listen ?? db) : undefined;
-  const rotations = new Rotations(s);
+  const rotations = new Rotations(s, away);
   const writes = new Writes(s, rotations);
   return {
     s,

@@ -7,7 +7,7 @@ import request from "supertest";
 import { afterEach, describe, expect, it } from "vitest";
 import { rotateSession, SessionStore, sessionMiddleware, type SessionEndedEvent, type SessionStoreOptions } from "../src/index.js";
 import { cookieOf } from "./support/app.js";
-import { cacheReady, drivers, sessionData, sleep, type TestDb, useTestDb } from "./support/db.js";
+import { cacheReady, drivers, notifyBarrier, sessionData, sleep, type TestDb, useTestDb } from "./support/db.js";
 
 /*
  * Rotation that keeps the session (rotateSession, markAuthenticated of a request, renewAfter) and theft
@@ -126,6 +126,59 @@ describe.each(drivers)("rotation on %s", (driver) => {
       expect((await store.list({ userId: "ann", status: "ended" }))[0]?.endReason).toBe("reused");
       // Once ended, the old id is unknown like any other.
       expect((await request(app).get("/me").set("Cookie", cookie)).status).toBe(200);
+    });
+
+    it("a request that read the session before a rotation and answers after it does not send the old id back", async () => {
+      const { store, cookie } = await signedIn();
+      let release!: () => void;
+      const held = new Promise<void>((resolve) => void (release = resolve));
+      const app = express();
+      app.use(sessionMiddleware({ store, secret: "rotation test secret", cookie: { secure: false, maxAge: HOUR } }));
+      app.get("/slow", async (req, res) => {
+        await held;
+        (req.session as any).seen = true;
+        res.json({ user: req.session.userId ?? null });
+      });
+      app.post("/rotate", async (req, res) => void res.json({ rotated: await rotateSession(req) }));
+      const slow = request(app)
+        .get("/slow")
+        .set("Cookie", cookie)
+        .then((r) => r);
+      await sleep(100);
+      const rotated = cookieOf(await request(app).post("/rotate").set("Cookie", cookie), "sid")!;
+      expect(sid(rotated)).not.toBe(sid(cookie));
+      release();
+      const late = await slow;
+      expect(late.body).toEqual({ user: "ann" });
+      expect(cookieOf(late, "sid")).toBeUndefined();
+      expect(((await store.get(sid(rotated))) as any)?.seen).toBe(true);
+    });
+
+    it("with the cache, a request in flight on another instance during a rotation does not send the old id back either", async () => {
+      if (!variant.cache) return;
+      const { store, cookie } = await signedIn();
+      const other = await storeWith({ ...variant });
+      let release!: () => void;
+      const held = new Promise<void>((resolve) => void (release = resolve));
+      const slowApp = express();
+      slowApp.use(sessionMiddleware({ store: other, secret: "rotation test secret", cookie: { secure: false, maxAge: HOUR } }));
+      slowApp.get("/slow", async (req, res) => {
+        await held;
+        res.json({ user: req.session.userId ?? null });
+      });
+      const slow = request(slowApp)
+        .get("/slow")
+        .set("Cookie", cookie)
+        .then((r) => r);
+      await sleep(100);
+      const rotated = cookieOf(await request(rotationApp(store)).post("/rotate").set("Cookie", cookie), "sid")!;
+      expect(sid(rotated)).not.toBe(sid(cookie));
+      // Once the other instance heard the rotation (its cache's LISTEN).
+      await notifyBarrier(other);
+      release();
+      const late = await slow;
+      expect(late.body).toEqual({ user: "ann" });
+      expect(cookieOf(late, "sid")).toBeUndefined();
     });
 
     it("with detectReuse false, the old id after the grace window opens nothing and ends nothing", async () => {
