@@ -81,8 +81,9 @@ export interface SessionStoreOptions {
    */
   idleTimeout?: number;
   /**
-   * Absolute timeout: a session is dead this long after it was created, whatever the activity. Never
-   * renewed. Turned on later, it applies at once to existing sessions, counted from their creation.
+   * Absolute timeout: a session is dead this long after it was created, whatever the activity; no activity
+   * renews it, a re-authentication restarts it (`restartOnReauthentication`). Turned on later, it applies
+   * at once to existing sessions, counted from their creation.
    * @default undefined (no absolute limit)
    */
   absoluteTimeout?: number;
@@ -90,7 +91,9 @@ export interface SessionStoreOptions {
    * How long an id a session was rotated away from (`rotateSession`, `markAuthenticated` of a request,
    * `renewAfter`) still opens it, in ms: requests already in flight with the old cookie neither fail nor
    * fork the session (their writes land in it, and their responses do not send the old id again). After
-   * it the old id opens nothing, and with `detectReuse` ends the session.
+   * it the old id opens nothing, and with `detectReuse` ends the session. A request that read the session
+   * before the rotation and answers after it does not send the old id back either, when the rotation was
+   * this instance's, or another's that its `cache` heard of.
    * @default 10_000
    */
   rotationGrace?: number;
@@ -98,8 +101,8 @@ export interface SessionStoreOptions {
    * Theft detection: an id a session was rotated away from, used after `rotationGrace`, means the old
    * cookie or token was copied. The session ends everywhere (reason `reused`, an `ended` event) and that
    * lookup fails with a `SessionStoreError` of code `SESSION_REUSED` (status 401), for the app to say why
-   * the user was signed out. `false`: such an id opens nothing, like an unknown one. Only the id just
-   * before the current one is known.
+   * the user was signed out. `false`: such an id opens nothing, like an unknown one. Every id a session
+   * was rotated away from is known while it lives, each with its own grace window.
    * @default true
    */
   detectReuse?: boolean;
