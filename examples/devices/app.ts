@@ -9,7 +9,7 @@ import { randomBytes, timingSafeEqual } from "node:crypto";
 import express, { type Express, type NextFunction, type Request, type Response } from "express";
 import passport from "passport";
 import { Strategy as LocalStrategy } from "passport-local";
-import { SessionStore, sessionMiddleware, type AnyPgDatabase, type EncryptOptions, type SessionMiddleware } from "connect-drizzle";
+import { SessionStore, SessionStoreError, sessionMiddleware, type AnyPgDatabase, type EncryptOptions, type SessionMiddleware } from "connect-drizzle";
 import {
   addSignInNotice,
   createTables,
@@ -276,6 +276,15 @@ export async function createApp(options: DevicesAppOptions): Promise<DevicesApp>
 
   app.use((req, res) => page(req, res, 404, messagePage(ctx(req), "Not found", "There is no such page.")));
   app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
+    if (err instanceof SessionStoreError && err.code === "SESSION_REUSED") {
+      // The id this request came with had been replaced and its grace was over: two holders of one
+      // cookie, one of them not the user. The store has ended the session everywhere; say so (no session
+      // here: the lookup failed, so the page has no user and no form).
+      console.warn(`signed out a session whose old cookie came back from ${req.ip ?? "an unknown address"} (${req.get("user-agent") ?? "no user agent"})`);
+      if (res.headersSent) return;
+      if (req.path.startsWith("/api/")) return res.status(401).json({ error: "signed out: this session's token was used from elsewhere" });
+      return page(req, res, 401, messagePage({ csrf: "" }, "You were signed out", REUSED_MESSAGE));
+    }
     console.error(err);
     if (res.headersSent) return;
     if (req.path.startsWith("/api/")) return res.status(500).json({ error: "internal error" });
@@ -305,6 +314,9 @@ export async function createApp(options: DevicesAppOptions): Promise<DevicesApp>
 
   return { app, store, sessions, close: () => store.close() };
 }
+
+const REUSED_MESSAGE = html`You were signed out because your session's cookie was used from elsewhere: someone else may have a
+  copy of it, so the session has ended for both of you. <a href="/login">Log in again</a>, then check Your devices.`;
 
 const NOTICES: Record<string, (query: Request["query"]) => string> = {
   revoked: () => "Revoked: that device is signed out (on its next request).",
