@@ -264,6 +264,7 @@ const REASONS: Record<string, string> = {
   rotated: "Signed in again",
   expired: "Expired",
   evicted: "Signed out: too many devices",
+  reused: "Signed out: this session's cookie was used from elsewhere",
 };
 
 function deviceCell(s: SessionRecord, label: string | undefined): Html {
