@@ -7,7 +7,7 @@ import type { EndReason, ExtendOptions, Records, RevokeOptions, SessionQuery, Se
  * store.ts holds the express-session contract.
  */
 export abstract class StoreRecords extends Store {
-  /** The records API: list, count, revoke, extend. */
+  /** The records API: list, count, revoke, extend. @internal */
   protected abstract readonly records: Records;
 
   /**

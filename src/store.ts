@@ -47,7 +47,7 @@ export class SessionStore extends StoreRecords {
   private readonly s: StoreContext;
   /** Reading, saving, touching and ending a session's row. */
   private readonly writes: Writes;
-  /** The records API: list, count, revoke, extend (the methods are StoreRecords'). */
+  /** The records API: list, count, revoke, extend (the methods are StoreRecords'). @internal */
   protected readonly records: Records;
   /** A signed-in session used from another device (`onBindingChange`). */
   private readonly binding: Binding;

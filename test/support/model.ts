@@ -2173,7 +2173,8 @@ async function openReal(config: Config, t: TestDb): Promise<Real> {
   if (config.cache) {
     try {
       const live = (i: Instance) => internals(i.store).cache?.live !== false;
-      await until(() => opened.every(live), NOTIFY_WAIT, "every cache to go live");
+      // Bounded, and generous: the whole suite runs beside it.
+      await until(() => opened.every(live), 3 * NOTIFY_WAIT, "every cache to go live");
       await barrier(r);
     } catch (error) {
       await closeReal(r);
