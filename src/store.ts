@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { Store, type SessionData } from "express-session";
+import type { SessionData } from "express-session";
 import { assemble, type StoreParts } from "./assemble.js";
 import { StoreRecords } from "./store-records.js";
 import type { Binding } from "./binding.js";
@@ -13,7 +13,7 @@ import type { SessionStoreOptions } from "./options.js";
 import { sessionOwner } from "./owner.js";
 import type { ReplicaStats } from "./replicas.js";
 import type { ReapResult } from "./reaper.js";
-import type { EndReason, ExtendOptions, Records, RevokeOptions, SessionQuery, SessionRecord, UserId } from "./records.js";
+import type { Records } from "./records.js";
 import { readSession } from "./read.js";
 import { registerRotator, rotateRequest, rotationHook } from "./rotation.js";
 import { mintFrom, recentLoginGuard, signedInAt, type RequireRecentLoginOptions } from "./reauth.js";
