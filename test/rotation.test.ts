@@ -1,12 +1,9 @@
-import fastifyCookie from "@fastify/cookie";
-import fastifySession from "@fastify/session";
 import express, { type Express } from "express";
 import session from "express-session";
-import Fastify from "fastify";
 import request from "supertest";
 import { afterEach, describe, expect, it } from "vitest";
 import { rotateSession, SessionStore, sessionMiddleware, type SessionEndedEvent, type SessionStoreOptions } from "../src/index.js";
-import { cookieOf } from "./support/app.js";
+import { cookieOf, fastifyApp } from "./support/app.js";
 import { cacheReady, drivers, notifyBarrier, sessionData, sleep, type TestDb, useTestDb } from "./support/db.js";
 
 /*
@@ -229,10 +226,12 @@ describe.each(drivers)("rotation on %s", (driver) => {
     });
 
     it("renewAfter gives a session whose id is older than it a new id on its next request, the old one within its grace window", async () => {
-      const { app, cookie } = await signedIn({ renewAfter: 300 });
+      const started = performance.now();
+      const { app, cookie } = await signedIn({ renewAfter: 1_000 });
       const fresh = await request(app).get("/me").set("Cookie", cookie);
-      expect(cookieOf(fresh, "sid") === undefined || sid(cookieOf(fresh, "sid")!) === sid(cookie)).toBe(true);
-      await sleep(400);
+      // (Only when this machine was quick enough for the id to be younger than renewAfter still.)
+      if (performance.now() - started < 900) expect(cookieOf(fresh, "sid") === undefined || sid(cookieOf(fresh, "sid")!) === sid(cookie)).toBe(true);
+      await sleep(1_100);
       const renewed = cookieOf(await request(app).get("/me").set("Cookie", cookie).expect(200), "sid")!;
       expect(sid(renewed)).not.toBe(sid(cookie));
       expect((await request(app).get("/me").set("Cookie", renewed)).body).toEqual({ user: "ann", cart: ["book"] });
@@ -343,15 +342,7 @@ describe.each(drivers)("rotation on %s", (driver) => {
 
     it("@fastify/session: rotateSession gives the request a new id and cookie, keeping the data; the old one's response does not send it back", async () => {
       const store = await storeWith();
-      const app = Fastify();
-      await app.register(fastifyCookie);
-      await app.register(fastifySession, {
-        store,
-        secret: "a fastify session secret of 32+ characters",
-        cookieName: "sid",
-        saveUninitialized: false,
-        cookie: { secure: false },
-      });
+      const app = await fastifyApp(store);
       app.addHook("preHandler", store.rotation());
       app.post("/login", async (req) => {
         req.session.set("userId" as any, "ann");
