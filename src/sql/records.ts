@@ -17,7 +17,7 @@ export class RecordStatements extends WriteStatements {
   /** A user's records, newest activity first; `current` is the keys of the session to mark. */
   list(userId: string, status: SessionStatus | "all" | undefined, current: string[] | undefined, limit: number, after?: ListCursor): SQL {
     const t = this.t;
-    const isCurrent = current === undefined ? sql`false` : this.byId(current);
+    const isCurrent = current === undefined ? sql`false` : sql`coalesce(${this.byId(current)}, false)`;
     const sortAt = this.newestFirst(status);
     // Keyset: the rows after the cursor's in the order below (newest first, then by handle).
     const at = after && sql`to_timestamp(${after.at}::float8 / 1000)`;
@@ -53,7 +53,7 @@ export class RecordStatements extends WriteStatements {
     const except =
       exceptHandles.length === 0
         ? sql``
-        : sql` and not (${this.byId(exceptKeys)} or ${t.handle} in (${sql.join(
+        : sql` and not (coalesce(${this.byId(exceptKeys)}, false) or ${t.handle} in (${sql.join(
             exceptHandles.map((h) => sql`${h}`),
             sql`, `,
           )}))`;
