@@ -143,8 +143,16 @@ export class Rotations {
     return row;
   }
 
-  /** A re-authenticating request's idle lifetime from now, from its cookie (`null`: keep the span the row had). */
+  /**
+   * A re-authenticating request's idle lifetime from now: its cookie's whole `maxAge` (capped by
+   * `idleTimeout`), as the idle clock starts again; without one, what its cookie has left (`ttl` for a
+   * browser-session cookie). `null` without a session: keep the span the row had.
+   */
   private lifeOf(session: SessionData | undefined, now: number): number | null {
-    return session === undefined ? null : expiryOf(session, now, this.s.options) - now;
+    if (session === undefined) return null;
+    const maxAge = (session.cookie as { originalMaxAge?: unknown } | undefined)?.originalMaxAge;
+    const { idleTimeout } = this.s.options;
+    if (typeof maxAge !== "number" || !(maxAge > 0)) return expiryOf(session, now, this.s.options) - now;
+    return idleTimeout === undefined ? maxAge : Math.min(maxAge, idleTimeout);
   }
 }

@@ -75,8 +75,6 @@ export async function rotateRequest(req: unknown, reauth: boolean): Promise<bool
     found.replace(newSid, undefined);
     return true;
   }
-  // A re-authentication restarts the idle clock: the cookie's expiry from now (express-session's and @fastify/session's touch).
-  if (reauth) (found.session as { touch?: () => void }).touch?.();
   const next = await rotator.rotations.rotate(found.sid, newSid, found.session, reauth);
   if (next) found.replace(newSid, next);
   // Through the id it was rotated away from (within its grace window) a re-authentication still counts.

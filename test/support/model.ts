@@ -1000,10 +1000,8 @@ function requestRotationStep(slot: number, how: "rotateId" | "reauth" | "renew")
       const { s, obj, inst } = held;
       const store = on(r, inst).store;
       const req = requestFor(obj, held.sid, store);
-      // A re-authentication restarts the idle clock from the request's cookie: what it has left, or (when
-      // the request's session touches its cookie) its whole maxAge.
-      const left = new Date(obj.cookie.expires).getTime() - store.clock();
-      const life = { lo: left, hi: Math.max(left, obj.cookie.originalMaxAge) };
+      // A re-authentication restarts the idle clock with the request's cookie's whole maxAge.
+      const life = { lo: obj.cookie.originalMaxAge, hi: obj.cookie.originalMaxAge };
       const start = real();
       await new Promise<void>((resolve, reject) => store.rotation()(req, { setHeader() {} }, (err?: unknown) => (err ? reject(err) : resolve())));
       const renewed: string = req.sessionID;
