@@ -295,7 +295,8 @@ export class Writes {
     const old = req.session ? loadedAs(req.session, req.sessionID) : undefined;
     const rotated: Rotated | undefined = owner !== null && old && this.ownerRead(old) === owner ? { owner, at: signInOf(old) } : undefined;
     req[ROTATED] = rotated;
-    await this.end(req.sessionID, owner !== null ? "rotated" : "logout");
+    // A session this store never loaded for the request (a visitor's new one, at login) was never a rotated one's id.
+    await this.end(req.sessionID, owner !== null ? "rotated" : "logout", undefined, old !== undefined);
   }
 
   /** What a touch writes, or undefined when it is skipped (the expiry is fresh and the device the same). */
@@ -339,9 +340,12 @@ export class Writes {
       withLoaded(session, { ...loaded, ua: ua ?? loaded.ua, ip: ip ?? loaded.ip, ...localExpiry(written, sent, this.s.cache?.ttl ?? Infinity) });
   }
 
-  /** Ends the session of `sid` for `reason`; `first`: the events of why it ended, announced before its `ended`. */
-  async end(sid: string, reason: EndReason, first?: (rows: EventRow[]) => Announcement[]): Promise<boolean> {
-    return isValidId(sid) && endSession(this.s, this.s.keysOf(sid), reason, first);
+  /**
+   * Ends the session of `sid` for `reason`; `first`: the events of why it ended, announced before its
+   * `ended`; `rotated`: see endSession.
+   */
+  async end(sid: string, reason: EndReason, first?: (rows: EventRow[]) => Announcement[], rotated = true): Promise<boolean> {
+    return isValidId(sid) && endSession(this.s, this.s.keysOf(sid), reason, first, rotated);
   }
 
   /** The number of live sessions. */

@@ -80,7 +80,8 @@ describe.each(drivers)("coalesced lookups on %s", (driver) => {
     // Each session ended twice at once, and a session that never was.
     const { sent } = await sending(() => Promise.all([...ids, ...ids, "never-was"].map((id) => store.destroy(id))));
     expect(sent.some((text) => text.includes(MANY))).toBe(true);
-    expect(sent.length).toBeLessThan(ids.length);
+    // (An end that found nothing under the current keys looks for an id rotated away from, alone: `?|`.)
+    expect(sent.filter((text) => !text.includes("?|")).length).toBeLessThan(ids.length);
     expect(await Promise.all(ids.map((id) => store.get(id)))).toEqual(ids.map(() => null));
     expect((await Promise.all(kept.map((id) => store.get(id)))).every((session) => session !== null)).toBe(true);
     expect(ended.map((e) => e.handle).sort()).toEqual([...handles].sort());

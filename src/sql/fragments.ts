@@ -78,12 +78,7 @@ export class Fragments {
   byId(keys: Array<string | SQL>, anyTime = false): SQL {
     // Both sides as they are, so that the planner looks them up in their indexes (a BitmapOr); null for a
     // row never rotated that is not the id's: `not` of it needs a coalesce.
-    return sql`(${this.byKeys(keys)} or ${this.rotatedFrom(sql`array[${list(keys)}]::text[]`, anyTime)})`;
-  }
-
-  /** {@link byId} of many session ids at once, as {@link anyKey}. */
-  anyId(keys: SQL, anyTime = false): SQL {
-    return sql`(${this.anyKey(keys)} or ${this.rotatedFrom(arrayOf(keys), anyTime)})`;
+    return sql`(${this.byKeys(keys)} or ${this.rotatedFrom(this.keyArray(keys), anyTime)})`;
   }
 
   /**
@@ -95,19 +90,14 @@ export class Fragments {
     return anyTime ? rotated : sql`${rotated} and ${this.inGrace(keys)}`;
   }
 
+  /** A session id's keys (or their placeholders) as a text[]. */
+  protected keyArray(keys: Array<string | SQL>): SQL {
+    return sql`array[${list(keys)}]::text[]`;
+  }
+
   /** Whether one of `keys` (a text[]) the row was rotated away from still opens it. */
   protected inGrace(keys: SQL): SQL {
     return sql`exists (select 1 from jsonb_each_text(${this.t.previousKeys}) p where p.key = any(${keys}) and p.value::timestamptz > ${NOW})`;
-  }
-
-  /**
-   * Which of a session id's keys a row was found under, as `matched`: its key, or a key it was rotated
-   * away from (so that a shared statement's row goes to the call that asked for it, see coalesce.ts).
-   */
-  protected matched(keys: SQL): SQL {
-    const t = this.t;
-    return sql`case when ${this.anyKey(keys)} then ${t.key}
-      else (select p from jsonb_object_keys(${t.previousKeys}) p where p = any(${arrayOf(keys)}) limit 1) end as matched`;
   }
 
   /**

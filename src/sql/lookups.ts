@@ -24,12 +24,14 @@ export class LookupStatements extends Fragments {
       (v) => {
         const t = this.t;
         const keys = sql.join(keyParams(n, v), sql`, `);
-        const old = sql`array[${keys}]::text[]`;
+        const old = this.keyArray(keyParams(n, v));
         // On a replica, also whether it has replayed the primary's WAL up to `floor` (a pg_lsn as text).
         const fresh = replica ? sql`, coalesce(pg_last_wal_replay_lsn() >= ${v("floor")}::text::pg_lsn, false) as fresh` : sql``;
-        // The second branch runs only when the first found nothing (the limit stops the append).
+        // The second branch runs only when the first found nothing (the outer limit stops the append). It has
+        // no limit of its own (an old key is one row's at most): with one, the planner's guess of how many rows
+        // match `?|` made a scan of the table that stops at the first match look cheaper than the index.
         return sql`select * from ((select ${this.sessionColumns()}, null::boolean as prior${fresh} from ${t} where ${t.key} in (${keys}) and ${this.live()} limit 1)
-        union all (select ${this.sessionColumns()}, ${this.inGrace(old)} as prior${fresh} from ${t} where ${this.rotatedFrom(old, true)} and ${this.live()} limit 1)) as found
+        union all (select ${this.sessionColumns()}, ${this.inGrace(old)} as prior${fresh} from ${t} where ${this.rotatedFrom(old, true)} and ${this.live()})) as found
         limit 1`;
       },
       true,

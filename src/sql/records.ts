@@ -39,7 +39,9 @@ export class RecordStatements extends WriteStatements {
   /** The handle of a live session, by its keys. */
   handleOf(keys: string[]): SQL {
     const t = this.t;
-    return sql`select ${t.handle} as handle from ${t} where ${this.byId(keys)} and ${this.live()}`;
+    // The current key first, and an old one (within its grace window) only when it found nothing.
+    return sql`select * from ((select ${t.handle} as handle from ${t} where ${this.byKeys(keys)} and ${this.live()} limit 1)
+      union all (select ${t.handle} as handle from ${t} where ${this.rotatedFrom(this.keyArray(keys), false)} and ${this.live()})) as found limit 1`;
   }
 
   /** Ends a session by handle; `owner` scopes it to a user (`undefined`: any owner). `record`: as {@link end}. */

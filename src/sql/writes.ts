@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import { sql, type SQL } from "drizzle-orm";
 import { lifetime, NOW } from "../clock.js";
 import type { Shape } from "../executor.js";
+import type { EndReason } from "../reasons.js";
 import { COOKIE_TAG } from "../seal.js";
 import { col, insertRow, keyParams, msOf } from "./fragments.js";
 import { RotationStatements } from "./rotation.js";
@@ -111,8 +112,7 @@ export class WriteStatements extends RotationStatements {
   /**
    * Inserts a session id this store did not load (a new session). It sends no cache NOTIFY: no instance
    * can have cached a row that did not exist. Nothing is inserted when a row of the id exists (under any
-   * of its `n` keys: then {@link saveExisting}), or when the id is one a session was rotated away from (an
-   * old id never becomes a session of its own).
+   * of its `n` keys): then {@link saveExisting}.
    */
   insert(n: number, login?: LoginWrite): Shape {
     return this.shape(
@@ -137,8 +137,12 @@ export class WriteStatements extends RotationStatements {
           ip: sql`${v("ip")}::text`,
           authenticatedAt: sql`case when ${v("userId")}::text is null then null when ${v("carried")}::boolean then to_timestamp(${v("authenticated")}::float8 / 1000) else ${NOW} end`,
         });
-        // Not under an id that has a row, under any of its keys or as a key some session was rotated away from.
-        const values = sql`select ${row} where not exists (select 1 from ${t} where ${this.byId(keyParams(n, v), true)})${this.applied()}`;
+        const values =
+          n > 1
+            ? sql`select ${row} where not exists (select 1 from ${t} where ${this.byKeys(keyParams(n, v).slice(1))})${this.applied()}`
+            : this.settings.applied
+              ? sql`select ${row} where true${this.applied()}`
+              : sql`values (${row})`;
         // Only the key comes back: the new row's expiry and version are what was sent (see SessionStore.save),
         // and it was authenticated now when it has a user.
         const insert = sql`insert into ${t} (${columns}) ${values} on conflict (${col(t.key)}) do nothing returning ${t.key} as key, ${msOf(t.authenticatedAt)} as authenticated_at`;
@@ -284,21 +288,30 @@ export class WriteStatements extends RotationStatements {
   }
 
   /**
-   * Ends the session of a session id for `reason` (destroy, regenerate), found under its current key or
-   * the key it was rotated away from, whenever that comes (a sign-out with an old cookie still ends it);
-   * `record`: it also returns the ended row's {@link EventRow} (a listener of `ended`, or `broadcast`,
-   * wants it). Without, it is the plain statement.
+   * Ends the session of a session id for `reason` (destroy, regenerate), under its current key (then
+   * {@link endRotated}); `record`: it also returns the ended row's {@link EventRow} (a listener of `ended`,
+   * or `broadcast`, wants it). Without, it is the plain statement.
    */
   end(n: number, record = false): Shape {
-    return this.shape(record ? `end:${n}:record` : `end:${n}`, (v) => this.ending(v("reason"), this.byId(keyParams(n, v), true), record), true);
+    return this.shape(record ? `end:${n}:record` : `end:${n}`, (v) => this.ending(v("reason"), this.byKeys(keyParams(n, v)), record), true);
   }
 
   /**
    * {@link end} of the sessions of many ids at once, for one `reason` (coalesced ends, see coalesce.ts;
-   * `keys`: {@link anyKey}), each row with the key it was found under (`matched`).
+   * `keys`: {@link anyKey}).
    */
   endMany(record = false): Shape {
-    return this.shape(`end:many:${record}`, (v) => this.ending(v("reason"), this.anyId(v("keys"), true), record, sql`, ${this.matched(v("keys"))}`), true);
+    return this.shape(`end:many:${record}`, (v) => this.ending(v("reason"), this.anyKey(v("keys")), record), true);
+  }
+
+  /**
+   * Ends the session a session id's `keys` were rotated away from, whenever (a sign-out with an old cookie
+   * still ends it): what an end does when {@link end} found nothing under the current key. Apart, so that
+   * the hot path's end is a lookup of the primary key alone (in one statement with the old keys' `?|`,
+   * the planner may scan the table).
+   */
+  endRotated(keys: string[], reason: EndReason, record: boolean): SQL {
+    return this.ending(reason, this.rotatedFrom(this.keyArray(keys), true), record);
   }
 
   /**

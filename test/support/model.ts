@@ -39,8 +39,8 @@
  * 11. Rotation keeps one session: an id a session was rotated away from (rotateSession, markAuthenticated
  *     of a request, renewAfter) opens it within its grace window (invariant 3 applies to it) and never
  *     after it, when its use ends the session as `reused`, never before; two rotations of one session
- *     never both succeed; the table never holds two live rows of one session, and an old id never
- *     becomes a session of its own. Data and owner carry over (invariants 6 and 7 follow the session to
+ *     never both succeed; the table never holds two live rows of one session (a row under an old id is
+ *     one). Data and owner carry over (invariants 6 and 7 follow the session to
  *     its new id, and a save of a request that read it under its old id lands in it).
  * 12. (`binding` configuration) A signed-in session read from another browser family and OS ends (reason
  *     `binding`, after which 1 and 2 hold of it); an anonymous one does not.
