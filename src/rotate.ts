@@ -8,7 +8,7 @@ import { keyValues, type ExpiryRow, type SessionRow } from "./statements.js";
 import type { RotationKind } from "./sql/rotation.js";
 
 /** What a rotation or re-authentication returns of the row: its key, the key it had, expiries, device, version. */
-type RotatedRow = { key: string; handle: string; previous: string | null; ua: string | null; ip: string | null; version?: number } & ExpiryRow;
+type RotatedRow = { key: string; handle: string; ua: string | null; ip: string | null; version?: number } & ExpiryRow;
 
 /** How often a rotation under `encrypt` reads the row again when a write changed it between its read and its write. */
 const SEAL_ATTEMPTS = 5;
@@ -38,7 +38,7 @@ export class Rotations {
     const kind: RotationKind = { rotate: true, reauth, restart: reauth && this.s.options.restartOnReauthentication, sealed: this.s.sealer !== undefined };
     const values = { new: newKey, grace: this.s.options.rotationGrace, life: this.lifeOf(session, sent.wall) };
     let row: RotatedRow | undefined;
-    if (!this.s.sealer) row = await this.write(this.s.keysOf(sid), kind, values);
+    if (!this.s.sealer) row = await this.write(this.s.keysOf(sid), kind, values, [newKey]);
     else {
       for (let attempt = 0; attempt < SEAL_ATTEMPTS && row === undefined; attempt++) {
         const [read] = await this.s.exec.run<SessionRow>(this.s.sql.get(this.s.keysOf(sid).length), keyValues(this.s.keysOf(sid), {}));
@@ -46,7 +46,7 @@ export class Rotations {
         const opened = openRow(this.s.sealer, read.key, read.data);
         if (typeof opened === "string") return undefined;
         const data = sealRow(this.s.sealer, newKey, opened.session, opened.text);
-        row = await this.write([read.key], kind, { ...values, was: read.data, data });
+        row = await this.write([read.key], kind, { ...values, was: read.data, data }, [newKey]);
       }
     }
     this.s.replicas?.pin([newKey]);
@@ -91,9 +91,12 @@ export class Rotations {
     return row?.key;
   }
 
-  /** Runs one rotation statement; the keys it changed (the new and the old) leave every cache before it resolves. */
-  private async write(keys: readonly string[], kind: RotationKind, values: Record<string, unknown>): Promise<RotatedRow | undefined> {
-    const announce = (rows: RotatedRow[]) => this.s.changed(rows.flatMap((row) => (row.previous === null ? [row.key] : [row.key, row.previous])));
+  /**
+   * Runs one rotation statement on the row of `keys`; the row's keys (the old ones, and `added`) leave
+   * every cache before it resolves.
+   */
+  private async write(keys: readonly string[], kind: RotationKind, values: Record<string, unknown>, added: string[] = []): Promise<RotatedRow | undefined> {
+    const announce = (rows: RotatedRow[]) => this.s.changed(rows.length === 0 ? [] : [...new Set([...keys, ...added, ...rows.map((row) => row.key)])]);
     this.s.evict(keys);
     const [row] = await this.s.exec.run<RotatedRow>(this.s.sql.rotation(keys.length, kind), keyValues(keys, { ...values }), announce);
     return row;

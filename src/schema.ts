@@ -57,8 +57,7 @@ export type SessionColumns<T extends UserIdType = "text"> = {
   endReason: Text;
   version: HasDefault<NotNull<Integer>>;
   authenticatedAt: Instant;
-  previousKey: Text;
-  previousKeyUntil: Instant;
+  previousKeys: ReturnType<typeof jsonb>;
   rotatedAt: Instant;
 };
 
@@ -116,13 +115,11 @@ function sessionColumns(options: SessionTableOptions<UserIdType>) {
      */
     authenticatedAt: instant("authenticated_at"),
     /**
-     * The key the session had before its latest rotation (`rotateSession`, a re-authentication, `renewAfter`):
-     * its old id still opens it until `previous_key_until` (the grace window), and ends it as `reused` after.
-     * Null for a session never rotated.
+     * Every key the session was rotated away from (`rotateSession`, a re-authentication, `renewAfter`), each
+     * with the end of its grace window (`{ "<key>": "<timestamptz>" }`): an old id opens the session until
+     * then, and ends it as `reused` after. Null for a session never rotated.
      */
-    previousKey: text("previous_key"),
-    /** Until when `previous_key` opens the session (the database's clock). */
-    previousKeyUntil: instant("previous_key_until"),
+    previousKeys: jsonb("previous_keys"),
     /** When the session got its current id: its latest rotation; null when it still has the id it was created with. */
     rotatedAt: instant("rotated_at"),
   };
@@ -132,10 +129,10 @@ function sessionColumns(options: SessionTableOptions<UserIdType>) {
 const endReasonList = sql.raw(END_REASONS.map((reason) => `'${reason}'`).join(", "));
 
 function sessionIndexes(name: string) {
-  return (t: { handle: any; userId: any; lastSeenAt: any; expiresAt: any; endedAt: any; endReason: any; previousKey: any }) => [
+  return (t: { handle: any; userId: any; lastSeenAt: any; expiresAt: any; endedAt: any; endReason: any; previousKeys: any }) => [
     uniqueIndex(`${name}_handle_idx`).on(t.handle),
-    // An old id opens one session at most; the index is as small as the sessions rotated.
-    uniqueIndex(`${name}_previous_key_idx`).on(t.previousKey).where(sql`${t.previousKey} is not null`),
+    // The old ids of rotated sessions (`?|`): as small as the sessions rotated.
+    index(`${name}_previous_keys_idx`).using("gin", t.previousKeys).where(sql`${t.previousKeys} is not null`),
     index(`${name}_user_idx`).on(t.userId, t.lastSeenAt.desc()).where(sql`${t.userId} is not null`),
     index(`${name}_expires_idx`).on(t.expiresAt),
     index(`${name}_ended_idx`).on(t.endedAt).where(sql`${t.endedAt} is not null`),

@@ -213,6 +213,28 @@ describe.each(drivers)("rotation on %s", (driver) => {
       });
     }
 
+    it("every id a session was rotated away from stays known: each opens it within its own grace window, and reuse of any ends it", async () => {
+      const store = await storeWith({ rotationGrace: 150 });
+      await store.set("s1", sessionData(HOUR, { userId: "ann" }));
+      expect(await store.rotate("s1", "s2")).toBe(true);
+      expect(await store.rotate("s2", "s3")).toBe(true);
+      // A request still in flight with the first id (two rotations back) is served, and its sign-out would end the session.
+      expect((await store.get("s1"))?.userId).toBe("ann");
+      await sleep(300);
+      await expect(store.get("s1")).rejects.toMatchObject({ code: "SESSION_REUSED", status: 401 });
+      expect(await store.get("s3")).toBeNull();
+      expect((await store.list({ userId: "ann", status: "ended" }))[0]?.endReason).toBe("reused");
+    });
+
+    it("a sign-out with an id two rotations back still ends the session", async () => {
+      const store = await storeWith();
+      await store.set("s1", sessionData(HOUR, { userId: "ann" }));
+      await store.rotate("s1", "s2");
+      await store.rotate("s2", "s3");
+      await store.destroy("s1");
+      expect(await store.get("s3")).toBeNull();
+    });
+
     it("an id a session was rotated away from never becomes a session of its own", async () => {
       const store = await storeWith();
       await store.set("s1", sessionData(HOUR, { userId: "ann" }));

@@ -71,38 +71,42 @@ export class Fragments {
   }
 
   /**
-   * The row of a session id, by its keys (one per secret): under its current key, or under the key it was
-   * rotated away from while that still opens it (`previous_key_until`, the rotation's grace window).
-   * `anyTime`: the old key whenever it comes (an end: a sign-out with the old cookie always ends it).
+   * The row of a session id, by its keys (one per secret): under its current key, or under a key it was
+   * rotated away from while that still opens it (its grace window, see {@link rotatedFrom}). `anyTime`: an
+   * old key whenever it comes (an end: a sign-out with an old cookie always ends the session).
    */
   byId(keys: Array<string | SQL>, anyTime = false): SQL {
-    const t = this.t;
-    // Never null (a row never rotated has no previous key), so that `not byId(...)` holds for the others too.
-    return sql`(${this.byKeys(keys)} or coalesce(${t.previousKey} in (${list(keys)})${this.graced(anyTime)}, false))`;
+    // Never null (a row never rotated has no old keys), so that `not byId(...)` holds for the others too.
+    return sql`(${this.byKeys(keys)} or coalesce(${this.rotatedFrom(sql`array[${list(keys)}]::text[]`, anyTime)}, false))`;
   }
 
   /** {@link byId} of many session ids at once, as {@link anyKey}. */
   anyId(keys: SQL, anyTime = false): SQL {
-    return sql`(${this.anyKey(keys)} or coalesce(${this.anyPrevious(keys)}${this.graced(anyTime)}, false))`;
-  }
-
-  /** `previous_key = any(...)`: the rows rotated away from any of `keys` ({@link anyKey}). */
-  protected anyPrevious(keys: SQL): SQL {
-    return sql`${this.t.previousKey} = ${anyOf(keys)}`;
+    return sql`(${this.anyKey(keys)} or coalesce(${this.rotatedFrom(arrayOf(keys), anyTime)}, false))`;
   }
 
   /**
-   * Which of a session id's keys a row was found under, as `matched`: its key, or the key it was rotated
+   * The row was rotated away from one of `keys` (a text[]: `previous_keys ?|`, which its GIN index
+   * serves), and unless `anyTime`, that key is still within its grace window ({@link inGrace}).
+   */
+  protected rotatedFrom(keys: SQL, anyTime: boolean): SQL {
+    const rotated = sql`${this.t.previousKeys} ?| ${keys}`;
+    return anyTime ? rotated : sql`${rotated} and ${this.inGrace(keys)}`;
+  }
+
+  /** Whether one of `keys` (a text[]) the row was rotated away from still opens it. */
+  protected inGrace(keys: SQL): SQL {
+    return sql`exists (select 1 from jsonb_each_text(${this.t.previousKeys}) p where p.key = any(${keys}) and p.value::timestamptz > ${NOW})`;
+  }
+
+  /**
+   * Which of a session id's keys a row was found under, as `matched`: its key, or a key it was rotated
    * away from (so that a shared statement's row goes to the call that asked for it, see coalesce.ts).
    */
   protected matched(keys: SQL): SQL {
     const t = this.t;
-    return sql`case when ${this.anyKey(keys)} then ${t.key} else ${t.previousKey} end as matched`;
-  }
-
-  /** ` and` the rotated-away key still within its grace window, or nothing (`anyTime`). */
-  private graced(anyTime: boolean): SQL {
-    return anyTime ? sql`` : sql` and ${this.t.previousKeyUntil} > ${NOW}`;
+    return sql`case when ${this.anyKey(keys)} then ${t.key}
+      else (select p from jsonb_object_keys(${t.previousKeys}) p where p = any(${arrayOf(keys)}) limit 1) end as matched`;
   }
 
   /**
@@ -246,7 +250,12 @@ function list(keys: Array<string | SQL>): SQL {
  * planner looks each key up in an index.
  */
 function anyOf(keys: SQL): SQL {
-  return sql`any(array(select jsonb_array_elements_text(${keys}::text::jsonb)))`;
+  return sql`any(${arrayOf(keys)})`;
+}
+
+/** The keys of a JSON array text parameter as a text[]. */
+export function arrayOf(keys: SQL): SQL {
+  return sql`array(select jsonb_array_elements_text(${keys}::text::jsonb))`;
 }
 
 /** Adds a session's row keys to a shaped statement's values, as `k0`, `k1`, ... */

@@ -1,16 +1,16 @@
 import { sql, type SQL } from "drizzle-orm";
 import type { Shape } from "../executor.js";
 import { NOW } from "../clock.js";
-import { Fragments, keyParams } from "./fragments.js";
+import { arrayOf, Fragments, keyParams } from "./fragments.js";
 
 /**
  * The lookups of sessions by id (the store's `get`): one session's row, or the rows of many at once for
  * lookups that come together (coalesce.ts). Shaped: values `k0`, `k1`, ... are the row keys of one id.
  *
- * A session id opens its row under its current key, or under the key the session was rotated away from
- * (`previous_key`): that row comes back with `prior`, true while the old id is within its grace window,
+ * A session id opens its row under its current key, or under a key the session was rotated away from
+ * (`previous_keys`): that row comes back with `prior`, true while the old id is within its grace window,
  * false after it (the old cookie was copied: see the store's `detectReuse`). A row found under its current
- * key has `prior` null. The current key is looked up first, and the old one only when it found nothing.
+ * key has `prior` null. The current key is looked up first, and the old ones only when it found nothing.
  */
 export class LookupStatements extends Fragments {
   /**
@@ -24,11 +24,12 @@ export class LookupStatements extends Fragments {
       (v) => {
         const t = this.t;
         const keys = sql.join(keyParams(n, v), sql`, `);
+        const old = sql`array[${keys}]::text[]`;
         // On a replica, also whether it has replayed the primary's WAL up to `floor` (a pg_lsn as text).
         const fresh = replica ? sql`, coalesce(pg_last_wal_replay_lsn() >= ${v("floor")}::text::pg_lsn, false) as fresh` : sql``;
         // The second branch runs only when the first found nothing (the limit stops the append).
         return sql`select * from ((select ${this.sessionColumns()}, null::boolean as prior${fresh} from ${t} where ${t.key} in (${keys}) and ${this.live()} limit 1)
-        union all (select ${this.sessionColumns()}, ${this.inGrace()} as prior${fresh} from ${t} where ${t.previousKey} in (${keys}) and ${this.live()} limit 1)) as found
+        union all (select ${this.sessionColumns()}, ${this.inGrace(old)} as prior${fresh} from ${t} where ${this.rotatedFrom(old, true)} and ${this.live()} limit 1)) as found
         limit 1`;
       },
       true,
@@ -45,17 +46,13 @@ export class LookupStatements extends Fragments {
       (v) => {
         const t = this.t;
         const keys = v("keys");
+        const old = arrayOf(keys);
         return sql`select ${this.sessionColumns()}, ${t.key} as matched, null::boolean as prior from ${t} where ${this.anyKey(keys)} and ${this.live()}
-        union all select ${this.sessionColumns()}, ${t.previousKey} as matched, ${this.inGrace()} as prior from ${t}
-          where ${this.anyPrevious(keys)} and ${this.live()}`;
+        union all select ${this.sessionColumns()}, p.key as matched, p.value::timestamptz > ${NOW} as prior from ${t}, jsonb_each_text(${t.previousKeys}) p
+          where ${this.rotatedFrom(old, true)} and p.key = any(${old}) and ${this.live()}`;
       },
       true,
     );
-  }
-
-  /** Whether a row's rotated-away key still opens it (its grace window). */
-  private inGrace(): SQL {
-    return sql`${this.t.previousKeyUntil} > ${NOW}`;
   }
 
   /** What a lookup reads of a session's row ({@link SessionRow}): the version only with `versioned`. */

@@ -23,11 +23,12 @@ export interface RotationKind {
 export class RotationStatements extends LookupStatements {
   /**
    * Rotates and/or re-authenticates the live session of an id (`k0`, `k1`, ...: its keys, one per
-   * secret). A rotation starts from the current key only (an id already rotated away from is not rotated
-   * again, which would fork the cookie the browser keeps); a re-authentication alone also from the old id
+   * secret). A rotation adds the key it had to `previous_keys`, with the end of its grace window, and
+   * starts from the current key only (an id already rotated away from is not rotated again, which would
+   * fork the cookie the browser keeps); a re-authentication alone also from an old id
    * within its grace window. The new idle expiry is `life` ms from now, or with `life` null the idle span
-   * the row had (its expiry minus its last use), capped by the absolute expiry. Returns the row's key, the
-   * key it had (`previous`), its expiries, device and (with `versioned`) version.
+   * the row had (its expiry minus its last use), capped by the absolute expiry. Returns the row's key and
+   * handle, its expiries, device and (with `versioned`) version.
    */
   rotation(n: number, kind: RotationKind): Shape {
     const { rotate, reauth, restart, sealed } = kind;
@@ -38,8 +39,10 @@ export class RotationStatements extends LookupStatements {
         const keys = keyParams(n, v);
         const set = [];
         if (rotate) {
-          set.push(sql`${col(t.key)} = ${v("new")}::text, ${col(t.previousKey)} = ${t.key}`);
-          set.push(sql`${col(t.previousKeyUntil)} = ${NOW} + ${millis(v("grace"))}, ${col(t.rotatedAt)} = ${NOW}`);
+          // Every id it had stays known (reuse of any of them is theft), each with its own grace window.
+          const until = sql`${NOW} + ${millis(v("grace"))}`;
+          set.push(sql`${col(t.key)} = ${v("new")}::text, ${col(t.rotatedAt)} = ${NOW}`);
+          set.push(sql`${col(t.previousKeys)} = coalesce(${t.previousKeys}, '{}'::jsonb) || jsonb_build_object(${t.key}, ${until})`);
         }
         if (reauth) {
           const absolute = this.settings.absoluteTimeout;
@@ -53,7 +56,7 @@ export class RotationStatements extends LookupStatements {
         const unchanged = sealed ? sql` and ${t.data} = ${v("was")}::text::jsonb` : sql``;
         const version = this.settings.versioned ? sql`, ${t.version} as version` : sql``;
         return sql`update ${t} set ${sql.join(set, sql`, `)} where ${which} and ${this.live()}${unchanged}${this.applied()}
-          returning ${t.key} as key, ${t.handle} as handle, ${t.previousKey} as previous, ${this.expiryColumns()}, ${t.userAgent} as ua, ${t.ip} as ip${version}`;
+          returning ${t.key} as key, ${t.handle} as handle, ${this.expiryColumns()}, ${t.userAgent} as ua, ${t.ip} as ip${version}`;
       },
       true,
     );

@@ -47,8 +47,7 @@ expectTypeOf<typeof sessions.$inferSelect>().toEqualTypeOf<{
   endReason: string | null;
   version: number;
   authenticatedAt: Date | null;
-  previousKey: string | null;
-  previousKeyUntil: Date | null;
+  previousKeys: unknown;
   rotatedAt: Date | null;
 }>();
 // Which columns an insert needs: the defaults (created_at, last_seen_at, version) and nullable ones are optional.
