@@ -108,6 +108,8 @@ export interface RotationResult {
   rows: RotationRow[];
   /** Lookups the first-branch store sent rewritten (0 would mean its cells measured both branches). */
   rewritten: number;
+  /** Rows of the sessions table when the first round started and when the last ended (a lookup's cost can grow with it). */
+  tableRows: [number, number];
   /** Consuming cells that ran out of sessions before their time (their rate is over the shorter time). */
   ranOut: string[];
 }
@@ -122,7 +124,7 @@ class Bench {
   rotated: Array<{ old: string; sid: string }> = [];
   /** Per consuming cell: ids left to use, and the last rate measured (to size the next top-up). */
   queues = new Map<CellName, { ids: string[]; rate: number }>(
-    CONSUMING.map((c) => [c, { ids: [], rate: c === "rotate" ? 8_000 : c === "reuse" ? 10_000 : 25_000 }]),
+    CONSUMING.map((c) => [c, { ids: [], rate: 3_000 }]),
   );
 
   private constructor(
@@ -262,10 +264,13 @@ export async function benchRotation(schema: string, log: (line: string) => void)
   const bench = await Bench.open(schema);
   const ops = new Map<string, number[]>();
   const ranOut: string[] = [];
+  const tableRows: [number, number] = [0, 0];
+  const count = async () => Number((await bench.pools[0]!.query(`select count(*) as n from "${schema}"."sessions"`)).rows[0].n);
   try {
     await bench.seed();
     for (let round = 0; round < ROUNDS; round++) {
       await bench.topUp();
+      if (round === 0) tableRows[0] = await count();
       for (const [g, group] of GROUPS.entries()) {
         const order = round % 2 ? [...group.cells].reverse() : group.cells;
         const line: string[] = [];
@@ -285,6 +290,7 @@ export async function benchRotation(schema: string, log: (line: string) => void)
         log(`  round ${round + 1} c=${group.concurrency}: ${line.join("  |  ")} ops/s`);
       }
     }
+    tableRows[1] = await count();
   } finally {
     await bench.close();
   }
@@ -295,7 +301,7 @@ export async function benchRotation(schema: string, log: (line: string) => void)
       return { ...spec, concurrency: group.concurrency, a, b, ratios: a.map((x, i) => x / b[i]!), labels: [CELL_LABELS[spec.a], CELL_LABELS[spec.b]] };
     }),
   );
-  return { rows, rewritten: bench.rewritten(), ranOut };
+  return { rows, rewritten: bench.rewritten(), tableRows, ranOut };
 }
 
 function median(xs: number[]): number {
@@ -343,6 +349,7 @@ export function renderRotation(result: RotationResult, previous?: Array<{ id: st
     "",
     table(["figure", "c", "this run (median, range, n)", "median ops/s (a / b)", "previous run"], rows, ["l", "r", "r", "r", "l"]),
     "",
-    `Lookups sent as their first branch: ${fmtInt(result.rewritten)}.${result.ranOut.length ? ` Cells that ran out of sessions before their time (rate over the shorter time): ${result.ranOut.join("; ")}.` : ""}`,
+    `Rows in the sessions table: ${fmtInt(result.tableRows[0])} when the first round started, ${fmtInt(result.tableRows[1])} after the last. ` +
+      `Lookups sent as their first branch: ${fmtInt(result.rewritten)}.${result.ranOut.length ? ` Cells that ran out of sessions before their time (rate over the shorter time): ${result.ranOut.join("; ")}.` : ""}`,
   ].join("\n");
 }
