@@ -3,7 +3,7 @@
  * connect-pg-simple, connect-redis and a raw-pg floor, at the store level and over HTTP, then a mixed
  * workload on two instances, in one run. Prints the tables and writes them to bench/RESULTS.md, the goals
  * also to bench/results.json (read back by the next run for its "previous run" column). See bench/README.md.
- * `BENCH_ONLY=rotation npm run bench`: only the rotation section (about 5 minutes), printed, nothing written.
+ * `BENCH_ONLY=rotation npm run bench`: only the rotation section (about 4 minutes), printed, nothing written.
  */
 import { writeFileSync } from "node:fs";
 import os from "node:os";

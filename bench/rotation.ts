@@ -123,9 +123,7 @@ class Bench {
   never: Held[] = [];
   rotated: Array<{ old: string; sid: string }> = [];
   /** Per consuming cell: ids left to use, and the last rate measured (to size the next top-up). */
-  queues = new Map<CellName, { ids: string[]; rate: number }>(
-    CONSUMING.map((c) => [c, { ids: [], rate: 3_000 }]),
-  );
+  queues = new Map<CellName, { ids: string[]; rate: number }>(CONSUMING.map((c) => [c, { ids: [], rate: 3_000 }]));
 
   private constructor(
     readonly both: OpenStore,
