@@ -93,7 +93,7 @@ const GROUPS: Group[] = [1, 32].flatMap((c) => [
     : []),
 ]);
 
-export interface RotationRow {
+interface RotationRow {
   id: string;
   figure: string;
   concurrency: number;
