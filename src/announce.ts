@@ -9,7 +9,7 @@ import type { EndReason } from "./records.js";
 import type { EventRow, LoginRow } from "./statements.js";
 
 /**
- * The store's lifecycle events (`created`, `ended`, `newDevice`): whether anyone listens, emitting them,
+ * The store's lifecycle events (`created`, `ended`, `newDevice`, `bindingChanged`): whether anyone listens, emitting them,
  * and with `broadcast` sending them sealed to the other instances and opening theirs.
  */
 export class Announcer {
@@ -73,9 +73,9 @@ export class Announcer {
     });
   }
 
-  /** Announces `ended` for each row an end returned with its record. */
-  ended(rows: readonly EventRow[], reason: EndReason): void {
-    this.own(endedEvents(rows, reason));
+  /** Announces `ended` for each row an end returned with its record, after `first` (the events that made it end). */
+  ended(rows: readonly EventRow[], reason: EndReason, first: readonly Announcement[] = []): void {
+    this.own([...first, ...endedEvents(rows, reason)]);
   }
 
   /** A payload heard on the `broadcast` channel: emitted if another instance sealed it, reported if it was refused. */

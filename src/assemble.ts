@@ -1,5 +1,6 @@
 import type { EventEmitter } from "node:events";
 import { Announcer } from "./announce.js";
+import { Binding } from "./binding.js";
 import { coalesceLimit, Ends, lookups, touches } from "./coalesce.js";
 import { ReadCache } from "./cache.js";
 import type { StoreContext } from "./context.js";
@@ -19,7 +20,7 @@ import { quotedName } from "./schema.js";
 import { Sealer } from "./seal.js";
 import { Statements } from "./statements.js";
 import { traced } from "./trace.js";
-import { Rotations } from "./rotate.js";
+import { ROTATED_AWAY, RotatedAway, Rotations } from "./rotate.js";
 import { Writes } from "./writes.js";
 
 /**
@@ -38,6 +39,8 @@ export interface StoreParts {
   readonly records: Records;
   /** New ids for sessions, and re-authentications. */
   readonly rotations: Rotations;
+  /** A signed-in session used from another device (`onBindingChange`). */
+  readonly binding: Binding;
   /** One reaper round now, bounded by the store's `timeout`. */
   reap(signal?: AbortSignal): Promise<ReapResult>;
   /** The table and its columns are there, and the LISTENs of `cache` and `broadcast` hear (see the store's `ready`). */
@@ -73,6 +76,7 @@ export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StorePa
     evict(keys);
     await invalidations?.announce(keys);
   };
+  const away = new RotatedAway(options.rotationGrace);
   const cache = options.cache
     ? new ReadCache<Loaded>(options.cache, {
         listenDb: options.listen ?? db,
@@ -81,7 +85,8 @@ export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StorePa
         notify: (payload) => exec.query(sql.notify(payload)),
         report: (error) => hooks.report(error),
         probeError: (error) => databaseError(error, sql.tableName, "the cache's NOTIFY probe"),
-        heard: (key) => evict([key]),
+        // Another instance rotated a session away from this key: requests in flight here must not send it back.
+        heard: (key) => (key.startsWith(ROTATED_AWAY) ? away.add([key.slice(ROTATED_AWAY.length)]) : evict([key])),
       })
     : undefined;
   cache?.start();
@@ -121,12 +126,14 @@ export function assemble(input: SessionStoreOptions, hooks: StoreHooks): StorePa
   reaper?.start();
   // With `broadcast`, hear the other instances' events (undefined on a driver that cannot LISTEN).
   const hearing: Hearing | undefined = options.broadcast ? events.listen(options.listen ?? db) : undefined;
-  const rotations = new Rotations(s);
+  const rotations = new Rotations(s, away);
+  const writes = new Writes(s, rotations);
   return {
     s,
-    writes: new Writes(s, rotations),
+    writes,
     rotations,
     records: new Records(s),
+    binding: new Binding(s, writes),
     reap: reapNow,
     async ready() {
       const rows = await exec.query<{ schema: string | null; name: string; column: string | null; standby: unknown }>(sql.catalog(), true);

@@ -86,7 +86,7 @@ export function reauthenticationRequired(maxAge: number): SessionStoreError {
   return new SessionStoreError(
     "REAUTHENTICATION_REQUIRED",
     `this route needs the user to have signed in within the last ${Math.round(maxAge / 1000)} s; ask them to sign in again ` +
-      "(their password, a passkey), then call store.markAuthenticated(req.sessionID) and retry",
+      "(their password, a passkey), then call store.markAuthenticated(req) and retry",
     { status: 401 },
   );
 }

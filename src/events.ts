@@ -31,6 +31,19 @@ export interface SessionEndedEvent extends SessionEvent {
   reason: EndReason;
 }
 
+/**
+ * A signed-in session used from another device than its row recorded (see the `onBindingChange` option):
+ * the session as the request that used it sees it (`userAgent`, `device`, `ip` are that request's), with
+ * the device its row recorded before.
+ */
+export interface BindingChangedEvent extends SessionEvent {
+  userId: string;
+  /** The user agent the row recorded before this request. */
+  previousUserAgent: string | null;
+  /** "Firefox on Linux", from `previousUserAgent` ({@link describeDevice}). */
+  previousDevice: string | null;
+}
+
 /** The lifecycle events, with their listeners' arguments (part of {@link SessionStoreEvents}). */
 export interface LifecycleEvents {
   /** A session was stored for the first time (a new visitor's first save, a login's new session). */
@@ -39,6 +52,12 @@ export interface LifecycleEvents {
   ended: [event: SessionEndedEvent];
   /** A session gained a user who has no live or recent session from that device (browser family and IP). */
   newDevice: [event: SessionEvent];
+  /**
+   * A live session with a user was used by a request from another browser family or operating system
+   * than its row recorded (once per change: the row then records the new device). With
+   * `onBindingChange: "end"` the session also ends (`ended`, reason `binding`).
+   */
+  bindingChanged: [event: BindingChangedEvent];
 }
 
 export type LifecycleEvent = keyof LifecycleEvents;
@@ -50,7 +69,21 @@ export function sessionEvent(row: EventRow, local: boolean): SessionEvent {
 }
 
 /** A lifecycle event with its listeners' arguments: one this store announces, or one heard from another instance. */
-export type Announcement = { event: "created" | "newDevice"; args: [SessionEvent] } | { event: "ended"; args: [SessionEndedEvent] };
+export type Announcement =
+  | { event: "created" | "newDevice"; args: [SessionEvent] }
+  | { event: "ended"; args: [SessionEndedEvent] }
+  | { event: "bindingChanged"; args: [BindingChangedEvent] };
+
+/**
+ * The `bindingChanged` event of a session whose record is `row`, used by a request from `userAgent` and
+ * `ip` (kept as recorded when the request has none), its row having recorded `previous`; none when the
+ * row has no user (any more).
+ */
+export function bindingEvent(row: EventRow, previous: string | null, userAgent: string | null, ip: string | null, local: boolean): Announcement[] {
+  if (row.user_id === null) return [];
+  const event = { ...sessionEvent({ ...row, user_agent: userAgent, ip: ip ?? row.ip }, local), userId: row.user_id };
+  return [{ event: "bindingChanged", args: [{ ...event, previousUserAgent: previous, previousDevice: describeDevice(previous) }] }];
+}
 
 /**
  * What a `broadcast` NOTIFY carries, sealed (see EventSeal): the event (`e`), the table (`t`) and
@@ -69,6 +102,8 @@ interface EventPayload {
   label?: string | null;
   userAgent?: string | null;
   ip?: string | null;
+  /** `bindingChanged`'s previous user agent. */
+  was?: string | null;
 }
 
 /** The end reasons a heard `ended` event may carry: the one list ({@link END_REASONS}). */
@@ -120,6 +155,7 @@ export class EventSeal {
     const head: EventPayload = { e: event, t: this.table, i: this.instance, s: now, n: newHandle(), handle: e.handle };
     if ("reason" in e) head.reason = e.reason;
     const full: EventPayload = { ...head, userId: e.userId, label: e.label, userAgent: e.userAgent, ip: e.ip };
+    if ("previousUserAgent" in e) full.was = e.previousUserAgent;
     const sealed = this.sealText(JSON.stringify(full));
     return sealed.length < NOTIFY_LIMIT ? sealed : this.sealText(JSON.stringify(head));
   }
@@ -194,6 +230,8 @@ function announcementOf(m: Partial<Record<keyof EventPayload, unknown>>): Announ
   const text = (value: unknown) => (typeof value === "string" ? value : null);
   const row: EventRow = { handle: m.handle, user_id: text(m.userId), label: text(m.label), user_agent: text(m.userAgent), ip: text(m.ip) };
   if (m.e === "created" || m.e === "newDevice") return { event: m.e, args: [sessionEvent(row, false)] };
+  // Without its user (left out of a payload too large for a NOTIFY), a binding change is not told at all.
+  if (m.e === "bindingChanged") return bindingEvent(row, text(m.was), row.user_agent, row.ip, false)[0];
   if (m.e === "ended" && typeof m.reason === "string" && END_REASON_VALUES.has(m.reason)) {
     return { event: "ended", args: [{ ...sessionEvent(row, false), reason: m.reason as EndReason }] };
   }
@@ -240,8 +278,8 @@ export function deliver(emitter: EventEmitter, event: string, args: readonly unk
  * - `connect`, `disconnect`: express-session listens for them; this store never emits them (every
  *   operation gets its connection from your database, and a failure fails only that operation);
  * - `newListener`, `removeListener`: EventEmitter's own.
- * - `created`, `ended`, `newDevice`: the lifecycle events ({@link LifecycleEvents}); with `broadcast`,
- *   other instances' `created`, `ended` and `newDevice` too.
+ * - `created`, `ended`, `newDevice`, `bindingChanged`: the lifecycle events ({@link LifecycleEvents}); with
+ *   `broadcast`, other instances' too.
  */
 export interface SessionStoreEvents extends LifecycleEvents {
   reap: [result: ReapResult];

@@ -1,6 +1,6 @@
 export { SessionStore } from "./store.js";
 export type { RequireRecentLoginOptions } from "./reauth.js";
-export type { LifecycleEvents, SessionEndedEvent, SessionEvent, SessionStoreEvents, SessionStoreListener } from "./events.js";
+export type { BindingChangedEvent, LifecycleEvents, SessionEndedEvent, SessionEvent, SessionStoreEvents, SessionStoreListener } from "./events.js";
 export type { TraceContext } from "./trace.js";
 export { describeDevice } from "./device.js";
 export type { EndReason, ExtendOptions, OwnerScope, RevokeOptions, SessionQuery, SessionRecord, SessionStatus, UserId } from "./records.js";
@@ -15,6 +15,7 @@ export type {
   UserIdOf,
 } from "./options.js";
 export type { ReplicaStats } from "./replicas.js";
+export { AAL2, AAL3 } from "./presets.js";
 export {
   sessions,
   createSessionTable,
@@ -27,6 +28,7 @@ export {
 export { SessionStoreError, type SessionStoreErrorCode } from "./errors.js";
 export { reap, Reaper, type ReapArgs, type ReapProgress, type ReapResult } from "./reaper.js";
 export { sessionMiddleware, type IssuedToken, type SessionMiddleware, type SessionMiddlewareOptions } from "./middleware.js";
+export type { ClearSiteDataDirective } from "./clear-site-data.js";
 export { importConnectPgSimple, IMPORTED_COLUMN, type ImportConnectPgSimpleArgs, type ImportResult, type InvalidReasons } from "./import.js";
 export { migrate, migrationsFolder, type MigrateOptions } from "./migrations.js";
 export { rotateSession } from "./rotation.js";

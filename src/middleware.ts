@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import session, { type CookieOptions, type SessionData, type SessionOptions } from "express-session";
 import { checkOptions, is, kindOf, type OptionCheck, type OptionChecks } from "./check.js";
+import { type ClearSiteDataDirective, clearOnSignOut, clearSiteDataOption, clearSiteDataValue } from "./clear-site-data.js";
 import { sign } from "./cookie-signing.js";
 import { exposeHeader, onHeaders, routeMatcher, takeSessionCookie, tokenOf, withoutCookie } from "./header-transport.js";
 import { secretList } from "./options.js";
@@ -62,6 +63,21 @@ export interface SessionMiddlewareOptions extends Omit<SessionOptions, "store" |
    * @default "X-Session-Token" for `header: "authorization"`, else the `header` name
    */
   responseHeader?: string;
+  /**
+   * Send `Clear-Site-Data` with the response to a logout, so the browser drops what the signed-out session
+   * left behind: `true` sends `"cookies", "storage"`, a list sends those directives. A logout is a request
+   * whose session was destroyed (`req.session.destroy()`, or unset) or regenerated into one without a user
+   * (passport's `req.logout`); a login's regenerate never sends it, as it would clear the new session's
+   * cookie. Only cookie-transport requests get it: a header-transport (API) request ends only its token's
+   * session, and the header would clear the browser's cookie session with it. Sent only while the response's
+   * headers are not yet written. Trade-offs: `"cookies"` clears every cookie of the registrable domain
+   * (sibling subdomains' apps, a CSRF cookie, and may take one this response sets), `"storage"` clears
+   * localStorage, IndexedDB and service workers (an app's offline data), `"cache"` the HTTP cache,
+   * `"executionContexts"` reloads the site's open tabs, `"*"` all of them; browsers honour it only on secure
+   * origins (https, and localhost). A TypeError with `cookie: false`, where no request could get it.
+   * @default false
+   */
+  clearSiteData?: boolean | readonly ClearSiteDataDirective[];
   /**
    * Re-send the cookie (sliding its expiry) on every response: the idle timeout.
    * @default true
@@ -138,6 +154,7 @@ export const MIDDLEWARE_OPTIONS: OptionChecks<SessionMiddlewareOptions> = {
     }
   },
   responseHeader: headerName,
+  clearSiteData: clearSiteDataOption,
   rolling: is.boolean,
   resave: is.boolean,
   saveUninitialized: is.boolean,
@@ -168,7 +185,7 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
   }
   checkOptions(options, MIDDLEWARE_OPTIONS, "sessionMiddleware");
   const production = process.env.NODE_ENV === "production";
-  const { store, header = false, headerRoutes, cookie, secret: givenSecret, responseHeader: givenResponseHeader, ...rest } = options;
+  const { store, header = false, headerRoutes, cookie, secret: givenSecret, responseHeader: givenResponseHeader, clearSiteData, ...rest } = options;
   const secrets = givenSecret === undefined ? [] : Array.isArray(givenSecret) ? givenSecret : [givenSecret];
   if (secrets.length === 0) {
     if (production || givenSecret !== undefined) {
@@ -192,6 +209,13 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
   if (header === false && headerRoutes !== undefined) {
     throw new TypeError(
       "connect-drizzle: `headerRoutes` says which routes take the `header` transport, and no `header` is set; set `header`, or remove `headerRoutes`",
+    );
+  }
+  const clearValue = clearSiteDataValue(clearSiteData);
+  if (clearValue !== undefined && cookie === false) {
+    throw new TypeError(
+      "connect-drizzle: `clearSiteData` clears a browser's data when its cookie session ends, and `cookie: false` leaves no cookie sessions " +
+        "(header-transport requests never get it); remove `clearSiteData`",
     );
   }
   const takesHeader = routeMatcher(headerRoutes ?? "all");
@@ -247,7 +271,9 @@ export function sessionMiddleware(options: SessionMiddlewareOptions): SessionMid
         }
       });
     }
-    inner(req as any, res as any, (err?: unknown) => (err ? next(err) : rotation(req, res, next)));
+    const done = clearValue !== undefined && !viaHeader ? clearOnSignOut(req, res, clearValue, (session) => store.hasUser(session), next) : next;
+    // The rotation hook runs once express-session has loaded the session (renewAfter, and the grace window's cookie).
+    inner(req as any, res as any, (err?: unknown) => (err ? done(err) : rotation(req, res, done)));
   }) as SessionMiddleware;
 
   Object.defineProperty(middleware, "store", { value: store });

@@ -23,6 +23,8 @@ export {
   sessionTable,
   STORE_OPTIONS,
 } from "./resolve-options.js";
+export type { CacheOptions, EncryptOptions, ReplicaReadOptions, SessionCapOptions } from "./sub-options.js";
+import type { CacheOptions, EncryptOptions, ReplicaReadOptions, SessionCapOptions } from "./sub-options.js";
 
 /** drizzle's Postgres database class: `PgAsyncDatabase` from drizzle-orm 1.0, `PgDatabase` before it. */
 type PgDatabaseClass = typeof import("drizzle-orm/pg-core") extends { PgAsyncDatabase: infer C }
@@ -81,8 +83,9 @@ export interface SessionStoreOptions {
    */
   idleTimeout?: number;
   /**
-   * Absolute timeout: a session is dead this long after it was created, whatever the activity. Never
-   * renewed. Turned on later, it applies at once to existing sessions, counted from their creation.
+   * Absolute timeout: a session is dead this long after it was created, whatever the activity; no activity
+   * renews it, a re-authentication restarts it (`restartOnReauthentication`). Turned on later, it applies
+   * at once to existing sessions, counted from their creation.
    * @default undefined (no absolute limit)
    */
   absoluteTimeout?: number;
@@ -90,7 +93,9 @@ export interface SessionStoreOptions {
    * How long an id a session was rotated away from (`rotateSession`, `markAuthenticated` of a request,
    * `renewAfter`) still opens it, in ms: requests already in flight with the old cookie neither fail nor
    * fork the session (their writes land in it, and their responses do not send the old id again). After
-   * it the old id opens nothing, and with `detectReuse` ends the session.
+   * it the old id opens nothing, and with `detectReuse` ends the session. A request that read the session
+   * before the rotation and answers after it does not send the old id back either, when the rotation was
+   * this instance's, or another's that its `cache` heard of.
    * @default 10_000
    */
   rotationGrace?: number;
@@ -98,8 +103,8 @@ export interface SessionStoreOptions {
    * Theft detection: an id a session was rotated away from, used after `rotationGrace`, means the old
    * cookie or token was copied. The session ends everywhere (reason `reused`, an `ended` event) and that
    * lookup fails with a `SessionStoreError` of code `SESSION_REUSED` (status 401), for the app to say why
-   * the user was signed out. `false`: such an id opens nothing, like an unknown one. Only the id just
-   * before the current one is known.
+   * the user was signed out. `false`: such an id opens nothing, like an unknown one. Every id a session
+   * was rotated away from is known while it lives, each with its own grace window.
    * @default true
    */
   detectReuse?: boolean;
@@ -257,6 +262,21 @@ export interface SessionStoreOptions {
    */
   maxSessionsPerUser?: number | SessionCapOptions;
   /**
+   * What happens when a live session with a user is used from another browser family or operating system
+   * than its row recorded ("Firefox on Linux" becomes "Chrome on Windows"; a browser update is not a
+   * change): `"event"` emits `bindingChanged` and the row records the new device; `"end"` also ends the
+   * session (`ended`, reason `binding`) before the app sees it, and the request goes on with no session
+   * (express-session gives it a new, empty one). The comparison is made in memory on what the request
+   * loaded; only a change costs a write. express-session's requests are checked when they get their
+   * session; with @fastify/session, call {@link SessionStore.checkBinding} in a hook (docs/events.md).
+   *
+   * The trade-off: a user agent is chosen by the client, so this catches careless cookie theft (a copied
+   * cookie replayed from another browser), not an attacker who copies the user agent too. The IP is
+   * deliberately not part of the binding: mobile networks and VPNs change it within a session.
+   * @default "event"
+   */
+  onBindingChange?: "event" | "end";
+  /**
    * Use named prepared statements for the hot path. Turn off behind pgbouncer < 1.21 in transaction mode.
    * @default true
    */
@@ -268,76 +288,6 @@ export interface SessionStoreOptions {
    * @default { window: 0, timeout: 1000 } with a withReplicas database (only synchronous standbys are read)
    */
   replicaReads?: ReplicaReadOptions | false;
-}
-
-/** Options of encryption at rest (`new SessionStore({ encrypt })`). */
-export interface EncryptOptions {
-  /**
-   * Keys of the data, each at least 32 characters of random, e.g. from
-   * `node -e "console.log(require('crypto').randomBytes(32).toString('base64url'))"`. The first encrypts
-   * every save; all of them decrypt. To rotate, add the new secret second on every instance, then move it first.
-   * @default none (required)
-   */
-  secrets: string | readonly string[];
-  /**
-   * Read rows stored in plaintext (sessions from before `encrypt` was on, or imported from
-   * connect-pg-simple); each is encrypted by its next save. For the changeover only: turn it off again
-   * once your cookie maxAge has passed, since while it is on whoever can write to the table can put
-   * plaintext data in a session.
-   * @default false
-   */
-  acceptPlaintext?: boolean;
-}
-
-/** Options of session lookups from read replicas (`new SessionStore({ replicaReads })`). */
-export interface ReplicaReadOptions {
-  /**
-   * How long, at most, after an end resolved on another instance a lookup from a replica may still find
-   * that session live, in ms. `0`: none. Lookups then go only to the replicas the primary reports as
-   * synchronous standbys (its role needs pg_monitor to see that), and every end commits once they have
-   * applied it (`synchronous_commit = remote_apply` for its transaction); with no such replica, lookups
-   * go to the primary. Above 0, any replica that has replayed the primary's position of at most this long
-   * ago is read; ends made by this instance, and those it heard of (with `cache`), are never found live.
-   * @default 0
-   */
-  window?: number;
-  /**
-   * How long a lookup waits for a replica before it asks the primary instead, in ms; a replica that failed
-   * is skipped for a while (1 s, doubling to 30 s).
-   * @default 1000
-   */
-  timeout?: number;
-}
-
-/** The per-user session cap with its policy (`new SessionStore({ maxSessionsPerUser: { limit, whenFull } })`). */
-export interface SessionCapOptions {
-  /**
-   * Most live sessions one user may have: a positive whole number.
-   * @default none (required)
-   */
-  limit: number;
-  /**
-   * What a sign-in of a user who already has `limit` live sessions does: `"evict"` ends that user's least
-   * recently used session (reason `evicted`) and signs in; `"refuse"` writes nothing and fails with a
-   * `SessionStoreError` of code `SESSION_LIMIT` (status 403): the user signs out elsewhere first.
-   * @default "evict"
-   */
-  whenFull?: "evict" | "refuse";
-}
-
-/** Options of the read cache. */
-export interface CacheOptions {
-  /**
-   * Most sessions held.
-   * @default 10_000
-   */
-  max?: number;
-  /**
-   * Longest time a cached session is served without reading it again, in ms (a bound on staleness even
-   * if a notification were lost without the connection dropping).
-   * @default 60_000
-   */
-  ttl?: number;
 }
 
 /** The options with every default applied; computed once in the constructor. */
@@ -372,6 +322,7 @@ export interface ResolvedOptions {
   timeout: number;
   reaper: ResolvedReaperOptions | false;
   maxSessionsPerUser: Required<SessionCapOptions> | undefined;
+  onBindingChange: "event" | "end";
   encrypt: SealSettings | undefined;
 }
 

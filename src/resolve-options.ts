@@ -46,6 +46,7 @@ export const DEFAULTS = Object.freeze({
   prepare: true,
   broadcast: false,
   versioned: false,
+  onBindingChange: "event" as "event" | "end",
   timeout: 10_000,
   reaper: Object.freeze<ResolvedReaperOptions>({ interval: 900_000, batchSize: 5_000, jitter: 0.1 }),
   /** The options of a `cache` given without them. */
@@ -126,6 +127,7 @@ export const STORE_OPTIONS: OptionChecks<SessionStoreOptions> = {
   versioned: is.boolean,
   timeout: is.positive(),
   maxSessionsPerUser: (options, name) => void resolveSessionCap(options[name] as SessionStoreOptions["maxSessionsPerUser"]),
+  onBindingChange: is.oneOf(["event", "end"]),
   reaper: (options, name) => void resolveReaperOptions(options[name] as ReaperOptions),
   prepare: is.boolean,
   replicaReads: (options, name) => void resolveReplicaReads(options[name] as ReplicaReadOptions, true),
@@ -244,6 +246,7 @@ export function resolveOptions(options: SessionStoreOptions): ResolvedOptions {
     reaper: resolveReaperOptions(options.reaper),
     encrypt: resolveEncrypt(options.encrypt),
     maxSessionsPerUser: resolveSessionCap(options.maxSessionsPerUser),
+    onBindingChange: options.onBindingChange ?? DEFAULTS.onBindingChange,
   };
 }
 

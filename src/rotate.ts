@@ -13,6 +13,37 @@ type RotatedRow = { key: string; handle: string; ua: string | null; ip: string |
 /** How often a rotation under `encrypt` reads the row again when a write changed it between its read and its write. */
 const SEAL_ATTEMPTS = 5;
 
+/** The prefix of a NOTIFY payload that names a key a session was rotated away from (see {@link RotatedAway}). */
+export const ROTATED_AWAY = "r:";
+
+/** How long a key rotated away from is remembered, at least (requests in flight that read it before, ms). */
+const REMEMBERED = 60_000;
+
+/**
+ * The row keys sessions were rotated away from lately: by this store, or by another instance whose
+ * NOTIFY it heard (with a LISTEN: `cache`). A request that read its session under such a key before the
+ * rotation, and answers after it, must not send the old id back in its cookie: the browser would keep it
+ * over the new one, and once the grace window passed its next request would look like a stolen cookie.
+ */
+export class RotatedAway {
+  private readonly until = new Map<string, number>();
+  constructor(private readonly grace: number) {}
+
+  add(keys: readonly string[]): void {
+    const now = performance.now();
+    // Bounded: the expired go first, then the oldest.
+    if (this.until.size > 10_000) for (const [key, at] of this.until) if (at < now || this.until.size > 10_000) this.until.delete(key);
+    for (const key of keys) this.until.set(key, now + Math.max(this.grace, REMEMBERED));
+  }
+
+  has(key: string): boolean {
+    const at = this.until.get(key);
+    if (at === undefined || at >= performance.now()) return at !== undefined;
+    this.until.delete(key);
+    return false;
+  }
+}
+
 /**
  * Giving a session a new id (`rotateSession`, `renewAfter`, `markAuthenticated` of a request) and
  * recording re-authentications, each in one statement on the session's row (sql/rotation.ts): the row
@@ -21,7 +52,11 @@ const SEAL_ATTEMPTS = 5;
  * sealed again for the new one, written only while the row still holds what was read (else read again).
  */
 export class Rotations {
-  constructor(private readonly s: StoreContext) {}
+  constructor(
+    private readonly s: StoreContext,
+    /** The keys rotated away from lately (this store's rotations, and those it heard of). */
+    readonly away: RotatedAway,
+  ) {}
 
   /**
    * Gives the live session of `sid` the id `newSid`, and with `reauth` records a re-authentication
@@ -96,7 +131,13 @@ export class Rotations {
    * every cache before it resolves.
    */
   private async write(keys: readonly string[], kind: RotationKind, values: Record<string, unknown>, added: string[] = []): Promise<RotatedRow | undefined> {
-    const announce = (rows: RotatedRow[]) => this.s.changed(rows.length === 0 ? [] : [...new Set([...keys, ...added, ...rows.map((row) => row.key)])]);
+    const announce = (rows: RotatedRow[]) => {
+      if (rows.length === 0) return this.s.changed([]);
+      // The keys it had, for the caches; with `added` (a rotation), also as rotated away from, for requests in flight.
+      const old = added.length === 0 ? [] : keys.filter((key) => key !== rows[0]!.key);
+      this.away.add(old);
+      return this.s.changed([...new Set([...keys, ...added, ...rows.map((row) => row.key), ...old.map((key) => ROTATED_AWAY + key)])]);
+    };
     this.s.evict(keys);
     const [row] = await this.s.exec.run<RotatedRow>(this.s.sql.rotation(keys.length, kind), keyValues(keys, { ...values }), announce);
     return row;

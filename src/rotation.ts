@@ -32,8 +32,8 @@ interface RequestSession {
   session: SessionData;
   /** Gives the request's session the id `sid` (with what the store wrote, when it was stored). */
   replace(sid: string, loaded: Loaded | undefined): void;
-  /** Keeps the request's response from sending its (old) id. */
-  keepIdOut(res: any): void;
+  /** Keeps the request's response from sending the id it came with, when `rotated()` holds as it is sent. */
+  keepIdOut(res: any, rotated: () => boolean): void;
 }
 
 /**
@@ -97,10 +97,11 @@ export function rotationHook(store: object): (req: any, res: any, next: (err?: a
     if (!found || found.store !== store || !rotator) return next();
     req[HOOKED] = true;
     const loaded = loadedAs(found.session, found.sid);
-    if (loaded?.previous) {
-      found.keepIdOut(res);
-      return next();
-    }
+    // Read through an id rotated away from (within its grace window): its response never sends it back.
+    // Read before a rotation that comes while it is in flight: its response does not send it back either.
+    if (loaded?.previous) found.keepIdOut(res, () => true);
+    else if (loaded) found.keepIdOut(res, () => (req.sessionID ?? req.session?.sessionId) === loaded.sid && rotator.rotations.away.has(loaded.key));
+    if (loaded?.previous) return next();
     const { renewAfter } = rotator;
     if (loaded === undefined || renewAfter === undefined || performance.now() - loaded.issuedAt < renewAfter) return next();
     rotateRequest(req, false).then(() => next(), next);
@@ -122,12 +123,12 @@ function requestSession(req: any): RequestSession | undefined {
         req.sessionID = sid;
         req.sessionStore.createSession(req, loaded ? withLoaded(data, loaded) : data);
       },
-      keepIdOut(res) {
+      keepIdOut(res, rotated) {
         // express-session signs the id as `s:<id>.<signature>` in the cookie's (URI-encoded) value.
         const signed = `=${encodeURIComponent(`s:${req.sessionID}.`)}`;
         const setHeader = res.setHeader;
         res.setHeader = function (name: string, value: unknown) {
-          if (String(name).toLowerCase() !== "set-cookie") return setHeader.call(this, name, value);
+          if (String(name).toLowerCase() !== "set-cookie" || !rotated()) return setHeader.call(this, name, value);
           const kept = ([] as unknown[]).concat(value).filter((cookie) => !String(cookie).includes(signed));
           return kept.length === 0 ? this : setHeader.call(this, name, kept);
         };
@@ -157,11 +158,11 @@ function requestSession(req: any): RequestSession | undefined {
       }
       req.session = fresh;
     },
-    keepIdOut(reply) {
+    keepIdOut(reply, rotated) {
       const id = session.encryptedSessionId;
       const setCookie = reply.setCookie;
       reply.setCookie = function (name: string, value: unknown, options: unknown) {
-        return typeof value === "string" && value.endsWith(id) ? this : setCookie.call(this, name, value, options);
+        return typeof value === "string" && value.endsWith(id) && rotated() ? this : setCookie.call(this, name, value, options);
       };
     },
   };

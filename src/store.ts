@@ -1,6 +1,8 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { Store, type SessionData } from "express-session";
+import type { SessionData } from "express-session";
 import { assemble, type StoreParts } from "./assemble.js";
+import { StoreRecords } from "./store-records.js";
+import type { Binding } from "./binding.js";
 import { answer, answerNow, type Callback } from "./callback.js";
 import type { StoreContext } from "./context.js";
 import { attempt } from "./errors.js";
@@ -11,7 +13,7 @@ import type { SessionStoreOptions } from "./options.js";
 import { sessionOwner } from "./owner.js";
 import type { ReplicaStats } from "./replicas.js";
 import type { ReapResult } from "./reaper.js";
-import type { EndReason, ExtendOptions, Records, RevokeOptions, SessionQuery, SessionRecord, UserId } from "./records.js";
+import type { Records } from "./records.js";
 import { readSession } from "./read.js";
 import { registerRotator, rotateRequest, rotationHook } from "./rotation.js";
 import { mintFrom, recentLoginGuard, signedInAt, type RequireRecentLoginOptions } from "./reauth.js";
@@ -40,13 +42,15 @@ export interface SessionStore {
  * execution and timeouts, the read cache, events, the reaper) are built by `assemble` (assemble.ts).
  */
 // biome-ignore lint/suspicious/noUnsafeDeclarationMerging: the interface above only narrows EventEmitter's methods to the store's events.
-export class SessionStore extends Store {
+export class SessionStore extends StoreRecords {
   /** What the store's parts share: options, statements, executor, keys, cache, sealer, events. */
   private readonly s: StoreContext;
   /** Reading, saving, touching and ending a session's row. */
   private readonly writes: Writes;
-  /** The records API: list, count, revoke, extend. */
-  private readonly records: Records;
+  /** The records API: list, count, revoke, extend (the methods are StoreRecords'). @internal */
+  protected readonly records: Records;
+  /** A signed-in session used from another device (`onBindingChange`). */
+  private readonly binding: Binding;
   /** The rest: the reaper, `ready`'s checks, and what `close` stops. */
   private readonly parts: StoreParts;
 
@@ -61,7 +65,7 @@ export class SessionStore extends Store {
       run: (action, operation, detail) => this.run(action, operation, detail),
       userIdOf: (session) => this.userIdOf(session),
     });
-    ({ s: this.s, writes: this.writes, records: this.records } = this.parts);
+    ({ s: this.s, writes: this.writes, records: this.records, binding: this.binding } = this.parts);
     registerRotator(this, { rotations: this.parts.rotations, renewAfter: this.s.options.renewAfter });
   }
 
@@ -72,6 +76,8 @@ export class SessionStore extends Store {
    * the error of the statement it was in, and `TIMEOUT` no later than `timeout` after its own call.
    */
   get(sid: string, callback?: Callback<SessionData | null>): Promise<SessionData | null> {
+    const binding = this.binding.pending(sid);
+    if (binding) return this.op("get", () => binding.then(() => this.get(sid)), callback);
     // A cache hit answers without an operation's promise chain (it costs what MemoryStore's get costs).
     const cached = this.s.cache && isValidId(sid) ? this.s.cache.get(sid, performance.now()) : undefined;
     // Cached text was checked when it was cached (parseSession on read, and on write in remember).
@@ -93,7 +99,8 @@ export class SessionStore extends Store {
    * or deleted, and the cookie, over what the row holds now.
    */
   set(sid: string, session: SessionData, callback?: Callback): Promise<void> {
-    return this.op("set", () => this.writes.save(sid, session), callback);
+    const binding = this.binding.pending(sid);
+    return this.op("set", () => (binding ? binding.then(() => this.writes.save(sid, session)) : this.writes.save(sid, session)), callback);
   }
 
   /** Ends a session (express-session's destroy and logout). Succeeds when there is no such session. */
@@ -106,6 +113,8 @@ export class SessionStore extends Store {
    * stored one by less than `touchAfter` (an earlier expiry is always written).
    */
   override touch(sid: string, session: SessionData, callback?: Callback): Promise<void> {
+    const binding = this.binding.pending(sid);
+    if (binding) return this.op("touch", () => binding.then(() => this.writes.touch(sid, session)?.()), callback);
     let write: (() => Promise<void>) | undefined;
     try {
       write = this.writes.touch(sid, session);
@@ -159,71 +168,23 @@ export class SessionStore extends Store {
   override createSession(req: any, data: SessionData): any {
     const loaded = Mark.loaded((data as any)?.[LOADED]);
     const session = super.createSession(req, data);
-    return loaded ? withLoaded(session, loaded) : session;
+    if (!loaded) return session;
+    // Checked against its row's device before the app sees it (`onBindingChange`).
+    return this.binding.created(req, data, withLoaded(session, loaded), (r) => (this as unknown as { generate(req: unknown): void }).generate(r));
   }
 
   /**
-   * A user's sessions as records, newest activity first.
-   * @throws SessionStoreError `INVALID_USER_ID` when `userId` does not fit the `user_id` column's type
+   * Checks a session this store loaded against the device its row recorded (see `onBindingChange`),
+   * in memory: on a change it emits `bindingChanged` and, with `"end"`, ends the session. express-session's
+   * requests are checked when they get their session; call this for @fastify/session's in a `preHandler`
+   * hook, and with `true` give the request a new session (`await request.session.regenerate()`).
+   * @returns whether the session ended (with `onBindingChange: "end"`), so the request must not use it
    */
-  list(query: SessionQuery): Promise<SessionRecord[]> {
-    return this.records.list(query);
-  }
-
-  /**
-   * How many sessions of a user match (same filter as `list`, without the limit).
-   * @throws SessionStoreError `INVALID_USER_ID` when `userId` does not fit the `user_id` column's type
-   */
-  count(query: SessionQuery): Promise<number> {
-    return this.records.count(query);
-  }
-
-  /** The public handle of a live session id (to mark "this device"), or `null`. */
-  handleOf(sessionId: string): Promise<string | null> {
-    return this.records.handleOf(sessionId);
-  }
-
-  /**
-   * Ends a session by its handle, at once: this store no longer serves it when the promise resolves, and
-   * no instance reads it from the database again. Scoped to an owner (`{ userId }`, so a user can never
-   * end someone else's session by guessing a handle) or explicitly to any owner (`{ anyOwner: true }`).
-   * @returns whether a session was ended
-   * @throws TypeError when the scope is missing, `userId` is `undefined` or `null`, or `reason` is not an {@link EndReason}
-   * @throws SessionStoreError `INVALID_USER_ID` when `userId` does not fit the `user_id` column's type
-   */
-  revoke(handle: string, options: RevokeOptions): Promise<boolean> {
-    return this.records.revoke(handle, options);
-  }
-
-  /**
-   * Ends every session of a user ("log out everywhere", e.g. after a password change), or every one but
-   * `except` ("log out other devices"): session ids or handles, one or a list.
-   * @returns how many sessions were ended
-   * @throws TypeError when `userId` is not a string, number or bigint, or `reason` is not an {@link EndReason}
-   * @throws SessionStoreError `INVALID_USER_ID` when `userId` does not fit the `user_id` column's type
-   */
-  revokeUser(userId: UserId, options: { except?: string | readonly string[]; reason?: EndReason } = {}): Promise<number> {
-    return this.records.revokeUser(userId, options);
-  }
-
-  /**
-   * Sets a new idle expiry for a session (longer or shorter), scoped like {@link revoke}. It also
-   * revalidates a session that expired but is not yet reaped; an ended session stays ended. The expiry
-   * never passes the absolute expiry unless `beyondAbsolute` is set, which moves the absolute expiry too.
-   * `until` is read on this server's clock, as a lifetime from now.
-   *
-   * With `maxSessionsPerUser`, revalidating an expired session is a login for the cap: the session is
-   * kept, and its owner's least recently used other live sessions beyond the cap end as `evicted` (each
-   * announced as `ended`, and dropped from every instance's cache), under the owner's login lock, in the
-   * same transaction; with `whenFull: "refuse"` and the owner at the limit, it fails with a
-   * `SessionStoreError` of code `SESSION_LIMIT` and changes nothing. Extending a live session ends nothing.
-   * @returns whether a session was changed
-   * @throws TypeError when `until` is not a valid Date, or the scope is missing
-   * @throws SessionStoreError `INVALID_USER_ID` when `userId` does not fit the `user_id` column's type;
-   * `SESSION_LIMIT` when `maxSessionsPerUser` refuses the revalidation
-   */
-  extend(handle: string, until: Date, options: ExtendOptions): Promise<boolean> {
-    return this.records.extend(handle, until, options);
+  async checkBinding(session: unknown): Promise<boolean> {
+    const sid = (session as any)?.sessionId ?? (session as any)?.id;
+    const change = typeof sid === "string" ? this.binding.check(sid, session as SessionData) : undefined;
+    if (change) await change.done;
+    return change?.ends === true;
   }
 
   /**
@@ -386,6 +347,11 @@ export class SessionStore extends Store {
   protected report(error: Error): void {
     if (this.listenerCount("error") > 0) this.emit("error", error);
     else console.warn(error.message);
+  }
+
+  /** Whether a session holds a user, as the `userId` option finds one (`sessionMiddleware`'s `clearSiteData`). @internal */
+  hasUser(session: object): boolean {
+    return this.userIdOf(session as SessionData) !== null;
   }
 
   /** @internal */

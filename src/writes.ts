@@ -339,9 +339,9 @@ export class Writes {
       withLoaded(session, { ...loaded, ua: ua ?? loaded.ua, ip: ip ?? loaded.ip, ...localExpiry(written, sent, this.s.cache?.ttl ?? Infinity) });
   }
 
-  /** Ends the session of `sid` for `reason`. */
-  async end(sid: string, reason: EndReason): Promise<boolean> {
-    return isValidId(sid) && endSession(this.s, this.s.keysOf(sid), reason);
+  /** Ends the session of `sid` for `reason`; `first`: the events of why it ended, announced before its `ended`. */
+  async end(sid: string, reason: EndReason, first?: (rows: EventRow[]) => Announcement[]): Promise<boolean> {
+    return isValidId(sid) && endSession(this.s, this.s.keysOf(sid), reason, first);
   }
 
   /** The number of live sessions. */

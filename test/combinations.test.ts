@@ -1,14 +1,12 @@
 import { inspect } from "node:util";
 import express from "express";
 import session from "express-session";
-import fastifyCookie from "@fastify/cookie";
-import fastifySession from "@fastify/session";
-import Fastify from "fastify";
 import request from "supertest";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { SessionStore, type SessionStoreOptions } from "../src/index.js";
 import pg from "pg";
 import { cacheReady, DATABASE_URL, drivers, notifyBarrier, sessionData, sleep, type TestDb, useTestDb } from "./support/db.js";
+import { fastifyApp } from "./support/app.js";
 
 const HOUR = 3_600_000;
 const OLD = "an old data secret, 32 characters or more";
@@ -148,15 +146,7 @@ describe.each(drivers)("features combined on %s", (driver) => {
 
     it("@fastify/session: regenerate(['userId']) keeps a two-hour-old sign-in two hours old", async () => {
       const store = storeWith();
-      const app = Fastify();
-      await app.register(fastifyCookie);
-      await app.register(fastifySession, {
-        store,
-        secret: "a fastify session secret of 32+ characters",
-        cookieName: "sid",
-        saveUninitialized: false,
-        cookie: { secure: false, maxAge: HOUR },
-      });
+      const app = await fastifyApp(store, { cookie: { secure: false, maxAge: HOUR } });
       app.post<{ Params: { user: string } }>("/login/:user", async (req) => {
         await req.session.regenerate();
         (req.session as any).userId = req.params.user;

@@ -225,6 +225,47 @@ describe("the devices example", () => {
     expect(await app.store.count({ userId: await userIdOf(app) })).toBe(2);
   });
 
+  it("a sign-in and a password confirmation give the session a new id; the old cookie used after rotationGrace signs both holders out, and Recent activity says why", async () => {
+    const app = await open({ rotationGrace: 100 });
+    await signUp(app, CHROME_WINDOWS, "203.0.113.7");
+    const cookieIn = (res: request.Response) => /^sid=[^;]+/.exec(([] as string[]).concat(res.headers["set-cookie"] ?? []).join("\n"))?.[0];
+
+    // Replayed as the cookie on a page, and as a Bearer token on the API: a 401 that says why, both times.
+    for (const replay of ["page", "api"] as const) {
+      const phone = browser(app, SAFARI_IOS, "203.0.113.7");
+      const before = cookieIn(await phone.get("/login"));
+      const signedIn = await phone.post("/login", { email: "ada@example.com", password: PASSWORD });
+      const stolen = cookieIn(signedIn)!;
+      expect(stolen).toBeDefined();
+      expect(stolen).not.toBe(before);
+      await phone.get("/devices");
+      const confirmed = await phone.post("/confirm", { password: PASSWORD, next: "/devices?done=confirmed" });
+      expect(confirmed.headers.location).toBe("/devices?done=confirmed");
+      expect(cookieIn(confirmed)).toBeDefined();
+      expect(cookieIn(confirmed)).not.toBe(stolen);
+      expect((await phone.get("/devices")).status).toBe(200);
+
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      if (replay === "page") {
+        const res = await request(app.app).get("/devices").set("Cookie", stolen).set("User-Agent", FIREFOX_LINUX).set("X-Forwarded-For", "198.51.100.2");
+        expect(res.status).toBe(401);
+        expect(res.text).toContain("You were signed out because your session's cookie was used from elsewhere");
+        expect(res.text).not.toMatch(/SessionStoreError|at .*\.ts:\d+/);
+      } else {
+        const token = decodeURIComponent(stolen.slice("sid=".length)).slice("s:".length);
+        const res = await request(app.app).get("/api/me").set("Authorization", `Bearer ${token}`).set("X-Forwarded-For", "198.51.100.2");
+        expect(res.status).toBe(401);
+        expect(res.body).toEqual({ error: "signed out: this session's token was used from elsewhere" });
+      }
+      expect((await phone.get("/devices")).headers.location).toBe("/login");
+    }
+
+    const laptop = await logIn(app, CHROME_WINDOWS, "203.0.113.7");
+    const page = (await laptop.get("/devices")).text;
+    const history = page.slice(page.indexOf('id="history"'));
+    expect(history.match(/Safari on iOS[\s\S]*?Signed out: this session&#39;s cookie was used from elsewhere/g)).toHaveLength(2);
+  });
+
   it("with encrypt, the session data is unreadable in the table and the app works as before", async () => {
     const app = await open({ encrypt: { secrets: "a devices test encryption key of 32+ chars" } });
     const laptop = await signUp(app, CHROME_WINDOWS, "203.0.113.7");

@@ -247,7 +247,8 @@ describe.skipIf(!DATABASE_URL)("moving from connect-pg-simple (needs DATABASE_UR
       const unsigned = await runCli(["import-pg-simple", "--from-schema", t.schema, "--check-cookie", ann], { SESSION_SECRET: "" });
       expect(unsigned.code).toBe(1);
       expect(unsigned.stderr).toMatch(/--check-cookie needs the app's cookie secret .* in SESSION_SECRET/);
-    });
+      // Ten CLI processes, each starting tsx: on a loaded 2-core machine that is more than the default 30 s.
+    }, 120_000);
 
     it("npx connect-drizzle migrate creates the sessions table where the connection's search_path points, and a rerun changes nothing", async () => {
       const schema = `${t.schema}_cli`;

@@ -1,12 +1,9 @@
-import fastifyCookie from "@fastify/cookie";
-import fastifySession from "@fastify/session";
 import { drizzle } from "drizzle-orm/node-postgres";
 import type { SessionOptions } from "express-session";
-import Fastify from "fastify";
 import request from "supertest";
 import { afterEach, describe, expect, it } from "vitest";
 import { SessionStore, type SessionStoreOptions } from "../src/index.js";
-import { cookieOf, testApp } from "./support/app.js";
+import { cookieOf, fastifyApp, testApp } from "./support/app.js";
 import { cacheReady, drivers, sleep, type TestDb, useTestDb } from "./support/db.js";
 import { keyOf } from "./support/model.js";
 import { internals } from "./support/internals.js";
@@ -301,15 +298,7 @@ describe.each(drivers)("saves merge by top-level key on %s (two tabs, one sessio
 
   it("two @fastify/session requests on one session that change different keys both keep their change", async () => {
     const gates = new Gates();
-    const app = Fastify();
-    await app.register(fastifyCookie);
-    await app.register(fastifySession, {
-      store,
-      secret: "a fastify session secret of 32+ characters",
-      cookieName: "sid",
-      saveUninitialized: false,
-      cookie: { secure: false },
-    });
+    const app = await fastifyApp(store);
     app.post<{ Querystring: { gate?: string }; Body: Change }>("/change", async (req) => {
       await gates.at(req.query.gate);
       apply(req.session, req.body);

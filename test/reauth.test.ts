@@ -70,7 +70,7 @@ describe.each(drivers)("re-authentication (sudo mode) on %s", (driver) => {
       const refused = await request(app).post("/settings/token").set("Cookie", anonymous);
       expect(refused.status).toBe(401);
       expect(refused.body.error).toMatch(
-        /^connect-drizzle: this route needs the user to have signed in within the last 600 s; .*sign in again.*store\.markAuthenticated\(req\.sessionID\)/,
+        /^connect-drizzle: this route needs the user to have signed in within the last 600 s; .*sign in again.*store\.markAuthenticated\(req\)/,
       );
       expect((await request(app).post("/settings/token")).status).toBe(401);
     });

@@ -1,14 +1,15 @@
 // A complete "your devices" app on connect-drizzle: sign up / log in / log out with passport-local, a
 // counter kept in the session, a devices page (list, revoke, log out other devices, recent activity,
 // "new sign-in" notices), API tokens that are sessions too (`Authorization: Bearer`), listed and revoked
-// on the same page, and a password prompt before the sensitive actions when the sign-in is old.
+// on the same page, a password prompt before the sensitive actions when the sign-in is old, and a new
+// session id on every sign-in and password confirmation, so that a copied cookie gives itself away.
 //
 // server.ts runs it; test/browser/devices.browser.ts drives it in a real browser.
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import express, { type Express, type NextFunction, type Request, type Response } from "express";
 import passport from "passport";
 import { Strategy as LocalStrategy } from "passport-local";
-import { SessionStore, sessionMiddleware, type AnyPgDatabase, type EncryptOptions, type SessionMiddleware } from "connect-drizzle";
+import { SessionStore, SessionStoreError, sessionMiddleware, type AnyPgDatabase, type EncryptOptions, type SessionMiddleware } from "connect-drizzle";
 import {
   addSignInNotice,
   createTables,
@@ -54,6 +55,13 @@ export interface DevicesAppOptions {
   maxSessionsPerUser?: number | false;
   /** Encrypts the session data at rest (see connect-drizzle's `encrypt`). @default off */
   encrypt?: EncryptOptions;
+  /**
+   * How long the cookie a session had before its id changed (a password confirmation) still opens it, in
+   * ms, for requests already on their way; used after that, it signs the user out everywhere (the store's
+   * `rotationGrace`).
+   * @default 10 seconds (the store's default)
+   */
+  rotationGrace?: number;
 }
 
 export interface DevicesApp {
@@ -76,6 +84,8 @@ export async function createApp(options: DevicesAppOptions): Promise<DevicesApp>
     retainEnded: 30 * DAY,
     maxSessionsPerUser: options.maxSessionsPerUser === false ? undefined : (options.maxSessionsPerUser ?? 10),
     encrypt: options.encrypt,
+    // detectReuse is on by default: an old id used after this grace ends the session as "reused".
+    rotationGrace: options.rotationGrace,
   });
   // Browsers carry their session in a cookie; API tokens (`Authorization: Bearer`) open a session on the
   // /api routes only, so a token can never drive the pages (read their CSRF token, revoke, mint tokens).
@@ -171,6 +181,9 @@ export async function createApp(options: DevicesAppOptions): Promise<DevicesApp>
         const email = normalizeEmail(req.body?.email);
         return page(req, res, 401, authPage("login", ctx(req), { error: "Wrong email or password.", email }));
       }
+      // passport 0.7's login calls req.session.regenerate: the signed-out session (the login form's) ends
+      // and the signed-in one gets a new id and a new cookie, so an id planted before the sign-in
+      // (session fixation) never becomes a signed-in one.
       req.login(user, (loginErr) => (loginErr ? next(loginErr) : res.redirect(303, "/devices")));
     })(req, res, next);
   });
@@ -189,8 +202,10 @@ export async function createApp(options: DevicesAppOptions): Promise<DevicesApp>
     if (!(await verifyUser(db, user.email, password))) {
       return page(req, res, 401, confirmPage(ctx(req), { next, error: "Wrong password." }));
     }
+    // Records the confirmation and gives the session a new id (the response sends the new cookie): a copy
+    // of the old cookie opens it for rotationGrace only, and used after that signs the user out everywhere.
     // False when this session ended meanwhile (revoked from another device): then sign in again.
-    const marked = await store.markAuthenticated(req.sessionID);
+    const marked = await store.markAuthenticated(req);
     res.redirect(303, marked ? next : "/login");
   });
 
@@ -261,6 +276,15 @@ export async function createApp(options: DevicesAppOptions): Promise<DevicesApp>
 
   app.use((req, res) => page(req, res, 404, messagePage(ctx(req), "Not found", "There is no such page.")));
   app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
+    if (err instanceof SessionStoreError && err.code === "SESSION_REUSED") {
+      // The id this request came with had been replaced and its grace was over: two holders of one
+      // cookie, one of them not the user. The store has ended the session everywhere; say so (no session
+      // here: the lookup failed, so the page has no user and no form).
+      console.warn(`signed out a session whose old cookie came back from ${req.ip ?? "an unknown address"} (${req.get("user-agent") ?? "no user agent"})`);
+      if (res.headersSent) return;
+      if (req.path.startsWith("/api/")) return res.status(401).json({ error: "signed out: this session's token was used from elsewhere" });
+      return page(req, res, 401, messagePage({ csrf: "" }, "You were signed out", REUSED_MESSAGE));
+    }
     console.error(err);
     if (res.headersSent) return;
     if (req.path.startsWith("/api/")) return res.status(500).json({ error: "internal error" });
@@ -290,6 +314,9 @@ export async function createApp(options: DevicesAppOptions): Promise<DevicesApp>
 
   return { app, store, sessions, close: () => store.close() };
 }
+
+const REUSED_MESSAGE = html`You were signed out because your session's cookie was used from elsewhere: someone else may have a
+  copy of it, so the session has ended for both of you. <a href="/login">Log in again</a>, then check Your devices.`;
 
 const NOTICES: Record<string, (query: Request["query"]) => string> = {
   revoked: () => "Revoked: that device is signed out (on its next request).",

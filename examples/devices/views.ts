@@ -1,6 +1,6 @@
 // Server-rendered HTML with template strings. `html` escapes every interpolated value unless it is
 // itself `html` output, so user-controlled text (emails, user agents, token labels) can never inject markup.
-import type { SessionRecord } from "connect-drizzle";
+import type { EndReason, SessionRecord } from "connect-drizzle";
 import type { SignInNotice, User } from "./users.js";
 
 export class Html {
@@ -165,7 +165,7 @@ export function devicesPage(ctx: PageContext, view: DevicesView): string {
       <td>${displayIp(s.ip)}</td>
       <td>${time(s.authenticatedAt ?? s.createdAt)}</td>
       <td>${s.endedAt ? time(s.endedAt) : "–"}</td>
-      <td><span class="tag ended">${REASONS[s.endReason ?? ""] ?? s.endReason ?? "Ended"}</span></td>
+      <td><span class="tag ended">${s.endReason ? REASONS[s.endReason] : "Ended"}</span></td>
     </tr>`,
     );
   const live = new Set(view.active.map((s) => s.handle));
@@ -258,12 +258,15 @@ export function messagePage(ctx: PageContext, title: string, message: Html | str
   return layout(title, ctx, html`<section class="narrow"><h1>${title}</h1><p>${message}</p></section>`);
 }
 
-const REASONS: Record<string, string> = {
+// Every end reason, so that a new one is a type error here rather than a raw word on the page.
+const REASONS: Record<EndReason, string> = {
   logout: "Logged out",
   revoked: "Revoked",
   rotated: "Signed in again",
   expired: "Expired",
   evicted: "Signed out: too many devices",
+  reused: "Signed out: this session's cookie was used from elsewhere",
+  binding: "Signed out: used from another browser",
 };
 
 function deviceCell(s: SessionRecord, label: string | undefined): Html {

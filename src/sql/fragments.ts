@@ -76,13 +76,14 @@ export class Fragments {
    * old key whenever it comes (an end: a sign-out with an old cookie always ends the session).
    */
   byId(keys: Array<string | SQL>, anyTime = false): SQL {
-    // Never null (a row never rotated has no old keys), so that `not byId(...)` holds for the others too.
-    return sql`(${this.byKeys(keys)} or coalesce(${this.rotatedFrom(sql`array[${list(keys)}]::text[]`, anyTime)}, false))`;
+    // Both sides as they are, so that the planner looks them up in their indexes (a BitmapOr); null for a
+    // row never rotated that is not the id's: `not` of it needs a coalesce.
+    return sql`(${this.byKeys(keys)} or ${this.rotatedFrom(sql`array[${list(keys)}]::text[]`, anyTime)})`;
   }
 
   /** {@link byId} of many session ids at once, as {@link anyKey}. */
   anyId(keys: SQL, anyTime = false): SQL {
-    return sql`(${this.anyKey(keys)} or coalesce(${this.rotatedFrom(arrayOf(keys), anyTime)}, false))`;
+    return sql`(${this.anyKey(keys)} or ${this.rotatedFrom(arrayOf(keys), anyTime)})`;
   }
 
   /**
@@ -142,7 +143,7 @@ export class Fragments {
   }
 
   /** The {@link EventRow} columns, for a `returning`. */
-  private eventColumns(): SQL {
+  protected eventColumns(): SQL {
     const t = this.t;
     return sql`${t.handle} as handle, ${t.userId}::text as user_id, ${t.label} as label, ${t.userAgent} as user_agent, ${t.ip} as ip`;
   }

@@ -8,7 +8,8 @@ import type { ListCursor, SessionStatus } from "./rows.js";
 import { WriteStatements } from "./writes.js";
 
 /**
- * The statements of the records API (a user's sessions listed, counted, revoked, extended), and the
+ * The statements of the records API (a user's sessions listed, counted, revoked, extended), the record
+ * of a session's device when it changed (`onBindingChange`), and the
  * catalog query `store.ready()` checks the table with. Built on the contract's statements, so that
  * `Statements` (statements.ts) is one class.
  */
@@ -16,7 +17,7 @@ export class RecordStatements extends WriteStatements {
   /** A user's records, newest activity first; `current` is the keys of the session to mark. */
   list(userId: string, status: SessionStatus | "all" | undefined, current: string[] | undefined, limit: number, after?: ListCursor): SQL {
     const t = this.t;
-    const isCurrent = current === undefined ? sql`false` : this.byId(current);
+    const isCurrent = current === undefined ? sql`false` : sql`coalesce(${this.byId(current)}, false)`;
     const sortAt = this.newestFirst(status);
     // Keyset: the rows after the cursor's in the order below (newest first, then by handle).
     const at = after && sql`to_timestamp(${after.at}::float8 / 1000)`;
@@ -52,7 +53,7 @@ export class RecordStatements extends WriteStatements {
     const except =
       exceptHandles.length === 0
         ? sql``
-        : sql` and not (${this.byId(exceptKeys)} or ${t.handle} in (${sql.join(
+        : sql` and not (coalesce(${this.byId(exceptKeys)}, false) or ${t.handle} in (${sql.join(
             exceptHandles.map((h) => sql`${h}`),
             sql`, `,
           )}))`;
@@ -131,6 +132,19 @@ export class RecordStatements extends WriteStatements {
       default:
         throw new TypeError(`connect-drizzle: status must be "active", "expired", "ended" or "all" (got ${String(status)})`);
     }
+  }
+
+  // --- A session's device
+
+  /**
+   * Records the device of a request that used a live session from another one than its row records
+   * (`onBindingChange`): only while the row still records `was`, so that of the requests that read the
+   * old device at once, one reports the change. Returns the record.
+   */
+  rebind(keys: string[], ua: string, ip: string | null, was: string): SQL {
+    const t = this.t;
+    return sql`update ${t} set ${col(t.userAgent)} = ${ua}, ${col(t.ip)} = coalesce(${ip}::text, ${t.ip})
+      where ${this.byKeys(keys)} and ${this.live()} and ${t.userAgent} = ${was}${this.applied()} ${this.changed()}, ${this.eventColumns()}`;
   }
 
   // --- The table's check

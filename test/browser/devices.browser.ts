@@ -1,5 +1,6 @@
 // The devices example (examples/devices) in a real headless Chromium: sign up, two devices, the new
-// sign-in notice, revoke one, API tokens by header, log out other devices, the password prompt of an old sign-in. Run with `npm run test:browser` (needs /usr/bin/chromium,
+// sign-in notice, revoke one, API tokens by header, log out other devices, the password prompt of an old sign-in,
+// a stolen cookie used after the id changed. Run with `npm run test:browser` (needs /usr/bin/chromium,
 // or CHROMIUM_PATH). Screenshots go to test-output/; UPDATE_SCREENSHOT=1 also writes docs/devices.png.
 import { existsSync, mkdirSync } from "node:fs";
 import { createServer, type Server } from "node:http";
@@ -26,7 +27,10 @@ const UA = {
   desktop: "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
 };
 const EMAIL = "ada@example.com";
+// The app's rotationGrace: how long a replaced cookie still opens its session (short, so the test need not wait 10 s).
+const GRACE = 300;
 const PASSWORD = "correct horse battery staple";
+const COOKIE = "sid"; // sessionMiddleware's cookie name outside production
 
 let pglite: PGlite | undefined;
 let db: ReturnType<typeof drizzle> | undefined;
@@ -41,7 +45,7 @@ beforeAll(async () => {
   pglite = new PGlite(); // in memory: a fresh database on every run
   db = drizzle({ client: pglite });
   await migrate(db);
-  devices = await createApp({ db, secret: "browser test secret" });
+  devices = await createApp({ db, secret: "browser test secret", rotationGrace: GRACE });
   server = createServer(devices.app);
   await new Promise<void>((resolve, reject) => {
     server!.once("error", reject);
@@ -310,6 +314,61 @@ describe.runIf(haveBrowser)("devices example in Chromium: an old sign-in", () =>
     expect(await newToken(laptop, "After confirming")).toMatch(/^[\w-]+\.[\w+/-]+$/);
   });
 });
+
+describe.runIf(haveBrowser)("devices example in Chromium: a stolen cookie", () => {
+  test("the id changes on sign-in and on a password confirmation; the old cookie used after the grace signs both holders out, and Recent activity says why", async () => {
+    const user = await device(UA.phone);
+    await user.page.goto(`${base}/login`);
+    const anonymous = await sessionCookie(user.context); // the login form's session (its CSRF token)
+    expect(anonymous).toBeDefined();
+    await logIn(user.page);
+    const signedIn = await sessionCookie(user.context);
+    expect(signedIn).toBeDefined();
+    expect(signedIn).not.toBe(anonymous);
+    const stolen = signedIn!; // what a thief copies (malware, a shared computer, a leaked log)
+
+    // The password confirmation rotates the id: the response carries a new cookie, the session goes on.
+    await user.page.goto(`${base}/confirm?next=${encodeURIComponent("/devices?done=confirmed")}`);
+    await user.page.getByLabel("Password").fill(PASSWORD);
+    await user.page.getByRole("button", { name: "Confirm" }).click();
+    await user.page.waitForURL(/\/devices\?done=confirmed$/);
+    const rotatedAt = Date.now();
+    const current = await sessionCookie(user.context);
+    expect(current).toBeDefined();
+    expect(current).not.toBe(stolen);
+    expect(await user.page.locator("#active tbody tr[data-current]").textContent()).toContain("Safari on iOS");
+
+    // Past the grace window, the copied cookie comes back from another browser.
+    await sleep(rotatedAt + GRACE + 100 - Date.now());
+    const thief = await device(UA.desktop);
+    await thief.context.addCookies([{ name: COOKIE, value: stolen, url: base }]);
+    const answer = await thief.page.goto(`${base}/devices`);
+    expect(answer?.status()).toBe(401);
+    expect(await thief.page.getByRole("heading", { name: "You were signed out" }).count()).toBe(1);
+    expect(await thief.page.locator("main").textContent()).toContain("signed out because your session's cookie was used from elsewhere");
+    expect(await thief.page.getByRole("link", { name: "Log in again" }).count()).toBe(1);
+    await thief.page.screenshot({ path: `${outDir}/devices-cookie-reused.png`, fullPage: true });
+    await thief.context.close();
+
+    // The session ended everywhere: the user, on the new cookie, is signed out too.
+    await user.page.getByRole("link", { name: "Counter" }).click();
+    await user.page.waitForURL(`${base}/login`);
+    await logIn(user.page);
+    const reused = historyRows(user.page).filter({ hasText: "Signed out: this session's cookie was used from elsewhere" });
+    expect(await reused.count()).toBe(1);
+    expect(await reused.textContent()).toContain("Safari on iOS");
+    expect(await reused.locator("time").count()).toBe(2); // signed in, ended
+    await user.page.screenshot({ path: `${outDir}/devices-reused-activity.png`, fullPage: true });
+    await user.context.close();
+  });
+});
+
+/** The value of the session cookie `context` holds for the app, if any. */
+async function sessionCookie(context: BrowserContext): Promise<string | undefined> {
+  return (await context.cookies(base)).find((c) => c.name === COOKIE)?.value;
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
 
 async function newToken(page: Page, label: string): Promise<string> {
   await page.goto(`${base}/devices`);

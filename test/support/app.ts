@@ -1,4 +1,7 @@
+import fastifyCookie from "@fastify/cookie";
+import fastifySession, { type FastifySessionOptions } from "@fastify/session";
 import express, { type Express } from "express";
+import Fastify, { type FastifyInstance } from "fastify";
 import session, { type SessionOptions } from "express-session";
 import passport from "passport";
 import { Strategy as LocalStrategy } from "passport-local";
@@ -91,4 +94,22 @@ export function middlewareApp(
     res.json(await store.list({ userId: req.session.userId!, current: req.sessionID }));
   });
   return { app, sessions };
+}
+
+/**
+ * A fastify app with @fastify/cookie and @fastify/session on `store`: cookie `sid`, no uninitialized
+ * sessions, a cookie sent over plain http; `options` over these.
+ */
+export async function fastifyApp(store: SessionStore, options: Partial<FastifySessionOptions> = {}): Promise<FastifyInstance> {
+  const app = Fastify();
+  await app.register(fastifyCookie);
+  await app.register(fastifySession, {
+    store,
+    secret: "a fastify session secret of 32+ characters",
+    cookieName: "sid",
+    saveUninitialized: false,
+    cookie: { secure: false },
+    ...options,
+  });
+  return app;
 }

@@ -42,6 +42,8 @@
  *     never both succeed; the table never holds two live rows of one session, and an old id never
  *     becomes a session of its own. Data and owner carry over (invariants 6 and 7 follow the session to
  *     its new id, and a save of a request that read it under its old id lands in it).
+ * 12. (`binding` configuration) A signed-in session read from another browser family and OS ends (reason
+ *     `binding`, after which 1 and 2 hold of it); an anonymous one does not.
  *
  * Time is real time (the test's clock; the database runs on this host, on the same clock), never an
  * instance's skewed app clock. Every bound has a margin (150 ms before an expiry, 50 ms after one) taken
@@ -177,6 +179,11 @@ export interface Config {
   /** `renewAfter`: the rotation hook (run by the `renew` command) gives a session older than RENEW a new id. */
   renewal: boolean;
   /**
+   * `onBindingChange: "end"`: sessions are created from a Firefox on Linux request, and the `otherDevice`
+   * command reads one from Chrome on Windows: a signed-in one ends (reason `binding`), an anonymous one not.
+   */
+  binding: boolean;
+  /**
    * Lookups from a replica: every instance's `db` is withReplicas(its pool, [a pool on `url`]) with
    * `replicaReads: { window }`; an end is visible to the other instances `window` ms after it resolved.
    */
@@ -208,6 +215,7 @@ export function configurations(drivers: readonly DriverName[], replica?: Config[
     broadcast: false,
     coalesce: false,
     renewal: false,
+    binding: false,
   };
   for (const driver of drivers) {
     const list: Config[] = [];
@@ -227,6 +235,7 @@ export function configurations(drivers: readonly DriverName[], replica?: Config[
         config.broadcast && "broadcast",
         config.coalesce && "coalesce",
         config.renewal && "renewal",
+        config.binding && "binding=end",
         !config.merge && "merge=false",
         config.replica && `replica window=${config.replica.window}`,
       ].filter(Boolean);
@@ -239,6 +248,7 @@ export function configurations(drivers: readonly DriverName[], replica?: Config[
     add("combined", { cache, history: true, encrypt: true, rotation: true, cap: CAP, broadcast: true, coalesce: true, renewal: true });
     add("changeover", { cache, absolute: ABSOLUTE, encrypt: true, rotation: true, plaintext: true, cap: CAP, coalesce: true });
     add("whole", { cache, history: true, cap: CAP, merge: false });
+    add("binding", { cache, history: true, binding: true, coalesce: true });
     add("refusing", { cache, history: true, cap: CAP, refuse: true, coalesce: true });
   }
   // Interleaved by driver: the tests run a few at a time in this order, and PGlite's are all on one thread.
@@ -319,7 +329,7 @@ const on = (r: Real, inst: Inst): Instance => {
   return i;
 };
 
-type Invariant = 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 | 10 | 11;
+type Invariant = 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 | 10 | 11 | 12;
 const checked = (r: Real, invariant: Invariant) => void r.checks.set(`${invariant}`, (r.checks.get(`${invariant}`) ?? 0) + 1);
 
 /** Bounds of a time (epoch ms): the expiry lies in [lo, hi]. ±Infinity: unknown. */
@@ -524,6 +534,8 @@ async function createOn(r: Real, inst: Inst, life: number, user: User, what: str
   const store = on(r, inst).store;
   const start = real();
   const data = sessionData(store.clock(), life, user, sid);
+  // With `binding`, created from a request of a known device (express-session links its request).
+  if (r.config.binding) Object.defineProperty(data, "req", { value: { headers: { "user-agent": FIREFOX }, ip: "203.0.113.7" } });
   await store.set(sid, data);
   const end = real();
   const handle = await handleOf(r, sid);
@@ -1009,6 +1021,48 @@ function requestRotationStep(slot: number, how: "rotateId" | "reauth" | "renew")
       if (how === "reauth" && result) evs.push({ t: "auth", s, inst, start, end, life: ids.length > 0 ? life : undefined });
       // A request holding the session's id now (not one rotated away from) rotates or re-authenticates it while it is live.
       else if (how !== "renew" && !result && held.sid === s.sid) evs.push({ t: "miss", s, inst, start, end, op: how });
+      return evs;
+    },
+  };
+}
+
+const FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0";
+const CHROME = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+
+/**
+ * A request from another browser family and OS (Chrome on Windows) reads a session created on Firefox on
+ * Linux, and the store checks its binding (`checkBinding`, what express-session's createSession does): a
+ * session whose data, as read, has a user ends (reason `binding`, then invariants 1 and 2 hold of it); an
+ * anonymous one goes on. Only in the `binding` configuration.
+ */
+function otherDeviceStep(inst: Inst, k: number): Step {
+  return {
+    kind: "otherDevice",
+    label: `otherDevice(${inst}, ${ref(k)})`,
+    check: (m) => m.config.binding && hasSession(m),
+    exec: async (m, r) => {
+      const s = pick(m, k)!;
+      const store = on(r, inst).store;
+      // Sessions made by a rotation, a regenerate or a mint without a request record no device: no binding.
+      const [row] = await r.t.raw<{ ua: string | null }>(`select user_agent as ua from $table where key = '${keyOf(s.sid)}'`);
+      const start = real();
+      const got: any = await store.get(s.sid);
+      if (!got) return [];
+      Object.defineProperty(got, "id", { value: s.sid });
+      Object.defineProperty(got, "req", { value: { headers: { "user-agent": CHROME }, ip: "198.51.100.4" } });
+      const ended = await store.checkBinding(got);
+      const end = real();
+      const user = userOfVal(valsOf(got).passport);
+      trace(r, start, `otherDevice(${inst}) ${sname(s)} ${user ?? "anonymous"} → ${ended ? "ended (binding)" : "kept"} [${Math.round(end - start)} ms]`);
+      const evs: Ev[] = [];
+      checked(r, 12);
+      if (ended ? user === null : user !== null && row?.ua === FIREFOX) {
+        evs.push({
+          t: "fail",
+          message: `invariant 12 (binding): otherDevice(${inst}) of ${sname(s)} (${user ?? "anonymous"} as read) ${ended ? "ended it" : "kept it"}`,
+        });
+      }
+      if (ended) evs.push({ t: "end", s, inst, start, end, op: "binding" }, ...(await checkEnded(r, inst, [s])));
       return evs;
     },
   };
@@ -1893,6 +1947,7 @@ export const KINDS = [
   "reauth",
   "renew",
   "getOld",
+  "otherDevice",
   "destroy",
   "revoke",
   "revokeUser",
@@ -1954,6 +2009,7 @@ export function lifecycleCommands(options: { maxCommands: number; without?: Read
     ["reauth", 1, S.map((s) => requestRotationStep(s, "reauth"))],
     ["renew", 1, S.map((s) => requestRotationStep(s, "renew"))],
     ["getOld", 4, fc.tuple(I, K).map(([i, k]) => getOldStep(i, k))],
+    ["otherDevice", 2, fc.tuple(I, K).map(([i, k]) => otherDeviceStep(i, k))],
     ["destroy", 2, fc.tuple(I, K).map(([i, k]) => destroyStep(i, k))],
     [
       "revoke",
@@ -2023,6 +2079,7 @@ async function until(check: () => boolean, ms: number, what: string): Promise<vo
 function optionsOf(config: Config, db: AnyPgDatabase, table: TestDb["table"], name: Inst | "R"): SessionStoreOptions {
   const options: SessionStoreOptions = { db, table, reaper: false, secrets: ID_SECRET, rotationGrace: GRACE };
   if (config.renewal) options.renewAfter = RENEW;
+  if (config.binding) options.onBindingChange = "end";
   if (config.absolute !== undefined) options.absoluteTimeout = config.absolute;
   if (config.history) options.retainEnded = HISTORY;
   if (!config.merge) options.merge = false;
@@ -2116,7 +2173,8 @@ async function openReal(config: Config, t: TestDb): Promise<Real> {
   if (config.cache) {
     try {
       const live = (i: Instance) => internals(i.store).cache?.live !== false;
-      await until(() => opened.every(live), NOTIFY_WAIT, "every cache to go live");
+      // Bounded, and generous: the whole suite runs beside it.
+      await until(() => opened.every(live), 3 * NOTIFY_WAIT, "every cache to go live");
       await barrier(r);
     } catch (error) {
       await closeReal(r);
@@ -2187,7 +2245,7 @@ export async function runLifecycle(config: Config, t: TestDb, options: Lifecycle
     const kinds = KINDS.filter((k) => totals.has(k))
       .map((k) => `${k} ${totals.get(k)}`)
       .join(", ");
-    const applied = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11"].map((i) => `${i}: ${checks.get(i) ?? 0}`).join(", ");
+    const applied = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"].map((i) => `${i}: ${checks.get(i) ?? 0}`).join(", ");
     (options.log ?? console.log)(
       `[lifecycle] ${config.name}: ${runs} runs${failures ? ` (${failures} failing, shrinking included)` : ""}, ${commands} commands (${kinds}), invariants checked (${applied})${config.replica ? `, lookups from the replica ${replicaLookups.replica} of ${replicaLookups.replica + replicaLookups.primary}` : ""}, seed ${options.seed}, ${((Date.now() - started) / 1000).toFixed(1)} s`,
     );
