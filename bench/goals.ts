@@ -9,6 +9,7 @@ import { join } from "node:path";
 import type { FillPhase } from "./cache-fill.js";
 import type { HttpCell, HttpRounds, Route } from "./http.js";
 import type { MixedRun } from "./mixed.js";
+import { type RotationResult, rotationSummary } from "./rotation.js";
 import type { Rounds, StoreCell } from "./store-level.js";
 import { fmtInt, fmtNum } from "./support/stats.js";
 import type { Target } from "./support/stores.js";
@@ -22,6 +23,8 @@ export interface RunData {
   httpCells: HttpCell[];
   httpRounds: HttpRounds[];
   mixed: MixedRun[];
+  /** Rotation and reuse detection (bench/rotation.ts). */
+  rotation?: RotationResult;
 }
 
 /** One goal: a figure of this run, decided on the median of its measurements (pairs, or phases). */
@@ -67,6 +70,8 @@ export interface Results {
   extra: Array<{ id: string; figure: string; value: number | null }>;
   /** The mixed workload, with the cache and without (absent in runs before it was measured). */
   mixed?: MixedSummary[];
+  /** Rotation and reuse detection: each row's median ratio (absent in runs before it was measured). */
+  rotation?: Array<{ id: string; figure: string; median: number | null; min: number | null; max: number | null; n: number }>;
 }
 
 export const RESULTS_JSON = join(import.meta.dirname, "results.json");
@@ -216,7 +221,15 @@ export function computeGoals(run: RunData): { goals: GoalRow[]; extras: ExtraRow
 }
 
 /** This run's results.json (its goals, extras and mixed workload filled in). */
-export function resultsOf(started: number, machine: string, goals: GoalRow[], extras: ExtraRow[], mixed: MixedRun[], quick: boolean): Results {
+export function resultsOf(
+  started: number,
+  machine: string,
+  goals: GoalRow[],
+  extras: ExtraRow[],
+  mixed: MixedRun[],
+  quick: boolean,
+  rotation?: RotationResult,
+): Results {
   const srcStatus = git("status", "--porcelain", "--", join(import.meta.dirname, "..", "src"));
   return {
     date: new Date(started).toISOString(),
@@ -235,6 +248,7 @@ export function resultsOf(started: number, machine: string, goals: GoalRow[], ex
       p50: m.p50,
       p99: m.p99,
     })),
+    ...(rotation ? { rotation: rotationSummary(rotation).map((r) => ({ ...r, median: finite(r.median), min: finite(r.min), max: finite(r.max) })) } : {}),
   };
 }
 

@@ -3,6 +3,7 @@
  * connect-pg-simple, connect-redis and a raw-pg floor, at the store level and over HTTP, then a mixed
  * workload on two instances, in one run. Prints the tables and writes them to bench/RESULTS.md, the goals
  * also to bench/results.json (read back by the next run for its "previous run" column). See bench/README.md.
+ * `BENCH_ONLY=rotation npm run bench`: only the rotation section (about 4 minutes), printed, nothing written.
  */
 import { writeFileSync } from "node:fs";
 import os from "node:os";
@@ -13,8 +14,9 @@ import { computeGoals, readPrevious, RESULTS_JSON, resultsOf, type RunData } fro
 import { benchHttp } from "./http.js";
 import { benchMixed } from "./mixed.js";
 import { render } from "./report.js";
+import { benchRotation, renderRotation } from "./rotation.js";
 import { benchStoreLevel } from "./store-level.js";
-import { DATABASE_URL, HTTP_LEVEL, MIXED, POOL_SIZE, QUICK, REDIS_URL, STORE_LEVEL } from "./support/config.js";
+import { DATABASE_URL, HTTP_LEVEL, MIXED, ONLY, POOL_SIZE, QUICK, REDIS_URL, STORE_LEVEL } from "./support/config.js";
 import { createBenchSchema, dropBenchSchema, truncateBenchSchema } from "./support/schema.js";
 import { redisAvailable, TARGETS } from "./support/stores.js";
 
@@ -62,9 +64,21 @@ async function main() {
 
   await createBenchSchema(admin, schema);
   const run: RunData = { targets, storeCells: [], storeRounds: [], fills: [], httpCells: [], httpRounds: [], mixed: [] };
+  if (ONLY !== undefined && ONLY !== "rotation") throw new Error(`BENCH_ONLY=${ONLY}: only "rotation" is known`);
   try {
+    if (ONLY === "rotation") {
+      log(`\nRotation and reuse detection (BENCH_ONLY=rotation: this section only, nothing written)`);
+      const rotation = await benchRotation(schema, log);
+      log(`  [${elapsed()}]\n\n${machineLine}, at end ${loadAverage()}; run took ${elapsed()}\n\n${renderRotation(rotation)}`);
+      return;
+    }
     log(`\nStore level (${STORE_LEVEL.durationMs} ms per cell after ${STORE_LEVEL.warmupMs} ms warm-up, pg Pool max ${POOL_SIZE})`);
     ({ cells: run.storeCells, rounds: run.storeRounds, fills: run.fills } = await benchStoreLevel(targets, schema, log));
+    log(`  [${elapsed()}]`);
+
+    await truncateBenchSchema(admin, schema);
+    log(`\nRotation and reuse detection (interleaved rounds of ${STORE_LEVEL.repeatMs} ms cells)`);
+    run.rotation = await benchRotation(schema, log);
     log(`  [${elapsed()}]`);
 
     await truncateBenchSchema(admin, schema);
@@ -93,7 +107,7 @@ async function main() {
   log(`\n${report}`);
   const file = join(import.meta.dirname, "RESULTS.md");
   writeFileSync(file, report);
-  writeFileSync(RESULTS_JSON, `${JSON.stringify(resultsOf(started, machineLine, goals, extras, run.mixed, QUICK), null, 2)}\n`);
+  writeFileSync(RESULTS_JSON, `${JSON.stringify(resultsOf(started, machineLine, goals, extras, run.mixed, QUICK, run.rotation), null, 2)}\n`);
   log(`\nwrote ${file} and ${RESULTS_JSON} (${elapsed()})`);
 }
 

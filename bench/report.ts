@@ -4,6 +4,7 @@
  */
 import { type ExtraRow, type GoalRow, httpCell, type Results, type RunData, storeCell } from "./goals.js";
 import type { MixedRun } from "./mixed.js";
+import { renderRotation } from "./rotation.js";
 import { OP_LABELS, OPS, type StoreCell } from "./store-level.js";
 import { HTTP_LEVEL, MIXED, POOL_SIZE, QUICK, STORE_LEVEL } from "./support/config.js";
 import { fmtInt, fmtMs, fmtNum, fmtRatio, table } from "./support/stats.js";
@@ -165,6 +166,7 @@ export function render(machineLine: string, notes: string[], run: RunData, goals
     "",
     table(["operation", "c", ...drizzleIds.map(label)], notifyRows, ["l", "r", ...drizzleIds.map(() => "r" as const)]),
     "",
+    ...(run.rotation ? [renderRotation(run.rotation, previous?.rotation, prevTag), ""] : []),
     "## HTTP level",
     "",
     `Express 5 + express-session (resave: false, saveUninitialized: false, rolling: true, maxAge 1 h), server in a child process, ` +

@@ -45,10 +45,10 @@ export interface StoreCell {
 }
 
 /** One operation; returns false when it has nothing left to do (destroy ran out of sessions). */
-type Op = () => Promise<unknown> | false;
+export type Op = () => Promise<unknown> | false;
 
 /** `beforeTimed` runs between the warm-up and the timed part (to reset counters). */
-async function runCell(op: Op, concurrency: number, durationMs: number, warmupMs: number, beforeTimed?: () => Promise<void>) {
+export async function runCell(op: Op, concurrency: number, durationMs: number, warmupMs: number, beforeTimed?: () => Promise<void>) {
   const drive = async (until: number, samples?: Samples) => {
     let errors = 0;
     let firstError: unknown;
@@ -92,7 +92,7 @@ async function runCell(op: Op, concurrency: number, durationMs: number, warmupMs
 }
 
 /** Session ids shaped like express-session's (about 32 characters), cheap to make. */
-function idMaker(tag: string) {
+export function idMaker(tag: string) {
   const prefix = `${tag}-${randomBytes(12).toString("base64url")}-`;
   let n = 0;
   return () => `${prefix}${n++}`;

@@ -1,5 +1,10 @@
 /** Settings shared by the benchmark's parent process and its HTTP server children. */
 export const QUICK = process.env.BENCH_QUICK === "1";
+/**
+ * `BENCH_ONLY=rotation`: only the rotation section (bench/rotation.ts), printed and not written (RESULTS.md and
+ * results.json keep the last full run).
+ */
+export const ONLY = process.env.BENCH_ONLY;
 export const DATABASE_URL = process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test";
 export const REDIS_URL = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 /** Connections per pg Pool, the same for every Postgres-backed store (pg's default). */
