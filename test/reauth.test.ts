@@ -1,13 +1,10 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import fastifyCookie from "@fastify/cookie";
-import fastifySession from "@fastify/session";
 import type { Express } from "express";
-import Fastify from "fastify";
 import request from "supertest";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { SessionStore, SessionStoreError, type SessionStoreOptions } from "../src/index.js";
-import { cookieOf, testApp } from "./support/app.js";
+import { cookieOf, fastifyApp, testApp } from "./support/app.js";
 import { cacheReady, drivers, openDb, sessionData, sleep, type TestDb, useTestDb } from "./support/db.js";
 
 const HOUR = 3_600_000;
@@ -255,15 +252,7 @@ describe("re-authentication: arguments, old tables, @fastify/session", () => {
 
   it("authenticatedAt reads @fastify/session's request.session, without a query", async () => {
     const store = new SessionStore({ db: t.db, table: t.table, reaper: false });
-    const app = Fastify({ trustProxy: "127.0.0.1" });
-    await app.register(fastifyCookie);
-    await app.register(fastifySession, {
-      store,
-      secret: "a fastify session secret of 32+ characters",
-      cookieName: "sid",
-      saveUninitialized: false,
-      cookie: { secure: false },
-    });
+    const app = await fastifyApp(store, {}, { trustProxy: "127.0.0.1" });
     app.post("/login", async (req) => {
       await req.session.regenerate();
       (req.session as any).userId = "ann";

@@ -97,11 +97,15 @@ export function middlewareApp(
 }
 
 /**
- * A fastify app with @fastify/cookie and @fastify/session on `store`: cookie `sid`, no uninitialized
- * sessions, a cookie sent over plain http; `options` over these.
+ * A fastify app (`server`: fastify's options) with @fastify/cookie and @fastify/session on `store`: cookie
+ * `sid`, no uninitialized sessions, a cookie sent over plain http; `options` over these.
  */
-export async function fastifyApp(store: SessionStore, options: Partial<FastifySessionOptions> = {}): Promise<FastifyInstance> {
-  const app = Fastify();
+export async function fastifyApp(
+  store: SessionStore,
+  options: Partial<FastifySessionOptions> = {},
+  server: { trustProxy?: string } = {},
+): Promise<FastifyInstance> {
+  const app = Fastify(server);
   await app.register(fastifyCookie);
   await app.register(fastifySession, {
     store,
