@@ -50,11 +50,17 @@ export class Fragments {
   /**
    * Rows of a live session now, on the database's clock: not ended, not past the idle expiry, and not past
    * the absolute one (for rows made before `absoluteTimeout` was set too, counted from their creation).
+   *
+   * Always a filter of rows found by another index (a key, a handle, a user), never a way to find them: the
+   * expiry test is wrapped in `is true` (the same result, `expires_at` being not null), which no index on
+   * `expires_at` serves. Without it, a plan made while the table was small or its statistics stale (a
+   * prepared statement keeps its plan until the next ANALYZE) could walk the expiry index, which holds
+   * every live session, for a lookup of one row: a BitmapAnd with it, or a scan of it filtered by key.
    */
   live(): SQL {
     const t = this.t;
     const absolute = this.settings.absoluteTimeout === undefined ? sql`` : sql` and ${this.absoluteExpiry()} > ${NOW}`;
-    return sql`${t.endedAt} is null and ${t.expiresAt} > ${NOW}${absolute}`;
+    return sql`${t.endedAt} is null and (${t.expiresAt} > ${NOW}${absolute}) is true`;
   }
 
   /**
