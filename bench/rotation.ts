@@ -85,12 +85,9 @@ const GROUPS: Group[] = [1, 32].flatMap((c) => [
   { cells: ["hit", "hit-first"], concurrency: c, rows: [GET_HIT] },
   { cells: ["miss", "miss-first", "miss-floor"], concurrency: c, rows: [GET_MISS, MISS_FLOOR, MISS_FIRST_FLOOR] },
   { cells: ["old-in-grace", "hit-rotated", "hit"], concurrency: c, rows: [OLD, ROTATED] },
-  ...(c === 32
-    ? ([
-        { cells: ["rotate", "touch-forced"], concurrency: c, rows: [ROTATE] },
-        { cells: ["reuse", "destroy"], concurrency: c, rows: [REUSE] },
-      ] satisfies Group[])
-    : []),
+  // At c1 each is one statement; at c32 touches (and destroys) are coalesced into shared statements, rotations are not.
+  { cells: ["rotate", "touch-forced"], concurrency: c, rows: [ROTATE] },
+  ...(c === 32 ? ([{ cells: ["reuse", "destroy"], concurrency: c, rows: [REUSE] }] satisfies Group[]) : []),
 ]);
 
 interface RotationRow {
@@ -122,8 +119,11 @@ class Bench {
   private readonly pick = <T>(xs: T[]) => xs[(Math.random() * xs.length) | 0]!;
   never: Held[] = [];
   rotated: Array<{ old: string; sid: string }> = [];
-  /** Per consuming cell: ids left to use, and the last rate measured (to size the next top-up). */
-  queues = new Map<CellName, { ids: string[]; rate: number }>(CONSUMING.map((c) => [c, { ids: [], rate: 3_000 }]));
+  /**
+   * Per consuming cell: ids left to use, and the sum of its rates in the last round (it may run in more than
+   * one group), to size the next top-up; `next`: that sum for the round under way.
+   */
+  queues = new Map<CellName, { ids: string[]; rate: number; next: number }>(CONSUMING.map((c) => [c, { ids: [], rate: 6_000, next: 0 }]));
 
   private constructor(
     readonly both: OpenStore,
@@ -278,7 +278,7 @@ export async function benchRotation(schema: string, log: (line: string) => void)
           if (r.errors) fail(`${r.errors} errors in ${CELL_LABELS[cell]} (c${group.concurrency})`);
           if (consuming) {
             const q = bench.queues.get(cell)!;
-            q.rate = r.opsPerSec;
+            q.next += r.opsPerSec;
             if (q.ids.length === 0) ranOut.push(`${CELL_LABELS[cell]} c${group.concurrency} round ${round + 1}`);
           }
           const key = `${g}:${cell}`;
@@ -287,6 +287,7 @@ export async function benchRotation(schema: string, log: (line: string) => void)
         }
         log(`  round ${round + 1} c=${group.concurrency}: ${line.join("  |  ")} ops/s`);
       }
+      for (const q of bench.queues.values()) [q.rate, q.next] = [q.next, 0];
     }
     tableRows[1] = await count();
   } finally {
@@ -341,7 +342,7 @@ export function renderRotation(result: RotationResult, previous?: Array<{ id: st
       `each store on a pg Pool of its own (max ${POOL_SIZE}), ${SESSIONS} sessions read. "First branch only": the same store, whose lookups its pool sends as their first ` +
       "branch (the lookup under the current key, as the store sent it before rotation), so that the ratio is the second branch's cost alone. " +
       'The floor: the raw-pg floor of the goal "get (miss) ÷ raw-pg floor". rotate: `store.rotate(id, newId)` of a session never rotated, against a touch of a store ' +
-      "with `touchAfter: 0` (one UPDATE each). Reuse: a get of an id rotated away from by a store with `rotationGrace: 0` (so already past it), which ends the session " +
+      "with `touchAfter: 0` (one UPDATE each at c1; at c32 touches are coalesced into shared statements, rotations are not). Reuse: a get of an id rotated away from by a store with `rotationGrace: 0` (so already past it), which ends the session " +
       "and fails with SESSION_REUSED, against a destroy of a live session. Rotate, reuse and destroy each use up a session, made (untimed) before each round; at c1, " +
       "gets are one statement each; at c32 most are coalesced (`key = any(...)`, whose second branch always runs).",
     "",
