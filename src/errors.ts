@@ -167,6 +167,16 @@ export function failureOf(error: unknown): "refused" | "lost" | undefined {
 }
 
 /**
+ * Whether the database rolled the statement (or its transaction) back whole, so that it certainly did
+ * nothing: a deadlock (40P01), of statements that lock rows in different orders (an end by key and one by
+ * user, say), or a serialization failure (40001). Sent again, it runs as if it had come a little later.
+ */
+export function rolledBack(error: unknown): boolean {
+  const code = pgCode(error);
+  return code === "40P01" || code === "40001";
+}
+
+/**
  * Refused before running: read-only transaction (25006), cannot connect now (57P03), too many connections
  * (53300), unable to connect (08001), connection rejected (08004).
  */

@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import { is, Placeholder, sql, type SQL } from "drizzle-orm";
 import { PgDialect } from "drizzle-orm/pg-core";
 import { profileOf, rowsOf, type DriverProfile } from "./driver.js";
-import { failureOf, pgCode, safeCause, SessionStoreError } from "./errors.js";
+import { failureOf, pgCode, rolledBack, safeCause, SessionStoreError } from "./errors.js";
 import type { AnyPgDatabase } from "./options.js";
 
 /*
@@ -70,7 +70,9 @@ const RETRY_DELAYS = [25, 50, 100, 200, 400, 500];
  * A failover costs latency, not errors: a statement that failed because its server was unreachable,
  * restarting or no longer the primary ({@link failureOf}) runs again, after a short wait, until it
  * succeeds or `timeout` passes. One that certainly did not run (`refused`) always does; one whose
- * connection was lost while it ran (`lost`) only when it is idempotent, since it may have been done.
+ * connection was lost while it ran (`lost`) only when it is idempotent, since it may have been done. So
+ * does one the database rolled back whole ({@link rolledBack}: a deadlock between statements that lock
+ * the same rows in different orders).
  */
 export class Executor {
   private readonly driver: DriverProfile;
@@ -260,7 +262,8 @@ export class Executor {
   /** How long to wait before running a statement again after `error`, or undefined when it must not run again. */
   private retryDelay(error: unknown, idempotent: boolean, attempt: number): number | undefined {
     if (this.settings.retry === false) return undefined;
-    const failure = failureOf(error);
+    // A statement rolled back whole (a deadlock) did nothing, as one refused did: it always runs again.
+    const failure = failureOf(error) ?? (rolledBack(error) ? "refused" : undefined);
     if (failure === undefined || (failure === "lost" && !idempotent)) return undefined;
     return RETRY_DELAYS[Math.min(attempt, RETRY_DELAYS.length - 1)]! * (0.5 + Math.random() / 2);
   }

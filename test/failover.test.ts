@@ -9,6 +9,8 @@ const READ_ONLY = () => pgError("25006", "cannot execute UPDATE in a read-only t
 const STARTING = () => pgError("57P03", "the database system is starting up");
 const REFUSED = () => pgError("ECONNREFUSED", "connect ECONNREFUSED 127.0.0.1:5432");
 const KILLED = () => pgError("57P01", "terminating connection due to administrator command");
+const DEADLOCK = () => pgError("40P01", "deadlock detected");
+const SERIALIZATION = () => pgError("40001", "could not serialize access due to concurrent update");
 
 /**
  * The next statements the store sends fail with these errors, in order, before reaching the database
@@ -68,6 +70,21 @@ describe.each(drivers)("failover on %s: statements that failed for a server in f
     failing = failNext(t, [KILLED, REFUSED]);
     await store.destroy("sid-1");
     expect(failing.sent()).toBe(3);
+    restore?.();
+    expect(await store.get("sid-1")).toBeNull();
+  });
+
+  it("a write or lookup the database rolled back whole (a deadlock with another statement, a serialization failure) runs again and succeeds", async () => {
+    const store = storeOf();
+    let failing = failNext(t, [DEADLOCK]);
+    await store.set("sid-1", sessionData(60_000, { passport: { user: "ann" } }));
+    expect(failing.sent()).toBe(2);
+    failing = failNext(t, [SERIALIZATION, DEADLOCK]);
+    expect(((await store.get("sid-1")) as any)?.passport).toEqual({ user: "ann" });
+    expect(failing.sent()).toBe(3);
+    failing = failNext(t, [DEADLOCK]);
+    expect(await store.revokeUser("ann")).toBe(1);
+    expect(failing.sent()).toBe(2);
     restore?.();
     expect(await store.get("sid-1")).toBeNull();
   });
