@@ -4,6 +4,7 @@ import { refusedAtCap } from "./errors.js";
 import type { StoreContext } from "./context.js";
 import { isValidId } from "./hash.js";
 import { checkUserId } from "./owner.js";
+import { forgetEverySession } from "./ending.js";
 import { checkEndReason, type EndReason } from "./reasons.js";
 import type { SessionCapOptions } from "./options.js";
 import type { EventRow, ListCursor, LoginRow, RecordRow, SessionStatus } from "./statements.js";
@@ -127,6 +128,7 @@ export class Records {
     const rows = await this.s.run("revoke", () => this.s.write<{ key: string } & EventRow>(this.s.sql.revoke(handle, reason, owner, record), true), {
       handle,
     });
+    forgetEverySession(this.s);
     if (record) this.s.events.ended(rows, reason);
     return rows.length > 0;
   }
@@ -141,6 +143,7 @@ export class Records {
     const record = this.s.events.recordsEnds();
     const statement = this.s.sql.revokeUser(owner, reason, keys, kept, record);
     const rows = await this.s.run("revokeUser", () => this.s.write<{ key: string } & EventRow>(statement, true), { userId: owner });
+    forgetEverySession(this.s);
     if (record) this.s.events.ended(rows, reason);
     return rows.length;
   }

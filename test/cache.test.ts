@@ -162,4 +162,26 @@ describe.runIf(DATABASE_URL)("read cache across instances (node-postgres, two po
     await other.set("x4", sessionData(60_000));
     expect(await servedFromCache(cached, a, "x4")).toBe(true);
   });
+
+  it("a sign-out here of a session another instance ended just before (its NOTIFY not heard yet) leaves it served from this cache no more: revokeUser, revoke, an old id", async () => {
+    // The other instance's end committed, its NOTIFY not yet heard here: as one with notify off.
+    const late = new SessionStore({ db: b.db, table: a.table, notify: false });
+    const cases: Array<[string, (sid: string, handle: string) => Promise<unknown>]> = [
+      ["late-user", () => cached.revokeUser("ann")],
+      ["late-handle", (_sid, handle) => cached.revoke(handle, { anyOwner: true })],
+      ["late-old", (sid) => cached.destroy(sid)],
+    ];
+    for (const [sid, signOut] of cases) {
+      await other.set(sid, sessionData(60_000, { passport: { user: "ann" } }));
+      const handle = (await other.handleOf(sid))!;
+      // The old id's case: the session has a new id, which this instance caches.
+      const current = sid === "late-old" ? `${sid}-new` : sid;
+      if (current !== sid) expect(await cached.rotate(sid, current)).toBe(true);
+      expect(await servedFromCache(cached, a, current), sid).toBe(true);
+      await late.destroy(current);
+      await signOut(sid, handle);
+      expect(await cached.get(current), sid).toBeNull();
+    }
+    await late.close();
+  });
 });
