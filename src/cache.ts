@@ -38,6 +38,11 @@ export class ReadCache<Entry extends CacheEntry> {
   private readonly bySid = new Map<string, Entry>();
   /** Row key to session id, for evictions (NOTIFY payloads are row keys). */
   private readonly sidOfKey = new Map<string, string>();
+  /**
+   * A key a session was rotated away from to the key it has now ({@link alias}): an eviction of the old key
+   * (a sign-out through the old id) evicts the session under its current key too. Bounded like {@link evictedAt}.
+   */
+  private readonly current = new Map<string, string>();
   private hearing: Hearing | undefined;
 
   constructor(
@@ -104,17 +109,33 @@ export class ReadCache<Entry extends CacheEntry> {
         this.bySid.clear();
         this.sidOfKey.clear();
         this.evictedAt.clear();
+        this.current.clear();
         this.refusedBefore = at;
         continue;
       }
       const sid = this.sidOfKey.get(key);
       if (sid !== undefined) this.remove(sid);
+      const now = this.current.get(key);
+      const moved = now === undefined ? undefined : this.sidOfKey.get(now);
+      if (moved !== undefined) this.remove(moved);
       // Bounded: once too many keys are remembered, forget them all and refuse every result sent before.
       if (this.evictedAt.size >= this.rememberedKeys) {
         this.evictedAt.clear();
         this.refusedBefore = at;
       }
       this.evictedAt.set(key, at);
+    }
+  }
+
+  /**
+   * Records that the session whose row key is now `key` was rotated away from each of `olds`: a sign-out
+   * through one of those ids that finds nothing to end (another instance ended the session first, its
+   * NOTIFY not heard yet) still takes the session out of this cache ({@link evict}).
+   */
+  alias(olds: readonly string[], key: string): void {
+    for (const old of olds) {
+      if (this.current.size >= this.rememberedKeys) this.current.delete(this.current.keys().next().value!);
+      this.current.set(old, key);
     }
   }
 

@@ -24,10 +24,7 @@ export async function endSession(
   const record = first !== undefined || s.events.recordsEnds();
   let rows = (await s.ends.end(keys, reason, record, performance.now())) as Array<EndedRow & EventRow>;
   // Nothing under its current key: an id the session was rotated away from ends it too (one more statement, for such ids only).
-  if (rows.length === 0 && rotated) {
-    rows = await s.write<EndedRow & EventRow>(s.sql.endRotated([...keys], reason, record), true);
-    if (rows.length === 0) forgetEverySession(s);
-  }
+  if (rows.length === 0 && rotated) rows = await s.write<EndedRow & EventRow>(s.sql.endRotated([...keys], reason, record), true);
   s.evict(keys);
   if (record) s.events.ended(rows, reason, first?.(rows));
   return rows.length > 0;
@@ -35,10 +32,11 @@ export async function endSession(
 
 /**
  * Forgets every session this store's cache holds (and reads them from the primary for a while), after an
- * end that found its sessions by something other than an id's current key (a handle, a user, an id rotated
- * away from). A session another instance ended first, before that statement began or while it waited for
- * the row, is not among its rows, so its key is not known here, and that instance's NOTIFY can reach this
- * one after this call resolves: until then, the cache would serve a session this call was to end.
+ * end that found its sessions by something other than a key (a handle, a user). A session another instance
+ * ended first, before that statement began or while it waited for the row, is not among its rows, so its
+ * key is not known here, and that instance's NOTIFY can reach this one after this call resolves: until
+ * then, the cache would serve a session this call was to end. (A sign-out through an id a session was
+ * rotated away from evicts that key, which the cache maps to the session's current one: ReadCache.alias.)
  */
 export function forgetEverySession(s: StoreContext): void {
   s.evict(["*"]);

@@ -48,6 +48,8 @@ export async function readSession(s: StoreContext, sid: string): Promise<Session
     ...localExpiry(row, sent, s.cache?.ttl ?? Infinity),
   };
   if (opened.stale) loaded.stale = opened.stale;
+  // The keys it was rotated away from lead to it in the cache too (a sign-out through one of them evicts it).
+  if (s.cache && row.olds) s.cache.alias(Object.keys(JSON.parse(row.olds) as Record<string, string>), key);
   if (row.prior !== null) loaded.previous = true;
   else cacheable?.(loaded);
   return withLoaded(opened.session, loaded);

@@ -136,6 +136,7 @@ export class Rotations {
       // The keys it had, for the caches; with `added` (a rotation), also as rotated away from, for requests in flight.
       const old = added.length === 0 ? [] : keys.filter((key) => key !== rows[0]!.key);
       this.away.add(old);
+      this.s.cache?.alias(old, rows[0]!.key);
       return this.s.changed([...new Set([...keys, ...added, ...rows.map((row) => row.key), ...old.map((key) => ROTATED_AWAY + key)])]);
     };
     this.s.evict(keys);

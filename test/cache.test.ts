@@ -70,6 +70,24 @@ describe("read cache on PGlite", () => {
     expect(cache.accepts(theirs!, cache.evictions)).toBe(true);
   });
 
+  it("a save by a request that read the session before it got a new id is not cached under the old id: after a sign-out, neither id is served", async () => {
+    const brief = new SessionStore({ db: t.db, table: t.table, cache: { max: 100, ttl: 60_000 }, rotationGrace: 50 });
+    expect(await cacheReady(brief)).toBe(true);
+    await brief.set("r1", sessionData(60_000, { cart: [1] }));
+    const held: any = await brief.get("r1");
+    expect(await brief.rotate("r1", "r1-new")).toBe(true);
+    // The request that read it under the old id saves: the write lands in the session's row, under its new id.
+    held.cart.push(2);
+    await brief.set("r1", held);
+    expect(((await brief.get("r1-new")) as any).cart).toEqual([1, 2]);
+    await brief.destroy("r1-new");
+    await sleep(100);
+    expect(await brief.get("r1-new")).toBeNull();
+    // Past the old id's grace window: nothing, from the database (no session), never the ended one from the cache.
+    expect(await brief.get("r1")).toBeNull();
+    await brief.close();
+  });
+
   it("rejects a cache on a driver without LISTEN support, at construction", () => {
     const fake = Object.create(t.db);
     Object.defineProperty(fake, "$client", { value: {} });

@@ -61,6 +61,7 @@ export class LookupStatements extends Fragments {
   private sessionColumns(): SQL {
     const t = this.t;
     const version = this.settings.versioned ? sql`, ${t.version} as version` : sql``;
-    return sql`${t.key} as key, ${t.handle} as handle, ${t.data}::text as data, ${this.expiryColumns()}, ${t.userAgent} as ua, ${t.ip} as ip${version}`;
+    // `olds`: the keys it was rotated away from (a JSON object, null for a session never rotated), for the cache.
+    return sql`${t.key} as key, ${t.handle} as handle, ${t.data}::text as data, ${this.expiryColumns()}, ${t.userAgent} as ua, ${t.ip} as ip, ${t.previousKeys}::text as olds${version}`;
   }
 }

@@ -59,6 +59,8 @@ export type SessionRow = {
   ip: string | null;
   prior: boolean | null;
   matched?: string;
+  /** The keys it was rotated away from, as a JSON object (`previous_keys`), or null. */
+  olds: string | null;
 } & ExpiryRow;
 
 /**
