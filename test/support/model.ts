@@ -729,8 +729,11 @@ function slotWrite(kind: string, label: string, slot: number, op: SaveOp, mutate
         life = shortened(life);
         obj.cookie.originalMaxAge = life;
       }
-      // express-session's cookie.touch(): expires = now + originalMaxAge, on this server's clock.
+      // express-session's cookie.touch(): expires = now + originalMaxAge, on this server's clock. After a
+      // rotation the cookie is express-session's Cookie, whose expires setter recomputes originalMaxAge from
+      // the real clock (not this instance's skewed one): touch keeps it, so it is set back.
       obj.cookie.expires = new Date(clock + life);
+      obj.cookie.originalMaxAge = life;
       mutate(obj, r);
       const after = valsOf(obj);
       const dataChanged = JSON.stringify({ ...obj, cookie: undefined }) !== before || DKEYS.some((k) => after[k] !== view[k]);
