@@ -29,15 +29,3 @@ export async function endSession(
   if (record) s.events.ended(rows, reason, first?.(rows));
   return rows.length > 0;
 }
-
-/**
- * Forgets every session this store's cache holds (and reads them from the primary for a while), after an
- * end that found its sessions by something other than a key (a handle, a user). A session another instance
- * ended first, before that statement began or while it waited for the row, is not among its rows, so its
- * key is not known here, and that instance's NOTIFY can reach this one after this call resolves: until
- * then, the cache would serve a session this call was to end. (A sign-out through an id a session was
- * rotated away from evicts that key, which the cache maps to the session's current one: ReadCache.alias.)
- */
-export function forgetEverySession(s: StoreContext): void {
-  s.evict(["*"]);
-}

@@ -4,7 +4,6 @@ import { refusedAtCap } from "./errors.js";
 import type { StoreContext } from "./context.js";
 import { isValidId } from "./hash.js";
 import { checkUserId } from "./owner.js";
-import { forgetEverySession } from "./ending.js";
 import { checkEndReason, type EndReason } from "./reasons.js";
 import type { SessionCapOptions } from "./options.js";
 import type { EventRow, ListCursor, LoginRow, RecordRow, SessionStatus } from "./statements.js";
@@ -128,7 +127,7 @@ export class Records {
     const rows = await this.s.run("revoke", () => this.s.write<{ key: string } & EventRow>(this.s.sql.revoke(handle, reason, owner, record), true), {
       handle,
     });
-    forgetEverySession(this.s);
+    this.forgetEverySession();
     if (record) this.s.events.ended(rows, reason);
     return rows.length > 0;
   }
@@ -143,9 +142,21 @@ export class Records {
     const record = this.s.events.recordsEnds();
     const statement = this.s.sql.revokeUser(owner, reason, keys, kept, record);
     const rows = await this.s.run("revokeUser", () => this.s.write<{ key: string } & EventRow>(statement, true), { userId: owner });
-    forgetEverySession(this.s);
+    this.forgetEverySession();
     if (record) this.s.events.ended(rows, reason);
     return rows.length;
+  }
+
+  /**
+   * Forgets every session this store's cache holds (and reads them from the primary for a while), after an
+   * end that found its sessions by handle or user: a session another instance ended first, before that
+   * statement began or while it waited for the row, is not among its rows, so its key is not known here, and
+   * that instance's NOTIFY can reach this one after this call resolves; until then the cache would serve a
+   * session this call was to end. (A sign-out through an old id evicts that key, which the cache maps to the
+   * session's current one: ReadCache.alias.)
+   */
+  private forgetEverySession(): void {
+    this.s.evict(["*"]);
   }
 
   async extend(handle: string, until: Date, options: ExtendOptions): Promise<boolean> {
